@@ -1,0 +1,24 @@
+# llmc: `make demo` runs the main job on the bundled model; `make test` runs the whole suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LLMC := $(VENV)/bin/llmc
+
+.PHONY: setup demo test lint clean
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	VENV=$(VENV) bash scripts/setup.sh
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(LLMC) show llmc-tiny
+	$(LLMC) run llmc-tiny --prompt "The interpreter" --max-new-tokens 32
+
+test: setup
+	$(PY) -m pytest -q -m "not slow and not gpu" tests
+
+lint: setup
+	$(VENV)/bin/ruff check llmc tests benchmarks scripts
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,195 @@
+"""Neural-network ops: matrix products, embedding, normalisation, softmax and attention.
+
+Float semantics follow PyTorch's fp32 CPU results to rounding (float32 accumulation).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from llmc.ir.ops.common import as_dtype, broadcast_shapes, float_only, norm_axis, same_dtype
+from llmc.ir.registry import AttrSpec, InferError, RefContext, register
+from llmc.ir.types import Dim, TensorType
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+@register("matmul", inputs=2)
+class Matmul:
+    """Batched matrix product with broadcast batch dims (``torch.matmul`` on rank >= 2)."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        a, b = ins
+        dtype = same_dtype(ins)
+        if a.rank < 2 or b.rank < 2:
+            raise InferError("matmul operands need rank >= 2")
+        if a.shape[-1] != b.shape[-2]:
+            raise InferError(f"matmul inner dims differ: {a.shape[-1]} vs {b.shape[-2]}")
+        batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        return [TensorType(batch + (a.shape[-2], b.shape[-1]), dtype)]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        a, b = (_f32(x) for x in ins)
+        if np.issubdtype(a.dtype, np.integer):
+            a, b = a.astype(np.int64), b.astype(np.int64)
+        return [as_dtype(np.matmul(a, b), ctx.out_types[0].dtype)]
+
+
+@register("linear", inputs=(2, 3))
+class Linear:
+    """``x @ w.T + b`` with ``w`` of shape [N, K] (PyTorch's layout) and optional ``b`` [N]."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x, w = ins[:2]
+        dtype = same_dtype(ins)
+        if w.rank != 2:
+            raise InferError(f"linear weight must be rank 2, got rank {w.rank}")
+        if x.rank < 1 or x.shape[-1] != w.shape[1]:
+            raise InferError(f"linear input features {x.shape[-1] if x.rank else '?'} != weight K {w.shape[1]}")
+        if len(ins) == 3 and ins[2].shape != (w.shape[0],):
+            raise InferError(f"linear bias shape must be [{w.shape[0]}]")
+        return [TensorType(x.shape[:-1] + (w.shape[0],), dtype)]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        x, w = _f32(ins[0]), _f32(ins[1])
+        out = np.matmul(x, w.T)
+        if len(ins) == 3:
+            out = out + _f32(ins[2])
+        return [as_dtype(out, ctx.out_types[0].dtype)]
+
+
+@register("embedding", inputs=2)
+class Embedding:
+    """Rows of ``table`` [V, D] picked by integer ``ids``: result ``ids.shape + [D]``."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        table, ids = ins
+        if table.rank != 2:
+            raise InferError("embedding table must be rank 2")
+        if not ids.dtype.is_int:
+            raise InferError(f"embedding ids must be integers, got {ids.dtype}")
+        return [TensorType(ids.shape + (table.shape[1],), table.dtype)]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        table, ids = ins
+        if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+            raise IndexError(f"token id out of range [0, {table.shape[0]})")
+        return [table[ids.astype(np.int64)]]
+
+
+@register("softmax", inputs=1, attrs={"axis": AttrSpec("int")})
+class Softmax:
+    """``exp(x - max) / sum(exp(x - max))`` along ``axis``; a row of all -inf gives NaN as in
+    PyTorch."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        float_only(ins[0], "softmax")
+        norm_axis(attrs["axis"], ins[0].rank)
+        return [ins[0]]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        return [as_dtype(softmax(_f32(ins[0]), attrs["axis"]), ctx.out_types[0].dtype)]
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+        return e / np.sum(e, axis=axis, keepdims=True)
+
+
+@register("layer_norm", inputs=(1, 3), attrs={"eps": AttrSpec("float")})
+class LayerNorm:
+    """Normalise the last axis to zero mean and unit variance (biased), then scale and shift."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        float_only(ins[0], "layer_norm")
+        same_dtype(ins)
+        for t in ins[1:]:
+            if t.shape != (ins[0].shape[-1],):
+                raise InferError(f"layer_norm weight and bias must have shape [{ins[0].shape[-1]}]")
+        return [ins[0]]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        x = _f32(ins[0])
+        mean = x.mean(axis=-1, keepdims=True)
+        var = np.square(x - mean).mean(axis=-1, keepdims=True)
+        out = (x - mean) / np.sqrt(var + np.float32(attrs["eps"]))
+        for extra, fn in zip(ins[1:], (np.multiply, np.add)):
+            out = fn(out, _f32(extra))
+        return [as_dtype(out, ctx.out_types[0].dtype)]
+
+
+@register("rms_norm", inputs=2, attrs={"eps": AttrSpec("float")})
+class RmsNorm:
+    """``x * rsqrt(mean(x^2, -1) + eps) * weight`` (Llama's RMSNorm)."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        float_only(ins[0], "rms_norm")
+        same_dtype(ins)
+        if ins[1].shape != (ins[0].shape[-1],):
+            raise InferError(f"rms_norm weight must have shape [{ins[0].shape[-1]}]")
+        return [ins[0]]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        x, w = _f32(ins[0]), _f32(ins[1])
+        inv = np.float32(1.0) / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(attrs["eps"]))
+        return [as_dtype(w * (x * inv), ctx.out_types[0].dtype)]
+
+
+@register("attention", inputs=(3, 4), attrs={"scale": AttrSpec("optional_float", None)})
+class Attention:
+    """Scaled dot-product attention with grouped KV heads.
+
+    q [B, H, Lq, D], k and v [B, Hkv, Lk, D] with H a multiple of Hkv (query head h reads KV head
+    h // (H / Hkv)), optional additive float mask broadcastable to [B, H, Lq, Lk]. ``scale``
+    defaults to 1/sqrt(D). Result [B, H, Lq, D].
+    """
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        q, k, v = ins[:3]
+        dtype = same_dtype(ins)
+        float_only(q, "attention")
+        if not q.rank == k.rank == v.rank == 4:
+            raise InferError("attention q, k, v must be rank 4 [B, H, L, D]")
+        if k.shape != v.shape:
+            raise InferError("attention k and v shapes differ")
+        if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+            raise InferError("attention q and k differ in batch or head dim")
+        heads, kv_heads = q.shape[1], k.shape[1]
+        if heads.exact_div(kv_heads) is None:
+            raise InferError(f"attention heads {heads} not a multiple of KV heads {kv_heads}")
+        if len(ins) == 4:
+            scores = (q.shape[0], heads, q.shape[2], k.shape[2])
+            if broadcast_shapes(ins[3].shape, scores) != scores:
+                raise InferError("attention mask does not broadcast to [B, H, Lq, Lk]")
+        return [q]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        q, k, v = (_f32(x) for x in ins[:3])
+        group = q.shape[1] // k.shape[1]
+        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+        scale = attrs["scale"] if attrs["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+        scores = np.matmul(q, np.swapaxes(k, -1, -2)) * np.float32(scale)
+        if len(ins) == 4:
+            scores = scores + _f32(ins[3])
+        return [as_dtype(np.matmul(softmax(scores, -1), v), ctx.out_types[0].dtype)]
+
