@@ -219,6 +219,16 @@ class Dim:
             return Dim._make(out)
         return Dim.of(1) if self == o else None
 
+    def substitute(self, env: Mapping[str, DimLike]) -> Dim:
+        """Replace the symbols named in ``env`` by dims (or ints)."""
+        total = Dim.of(0)
+        for m, c in self.terms:
+            term = Dim.of(c)
+            for s in m:
+                term = term * (Dim.of(env[s]) if s in env else Dim.sym(s))
+            total = total + term
+        return total
+
     def evaluate(self, env: Mapping[str, int]) -> int:
         total = 0
         for m, c in self.terms:
@@ -380,6 +390,9 @@ class TensorType:
 
     def concrete_shape(self, env: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(d.evaluate(env) for d in self.shape)
+
+    def substitute(self, env: Mapping[str, DimLike]) -> TensorType:
+        return TensorType(tuple(d.substitute(env) for d in self.shape), self.dtype, self.encodings)
 
     def numel(self) -> Dim:
         total = Dim.of(1)

@@ -1,0 +1,207 @@
+"""Hugging Face causal LMs: load, wrap as one explicit-state step, export, import into the IR.
+
+A model is exported once through ``torch.export`` as a *step*: ``L`` new tokens after a KV cache
+of length ``P``, with the additive attention mask [1, 1, L, P+L] and the position ids as graph
+inputs and the caches as explicit inputs and outputs. Specialising ``P=0`` gives the prefill
+program and ``L=1`` the decode program.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmc.compiler.frontend.torch_export import convert_graph
+from llmc.compiler.passes.cleanup import dce, prune_params
+from llmc.compiler.passes.specialize import specialize
+from llmc.errors import FrontendError
+from llmc.ir.graph import Function, Module
+
+ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2", "opt")
+SEQ, PAST = "L", "P"
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """Per-layer KV cache geometry: ``layers`` x (k, v) of [1, kv_heads, length, head_dim]."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+
+def cache_shape(config: Any) -> CacheShape:
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return CacheShape(config.num_hidden_layers, kv_heads, head_dim)
+
+
+def config_from_dict(values: dict[str, Any], where: str) -> Any:
+    """A transformers config from a config.json dict; the architecture must be supported."""
+    from transformers import AutoConfig
+
+    arch = values.get("model_type")
+    if arch not in ARCHITECTURES:
+        raise FrontendError(f"{where}: unsupported architecture '{arch}' (supported: {', '.join(ARCHITECTURES)})")
+    rest = {k: v for k, v in values.items() if k != "model_type"}
+    try:
+        return AutoConfig.for_model(arch, **rest)
+    except (TypeError, ValueError) as e:
+        raise FrontendError(f"{where}: invalid config: {e}") from None
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise FrontendError(f"{model_dir}: not a model directory (no config.json)")
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FrontendError(f"{path}: corrupt JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise FrontendError(f"{path}: expected a JSON object")
+    return values
+
+
+def build_model(config: Any, *, seed: int = 0, meta: bool = False) -> torch.nn.Module:
+    """A randomly initialised model (seeded), or one on the meta device (no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    config._attn_implementation = "sdpa"
+    if meta:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+def load_pretrained(model_dir: Path) -> torch.nn.Module:
+    """Load a local model directory (config.json + safetensors) in float32, offline."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    config = config_from_dict(read_config(model_dir), str(model_dir / "config.json"))
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not weights:
+        raise FrontendError(f"{model_dir}: no *.safetensors weights (use --shapes-only for a config alone)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, config=config, dtype=torch.float32, local_files_only=True, attn_implementation="sdpa"
+        )
+    except SafetensorError as e:
+        raise FrontendError(f"{weights[0]}: corrupt safetensors file: {e}") from None
+    except (OSError, ValueError, RuntimeError) as e:
+        raise FrontendError(f"{model_dir}: cannot load weights: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+class StepModule(torch.nn.Module):
+    """``(input_ids, mask, position_ids, *past) -> (logits, *present)`` around a HF causal LM.
+
+    ``past`` and ``present`` are flat (k_0, v_0, k_1, v_1, ...) of [1, kv_heads, length, head_dim].
+    """
+
+    def __init__(self, model: torch.nn.Module, layers: int) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = layers
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *present)
+
+
+def causal_mask(new: int, past: int) -> torch.Tensor:
+    """The additive mask [1, 1, new, past+new]: 0 where a query may attend, -inf elsewhere."""
+    full = torch.full((new, past + new), float("-inf"))
+    return torch.triu(full, diagonal=past + 1)[None, None]
+
+
+def step_inputs(model: torch.nn.Module, shape: CacheShape, new: int, past: int, device: str = "cpu") -> tuple:
+    vocab = model.config.vocab_size
+    ids = (torch.arange(new, device=device) * 7 % vocab)[None]
+    positions = torch.arange(past, past + new, device=device)[None]
+    kv = [torch.zeros(1, shape.kv_heads, past, shape.head_dim, device=device) for _ in range(2 * shape.layers)]
+    return (ids, causal_mask(new, past).to(device), positions, *kv)
+
+
+def export_step(model: torch.nn.Module, max_length: int) -> torch.export.ExportedProgram:
+    """``torch.export`` the step with symbolic ``L`` (new tokens) and ``P`` (cache length)."""
+    shape = cache_shape(model.config)
+    device = "meta" if next(model.parameters()).is_meta else "cpu"
+    step = StepModule(model, shape.layers)
+    new = torch.export.Dim(SEQ, min=2, max=max_length)
+    past = torch.export.Dim(PAST, min=2, max=max_length)
+    total = torch.export.Dim("S", min=4, max=2 * max_length)  # torch.export finds S = L + P
+    dynamic = {
+        "input_ids": {1: new},
+        "mask": {2: new, 3: total},
+        "position_ids": {1: new},
+        "past": tuple({2: past} for _ in range(2 * shape.layers)),
+    }
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(step, step_inputs(model, shape, 3, 4, device), dynamic_shapes=dynamic)
+            return exported.run_decompositions({})
+    except Exception as e:  # torch raises many error types; report the first line with the model
+        raise FrontendError(f"torch.export failed for {type(model).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def import_step(exported: torch.export.ExportedProgram, module: Module, layers: int) -> Function:
+    """The exported step as an IR function ``step`` in ``module`` (params added to it)."""
+    user = [s.arg.name for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    names = ["input_ids", "mask", "position_ids"] + [f"past_{kv}_{i}" for i in range(layers) for kv in "kv"]
+    symbols = {}
+    nodes = {n.name: n for n in exported.graph.nodes}
+    for placeholder, axis, symbol in ((user[0], 1, SEQ), (user[3], 2, PAST)):
+        size = nodes[placeholder].meta["val"].shape[axis]
+        symbols[str(size.node.expr)] = symbol
+    func = Function("step")
+    outputs = ["logits"] + [f"{kv}_{i}" for i in range(layers) for kv in "kv"]
+    convert_graph(exported, module, func, dict(zip(user, names)), symbols, outputs, param_prefix="model.")
+    return func
+
+
+def import_model(model: torch.nn.Module, name: str, max_length: int = 4096) -> Module:
+    """Import a HF causal LM (real or meta weights) as a module with ``prefill`` and ``decode``."""
+    config = model.config
+    shape = cache_shape(config)
+    module = Module(name, model_attrs(config, shape))
+    step = import_step(export_step(model, max_length), module, shape.layers)
+    module.functions["prefill"] = dce(specialize(step, {PAST: 0}, "prefill"))
+    module.functions["decode"] = dce(specialize(step, {SEQ: 1}, "decode"))
+    return prune_params(module)
+
+
+def model_attrs(config: Any, shape: CacheShape) -> dict[str, Any]:
+    def token(name: str) -> int:
+        value = getattr(config, name, None)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        return -1 if value is None else int(value)
+
+    return {
+        "arch": config.model_type,
+        "vocab_size": config.vocab_size,
+        "layers": shape.layers,
+        "kv_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "max_position": int(getattr(config, "max_position_embeddings", 0) or 0),
+        "bos_token_id": token("bos_token_id"),
+        "eos_token_id": token("eos_token_id"),
+        "config": json.dumps(config.to_diff_dict(), sort_keys=True, default=str),
+    }
