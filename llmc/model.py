@@ -1,0 +1,148 @@
+"""The user-facing model: an IR module plus its tokenizer, loaded from any supported source.
+
+``llmc.load(source)`` accepts a Hugging Face model directory, an ``.onnx`` file, an ``.llmc``
+file, the bundled model's name ``llmc-tiny``, an architecture name with a config (random,
+seeded weights), or a ``torch.nn.Module``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from llmc.deploy.generate import Generation, SamplingOptions, generate
+from llmc.deploy.interpreter_device import InterpreterDevice
+from llmc.errors import FrontendError, LlmcError
+from llmc.ir.graph import Module
+from llmc.ir.verify import VerifyError, verify_module
+
+BUNDLED = {"llmc-tiny": Path(__file__).parent / "assets" / "llmc-tiny"}
+
+
+@dataclass
+class Model:
+    """An imported model: ``module`` holds the ``prefill`` and ``decode`` programs."""
+
+    module: Module
+    tokenizer_json: str | None = None
+    source: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.module.name
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._tokenizer().encode(text).ids
+        bos = int(self.module.attrs.get("bos_token_id", -1))
+        return ids if bos < 0 or (ids and ids[0] == bos) else [bos, *ids]
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self._tokenizer().decode(list(ids), skip_special_tokens=True)
+
+    def _tokenizer(self) -> Any:
+        if self.tokenizer_json is None:
+            raise LlmcError(f"model '{self.name}' has no tokenizer: pass token ids (--prompt-ids)")
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.tokenizer_json)
+
+    def run(
+        self,
+        prompt: str | None = None,
+        prompt_ids: Sequence[int] | None = None,
+        max_new_tokens: int = 32,
+        sampling: SamplingOptions = SamplingOptions(),
+        stop: bool = True,
+    ) -> Generation:
+        """Generate through the reference interpreter."""
+        if (prompt is None) == (prompt_ids is None):
+            raise LlmcError("give exactly one of a prompt text or prompt ids")
+        ids = list(prompt_ids) if prompt_ids is not None else self.encode(prompt or "")
+        vocab = int(self.module.attrs["vocab_size"])
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise LlmcError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        eos = int(self.module.attrs.get("eos_token_id", -1))
+        stops = [eos] if stop and eos >= 0 else []
+        return generate(InterpreterDevice(self.module), ids, max_new_tokens, sampling, stops)
+
+    def save(self, path: str | Path) -> list[Path]:
+        from llmc.io import save_module
+
+        return save_module(self.module, Path(path), self.tokenizer_json)
+
+
+def load(
+    source: Any,
+    *,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    shapes_only: bool = False,
+    max_length: int = 4096,
+    name: str | None = None,
+) -> Model:
+    """Import a model from any supported source; the result is verified."""
+    model = _load(source, config, seed, shapes_only, max_length, name)
+    try:
+        verify_module(model.module)
+    except VerifyError as e:
+        raise LlmcError(f"imported IR is invalid: {e}") from None
+    return model
+
+
+def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bool, max_length: int, name: str | None) -> Model:
+    from llmc.compiler.frontend import hf
+
+    if not isinstance(source, (str, Path)):
+        import torch
+
+        if isinstance(source, torch.nn.Module):
+            return Model(hf.import_model(source.eval(), name or type(source).__name__, max_length), None, "nn.Module")
+        raise LlmcError(f"cannot import a {type(source).__name__}")
+    text = str(source)
+    if text in hf.ARCHITECTURES:
+        values = {"model_type": text, **(config or {})}
+        cfg = hf.config_from_dict(values, f"{text} config")
+        module = hf.import_model(hf.build_model(cfg, seed=seed, meta=shapes_only), name or text, max_length)
+        return Model(module, None, text)
+    path = BUNDLED.get(text, Path(text))
+    if not path.exists():
+        raise LlmcError(f"{text}: no such file or directory, and not a known model or architecture "
+                        f"({', '.join([*BUNDLED, *hf.ARCHITECTURES])})")
+    if path.is_dir():
+        return _load_hf_dir(path, shapes_only, max_length, name or (text if text in BUNDLED else path.name))
+    if path.suffix == ".llmc":
+        from llmc.io import load_module, tokenizer_path
+
+        tok = tokenizer_path(path)
+        return Model(load_module(path), tok.read_text() if tok.exists() else None, str(path))
+    if path.suffix == ".onnx":
+        from llmc.compiler.frontend.onnx import import_onnx
+
+        return Model(import_onnx(path, name or path.stem), _sibling_tokenizer(path.parent), str(path))
+    raise LlmcError(f"{path}: unknown model format (expected a model directory, .onnx or .llmc)")
+
+
+def _load_hf_dir(path: Path, shapes_only: bool, max_length: int, name: str) -> Model:
+    from llmc.compiler.frontend import hf
+
+    if shapes_only:
+        cfg = hf.config_from_dict(hf.read_config(path), str(path / "config.json"))
+        module = hf.import_model(hf.build_model(cfg, meta=True), name, max_length)
+    else:
+        module = hf.import_model(hf.load_pretrained(path), name, max_length)
+    return Model(module, _sibling_tokenizer(path), str(path))
+
+
+def _sibling_tokenizer(folder: Path) -> str | None:
+    tok = folder / "tokenizer.json"
+    if not tok.exists():
+        return None
+    text = tok.read_text()
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FrontendError(f"{tok}: corrupt JSON: {e}") from None
+    return text
