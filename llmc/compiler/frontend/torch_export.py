@@ -45,7 +45,8 @@ class Converter:
     def __init__(self, module: Module, func: Function, symbols: Mapping[str, str]) -> None:
         self.b = Builder(module, func)
         self.symbols = dict(symbols)  # torch symbol name (s0) -> IR symbol name (L)
-        self.values: dict[str, Value | None] = {}  # None: an empty tensor, dropped from concats
+        # None: an empty tensor (dropped from concats); a list: the parts of a split
+        self.values: dict[str, Value | list[Value] | None] = {}
         self.node: torch.fx.Node | None = None
         self.tied: dict[int, str] = {}  # id of a weight tensor -> its parameter name
 
@@ -94,7 +95,10 @@ class Converter:
             raise self.error(f"expected a tensor operand, got {arg!r}")
         if arg.name not in self.values:
             raise self.error(f"operand {arg.name} was not converted")
-        return self.values[arg.name]
+        value = self.values[arg.name]
+        if isinstance(value, list):
+            raise self.error(f"operand {arg.name} is a tuple of tensors")
+        return value
 
     def tensor(self, arg: Any) -> Value:
         v = self.value(arg)
@@ -126,7 +130,7 @@ class Converter:
         return out
 
 
-Handler = Callable[[Converter, torch.fx.Node], "Value | None"]
+Handler = Callable[[Converter, torch.fx.Node], "Value | list[Value] | None"]
 HANDLERS: dict[Any, Handler] = {}
 
 
@@ -470,6 +474,26 @@ def _bound(c: Converter, arg: Any, size: Dim, default: int | None) -> Dim:
         if v < 0:
             return size + v
     return value
+
+
+@handles(aten.split.Tensor, aten.split_with_sizes.default)
+def _split(c: Converter, n: torch.fx.Node) -> list[Value]:
+    x = c.tensor(n.args[0])
+    axis = (n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)) % x.type.rank
+    parts, start = [], Dim.of(0)
+    for val in n.meta["val"]:
+        size = c.dim(val.shape[axis])
+        parts.append(c.b.op("slice", [x], {"axis": axis, "start": start, "end": start + size}))
+        start = start + size
+    return parts
+
+
+@handles(operator.getitem)
+def _getitem(c: Converter, n: torch.fx.Node) -> Value:
+    parts = c.values.get(n.args[0].name)
+    if not isinstance(parts, list):
+        raise c.error("indexing a value that is not a tuple of tensors")
+    return parts[n.args[1]]
 
 
 @handles(aten.select.int)
