@@ -18,6 +18,7 @@ import torch
 from llmc.compiler.frontend.torch_export import convert_graph
 from llmc.compiler.passes.cleanup import dce, prune_params
 from llmc.compiler.passes.specialize import specialize
+from llmc.deploy.interpreter_device import causal_mask
 from llmc.errors import FrontendError
 from llmc.ir.graph import Function, Module
 
@@ -125,18 +126,12 @@ class StepModule(torch.nn.Module):
         return (out.logits, *present)
 
 
-def causal_mask(new: int, past: int) -> torch.Tensor:
-    """The additive mask [1, 1, new, past+new]: 0 where a query may attend, -inf elsewhere."""
-    full = torch.full((new, past + new), float("-inf"))
-    return torch.triu(full, diagonal=past + 1)[None, None]
-
-
 def step_inputs(model: torch.nn.Module, shape: CacheShape, new: int, past: int, device: str = "cpu") -> tuple:
     vocab = model.config.vocab_size
     ids = (torch.arange(new, device=device) * 7 % vocab)[None]
     positions = torch.arange(past, past + new, device=device)[None]
     kv = [torch.zeros(1, shape.kv_heads, past, shape.head_dim, device=device) for _ in range(2 * shape.layers)]
-    return (ids, causal_mask(new, past).to(device), positions, *kv)
+    return (ids, torch.from_numpy(causal_mask(new, past)).to(device), positions, *kv)
 
 
 def export_step(model: torch.nn.Module, max_length: int) -> torch.export.ExportedProgram:
