@@ -11,11 +11,13 @@ from llmc.ir.types import DimLike, DType, TensorType
 
 
 class Builder:
-    """Appends nodes to ``func`` in ``module``; result types come from the op registry."""
+    """Appends nodes to ``func`` in ``module`` (or to the list ``into``, for rewrites that
+    rebuild a node list); result types come from the op registry."""
 
     def __init__(self, module: Module, func: Function) -> None:
         self.module = module
         self.func = func
+        self.into: list[Node] = func.nodes
         self._names = {v.name for v in func.inputs} | {v.name for n in func.nodes for v in n.outputs}
         self._params: dict[str, Value] = {}
         self._counter = 0
@@ -40,7 +42,7 @@ class Builder:
         if name not in self._params:
             p = self.module.params[name]
             value = Value(self.fresh(name.replace(".", "_")), p.type)
-            self.func.nodes.append(Node("param", [], [value], {"name": name}))
+            self.into.append(Node("param", [], [value], {"name": name}))
             self._params[name] = value
         return self._params[name]
 
@@ -58,7 +60,7 @@ class Builder:
             raise InferError(f"op '{op}' cannot infer its result type; build it with add_node")
         names = names or [None] * len(types)  # type: ignore[list-item]
         outs = [Value(self.fresh(n), t) for n, t in zip(names, types)]
-        self.func.nodes.append(Node(op, list(inputs), outs, attrs))
+        self.into.append(Node(op, list(inputs), outs, attrs))
         return outs
 
     def constant(self, value: float | int | list[float], dtype: DType, shape: Sequence[DimLike] = ()) -> Value:

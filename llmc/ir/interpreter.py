@@ -61,7 +61,7 @@ def _check(node: Node, value: Value, array: np.ndarray, env: Mapping[str, int]) 
         raise InterpreterError(f"%{value.name} = {node.op}: produced {array.dtype}, type says {value.type.dtype}")
 
 
-Observer = Callable[[Node, list[np.ndarray]], None]
+Observer = Callable[[Node, list[np.ndarray], list[np.ndarray]], None]  # node, operands, results
 
 
 def run_function(
@@ -72,7 +72,8 @@ def run_function(
 ) -> dict[str, np.ndarray]:
     """Run ``func_name`` on ``inputs`` (by input name); returns the outputs by value name.
 
-    ``observe`` is called with every node and its results (for tracing and calibration).
+    ``observe`` is called with every node, its operands and its results (for tracing and
+    calibration).
     """
     if func_name not in module.functions:
         raise InterpreterError(f"module '{module.name}' has no function @{func_name}")
@@ -87,12 +88,13 @@ def run_function(
             last_use[v.name] = i
     keep = {v.name for v in func.outputs}
     for i, node in enumerate(func.nodes):
-        results = _eval(module, node, [values[v.name] for v in node.inputs], env)
+        args = [values[v.name] for v in node.inputs]
+        results = _eval(module, node, args, env)
         for value, array in zip(node.outputs, results):
             _check(node, value, array, env)
             values[value.name] = array
         if observe is not None:
-            observe(node, results)
+            observe(node, args, results)
         for v in node.inputs:
             if last_use[v.name] == i and v.name not in keep:
                 values.pop(v.name, None)

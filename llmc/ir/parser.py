@@ -18,7 +18,7 @@ _TOKEN = re.compile(
     r"""
     (?P<ws>\s+|//[^\n]*)
     |(?P<str>"(?:[^"\\]|\\.)*")
-    |(?P<type>tensor<[^<>]*(?:<[^<>]*>[^<>]*)*>)
+    |(?P<type>tensor<(?:[^<>]|<(?:[^<>]|<[^<>]*>)*>)*>)
     |(?P<fixed>u?fixed<\d+,\d+>)
     |(?P<val>%[A-Za-z0-9_.]+)
     |(?P<func>@[A-Za-z0-9_.]+)
@@ -64,8 +64,16 @@ class _Parser:
     def tok(self) -> _Tok:
         return self.toks[self.i]
 
-    def error(self, message: str) -> ParseError:
+    def error(self, message: str, line: int | None = None) -> ParseError:
+        """An error at the current token, or at ``line`` for a token already consumed."""
+        if line is not None:
+            return ParseError(f"line {line}: {message}")
         return ParseError(f"line {self.tok.line}: {message} (at {self.tok.text or 'end of input'!r})")
+
+    def take_val(self) -> tuple[str, int]:
+        """A ``%name``: the name and its line."""
+        line = self.tok.line
+        return self.take("val")[1:], line
 
     def take(self, kind: str, text: str | None = None) -> str:
         if self.tok.kind != kind or (text is not None and self.tok.text != text):
@@ -89,19 +97,27 @@ class _Parser:
     # -- grammar ----------------------------------------------------------------------------
     def module(self) -> Module:
         self.take("word", "module")
-        module = Module(name=json.loads(self.take("str")), attrs=self.attrs())
+        name = json.loads(self.take("str"))
+        # The body also opens with '{': attributes follow only as '{key =' (or an empty '{}' '{').
+        ahead = [t.text for t in self.toks[self.i : self.i + 3]]
+        has_attrs = ahead[:1] == ["{"] and (
+            (self.toks[min(self.i + 1, len(self.toks) - 1)].kind == "word" and ahead[2:] == ["="])
+            or ahead[1:] == ["}", "{"]
+        )
+        module = Module(name=name, attrs=self.attrs() if has_attrs else {})
         self.take("punct", "{")
         while not self.accept("}"):
+            line = self.tok.line
             if self.accept("param"):
                 name = json.loads(self.take("str"))
                 self.take("punct", ":")
                 if name in module.params:
-                    raise self.error(f"parameter '{name}' declared twice")
+                    raise self.error(f"parameter '{name}' declared twice", line)
                 module.params[name] = Param(name, self.type_())
             elif self.accept("func"):
                 func = self.function()
                 if func.name in module.functions:
-                    raise self.error(f"function @{func.name} defined twice")
+                    raise self.error(f"function @{func.name} defined twice", line)
                 module.functions[func.name] = func
             else:
                 raise self.error("expected 'param', 'func' or '}'")
@@ -112,35 +128,35 @@ class _Parser:
         func = Function(self.take("func")[1:])
         values: dict[str, Value] = {}
 
-        def define(name: str, type_: TensorType) -> Value:
+        def define(name: str, line: int, type_: TensorType) -> Value:
             if name in values:
-                raise self.error(f"value %{name} defined twice")
+                raise self.error(f"value %{name} defined twice", line)
             values[name] = Value(name, type_)
             return values[name]
 
-        def use(name: str) -> Value:
+        def use(name: str, line: int) -> Value:
             if name not in values:
-                raise self.error(f"value %{name} used before it is defined")
+                raise self.error(f"value %{name} used before it is defined", line)
             return values[name]
 
         self.take("punct", "(")
         while not self.accept(")"):
-            name = self.take("val")[1:]
+            name, line = self.take_val()
             self.take("punct", ":")
-            func.inputs.append(define(name, self.type_()))
+            func.inputs.append(define(name, line, self.type_()))
             if self.tok.text != ")":
                 self.take("punct", ",")
         self.take("punct", "{")
         while not self.accept("return"):
-            outs = [self.take("val")[1:]]
+            outs = [self.take_val()]
             while self.accept(","):
-                outs.append(self.take("val")[1:])
+                outs.append(self.take_val())
             self.take("punct", "=")
             op = self.take("word")
             self.take("punct", "(")
             ins = []
             while not self.accept(")"):
-                ins.append(use(self.take("val")[1:]))
+                ins.append(use(*self.take_val()))
                 if self.tok.text != ")":
                     self.take("punct", ",")
             attrs = self.attrs()
@@ -149,12 +165,12 @@ class _Parser:
             while self.accept(","):
                 types.append(self.type_())
             if len(types) != len(outs):
-                raise self.error(f"{len(outs)} results but {len(types)} types")
-            func.nodes.append(Node(op, ins, [define(n, t) for n, t in zip(outs, types)], attrs))
+                raise self.error(f"{len(outs)} results but {len(types)} types", outs[0][1])
+            func.nodes.append(Node(op, ins, [define(n, line, t) for (n, line), t in zip(outs, types)], attrs))
         if self.tok.kind == "val":
-            func.outputs.append(use(self.take("val")[1:]))
+            func.outputs.append(use(*self.take_val()))
             while self.accept(","):
-                func.outputs.append(use(self.take("val")[1:]))
+                func.outputs.append(use(*self.take_val()))
         self.take("punct", "}")
         return func
 

@@ -34,6 +34,8 @@ class DType:
             raise ValueError(f"unknown dtype kind '{self.kind}'")
         if self.kind == "float" and self.bits not in (16, 32, 64):
             raise ValueError(f"unsupported float width {self.bits}")
+        if (self.kind == "bfloat" and self.bits != 16) or (self.kind == "bool" and self.bits != 1):
+            raise ValueError(f"{self.kind} has a fixed width, got {self.bits}")  # printed as bf16 / bool
         if self.kind in ("int", "uint", "fixed", "ufixed") and not 1 <= self.bits <= 64:
             raise ValueError(f"integer width must be 1..64, got {self.bits}")
         if self.kind in ("fixed", "ufixed") and not 0 <= self.frac <= self.bits:
@@ -306,6 +308,8 @@ class QuantEncoding:
             raise ValueError(f"group size must be >= 0, got {self.group}")
         if self.symmetric and self.zero_dtype is not None:
             raise ValueError("a symmetric encoding has no zero points")
+        if not self.symmetric and self.zero_dtype is None:
+            raise ValueError("an asymmetric encoding needs a zero-point dtype")
 
     def __str__(self) -> str:
         text = f"#quant<bits={self.bits},group={self.group},scale={self.scale_dtype}"
@@ -347,7 +351,8 @@ def parse_encoding(text: str) -> Encoding:
     if m:
         block = tuple(int(b) for b in m[1].split("x"))
         return SparseEncoding(block=() if block == (1,) else block, density=float(m[2]))
-    m = re.fullmatch(r"#quant<bits=(\d+),group=(\d+),scale=([^,>]+),(sym|asym,zero=([^,>]+))>", text)
+    dt = r"(u?fixed<\d+,\d+>|[^,<>]+)"  # a dtype; fixed-point ones hold a comma
+    m = re.fullmatch(rf"#quant<bits=(\d+),group=(\d+),scale={dt},(sym|asym,zero={dt})>", text)
     if m:
         symmetric = m[4] == "sym"
         return QuantEncoding(
@@ -417,9 +422,13 @@ class TensorType:
         if not m:
             raise ValueError(f"bad tensor type '{text}'")
         body, *encodings = _split_encodings(m[1])
-        parts = body.split("x")  # symbols are upper case, so 'x' only separates dims
-        dtype = DType.parse(parts[-1])
-        shape = tuple(Dim.parse(p) for p in parts[:-1])
+        # Dims hold no lower-case letters, so the dtype starts at the first lower-case letter
+        # that is not an 'x' separator ('x' may also occur inside the dtype, as in fixed<16,8>).
+        split = re.fullmatch(r"((?:[^a-z]+x)*)([a-z].*)", body)
+        if not split:
+            raise ValueError(f"bad tensor type '{text}'")
+        dtype = DType.parse(split[2])
+        shape = tuple(Dim.parse(p) for p in split[1].split("x")[:-1])
         return TensorType(shape, dtype, tuple(parse_encoding(e) for e in encodings))
 
 

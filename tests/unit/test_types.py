@@ -37,6 +37,14 @@ def test_dtype_round_trip(text):
     assert DType.parse(str(dtype)) == dtype
 
 
+@pytest.mark.parametrize("kind,bits", [("bfloat", 32), ("bool", 8), ("float", 8), ("int", 0), ("uint", 65), ("real", 32)])
+def test_dtype_constructor_rejects(kind, bits):
+    with pytest.raises(ValueError):
+        DType(kind, bits)
+    with pytest.raises(ValueError):
+        DType("fixed", 8, 9)
+
+
 def test_dtype_parse_fields():
     assert DType.parse("bf16") == BF16 and BF16.is_float and BF16.bits == 16
     assert DType.parse("f16") == F16 and DType.parse("f32") == F32
@@ -244,6 +252,7 @@ def test_encoding_text():
         lambda: QuantEncoding(bits=17, group=0),
         lambda: QuantEncoding(bits=4, group=-1),
         lambda: QuantEncoding(bits=4, group=0, symmetric=True, zero_dtype=DType.parse("u8")),
+        lambda: QuantEncoding(bits=4, group=0, symmetric=False),  # would print zero=None
         lambda: SparseEncoding(n=5, m=4),
         lambda: SparseEncoding(n=0, m=4),
         lambda: SparseEncoding(density=1.5),

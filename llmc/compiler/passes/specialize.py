@@ -35,8 +35,9 @@ def specialize(func: Function, env: Mapping[str, DimLike], name: str | None = No
         out.inputs.append(new[v.name])
     for node in func.nodes:
         inputs = [new[v.name] for v in node.inputs]
-        if node.op == "concat":
-            inputs = [v for v in inputs if not _empty(v)] or inputs[:1]
+        if node.op == "concat":  # drop operands empty along the axis (not merely empty)
+            axis = node.attrs["axis"]
+            inputs = [v for v in inputs if v.type.shape[axis] != Dim.of(0)] or inputs[:1]
             if len(inputs) == 1:
                 new[node.outputs[0].name] = inputs[0]
                 continue
@@ -44,7 +45,8 @@ def specialize(func: Function, env: Mapping[str, DimLike], name: str | None = No
         attrs = {k: _attr(a, env) for k, a in node.attrs.items()}
         out.nodes.append(Node(node.op, inputs, outputs, attrs))
         new.update({o.name: n for o, n in zip(node.outputs, outputs)})
-    out.outputs = [_output(out, new[v.name], v.name) for v in func.outputs]
+    for v in func.outputs:  # one at a time: _output looks at the outputs placed so far
+        out.outputs.append(_output(out, new[v.name], v.name))
     used = {v.name for n in out.nodes for v in n.inputs} | {v.name for v in out.outputs}
     out.inputs = [v for v in out.inputs if v.name in used or not _empty(v)]
     return out

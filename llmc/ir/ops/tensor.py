@@ -55,7 +55,9 @@ class Constant:
     @staticmethod
     def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
         shape = ctx.shape(attrs["shape"])
-        value = np.asarray(attrs["value"], dtype=np.float64)
+        value = np.asarray(attrs["value"])  # ints stay exact (float64 would round past 2^53)
+        if value.dtype.kind not in "iuf":
+            value = value.astype(np.float64)
         data = np.broadcast_to(value, shape) if value.ndim == 0 else value.reshape(shape)
         return [as_dtype(data, attrs["dtype"])]
 
@@ -78,6 +80,8 @@ class Iota:
             if not length.is_static:
                 raise InferError("iota with a step other than 1 needs static bounds")
             length = Dim.of(max(0, -(-length.value // step)))
+        elif length.is_static and length.value < 0:  # arange(5, 2) is empty
+            length = Dim.of(0)
         return [TensorType.of([length], attrs["dtype"])]
 
     @staticmethod
@@ -251,7 +255,7 @@ def _reduction(name: str, fn: Any) -> None:
                 x = x.astype(np.float32)
             elif np.issubdtype(x.dtype, np.integer):
                 x = x.astype(np.int64)
-            axes = tuple(a % max(x.ndim, 1) for a in attrs["axes"])
+            axes = tuple(sorted({a % max(x.ndim, 1) for a in attrs["axes"]}))  # [1, -1] is one axis
             return [as_dtype(fn(x, axis=axes, keepdims=attrs["keepdim"]), ctx.out_types[0].dtype)]
 
     Reduce.__doc__ = f"{name} over ``axes``."
@@ -363,6 +367,8 @@ class Slice:
             if bound.is_static and size.is_static and bound.value > size.value:
                 raise InferError(f"slice bound {bound} is past the dim size {size}")
         length = end - start
+        if length.is_static and length.value < 0:
+            raise InferError(f"slice start {start} is past its end {end}")
         if step != 1:
             if not length.is_static:
                 raise InferError("a strided slice needs static bounds")
