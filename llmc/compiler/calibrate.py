@@ -1,0 +1,94 @@
+"""Calibration: statistics of every linear layer's input, collected by running the interpreter.
+
+Samples are seeded windows of the bundled corpus's train split (random token ids for a model
+without a tokenizer). For each linear layer, keyed by its weight parameter, we keep what the
+compression algorithms need: the Gram matrix ``X^T X`` (GPTQ, SparseGPT), per-feature mean and
+max of ``|x|`` (AWQ, SmoothQuant), per-feature squared norms (Wanda) and a bounded sample of
+rows (AWQ's scale search, output-error sensitivity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmc.data import sample_windows, token_stream
+from llmc.deploy.interpreter_device import causal_mask
+from llmc.ir.graph import Module, Node
+from llmc.ir.interpreter import run_function
+
+
+@dataclass
+class LayerStats:
+    """Input statistics of one linear layer over ``rows`` calibration tokens."""
+
+    rows: int
+    gram: np.ndarray  # [K, K] float64: sum of x x^T
+    abs_mean: np.ndarray  # [K]
+    abs_max: np.ndarray  # [K]
+    sq_sum: np.ndarray  # [K]: sum of x_j^2
+    samples: np.ndarray  # [<= max_rows, K] float32
+
+    @property
+    def hessian(self) -> np.ndarray:
+        """``2 X^T X / rows``, the Hessian of the layer-wise squared error."""
+        return 2.0 * self.gram / max(self.rows, 1)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    samples: int = 16
+    length: int = 128
+    seed: int = 0
+    max_rows: int = 512
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.length < 2:
+            raise ValueError("calibration needs at least 1 sample of at least 2 tokens")
+
+
+def calibration_windows(module: Module, tokenizer_json: str | None, config: CalibrationConfig) -> list[np.ndarray]:
+    if tokenizer_json is None:
+        rng = np.random.default_rng(config.seed)
+        vocab = int(module.attrs["vocab_size"])
+        return [rng.integers(0, vocab, size=config.length) for _ in range(config.samples)]
+    stream = token_stream(tokenizer_json, "train", int(module.attrs.get("eos_token_id", -1)))
+    return sample_windows(stream, config.length, config.samples, config.seed)
+
+
+def linear_weight_names(module: Module, func_name: str = "prefill") -> dict[str, str]:
+    """Map value name -> parameter name for every parameter read by ``func_name``."""
+    return {n.outputs[0].name: n.attrs["name"] for n in module.functions[func_name].nodes if n.op == "param"}
+
+
+def collect(module: Module, tokenizer_json: str | None, config: CalibrationConfig = CalibrationConfig()) -> dict[str, LayerStats]:
+    """Run the prefill program on the calibration windows; return stats per linear weight."""
+    params = linear_weight_names(module)
+    acc: dict[str, dict[str, np.ndarray | int]] = {}
+    rng = np.random.default_rng(config.seed)
+
+    def observe(node: Node, args: list[np.ndarray], results: list[np.ndarray]) -> None:
+        if node.op != "linear" or node.inputs[1].name not in params:
+            return
+        x = args[0].reshape(-1, args[0].shape[-1]).astype(np.float64)
+        s = acc.setdefault(params[node.inputs[1].name], {"rows": 0, "gram": 0.0, "abs_sum": 0.0, "abs_max": 0.0,
+                                                         "sq_sum": 0.0, "samples": []})
+        s["rows"] += x.shape[0]
+        s["gram"] = s["gram"] + x.T @ x
+        s["abs_sum"] = s["abs_sum"] + np.abs(x).sum(axis=0)
+        s["abs_max"] = np.maximum(s["abs_max"], np.abs(x).max(axis=0))
+        s["sq_sum"] = s["sq_sum"] + (x * x).sum(axis=0)
+        s["samples"].append(x.astype(np.float32))
+
+    for window in calibration_windows(module, tokenizer_json, config):
+        n = len(window)
+        run_function(module, "prefill", {"input_ids": window[None].astype(np.int64), "mask": causal_mask(n, 0),
+                                         "position_ids": np.arange(n, dtype=np.int64)[None]}, observe=observe)
+    stats = {}
+    for name, s in acc.items():
+        rows = np.concatenate(s["samples"])
+        keep = rng.choice(len(rows), size=min(config.max_rows, len(rows)), replace=False)
+        stats[name] = LayerStats(int(s["rows"]), np.asarray(s["gram"]), np.asarray(s["abs_sum"]) / s["rows"],
+                                 np.asarray(s["abs_max"]), np.asarray(s["sq_sum"]), rows[np.sort(keep)])
+    return stats

@@ -1,0 +1,1 @@
+"""Compression algorithms on NumPy matrices (no IR): quantizers, calibration-aware solvers, masks."""
