@@ -25,8 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from llmc import __version__
-from llmc.deploy.generate import SAMPLERS, SamplingOptions, generate_stream
-from llmc.deploy.interpreter_device import InterpreterDevice
+from llmc.deploy.generate import SAMPLERS, SamplingOptions
 from llmc.errors import LlmcError
 from llmc.ir.interpreter import InterpreterError
 from llmc.ir.parser import ParseError
@@ -267,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     show_bar = progress_enabled(args) and not sys.stdout.isatty()  # on one terminal the text is the progress
     with tqdm(total=args.max_new_tokens, desc="generating", unit="tok", delay=1.0, leave=False,
               file=sys.stderr, disable=not show_bar) as bar:
-        for token in stream_tokens(model, ids, args.max_new_tokens, sampling):
+        for token, _ in model.stream(prompt_ids=ids, max_new_tokens=args.max_new_tokens, sampling=sampling):
             piece = text.push(token)
             if not args.json:
                 print(piece, end="", flush=True)
@@ -285,20 +284,6 @@ def parse_ids(text: str) -> list[int]:
         return [int(part) for part in text.split(",")]
     except ValueError:
         raise LlmcError(f"--prompt-ids: expected comma-separated integers, got '{text}'") from None
-
-
-def stream_tokens(model: Model, ids: Sequence[int], max_new_tokens: int, sampling: SamplingOptions) -> Iterator[int]:
-    """The tokens :meth:`Model.run` would return, each as soon as it is sampled."""
-    if not ids:
-        raise LlmcError("the prompt is empty")
-    vocab = int(model.module.attrs["vocab_size"])
-    bad = [i for i in ids if not 0 <= i < vocab]
-    if bad:
-        raise LlmcError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
-    eos = int(model.module.attrs.get("eos_token_id", -1))
-    device = InterpreterDevice(model.module)
-    for token, _ in generate_stream(device, ids, max_new_tokens, sampling, [eos] if eos >= 0 else []):
-        yield token
 
 
 class TextStream:

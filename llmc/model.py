@@ -8,11 +8,12 @@ seeded weights), or a ``torch.nn.Module``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from llmc.deploy.generate import Generation, SamplingOptions, generate
+from llmc.deploy.generate import Generation, SamplingOptions, generate_stream
 from llmc.deploy.interpreter_device import InterpreterDevice
 from llmc.errors import FrontendError, LlmcError
 from llmc.ir.graph import Module
@@ -48,25 +49,43 @@ class Model:
 
         return Tokenizer.from_str(self.tokenizer_json)
 
-    def run(
+    def stream(
         self,
         prompt: str | None = None,
         prompt_ids: Sequence[int] | None = None,
         max_new_tokens: int = 32,
-        sampling: SamplingOptions = SamplingOptions(),
+        sampling: SamplingOptions | None = None,
         stop: bool = True,
-    ) -> Generation:
-        """Generate through the reference interpreter."""
+    ) -> Iterator[tuple[int, float]]:
+        """Generate through the reference interpreter, yielding ``(token, seconds)`` as each
+        token is sampled; stops after the end-of-sequence token when ``stop``."""
         if (prompt is None) == (prompt_ids is None):
             raise LlmcError("give exactly one of a prompt text or prompt ids")
         ids = list(prompt_ids) if prompt_ids is not None else self.encode(prompt or "")
+        if not ids:
+            raise LlmcError("the prompt is empty")
         vocab = int(self.module.attrs["vocab_size"])
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise LlmcError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
         eos = int(self.module.attrs.get("eos_token_id", -1))
         stops = [eos] if stop and eos >= 0 else []
-        return generate(InterpreterDevice(self.module), ids, max_new_tokens, sampling, stops)
+        return generate_stream(InterpreterDevice(self.module), ids, max_new_tokens, sampling or SamplingOptions(), stops)
+
+    def run(
+        self,
+        prompt: str | None = None,
+        prompt_ids: Sequence[int] | None = None,
+        max_new_tokens: int = 32,
+        sampling: SamplingOptions | None = None,
+        stop: bool = True,
+    ) -> Generation:
+        """Generate through the reference interpreter; all tokens at once."""
+        out = Generation()
+        for token, seconds in self.stream(prompt, prompt_ids, max_new_tokens, sampling, stop):
+            out.tokens.append(token)
+            out.step_seconds.append(seconds)
+        return out
 
     def save(self, path: str | Path) -> list[Path]:
         from llmc.io import save_module
@@ -93,7 +112,16 @@ def load(
 
 
 def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bool, max_length: int, name: str | None) -> Model:
-    from llmc.compiler.frontend import hf
+    text = str(source)
+    if isinstance(source, (str, Path)) and text.endswith(".llmc") and text not in BUNDLED:
+        from llmc.io import load_module, tokenizer_path
+
+        path = Path(text)
+        if not path.exists():
+            raise LlmcError(f"{path}: no such file or directory")
+        tok = tokenizer_path(path)
+        return Model(load_module(path), tok.read_text() if tok.exists() else None, str(path))
+    from llmc.compiler.frontend import hf  # imports torch: only for sources that need it
 
     if not isinstance(source, (str, Path)):
         import torch
@@ -101,7 +129,6 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
         if isinstance(source, torch.nn.Module):
             return Model(hf.import_model(source.eval(), name or type(source).__name__, max_length), None, "nn.Module")
         raise LlmcError(f"cannot import a {type(source).__name__}")
-    text = str(source)
     if text in hf.ARCHITECTURES:
         values = {"model_type": text, **(config or {})}
         cfg = hf.config_from_dict(values, f"{text} config")
@@ -113,11 +140,6 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
                         f"({', '.join([*BUNDLED, *hf.ARCHITECTURES])})")
     if path.is_dir():
         return _load_hf_dir(path, shapes_only, max_length, name or (text if text in BUNDLED else path.name))
-    if path.suffix == ".llmc":
-        from llmc.io import load_module, tokenizer_path
-
-        tok = tokenizer_path(path)
-        return Model(load_module(path), tok.read_text() if tok.exists() else None, str(path))
     if path.suffix == ".onnx":
         from llmc.compiler.frontend.onnx import import_onnx
 
