@@ -200,3 +200,46 @@ def model_attrs(config: Any, shape: CacheShape) -> dict[str, Any]:
         "eos_token_id": token("eos_token_id"),
         "config": json.dumps(config.to_diff_dict(), sort_keys=True, default=str),
     }
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, max_length: int = 4096, *, optimize: bool = False) -> Path:
+    """Export the step (the same contract as :func:`export_step`) to an ONNX file at ``path``.
+
+    Inputs are named ``input_ids, mask, position_ids, past_k_0, past_v_0, ...`` and outputs
+    ``logits, k_0, v_0, ...``; the module attributes of :func:`model_attrs` are stored as JSON
+    in the metadata property ``llmc.attrs``. Weights are embedded (external data only past 2 GB).
+    ``optimize`` runs the exporter's graph optimiser (it folds weight transposes into new,
+    unnamed initializers, so it is off by default to keep parameter names).
+    """
+    import warnings
+
+    from llmc.compiler.frontend.onnx import ATTRS_KEY
+
+    if next(model.parameters()).is_meta:
+        raise FrontendError(f"cannot export {type(model).__name__} to ONNX: it has no weights (shapes-only)")
+    shape = cache_shape(model.config)
+    step = StepModule(model, shape.layers).eval()
+    new = torch.export.Dim(SEQ, min=2, max=max_length)
+    past = torch.export.Dim(PAST, min=2, max=max_length)
+    total = torch.export.Dim("S", min=4, max=2 * max_length)
+    dynamic = {
+        "input_ids": {1: new},
+        "mask": {2: new, 3: total},
+        "position_ids": {1: new},
+        "past": tuple({2: past} for _ in range(2 * shape.layers)),
+    }
+    caches = [f"{t}_{i}" for i in range(shape.layers) for t in "kv"]
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")  # L names 3 axes
+            program = torch.onnx.export(
+                step, step_inputs(model, shape, 3, 4), dynamo=True, dynamic_shapes=dynamic,
+                input_names=["input_ids", "mask", "position_ids", *(f"past_{c}" for c in caches)],
+                output_names=["logits", *caches], opset_version=18, optimize=optimize, verbose=False,
+            )
+    except Exception as e:  # the exporter raises many error types; report the first line
+        raise FrontendError(f"ONNX export failed for {type(model).__name__}: {str(e).splitlines()[0]}") from None
+    program.model.metadata_props[ATTRS_KEY] = json.dumps(model_attrs(model.config, shape), sort_keys=True)
+    path = Path(path)
+    program.save(path)
+    return path
