@@ -316,6 +316,8 @@ class TextStream:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import llmc.cli_compress  # noqa: F401  (registers opt and eval)
+
     debug = "show tracebacks, and library warnings, logs and progress bars"
     common = argparse.ArgumentParser(add_help=False)  # --debug also after the subcommand
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)

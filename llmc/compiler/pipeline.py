@@ -19,9 +19,10 @@ import re
 import time
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llmc.compiler.calibrate import CalibrationConfig, LayerStats, collect
 from llmc.errors import LlmcError
@@ -92,11 +93,7 @@ class PassCall:
     options: Any
 
     def __str__(self) -> str:
-        fields = [
-            f"{f.name}={_format(getattr(self.options, f.name))}"
-            for f in dataclasses.fields(self.options)
-            if getattr(self.options, f.name) != f.default
-        ]
+        fields = [f"{f.name}={_format(getattr(self.options, f.name))}" for f in dataclasses.fields(self.options)]
         return self.info.name + ("{" + ",".join(fields) + "}" if fields else "")
 
 
