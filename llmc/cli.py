@@ -101,7 +101,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def load_model(args: argparse.Namespace) -> Model:
     """The model named by ``args.model`` with ``--config``, ``--seed`` and ``--shapes-only``."""
-    from llmc.compiler.frontend.hf import ARCHITECTURES
+    from llmc.compiler.frontend import ARCHITECTURES
 
     config = None
     if args.config is not None:

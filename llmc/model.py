@@ -121,15 +121,19 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
             raise LlmcError(f"{path}: no such file or directory")
         tok = tokenizer_path(path)
         return Model(load_module(path), tok.read_text() if tok.exists() else None, str(path))
-    from llmc.compiler.frontend import hf  # imports torch: only for sources that need it
+    from llmc.compiler.frontend import ARCHITECTURES  # light: hf imports torch, only for sources that need it
 
     if not isinstance(source, (str, Path)):
         import torch
 
+        from llmc.compiler.frontend import hf
+
         if isinstance(source, torch.nn.Module):
             return Model(hf.import_model(source.eval(), name or type(source).__name__, max_length), None, "nn.Module")
         raise LlmcError(f"cannot import a {type(source).__name__}")
-    if text in hf.ARCHITECTURES:
+    if text in ARCHITECTURES:
+        from llmc.compiler.frontend import hf
+
         values = {"model_type": text, **(config or {})}
         cfg = hf.config_from_dict(values, f"{text} config")
         module = hf.import_model(hf.build_model(cfg, seed=seed, meta=shapes_only), name or text, max_length)
@@ -137,7 +141,7 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
     path = BUNDLED.get(text, Path(text))
     if not path.exists():
         raise LlmcError(f"{text}: no such file or directory, and not a known model or architecture "
-                        f"({', '.join([*BUNDLED, *hf.ARCHITECTURES])})")
+                        f"({', '.join([*BUNDLED, *ARCHITECTURES])})")
     if path.is_dir():
         return _load_hf_dir(path, shapes_only, max_length, name or (text if text in BUNDLED else path.name))
     if path.suffix == ".onnx":

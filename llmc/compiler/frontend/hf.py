@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from llmc.compiler.frontend import ARCHITECTURES
 from llmc.compiler.frontend.torch_export import convert_graph
 from llmc.compiler.passes.cleanup import dce, prune_params
 from llmc.compiler.passes.specialize import specialize
@@ -22,7 +23,6 @@ from llmc.deploy.interpreter_device import causal_mask
 from llmc.errors import FrontendError
 from llmc.ir.graph import Function, Module
 
-ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2", "opt")
 SEQ, PAST = "L", "P"
 
 

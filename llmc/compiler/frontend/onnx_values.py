@@ -1,0 +1,75 @@
+"""Values of the ONNX frontend known at import time: :class:`Const` and the helpers that compute with them.
+
+Shared by the converter (:mod:`llmc.compiler.frontend.onnx`) and its op handlers
+(:mod:`llmc.compiler.frontend.onnx_ops`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from llmc.ir.graph import Value
+from llmc.ir.ops.common import as_dtype
+from llmc.ir.types import BF16, BOOL, F16, F32, F64, I8, I32, I64, Dim, DType, int_dtype
+
+FOLD_LIMIT = 1024  # constants up to this many elements are computed with at import time
+CONST_LIMIT = 16  # and become IR constants when a runtime op reads them (larger ones params, unless uniform)
+
+_DTYPES: dict[int, DType] = {
+    TensorProto.FLOAT: F32, TensorProto.FLOAT16: F16, TensorProto.BFLOAT16: BF16, TensorProto.DOUBLE: F64,
+    TensorProto.INT64: I64, TensorProto.INT32: I32, TensorProto.INT16: int_dtype(16), TensorProto.INT8: I8,
+    TensorProto.UINT8: int_dtype(8, signed=False), TensorProto.BOOL: BOOL,
+}
+
+
+@dataclass
+class Const:
+    """A tensor known at import time. ``data`` is numeric, or an object array of :class:`Dim` for
+    symbolic integers. ``origin`` names the initializer it is (``transposed``: its transpose)."""
+
+    data: np.ndarray
+    dtype: DType
+    origin: str | None = None
+    transposed: bool = False
+
+    @property
+    def symbolic(self) -> bool:
+        return self.data.dtype == object
+
+
+Operand = Value | Const | list  # a list is an ONNX sequence (SplitToSequence)
+
+
+def elem_dtype(elem_type: int) -> DType:
+    if elem_type not in _DTYPES:
+        raise ValueError(f"unsupported element type {TensorProto.DataType.Name(elem_type)}")
+    return _DTYPES[elem_type]
+
+
+def proto_const(t: onnx.TensorProto) -> Const:
+    """A tensor proto's data (bf16 held in float32, as the interpreter stores it)."""
+    dtype = elem_dtype(t.data_type)
+    return Const(numpy_helper.to_array(t).astype(dtype.numpy(), copy=False), dtype)
+
+
+def to_dims(data: np.ndarray) -> list[Dim]:
+    """The elements of an integer constant (numeric or symbolic) as dims."""
+    return [x if isinstance(x, Dim) else Dim.of(int(x)) for x in np.asarray(data).ravel()]
+
+
+def make_const(data: Any, dtype: DType) -> Const:
+    """A constant from a computed array: symbolic arrays whose dims are all static become numeric."""
+    arr = np.asarray(data)
+    if arr.dtype == object:
+        dims = to_dims(arr)
+        if any(not d.is_static for d in dims):
+            out = np.empty(len(dims), dtype=object)
+            out[:] = dims
+            return Const(out.reshape(arr.shape), dtype)
+        arr = np.array([d.value for d in dims], dtype=np.int64).reshape(arr.shape)
+    return Const(as_dtype(arr, dtype), dtype)
