@@ -49,12 +49,15 @@ class CalibrationConfig:
 
 
 def calibration_windows(module: Module, tokenizer_json: str | None, config: CalibrationConfig) -> list[np.ndarray]:
+    """Seeded windows of ``config.length`` tokens, at most the model's context."""
+    context = int(module.attrs.get("max_position", 0) or 0)
+    length = min(config.length, context) if context else config.length
     if tokenizer_json is None:
         rng = np.random.default_rng(config.seed)
         vocab = int(module.attrs["vocab_size"])
-        return [rng.integers(0, vocab, size=config.length) for _ in range(config.samples)]
+        return [rng.integers(0, vocab, size=length) for _ in range(config.samples)]
     stream = token_stream(tokenizer_json, "train", int(module.attrs.get("eos_token_id", -1)))
-    return sample_windows(stream, config.length, config.samples, config.seed)
+    return sample_windows(stream, length, config.samples, config.seed)
 
 
 def linear_weight_names(module: Module, func_name: str = "prefill") -> dict[str, str]:
