@@ -14,7 +14,7 @@ import numpy as np
 
 from llmc.ir.builder import Builder
 from llmc.ir.graph import Function, Module, Node, Param, Value
-from llmc.ir.types import TensorType
+from llmc.ir.types import QuantEncoding, TensorType
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
 
@@ -66,8 +66,8 @@ def linear_layers(module: Module, exclude_head: bool = True) -> list[LinearLayer
                 continue
             name = params[node.inputs[1].name]
             p = module.params[name]
-            if not p.type.dtype.is_float or p.type.encodings:
-                continue
+            if not p.type.dtype.is_float or any(isinstance(e, QuantEncoding) for e in p.type.encodings):
+                continue  # already quantized (a sparse float weight is still a candidate)
             if exclude_head and (node.inputs[1].name in embedded or "lm_head" in name):
                 continue
             n, k = p.type.static_shape()
@@ -96,9 +96,10 @@ def replace_param(module: Module, name: str, new_params: list[Param], expand: Ex
             builder.into = nodes
             values = {p.name: builder.param(p.name) for p in new_params}
             result = expand(builder, values)
-            if result.type != old.type:
+            if result.type != TensorType(old.type.shape, old.type.dtype):  # encodings move to the new params
                 raise ValueError(f"replacement of '{name}' has type {result.type}, expected {old.type}")
             producer = nodes[-1]
+            node.outputs[0].type = result.type
             producer.outputs = [node.outputs[0] if v is result else v for v in producer.outputs]
         func.nodes = nodes
     if all(n.attrs.get("name") != name for _, n in module.iter_nodes() if n.op == "param"):
