@@ -22,6 +22,7 @@ from llmc.cli import (
     load_model,
     progress_enabled,
 )
+from llmc.compiler.calibrate import CalibrationConfig
 from llmc.compiler.pipeline import PassCall
 from llmc.errors import LlmcError
 from llmc.ir.graph import Module
@@ -32,9 +33,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--pipeline", metavar="PASSES",
                         help="passes, e.g. 'smoothquant{alpha=0.5},quantize{bits=4,group=128,method=gptq}'")
     parser.add_argument("--recipe", type=Path, metavar="YAML", help="a recipe file instead of --pipeline")
-    parser.add_argument("--calib-samples", type=int, default=16, metavar="N",
-                        help="calibration windows from the corpus's train split (default 16)")
-    parser.add_argument("--calib-length", type=int, default=128, metavar="T", help="tokens per window (default 128)")
+    parser.add_argument("--calib-samples", type=int, default=CalibrationConfig.samples, metavar="N",
+                        help="calibration windows from the corpus's train split (default %(default)s)")
+    parser.add_argument("--calib-length", type=int, default=CalibrationConfig.length, metavar="T",
+                        help="tokens per window (default %(default)s)")
     parser.add_argument("--print-after", default="", metavar="PASSES",
                         help="print the IR after these passes (comma-separated names, or 'all') to stderr")
 
@@ -51,7 +53,6 @@ def pipeline_calls(args: argparse.Namespace) -> list[PassCall]:
 
 def compress(model: Model, calls: list[PassCall], args: argparse.Namespace) -> tuple[Model, dict]:
     """Apply ``calls`` to ``model``; returns the new model and the pass reports."""
-    from llmc.compiler.calibrate import CalibrationConfig
     from llmc.compiler.pipeline import Hooks, PassContext, run_pipeline
     from llmc.ir.printer import print_module
 

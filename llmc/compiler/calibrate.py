@@ -38,8 +38,8 @@ class LayerStats:
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    samples: int = 16
-    length: int = 128
+    samples: int = 32
+    length: int = 256
     seed: int = 0
     max_rows: int = 512
 

@@ -50,6 +50,9 @@ class PassContext:
     timings: list[tuple[str, float]] = field(default_factory=list)
     _stats: tuple[Module, dict[str, LayerStats]] | None = None
 
+    def forget_calibration(self) -> None:
+        self._stats = None
+
     def calibration(self, module: Module) -> dict[str, LayerStats]:
         """Input statistics of every linear layer of ``module`` (cached for this module)."""
         if self._stats is None or self._stats[0] is not module:
@@ -202,6 +205,7 @@ def run_pipeline(module: Module, calls: list[PassCall], context: PassContext | N
     for call in calls:
         start = time.perf_counter()
         module = call.info.run(module, call.options, context)
+        context.forget_calibration()  # a pass may have changed its output after calibrating it
         context.timings.append((str(call), time.perf_counter() - start))
         if hooks.verify_each:
             try:

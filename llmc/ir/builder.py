@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llmc.ir.graph import Function, Module, Node, Value, canonical_attr
 from llmc.ir.registry import OPS, InferError

@@ -8,8 +8,9 @@ enter a function through ``param`` nodes, so every operand is an SSA value.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

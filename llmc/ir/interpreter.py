@@ -7,7 +7,7 @@ implementation that disagrees with its own type inference fails loudly.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 

@@ -8,8 +8,8 @@ optional tuple of encodings that compression passes fill in (quantization, spars
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Union
 
 import numpy as np
 
@@ -279,7 +279,7 @@ class Dim:
         return total
 
 
-DimLike = Union[Dim, int, str]
+DimLike = Dim | int | str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +340,7 @@ class SparseEncoding:
         return f"#sparse<block={block},density={self.density!r}>"
 
 
-Encoding = Union[QuantEncoding, SparseEncoding]
+Encoding = QuantEncoding | SparseEncoding
 
 
 def parse_encoding(text: str) -> Encoding:

@@ -8,7 +8,7 @@ import pytest
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
 from llmc.compiler.calibrate import LayerStats
-from llmc.compiler.passes.mixed_precision import MixedPrecisionOptions, allocate, unit_errors
+from llmc.compiler.passes.mixed_precision import allocate, unit_errors
 from llmc.compiler.pipeline import PassContext, PipelineError, parse_pipeline, run_pipeline
 from llmc.compiler.quant.grid import Grid, quantize_rtn
 from llmc.compiler.size import linear_storage, param_bits

@@ -7,8 +7,8 @@ shared, never mutated), and the rewrites below build new node lists.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -38,20 +38,22 @@ def clone(module: Module) -> Module:
     """A copy of the module's structure; parameter arrays are shared (passes never mutate them)."""
     out = Module(module.name, dict(module.attrs))
     out.params = {k: Param(p.name, p.type, p.data) for k, p in module.params.items()}
-    for name, func in module.functions.items():
-        values: dict[int, Value] = {}
-
-        def copy(v: Value) -> Value:
-            if id(v) not in values:
-                values[id(v)] = Value(v.name, v.type)
-            return values[id(v)]
-
-        new = Function(name, [copy(v) for v in func.inputs])
-        new.nodes = [Node(n.op, [copy(v) for v in n.inputs], [copy(v) for v in n.outputs], dict(n.attrs))
-                     for n in func.nodes]
-        new.outputs = [copy(v) for v in func.outputs]
-        out.functions[name] = new
+    out.functions = {name: _copy_function(func) for name, func in module.functions.items()}
     return out
+
+
+def _copy_function(func: Function) -> Function:
+    values: dict[int, Value] = {}
+
+    def copy(v: Value) -> Value:
+        if id(v) not in values:
+            values[id(v)] = Value(v.name, v.type)
+        return values[id(v)]
+
+    new = Function(func.name, [copy(v) for v in func.inputs])
+    new.nodes = [Node(n.op, [copy(v) for v in n.inputs], [copy(v) for v in n.outputs], dict(n.attrs)) for n in func.nodes]
+    new.outputs = [copy(v) for v in func.outputs]
+    return new
 
 
 def linear_layers(module: Module, exclude_head: bool = True) -> list[LinearLayer]:

@@ -4,27 +4,33 @@ Each float weight ``W`` [N, K] becomes integer codes (``W.codes``, with a ``#qua
 float16 scales (``W.scales`` [N, K/group]) and, for asymmetric grids, integer zero points
 (``W.zeros``); every function reads them through a ``dequantize`` node, so the interpreter runs
 exactly the arithmetic the hardware does.
+
+Methods: ``rtn`` (round to nearest), ``gptq`` (Hessian error feedback, see
+:mod:`llmc.compiler.quant.gptq`), ``awq`` (activation-aware input scales folded into the
+producing op, then round to nearest with a clipping search, see :mod:`llmc.compiler.quant.awq`)
+and ``ternary`` (BitNet b1.58 absmean codes in ``{-1, 0, 1}``; ``bits`` is ignored, codes are
+stored in 2 bits). ``gptq`` and ``awq`` calibrate on the input module. A weight whose type
+carries a ``#sparse`` encoding keeps its zeros (and the encoding, on its codes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 
 from llmc.compiler.calibrate import LayerStats
-from llmc.compiler.passes.linear import LinearLayer, clone, linear_layers, replace_param
+from llmc.compiler.passes.linear import LinearLayer, clone, fold_input_scale, linear_layers, replace_param
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
+from llmc.compiler.quant.awq import ScaleChoice, input_groups, quantize_clipped, scaled_stats, search_scale
+from llmc.compiler.quant.gptq import quantize_gptq
 from llmc.compiler.quant.grid import Grid, Quantized, quantize_rtn
+from llmc.compiler.quant.ternary import BITS_PER_WEIGHT, quantize_ternary, ternary_grid
 from llmc.ir.builder import Builder
 from llmc.ir.graph import Module, Param, Value
 from llmc.ir.ops.common import as_dtype
-from llmc.ir.types import F16, DType, QuantEncoding, TensorType
-
-Quantizer = Callable[[np.ndarray, Grid, "LayerStats | None", "QuantizeOptions"], Quantized]
-QUANTIZERS: dict[str, Quantizer] = {"rtn": lambda w, grid, stats, options: quantize_rtn(w, grid)}
-CALIBRATED = {"gptq", "awq"}
+from llmc.ir.types import F16, DType, QuantEncoding, SparseEncoding, TensorType
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class QuantizeOptions:
     symmetric: bool = True
     act_order: bool = True  # GPTQ: quantize columns in order of decreasing Hessian diagonal
     damp: float = 0.01  # GPTQ: dampening, a fraction of the mean Hessian diagonal
+    clip: bool = True  # AWQ: search a per-group clipping of the quantization range
     include_head: bool = False
 
     def __post_init__(self) -> None:
@@ -43,10 +50,48 @@ class QuantizeOptions:
             raise ValueError(f"unknown method '{self.method}' (choose from {', '.join(sorted(QUANTIZERS))})")
         if not 0.0 <= self.damp < 1.0:
             raise ValueError(f"damp must be in [0, 1), got {self.damp}")
+        if self.method == "ternary" and not self.symmetric:
+            raise ValueError("ternary codes are symmetric: drop symmetric=false")
 
     @property
     def grid(self) -> Grid:
+        if self.method == "ternary":
+            return ternary_grid(self.group)
         return Grid(self.bits, self.group, self.symmetric)
+
+
+class Quantizer(Protocol):
+    """Rounds one weight matrix; ``pruned`` (bool, like ``w``) marks zeros to keep."""
+
+    def __call__(self, w: np.ndarray, grid: Grid, stats: LayerStats | None, options: QuantizeOptions,
+                 pruned: np.ndarray | None = None) -> Quantized: ...
+
+
+def _rtn(w: np.ndarray, grid: Grid, stats: LayerStats | None, options: QuantizeOptions,
+         pruned: np.ndarray | None = None) -> Quantized:
+    return quantize_rtn(w, grid)
+
+
+def _gptq(w: np.ndarray, grid: Grid, stats: LayerStats | None, options: QuantizeOptions,
+          pruned: np.ndarray | None = None) -> Quantized:
+    assert stats is not None
+    return quantize_gptq(w, grid, stats, options.damp, options.act_order, pruned)
+
+
+def _awq(w: np.ndarray, grid: Grid, stats: LayerStats | None, options: QuantizeOptions,
+         pruned: np.ndarray | None = None) -> Quantized:
+    assert stats is not None
+    return quantize_clipped(w, grid, stats) if options.clip else quantize_rtn(w, grid)
+
+
+def _ternary(w: np.ndarray, grid: Grid, stats: LayerStats | None, options: QuantizeOptions,
+             pruned: np.ndarray | None = None) -> Quantized:
+    return quantize_ternary(w, grid.group)
+
+
+# Rounding of one weight matrix, by method. Zero weights stay zero (for GPTQ, those in ``pruned``).
+QUANTIZERS: dict[str, Quantizer] = {"rtn": _rtn, "gptq": _gptq, "awq": _awq, "ternary": _ternary}
+CALIBRATED = {"gptq", "awq"}
 
 
 def check_quantize(module: Module, options: QuantizeOptions) -> None:
@@ -58,36 +103,68 @@ def check_quantize(module: Module, options: QuantizeOptions) -> None:
 
 @register_pass("quantize", QuantizeOptions, check=check_quantize)
 def quantize(module: Module, options: QuantizeOptions, context: PassContext) -> Module:
-    """Weight-only quantization (RTN, GPTQ or AWQ) of every linear layer."""
+    """Weight-only quantization (RTN, GPTQ, AWQ or ternary) of every linear layer."""
     out = clone(module)
     layers = linear_layers(out, exclude_head=not options.include_head)
-    stats = context.calibration(out) if options.method in CALIBRATED else {}
-    quantizer = QUANTIZERS[options.method]
+    if any(out.params[layer.weight].data is None for layer in layers):
+        raise PipelineError("pass quantize: the module has no weights (shapes-only)")
+    stats = context.calibration(module) if options.method in CALIBRATED else {}
+    missing = [layer.weight for layer in layers if options.method in CALIBRATED and layer.weight not in stats]
+    if missing:
+        raise PipelineError(f"pass quantize: calibration never reached {missing[0]}")
+    grid = options.grid
+    report: dict[str, object] = {"layers": len(layers), "bits": grid.bits, "group": grid.group,
+                                 "method": options.method,
+                                 "bits_per_weight": BITS_PER_WEIGHT if options.method == "ternary" else grid.bits}
+    if options.method == "awq":
+        choices = apply_awq(out, layers, stats, grid)
+        stats = {**stats, **{w: scaled_stats(stats[w], c.scale) for c in choices if c.folded for w in c.weights}}
+        report["awq"] = [{"weights": list(c.weights), "alpha": round(c.alpha, 3), "folded": c.folded,
+                          "error_vs_rtn": c.error / c.rtn_error if c.rtn_error else 1.0} for c in choices]
     for layer in layers:
-        data = out.params[layer.weight].data
-        if data is None:
-            raise PipelineError(f"pass quantize: {layer.weight} has no weights (shapes-only module)")
-        q = quantizer(data.astype(np.float32), options.grid, stats.get(layer.weight), options)
-        install(out, layer, q)
-    context.reports["quantize"] = {"layers": len(layers), "bits": options.bits, "group": options.group,
-                                   "method": options.method}
+        p = out.params[layer.weight]
+        assert p.data is not None
+        data = p.data.astype(np.float32)
+        sparse = tuple(e for e in p.type.encodings if isinstance(e, SparseEncoding))
+        pruned = (data == 0) if sparse else None
+        try:
+            q = QUANTIZERS[options.method](data, grid, stats.get(layer.weight), options, pruned)
+        except ValueError as e:
+            raise PipelineError(f"pass quantize: {layer.weight}: {e}") from None
+        install(out, layer, q, sparse)
+    context.reports["quantize"] = report
     return out
 
 
-def install(module: Module, layer: LinearLayer, q: Quantized) -> None:
-    """Replace ``layer``'s float weight by the parameters of ``q`` and a ``dequantize`` node."""
+def apply_awq(module: Module, layers: list[LinearLayer], stats: dict[str, LayerStats], grid: Grid) -> list[ScaleChoice]:
+    """Search the AWQ scale of every input group of ``layers`` and fold it into ``module`` (in
+    place; the function is unchanged). ``stats``: calibration of the module before any scaling."""
+    choices = []
+    for names in input_groups(module, [layer.weight for layer in layers]):
+        data = [np.asarray(module.params[n].data, dtype=np.float32) for n in names]
+        alpha, s, err, rtn = search_scale(data, stats[names[0]], grid)
+        folded = fold_input_scale(module, names, s) if alpha > 0 else ""
+        choices.append(ScaleChoice(tuple(names), alpha, s, err, rtn, folded))
+    return choices
+
+
+def install(module: Module, layer: LinearLayer, q: Quantized, extra: tuple[SparseEncoding, ...] = ()) -> None:
+    """Replace ``layer``'s float weight by the parameters of ``q`` and a ``dequantize`` node;
+    ``extra`` encodings (sparsity) go on the codes."""
     grid = q.grid
     n, k = layer.out_features, layer.in_features
     code_dtype = DType("int" if grid.symmetric else "uint", grid.bits)
     zero_dtype = None if grid.symmetric else DType("uint", grid.bits)
     encoding = QuantEncoding(grid.bits, grid.group, F16, grid.symmetric, zero_dtype)
     groups = q.scales.shape[1]
+    codes_type = TensorType.of([n, k], code_dtype, (encoding, *extra))
     params = [
-        Param(f"{layer.weight}.codes", TensorType.of([n, k], code_dtype, (encoding,)), as_dtype(q.codes, code_dtype)),
+        Param(f"{layer.weight}.codes", codes_type, as_dtype(q.codes, code_dtype)),
         Param(f"{layer.weight}.scales", TensorType.of([n, groups], F16), q.scales.astype(np.float16)),
     ]
     if q.zeros is not None and zero_dtype is not None:
-        params.append(Param(f"{layer.weight}.zeros", TensorType.of([n, groups], zero_dtype), as_dtype(q.zeros, zero_dtype)))
+        zeros_type = TensorType.of([n, groups], zero_dtype)
+        params.append(Param(f"{layer.weight}.zeros", zeros_type, as_dtype(q.zeros, zero_dtype)))
 
     def expand(b: Builder, values: dict[str, Value]) -> Value:
         return b.op("dequantize", [values[p.name] for p in params], {"group": grid.group})

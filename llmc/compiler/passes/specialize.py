@@ -7,7 +7,8 @@ prefill with no cache inputs.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from llmc.ir.graph import Function, Node, Value, canonical_attr
 from llmc.ir.types import Dim, DimLike

@@ -12,7 +12,7 @@ import numpy as np
 
 from llmc.ir.ops.common import as_dtype, broadcast_shapes, float_only, norm_axis, same_dtype
 from llmc.ir.registry import AttrSpec, InferError, RefContext, register
-from llmc.ir.types import Dim, TensorType
+from llmc.ir.types import TensorType
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -165,7 +165,7 @@ class Attention:
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         q, k, v = ins[:3]
-        dtype = same_dtype(ins)
+        same_dtype(ins)
         float_only(q, "attention")
         if not q.rank == k.rank == v.rank == 4:
             raise InferError("attention q, k, v must be rank 4 [B, H, L, D]")
