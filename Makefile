@@ -12,7 +12,9 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(LLMC) show llmc-tiny
-	$(LLMC) run llmc-tiny --prompt "The interpreter" --max-new-tokens 32
+	$(LLMC) opt llmc-tiny -p "quantize{bits=4,group=128,method=gptq}" -o build/llmc-tiny-w4.llmc --force
+	$(LLMC) eval build/llmc-tiny-w4.llmc --windows 40
+	$(LLMC) run build/llmc-tiny-w4.llmc --prompt "A hacker is" --max-new-tokens 32
 
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
