@@ -102,3 +102,45 @@ def test_param_bits_counts_every_kind_of_storage() -> None:
     assert param_bits(two_four) == 32 * (2 * 4 + 3)  # 2 values + log2(C(4,2)=6) -> 3 index bits per group
     side = Param("c", TensorType.of([8, 16], F16, (SparseEncoding(block=(), density=0.25),)))
     assert param_bits(side) == 32 * (16 + 4) + 32 * 9
+
+
+BEFORE = """
+module "m" {vocab_size = 16, max_position = 8} {
+  param "emb" : tensor<16x8xf32>
+  param "w" : tensor<4x8xf32>
+  func @prefill(%input_ids: tensor<1xLxi64>, %mask: tensor<1x1xLxLxf32>, %position_ids: tensor<1xLxi64>) {
+    %emb = param() {name = "emb"} : tensor<16x8xf32>
+    %x = embedding(%emb, %input_ids) : tensor<1xLx8xf32>
+    %w = param() {name = "w"} : tensor<4x8xf32>
+    %logits = linear(%x, %w) : tensor<1xLx4xf32>
+    return %logits
+  }
+}
+"""
+
+EXPECTED = """
+module "m" {vocab_size = 16, max_position = 8} {
+  param "emb" : tensor<16x8xf32>
+  param "w.codes" : tensor<4x8xi4 #quant<bits=4,group=4,scale=f16,sym>>
+  param "w.scales" : tensor<4x2xf16>
+  func @prefill(%input_ids: tensor<1xLxi64>, %mask: tensor<1x1xLxLxf32>, %position_ids: tensor<1xLxi64>) {
+    %emb = param() {name = "emb"} : tensor<16x8xf32>
+    %x = embedding(%emb, %input_ids) : tensor<1xLx8xf32>
+    %w_codes = param() {name = "w.codes"} : tensor<4x8xi4 #quant<bits=4,group=4,scale=f16,sym>>
+    %w_scales = param() {name = "w.scales"} : tensor<4x2xf16>
+    %w = dequantize(%w_codes, %w_scales) {group = 4} : tensor<4x8xf32>
+    %logits = linear(%x, %w) : tensor<1xLx4xf32>
+    return %logits
+  }
+}
+"""
+
+
+def test_before_expected_layer_granularity() -> None:
+    before = parse_module(BEFORE)
+    rng = np.random.default_rng(0)
+    for p in before.params.values():
+        p.data = rng.standard_normal(p.type.static_shape()).astype(np.float32)
+    # budget 8.0 = 4-bit codes + one f16 scale per 4 weights: every layer gets 4 bits
+    out = run_pipeline(before, parse_pipeline("mixed-precision{budget=8.0,group=4,granularity=layer}"))
+    assert out == parse_module(EXPECTED)
