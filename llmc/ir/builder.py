@@ -39,8 +39,13 @@ class Builder:
         return value
 
     def param(self, name: str) -> Value:
-        """The value of module parameter ``name`` (one ``param`` node per function)."""
+        """The value of module parameter ``name``: an existing ``param`` node's result when one
+        is already emitted before this point, else a new ``param`` node."""
         if name not in self._params:
+            for node in self.into:
+                if node.op == "param" and node.attrs["name"] == name:
+                    self._params[name] = node.outputs[0]
+                    return node.outputs[0]
             p = self.module.params[name]
             value = Value(self.fresh(name.replace(".", "_")), p.type)
             self.into.append(Node("param", [], [value], {"name": name}))

@@ -32,8 +32,11 @@ def run1(op: str, in_types: Sequence[TensorType], arrays: Sequence[np.ndarray], 
 
 
 def fill_params(module: Module, rng: np.random.Generator) -> None:
-    """Random data for every parameter: small normals for floats, the full range for integers."""
+    """Random data for every parameter without data: small normals for floats, the full range
+    for integers."""
     for p in module.params.values():
+        if p.data is not None:
+            continue
         if p.type.dtype.is_float:
             data = rng.standard_normal(p.type.static_shape()) * 0.3
         else:
@@ -65,8 +68,11 @@ def build_every_op_module() -> Module:
         ("model.a.zeros", TensorType.of([8, 2], u4)),
         ("model.w8.codes", TensorType.of([8, 8], i8, (QuantEncoding(8, 0),))),
         ("model.w8.scales", TensorType.of([8, 1], F16)),
+        ("model.lut.zeros", TensorType.of([8, 2], DType("uint", 8))),
     ]:
         module.params[name] = Param(name, type_)
+    planes = np.arange(2 * 8 * 2, dtype=np.uint8).reshape(2, 8, 2) % 16  # 4-bit pattern indices
+    module.params["model.lut.planes"] = Param("model.lut.planes", TensorType.of([2, 8, 2], DType("uint", 8)), planes)
     func = Function("step.v1")
     module.functions[func.name] = func
     b = Builder(module, func)
@@ -91,6 +97,11 @@ def build_every_op_module() -> Module:
     xq, xs = b.op_multi("quantize_dynamic", [h], {"bits": 8})
     h = b.op("qlinear", [xq, xs, b.param("model.w8.codes"), b.param("model.w8.scales")], {"group": 0})
     h = b.op("fake_quant", [h], {"bits": 4, "group": 4})
+    tables = b.op_multi("lut_precompute", [h], {"g": 4})
+    lut = [b.param("model.lut.planes"), b.param("model.q.scales"), b.param("model.lut.zeros")]
+    h = b.op("lut_gemm", [*tables, *lut], {"bits": 2, "group": 4})
+    int8_tables = b.op_multi("lut_precompute", [h], {"g": 4, "table_bits": 8})
+    h = b.op("lut_gemm", [*int8_tables, *lut], {"bits": 2, "group": 4})
     # elementwise: a positive operand for log/sqrt/pow
     pos = b.op("add", [b.op("abs", [h]), b.constant(1.0, F32)])
     for op in ["exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "silu", "erf", "cos", "sin", "gelu",

@@ -1,0 +1,1 @@
+"""LUT-mpGEMM weight encoding: offset codes and the packed bit-plane layout of docs/lut.md."""

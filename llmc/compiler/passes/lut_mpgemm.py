@@ -1,0 +1,118 @@
+"""``lut-mpgemm``: quantized linear layers (1..4-bit codes) into table lookups (docs/lut.md).
+
+Every ``linear(x, dequantize(codes, scales[, zeros]))`` becomes ``lut_gemm`` over the weight's
+packed bit-planes (``W.planes``) and integer zero points (``W.lut_zeros``), reading the tables of
+``lut_precompute(x)``. Layers that read the same activations share one precompute, placed right
+after the op producing them (the norm or activation a hardware table builder fuses with).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmc.compiler.lut.pack import offset_codes, pack_planes
+from llmc.compiler.passes.cleanup import dce, prune_params
+from llmc.compiler.passes.linear import clone
+from llmc.compiler.pipeline import PassContext, register_pass
+from llmc.ir.builder import Builder
+from llmc.ir.graph import Function, Module, Node, Param, Value
+from llmc.ir.types import DType, QuantEncoding, SparseEncoding, TensorType
+
+U8 = DType("uint", 8)
+
+
+@dataclass(frozen=True)
+class LutOptions:
+    g: int = 4
+    symmetric: bool = True
+    table_bits: int = 0  # 0: float32 tables; 8: int8 tables
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.g <= 8:
+            raise ValueError(f"g must be 1..8, got {self.g}")
+        if self.table_bits not in (0, 8):
+            raise ValueError(f"table_bits must be 0 (float) or 8, got {self.table_bits}")
+
+
+@dataclass(frozen=True)
+class _Site:
+    node: Node  # the linear layer
+    codes: str
+    scales: str
+    zeros: str | None
+    encoding: QuantEncoding
+
+
+def _sites(module: Module, func: Function, options: LutOptions) -> list[_Site]:
+    producers = func.producers()
+    out = []
+    for node in func.nodes:
+        if node.op != "linear":
+            continue
+        deq = producers.get(node.inputs[1].name)
+        if deq is None or deq.op != "dequantize":
+            continue
+        names = [producers[v.name].attrs.get("name") if producers.get(v.name) is not None else None for v in deq.inputs]
+        if None in names:
+            continue
+        codes = module.params[names[0]]
+        quant = [e for e in codes.type.encodings if isinstance(e, QuantEncoding)]
+        if not quant or quant[0].bits > 4 or any(isinstance(e, SparseEncoding) for e in codes.type.encodings):
+            continue
+        if quant[0].group % options.g:
+            continue
+        out.append(_Site(node, names[0], names[1], names[2] if len(names) == 3 else None, quant[0]))
+    return out
+
+
+def _lut_params(module: Module, site: _Site, options: LutOptions) -> tuple[str, str]:
+    """Create (once) the planes and zero-point parameters of a layer."""
+    weight = site.codes.removesuffix(".codes")
+    planes, zeros = f"{weight}.planes", f"{weight}.lut_zeros"
+    if planes not in module.params:
+        codes = module.params[site.codes]
+        scales = module.params[site.scales]
+        z_in = module.params[site.zeros].data if site.zeros else None
+        u, z = offset_codes(codes.data, z_in, site.encoding.bits, scales.type.static_shape()[1])
+        data = pack_planes(u, site.encoding.bits, options.g)
+        module.params[planes] = Param(planes, TensorType.of(list(data.shape), U8), data)
+        module.params[zeros] = Param(zeros, TensorType.of(list(z.shape), U8), z.astype("uint8"))
+    return planes, zeros
+
+
+@register_pass("lut-mpgemm", LutOptions)
+def lut_mpgemm(module: Module, options: LutOptions, context: PassContext) -> Module:
+    """Rewrite quantized linear layers of 1..4 bits into LUT-mpGEMM form."""
+    out = clone(module)
+    rewritten = set()
+    for func in out.functions.values():
+        sites = _sites(out, func, options)
+        tables: dict[str, list[Value]] = {}
+        nodes: list[Node] = []
+        by_node = {id(s.node): s for s in sites}
+        builder = Builder(out, func)
+        for node in func.nodes:
+            site = by_node.get(id(node))
+            if site is None:
+                nodes.append(node)
+                continue
+            builder.into = nodes
+            x = node.inputs[0]
+            if x.name not in tables:
+                attrs = {"g": options.g, "symmetric": options.symmetric, "table_bits": options.table_bits}
+                tables[x.name] = builder.op_multi("lut_precompute", [x], attrs)
+            planes, zeros = _lut_params(out, site, options)
+            args = [*tables[x.name], builder.param(planes), builder.param(site.scales), builder.param(zeros)]
+            attrs = {"bits": site.encoding.bits, "g": options.g, "group": site.encoding.group,
+                     "symmetric": options.symmetric}
+            y = builder.op("lut_gemm", args, attrs)
+            if len(node.inputs) == 3:
+                y = builder.op("add", [y, node.inputs[2]])
+            nodes[-1].outputs = [node.outputs[0]]  # the layer's users read the same value
+            rewritten.add(site.codes)
+        func.nodes = nodes
+        dce(func)
+    prune_params(out)
+    context.reports["lut-mpgemm"] = {"layers": len(rewritten), "g": options.g, "symmetric": options.symmetric,
+                                     "table_bits": options.table_bits}
+    return out
