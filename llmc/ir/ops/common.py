@@ -80,3 +80,13 @@ def float_only(t: TensorType, what: str) -> None:
 def int_only(t: TensorType, what: str) -> None:
     if not (t.dtype.is_int or t.dtype.kind == "bool"):
         raise InferError(f"{what} needs an integer operand, got {t.dtype}")
+
+
+def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` of integer arrays, exact, as int64. Float64 BLAS is used when every partial sum
+    provably stays below 2^53 (where doubles are exact integers), else int64 arithmetic."""
+    a64, b64 = a.astype(np.int64), b.astype(np.int64)
+    bound = int(np.abs(a64).max(initial=0)) * int(np.abs(b64).max(initial=0)) * a.shape[-1]
+    if bound < 1 << 53:
+        return np.matmul(a64.astype(np.float64), b64.astype(np.float64)).astype(np.int64)
+    return np.matmul(a64, b64)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from llmc.ir.ops.common import as_dtype, broadcast_shapes, float_only, norm_axis, same_dtype
+from llmc.ir.ops.common import as_dtype, broadcast_shapes, exact_int_matmul, float_only, norm_axis, same_dtype
 from llmc.ir.registry import AttrSpec, InferError, RefContext, register
 from llmc.ir.types import TensorType
 
@@ -38,7 +38,7 @@ class Matmul:
     def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
         a, b = (_f32(x) for x in ins)
         if np.issubdtype(a.dtype, np.integer):
-            a, b = a.astype(np.int64), b.astype(np.int64)
+            return [as_dtype(exact_int_matmul(a, b), ctx.out_types[0].dtype)]
         return [as_dtype(np.matmul(a, b), ctx.out_types[0].dtype)]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from llmc.ir.ops.common import as_dtype
+from llmc.ir.ops.common import as_dtype, exact_int_matmul
 from llmc.ir.registry import AttrSpec, InferError, RefContext, register
 from llmc.ir.types import F16, F32, Dim, DType, TensorType
 
@@ -141,7 +141,7 @@ class QLinear:
         span = group or k
         out = np.zeros(xq.shape[:-1] + (wq.shape[0],), dtype=np.float32)
         for g in range(k // span):
-            acc = xq[..., g * span:(g + 1) * span] @ wq[:, g * span:(g + 1) * span].T
+            acc = exact_int_matmul(xq[..., g * span:(g + 1) * span], wq[:, g * span:(g + 1) * span].T)
             out += acc.astype(np.float32) * ws[:, g].astype(np.float32)
         out = xs * out
         if len(ins) == 5:
