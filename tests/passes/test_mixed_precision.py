@@ -44,9 +44,9 @@ def test_unit_errors_are_hessian_weighted_output_errors() -> None:
 def test_allocation_spends_budget_on_the_most_sensitive_units() -> None:
     # unit 0 gains hugely from more bits, unit 1 hardly at all
     errors = [np.array([[100.0, 10.0, 1.0], [1.0, 0.9, 0.8]])]
-    choice = allocate(errors, [1], [2, 3, 4], [2.0, 3.0, 4.0], budget=3.0)
-    assert choice[0].tolist() == [2, 0]
-    assert allocate(errors, [1], [2, 3, 4], [2.0, 3.0, 4.0], budget=2.0)[0].tolist() == [0, 0]
+    costs = [np.array([2.0, 3.0, 4.0])]
+    assert allocate(errors, [1], costs, budget=3.0)[0].tolist() == [2, 0]
+    assert allocate(errors, [1], costs, budget=2.0)[0].tolist() == [0, 0]
 
 
 @pytest.mark.parametrize("granularity", ["group", "layer"])

@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from llmc.compiler.calibrate import LayerStats
-from llmc.compiler.passes.linear import LinearLayer, clone, linear_layers, replace_param
+from llmc.compiler.calibrate import LayerStats, calibration_windows
+from llmc.compiler.evaluate import window_nll
+from llmc.compiler.passes.linear import LinearLayer, clone, linear_layers, replace_param, set_param
 from llmc.compiler.passes.quantize import QUANTIZERS, QuantizeOptions, install
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.compiler.quant.grid import Grid, Quantized, quantize_rtn
@@ -31,7 +32,7 @@ from llmc.ir.types import F16, I32, DType, QuantEncoding, TensorType
 
 U8 = DType("uint", 8)
 
-TAG_BITS = 8  # per group: where its columns are stored (a u8 slot)
+TAG_BITS = 8  # per column group: where its columns are stored (a u8 slot)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class MixedPrecisionOptions:
     group: int = 128
     granularity: str = "group"  # "group" or "layer"
     method: str = "rtn"  # how each unit is quantized once its width is chosen (rtn or gptq)
+    sensitivity: str = "loss"  # "loss": Hessian errors weighted per layer by its measured loss increase
 
     def __post_init__(self) -> None:
         bits = self.widths
@@ -49,21 +51,24 @@ class MixedPrecisionOptions:
             raise ValueError(f"widths must satisfy 2 <= min_bits <= max_bits <= 8, got {self.min_bits}..{self.max_bits}")
         if self.group <= 0:
             raise ValueError("mixed precision needs a positive group size")
+        if self.sensitivity not in ("loss", "hessian"):
+            raise ValueError(f"sensitivity must be 'loss' or 'hessian', got '{self.sensitivity}'")
         if self.method not in ("rtn", "gptq"):
             raise ValueError(f"method must be 'rtn' or 'gptq', got '{self.method}'")
         if self.granularity not in ("group", "layer"):
             raise ValueError(f"granularity must be 'group' or 'layer', got '{self.granularity}'")
-        if self.budget < self.unit_cost(bits[0]):
-            raise ValueError(f"budget {self.budget} is below the minimum {self.unit_cost(bits[0]):.3f} bits per weight "
-                             f"({bits[0]}-bit codes with scales)")
+        if self.budget < self.unit_cost(bits[0], rows=1 << 30):
+            raise ValueError(f"budget {self.budget} is below the minimum {self.unit_cost(bits[0], 1 << 30):.3f} bits "
+                             f"per weight ({bits[0]}-bit codes with scales)")
 
     @property
     def widths(self) -> list[int]:
         return list(range(self.min_bits, self.max_bits + 1))
 
-    def unit_cost(self, bits: int) -> float:
-        """Stored bits per weight of one width: codes, one f16 scale per group, the width tag."""
-        tag = TAG_BITS if self.granularity == "group" else 0
+    def unit_cost(self, bits: int, rows: int = 1) -> float:
+        """Stored bits per weight at a width: codes, one f16 scale per row and group, and (per
+        group) one slot tag shared by the ``rows`` rows of the column group."""
+        tag = TAG_BITS / rows if self.granularity == "group" else 0
         return bits + (16 + tag) / self.group
 
 
@@ -91,31 +96,32 @@ def unit_errors(w: np.ndarray, stats: LayerStats, widths: list[int], group: int,
     return np.asarray(errors).T
 
 
-def allocate(errors: list[np.ndarray], sizes: list[int], widths: list[int], costs: list[float], budget: float) -> list[np.ndarray]:
+def allocate(errors: list[np.ndarray], sizes: list[int], costs: list[np.ndarray], budget: float) -> list[np.ndarray]:
     """Greedy upgrades by error reduction per extra bit. ``errors[i]`` is [units_i, widths];
-    every unit of layer ``i`` holds ``sizes[i]`` weights. Returns width indices per unit."""
+    every unit of layer ``i`` holds ``sizes[i]`` weights costing ``costs[i][w]`` bits each at
+    width index ``w``. Returns width indices per unit."""
     choice = [np.zeros(len(e), dtype=np.int64) for e in errors]
     total = sum(len(e) * s for e, s in zip(errors, sizes))
-    spent = sum(costs[0] * len(e) * s for e, s in zip(errors, sizes))
+    spent = sum(c[0] * len(e) * s for e, s, c in zip(errors, sizes, costs))
+    last = len(costs[0]) - 1
     while True:
         best, best_gain = None, 0.0
-        for i, (err, size) in enumerate(zip(errors, sizes)):
+        for i, (err, size, cost) in enumerate(zip(errors, sizes, costs)):
             c = choice[i]
-            can = c < len(widths) - 1
-            if not can.any():
+            if (c == last).all():
                 continue
-            nxt = np.minimum(c + 1, len(widths) - 1)
-            gain = (err[np.arange(len(c)), c] - err[np.arange(len(c)), nxt]) / ((np.asarray(costs)[nxt] - np.asarray(costs)[c]) * size + 1e-30)
-            gain = np.where(can, gain, -np.inf)
+            nxt = np.minimum(c + 1, last)
+            rows = np.arange(len(c))
+            extra = (cost[nxt] - cost[c]) * size
+            gain = np.where(c < last, (err[rows, c] - err[rows, nxt]) / np.maximum(extra, 1e-30), -np.inf)
             j = int(np.argmax(gain))
-            extra = (costs[nxt[j]] - costs[c[j]]) * size
-            if gain[j] > best_gain and spent + extra <= budget * total + 1e-9:
-                best, best_gain = (i, j, extra), gain[j]
+            if gain[j] > best_gain and spent + extra[j] <= budget * total + 1e-9:
+                best, best_gain = (i, j, extra[j]), gain[j]
         if best is None:
             return choice
-        i, j, extra = best
+        i, j, extra_bits = best
         choice[i][j] += 1
-        spent += extra
+        spent += extra_bits
 
 
 @register_pass("mixed-precision", MixedPrecisionOptions, check=check_mixed)
@@ -127,8 +133,12 @@ def mixed_precision(module: Module, options: MixedPrecisionOptions, context: Pas
     widths, per_group = options.widths, options.granularity == "group"
     weights = [out.params[layer.weight].data.astype(np.float32) for layer in layers]
     errors = [unit_errors(w, stats[layer.weight], widths, options.group, per_group) for w, layer in zip(weights, layers)]
+    if options.sensitivity == "loss":
+        scale = loss_weights(out, layers, weights, errors, widths, options.group, context)
+        errors = [e * f for e, f in zip(errors, scale)]
     sizes = [layer.out_features * (options.group if per_group else layer.in_features) for layer in layers]
-    choice = allocate(errors, sizes, widths, [options.unit_cost(b) for b in widths], options.budget)
+    costs = [np.asarray([options.unit_cost(b, layer.out_features) for b in widths]) for layer in layers]
+    choice = allocate(errors, sizes, costs, options.budget)
     allocation = {}
     for layer, w, c in zip(layers, weights, choice):
         bits = [widths[i] for i in c]
@@ -144,6 +154,26 @@ def mixed_precision(module: Module, options: MixedPrecisionOptions, context: Pas
         "histogram": {str(b): flat.count(b) for b in widths},
     }
     return out
+
+
+def loss_weights(module: Module, layers: list[LinearLayer], weights: list[np.ndarray], errors: list[np.ndarray],
+                 widths: list[int], group: int, context: PassContext, windows: int = 8) -> list[float]:
+    """Per layer, the calibration loss increase per unit of Hessian error: quantizing the layer
+    alone at the lowest width, ``(NLL_q - NLL) / E``. Layer output errors are not equally harmful
+    (a layer's error is amplified or damped by everything after it); this puts every layer's
+    unit errors on the scale of the model's loss before they compete for bits."""
+    config = replace(context.calibration_config, samples=min(windows, context.calibration_config.samples))
+    sample = calibration_windows(module, context.tokenizer_json, config)
+    base = sum(window_nll(module, w) for w in sample)
+    probe = clone(module)
+    factors = []
+    for layer, w, err in zip(layers, weights, errors):
+        original = probe.params[layer.weight].data
+        set_param(probe, layer.weight, quantize_rtn(w, Grid(widths[0], group)).dequantize().astype(original.dtype))
+        increase = sum(window_nll(probe, x) for x in sample) - base
+        set_param(probe, layer.weight, original)
+        factors.append(max(increase, 1e-6) / max(float(err[:, 0].sum()), 1e-30))
+    return factors
 
 
 Quantizer = Callable[[np.ndarray, int, np.ndarray], Quantized]
