@@ -107,12 +107,12 @@ def test_param_bits_counts_every_kind_of_storage() -> None:
 BEFORE = """
 module "m" {vocab_size = 16, max_position = 8} {
   param "emb" : tensor<16x8xf32>
-  param "w" : tensor<4x8xf32>
+  param "w" : tensor<16x8xf32>
   func @prefill(%input_ids: tensor<1xLxi64>, %mask: tensor<1x1xLxLxf32>, %position_ids: tensor<1xLxi64>) {
     %emb = param() {name = "emb"} : tensor<16x8xf32>
     %x = embedding(%emb, %input_ids) : tensor<1xLx8xf32>
-    %w = param() {name = "w"} : tensor<4x8xf32>
-    %logits = linear(%x, %w) : tensor<1xLx4xf32>
+    %w = param() {name = "w"} : tensor<16x8xf32>
+    %logits = linear(%x, %w) : tensor<1xLx16xf32>
     return %logits
   }
 }
@@ -121,15 +121,15 @@ module "m" {vocab_size = 16, max_position = 8} {
 EXPECTED = """
 module "m" {vocab_size = 16, max_position = 8} {
   param "emb" : tensor<16x8xf32>
-  param "w.codes" : tensor<4x8xi4 #quant<bits=4,group=4,scale=f16,sym>>
-  param "w.scales" : tensor<4x2xf16>
+  param "w.codes" : tensor<16x8xi4 #quant<bits=4,group=4,scale=f16,sym>>
+  param "w.scales" : tensor<16x2xf16>
   func @prefill(%input_ids: tensor<1xLxi64>, %mask: tensor<1x1xLxLxf32>, %position_ids: tensor<1xLxi64>) {
     %emb = param() {name = "emb"} : tensor<16x8xf32>
     %x = embedding(%emb, %input_ids) : tensor<1xLx8xf32>
-    %w_codes = param() {name = "w.codes"} : tensor<4x8xi4 #quant<bits=4,group=4,scale=f16,sym>>
-    %w_scales = param() {name = "w.scales"} : tensor<4x2xf16>
-    %w = dequantize(%w_codes, %w_scales) {group = 4} : tensor<4x8xf32>
-    %logits = linear(%x, %w) : tensor<1xLx4xf32>
+    %w_codes = param() {name = "w.codes"} : tensor<16x8xi4 #quant<bits=4,group=4,scale=f16,sym>>
+    %w_scales = param() {name = "w.scales"} : tensor<16x2xf16>
+    %w = dequantize(%w_codes, %w_scales) {group = 4} : tensor<16x8xf32>
+    %logits = linear(%x, %w) : tensor<1xLx16xf32>
     return %logits
   }
 }
