@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
 from llmc import __version__
 from llmc.deploy.generate import SAMPLERS, SamplingOptions
 from llmc.errors import LlmcError
+from llmc.io import read_json_object
 from llmc.ir.interpreter import InterpreterError
 from llmc.ir.parser import ParseError
 from llmc.ir.verify import VerifyError
@@ -88,17 +88,6 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """The ``--config`` file: a JSON object of config values."""
-    try:
-        values = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LlmcError(f"{path}: corrupt JSON: {e}") from None
-    if not isinstance(values, dict):
-        raise LlmcError(f"{path}: expected a JSON object of config values")
-    return values
-
-
 def load_model(args: argparse.Namespace) -> Model:
     """The model named by ``args.model`` with ``--config``, ``--seed`` and ``--shapes-only``."""
     from llmc.compiler.frontend import ARCHITECTURES
@@ -107,7 +96,7 @@ def load_model(args: argparse.Namespace) -> Model:
     if args.config is not None:
         if args.model not in ARCHITECTURES:
             raise LlmcError(f"--config applies to an architecture name ({', '.join(ARCHITECTURES)}), not '{args.model}'")
-        config = read_config(args.config)
+        config = read_json_object(args.config, "a JSON object of config values")
     with activity(f"importing {args.model}", progress_enabled(args)):
         return load(args.model, config=config, seed=args.seed, shapes_only=getattr(args, "shapes_only", False))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +28,17 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_json_object(path: Path, what: str = "a JSON object") -> dict:
+    """A JSON file holding an object; one-line errors name the file."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LlmcError(f"{path}: corrupt JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise LlmcError(f"{path}: expected {what}")
+    return values
 
 
 def weights_path(path: Path) -> Path:

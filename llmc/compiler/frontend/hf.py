@@ -21,6 +21,7 @@ from llmc.compiler.passes.cleanup import dce, prune_params
 from llmc.compiler.passes.specialize import specialize
 from llmc.deploy.interpreter_device import causal_mask
 from llmc.errors import FrontendError
+from llmc.io import read_json_object
 from llmc.ir.graph import Function, Module
 
 SEQ, PAST = "L", "P"
@@ -60,13 +61,7 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "config.json"
     if not path.is_file():
         raise FrontendError(f"{model_dir}: not a model directory (no config.json)")
-    try:
-        values = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FrontendError(f"{path}: corrupt JSON: {e}") from None
-    if not isinstance(values, dict):
-        raise FrontendError(f"{path}: expected a JSON object")
-    return values
+    return read_json_object(path)
 
 
 def build_model(config: Any, *, seed: int = 0, meta: bool = False) -> torch.nn.Module:

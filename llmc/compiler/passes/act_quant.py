@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmc.compiler.passes.linear import clone, linear_layers
+from llmc.compiler.passes.linear import check_group_divides, clone, linear_layers
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.compiler.quant.grid import Grid, quantize_rtn
 from llmc.ir.builder import Builder
@@ -71,10 +71,9 @@ class _Plan:
 
 def check_act_quant(module: Module, options: ActQuantOptions) -> None:
     """Refuse groups that do not divide K and accumulators the interpreter cannot hold."""
-    for layer in linear_layers(module, exclude_head=not options.include_head):
-        if options.group and layer.in_features % options.group:
-            raise PipelineError(f"pass act-quant: group {options.group} does not divide K={layer.in_features} "
-                                f"of {layer.weight}")
+    layers = linear_layers(module, exclude_head=not options.include_head)
+    check_group_divides("act-quant", layers, options.group)
+    for layer in layers:
         if options.acc_bits(layer.in_features) > MAX_ACC_BITS:
             raise PipelineError(f"pass act-quant: {layer.weight} needs a {options.acc_bits(layer.in_features)}-bit "
                                 f"accumulator (at most {MAX_ACC_BITS}); use a smaller group")

@@ -234,3 +234,12 @@ def _insert_mul(module: Module, weights: list[str], inv: np.ndarray) -> None:
         func.nodes[at:at] = builder.into
         for node in readers:
             node.inputs[0] = scaled
+
+
+def check_group_divides(pass_name: str, layers: list[LinearLayer], group: int) -> None:
+    """Refuse a quantization group that does not divide some layer's K."""
+    from llmc.compiler.pipeline import PipelineError
+
+    for layer in layers:
+        if group and layer.in_features % group:
+            raise PipelineError(f"pass {pass_name}: group {group} does not divide K={layer.in_features} of {layer.weight}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from llmc.compiler.calibrate import LayerStats, calibration_windows
 from llmc.compiler.evaluate import window_nll
-from llmc.compiler.passes.linear import LinearLayer, clone, linear_layers, replace_param, set_param
+from llmc.compiler.passes.linear import LinearLayer, check_group_divides, clone, linear_layers, replace_param, set_param
 from llmc.compiler.passes.quantize import QUANTIZERS, QuantizeOptions, install
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.compiler.quant.grid import Grid, Quantized, quantize_rtn
@@ -73,12 +73,11 @@ class MixedPrecisionOptions:
 
 
 def check_mixed(module: Module, options: MixedPrecisionOptions) -> None:
-    for layer in linear_layers(module):
+    layers = linear_layers(module)
+    check_group_divides("mixed-precision", layers, options.group)
+    for layer in layers:
         if layer.in_features // options.group > 256:
             raise PipelineError(f"pass mixed-precision: more than 256 groups in {layer.weight}")
-        if layer.in_features % options.group:
-            raise PipelineError(f"pass mixed-precision: group {options.group} does not divide K={layer.in_features} "
-                                f"of {layer.weight}")
 
 
 def unit_errors(w: np.ndarray, stats: LayerStats, widths: list[int], group: int, per_group: bool) -> np.ndarray:

@@ -21,7 +21,14 @@ from typing import Protocol
 import numpy as np
 
 from llmc.compiler.calibrate import LayerStats
-from llmc.compiler.passes.linear import LinearLayer, clone, fold_input_scale, linear_layers, replace_param
+from llmc.compiler.passes.linear import (
+    LinearLayer,
+    check_group_divides,
+    clone,
+    fold_input_scale,
+    linear_layers,
+    replace_param,
+)
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.compiler.quant.awq import ScaleChoice, input_groups, quantize_clipped, scaled_stats, search_scale
 from llmc.compiler.quant.gptq import quantize_gptq
@@ -95,10 +102,7 @@ CALIBRATED = {"gptq", "awq"}
 
 
 def check_quantize(module: Module, options: QuantizeOptions) -> None:
-    for layer in linear_layers(module, exclude_head=not options.include_head):
-        if options.group and layer.in_features % options.group:
-            raise PipelineError(f"pass quantize: group {options.group} does not divide K={layer.in_features} "
-                                f"of {layer.weight}")
+    check_group_divides("quantize", linear_layers(module, exclude_head=not options.include_head), options.group)
 
 
 @register_pass("quantize", QuantizeOptions, check=check_quantize)

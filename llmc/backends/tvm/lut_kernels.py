@@ -1,0 +1,206 @@
+"""LUT-mpGEMM kernels (docs/lut.md) for x86 AVX-512 CPUs, written in TVMScript with LLVM intrinsics.
+
+Each kernel is one PrimFunc ``lut(x[M, K], w, s[NT, Np], z[NT, Np], y[M, Np])``: a serial table
+precompute over the activations followed by a row-parallel lookup loop, so one call covers
+everything from float activations to float outputs. Weights are in the layouts of ``pack.py``.
+
+- ``int8`` tables: the full 16-entry signed table ``S[c, p] = sum_j (2 bit_j(p) - 1) x[4c + j]``
+  quantized per activation row with ``scale = max|S| / 127`` (the int8 tables of docs/lut.md, stored
+  unfolded). Four chunks' tables fill one 64-byte register; ``vpermb`` (AVX512-VBMI) looks up 64
+  indices at once and ``vpdpbusd`` (AVX512-VNNI) multiplies by the plane weight ``2^i`` and sums the
+  four chunks of a row into an int32 accumulator. Since ``T = (S + sum_j x_j) / 2``,
+  ``acc = scale/2 * sum_i 2^i sum_c Sq + (2^b - 1)/2 * xs``.
+- ``f32`` tables: the full table ``T[c, p] = sum_j bit_j(p) x[4c + j]`` (16 floats, one register);
+  ``vpermps`` looks up 16 rows at a time, reading the index from the low nibble of each 32-bit lane
+  (eight chunks per word, shifted down by 4 per chunk), and an FMA adds ``2^i`` times the entry.
+  Exact for integer-valued activations.
+
+Both end each group with ``y += s * (acc - z * xs)``.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.script import tirx as T
+
+from .pack import CHUNK, Geometry
+
+V = 16
+"""float32 / int32 lanes of one AVX-512 register."""
+ENTRIES = 1 << CHUNK
+"""Entries of a full chunk table."""
+
+
+def _vec(base: object, lanes: int = V) -> object:
+    """The contiguous index vector ``base .. base + lanes - 1`` (a TIR ramp)."""
+    return T.ramp(base, 1, lanes)
+
+
+def _splat(value: object, lanes: int = V) -> object:
+    return T.broadcast(value, lanes)
+
+
+def _permb(table: object, index: object) -> object:
+    """``vpermb`` (AVX512-VBMI): ``table[index & 63]`` on 64 bytes."""
+    return T.call_llvm_pure_intrin("int8x64", "llvm.x86.avx512.permvar.qi.512", table, index)
+
+
+def _dpbusd(acc: object, unsigned: object, signed: object) -> object:
+    """``vpdpbusd`` (AVX512-VNNI): ``acc[l] += sum_{j<4} u8[4l+j] * s8[4l+j]`` in 16 int32 lanes."""
+    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, unsigned, signed)
+
+
+def _permps(table: object, index: object) -> object:
+    """``vpermps`` (AVX512-F): ``table[index & 15]`` on 16 floats."""
+    return T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", table, index)
+
+
+def _geometry_constants(geom: Geometry, layout: str) -> tuple[int, int, int, int]:
+    """``(K, NT, CG, CGp)``: inputs, groups, real and padded chunk slots per group."""
+    return geom.k, geom.n_groups, geom.chunks_per_group, geom.slots_per_group(layout)
+
+
+def lut_int8_func(geom: Geometry, batch: int, row_blocks: int) -> tvm.tirx.PrimFunc:
+    """int8-table kernel; each parallel task handles ``row_blocks`` blocks of 32 rows."""
+    k, nt, cg, cgp = _geometry_constants(geom, "lut_int8")
+    m_rows, bits, rb = batch, geom.bits, row_blocks
+    np_rows = geom.padded_rows("lut_int8")
+    nb, cq, qpg = np_rows // 32, nt * cgp // 4, cgp // 4
+    half_levels = 0.5 * (2**bits - 1)
+
+    @T.prim_func
+    def lut(
+        x: T.Buffer((m_rows, k), "float32"),
+        w: T.Buffer((nb, nt, bits, qpg, 64), "uint8"),
+        s: T.Buffer((nt, np_rows), "float32"),
+        z: T.Buffer((nt, np_rows), "float32"),
+        y: T.Buffer((m_rows, np_rows), "float32"),
+    ):
+        T.func_attr({"global_symbol": "lut", "tirx.noalias": True})
+        sf = T.alloc_buffer((m_rows, cq * 4, ENTRIES), "float32")
+        tq = T.alloc_buffer((m_rows, cq, 64), "int8")
+        xs = T.alloc_buffer((m_rows, nt), "float32")
+        half_scale = T.alloc_buffer((m_rows,), "float32")
+        xc = T.alloc_buffer((CHUNK,), "float32")
+        amax = T.alloc_buffer((1,), "float32")
+
+        for m in range(m_rows):
+            amax[0] = T.float32(0)
+            for t in range(nt):
+                xs[m, t] = T.float32(0)
+                for cc in range(cgp):
+                    for j in T.unroll(CHUNK):
+                        col = (t * cg + cc) * CHUNK + j
+                        xc[j] = T.if_then_else(cc < cg and col < k, x[m, T.min(col, k - 1)], T.float32(0))
+                    xs[m, t] = xs[m, t] + xc[0] + xc[1] + xc[2] + xc[3]
+                    amax[0] = T.max(amax[0], T.fabs(xc[0]) + T.fabs(xc[1]) + T.fabs(xc[2]) + T.fabs(xc[3]))
+                    sv = _splat(T.float32(0))
+                    for j in T.unroll(CHUNK):
+                        bit = T.Cast("float32x16", (_vec(0) >> _splat(j)) & _splat(1))
+                        sv = sv + _splat(xc[j]) * (bit * _splat(T.float32(2)) - _splat(T.float32(1)))
+                    sf[m, t * cgp + cc, _vec(0)] = sv
+            scale = T.if_then_else(amax[0] > T.float32(0), amax[0] / T.float32(127), T.float32(1))
+            half_scale[m] = scale * T.float32(0.5)
+            for o in range(cq):
+                for q in T.unroll(4):
+                    tq[m, o, _vec(q * ENTRIES, ENTRIES)] = T.Cast(
+                        "int8x16", T.nearbyint(sf[m, o * 4 + q, _vec(0)] / _splat(scale))
+                    )
+        for task in T.parallel(nb // rb):
+            acc = T.alloc_buffer((m_rows, rb * 32), "int32", scope="local")
+            yacc = T.alloc_buffer((m_rows, rb * 32), "float32", scope="local")
+            for m in T.unroll(m_rows):
+                for v in T.unroll(rb * 2):
+                    yacc[m, _vec(v * V)] = _splat(T.float32(0))
+            for t in range(nt):
+                for m in T.unroll(m_rows):
+                    for v in T.unroll(rb * 2):
+                        acc[m, _vec(v * V)] = _splat(T.int32(0))
+                for i in range(bits):
+                    weight = _splat(T.Cast("int8", T.shift_left(1, i)), 64)
+                    for qd in range(qpg):
+                        for b in T.unroll(rb):
+                            wv = w[task * rb + b, t, i, qd, _vec(0, 64)]
+                            sel = T.Cast("uint8x64", (_vec(0, 64) & _splat(3, 64)) << _splat(4, 64))
+                            lo = T.reinterpret("int8x64", (wv & _splat(T.uint8(15), 64)) | sel)
+                            hi = T.reinterpret("int8x64", (wv >> _splat(T.uint8(4), 64)) | sel)
+                            for m in T.unroll(m_rows):
+                                tbl = tq[m, t * qpg + qd, _vec(0, 64)]
+                                acc[m, _vec(b * 32)] = _dpbusd(acc[m, _vec(b * 32)], weight, _permb(tbl, lo))
+                                acc[m, _vec(b * 32 + V)] = _dpbusd(acc[m, _vec(b * 32 + V)], weight, _permb(tbl, hi))
+                for m in T.unroll(m_rows):
+                    for v in T.unroll(rb * 2):
+                        rows = T.meta_var(_vec(task * rb * 32 + v * V))
+                        total = _splat(half_scale[m]) * T.Cast("float32x16", acc[m, _vec(v * V)])
+                        offset = (_splat(T.float32(half_levels)) - z[t, rows]) * _splat(xs[m, t])
+                        yacc[m, _vec(v * V)] = yacc[m, _vec(v * V)] + s[t, rows] * (total + offset)
+            for m in T.unroll(m_rows):
+                for v in T.unroll(rb * 2):
+                    y[m, _vec(task * rb * 32 + v * V)] = yacc[m, _vec(v * V)]
+
+    return lut
+
+
+def lut_f32_func(geom: Geometry, batch: int, row_blocks: int) -> tvm.tirx.PrimFunc:
+    """float32-table kernel; each parallel task handles ``row_blocks`` blocks of 16 rows."""
+    k, nt, cg, cgp = _geometry_constants(geom, "lut_f32")
+    m_rows, bits, rb = batch, geom.bits, row_blocks
+    np_rows = geom.padded_rows("lut_f32")
+    nb, co, opg = np_rows // V, nt * cgp // 8, cgp // 8
+
+    @T.prim_func
+    def lut(
+        x: T.Buffer((m_rows, k), "float32"),
+        w: T.Buffer((nb, nt, bits, opg, V), "int32"),
+        s: T.Buffer((nt, np_rows), "float32"),
+        z: T.Buffer((nt, np_rows), "float32"),
+        y: T.Buffer((m_rows, np_rows), "float32"),
+    ):
+        T.func_attr({"global_symbol": "lut", "tirx.noalias": True})
+        tf = T.alloc_buffer((m_rows, co * 8, ENTRIES), "float32")
+        xs = T.alloc_buffer((m_rows, nt), "float32")
+        xc = T.alloc_buffer((CHUNK,), "float32")
+
+        for m in range(m_rows):
+            for t in range(nt):
+                xs[m, t] = T.float32(0)
+                for cc in range(cgp):
+                    for j in T.unroll(CHUNK):
+                        col = (t * cg + cc) * CHUNK + j
+                        xc[j] = T.if_then_else(cc < cg and col < k, x[m, T.min(col, k - 1)], T.float32(0))
+                    xs[m, t] = xs[m, t] + xc[0] + xc[1] + xc[2] + xc[3]
+                    tv = _splat(T.float32(0))
+                    for j in T.unroll(CHUNK):
+                        bit = T.Cast("float32x16", (_vec(0) >> _splat(j)) & _splat(1))
+                        tv = tv + _splat(xc[j]) * bit
+                    tf[m, t * cgp + cc, _vec(0)] = tv
+        for task in T.parallel(nb // rb):
+            acc = T.alloc_buffer((m_rows, rb * V), "float32", scope="local")
+            yacc = T.alloc_buffer((m_rows, rb * V), "float32", scope="local")
+            for m in T.unroll(m_rows):
+                for b in T.unroll(rb):
+                    yacc[m, _vec(b * V)] = _splat(T.float32(0))
+            for t in range(nt):
+                for m in T.unroll(m_rows):
+                    for b in T.unroll(rb):
+                        acc[m, _vec(b * V)] = _splat(T.float32(0))
+                for i in range(bits):
+                    weight = _splat(T.Cast("float32", T.shift_left(1, i)))
+                    for o in range(opg):
+                        for b in T.unroll(rb):
+                            wv = w[task * rb + b, t, i, o, _vec(0)]
+                            for q in T.unroll(8):
+                                idx = wv >> _splat(q * 4)
+                                for m in T.unroll(m_rows):
+                                    tbl = tf[m, (t * opg + o) * 8 + q, _vec(0)]
+                                    acc[m, _vec(b * V)] = acc[m, _vec(b * V)] + _permps(tbl, idx) * weight
+                for m in T.unroll(m_rows):
+                    for b in T.unroll(rb):
+                        rows = T.meta_var(_vec((task * rb + b) * V))
+                        part = acc[m, _vec(b * V)] - z[t, rows] * _splat(xs[m, t])
+                        yacc[m, _vec(b * V)] = yacc[m, _vec(b * V)] + s[t, rows] * part
+            for m in T.unroll(m_rows):
+                for b in T.unroll(rb):
+                    y[m, _vec((task * rb + b) * V)] = yacc[m, _vec(b * V)]
+
+    return lut
