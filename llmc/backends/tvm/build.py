@@ -28,7 +28,7 @@ from tvm.target import codegen  # noqa: E402
 
 from .dequant import dequant_func  # noqa: E402
 from .lut_kernels import lut_f32_func, lut_int8_func  # noqa: E402
-from .pack import Geometry, PackedWeights, pack_for_tvm  # noqa: E402
+from .pack import DEQUANT_BLOCK_ROWS, Geometry, PackedWeights, pack_for_tvm  # noqa: E402
 
 LUT_FEATURES = ("avx512f", "avx512bw", "avx512vbmi", "avx512vnni")
 _AFFINITY_BIG = 1  # threading::ThreadGroup::kBig: all cores here
@@ -66,9 +66,10 @@ def _row_blocks(blocks: int, batch: int, widest: int) -> int:
 
 @functools.cache
 def _compile(layout: str, geom: Geometry, batch: int) -> Callable[..., None]:
+    """Build the kernel of ``layout`` for the host; the row blocking shrinks as the batch grows."""
     target = host_target()
     if layout == "dequant":
-        func = dequant_func(geom, batch, _row_blocks(geom.padded_rows(layout), batch, 8))
+        func = dequant_func(geom, batch, _row_blocks(DEQUANT_BLOCK_ROWS, batch, DEQUANT_BLOCK_ROWS))
     else:
         if not codegen.llvm_cpu_has_features(list(LUT_FEATURES), target):
             raise NotImplementedError(f"LUT kernels need {', '.join(LUT_FEATURES)}; target is {target}")

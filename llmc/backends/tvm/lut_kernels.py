@@ -23,21 +23,11 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
+from ._tir import V, splat, vec
 from .pack import CHUNK, Geometry
 
-V = 16
-"""float32 / int32 lanes of one AVX-512 register."""
 ENTRIES = 1 << CHUNK
 """Entries of a full chunk table."""
-
-
-def _vec(base: object, lanes: int = V) -> object:
-    """The contiguous index vector ``base .. base + lanes - 1`` (a TIR ramp)."""
-    return T.ramp(base, 1, lanes)
-
-
-def _splat(value: object, lanes: int = V) -> object:
-    return T.broadcast(value, lanes)
 
 
 def _permb(table: object, index: object) -> object:
@@ -94,49 +84,49 @@ def lut_int8_func(geom: Geometry, batch: int, row_blocks: int) -> tvm.tirx.PrimF
                         xc[j] = T.if_then_else(cc < cg and col < k, x[m, T.min(col, k - 1)], T.float32(0))
                     xs[m, t] = xs[m, t] + xc[0] + xc[1] + xc[2] + xc[3]
                     amax[0] = T.max(amax[0], T.fabs(xc[0]) + T.fabs(xc[1]) + T.fabs(xc[2]) + T.fabs(xc[3]))
-                    sv = _splat(T.float32(0))
+                    sv = splat(T.float32(0))
                     for j in T.unroll(CHUNK):
-                        bit = T.Cast("float32x16", (_vec(0) >> _splat(j)) & _splat(1))
-                        sv = sv + _splat(xc[j]) * (bit * _splat(T.float32(2)) - _splat(T.float32(1)))
-                    sf[m, t * cgp + cc, _vec(0)] = sv
+                        bit = T.Cast("float32x16", (vec(0) >> splat(j)) & splat(1))
+                        sv = sv + splat(xc[j]) * (bit * splat(T.float32(2)) - splat(T.float32(1)))
+                    sf[m, t * cgp + cc, vec(0)] = sv
             scale = T.if_then_else(amax[0] > T.float32(0), amax[0] / T.float32(127), T.float32(1))
             half_scale[m] = scale * T.float32(0.5)
             for o in range(cq):
                 for q in T.unroll(4):
-                    tq[m, o, _vec(q * ENTRIES, ENTRIES)] = T.Cast(
-                        "int8x16", T.nearbyint(sf[m, o * 4 + q, _vec(0)] / _splat(scale))
+                    tq[m, o, vec(q * ENTRIES, ENTRIES)] = T.Cast(
+                        "int8x16", T.nearbyint(sf[m, o * 4 + q, vec(0)] / splat(scale))
                     )
         for task in T.parallel(nb // rb):
             acc = T.alloc_buffer((m_rows, rb * 32), "int32", scope="local")
             yacc = T.alloc_buffer((m_rows, rb * 32), "float32", scope="local")
             for m in T.unroll(m_rows):
                 for v in T.unroll(rb * 2):
-                    yacc[m, _vec(v * V)] = _splat(T.float32(0))
+                    yacc[m, vec(v * V)] = splat(T.float32(0))
             for t in range(nt):
                 for m in T.unroll(m_rows):
                     for v in T.unroll(rb * 2):
-                        acc[m, _vec(v * V)] = _splat(T.int32(0))
+                        acc[m, vec(v * V)] = splat(T.int32(0))
                 for i in range(bits):
-                    weight = _splat(T.Cast("int8", T.shift_left(1, i)), 64)
+                    weight = splat(T.Cast("int8", T.shift_left(1, i)), 64)
                     for qd in range(qpg):
                         for b in T.unroll(rb):
-                            wv = w[task * rb + b, t, i, qd, _vec(0, 64)]
-                            sel = T.Cast("uint8x64", (_vec(0, 64) & _splat(3, 64)) << _splat(4, 64))
-                            lo = T.reinterpret("int8x64", (wv & _splat(T.uint8(15), 64)) | sel)
-                            hi = T.reinterpret("int8x64", (wv >> _splat(T.uint8(4), 64)) | sel)
+                            wv = w[task * rb + b, t, i, qd, vec(0, 64)]
+                            sel = T.Cast("uint8x64", (vec(0, 64) & splat(3, 64)) << splat(4, 64))
+                            lo = T.reinterpret("int8x64", (wv & splat(T.uint8(15), 64)) | sel)
+                            hi = T.reinterpret("int8x64", (wv >> splat(T.uint8(4), 64)) | sel)
                             for m in T.unroll(m_rows):
-                                tbl = tq[m, t * qpg + qd, _vec(0, 64)]
-                                acc[m, _vec(b * 32)] = _dpbusd(acc[m, _vec(b * 32)], weight, _permb(tbl, lo))
-                                acc[m, _vec(b * 32 + V)] = _dpbusd(acc[m, _vec(b * 32 + V)], weight, _permb(tbl, hi))
+                                tbl = tq[m, t * qpg + qd, vec(0, 64)]
+                                acc[m, vec(b * 32)] = _dpbusd(acc[m, vec(b * 32)], weight, _permb(tbl, lo))
+                                acc[m, vec(b * 32 + V)] = _dpbusd(acc[m, vec(b * 32 + V)], weight, _permb(tbl, hi))
                 for m in T.unroll(m_rows):
                     for v in T.unroll(rb * 2):
-                        rows = T.meta_var(_vec(task * rb * 32 + v * V))
-                        total = _splat(half_scale[m]) * T.Cast("float32x16", acc[m, _vec(v * V)])
-                        offset = (_splat(T.float32(half_levels)) - z[t, rows]) * _splat(xs[m, t])
-                        yacc[m, _vec(v * V)] = yacc[m, _vec(v * V)] + s[t, rows] * (total + offset)
+                        rows = T.meta_var(vec(task * rb * 32 + v * V))
+                        total = splat(half_scale[m]) * T.Cast("float32x16", acc[m, vec(v * V)])
+                        offset = (splat(T.float32(half_levels)) - z[t, rows]) * splat(xs[m, t])
+                        yacc[m, vec(v * V)] = yacc[m, vec(v * V)] + s[t, rows] * (total + offset)
             for m in T.unroll(m_rows):
                 for v in T.unroll(rb * 2):
-                    y[m, _vec(task * rb * 32 + v * V)] = yacc[m, _vec(v * V)]
+                    y[m, vec(task * rb * 32 + v * V)] = yacc[m, vec(v * V)]
 
     return lut
 
@@ -169,38 +159,38 @@ def lut_f32_func(geom: Geometry, batch: int, row_blocks: int) -> tvm.tirx.PrimFu
                         col = (t * cg + cc) * CHUNK + j
                         xc[j] = T.if_then_else(cc < cg and col < k, x[m, T.min(col, k - 1)], T.float32(0))
                     xs[m, t] = xs[m, t] + xc[0] + xc[1] + xc[2] + xc[3]
-                    tv = _splat(T.float32(0))
+                    tv = splat(T.float32(0))
                     for j in T.unroll(CHUNK):
-                        bit = T.Cast("float32x16", (_vec(0) >> _splat(j)) & _splat(1))
-                        tv = tv + _splat(xc[j]) * bit
-                    tf[m, t * cgp + cc, _vec(0)] = tv
+                        bit = T.Cast("float32x16", (vec(0) >> splat(j)) & splat(1))
+                        tv = tv + splat(xc[j]) * bit
+                    tf[m, t * cgp + cc, vec(0)] = tv
         for task in T.parallel(nb // rb):
             acc = T.alloc_buffer((m_rows, rb * V), "float32", scope="local")
             yacc = T.alloc_buffer((m_rows, rb * V), "float32", scope="local")
             for m in T.unroll(m_rows):
                 for b in T.unroll(rb):
-                    yacc[m, _vec(b * V)] = _splat(T.float32(0))
+                    yacc[m, vec(b * V)] = splat(T.float32(0))
             for t in range(nt):
                 for m in T.unroll(m_rows):
                     for b in T.unroll(rb):
-                        acc[m, _vec(b * V)] = _splat(T.float32(0))
+                        acc[m, vec(b * V)] = splat(T.float32(0))
                 for i in range(bits):
-                    weight = _splat(T.Cast("float32", T.shift_left(1, i)))
+                    weight = splat(T.Cast("float32", T.shift_left(1, i)))
                     for o in range(opg):
                         for b in T.unroll(rb):
-                            wv = w[task * rb + b, t, i, o, _vec(0)]
+                            wv = w[task * rb + b, t, i, o, vec(0)]
                             for q in T.unroll(8):
-                                idx = wv >> _splat(q * 4)
+                                idx = wv >> splat(q * 4)
                                 for m in T.unroll(m_rows):
-                                    tbl = tf[m, (t * opg + o) * 8 + q, _vec(0)]
-                                    acc[m, _vec(b * V)] = acc[m, _vec(b * V)] + _permps(tbl, idx) * weight
+                                    tbl = tf[m, (t * opg + o) * 8 + q, vec(0)]
+                                    acc[m, vec(b * V)] = acc[m, vec(b * V)] + _permps(tbl, idx) * weight
                 for m in T.unroll(m_rows):
                     for b in T.unroll(rb):
-                        rows = T.meta_var(_vec((task * rb + b) * V))
-                        part = acc[m, _vec(b * V)] - z[t, rows] * _splat(xs[m, t])
-                        yacc[m, _vec(b * V)] = yacc[m, _vec(b * V)] + s[t, rows] * part
+                        rows = T.meta_var(vec((task * rb + b) * V))
+                        part = acc[m, vec(b * V)] - z[t, rows] * splat(xs[m, t])
+                        yacc[m, vec(b * V)] = yacc[m, vec(b * V)] + s[t, rows] * part
             for m in T.unroll(m_rows):
                 for b in T.unroll(rb):
-                    y[m, _vec((task * rb + b) * V)] = yacc[m, _vec(b * V)]
+                    y[m, vec((task * rb + b) * V)] = yacc[m, vec(b * V)]
 
     return lut

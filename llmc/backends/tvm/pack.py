@@ -10,7 +10,7 @@ chunks per group, ``CGp`` = ``CG`` rounded up) and nothing otherwise. The kernel
 activation tables on the same slots (padding slots get all-zero tables), so padded columns and
 padded rows never contribute. Rows are padded to a multiple of the row block with zero scales.
 
-Layouts (``NB`` = padded rows / block rows, ``Cp`` = number of slots):
+Layouts (``NB`` = padded rows / block rows, ``NT`` groups):
 
 - ``lut_int8``: ``w[NB, NT, b, CGp/4, 64]`` uint8 for blocks of 32 rows. Byte ``4*r + q`` of slot
   quad ``o`` of group ``t`` holds the index of row ``r`` (low nibble) and of row ``16 + r`` (high
@@ -18,14 +18,13 @@ Layouts (``NB`` = padded rows / block rows, ``Cp`` = number of slots):
   one row.
 - ``lut_f32``: ``w[NB, NT, b, CGp/8, 16]`` int32 (uint32 bit patterns) for blocks of 16 rows;
   nibble ``q`` of the word of row ``r`` is the index of slot ``t*CGp + 8*o + q``.
+- ``dequant``: plain codes ``w[Np/8, NT, Gp/(16*per), 8, 16]`` uint8 for blocks of 8 rows, with
+  ``per = 8 / sb`` codes of ``sb`` bits per byte (``sb = 4`` for 3-bit codes): bits
+  ``[sb*q, sb*q + sb)`` of byte ``l`` of row ``r`` in code block ``kb`` hold column
+  ``kb*16*per + q*16 + l`` of group ``t`` (zero-padded to ``Gp`` columns).
 
-Each row block is one sequential stream in the order the kernels read it (group, plane, slot).
-- ``dequant``: plain codes ``w[Np, NT, Gp/(16*per), 16]`` uint8 with ``per = 8 / sb`` codes of
-  ``sb`` bits per byte (``sb = 4`` for 3-bit codes): bits ``[sb*q, sb*q + sb)`` of byte ``l`` of block
-  ``kb`` hold column ``kb*16*per + q*16 + l`` of the (padded) group.
-
-The LUT layouts take scales and zeros transposed, ``[NT, Np]`` float32; the dequant layout
-``[Np, NT]``.
+Every layout keeps a row block one sequential stream in the order its kernel reads it. The LUT
+layouts take scales and zeros transposed, ``[NT, Np]`` float32; the dequant layout ``[Np, NT]``.
 """
 
 from __future__ import annotations
@@ -41,8 +40,8 @@ CHUNK = 4
 LAYOUTS = ("lut_int8", "lut_f32", "dequant")
 _SLOT_ALIGN = {"lut_int8": 4, "lut_f32": 8}
 _BLOCK_ROWS = {"lut_int8": 32, "lut_f32": 16}
-DEQUANT_ROW_ALIGN = 8
-"""Rows of the dequant layout are padded to this multiple (the kernel's largest row block)."""
+DEQUANT_BLOCK_ROWS = 8
+"""Rows interleaved in one block of the dequant layout (the rows one kernel task computes)."""
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -90,7 +89,7 @@ class Geometry:
 
     def padded_rows(self, layout: str) -> int:
         if layout == "dequant":
-            return _round_up(self.n, DEQUANT_ROW_ALIGN)
+            return _round_up(self.n, DEQUANT_BLOCK_ROWS)
         return _round_up(self.n, _BLOCK_ROWS[layout])
 
     def slot_bits(self) -> int:
@@ -158,7 +157,10 @@ def _pack_dequant(planes: np.ndarray, geom: Geometry) -> np.ndarray:
     grouped[:, :, :gc] = u.reshape(u.shape[0], nt, gc)
     blocks = grouped.reshape(u.shape[0], nt, gp // (16 * per), per, 16)
     shifts = (sb * np.arange(per, dtype=np.uint8))[:, None]
-    return (blocks << shifts).sum(axis=3, dtype=np.uint8)
+    codes = (blocks << shifts).sum(axis=3, dtype=np.uint8)  # [Np, NT, NKB, 16]
+    rows = DEQUANT_BLOCK_ROWS
+    codes = codes.reshape(u.shape[0] // rows, rows, nt, -1, 16)
+    return np.ascontiguousarray(codes.transpose(0, 2, 3, 1, 4))
 
 
 def pack_for_tvm(
