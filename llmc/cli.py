@@ -235,6 +235,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="top-p: sample from the likeliest tokens reaching probability P (default %(default)s)")
     parser.add_argument("--temperature", type=float, default=SamplingOptions.temperature, metavar="T",
                         help="divide the logits by T before top-k/top-p sampling (default %(default)s)")
+    parser.add_argument("--lut-kernels", choices=("interpreter", "tvm"), default="interpreter",
+                        help="run LUT-mpGEMM layers on the reference interpreter or on TVM CPU kernels")
     add_json_argument(parser)
 
 
@@ -255,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
     show_bar = progress_enabled(args) and not sys.stdout.isatty()  # on one terminal the text is the progress
     with tqdm(total=args.max_new_tokens, desc="generating", unit="tok", delay=1.0, leave=False,
               file=sys.stderr, disable=not show_bar) as bar:
-        for token, _ in model.stream(prompt_ids=ids, max_new_tokens=args.max_new_tokens, sampling=sampling):
+        for token, _ in model.stream(prompt_ids=ids, max_new_tokens=args.max_new_tokens, sampling=sampling,
+                                     kernels=lut_kernels(model, args.lut_kernels)):
             piece = text.push(token)
             if not args.json:
                 print(piece, end="", flush=True)
@@ -265,6 +268,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print()
     return 0
+
+
+def lut_kernels(model: Model, choice: str) -> dict | None:
+    """Interpreter kernels for ``--lut-kernels``."""
+    if choice == "interpreter":
+        return None
+    from llmc.backends.tvm.lut_runtime import lut_kernels as tvm_lut_kernels
+
+    return tvm_lut_kernels(model.module)
 
 
 def parse_ids(text: str) -> list[int]:

@@ -8,7 +8,7 @@ seeded weights), or a ``torch.nn.Module``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from llmc.deploy.generate import Generation, SamplingOptions, generate_stream
 from llmc.deploy.interpreter_device import InterpreterDevice
 from llmc.errors import FrontendError, LlmcError
 from llmc.ir.graph import Module
+from llmc.ir.interpreter import Kernel
 from llmc.ir.verify import VerifyError, verify_module
 
 BUNDLED = {"llmc-tiny": Path(__file__).parent / "assets" / "llmc-tiny"}
@@ -56,9 +57,11 @@ class Model:
         max_new_tokens: int = 32,
         sampling: SamplingOptions | None = None,
         stop: bool = True,
+        kernels: Mapping[str, Kernel] | None = None,
     ) -> Iterator[tuple[int, float]]:
         """Generate through the reference interpreter, yielding ``(token, seconds)`` as each
-        token is sampled; stops after the end-of-sequence token when ``stop``."""
+        token is sampled; stops after the end-of-sequence token when ``stop``. ``kernels`` run
+        chosen ops on compiled kernels (e.g. :func:`llmc.backends.tvm.lut_runtime.lut_kernels`)."""
         if (prompt is None) == (prompt_ids is None):
             raise LlmcError("give exactly one of a prompt text or prompt ids")
         ids = list(prompt_ids) if prompt_ids is not None else self.encode(prompt or "")
@@ -70,7 +73,7 @@ class Model:
             raise LlmcError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
         eos = int(self.module.attrs.get("eos_token_id", -1))
         stops = [eos] if stop and eos >= 0 else []
-        return generate_stream(InterpreterDevice(self.module), ids, max_new_tokens, sampling or SamplingOptions(), stops)
+        return generate_stream(InterpreterDevice(self.module, kernels), ids, max_new_tokens, sampling or SamplingOptions(), stops)
 
     def run(
         self,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from llmc.errors import LlmcError
 from llmc.ir.graph import Module
-from llmc.ir.interpreter import run_function
+from llmc.ir.interpreter import Kernel, run_function
 
 
 def causal_mask(new: int, past: int) -> np.ndarray:
@@ -22,13 +22,14 @@ class InterpreterDevice:
     """Runs a module's ``prefill`` and ``decode`` functions in the reference interpreter,
     keeping the KV cache as NumPy arrays between calls."""
 
-    def __init__(self, module: Module) -> None:
+    def __init__(self, module: Module, kernels: Mapping[str, Kernel] | None = None) -> None:
         missing = {"prefill", "decode"} - set(module.functions)
         if missing:
             raise LlmcError(f"module '{module.name}' lacks function(s) {', '.join(sorted(missing))}")
         if not module.has_weights:
             raise LlmcError(f"module '{module.name}' has no weights (imported shapes-only); it cannot run")
         self.module = module
+        self.kernels = kernels
         self.layers = int(module.attrs["layers"])
         self.max_position = int(module.attrs.get("max_position", 0) or 0)
         self.cache: dict[str, np.ndarray] = {}
@@ -49,7 +50,7 @@ class InterpreterDevice:
         self.reset()
         self._check_length(len(ids))
         n = len(ids)
-        outputs = run_function(self.module, "prefill", {
+        outputs = run_function(self.module, "prefill", kernels=self.kernels, inputs={
             "input_ids": np.asarray([ids], dtype=np.int64),
             "mask": causal_mask(n, 0),
             "position_ids": np.arange(n, dtype=np.int64)[None],
@@ -59,7 +60,7 @@ class InterpreterDevice:
 
     def decode(self, token: int) -> np.ndarray:
         self._check_length(1)
-        outputs = run_function(self.module, "decode", {
+        outputs = run_function(self.module, "decode", kernels=self.kernels, inputs={
             "input_ids": np.asarray([[token]], dtype=np.int64),
             "mask": causal_mask(1, self.length),
             "position_ids": np.asarray([[self.length]], dtype=np.int64),

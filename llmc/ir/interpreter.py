@@ -62,6 +62,8 @@ def _check(node: Node, value: Value, array: np.ndarray, env: Mapping[str, int]) 
 
 
 Observer = Callable[[Node, list[np.ndarray], list[np.ndarray]], None]  # node, operands, results
+# An alternative implementation of an op (a compiled kernel): results, or None to use the reference.
+Kernel = Callable[[Node, list[np.ndarray]], "list[np.ndarray] | None"]
 
 
 def run_function(
@@ -69,11 +71,13 @@ def run_function(
     func_name: str,
     inputs: Mapping[str, np.ndarray],
     observe: Observer | None = None,
+    kernels: Mapping[str, Kernel] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``func_name`` on ``inputs`` (by input name); returns the outputs by value name.
 
     ``observe`` is called with every node, its operands and its results (for tracing and
-    calibration).
+    calibration). ``kernels`` maps op names to alternative implementations (compiled kernels run
+    inside the reference program); their results are type-checked like the reference's.
     """
     if func_name not in module.functions:
         raise InterpreterError(f"module '{module.name}' has no function @{func_name}")
@@ -89,7 +93,10 @@ def run_function(
     keep = {v.name for v in func.outputs}
     for i, node in enumerate(func.nodes):
         args = [values[v.name] for v in node.inputs]
-        results = _eval(module, node, args, env)
+        kernel = kernels.get(node.op) if kernels else None
+        results = kernel(node, args) if kernel is not None else None
+        if results is None:
+            results = _eval(module, node, args, env)
         for value, array in zip(node.outputs, results):
             _check(node, value, array, env)
             values[value.name] = array
