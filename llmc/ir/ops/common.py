@@ -58,6 +58,15 @@ def wrap_int(x: np.ndarray, dtype: DType) -> np.ndarray:
     return x.astype(dtype.numpy())
 
 
+def widen(x: np.ndarray) -> np.ndarray:
+    """The computation type of an operand: float16 in float32, integers in int64 (exact)."""
+    if x.dtype == np.float16:
+        return x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer):
+        return x.astype(np.int64)
+    return x
+
+
 def as_dtype(x: np.ndarray, dtype: DType) -> np.ndarray:
     """Convert a result to the storage of ``dtype`` (round bf16, wrap integers)."""
     x = np.asarray(x)

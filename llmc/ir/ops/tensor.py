@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from llmc.ir.ops.common import as_dtype, broadcast_shapes, float_only, norm_axis, same_dtype
+from llmc.ir.ops.common import as_dtype, broadcast_shapes, float_only, norm_axis, same_dtype, widen
 from llmc.ir.registry import AttrSpec, InferError, RefContext, register
 from llmc.ir.types import BOOL, Dim, TensorType
 
@@ -107,11 +107,7 @@ def _binary(name: str, fn: Any, result_bool: bool = False, floats_only: bool = F
 
         @staticmethod
         def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
-            a, b = ins
-            if np.issubdtype(a.dtype, np.integer):
-                a, b = a.astype(np.int64), b.astype(np.int64)
-            elif a.dtype == np.float16:
-                a, b = a.astype(np.float32), b.astype(np.float32)
+            a, b = (widen(x) for x in ins)
             return [as_dtype(fn(a, b), ctx.out_types[0].dtype)]
 
     Binary.__doc__ = f"Elementwise {name} with NumPy broadcasting."
@@ -182,11 +178,7 @@ def _unary(name: str, fn: Any, floats_only: bool) -> None:
 
         @staticmethod
         def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
-            x = ins[0]
-            if x.dtype == np.float16:
-                x = x.astype(np.float32)
-            elif np.issubdtype(x.dtype, np.integer):
-                x = x.astype(np.int64)
+            x = widen(ins[0])
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
                 return [as_dtype(fn(x), ctx.out_types[0].dtype)]
 
@@ -250,11 +242,7 @@ def _reduction(name: str, fn: Any) -> None:
 
         @staticmethod
         def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
-            x = ins[0]
-            if x.dtype == np.float16:
-                x = x.astype(np.float32)
-            elif np.issubdtype(x.dtype, np.integer):
-                x = x.astype(np.int64)
+            x = widen(ins[0])
             axes = tuple(sorted({a % max(x.ndim, 1) for a in attrs["axes"]}))  # [1, -1] is one axis
             return [as_dtype(fn(x, axis=axes, keepdims=attrs["keepdim"]), ctx.out_types[0].dtype)]
 
@@ -279,7 +267,7 @@ class Cumsum:
 
     @staticmethod
     def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
-        x = ins[0].astype(np.int64) if np.issubdtype(ins[0].dtype, np.integer) else ins[0]
+        x = widen(ins[0])
         return [as_dtype(np.cumsum(x, axis=attrs["axis"]), ctx.out_types[0].dtype)]
 
 
