@@ -84,11 +84,7 @@ class Model:
         stop: bool = True,
     ) -> Generation:
         """Generate through the reference interpreter; all tokens at once."""
-        out = Generation()
-        for token, seconds in self.stream(prompt, prompt_ids, max_new_tokens, sampling, stop):
-            out.tokens.append(token)
-            out.step_seconds.append(seconds)
-        return out
+        return Generation.collect(self.stream(prompt, prompt_ids, max_new_tokens, sampling, stop))
 
     def save(self, path: str | Path) -> list[Path]:
         from llmc.io import save_module

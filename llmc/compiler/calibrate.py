@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.data import sample_windows, token_stream
-from llmc.deploy.interpreter_device import causal_mask
+from llmc.deploy.interpreter_device import prefill_inputs
 from llmc.ir.graph import Module, Node
 from llmc.ir.interpreter import run_function
 
@@ -85,9 +85,7 @@ def collect(module: Module, tokenizer_json: str | None, config: CalibrationConfi
         s["samples"].append(x.astype(np.float32))
 
     for window in calibration_windows(module, tokenizer_json, config):
-        n = len(window)
-        run_function(module, "prefill", {"input_ids": window[None].astype(np.int64), "mask": causal_mask(n, 0),
-                                         "position_ids": np.arange(n, dtype=np.int64)[None]}, observe=observe)
+        run_function(module, "prefill", prefill_inputs(window), observe=observe)
     stats = {}
     for name, s in acc.items():
         rows = np.concatenate(s["samples"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.data import token_stream, windows
-from llmc.deploy.interpreter_device import causal_mask
+from llmc.deploy.interpreter_device import prefill_inputs
 from llmc.errors import LlmcError
 from llmc.ir.graph import Module
 from llmc.ir.interpreter import run_function
@@ -27,8 +27,7 @@ class Perplexity:
 def window_nll(module: Module, window: np.ndarray) -> float:
     """Summed next-token negative log-likelihood of one window (float64 log-softmax)."""
     n = len(window)
-    out = run_function(module, "prefill", {"input_ids": window[None].astype(np.int64), "mask": causal_mask(n, 0),
-                                           "position_ids": np.arange(n, dtype=np.int64)[None]})
+    out = run_function(module, "prefill", prefill_inputs(window))
     logits = out["logits"][0, :-1].astype(np.float64)
     top = logits.max(axis=-1, keepdims=True)
     logz = (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))[:, 0]

@@ -72,6 +72,15 @@ class Generation:
     tokens: list[int] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
 
+    @staticmethod
+    def collect(stream: Iterator[tuple[int, float]]) -> Generation:
+        """All of a ``(token, seconds)`` stream."""
+        out = Generation()
+        for token, seconds in stream:
+            out.tokens.append(token)
+            out.step_seconds.append(seconds)
+        return out
+
 
 def generate_stream(
     device: Device,
@@ -107,8 +116,4 @@ def generate(
     options: SamplingOptions = SamplingOptions(),
     stop_ids: Sequence[int] = (),
 ) -> Generation:
-    out = Generation()
-    for token, seconds in generate_stream(device, prompt_ids, max_new_tokens, options, stop_ids):
-        out.tokens.append(token)
-        out.step_seconds.append(seconds)
-    return out
+    return Generation.collect(generate_stream(device, prompt_ids, max_new_tokens, options, stop_ids))

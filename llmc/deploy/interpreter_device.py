@@ -18,6 +18,13 @@ def causal_mask(new: int, past: int) -> np.ndarray:
     return np.where(cols <= rows, np.float32(0.0), np.float32(-np.inf))[None, None].astype(np.float32)
 
 
+def prefill_inputs(ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """The ``prefill`` program's inputs for a prompt: ids, causal mask and positions."""
+    n = len(ids)
+    return {"input_ids": np.asarray(ids, dtype=np.int64)[None], "mask": causal_mask(n, 0),
+            "position_ids": np.arange(n, dtype=np.int64)[None]}
+
+
 class InterpreterDevice:
     """Runs a module's ``prefill`` and ``decode`` functions in the reference interpreter,
     keeping the KV cache as NumPy arrays between calls."""
@@ -49,13 +56,8 @@ class InterpreterDevice:
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()
         self._check_length(len(ids))
-        n = len(ids)
-        outputs = run_function(self.module, "prefill", kernels=self.kernels, inputs={
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "mask": causal_mask(n, 0),
-            "position_ids": np.arange(n, dtype=np.int64)[None],
-        })
-        self.length = n
+        outputs = run_function(self.module, "prefill", prefill_inputs(ids), kernels=self.kernels)
+        self.length = len(ids)
         return self._store(outputs)
 
     def decode(self, token: int) -> np.ndarray:
