@@ -141,5 +141,45 @@ def build_every_op_module() -> Module:
     scores = b.op("matmul", [h, b.op("transpose", [h], {"perm": [0, 2, 1]})], name="scores")
     table = b.constant([0.0, 1.0, 2.0, -3.5], F32, [2, 2])
     b.ret(scores, k, b.op("reduce_sum", [table], {"axes": [0, 1]}, name="total"))
+    _add_hw_function(module)
     verify_module(module)
     return module
+
+
+def _add_hw_function(module: Module) -> None:
+    """Function @hw over T tokens: every accelerator op, with parameters in their legal ranges."""
+    from llmc.ir import F32, I32, Param
+    from llmc.ir.types import F16, Dim, DType
+
+    rng = np.random.default_rng(7)
+    i4, u4 = DType("int", 4), DType("uint", 4)
+    angles = np.arange(16)[:, None] * np.array([1.0, 0.01])[None, :]
+    for name, dtype, data in [
+        ("hw.table", F16, rng.standard_normal((16, 8))),
+        ("hw.norm", F32, 1 + 0.1 * rng.standard_normal(8)),
+        ("hw.codes", i4, rng.integers(-7, 8, (8, 8))),
+        ("hw.scales", I32, rng.integers(1, 1 << 12, (8, 2))),
+        ("hw.ucodes", u4, rng.integers(0, 16, (8, 8))),
+        ("hw.zeros", DType("int", 16), rng.integers(0, 16, (8, 2))),
+        ("hw.bias", I32, rng.integers(-1 << 16, 1 << 16, 8)),
+        ("hw.cos", I32, np.rint(np.cos(angles) * 2.0**30)),
+        ("hw.sin", I32, np.rint(np.sin(angles) * 2.0**30)),
+        ("hw.smooth", F32, 1 + 0.1 * rng.standard_normal(8)),
+    ]:
+        module.params[name] = Param(name, TensorType.of(list(data.shape), dtype), data.astype(dtype.numpy()))
+    func = Function("hw")
+    module.functions[func.name] = func
+    b = Builder(module, func)
+    T = Dim.sym("T")
+    ids = b.input("ids", TensorType.of([T], I32))
+    pos = b.input("pos", TensorType.of([T], I32))
+    h = b.op("hw_rms_norm", [b.op("hw_embed", [b.param("hw.table"), ids]), b.param("hw.norm")], {"eps": 1e-5})
+    m = b.op("hw_matmul", [h, b.param("hw.codes"), b.param("hw.scales")], {"group": 4, "shift": 16, "scale_bits": 20})
+    m2 = b.op("hw_matmul", [h, b.param("hw.ucodes"), b.param("hw.scales"), b.param("hw.zeros"), b.param("hw.bias")],
+              {"group": 4, "shift": 16, "scale_bits": 20, "engine": "lut", "has_zero": True, "has_bias": True})
+    q = b.op("hw_rope", [m, pos, b.param("hw.cos"), b.param("hw.sin")], {"head_dim": 4})
+    kc, ks = b.op_multi("hw_quant8", [q], {"group": 4})
+    att = b.op("hw_attention", [q, kc, ks, kc, ks], {"heads": 2, "kv_heads": 2, "head_dim": 4, "scale": 0.5})
+    a = b.op("hw_act", [b.op("hw_act", [att], {"fn": "silu"})], {"fn": "relu"})
+    a = b.op("hw_scale", [b.op("hw_add", [b.op("hw_mul", [a, m2]), m]), b.param("hw.smooth")])
+    b.ret(b.op("hw_to_float", [a], name="out"))

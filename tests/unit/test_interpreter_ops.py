@@ -555,6 +555,10 @@ def test_every_op_module_runs_and_matches_types(rng):
         assert np.isfinite(out["scores"]).all()
         exact(out["present.k"][:, :, :P], inputs["past.k"])
         assert out["total"] == np.float32(-0.5)
+    for t in (1, 5):
+        out = run_function(module, "hw", {"ids": rng.integers(0, 16, t), "pos": np.arange(t)},
+                           observe=lambda n, *_: seen.add(n.op))
+        assert out["out"].shape == (t, 8) and np.isfinite(out["out"]).all()
     assert seen == set(OPS)
 
 

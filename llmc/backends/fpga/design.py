@@ -1,0 +1,77 @@
+"""The accelerator's parameters: what design-space exploration chooses and every later step reads.
+
+An :class:`AcceleratorConfig` fixes the engine sizes, on-chip buffers and HBM channel use of one
+design; the templates, the instruction compiler, the weight packer, the resource model and the
+simulators all read this one object. :class:`KernelPort` lists the top kernel's memory ports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+WORD_BITS = 512  # width of every m_axi port (one HBM pseudo-channel beat)
+INSTR_BITS = 256  # one instruction
+ACT_FRAC = 16  # activations are int32 fixed point with 16 fractional bits (Q15.16)
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """One accelerator design.
+
+    The matrix engine has ``mm_lanes`` lanes; lane ``i`` reads its weight tiles from weight
+    channel ``i`` and produces ``mm_tile_n`` outputs at a time, consuming ``mm_tile_k`` inputs per
+    cycle (int8 x int8, or two int4 x int8 MACs packed per DSP48E2). ``sparse_n:sparse_m`` is the
+    N:M pattern the sparse DSP chain selects (0:0 for none). The LUT engine looks up ``lut_lanes``
+    tables of ``2^(lut_g-1)`` entries per cycle. The SFU processes ``sfu_lanes`` elements per cycle.
+    """
+
+    target: str  # target name, e.g. "u280"
+    clock_mhz: float
+    mm_lanes: int
+    mm_tile_n: int
+    mm_tile_k: int
+    weight_bits: tuple[int, ...]  # code widths the matrix engine supports, e.g. (8, 4)
+    sparse_n: int
+    sparse_m: int
+    lut_lanes: int
+    lut_g: int
+    lut_bits: tuple[int, ...]  # weight widths the LUT engine supports, e.g. (2,)
+    sfu_lanes: int
+    max_rows: int  # largest prefill chunk (rows kept on chip)
+    max_hidden: int  # widest activation row (hidden or intermediate size)
+    max_context: int  # KV cache length
+    act_buffers: int  # number of on-chip activation buffers
+    weight_channels: tuple[int, ...]  # HBM pseudo-channels holding weights (one per lane)
+    kv_channels: tuple[int, ...]  # HBM pseudo-channels holding the KV cache
+    io_channel: int  # HBM pseudo-channel for token ids in / logits out
+    program_memory: str = "DDR[0]"  # where instructions live
+    buckets: tuple[int, ...] = field(default=(1,))  # compiled chunk lengths (1 = decode)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict) -> AcceleratorConfig:
+        tuples = {"weight_bits", "lut_bits", "weight_channels", "kv_channels", "buckets"}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class KernelPort:
+    """One argument of the top kernel ``llmc_accel``: an m_axi pointer or an s_axilite scalar."""
+
+    name: str  # C++ argument name
+    kind: str  # "m_axi" or "scalar"
+    bundle: str = ""  # m_axi bundle (one AXI master per bundle)
+    memory: str = ""  # connectivity sp target, e.g. "HBM[3]" or "DDR[0]"
+    ctype: str = "int"  # scalar C type
+
+
+def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
+    """The top kernel's arguments in order: program, weight channels, KV channels, io, scalars."""
+    ports = [KernelPort("program", "m_axi", "gmem_prog", config.program_memory)]
+    ports += [KernelPort(f"w{i}", "m_axi", f"gmem_w{i}", f"HBM[{ch}]") for i, ch in enumerate(config.weight_channels)]
+    ports += [KernelPort(f"kv{i}", "m_axi", f"gmem_kv{i}", f"HBM[{ch}]") for i, ch in enumerate(config.kv_channels)]
+    ports.append(KernelPort("io", "m_axi", "gmem_io", f"HBM[{config.io_channel}]"))
+    ports += [KernelPort(name, "scalar") for name in ("n_instr", "seq_len", "start_pos")]
+    return ports

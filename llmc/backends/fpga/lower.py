@@ -1,0 +1,403 @@
+"""Lowering to the accelerator's ops: a model's decode step becomes one ``step`` function over
+T new tokens and a cache of P, in ``hw_*`` ops whose semantics are exactly the hardware's.
+
+The decode function of an imported model is walked node by node. Each original value maps to
+what it is on the accelerator: an activation matrix, a per-head view of one, a KV cache, a RoPE
+table, or an intermediate of a recognised pattern (RMSNorm's mean of squares, RoPE's rotated
+half). A node no rule accepts is refused with its name and op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llmc.backends.fpga import weights as ew
+from llmc.errors import LlmcError
+from llmc.ir.builder import Builder
+from llmc.ir.graph import Function, Module, Node, Param, Value
+from llmc.ir.types import F16, F32, Dim, DType, SparseEncoding, TensorType
+
+T, P = Dim.sym("T"), Dim.sym("P")
+I8, I32 = DType("int", 8), DType("int", 32)
+
+
+@dataclass(frozen=True)
+class Act:
+    value: Value  # [T, C] i32
+
+
+@dataclass(frozen=True)
+class Heads:
+    value: Value  # [T, H*D] i32 viewed as [1, H, T, D] (transposed=True) or [1, T, H, D]
+    heads: int
+    head_dim: int
+    transposed: bool
+
+
+@dataclass(frozen=True)
+class Cache:
+    codes: Value  # [S, KVH*D] i8
+    scales: Value  # [S, KVH] i32
+    kv_heads: int
+    head_dim: int
+    expanded: int = 1  # query heads per KV head once expanded for attention
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """An intermediate of a recognised pattern: ``kind`` and what it carries."""
+
+    kind: str
+    of: Any = None
+    extra: Any = None
+
+
+class Lowering:
+    def __init__(self, source: Module, func: Function) -> None:
+        self.src, self.func = source, func
+        self.out = Module(source.name + ".hw", dict(source.attrs))
+        self.step = Function("step")
+        self.out.functions["step"] = self.step
+        self.b = Builder(self.out, self.step)
+        self.map: dict[str, Any] = {}
+        self.producers = func.producers()
+        self.cache_outputs: dict[str, Cache] = {}
+        self.rope_tables: dict[str, tuple[Value, Value]] = {}
+
+    # --- helpers -------------------------------------------------------------------------------
+    def fail(self, node: Node, why: str) -> LlmcError:
+        name = node.outputs[0].name if node.outputs else "?"
+        return LlmcError(f"{self.src.name}: func @{self.func.name}, %{name} = {node.op}: {why}")
+
+    def get(self, v: Value) -> Any:
+        if v.name not in self.map:
+            raise LlmcError(f"{self.src.name}: %{v.name} has no accelerator form")
+        return self.map[v.name]
+
+    def add_param(self, name: str, type_: TensorType, data: np.ndarray | None) -> Value:
+        if name not in self.out.params:
+            self.out.params[name] = Param(name, type_, data)
+        return self.b.param(name)
+
+    def param_data(self, v: Value) -> tuple[str, np.ndarray | None, TensorType]:
+        node = self.producers.get(v.name)
+        if node is None or node.op != "param":
+            raise LlmcError(f"{self.src.name}: %{v.name} must be a parameter")
+        p = self.src.params[node.attrs["name"]]
+        return p.name, p.data, p.type
+
+    def const_value(self, v: Value) -> float | None:
+        node = self.producers.get(v.name)
+        if node is not None and node.op == "constant" and not node.attrs.get("shape"):
+            return float(node.attrs["value"])
+        return None
+
+    # --- the walk ------------------------------------------------------------------------------
+    def run(self) -> Module:
+        ids = self.b.input("input_ids", TensorType((T,), I32))
+        pos = self.b.input("position_ids", TensorType((T,), I32))
+        inputs = {v.name: v for v in self.func.inputs}
+        self.map[inputs["input_ids"].name] = Pattern("ids", ids)
+        self.map[inputs["position_ids"].name] = Pattern("pos", pos)
+        self.pos = pos
+        self.map[inputs["mask"].name] = Pattern("mask")
+        for v in self.func.inputs:
+            if v.name.startswith("past_"):
+                kvh, d = v.type.shape[1].value, v.type.shape[3].value
+                codes = self.b.input(f"{v.name}_codes", TensorType((P, Dim.of(kvh * d)), I8))
+                scales = self.b.input(f"{v.name}_scales", TensorType((P, Dim.of(kvh)), I32))
+                self.map[v.name] = Cache(codes, scales, kvh, d)
+        for node in self.func.nodes:
+            rule = getattr(self, f"op_{node.op}", None)
+            if rule is None:
+                raise self.fail(node, "op not supported by the FPGA accelerator")
+            result = rule(node, *node.inputs)
+            if result is not None:
+                self.map[node.outputs[0].name] = result
+        outs: list[Value] = []
+        for v in self.func.outputs:
+            got = self.get(v)
+            if isinstance(got, Act):
+                outs.append(self.b.op("hw_to_float", [got.value], name="logits"))
+            elif isinstance(got, Cache):
+                outs += [got.codes, got.scales]
+            else:
+                raise LlmcError(f"{self.src.name}: output %{v.name} has no accelerator form")
+        self.step.outputs = outs
+        return self.out
+
+    # --- rules ---------------------------------------------------------------------------------
+    def op_param(self, node: Node) -> Pattern:
+        return Pattern("param", node.outputs[0])
+
+    def op_constant(self, node: Node) -> Pattern:
+        return Pattern("const", node.attrs["value"])
+
+    def op_embedding(self, node: Node, table: Value, ids: Value) -> Act:
+        name, data, t = self.param_data(table)
+        param = self.add_param(name, TensorType(t.shape, F16), None if data is None else data.astype(np.float16))
+        return Act(self.b.op("hw_embed", [param, self.get(ids).of]))
+
+    def op_reshape(self, node: Node, x: Value) -> Any:
+        got, shape = self.get(x), node.outputs[0].type.shape
+        if isinstance(got, Pattern) and got.kind in ("pos", "cos", "sin", "phase", "mask", "rsqrt"):
+            return got
+        if isinstance(got, Act) and len(shape) == 4:
+            return Heads(got.value, shape[2].value, shape[3].value, transposed=False)
+        if isinstance(got, Heads) and not got.transposed and len(shape) == 3:
+            return Act(got.value)
+        if isinstance(got, Cache) and len(shape) == 5:
+            return Pattern("gqa", got)
+        if isinstance(got, Pattern) and got.kind == "gqa_expanded":
+            return Cache(got.of.codes, got.of.scales, got.of.kv_heads, got.of.head_dim, got.extra)
+        raise self.fail(node, "reshape not of a supported layout")
+
+    def op_transpose(self, node: Node, x: Value) -> Heads:
+        got = self.get(x)
+        if isinstance(got, Heads) and node.attrs["perm"] == [0, 2, 1, 3]:
+            return Heads(got.value, got.heads, got.head_dim, not got.transposed)
+        raise self.fail(node, "transpose not of a head layout")
+
+    def op_expand(self, node: Node, x: Value) -> Pattern:
+        got = self.get(x)
+        if isinstance(got, Pattern) and got.kind == "gqa":
+            return Pattern("gqa_expanded", got.of, node.attrs["shape"][2])
+        raise self.fail(node, "expand is only supported for grouped-query KV heads")
+
+    def op_cast(self, node: Node, x: Value) -> Any:
+        got = self.get(x)
+        if isinstance(got, Pattern) and got.kind == "pos":
+            return Pattern("pos_float", got.of)
+        if node.attrs["dtype"] in (F32, F16) and node.inputs[0].type.dtype == node.attrs["dtype"]:
+            return got
+        raise self.fail(node, "casts inside the model are not supported")
+
+    def op_mul(self, node: Node, a: Value, b: Value) -> Any:
+        ga, gb = self.get(a), self.get(b)
+        for x, y in ((ga, gb), (gb, ga)):
+            if isinstance(x, Pattern) and x.kind == "pos_float" and isinstance(y, Pattern) and y.kind == "param":
+                return Pattern("phase", y.of)
+            if isinstance(x, Pattern) and x.kind in ("cos", "sin") and isinstance(y, Pattern) and y.kind == "const":
+                if float(y.of) != 1.0:
+                    raise self.fail(node, "RoPE attention scaling other than 1 is not supported")
+                return x
+            if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "rsqrt" and y.of == x.value:
+                return Pattern("normed", x, y.extra)
+            if isinstance(x, Pattern) and x.kind == "normed" and isinstance(y, Pattern) and y.kind == "param":
+                name, data, _ = self.param_data(y.of)
+                w = self.add_param(name, TensorType((Dim.of(x.of.value.type.shape[1].value),), F32),
+                                   None if data is None else data.astype(np.float32))
+                return Act(self.b.op("hw_rms_norm", [x.of.value, w], {"eps": x.extra}))
+            if isinstance(x, Heads) and isinstance(y, Pattern) and y.kind == "cos":
+                return Pattern("xcos", x, y.of)
+            if isinstance(x, Pattern) and x.kind == "rotated" and isinstance(y, Pattern) and y.kind == "sin":
+                return Pattern("rotsin", x.of, y.of)
+        if isinstance(ga, Act) and isinstance(gb, Act):
+            return Act(self.b.op("hw_mul", [ga.value, gb.value]))
+        for x, y in ((ga, gb), (gb, ga)):
+            if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "param" and y.of.type.rank == 1:
+                name, data, t = self.param_data(y.of)
+                w = self.add_param(name, TensorType(t.shape, F32), None if data is None else data.astype(np.float32))
+                return Act(self.b.op("hw_scale", [x.value, w]))
+        raise self.fail(node, "multiply of unsupported operands")
+
+    def op_add(self, node: Node, a: Value, b: Value) -> Any:
+        ga, gb = self.get(a), self.get(b)
+        if isinstance(ga, Act) and isinstance(gb, Act):
+            return Act(self.b.op("hw_add", [ga.value, gb.value]))
+        if isinstance(ga, Pattern) and ga.kind == "meansq" and isinstance(gb, Pattern) and gb.kind == "const":
+            return Pattern("meansq_eps", ga.of, float(gb.of))
+        if isinstance(ga, Pattern) and isinstance(gb, Pattern) and {ga.kind, gb.kind} == {"xcos", "rotsin"}:
+            xcos = ga if ga.kind == "xcos" else gb
+            rot = gb if ga.kind == "xcos" else ga
+            x: Heads = xcos.of
+            if rot.of != x or rot.extra != xcos.extra:
+                raise self.fail(node, "RoPE halves of different tensors")
+            cos, sin = self.rope(xcos.extra, x.head_dim)
+            y = self.b.op("hw_rope", [x.value, self.pos, cos, sin], {"head_dim": x.head_dim})
+            return Heads(y, x.heads, x.head_dim, x.transposed)
+        raise self.fail(node, "add of unsupported operands")
+
+    def op_pow(self, node: Node, x: Value, e: Value) -> Pattern:
+        if self.const_value(e) == 2.0 and isinstance(self.get(x), Act):
+            return Pattern("square", self.get(x).value)
+        raise self.fail(node, "only squares of activations (RMSNorm) are supported")
+
+    def op_reduce_mean(self, node: Node, x: Value) -> Pattern:
+        got = self.get(x)
+        if isinstance(got, Pattern) and got.kind == "square" and node.attrs["axes"] == [-1]:
+            return Pattern("meansq", got.of)
+        raise self.fail(node, "only RMSNorm's mean of squares is supported")
+
+    def op_rsqrt(self, node: Node, x: Value) -> Pattern:
+        got = self.get(x)
+        if isinstance(got, Pattern) and got.kind == "meansq_eps":
+            return Pattern("rsqrt", got.of, got.extra)
+        raise self.fail(node, "rsqrt outside RMSNorm")
+
+    def op_concat(self, node: Node, *xs: Value) -> Any:
+        got = [self.get(x) for x in xs]
+        if len(got) == 2 and all(isinstance(g, Pattern) and g.kind == "phase" for g in got):
+            return Pattern("phase2", got[0].of)
+        if len(got) == 2 and isinstance(got[0], Pattern) and got[0].kind == "neg_hi" \
+                and isinstance(got[1], Pattern) and got[1].kind == "lo" and got[0].of == got[1].of:
+            return Pattern("rotated", got[0].of)
+        if len(got) == 2 and isinstance(got[0], Cache) and isinstance(got[1], Heads):
+            past, new = got
+            codes, scales = self.b.op_multi("hw_quant8", [new.value], {"group": new.head_dim})
+            name = node.outputs[0].name
+            return Cache(self.b.op("concat", [past.codes, codes], {"axis": 0}, name=f"{name}_codes"),
+                         self.b.op("concat", [past.scales, scales], {"axis": 0}, name=f"{name}_scales"),
+                         past.kv_heads, past.head_dim)
+        raise self.fail(node, "concat of unsupported operands")
+
+    def op_cos(self, node: Node, x: Value) -> Pattern:
+        return self._trig(node, x, "cos")
+
+    def op_sin(self, node: Node, x: Value) -> Pattern:
+        return self._trig(node, x, "sin")
+
+    def _trig(self, node: Node, x: Value, kind: str) -> Pattern:
+        got = self.get(x)
+        if isinstance(got, Pattern) and got.kind == "phase2":
+            return Pattern(kind, got.of)
+        raise self.fail(node, f"{kind} outside rotary embeddings")
+
+    def op_slice(self, node: Node, x: Value) -> Pattern:
+        got, a = self.get(x), node.attrs
+        if isinstance(got, Heads) and a["axis"] in (3, -1) and a["step"] == 1:
+            half = got.head_dim // 2
+            if (a["start"], a["end"]) == (0, half):
+                return Pattern("lo", got)
+            if a["start"] == half and a["end"] >= got.head_dim:
+                return Pattern("hi", got)
+        raise self.fail(node, "slice other than RoPE's halves")
+
+    def op_neg(self, node: Node, x: Value) -> Pattern:
+        got = self.get(x)
+        if isinstance(got, Pattern) and got.kind == "hi":
+            return Pattern("neg_hi", got.of)
+        raise self.fail(node, "negation outside RoPE")
+
+    def op_silu(self, node: Node, x: Value) -> Act:
+        return Act(self.b.op("hw_act", [self.act(node, x)], {"fn": "silu"}))
+
+    def op_relu(self, node: Node, x: Value) -> Act:
+        return Act(self.b.op("hw_act", [self.act(node, x)], {"fn": "relu"}))
+
+    def op_fake_quant(self, node: Node, x: Value) -> Any:
+        if node.attrs["bits"] < 8:
+            raise self.fail(node, f"a {node.attrs['bits']}-bit KV cache is not supported (the cache is int8)")
+        return self.get(x)
+
+    def op_attention(self, node: Node, q: Value, k: Value, v: Value, mask: Value | None = None) -> Heads:
+        gq, gk, gv = self.get(q), self.get(k), self.get(v)
+        if not (isinstance(gq, Heads) and gq.transposed and isinstance(gk, Cache) and isinstance(gv, Cache)):
+            raise self.fail(node, "attention must read the KV cache")
+        if mask is not None and not (isinstance(self.get(mask), Pattern) and self.get(mask).kind == "mask"):
+            raise self.fail(node, "only the causal mask is supported")
+        scale = node.attrs["scale"] if node.attrs["scale"] is not None else gq.head_dim ** -0.5
+        y = self.b.op("hw_attention", [gq.value, gk.codes, gk.scales, gv.codes, gv.scales],
+                      {"heads": gq.heads, "kv_heads": gk.kv_heads, "head_dim": gq.head_dim, "scale": float(scale)})
+        return Heads(y, gq.heads, gq.head_dim, transposed=True)
+
+    def act(self, node: Node, x: Value) -> Value:
+        got = self.get(x)
+        if not isinstance(got, Act):
+            raise self.fail(node, "expects an activation")
+        return got.value
+
+    # --- linear layers -------------------------------------------------------------------------
+    def op_dequantize(self, node: Node, *ins: Value) -> Pattern:
+        return Pattern("dequant", node)
+
+    def op_quantize_dynamic(self, node: Node, x: Value) -> None:
+        self.map[node.outputs[0].name] = Pattern("xq", self.act(node, x))
+        self.map[node.outputs[1].name] = Pattern("xs")
+
+    def op_lut_precompute(self, node: Node, x: Value) -> None:
+        for i, o in enumerate(node.outputs):
+            self.map[o.name] = Pattern("lut_in", self.act(node, x) if i == 0 else None)
+
+    def op_linear(self, node: Node, x: Value, w: Value, bias: Value | None = None) -> Act:
+        got = self.get(w)
+        b = None if bias is None else self.param_data(bias)[1]
+        if isinstance(got, Pattern) and got.kind == "param":
+            name, data, t = self.param_data(w)
+            n, k = (d.value for d in t.shape)
+            return self.matmul(name, self.act(node, x), ew.from_float(data, n, k, b, bias is not None), t.dtype)
+        if isinstance(got, Pattern) and got.kind == "dequant":
+            dq: Node = got.of
+            name, codes, ct = self.param_data(dq.inputs[0])
+            scales = self.param_data(dq.inputs[1])[1]
+            zeros = self.param_data(dq.inputs[2])[1] if len(dq.inputs) == 3 else None
+            n, k = (d.value for d in ct.shape)
+            sparse = next(((e.n, e.m) for e in ct.encodings if isinstance(e, SparseEncoding) and e.m), None)
+            weights = ew.from_codes(codes, scales, zeros, n, k, ct.dtype.bits, dq.attrs["group"], b,
+                                    bias is not None, zeros is not None, sparse)
+            return self.matmul(name, self.act(node, x), weights, ct.dtype)
+        raise self.fail(node, "linear weight is neither a parameter nor dequantized codes")
+
+    def op_qlinear(self, node: Node, xq: Value, xs: Value, wq: Value, ws: Value, bias: Value | None = None) -> Act:
+        got = self.get(xq)
+        if not (isinstance(got, Pattern) and got.kind == "xq"):
+            raise self.fail(node, "qlinear input must come from quantize_dynamic")
+        name, codes, ct = self.param_data(wq)
+        n, k = (d.value for d in ct.shape)
+        b = None if bias is None else self.param_data(bias)[1]
+        weights = ew.from_codes(codes, self.param_data(ws)[1], None, n, k, ct.dtype.bits, node.attrs["group"], b,
+                                bias is not None, False, None)
+        return self.matmul(name, got.of, weights, ct.dtype)
+
+    def op_lut_gemm(self, node: Node, tables: Value, scale: Value, sums: Value, planes: Value, scales: Value,
+                    zeros: Value) -> Act:
+        got = self.get(tables)
+        if not (isinstance(got, Pattern) and got.kind == "lut_in"):
+            raise self.fail(node, "lut_gemm tables must come from lut_precompute")
+        name, data, pt = self.param_data(planes)
+        bits, n = pt.shape[0].value, pt.shape[1].value
+        k = got.of.type.shape[1].value
+        weights = ew.from_planes(data, self.param_data(scales)[1], self.param_data(zeros)[1], n, k, bits,
+                                 node.attrs["g"], node.attrs["group"])
+        return self.matmul(name.removesuffix(".planes"), got.of, weights, DType("uint", bits))
+
+    def matmul(self, name: str, x: Value, w: ew.EngineWeights, code_dtype: DType) -> Act:
+        base = name.removesuffix(".codes")
+        codes = self.add_param(f"{base}.hw_codes", TensorType((Dim.of(w.n), Dim.of(w.k)), w.code_dtype),
+                               None if w.codes is None else w.codes.astype(w.code_dtype.numpy()))
+        groups = Dim.of(w.k // w.group)
+        ins = [x, codes, self.add_param(f"{base}.hw_scales", TensorType((Dim.of(w.n), groups), I32),
+                                        None if w.scales is None else w.scales.astype(np.int32))]
+        if w.has_zero:
+            ins.append(self.add_param(f"{base}.hw_zeros", TensorType((Dim.of(w.n), groups), DType("int", 16)),
+                                      None if w.zeros is None else w.zeros.astype(np.int16)))
+        if w.has_bias:
+            ins.append(self.add_param(f"{base}.hw_bias", TensorType((Dim.of(w.n),), I32), w.bias))
+        attrs = {"group": w.group, "shift": w.shift, "scale_bits": w.scale_bits, "engine": w.engine,
+                 "has_zero": w.has_zero, "has_bias": w.has_bias}
+        return Act(self.b.op("hw_matmul", ins, attrs))
+
+    def rope(self, inv_freq: Value, head_dim: int) -> tuple[Value, Value]:
+        name, data, _ = self.param_data(inv_freq)
+        positions = int(self.src.attrs.get("max_position", 0))
+        if positions <= 0:
+            raise LlmcError(f"{self.src.name}: the model does not state its maximum positions")
+        cos = sin = None
+        if data is not None:
+            angles = np.arange(positions, dtype=np.float64)[:, None] * data.astype(np.float64)[None, :]
+            cos = np.rint(np.cos(angles) * 2.0**30).astype(np.int32)
+            sin = np.rint(np.sin(angles) * 2.0**30).astype(np.int32)
+        shape = TensorType((Dim.of(positions), Dim.of(head_dim // 2)), I32)
+        return (self.add_param("rope.cos", shape, cos), self.add_param("rope.sin", shape, sin))
+
+
+def lower(module: Module) -> Module:
+    """The accelerator program of ``module``: a ``step`` function over T new tokens and a cache
+    of P (inputs ``input_ids``, ``position_ids``, then codes and scales of each past K and V;
+    outputs ``logits`` [T, V] and the grown caches)."""
+    if "decode" not in module.functions:
+        raise LlmcError(f"{module.name}: the FPGA backend needs a decode function (import with a KV cache)")
+    return Lowering(module, module.functions["decode"]).run()

@@ -1,0 +1,101 @@
+"""Linear layers as the matrix engine stores them: integer codes, integer group scales, zeros.
+
+Every kind of linear layer the compressor produces (float weights, ``dequantize`` codes,
+``qlinear`` W8A8 codes, ``lut_gemm`` bit-planes, N:M sparse codes) becomes one
+:class:`EngineWeights`: codes [N, K], scales as integers ``rint(scale * 2^shift)`` below
+``2^scale_bits`` (so the engine's sums stay exact below 2^53), optional zero points and bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmc.compiler.lut.pack import unpack_planes
+from llmc.ir.ops.hw_math import ACT_FRAC, QMAX8
+from llmc.ir.types import DType
+
+MAX_SCALE_BITS = 24
+
+
+@dataclass
+class EngineWeights:
+    """One linear layer for the accelerator. Arrays are None for a shapes-only compile."""
+
+    n: int
+    k: int
+    bits: int
+    group: int
+    engine: str  # dsp | sparse | lut
+    codes: np.ndarray | None  # [N, K] int64 (signed codes, or unsigned with zeros)
+    scales: np.ndarray | None  # [N, K / group] int64
+    zeros: np.ndarray | None  # [N, K / group] int64, or None
+    bias: np.ndarray | None  # [N] int32 Q15.16, or None
+    shift: int
+    scale_bits: int
+    has_zero: bool
+    has_bias: bool
+    sparse: tuple[int, int] | None = None  # (n, m) for N:M sparse codes
+
+    @property
+    def code_dtype(self) -> DType:
+        return DType("uint" if self.has_zero else "int", self.bits)
+
+
+def scale_bits_for(k: int, bits: int, has_zero: bool) -> int:
+    """The widest integer scale that keeps ``k`` products of int8 x code x scale below 2^53."""
+    span = (1 << bits) - 1 if has_zero else 1 << (bits - 1)
+    return min(MAX_SCALE_BITS, 52 - (k * QMAX8 * span).bit_length())
+
+
+def integer_scales(scales: np.ndarray | None, scale_bits: int) -> tuple[np.ndarray | None, int]:
+    """``rint(scales * 2^shift)`` with the largest shift keeping every value below 2^scale_bits."""
+    if scales is None:
+        return None, scale_bits - 1
+    peak = float(np.abs(scales.astype(np.float64)).max(initial=0.0))
+    shift = scale_bits - 2 - (int(np.floor(np.log2(peak))) if peak > 0 else 0)
+    return np.rint(scales.astype(np.float64) * 2.0**shift).astype(np.int64), shift
+
+
+def fixed_bias(bias: np.ndarray | None) -> np.ndarray | None:
+    return None if bias is None else np.rint(bias.astype(np.float64) * (1 << ACT_FRAC)).astype(np.int32)
+
+
+def _finish(n: int, k: int, bits: int, group: int, engine: str, codes: np.ndarray | None, scales: np.ndarray | None,
+            zeros: np.ndarray | None, bias: np.ndarray | None, has_bias: bool, has_zero: bool,
+            sparse: tuple[int, int] | None = None) -> EngineWeights:
+    sb = scale_bits_for(k, bits, has_zero)
+    ints, shift = integer_scales(scales, sb)
+    return EngineWeights(n, k, bits, group, engine, codes, ints, zeros, fixed_bias(bias), shift, sb, has_zero,
+                         has_bias, sparse)
+
+
+def from_float(w: np.ndarray | None, n: int, k: int, bias: np.ndarray | None, has_bias: bool) -> EngineWeights:
+    """Float weights: symmetric int8 codes per output channel (round to nearest)."""
+    codes = scales = None
+    if w is not None:
+        w64 = w.astype(np.float64)
+        scales = np.abs(w64).max(axis=1, keepdims=True) / QMAX8
+        scales[scales == 0] = 1.0
+        codes = np.clip(np.rint(w64 / scales), -QMAX8, QMAX8).astype(np.int64)
+    return _finish(n, k, 8, k, "dsp", codes, scales, None, bias, has_bias, False)
+
+
+def from_codes(codes: np.ndarray | None, scales: np.ndarray | None, zeros: np.ndarray | None, n: int, k: int,
+               bits: int, group: int, bias: np.ndarray | None, has_bias: bool, has_zero: bool,
+               sparse: tuple[int, int] | None) -> EngineWeights:
+    """Quantized codes (dequantize or qlinear weights); N:M sparse codes go to the sparse engine."""
+    group = group or k
+    c = None if codes is None else codes.astype(np.int64)
+    z = None if zeros is None else zeros.astype(np.int64)
+    engine = "sparse" if sparse else "dsp"
+    return _finish(n, k, bits, group, engine, c, scales, z, bias, has_bias, has_zero, sparse)
+
+
+def from_planes(planes: np.ndarray | None, scales: np.ndarray | None, zeros: np.ndarray | None, n: int, k: int,
+                bits: int, g: int, group: int) -> EngineWeights:
+    """LUT bit-planes: unsigned offset codes with their zero points, for the LUT engine."""
+    codes = None if planes is None else unpack_planes(planes, k, g).astype(np.int64)
+    z = None if zeros is None else zeros.astype(np.int64)
+    return _finish(n, k, bits, group or k, "lut", codes, scales, z, None, False, True)
