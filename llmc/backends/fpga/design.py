@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 WORD_BITS = 512  # width of every m_axi port (one HBM pseudo-channel beat)
-INSTR_BITS = 256  # one instruction
+INSTR_BITS = 512  # one instruction (one program-memory beat)
 ACT_FRAC = 16  # activations are int32 fixed point with 16 fractional bits (Q15.16)
 
 

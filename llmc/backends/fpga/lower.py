@@ -378,6 +378,8 @@ class Lowering:
             ins.append(self.add_param(f"{base}.hw_bias", TensorType((Dim.of(w.n),), I32), w.bias))
         attrs = {"group": w.group, "shift": w.shift, "scale_bits": w.scale_bits, "engine": w.engine,
                  "has_zero": w.has_zero, "has_bias": w.has_bias}
+        if w.sparse:
+            attrs["sparse"] = f"{w.sparse[0]}:{w.sparse[1]}"
         return Act(self.b.op("hw_matmul", ins, attrs))
 
     def rope(self, inv_freq: Value, head_dim: int) -> tuple[Value, Value]:

@@ -93,14 +93,14 @@ class HwQuant8:
 
 @register("hw_matmul", inputs=(3, 5), attrs={
     "group": AttrSpec("int"), "shift": AttrSpec("int"), "scale_bits": AttrSpec("int"),
-    "engine": AttrSpec("str", "dsp"), "has_zero": AttrSpec("bool", False), "has_bias": AttrSpec("bool", False)})
+    "engine": AttrSpec("str", "dsp"), "sparse": AttrSpec("str", ""), "has_zero": AttrSpec("bool", False), "has_bias": AttrSpec("bool", False)})
 class HwMatmul:
     """``x`` [T, K] i32 times weight codes [N, K] (int, ``group`` columns per scale) with integer
     scales ``ws`` [N, K/group] (``|ws| < 2^scale_bits``), optional integer zeros [N, K/group] and
     i32 bias [N]. Activations are quantized per row (:func:`hw_math.quant8`, group K); then
     ``acc_g = sum_k xq * (w - z)`` and ``total = sum_g acc_g * ws_g`` exactly, and
     ``y = requantize(total, xs, shift)`` (+ bias, saturating). ``engine`` (dsp, sparse, lut) picks
-    the unit; the result does not depend on it."""
+    the unit, ``sparse`` ("N:M") the pattern of the sparse engine; the result depends on neither."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
@@ -120,6 +120,8 @@ class HwMatmul:
             raise InferError("hw_matmul bias must be i32 [N]")
         if attrs["engine"] not in ("dsp", "sparse", "lut"):
             raise InferError(f"hw_matmul engine must be dsp, sparse or lut, got '{attrs['engine']}'")
+        if (attrs["engine"] == "sparse") != bool(attrs["sparse"]):
+            raise InferError("hw_matmul needs an N:M pattern exactly when its engine is sparse")
         span = (1 << w.dtype.bits) - 1 if attrs["has_zero"] else hm.QMAX8 if w.dtype.bits > 8 else (1 << (w.dtype.bits - 1))
         bound = w.shape[1].value * hm.QMAX8 * span << attrs["scale_bits"]
         if bound >= 1 << 53:

@@ -1,0 +1,50 @@
+"""Kernel sources of a compiled design: the top kernel, its header, the arithmetic headers and
+the C-simulation test bench, rendered from ``llmc/hls_templates``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from llmc.backends.fpga.cformat import render_tables
+from llmc.backends.fpga.compile import Compiled
+from llmc.backends.fpga.design import kernel_ports
+from llmc.backends.fpga.project import TEMPLATES, render
+from llmc.ir.graph import Module
+
+STATIC_HEADERS = ("llmc_math.h", "llmc_mem.h")
+KERNEL_SOURCES = ("kernel/llmc_accel.cpp",)
+
+
+def kernel_context(name: str, module: Module, compiled: Compiled) -> dict:
+    config = compiled.config
+    ports = kernel_ports(config)
+    step = module.functions["step"]
+    attn = [n for n in step.nodes if n.op == "hw_attention"]
+    matmuls = [n for n in step.nodes if n.op == "hw_matmul"]
+    return {
+        "name": name,
+        "config": config.to_json(),
+        "ports": [asdict(p) for p in ports],
+        "weight_ports": [p.name for p in ports if p.bundle.startswith("gmem_w")],
+        "kv_ports": [p.name for p in ports if p.bundle.startswith("gmem_kv")],
+        "buffers": max(compiled.buffers, 1),
+        "max_tile_bytes": max(compiled.max_tile_bytes, 64),
+        "max_groups": max((n.inputs[1].type.shape[1].value // n.attrs["group"] for n in matmuls), default=1),
+        "max_head_dim": max((n.attrs["head_dim"] for n in attn), default=1),
+        "max_heads": max((n.attrs["heads"] for n in attn), default=1),
+        "io": compiled.io,
+        "io_head_bytes": compiled.io["logits_offset"],
+        "kv_bytes": compiled.kv_bytes,
+        "buckets": list(config.buckets),
+    }
+
+
+def kernel_files(name: str, module: Module, compiled: Compiled) -> dict[str, str]:
+    """Project-relative path -> text of every kernel and test-bench source."""
+    ctx = kernel_context(name, module, compiled)
+    files = {f"include/{h}": (TEMPLATES / "include" / h).read_text() for h in STATIC_HEADERS}
+    files["include/llmc_tables.h"] = render_tables()
+    files["include/llmc_accel.h"] = render("kernel/llmc_accel.h.j2", **ctx)
+    files["kernel/llmc_accel.cpp"] = render("kernel/llmc_accel.cpp.j2", **ctx)
+    files["csim/csim_main.cpp"] = render("csim/csim_main.cpp.j2", **ctx)
+    return files

@@ -1,0 +1,287 @@
+"""The instruction compiler: a lowered ``step`` function becomes one program per length bucket,
+with its weights placed on the HBM pseudo-channels and packed as the engines read them.
+
+Activations live in on-chip buffers, allocated by liveness (decode and prefill chunks never
+spill activations to HBM); weights stream from the lanes' channels, matrix tiles round-robin so
+every lane reads its own channel; the KV cache sits on its own channels; only logits leave
+through the io channel. A bucket's program differs from another's in how many activation rows
+each weight tile serves (``row_block``): one program serves every length in its bucket because
+the row count is a kernel argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmc.backends.fpga import pack
+from llmc.backends.fpga.design import AcceleratorConfig
+from llmc.backends.fpga.isa import ACT_FNS, Instruction, mm_flags
+from llmc.errors import LlmcError
+from llmc.ir.graph import Module, Node, Value
+
+
+class Channel:
+    """One memory channel being filled: a cursor, and the bytes when weights are present."""
+
+    def __init__(self, with_data: bool) -> None:
+        self.size = 0
+        self.data = bytearray() if with_data else None
+
+    def reserve(self, nbytes: int, at: int | None = None) -> int:
+        offset = pack.align(self.size) if at is None else at
+        self.size = max(self.size, offset + pack.align(nbytes))
+        if self.data is not None and len(self.data) < self.size:
+            self.data.extend(bytes(self.size - len(self.data)))
+        return offset
+
+    def put(self, offset: int, data: bytes) -> None:
+        if self.data is not None:
+            self.data[offset:offset + len(data)] = data
+
+
+@dataclass
+class Compiled:
+    config: AcceleratorConfig
+    programs: dict[int, list[Instruction]]
+    weights: list[Channel]
+    kv_bytes: list[int]
+    io: dict[str, int]
+    buffers: int
+    max_tile_bytes: int
+    layers: list[dict] = field(default_factory=list)  # per MM: name, n, k, bits, engine, bytes
+
+
+class Compiler:
+    def __init__(self, module: Module, config: AcceleratorConfig) -> None:
+        self.module, self.config = module, config
+        self.step = module.functions["step"]
+        with_data = module.has_weights
+        self.lanes = [Channel(with_data) for _ in config.weight_channels]
+        self.kv = [0] * len(config.kv_channels)
+        self.producers = self.step.producers()
+        self.placed: dict[str, int] = {}
+        self.caches: dict[str, tuple[int, int, int]] = {}  # cache value -> channel, codes_off, scales_off
+        self.layers: list[dict] = []
+        self.max_tile = 0
+        users = self.step.users()
+        self.to_io = {n.inputs[0].name for n in self.step.nodes if n.op == "hw_to_float"}
+        for name in self.to_io:
+            producer = self.producers.get(name)
+            if producer is None or producer.op != "hw_matmul" or len(users[name]) != 1:
+                raise LlmcError(f"{module.name}: logits must come straight from a linear layer (%{name})")
+
+    # --- memory ---------------------------------------------------------------------------------
+    def data(self, v: Value) -> np.ndarray | None:
+        node = self.producers[v.name]
+        return self.module.params[node.attrs["name"]].data
+
+    def name(self, v: Value) -> str:
+        return self.producers[v.name].attrs["name"]
+
+    def misc(self, v: Value, dtype: str) -> int:
+        """A small parameter on lane 0 (norm weights, RoPE tables, smoothing factors)."""
+        name = self.name(v)
+        if name not in self.placed:
+            arr = self.data(v)
+            nbytes = int(np.prod(v.type.static_shape())) * np.dtype(dtype).itemsize
+            self.placed[name] = self.lanes[0].reserve(nbytes)
+            if arr is not None:
+                self.lanes[0].put(self.placed[name], np.ascontiguousarray(arr, dtype=dtype).tobytes())
+        return self.placed[name]
+
+    def striped(self, nblocks: int, block_bytes: int) -> int:
+        """The same offset on every lane for ``nblocks`` blocks dealt round-robin."""
+        at = pack.align(max(ch.size for ch in self.lanes))
+        per_lane = -(-nblocks // len(self.lanes))
+        for ch in self.lanes:
+            ch.reserve(per_lane * block_bytes, at)
+        return at
+
+    def put_block(self, base: int, index: int, block_bytes: int, data: bytes) -> None:
+        lanes = len(self.lanes)
+        self.lanes[index % lanes].put(base + (index // lanes) * block_bytes, data)
+
+    # --- instructions ---------------------------------------------------------------------------
+    def embed(self, node: Node) -> dict:
+        table = node.inputs[0]
+        name = self.name(table)
+        rows, cols = table.type.static_shape()
+        row_bytes = pack.align(cols * 2)
+        if name not in self.placed:
+            self.placed[name] = self.striped(rows, row_bytes)
+            arr = self.data(table)
+            if arr is not None:
+                f16 = np.ascontiguousarray(arr, dtype="<f2")
+                for r in range(rows):
+                    self.put_block(self.placed[name], r, row_bytes, f16[r].tobytes())
+        return {"cols": cols, "table_off": self.placed[name]}
+
+    def matmul(self, node: Node, row_block: int, to_io: bool) -> dict:
+        a = node.attrs
+        codes_v = node.inputs[1]
+        n, k = codes_v.type.static_shape()
+        group, bits, engine = a["group"], codes_v.type.dtype.bits, a["engine"]
+        sparse = self._sparse(node)
+        tile_n = self.config.mm_tile_n
+        layout = pack.tile_layout(engine, bits, tile_n, k, k // group, a["has_zero"], a["has_bias"], sparse)
+        tiles = -(-n // tile_n)
+        name = self.name(codes_v)
+        if name not in self.placed:
+            self.placed[name] = self.striped(tiles, layout["size"])
+            self._pack_matmul(node, layout, tiles, sparse)
+            self.layers.append({"name": name.removesuffix(".hw_codes"), "n": n, "k": k, "bits": bits, "engine": engine,
+                                "sparse": f"{sparse[0]}:{sparse[1]}" if sparse else "", "tiles": tiles,
+                                "bytes": tiles * layout["size"]})
+        flags = mm_flags(bits, engine, a["has_zero"], a["has_bias"], not codes_v.type.dtype.signed, sparse, to_io)
+        self.max_tile = max(self.max_tile, layout["size"])
+        return {"n": n, "k": k, "group": group, "shift": a["shift"], "flags": flags, "weight_off": self.placed[name],
+                "tile_bytes": layout["size"], "row_block": row_block, "tiles": tiles,
+                "io_off": self.io_logits if to_io else 0}
+
+    @staticmethod
+    def _sparse(node: Node) -> tuple[int, int] | None:
+        if node.attrs["engine"] != "sparse":
+            return None
+        n, m = (int(x) for x in node.attrs.get("sparse", "").split(":"))
+        return n, m
+
+    def _pack_matmul(self, node: Node, layout: dict[str, int], tiles: int, sparse: tuple[int, int] | None) -> None:
+        arrays = [self.data(v) for v in node.inputs[1:]]
+        if any(x is None for x in arrays):
+            return
+        a, tile_n = node.attrs, self.config.mm_tile_n
+        codes, scales = arrays[0].astype(np.int64), arrays[1]
+        zeros = arrays[2] if a["has_zero"] else None
+        bias = arrays[-1] if a["has_bias"] else None
+        n, bits = codes.shape[0], node.inputs[1].type.dtype.bits
+        base = self.placed[self.name(node.inputs[1])]
+        for t in range(tiles):
+            rows = slice(t * tile_n, min(n, (t + 1) * tile_n))
+            parts = [_pad_rows(x, rows, tile_n) for x in (codes, scales, zeros, bias)]
+            try:
+                data = pack.pack_tile(*parts, layout, a["engine"], bits, sparse)
+            except ValueError as e:
+                raise LlmcError(f"{self.name(node.inputs[1])}: {e}") from None
+            self.put_block(base, t, layout["size"], data)
+
+    def kv_append(self, node: Node, concat_codes: Value) -> dict:
+        x = node.inputs[0]
+        d = node.attrs["group"]
+        kvh = x.type.shape[1].value // d
+        index = len(self.caches)
+        channel = index % len(self.kv)
+        rows = self.config.max_context
+        codes_off = pack.align(self.kv[channel])
+        scales_off = pack.align(codes_off + rows * kvh * d)
+        self.kv[channel] = scales_off + pack.align(rows * kvh * 4)
+        self.caches[concat_codes.name] = (channel, codes_off, scales_off)
+        return {"channel": channel, "codes_off": codes_off, "scales_off": scales_off, "kv_heads": kvh, "head_dim": d}
+
+    def program(self, bucket: int) -> tuple[list[Instruction], int]:
+        """The program for chunks of up to ``bucket`` rows, and the buffers it needs."""
+        nodes = self.step.nodes
+        last_use: dict[str, int] = {}
+        for i, node in enumerate(nodes):
+            for v in node.inputs:
+                last_use[v.name] = i
+        buffer_of: dict[str, int] = {}
+        free: list[int] = []
+        count = 0
+        out: list[Instruction] = []
+        quant_to_concat = {}
+        for node in nodes:
+            if node.op == "concat" and node.inputs[1].name in {o.name for n in nodes if n.op == "hw_quant8"
+                                                                 for o in n.outputs[:1]}:
+                quant_to_concat[node.inputs[1].name] = node.outputs[0]
+
+        def src(v: Value) -> int:
+            return buffer_of[v.name]
+
+        for i, node in enumerate(nodes):
+            ins = [v for v in node.inputs if v.name in buffer_of]
+            fields, op, dst = self._fields(node, bucket, quant_to_concat)
+            if op is None:
+                continue
+            d = 0
+            if dst:  # never in place: an engine may still read a row it has already written
+                if free:
+                    free.sort()
+                    d = free.pop(0)
+                else:
+                    d, count = count, count + 1
+                buffer_of[node.outputs[0].name] = d
+            srcs = [src(v) for v in ins] + [0, 0]
+            free += [buffer_of[v.name] for v in ins if last_use.get(v.name) == i]
+            out.append(Instruction(op, d, srcs[0], srcs[1], fields))
+        out.append(Instruction("HALT"))
+        return out, count
+
+    def _fields(self, node: Node, bucket: int, quant_to_concat: dict[str, Value]) -> tuple[dict, str | None, bool]:
+        a = node.attrs
+        if node.op in ("param", "concat"):
+            return {}, None, False
+        shape = node.inputs[0].type.shape if node.inputs else ()
+        cols = shape[1].value if len(shape) == 2 else 0
+        if node.op == "hw_embed":
+            return self.embed(node), "EMBED", True
+        if node.op == "hw_rms_norm":
+            return {"cols": cols, "weight_off": self.misc(node.inputs[1], "<f4"), "eps": float(np.float32(a["eps"]))}, \
+                "NORM", True
+        if node.op == "hw_matmul":
+            to_io = node.outputs[0].name in self.to_io
+            return self.matmul(node, bucket, to_io), "MM", not to_io
+        if node.op == "hw_rope":
+            return {"cols": cols, "head_dim": a["head_dim"], "cos_off": self.misc(node.inputs[2], "<i4"),
+                    "sin_off": self.misc(node.inputs[3], "<i4")}, "ROPE", True
+        if node.op == "hw_quant8":
+            key = quant_to_concat[node.outputs[0].name].name
+            if key in self.caches:
+                ch, co, so = self.caches[key]
+                d = a["group"]
+                return {"channel": ch, "codes_off": co, "scales_off": so, "kv_heads": cols // d, "head_dim": d}, \
+                    "KVAPP", False
+            return self.kv_append(node, quant_to_concat[node.outputs[0].name]), "KVAPP", False
+        if node.op == "hw_attention":
+            k, v = self.caches[node.inputs[1].name], self.caches[node.inputs[3].name]
+            return {"heads": a["heads"], "kv_heads": a["kv_heads"], "head_dim": a["head_dim"], "scale": a["scale"],
+                    "k_channel": k[0], "k_codes_off": k[1], "k_scales_off": k[2],
+                    "v_channel": v[0], "v_codes_off": v[1], "v_scales_off": v[2]}, "ATTN", True
+        if node.op == "hw_act":
+            return {"cols": cols, "fn": ACT_FNS[a["fn"]]}, "ACT", True
+        if node.op in ("hw_mul", "hw_add"):
+            return {"cols": cols}, {"hw_mul": "EMUL", "hw_add": "EADD"}[node.op], True
+        if node.op == "hw_scale":
+            return {"cols": cols, "vec_off": self.misc(node.inputs[1], "<f4")}, "ESCALE", True
+        if node.op == "hw_to_float":  # fused into the matmul that produces the logits
+            return {}, None, False
+        raise LlmcError(f"{self.module.name}: %{node.outputs[0].name} = {node.op} has no instruction")
+
+    def run(self) -> Compiled:
+        vocab = next(n for n in self.step.nodes if n.op == "hw_to_float").inputs[0].type.shape[1].value
+        rows = self.config.max_rows
+        self.io_logits = pack.align(8 * rows)
+        io = {"ids_offset": 0, "pos_offset": 4 * rows, "logits_offset": self.io_logits,
+              "io_bytes": self.io_logits + pack.align(rows * vocab * 4), "vocab": vocab}
+        programs, need = {}, 0
+        for bucket in self.config.buckets:
+            programs[bucket], count = self.program(bucket)
+            need = max(need, count)
+        return Compiled(self.config, programs, self.lanes, list(self.kv), io, need, self.max_tile, self.layers)
+
+
+def _pad_rows(x: np.ndarray | None, rows: slice, count: int) -> np.ndarray | None:
+    """Rows ``rows`` of ``x`` padded with zeros to ``count`` rows (the last tile of a layer)."""
+    if x is None:
+        return None
+    out = np.zeros((count,) + x.shape[1:], dtype=x.dtype)
+    out[: rows.stop - rows.start] = x[rows]
+    return out
+
+
+def compile_step(module: Module, config: AcceleratorConfig) -> Compiled:
+    """Programs, weight channels and memory map of a lowered module."""
+    if "step" not in module.functions:
+        raise LlmcError(f"{module.name}: not lowered for the accelerator (no step function)")
+    return Compiler(module, config).run()

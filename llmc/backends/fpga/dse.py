@@ -1,0 +1,294 @@
+"""Design-space exploration: the engine sizes and memory-channel plan of an accelerator for one model.
+
+:func:`explore` enumerates designs for a :class:`ModelNeeds` on a :class:`~.target.Target`, drops those
+over the resource budget and keeps the fastest by a simple decode model (:func:`estimate_decode`):
+batch-1 decode streams every weight once per token, so a good design gives the weights as many
+memory channels as it can and just enough MAC lanes that compute never dominates the stream.
+:func:`check_fits` validates a configuration a user supplies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from math import ceil, log2
+
+from llmc.errors import LlmcError
+
+from .design import AcceleratorConfig
+from .resources import Utilisation, estimate
+from .target import Target
+
+SPARSE_M = (4, 8, 16)  # N:M group sizes the sparse DSP chain selects from
+ACT_BUFFERS = 4  # residual stream, normalised input, projection output, MLP gate/up
+LUT_G = 4  # activations per LUT-engine table
+TILE_OVERHEAD = 8  # cycles a lane loses per weight tile besides its adder-tree depth
+TIME_TOLERANCE = 0.01  # designs this close to the fastest count as equally fast
+# engine sizes tried, largest first so that fast designs come early and slower ones are skipped
+TILE_N = (128, 64, 32, 16)
+TILE_K = (256, 128, 64, 32, 16)
+SFU_LANES = (64, 32, 16, 8, 4)
+LUT_LANES = (4096, 2048, 1024, 512, 256, 128, 64)
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class ModelNeeds:
+    """What a compiled model asks of the accelerator: its shape, weight formats and memory.
+
+    ``weight_bits`` are the code widths of layers on the matrix engine (widths 5-8 run on its 8-bit
+    datapath, 1-4 on the 4-bit one); ``lut_bits`` those of layers on the LUT engine (1-4 bits).
+    ``sparse`` is an N:M pattern ``(n, m)`` or None. ``weight_bytes`` counts packed weights with their
+    scales; ``kv_bytes_per_token`` the KV cache of one token over all layers.
+    """
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_context: int
+    weight_bits: tuple[int, ...]
+    sparse: tuple[int, int] | None
+    lut_bits: tuple[int, ...]
+    weight_bytes: int
+    kv_bytes_per_token: int
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "max_context"):
+            _positive(f"ModelNeeds.{name}", getattr(self, name))
+        _positive("ModelNeeds.weight_bytes", self.weight_bytes)
+        _positive("ModelNeeds.kv_bytes_per_token", self.kv_bytes_per_token)
+        if self.heads % self.kv_heads:
+            raise LlmcError(f"ModelNeeds.heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        _check_widths("ModelNeeds.weight_bits", self.weight_bits, 8)
+        _check_widths("ModelNeeds.lut_bits", self.lut_bits, 4)
+        if not self.weight_bits and not self.lut_bits:
+            raise LlmcError("ModelNeeds: weight_bits and lut_bits are both empty")
+        if self.sparse is not None:
+            _check_sparse("ModelNeeds.sparse", *self.sparse)
+
+    @property
+    def kv_bytes(self) -> int:
+        """The KV cache at ``max_context`` tokens."""
+        return self.max_context * self.kv_bytes_per_token
+
+    @property
+    def macs_per_token(self) -> int:
+        """Multiply-accumulates of the linear layers for one decode token (gated MLP: three matrices)."""
+        attn = self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim + self.heads * self.head_dim * self.hidden
+        return self.layers * (attn + 3 * self.hidden * self.intermediate) + self.vocab * self.hidden
+
+    @property
+    def sfu_elements(self) -> int:
+        """Elements the SFU touches for one decode token at a full cache.
+
+        Per layer: two norms of two passes, two residual adds, RoPE on q and k, SiLU and the gate
+        product, and a three-pass softmax over every head's scores; then the final norm and the logits.
+        """
+        rope = (self.heads + self.kv_heads) * self.head_dim
+        softmax = 3 * self.heads * self.max_context
+        per_layer = 6 * self.hidden + rope + 2 * self.intermediate + softmax
+        return self.layers * per_layer + 2 * self.hidden + self.vocab
+
+
+@dataclass(frozen=True)
+class DecodeEstimate:
+    """Modelled time of one decode token, in seconds, by what bounds it."""
+
+    weights_s: float  # streaming every weight over the weight channels
+    compute_s: float  # the matrix (and LUT) engine's MACs
+    kv_s: float  # reading the full KV cache over the KV channels
+    sfu_s: float  # special functions
+
+    @property
+    def total_s(self) -> float:
+        """Weight streaming overlaps the MACs; attention and special functions follow them."""
+        return max(self.weights_s, self.compute_s) + self.kv_s + self.sfu_s
+
+    @property
+    def balanced(self) -> bool:
+        """Whether compute keeps up with the weight stream."""
+        return self.compute_s <= self.weights_s
+
+
+def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds) -> DecodeEstimate:
+    """Model one decode token of ``needs`` on ``config``.
+
+    A lane does ``mm_tile_k`` MACs per cycle (times M/N when N:M sparse, as zeros are skipped) and
+    loses ``log2(mm_tile_k) + TILE_OVERHEAD`` cycles per tile of ``mm_tile_n`` rows draining its
+    adder tree. The LUT engine handles ``lut_g`` weights of one bit per lane and cycle. Each engine is
+    charged as if it carried every weight, so whichever runs a layer keeps up with the stream.
+    Channels deliver ``efficiency`` of their share of the peak bandwidth.
+    """
+    hz = config.clock_mhz * 1e6
+    channel = target.memory.channel_gbs * 1e9
+    efficiency = config.mm_tile_n / (config.mm_tile_n + log2(config.mm_tile_k) + TILE_OVERHEAD)
+    sparse_gain = config.sparse_m / config.sparse_n if config.sparse_m else 1.0
+    compute = needs.macs_per_token / (config.mm_lanes * config.mm_tile_k * hz * efficiency * sparse_gain)
+    if config.lut_lanes:
+        compute = max(compute, needs.macs_per_token * max(config.lut_bits) / (config.lut_lanes * config.lut_g * hz))
+    return DecodeEstimate(
+        weights_s=needs.weight_bytes / (config.mm_lanes * channel),
+        compute_s=compute,
+        kv_s=needs.kv_bytes / (len(config.kv_channels) * channel),
+        sfu_s=needs.sfu_elements / (config.sfu_lanes * hz),
+    )
+
+
+def explore(
+    target: Target, needs: ModelNeeds, *, clock_mhz: float | None = None, max_rows: int = 64, budget: float = 0.8
+) -> tuple[AcceleratorConfig, Utilisation]:
+    """Choose the accelerator for ``needs`` on ``target`` within ``budget`` of every usable resource.
+
+    Enumerates matrix lanes (powers of two, one memory channel each), KV channel counts, tile sizes,
+    LUT lanes (when the model has LUT layers) and SFU lanes. Among designs within ``TIME_TOLERANCE``
+    of the fastest decode, it prefers those whose compute keeps up with the weight stream, then the
+    smallest (lowest peak fraction, then lowest sum of fractions). Channels: weights on
+    ``0..mm_lanes-1``, the KV cache next, io after it; the program in DDR[0], or on the io channel
+    when the board has no DDR. A model with only LUT layers keeps the 8-bit matrix datapath for attention.
+    """
+    if not 0 < budget <= 1:
+        raise LlmcError(f"explore: budget must be in (0, 1], got {budget}")
+    if max_rows < 1:
+        raise LlmcError(f"explore: max_rows must be a positive integer, got {max_rows}")
+    clock = target.clock_mhz if clock_mhz is None else clock_mhz
+    if clock <= 0:
+        raise LlmcError(f"explore: clock_mhz must be positive, got {clock}")
+    kind = target.memory.kind.upper()
+    if needs.weight_bytes + needs.kv_bytes > target.memory_bytes:
+        raise LlmcError(
+            f"model needs {(needs.weight_bytes + needs.kv_bytes) / GIB:.1f} GiB of {kind} (weights "
+            f"{needs.weight_bytes / GIB:.1f} GiB + KV cache {needs.kv_bytes / GIB:.1f} GiB at {needs.max_context} "
+            f"tokens); {target.name} has {target.memory_bytes / GIB:.1f} GiB"
+        )
+    base = dict(
+        target=target.name,
+        clock_mhz=clock,
+        weight_bits=tuple(sorted(set(needs.weight_bits), reverse=True)) or (8,),
+        sparse_n=needs.sparse[0] if needs.sparse else 0,
+        sparse_m=needs.sparse[1] if needs.sparse else 0,
+        lut_g=LUT_G,
+        lut_bits=tuple(sorted(set(needs.lut_bits), reverse=True)),
+        max_rows=max_rows,
+        max_hidden=max(needs.hidden, needs.intermediate, needs.heads * needs.head_dim),
+        max_context=needs.max_context,
+        act_buffers=ACT_BUFFERS,
+        buckets=tuple(sorted({b for b in (1, 16, max_rows) if b <= max_rows})),
+    )
+    lut_lanes = LUT_LANES if needs.lut_bits else (0,)
+    fitting: list[tuple[DecodeEstimate, Utilisation, AcceleratorConfig]] = []
+    fastest = float("inf")
+    closest: Utilisation | None = None
+    for (lanes, kv), tile_n, tile_k, lut, sfu in product(
+        _channel_plans(target, needs), TILE_N, TILE_K, lut_lanes, SFU_LANES
+    ):
+        io = lanes + kv
+        config = AcceleratorConfig(
+            **base,
+            mm_lanes=lanes,
+            mm_tile_n=tile_n,
+            mm_tile_k=tile_k,
+            lut_lanes=lut,
+            sfu_lanes=sfu,
+            weight_channels=tuple(range(lanes)),
+            kv_channels=tuple(range(lanes, io)),
+            io_channel=io,
+            program_memory="DDR[0]" if target.ddr.banks else f"HBM[{io}]",
+        )
+        decode = estimate_decode(config, target, needs)
+        if decode.total_s > fastest * (1 + TIME_TOLERANCE):
+            continue  # slower than a design that fits: never chosen
+        used = estimate(config, target)
+        if used.fits(budget):
+            fitting.append((decode, used, config))
+            fastest = min(fastest, decode.total_s)
+        elif closest is None or used.scarcest()[1] < closest.scarcest()[1]:
+            closest = used
+    if not fitting:
+        assert closest is not None
+        name, fraction = closest.scarcest()
+        hint = " (activation buffers hold max_rows x max_hidden: lower max_rows)" if name == "uram" else ""
+        raise LlmcError(
+            f"no accelerator configuration fits {budget:.0%} of {target.name}'s usable resources: the smallest "
+            f"needs {getattr(closest.total, name):,} {name} ({fraction:.0%} of {getattr(closest.usable, name):,}){hint}"
+        )
+    near = [f for f in fitting if f[0].total_s <= fastest * (1 + TIME_TOLERANCE)]
+    _, used, config = min(
+        near, key=lambda f: (not f[0].balanced, f[1].scarcest()[1], sum(f[1].fractions.values()), f[0].total_s)
+    )
+    return config, used
+
+
+def check_fits(config: AcceleratorConfig, target: Target, *, budget: float = 1.0) -> Utilisation:
+    """Check a user-supplied ``config`` against ``target``: formats, channels and resources."""
+    where = "accelerator config"
+    if config.target != target.name:
+        raise LlmcError(f"{where}: target is '{config.target}', not '{target.name}'")
+    _check_widths(f"{where}: weight_bits", config.weight_bits, 8)
+    _check_widths(f"{where}: lut_bits", config.lut_bits, 4)
+    if config.sparse_m or config.sparse_n:
+        _check_sparse(f"{where}: sparse_n:sparse_m", config.sparse_n, config.sparse_m)
+    if len(config.weight_channels) != config.mm_lanes:
+        raise LlmcError(
+            f"{where}: weight_channels has {len(config.weight_channels)} entries for {config.mm_lanes} mm_lanes"
+        )
+    channels = [*config.weight_channels, *config.kv_channels, config.io_channel]
+    outside = [c for c in channels if not 0 <= c < target.memory.channels]
+    if outside:
+        raise LlmcError(f"{where}: channel {outside[0]} is outside {target.name}'s {target.memory.channels} channels")
+    if len(set(channels)) != len(channels):
+        raise LlmcError(f"{where}: a memory channel is assigned twice (weight_channels, kv_channels, io_channel)")
+    if config.program_memory.startswith("DDR") and not target.ddr.banks:
+        raise LlmcError(f"{where}: program_memory is {config.program_memory} but {target.name} has no DDR")
+    used = estimate(config, target)
+    if not used.fits(budget):
+        name, fraction = used.scarcest()
+        raise LlmcError(
+            f"{where} does not fit {budget:.0%} of {target.name}: {name} {getattr(used.total, name):,} "
+            f"of {getattr(used.usable, name):,} usable ({fraction:.0%})"
+        )
+    return used
+
+
+def _channel_plans(target: Target, needs: ModelNeeds) -> list[tuple[int, int]]:
+    """(weight lanes, KV channels) pairs that hold the model, one channel left for io, largest first.
+
+    Lanes are powers of two with enough channels for the weights; KV channel counts run from what the
+    cache needs through the powers of two to every channel left.
+    """
+    channels, size = target.memory.channels, target.memory.channel_bytes
+    kv_min = ceil(needs.kv_bytes / size)
+    plans = []
+    lanes = 1
+    while lanes + kv_min + 1 <= channels:
+        if lanes * size >= needs.weight_bytes:
+            free = channels - 1 - lanes
+            counts = {kv_min, free} | {2**i for i in range(free.bit_length()) if kv_min < 2**i < free}
+            plans += [(lanes, kv) for kv in sorted(counts)]
+        lanes *= 2
+    if not plans:
+        raise LlmcError(
+            f"{target.name} cannot place the model in its {target.memory.channels} channels of "
+            f"{size / GIB:.2f} GiB: weights ({needs.weight_bytes / GIB:.1f} GiB) need a power-of-two number of "
+            f"channels, the KV cache {kv_min} and io 1"
+        )
+    return plans[::-1]
+
+
+def _positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LlmcError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_widths(name: str, widths: tuple[int, ...], largest: int) -> None:
+    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= largest]
+    if bad:
+        raise LlmcError(f"{name}: {bad[0]!r}-bit weights are not supported (widths 1-{largest})")
+
+
+def _check_sparse(name: str, n: int, m: int) -> None:
+    if m not in SPARSE_M or not 0 < n < m:
+        raise LlmcError(f"{name}: pattern {n}:{m} is not supported (N:M with M in 4, 8, 16 and 0 < N < M)")

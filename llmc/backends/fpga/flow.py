@@ -1,0 +1,156 @@
+"""``llmc compile MODEL --target u280``: lower, explore, compile, pack and write the project.
+
+The project folder holds the kernel sources and header library, the Vitis build files and XRT
+host, ``program.bin`` (one program per length bucket) and ``weights.bin`` (one section per weight
+channel), the lowered program as IR (``model.llmc``, run by ``llmc run DIR``), ``design.json``
+and the reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from llmc.backends.fpga import pack
+from llmc.backends.fpga.codegen import KERNEL_SOURCES, kernel_files
+from llmc.backends.fpga.compile import Compiled, compile_step
+from llmc.backends.fpga.container import container_bytes
+from llmc.backends.fpga.design import AcceleratorConfig
+from llmc.backends.fpga.dse import ModelNeeds, check_fits, estimate_decode, explore
+from llmc.backends.fpga.isa import encode_program
+from llmc.backends.fpga.lower import lower
+from llmc.backends.fpga.project import build_files, project_context, write_project
+from llmc.backends.fpga.report import render_report
+from llmc.backends.fpga.resources import Utilisation
+from llmc.backends.fpga.target import Target, load_target
+from llmc.errors import LlmcError
+from llmc.ir.graph import Module
+from llmc.ir.printer import print_module
+
+
+@dataclass
+class Design:
+    """Everything a compile produced, before it is written."""
+
+    name: str
+    target: Target
+    lowered: Module
+    needs: ModelNeeds
+    config: AcceleratorConfig
+    utilisation: Utilisation
+    compiled: Compiled
+
+
+def model_needs(hw: Module, max_context: int) -> ModelNeeds:
+    step = hw.functions["step"]
+    mms = [n for n in step.nodes if n.op == "hw_matmul"]
+    attn = next(n for n in step.nodes if n.op == "hw_attention")
+    widths = {n.outputs[0].type.shape[1].value for n in mms}
+    weight_bytes = 0
+    for n in mms:
+        rows, k = n.inputs[1].type.static_shape()
+        sparse = tuple(int(x) for x in n.attrs.get("sparse", "").split(":")) if n.attrs.get("sparse", "") else None
+        weight_bytes += pack.code_bytes(n.attrs["engine"], n.inputs[1].type.dtype.bits, rows, k, sparse)
+        weight_bytes += rows * (k // n.attrs["group"]) * (6 if n.attrs["has_zero"] else 4)
+    embed = next(n for n in step.nodes if n.op == "hw_embed").inputs[0]
+    vocab, model_dim = embed.type.static_shape()
+    weight_bytes += vocab * model_dim * 2
+    sparse_pat = {n.attrs.get("sparse", "") for n in mms if n.attrs.get("sparse", "")}
+    if len(sparse_pat) > 1:
+        raise LlmcError(f"{hw.name}: layers use several N:M patterns ({', '.join(sorted(sparse_pat))}); the sparse "
+                        "engine supports one")
+    kv_heads, head_dim = attn.attrs["kv_heads"], attn.attrs["head_dim"]
+    layers = len([n for n in step.nodes if n.op == "hw_attention"])
+    return ModelNeeds(
+        layers=layers, hidden=model_dim, intermediate=max(widths - {vocab} or {model_dim}),
+        heads=attn.attrs["heads"], kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_context=max_context,
+        weight_bits=tuple(sorted({n.inputs[1].type.dtype.bits for n in mms if n.attrs["engine"] != "lut"},
+                                 reverse=True)),
+        sparse=tuple(int(x) for x in sparse_pat.pop().split(":")) if sparse_pat else None,
+        lut_bits=tuple(sorted({n.inputs[1].type.dtype.bits for n in mms if n.attrs["engine"] == "lut"})),
+        weight_bytes=weight_bytes, kv_bytes_per_token=layers * 2 * kv_heads * (head_dim + 4))
+
+
+def design(module: Module, target: str, *, name: str | None = None, max_context: int | None = None,
+           max_rows: int = 64) -> Design:
+    """Lower ``module`` and compile it for ``target`` (a bundled name or a board YAML)."""
+    board = load_target(target)
+    hw = lower(module)
+    context = int(module.attrs.get("max_position", 0) or 0)
+    context = min(context, max_context) if max_context else context
+    if context <= 0:
+        raise LlmcError(f"{module.name}: unknown context length: pass --context")
+    needs = model_needs(hw, context)
+    config, _ = explore(board, needs, max_rows=max_rows)
+    compiled = compile_step(hw, config)
+    config = replace(config, act_buffers=max(compiled.buffers, 1))
+    compiled.config = config
+    utilisation = check_fits(config, board)
+    if not utilisation.fits():
+        kind, used = utilisation.scarcest()
+        raise LlmcError(f"{module.name}: the design needs {used:.0%} of {board.name}'s {kind}")
+    capacity = board.memory.channel_bytes
+    for i, lane in enumerate(compiled.weights):
+        if lane.size > capacity:
+            raise LlmcError(f"{module.name}: weight channel {i} needs {lane.size / 2**20:.0f} MiB; a {board.name} "
+                            f"channel holds {capacity / 2**20:.0f} MiB")
+    return Design(name or module.name, board, hw, needs, config, utilisation, compiled)
+
+
+def project_files(d: Design, tokenizer_json: str | None) -> dict[str, bytes | str]:
+    """Every file of the project folder."""
+    programs = {f"bucket_{b}": encode_program(p) for b, p in d.compiled.programs.items()}
+    digest = hashlib.sha256(b"".join(programs[k] for k in sorted(programs))).hexdigest()
+    io = d.compiled.io
+    meta = {"name": d.name, "program_digest": digest, "buckets": list(d.config.buckets),
+            "io": {k: io[k] for k in ("ids_offset", "pos_offset", "logits_offset")}, "io_bytes": io["io_bytes"],
+            "vocab": io["vocab"], "kv_bytes_per_channel": d.compiled.kv_bytes, "max_context": d.config.max_context}
+    files: dict[str, bytes | str] = {"program.bin": container_bytes("program", meta, programs)}
+    has_weights = d.lowered.has_weights
+    if has_weights:
+        sections = {f"w{i}": bytes(lane.data or b"") for i, lane in enumerate(d.compiled.weights)}
+        files["weights.bin"] = container_bytes("weights", meta, sections)
+        from safetensors.numpy import save
+
+        files["model.safetensors"] = save({n: np.ascontiguousarray(p.data) for n, p in d.lowered.params.items()},
+                                          metadata={"module": d.lowered.name})
+    if tokenizer_json is not None:
+        files["model.tokenizer.json"] = tokenizer_json
+    files["model.llmc"] = print_module(d.lowered)
+    files["program.txt"] = "".join(f"# bucket {b}\n" + "".join(i.text() + "\n" for i in p)
+                                   for b, p in d.compiled.programs.items())
+    estimate = estimate_decode(d.config, d.target, d.needs)
+    report = {"name": d.name, "target": d.target.name, "config": d.config.to_json(), "needs": {
+        k: getattr(d.needs, k) for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim",
+                                         "vocab", "max_context", "weight_bytes", "kv_bytes_per_token")},
+        "resources": {"units": {u: r.__dict__ for u, r in d.utilisation.units.items()},
+                      "fractions": d.utilisation.fractions},
+        "program_bytes": {k: len(v) for k, v in programs.items()}, "program_digest": digest,
+        "weight_channel_bytes": [lane.size for lane in d.compiled.weights], "kv_channel_bytes": d.compiled.kv_bytes,
+        "layers": d.compiled.layers, "has_weights": has_weights,
+        "modelled_decode": {"weights_ms": estimate.weights_s * 1e3, "compute_ms": estimate.compute_s * 1e3,
+                            "kv_ms": estimate.kv_s * 1e3, "sfu_ms": estimate.sfu_s * 1e3,
+                            "tokens_per_s": 1.0 / estimate.total_s}}
+    files["report.json"] = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    files["report.md"] = render_report(report, d.utilisation)
+    files["design.json"] = json.dumps({"config": d.config.to_json(), "io": io, "buffers": d.compiled.buffers},
+                                      indent=2, sort_keys=True) + "\n"
+    context = project_context(d.name, d.target, d.config, KERNEL_SOURCES)
+    files.update(build_files(context))
+    files.update(kernel_files(d.name, d.lowered, d.compiled))
+    return files
+
+
+def compile_project(module: Module, target: str, out_dir: Path, *, tokenizer_json: str | None = None,
+                    force: bool = False, name: str | None = None, max_context: int | None = None) -> Design:
+    """Compile ``module`` for ``target`` and write the project folder ``out_dir`` (all or nothing)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise LlmcError(f"{out_dir}: output folder exists (use --force to replace it)")
+    d = design(module, target, name=name or out_dir.name, max_context=max_context)
+    write_project(out_dir, project_files(d, tokenizer_json), force=force)
+    return d

@@ -1,0 +1,120 @@
+"""The accelerator's instruction set: opcodes, fields, and a stable binary encoding.
+
+Every instruction is one 512-bit word: sixteen little-endian u32 slots. Slot 0 holds the opcode
+(bits 0-7), the destination buffer (8-15) and two source buffers (16-23, 24-31); slots 1..15
+hold the opcode's fields in the order of :data:`FIELDS` (floats as their IEEE-754 bits). The row
+count ``seq_len`` and first position ``start_pos`` are kernel arguments, so one program serves
+every sequence length up to its bucket. docs/isa.md is generated from this table.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from llmc.errors import LlmcError
+
+WORDS = 16
+INSTR_BYTES = WORDS * 4
+
+# opcode -> (number, fields, what it does); buffers are dst/src0/src1 in slot 0
+OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
+    "EMBED": (1, ("cols", "table_off"),
+              "dst[t] = table row ids[t] (f16, rows striped over the weight channels) as Q15.16"),
+    "NORM": (2, ("cols", "weight_off", "eps"), "dst = RMSNorm(src0) with f32 weights at weight_off (channel 0)"),
+    "MM": (3, ("n", "k", "group", "shift", "flags", "weight_off", "tile_bytes", "row_block", "tiles", "io_off"),
+           "dst = src0 x W: tiles of tile_n rows round-robin over the lanes' channels at weight_off; "
+           "with flag 10 the rows go to io at io_off as float32 (logits)"),
+    "ROPE": (4, ("cols", "head_dim", "cos_off", "sin_off"), "dst = RoPE(src0) at positions start_pos + t"),
+    "KVAPP": (5, ("channel", "codes_off", "scales_off", "kv_heads", "head_dim"),
+              "quantize src0 per head to int8 and write rows start_pos.. of a KV cache"),
+    "ATTN": (6, ("heads", "kv_heads", "head_dim", "scale", "k_channel", "k_codes_off", "k_scales_off",
+                 "v_channel", "v_codes_off", "v_scales_off"),
+             "dst = causal attention of src0 over cache rows 0 .. start_pos + seq_len - 1"),
+    "ACT": (7, ("cols", "fn"), "dst = fn(src0); fn 0 = SiLU, 1 = ReLU"),
+    "EMUL": (8, ("cols",), "dst = src0 * src1 (Q15.16)"),
+    "EADD": (9, ("cols",), "dst = src0 + src1 (saturating)"),
+    "ESCALE": (10, ("cols", "vec_off"), "dst = src0 * f32 vector at vec_off (channel 0)"),
+    "HALT": (15, (), "end of program"),
+}
+FLOAT_FIELDS = {"eps", "scale"}
+BY_NUMBER = {num: name for name, (num, _, _) in OPCODES.items()}
+ENGINES = {"dsp": 0, "sparse": 1, "lut": 2}
+ACT_FNS = {"silu": 0, "relu": 1}
+
+# MM flags: bits 0-3 code width, 4-5 engine, 6 zero points, 7 bias, 8 unsigned codes,
+# 9 double-buffered weight loads, 10 output to io as float32, 12-15 sparse N, 16-19 sparse M
+for _name, (_, _fields, _) in OPCODES.items():
+    assert len(_fields) < WORDS, _name
+
+
+def mm_flags(bits: int, engine: str, has_zero: bool, has_bias: bool, unsigned: bool,
+             sparse: tuple[int, int] | None, to_io: bool, double_buffer: bool = True) -> int:
+    n, m = sparse or (0, 0)
+    return (bits | ENGINES[engine] << 4 | int(has_zero) << 6 | int(has_bias) << 7 | int(unsigned) << 8
+            | int(double_buffer) << 9 | int(to_io) << 10 | n << 12 | m << 16)
+
+
+@dataclass(frozen=True)
+class Instruction:
+    op: str
+    dst: int = 0
+    src0: int = 0
+    src1: int = 0
+    fields: dict[str, int | float] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        if self.op not in OPCODES:
+            raise LlmcError(f"unknown opcode '{self.op}'")
+        number, names, _ = OPCODES[self.op]
+        if set(self.fields) != set(names):
+            raise LlmcError(f"{self.op}: fields {sorted(self.fields)} != {sorted(names)}")
+        slots = [number | self.dst << 8 | self.src0 << 16 | self.src1 << 24]
+        for name in names:
+            value = self.fields[name]
+            if name in FLOAT_FIELDS:
+                slots.append(struct.unpack("<I", struct.pack("<f", value))[0])
+            else:
+                if not 0 <= int(value) < 1 << 32:
+                    raise LlmcError(f"{self.op}: field {name} = {value} does not fit 32 bits")
+                slots.append(int(value))
+        slots += [0] * (WORDS - len(slots))
+        return struct.pack(f"<{WORDS}I", *slots)
+
+    def text(self) -> str:
+        regs = f"b{self.dst}, b{self.src0}, b{self.src1}"
+        args = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.fields.items())
+        return f"{self.op:<7} {regs}" + (f", {args}" if args else "")
+
+
+def decode(word: bytes) -> Instruction:
+    if len(word) != INSTR_BYTES:
+        raise LlmcError(f"an instruction is {INSTR_BYTES} bytes, got {len(word)}")
+    slots = struct.unpack(f"<{WORDS}I", word)
+    number = slots[0] & 0xFF
+    if number not in BY_NUMBER:
+        raise LlmcError(f"unknown opcode number {number}")
+    name = BY_NUMBER[number]
+    fields: dict[str, int | float] = {}
+    for i, fname in enumerate(OPCODES[name][1]):
+        raw = slots[1 + i]
+        fields[fname] = struct.unpack("<f", struct.pack("<I", raw))[0] if fname in FLOAT_FIELDS else raw
+    return Instruction(name, slots[0] >> 8 & 0xFF, slots[0] >> 16 & 0xFF, slots[0] >> 24 & 0xFF, fields)
+
+
+def encode_program(program: list[Instruction]) -> bytes:
+    return b"".join(i.encode() for i in program)
+
+
+def decode_program(data: bytes) -> list[Instruction]:
+    if len(data) % INSTR_BYTES:
+        raise LlmcError(f"a program is a multiple of {INSTR_BYTES} bytes, got {len(data)}")
+    return [decode(data[i:i + INSTR_BYTES]) for i in range(0, len(data), INSTR_BYTES)]
+
+
+def markdown_table() -> str:
+    """The opcode table of docs/isa.md."""
+    rows = ["| opcode | number | fields (slots 1..) | meaning |", "| --- | --- | --- | --- |"]
+    for name, (number, names, doc) in OPCODES.items():
+        rows.append(f"| {name} | {number} | {', '.join(names) or '-'} | {doc} |")
+    return "\n".join(rows) + "\n"

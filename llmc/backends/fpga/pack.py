@@ -1,0 +1,136 @@
+"""Weight tiles as the engines read them, and the inverse (for the simulators and tests).
+
+A matrix-engine tile holds ``tile_n`` output rows of a layer: codes, then int32 scales, then
+int16 zero points and int32 bias when present, each part starting on a 64-byte boundary. Codes:
+
+- ``dsp``: stored width 8 (code widths 5-8) or 4 (widths 2-4, two per byte, low nibble first),
+  row-major;
+- ``sparse`` N:M: per row and block of M, the N kept values (stored width as above) followed
+  per row by their N in-block indices as nibbles;
+- ``lut``: bit-planes: plane i holds bit i of every unsigned code, row-major, 8 per byte LSB first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ALIGN = 64
+
+
+def align(n: int, to: int = ALIGN) -> int:
+    return -(-n // to) * to
+
+
+def stored_bits(bits: int) -> int:
+    return 8 if bits > 4 else 4
+
+
+def code_bytes(engine: str, bits: int, rows: int, k: int, sparse: tuple[int, int] | None) -> int:
+    if engine == "lut":
+        return bits * rows * k // 8
+    if engine == "sparse":
+        n, m = sparse  # type: ignore[misc]
+        kept = rows * (k // m) * n
+        return kept * stored_bits(bits) // 8 + kept // 2
+    return rows * k * stored_bits(bits) // 8
+
+
+def tile_layout(engine: str, bits: int, tile_n: int, k: int, groups: int, has_zero: bool, has_bias: bool,
+                sparse: tuple[int, int] | None) -> dict[str, int]:
+    """Byte offsets of the parts of one tile and its total size."""
+    out = {"codes": 0}
+    end = align(code_bytes(engine, bits, tile_n, k, sparse))
+    out["scales"], end = end, end + align(tile_n * groups * 4)
+    if has_zero:
+        out["zeros"], end = end, end + align(tile_n * groups * 2)
+    if has_bias:
+        out["bias"], end = end, end + align(tile_n * 4)
+    out["size"] = end
+    return out
+
+
+def _nibbles(values: np.ndarray) -> bytes:
+    v = (values.astype(np.int64) & 0xF).reshape(-1)
+    if v.size % 2:
+        v = np.append(v, 0)
+    return ((v[1::2] << 4) | v[0::2]).astype(np.uint8).tobytes()
+
+
+def _from_nibbles(data: bytes, count: int, signed: bool) -> np.ndarray:
+    raw = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
+    v = np.stack([raw & 0xF, raw >> 4], axis=-1).reshape(-1)[:count]
+    return np.where(v >= 8, v - 16, v) if signed else v
+
+
+def pack_values(values: np.ndarray, bits: int) -> bytes:
+    if stored_bits(bits) == 8:
+        return (values.astype(np.int64) & 0xFF).astype(np.uint8).tobytes()
+    return _nibbles(values)
+
+
+def unpack_values(data: bytes, count: int, bits: int, signed: bool) -> np.ndarray:
+    if stored_bits(bits) == 8:
+        raw = np.frombuffer(data[:count], dtype=np.uint8).astype(np.int64)
+        return np.where(raw >= 128, raw - 256, raw) if signed else raw
+    return _from_nibbles(data, count, signed)
+
+
+def sparse_select(codes: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kept values and in-block indices of N:M sparse rows [R, K]; refuses a denser block."""
+    rows, k = codes.shape
+    blocks = codes.reshape(rows, k // m, m)
+    nonzero = blocks != 0
+    if (nonzero.sum(axis=-1) > n).any():
+        raise ValueError(f"weights are not {n}:{m} sparse")
+    order = np.argsort(~nonzero, axis=-1, kind="stable")[..., :n]  # non-zeros first, in order
+    order = np.sort(order, axis=-1)
+    return np.take_along_axis(blocks, order, axis=-1), order
+
+
+def pack_codes(codes: np.ndarray, engine: str, bits: int, sparse: tuple[int, int] | None) -> bytes:
+    """Codes [R, K] of one tile in the engine's layout."""
+    if engine == "lut":
+        planes = [np.packbits(((codes >> i) & 1).astype(np.uint8).reshape(-1), bitorder="little")
+                  for i in range(bits)]
+        return b"".join(p.tobytes() for p in planes)
+    if engine == "sparse":
+        values, index = sparse_select(codes, *sparse)  # type: ignore[misc]
+        return pack_values(values.reshape(-1), bits) + _nibbles(index.reshape(-1))
+    return pack_values(codes.reshape(-1), bits)
+
+
+def unpack_codes(data: bytes, rows: int, k: int, engine: str, bits: int, signed: bool,
+                 sparse: tuple[int, int] | None) -> np.ndarray:
+    """The inverse of :func:`pack_codes`."""
+    if engine == "lut":
+        plane = rows * k // 8
+        out = np.zeros(rows * k, dtype=np.int64)
+        for i in range(bits):
+            out |= np.unpackbits(np.frombuffer(data[i * plane:(i + 1) * plane], np.uint8),
+                                 bitorder="little").astype(np.int64) << i
+        return out.reshape(rows, k)
+    if engine == "sparse":
+        n, m = sparse  # type: ignore[misc]
+        kept = rows * (k // m) * n
+        vbytes = kept * stored_bits(bits) // 8
+        values = unpack_values(data[:vbytes], kept, bits, signed).reshape(rows, k // m, n)
+        index = _from_nibbles(data[vbytes:], kept, False).reshape(rows, k // m, n)
+        out = np.zeros((rows, k // m, m), dtype=np.int64)
+        np.put_along_axis(out, index, values, axis=-1)
+        return out.reshape(rows, k)
+    return unpack_values(data, rows * k, bits, signed).reshape(rows, k)
+
+
+def pack_tile(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bias: np.ndarray | None,
+              layout: dict[str, int], engine: str, bits: int, sparse: tuple[int, int] | None) -> bytes:
+    """One tile's bytes (rows beyond the layer are zero)."""
+    out = bytearray(layout["size"])
+    parts = [("codes", pack_codes(codes, engine, bits, sparse)),
+             ("scales", scales.astype("<i4").tobytes())]
+    if zeros is not None:
+        parts.append(("zeros", zeros.astype("<i2").tobytes()))
+    if bias is not None:
+        parts.append(("bias", bias.astype("<i4").tobytes()))
+    for name, data in parts:
+        out[layout[name]:layout[name] + len(data)] = data
+    return bytes(out)

@@ -1,0 +1,133 @@
+"""The Vitis project: rendering the templates of ``llmc/hls_templates``, writing the folder, running make."""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path, PurePosixPath
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+import llmc
+from llmc.backends.fpga.design import INSTR_BITS, AcceleratorConfig, kernel_ports
+from llmc.backends.fpga.target import Target
+from llmc.errors import LlmcError
+
+TEMPLATES = Path(llmc.__file__).parent / "hls_templates"
+BUILD_TARGETS = ("hw", "hw_emu", "sw_emu")
+# project file -> template (".j2": rendered with the project; otherwise copied as is)
+BUILD_FILES = {
+    "Makefile": "build/Makefile.j2",
+    "connectivity.cfg": "build/connectivity.cfg.j2",
+    "hls_config.cfg": "build/hls_config.cfg.j2",
+    "run_hls.tcl": "build/run_hls.tcl.j2",
+    "host/host.cpp": "host/host.cpp.j2",
+    "include/llmc_container.h": "include/llmc_container.h",
+    "include/llmc_sha256.h": "include/llmc_sha256.h",
+}
+
+
+@functools.cache
+def _environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def render(template_name: str, **context: object) -> str:
+    """Render ``llmc/hls_templates/<template_name>``; an undefined variable is an error."""
+    return _environment().get_template(template_name).render(**context)
+
+
+def project_context(name: str, target: Target, config: AcceleratorConfig, kernel_sources: Sequence[str]) -> dict:
+    """The ``project`` dict every build and host template reads; ``kernel_sources`` are the kernel ``.cpp``
+    files relative to the project folder."""
+    return {
+        "name": name,
+        "target": {"name": target.name, "part": target.part, "platform": target.platform},
+        "config": config.to_json(),
+        "ports": [asdict(port) for port in kernel_ports(config)],
+        "kernel_sources": list(kernel_sources),
+        "clock_period_ns": 1000.0 / config.clock_mhz,
+        "instr_bytes": INSTR_BITS // 8,
+    }
+
+
+def build_files(project: dict) -> dict[str, str]:
+    """The build files, XRT host and container headers of a project (relative path -> text)."""
+    return {
+        path: render(template, project=project) if template.endswith(".j2") else (TEMPLATES / template).read_text()
+        for path, template in BUILD_FILES.items()
+    }
+
+
+def write_project(out_dir: Path, files: Mapping[str, bytes | str], *, force: bool = False) -> None:
+    """Write ``files`` (relative path -> content) as the folder ``out_dir``, all or nothing.
+
+    The files go to a temporary sibling folder that is renamed into place once complete (so each file is
+    written plainly, with the usual permissions); with ``force`` an existing ``out_dir`` is replaced only then.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise LlmcError(f"{out_dir}: output folder exists (use --force to replace it)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LlmcError(f"{out_dir}: exists and is not a folder")
+    final = out_dir.resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
+    old = final.with_name(f".{final.name}.{secrets.token_hex(6)}.old") if final.exists() else None
+    tmp.mkdir()
+    try:
+        for name in sorted(files):
+            relative = PurePosixPath(name)
+            if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+                raise ValueError(f"project file {name!r} is not a relative path inside the project")
+            data = files[name]
+            path = tmp / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data.encode() if isinstance(data, str) else data)
+        if old is not None:
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.replace(old, final)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def build_project(project_dir: Path, target: str = "hw") -> None:
+    """Run ``make TARGET=<target>`` in a written project, its output streaming to the console."""
+    project_dir = Path(project_dir)
+    if target not in BUILD_TARGETS:
+        raise LlmcError(f"unknown build target '{target}' (expected one of {', '.join(BUILD_TARGETS)})")
+    if not (project_dir / "Makefile").is_file():
+        raise LlmcError(f"{project_dir}: no Makefile (not an llmc project folder?)")
+    if shutil.which("v++") is None:
+        raise LlmcError(
+            "synthesis needs Vitis: v++ not found on PATH (source the Vitis settings64.sh); "
+            f"the project in {project_dir} is ready for `make TARGET={target}`"
+        )
+    try:
+        result = subprocess.run(["make", f"TARGET={target}"], cwd=project_dir, check=False)
+    except FileNotFoundError:
+        raise LlmcError("make not found on PATH: install GNU make to build the project") from None
+    if result.returncode != 0:
+        raise LlmcError(
+            f"{project_dir}: make TARGET={target} failed (exit code {result.returncode}); see the output above"
+        )

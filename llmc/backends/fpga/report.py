@@ -1,0 +1,47 @@
+"""The human-readable project report (report.md) from the data of report.json."""
+
+from __future__ import annotations
+
+from llmc.backends.fpga.resources import Utilisation
+
+
+def _table(rows: list[list[str]]) -> str:
+    head, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body]) + "\n"
+
+
+def render_report(report: dict, utilisation: Utilisation) -> str:
+    c, d, n = report["config"], report["modelled_decode"], report["needs"]
+    gib = 2**30
+    lines = [
+        f"# {report['name']} on {report['target']}",
+        "",
+        f"Model: {n['layers']} layers, hidden {n['hidden']}, intermediate {n['intermediate']}, {n['heads']} heads "
+        f"({n['kv_heads']} KV) of {n['head_dim']}, vocabulary {n['vocab']}, context {n['max_context']}.",
+        f"Weights {n['weight_bytes'] / gib:.3f} GiB; KV cache {n['kv_bytes_per_token'] * n['max_context'] / gib:.3f} "
+        f"GiB at {n['max_context']} tokens.",
+        "",
+        "## Design",
+        f"{c['clock_mhz']:g} MHz; matrix engine {c['mm_lanes']} lanes x {c['mm_tile_k']} MACs (tiles of "
+        f"{c['mm_tile_n']} rows), widths {c['weight_bits']}, N:M {c['sparse_n']}:{c['sparse_m']}; LUT engine "
+        f"{c['lut_lanes']} lanes (g={c['lut_g']}); SFU {c['sfu_lanes']} lanes; {c['act_buffers']} activation buffers "
+        f"of {c['max_rows']} x {c['max_hidden']}; weights on HBM {c['weight_channels']}, KV cache on "
+        f"{c['kv_channels']}, io on {c['io_channel']}; programs for buckets {c['buckets']}.",
+        "",
+        "## Resources (estimated)",
+        _table(utilisation.table()),
+        "## Modelled decode (first-order, full context)",
+        f"weights {d['weights_ms']:.3f} ms, compute {d['compute_ms']:.3f} ms, KV cache {d['kv_ms']:.3f} ms, "
+        f"SFU {d['sfu_ms']:.3f} ms: {d['tokens_per_s']:.1f} tokens/s.",
+        "",
+        "## Program",
+        _table([["bucket", "bytes"], *([k, f"{v:,}"] for k, v in report["program_bytes"].items())]),
+        "## Linear layers",
+        _table([["layer", "N", "K", "bits", "engine", "sparse", "tiles", "bytes"],
+                *([x["name"], str(x["n"]), str(x["k"]), str(x["bits"]), x["engine"], x["sparse"] or "-",
+                   str(x["tiles"]), f"{x['bytes']:,}"] for x in report["layers"])]),
+    ]
+    if "lowering" in report:
+        lines += ["## Lowering accuracy", _table(report["lowering"])]
+    return "\n".join(lines)

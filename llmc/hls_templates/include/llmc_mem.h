@@ -1,0 +1,99 @@
+// llmc accelerator: memory access on 512-bit m_axi ports and number conversions.
+#ifndef LLMC_MEM_H
+#define LLMC_MEM_H
+
+#include <ap_int.h>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
+// g++ 12 at -O2 reports false positives inside ap_private (the ap_types headers): words of a
+// copied ap_uint<512> "maybe uninitialized", and loops of its range extraction it cannot bound.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
+#endif
+
+namespace llmc {
+
+typedef ap_uint<512> word_t;
+static const int WORD_BYTES = 64;
+
+// Copy n bytes starting at byte offset off of a port into dst (burst over whole words).
+inline void read_bytes(const word_t* port, uint64_t off, uint8_t* dst, int n) {
+  uint64_t word = off / WORD_BYTES;
+  int skip = (int)(off % WORD_BYTES);
+  for (int i = 0; i < n; ++word) {
+#pragma HLS PIPELINE II = 1
+    const word_t w = port[word];
+    for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {
+      dst[i] = (uint8_t)w.range(8 * b + 7, 8 * b);
+    }
+    skip = 0;
+  }
+}
+
+// Write n bytes from src at byte offset off of a port (read-modify-write of partial words).
+inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n) {
+  uint64_t word = off / WORD_BYTES;
+  int skip = (int)(off % WORD_BYTES);
+  for (int i = 0; i < n; ++word) {
+#pragma HLS PIPELINE II = 1
+    word_t w = port[word];
+    for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {
+      w.range(8 * b + 7, 8 * b) = src[i];
+    }
+    port[word] = w;
+    skip = 0;
+  }
+}
+
+inline uint32_t load_u32(const uint8_t* p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+inline int32_t load_i32(const uint8_t* p) { return (int32_t)load_u32(p); }
+
+inline int16_t load_i16(const uint8_t* p) { return (int16_t)((uint16_t)p[0] | (uint16_t)p[1] << 8); }
+
+inline float bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline uint32_t float_to_bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+inline void store_u32(uint8_t* p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16);
+  p[3] = (uint8_t)(v >> 24);
+}
+
+// IEEE half to float, exact (normals, subnormals, infinities, NaN).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h >> 15) << 31;
+  uint32_t exp = (h >> 10) & 0x1F;
+  uint32_t man = h & 0x3FF;
+  if (exp == 0x1F) return bits_to_float(sign | 0x7F800000u | man << 13);
+  if (exp == 0) {
+    if (man == 0) return bits_to_float(sign);
+    exp = 113;  // 127 - 15 + 1, then normalise the subnormal
+    while (!(man & 0x400)) {
+      man <<= 1;
+      --exp;
+    }
+    man &= 0x3FF;
+    return bits_to_float(sign | exp << 23 | man << 13);
+  }
+  return bits_to_float(sign | (exp + 112) << 23 | man << 13);
+}
+
+}  // namespace llmc
+
+#endif

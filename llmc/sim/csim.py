@@ -1,0 +1,110 @@
+"""C-simulation: the generated kernel C++ compiled with g++ against the real ap_types headers,
+run as a device (``prefill``/``decode`` like every other) over a pipe to its test bench."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from llmc.errors import LlmcError
+
+CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-ffp-contract=off"]
+SOURCES = ["kernel/llmc_accel.cpp", "csim/csim_main.cpp"]
+
+
+def ap_types_dir() -> Path:
+    """The ``ap_types`` headers the hls4ml package ships (Apache-2.0)."""
+    try:
+        import hls4ml
+    except ImportError:
+        raise LlmcError("C-simulation needs the ap_types headers of the hls4ml package: pip install hls4ml==1.3.0") \
+            from None
+    path = Path(hls4ml.__file__).parent / "templates" / "vivado" / "ap_types"
+    if not (path / "ap_int.h").is_file():
+        raise LlmcError(f"{path}: ap_int.h not found in the hls4ml package")
+    return path
+
+
+def build_csim(project: Path, out: Path | None = None, timeout: float = 600) -> Path:
+    """Compile the project's kernel and test bench; returns the executable."""
+    project = Path(project)
+    if not (project / "kernel" / "llmc_accel.cpp").is_file():
+        raise LlmcError(f"{project}: not an llmc project folder (kernel/llmc_accel.cpp missing)")
+    cxx = shutil.which("g++")
+    if cxx is None:
+        raise LlmcError("C-simulation needs g++ on PATH")
+    exe = Path(out) if out else project / "csim" / "csim.bin"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [cxx, *CXXFLAGS, "-isystem", str(ap_types_dir()), "-I", str(project / "include"),
+           *(str(project / s) for s in SOURCES), "-o", str(exe)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise LlmcError(f"{project}: the generated C++ does not compile:\n{result.stderr.strip()[-4000:]}")
+    return exe
+
+
+class CsimDevice:
+    """The compiled test bench as a device: ``run`` appends tokens and returns their logits."""
+
+    def __init__(self, project: Path, exe: Path | None = None, timeout: float = 600) -> None:
+        project = Path(project)
+        for name in ("program.bin", "weights.bin", "design.json"):
+            if not (project / name).is_file():
+                raise LlmcError(f"{project}: {name} missing (C-simulation needs a project compiled with weights)")
+        design = json.loads((project / "design.json").read_text())
+        self.vocab = int(design["io"]["vocab"])
+        self.max_context = int(design["config"]["max_context"])
+        self.timeout = timeout
+        self.exe = exe or build_csim(project)
+        self.proc = subprocess.Popen([str(self.exe), str(project / "program.bin"), str(project / "weights.bin")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.length = 0
+
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def reset(self) -> None:
+        self._send("reset")
+        self.length = 0
+
+    def run(self, ids: Sequence[int]) -> np.ndarray:
+        if self.length + len(ids) > self.max_context:
+            raise LlmcError(f"sequence of {self.length + len(ids)} tokens exceeds the compiled context of "
+                            f"{self.max_context}")
+        self._send(f"run {len(ids)} " + " ".join(str(int(i)) for i in ids))
+        assert self.proc.stdout is not None
+        want = 4 * self.vocab * len(ids)
+        data = self.proc.stdout.read(want)
+        if len(data) != want:
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            raise LlmcError(f"C-simulation stopped: {err.strip() or 'no output'}")
+        self.length += len(ids)
+        return np.frombuffer(data, dtype="<f4").reshape(len(ids), self.vocab).copy()
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        self.reset()
+        return self.run(ids)[-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.run([token])[-1]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._send("quit")
+                self.proc.wait(timeout=10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+
+    def __enter__(self) -> CsimDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

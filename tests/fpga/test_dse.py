@@ -1,0 +1,176 @@
+"""Design-space exploration and the resource model: 7B on the U280, a tiny model everywhere, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from llmc.backends.fpga.dse import ModelNeeds, check_fits, estimate_decode, explore
+from llmc.backends.fpga.resources import datapath_bits, estimate, macs_per_dsp, matrix_engine
+from llmc.backends.fpga.target import RESOURCE_KINDS, Resources, load_target
+from llmc.errors import LlmcError
+
+# Llama-2-7B at W4 g128 (codes + fp16 scales) with an int8 KV cache and fp16 per-head scales
+LLAMA_7B = ModelNeeds(
+    layers=32,
+    hidden=4096,
+    intermediate=11008,
+    heads=32,
+    kv_heads=32,
+    head_dim=128,
+    vocab=32000,
+    max_context=4096,
+    weight_bits=(4,),
+    sparse=None,
+    lut_bits=(),
+    weight_bytes=3_900_000_000,
+    kv_bytes_per_token=2 * 32 * 4096 + 2 * 32 * 32 * 2,
+)
+TINY = ModelNeeds(
+    layers=4,
+    hidden=256,
+    intermediate=768,
+    heads=4,
+    kv_heads=2,
+    head_dim=64,
+    vocab=1024,
+    max_context=512,
+    weight_bits=(4,),
+    sparse=None,
+    lut_bits=(),
+    weight_bytes=3_000_000,
+    kv_bytes_per_token=2 * 4 * 128 + 2 * 4 * 2 * 2,
+)
+
+
+def _check_plan(config, target, needs):
+    used = [*config.weight_channels, *config.kv_channels, config.io_channel]
+    assert len(set(used)) == len(used) and all(0 <= c < target.memory.channels for c in used)
+    assert config.weight_channels == tuple(range(config.mm_lanes))
+    assert config.mm_lanes & (config.mm_lanes - 1) == 0
+    assert config.mm_lanes * target.memory.channel_bytes >= needs.weight_bytes
+    assert len(config.kv_channels) * target.memory.channel_bytes >= needs.kv_bytes
+
+
+def test_llama_7b_fits_u280_within_budget():
+    u280 = load_target("u280")
+    config, used = explore(u280, LLAMA_7B)
+    assert config.target == "u280" and config.clock_mhz == 250
+    assert max(used.fractions.values()) <= 0.8 and used.fits(0.8)
+    _check_plan(config, u280, LLAMA_7B)
+    assert config.mm_lanes == 16  # 3.9 GB of weights need 15 channels of 256 MiB
+    assert config.weight_bits == (4,) and (config.sparse_n, config.sparse_m) == (0, 0)
+    assert (config.lut_lanes, config.lut_g, config.lut_bits) == (0, 4, ())
+    assert config.max_hidden == 11008 and config.max_context == 4096
+    assert config.buckets == (1, 16, 64) and config.program_memory == "DDR[0]"
+    decode = estimate_decode(config, u280, LLAMA_7B)
+    assert decode.balanced  # compute keeps up with the weight stream
+    assert 10 < 1 / decode.total_s < 130  # below the 460 GB/s ceiling of about 130 tokens/s
+    assert check_fits(config, u280).total == used.total
+
+
+def test_fp16_7b_is_refused_for_hbm_capacity():
+    fp16 = dataclasses.replace(LLAMA_7B, weight_bits=(8,), weight_bytes=13_500_000_000)
+    with pytest.raises(LlmcError) as e:
+        explore(load_target("u280"), fp16)
+    assert str(e.value) == (
+        "model needs 13.6 GiB of HBM (weights 12.6 GiB + KV cache 1.0 GiB at 4096 tokens); u280 has 8.0 GiB"
+    )
+
+
+@pytest.mark.parametrize("name", ["kv260", "u280", "u55c"])
+def test_tiny_model_fits(name):
+    target = load_target(name)
+    config, used = explore(target, TINY)
+    assert used.fits(0.8)
+    _check_plan(config, target, TINY)
+    assert config.max_hidden == 768 and config.clock_mhz == target.clock_mhz
+    assert config.program_memory == ("HBM[31]" if name == "u55c" else "DDR[0]")
+
+
+def test_budget_too_small_names_the_resource():
+    with pytest.raises(LlmcError) as e:
+        explore(load_target("u280"), LLAMA_7B, budget=0.01)
+    message = str(e.value)
+    assert "\n" not in message
+    found = re.match(
+        r"no accelerator configuration fits 1% of u280's usable resources: the smallest needs [\d,]+ (\w+) ", message
+    )
+    assert found and found.group(1) in RESOURCE_KINDS
+
+
+def test_too_many_rows_run_out_of_uram():
+    with pytest.raises(LlmcError, match=r"needs [\d,]+ uram .*lower max_rows\)$"):
+        explore(load_target("u280"), LLAMA_7B, max_rows=1024)
+
+
+def test_explore_is_deterministic():
+    u280 = load_target("u280")
+    first, used = explore(u280, LLAMA_7B)
+    again, used_again = explore(u280, LLAMA_7B)
+    assert first == again and first.to_json() == again.to_json() and used == used_again
+
+
+def test_formats_reach_the_config():
+    u280 = load_target("u280")
+    mixed = dataclasses.replace(TINY, weight_bits=(3, 6, 3), sparse=(2, 4), lut_bits=(2,))
+    config, _ = explore(u280, mixed, max_rows=8)
+    assert config.weight_bits == (6, 3) and (config.sparse_n, config.sparse_m) == (2, 4)
+    assert config.lut_bits == (2,) and config.lut_lanes > 0
+    assert config.buckets == (1, 8)
+
+
+def test_datapath_and_packing():
+    assert [datapath_bits(w) for w in (1, 3, 4, 5, 8)] == [4, 4, 4, 8, 8]
+    assert macs_per_dsp((4, 3)) == 2 and macs_per_dsp((8, 4)) == 1
+    config, _ = explore(load_target("u280"), LLAMA_7B)
+    int8 = dataclasses.replace(config, weight_bits=(8,))
+    assert matrix_engine(config).dsp * 2 == matrix_engine(int8).dsp == config.mm_lanes * config.mm_tile_k
+
+
+def test_utilisation_table():
+    u280 = load_target("u280")
+    config, used = explore(u280, TINY)
+    total = Resources()
+    for unit in used.units.values():
+        total += unit
+    assert used.total == total == estimate(config, u280).total
+    rows = used.table()
+    assert rows[0] == ["unit", "LUT", "FF", "DSP", "BRAM36", "URAM"]
+    assert [r[0] for r in rows[-3:]] == ["total", "usable", "used"] and len(rows) == len(used.units) + 4
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sparse": (2, 5)}, "ModelNeeds.sparse: pattern 2:5 is not supported (N:M with M in 4, 8, 16 and 0 < N < M)"),
+        ({"sparse": (4, 4)}, "ModelNeeds.sparse: pattern 4:4 is not supported (N:M with M in 4, 8, 16 and 0 < N < M)"),
+        ({"hidden": 0}, "ModelNeeds.hidden must be a positive integer, got 0"),
+        ({"weight_bits": (16,)}, "ModelNeeds.weight_bits: 16-bit weights are not supported (widths 1-8)"),
+        ({"lut_bits": (6,)}, "ModelNeeds.lut_bits: 6-bit weights are not supported (widths 1-4)"),
+        ({"heads": 3}, "ModelNeeds.heads (3) must be a multiple of kv_heads (2)"),
+    ],
+)
+def test_bad_model_needs(change, message):
+    with pytest.raises(LlmcError) as e:
+        dataclasses.replace(TINY, **change)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"target": "u55c"}, "accelerator config: target is 'u55c', not 'u280'"),
+        ({"io_channel": 0}, "accelerator config: a memory channel is assigned twice"),
+        ({"io_channel": 40}, "accelerator config: channel 40 is outside u280's 32 channels"),
+        ({"mm_lanes": 8}, "accelerator config: weight_channels has 16 entries for 8 mm_lanes"),
+        ({"sfu_lanes": 4096}, "accelerator config does not fit 100% of u280: lut "),
+    ],
+)
+def test_check_fits_refuses(change, message):
+    u280 = load_target("u280")
+    config, _ = explore(u280, LLAMA_7B)
+    with pytest.raises(LlmcError, match=re.escape(message)):
+        check_fits(dataclasses.replace(config, **change), u280)

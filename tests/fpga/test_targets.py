@@ -1,0 +1,162 @@
+"""Boards as data: the bundled targets' figures, user board files and one-line errors for bad ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmc.backends.fpga.target import TARGETS_DIR, Resources, list_targets, load_target
+from llmc.errors import LlmcError
+
+GIB = 2**30
+
+
+def test_bundled_targets_are_listed():
+    assert list_targets() == ["kv260", "u280", "u55c"]
+
+
+@pytest.mark.parametrize(
+    "name, part, platform, clock, kind, channels, gib, resources, slrs",
+    [
+        (
+            "u280",
+            "xcu280-fsvh2892-2L-e",
+            "xilinx_u280_gen3x16_xdma_1_202211_1",
+            250,
+            "hbm",
+            32,
+            8,
+            Resources(1_303_680, 2_607_360, 9_024, 2_016, 960),
+            3,
+        ),
+        (
+            "u55c",
+            "xcu55c-fsvh2892-2L-e",
+            "xilinx_u55c_gen3x16_xdma_3_202210_1",
+            300,
+            "hbm",
+            32,
+            16,
+            Resources(1_303_680, 2_607_360, 9_024, 2_016, 960),
+            3,
+        ),
+        (
+            "kv260",
+            "xck26-sfvc784-2LV-c",
+            "xilinx_kv260_base_202420_1",
+            200,
+            "ddr",
+            4,
+            3,
+            Resources(117_120, 234_240, 1_248, 144, 64),
+            1,
+        ),
+    ],
+)
+def test_bundled_target_figures(name, part, platform, clock, kind, channels, gib, resources, slrs):
+    t = load_target(name)
+    assert (t.name, t.part, t.platform, t.clock_mhz, t.slrs) == (name, part, platform, clock, slrs)
+    assert (t.memory.kind, t.memory.channels, t.memory_bytes) == (kind, channels, gib * GIB)
+    assert t.resources == resources
+    assert t.usable == t.resources - t.shell
+    assert all(0 < getattr(t.usable, k) <= getattr(t.resources, k) for k in ("lut", "ff", "dsp", "bram36", "uram"))
+
+
+def test_hbm_figures():
+    u280 = load_target("u280")
+    assert u280.memory.bandwidth_gbs == 460 and u280.memory.efficiency == 0.65
+    assert u280.memory.channel_gbs == pytest.approx(460 * 0.65 / 32)
+    assert u280.ddr.banks == 2 and load_target("u55c").ddr.banks == 0
+    assert load_target("kv260").memory.bandwidth_gbs == pytest.approx(19.2)
+
+
+def _write(tmp_path: Path, data: object, text: str | None = None) -> str:
+    path = tmp_path / "board.yaml"
+    path.write_text(yaml.safe_dump(data) if text is None else text)
+    return str(path)
+
+
+def _u280() -> dict:
+    return yaml.safe_load((TARGETS_DIR / "u280.yaml").read_text())
+
+
+def test_user_board_file(tmp_path):
+    data = _u280()
+    data["name"], data["clock_mhz"] = "myboard", 225
+    data["memory"]["channels"] = 16
+    t = load_target(_write(tmp_path, data))
+    assert (t.name, t.clock_mhz, t.memory_bytes) == ("myboard", 225, 4 * GIB)
+    yml = tmp_path / "board.yml"
+    yml.write_text(yaml.safe_dump(data))
+    assert load_target(str(yml)) == t
+
+
+_DELETE = object()
+
+
+def _set(data: dict, dotted: str, value: object) -> None:
+    *parents, key = dotted.split(".")
+    for p in parents:
+        data = data[p]
+    if value is _DELETE:
+        del data[key]
+    else:
+        data[key] = value
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("resources.dsp", -1, "resources.dsp must be a positive integer"),
+        ("resources.dsp", 9.5, "resources.dsp must be a positive integer"),
+        ("slrs", True, "slrs must be a positive integer"),
+        ("part", _DELETE, "part is missing"),
+        ("memory", _DELETE, "memory is missing"),
+        ("memory.channel_bytes", _DELETE, "memory.channel_bytes is missing"),
+        ("clock_mhz", "fast", "clock_mhz must be a positive number"),
+        ("clock_mhz", 0, "clock_mhz must be a positive number"),
+        ("memory.efficiency", 1.5, "memory.efficiency must be a positive number at most 1"),
+        ("memory.kind", "sram", "memory.kind must be one of hbm, ddr"),
+        ("platform", "", "platform must be a non-empty string"),
+        ("resources", "lots", "resources must be a mapping of fields"),
+        ("shell.uram", -1, "shell.uram must be a non-negative integer"),
+        ("shell.lut", 2_000_000, "shell.lut must be smaller than resources.lut"),
+        ("ddr.bandwidth_gbs", 0, "ddr.bandwidth_gbs must be positive when ddr.banks > 0"),
+        (
+            "memory.chanels",
+            32,
+            "memory.chanels is not a known field (expected: kind, channels, channel_bytes, bandwidth_gbs, efficiency)",
+        ),
+    ],
+)
+def test_bad_board_files(tmp_path, field, value, message):
+    data = _u280()
+    _set(data, field, value)
+    path = _write(tmp_path, data)
+    with pytest.raises(LlmcError) as e:
+        load_target(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: [u280\n", "not valid YAML at line 2"),
+        ("- u280\n", "the file must be a mapping of fields"),
+    ],
+)
+def test_unreadable_board_files(tmp_path, text, message):
+    path = _write(tmp_path, None, text)
+    with pytest.raises(LlmcError) as e:
+        load_target(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_unknown_target_and_missing_file(tmp_path):
+    with pytest.raises(LlmcError, match=r"^unknown target 'u999' \(known: kv260, u280, u55c; or a \.yaml path\)$"):
+        load_target("u999")
+    missing = str(tmp_path / "none.yaml")
+    with pytest.raises(LlmcError, match="no such target file$"):
+        load_target(missing)
