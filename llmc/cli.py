@@ -223,6 +223,14 @@ def format_report(report: ModuleReport) -> list[str]:
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, generates=True)
+    add_generation_arguments(parser)
+    parser.add_argument("--lut-kernels", choices=("interpreter", "tvm"), default="interpreter",
+                        help="run LUT-mpGEMM layers on the reference interpreter or on TVM CPU kernels")
+    add_json_argument(parser)
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """--prompt / --prompt-ids, --max-new-tokens and the sampling options."""
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", metavar="TEXT", help="the prompt text (needs a tokenizer)")
     prompt.add_argument("--prompt-ids", metavar="IDS", help="the prompt as comma-separated token ids")
@@ -235,30 +243,31 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="top-p: sample from the likeliest tokens reaching probability P (default %(default)s)")
     parser.add_argument("--temperature", type=float, default=SamplingOptions.temperature, metavar="T",
                         help="divide the logits by T before top-k/top-p sampling (default %(default)s)")
-    parser.add_argument("--lut-kernels", choices=("interpreter", "tvm"), default="interpreter",
-                        help="run LUT-mpGEMM layers on the reference interpreter or on TVM CPU kernels")
-    add_json_argument(parser)
 
 
 @command(_run_arguments)
 def run(args: argparse.Namespace) -> int:
-    """Generate text through the reference interpreter, streaming it as it comes."""
+    """Generate text through the reference interpreter (a compiled project: its lowered program)."""
+    model = load_model(args)
+    return generate(args, model, lambda: None)
+
+
+def generate(args: argparse.Namespace, model: Model, device: Callable[[], object]) -> int:
+    """Stream generated text (or print ``--json``) on the device ``device()`` (None: the interpreter)."""
     if args.max_new_tokens < 0:
         raise LlmcError("--max-new-tokens must be at least 0")
     try:
         sampling = SamplingOptions(args.sample, args.top_k, args.top_p, args.temperature, args.seed)
     except ValueError as e:
         raise LlmcError(str(e)) from None
-    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else None
-    model = load_model(args)
-    if ids is None:
-        ids = model.encode(args.prompt)
+    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else model.encode(args.prompt)
     text = TextStream(model)
     show_bar = progress_enabled(args) and not sys.stdout.isatty()  # on one terminal the text is the progress
     with tqdm(total=args.max_new_tokens, desc="generating", unit="tok", delay=1.0, leave=False,
               file=sys.stderr, disable=not show_bar) as bar:
         for token, _ in model.stream(prompt_ids=ids, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                                     kernels=lut_kernels(model, args.lut_kernels)):
+                                     kernels=lut_kernels(model, getattr(args, "lut_kernels", "interpreter")),
+                                     device=device()):
             piece = text.push(token)
             if not args.json:
                 print(piece, end="", flush=True)
@@ -318,6 +327,7 @@ class TextStream:
 
 def build_parser() -> argparse.ArgumentParser:
     import llmc.cli_compress  # noqa: F401  (registers opt and eval)
+    import llmc.cli_fpga  # noqa: F401  (registers compile, build and csim)
 
     debug = "show tracebacks, and library warnings, logs and progress bars"
     common = argparse.ArgumentParser(add_help=False)  # --debug also after the subcommand

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmc.deploy.generate import Generation, SamplingOptions, generate_stream
+from llmc.deploy.generate import Device, Generation, SamplingOptions, generate_stream
 from llmc.deploy.interpreter_device import InterpreterDevice
+from llmc.deploy.step_device import StepDevice
 from llmc.errors import FrontendError, LlmcError
 from llmc.ir.graph import Module
 from llmc.ir.interpreter import Kernel
@@ -58,6 +59,7 @@ class Model:
         sampling: SamplingOptions | None = None,
         stop: bool = True,
         kernels: Mapping[str, Kernel] | None = None,
+        device: Device | None = None,
     ) -> Iterator[tuple[int, float]]:
         """Generate through the reference interpreter, yielding ``(token, seconds)`` as each
         token is sampled; stops after the end-of-sequence token when ``stop``. ``kernels`` run
@@ -73,7 +75,10 @@ class Model:
             raise LlmcError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
         eos = int(self.module.attrs.get("eos_token_id", -1))
         stops = [eos] if stop and eos >= 0 else []
-        return generate_stream(InterpreterDevice(self.module, kernels), ids, max_new_tokens, sampling or SamplingOptions(), stops)
+        if device is None:
+            device = StepDevice(self.module) if "step" in self.module.functions else \
+                InterpreterDevice(self.module, kernels)
+        return generate_stream(device, ids, max_new_tokens, sampling or SamplingOptions(), stops)
 
     def run(
         self,
@@ -112,6 +117,8 @@ def load(
 
 def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bool, max_length: int, name: str | None) -> Model:
     text = str(source)
+    if isinstance(source, (str, Path)) and (Path(text) / "design.json").is_file():  # a compiled FPGA project
+        text = str(Path(text) / "model.llmc")
     if isinstance(source, (str, Path)) and text.endswith(".llmc") and text not in BUNDLED:
         from llmc.io import load_module, tokenizer_path
 

@@ -102,6 +102,10 @@ class CsimDevice:
                 self.proc.wait(timeout=10)
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def __enter__(self) -> CsimDevice:
         return self

@@ -90,16 +90,14 @@ def test_exp2(driver: Path) -> None:
         ints, near, rng.uniform(-140, 140, 20000).astype(np.float32), tiny, -tiny - np.float32(2.0**-24),
         np.float32([0.0, -0.0, -2.0**-24, 127.99999, np.inf, -np.inf, 1e30, -1e30]),
     ])
-    y = y[~((y >= -(2.0**-25)) & (y < 0))]
     got = _call(driver, "exp2", inputs=(y,), out=np.float32)
     np.testing.assert_array_equal(_bits(got), _bits(hm.exp2_f32(y)))
 
 
 def test_exp2_tiny_negative(driver: Path) -> None:
-    """Where NumPy's reference indexes T[257] (y - floor(y) rounds to 1), the header returns 2^0 = 1; NaN gives 0."""
+    """Where y - floor(y) rounds to 1 both clamp the table index and return 2^0 = 1; the header maps NaN to 0."""
     y = np.float32([-(2.0**-25), -(2.0**-26), -1e-10, -(2.0**-149), np.nan])
-    with pytest.raises(IndexError):
-        hm.exp2_f32(y[:1])
+    np.testing.assert_array_equal(hm.exp2_f32(y[:4]), [1, 1, 1, 1])
     np.testing.assert_array_equal(_call(driver, "exp2", inputs=(y,), out=np.float32), [1, 1, 1, 1, 0])
 
 
@@ -158,7 +156,8 @@ def test_quant8(driver: Path, n: int, group: int) -> None:
     x[2] = hm.INT32_MAX
     x[3, ::2] = hm.INT32_MIN
     s = rng.integers(1, 1 << 16, (20, 1))
-    x[4:24] = np.clip(rng.integers(-127, 127, (20, n)) * s + s // 2, hm.INT32_MIN, hm.INT32_MAX)  # ties
+    x[4:24] = rng.integers(-127, 127, (20, n)) * s + s // 2  # ties of x / s where s is even
+    x[4:24, ::group] = 127 * s  # makes s the scale of every group
     x[24:28, :] = rng.integers(-127, 128, (4, n))
     out = _call(driver, "quant8", n, group, inputs=(x,), out=np.uint8)
     codes, scales = hm.quant8(x, group)
@@ -211,7 +210,8 @@ def test_matmul(driver: Path, k: int, group: int, codes: str, has_zero: bool, ha
     args = (t, n, k, group, shift, int(has_zero), int(has_bias), int(dtype == np.uint8))
     got = _call(driver, "matmul", *args, inputs=tuple(ins), out=np.int32).reshape(t, n)
     np.testing.assert_array_equal(got, expected)
-    assert 0 < np.count_nonzero(np.abs(expected) == hm.INT32_MAX) < expected.size  # some saturate, not all
+    saturated = np.count_nonzero((expected >= hm.F32_INT32_MAX) | (expected == hm.INT32_MIN))
+    assert 0 < saturated < expected.size // 2
 
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-6, 0.0])
@@ -251,23 +251,26 @@ def test_rope(driver: Path, head_dim: int) -> None:
 
 
 @pytest.mark.parametrize("t, s, heads, kv_heads, d, scale", [
-    (40, 40, 4, 2, 64, 0.125),  # every s_visible from 1 to S
-    (3, 50, 4, 2, 64, 1 / math.sqrt(128)),
+    (64, 64, 4, 2, 64, 1 / math.sqrt(80)),  # every s_visible from 1 to S
+    (4, 300, 4, 2, 64, 1 / math.sqrt(128)),
     (6, 24, 2, 1, 128, 1 / math.sqrt(96)),
     (8, 5, 2, 2, 64, 0.125),  # queries before the first key see none
 ])
 def test_attention(driver: Path, t: int, s: int, heads: int, kv_heads: int, d: int, scale: float) -> None:
     rng = np.random.default_rng(t * s + d)
-    q = rng.normal(0, 1, (t, heads * d)) * 2.0 ** rng.integers(12, 22, (t, heads * d // 16)).repeat(16, axis=1)
-    q = np.clip(np.rint(q), hm.INT32_MIN, hm.INT32_MAX).astype(np.int32)
+
+    def acts(rows: int, cols: int) -> np.ndarray:  # Q15.16 values of std 0.25 to 8 per head
+        sigma = 2.0 ** rng.uniform(-2, 3, (rows, cols // d)).repeat(d, axis=1)
+        return np.rint(rng.normal(0, 1, (rows, cols)) * sigma * 2.0**16).astype(np.int32)
+
+    q, k, v = acts(t, heads * d), acts(s, kv_heads * d), acts(s, kv_heads * d)
     q[0, :d] = 0
     q[1, :d] = hm.INT32_MIN
     q[1, d : 2 * d] = rng.choice([hm.INT32_MIN, hm.INT32_MAX], d)
-    kc = rng.integers(-127, 128, (s, kv_heads * d)).astype(np.int8)
-    vc = rng.integers(-127, 128, (s, kv_heads * d)).astype(np.int8)
-    ks = (rng.integers(1 << 8, 1 << 24, (s, kv_heads)) >> rng.integers(0, 8, (s, kv_heads))).astype(np.int32)
-    vs = (rng.integers(1, 1 << 24, (s, kv_heads)) >> rng.integers(0, 16, (s, kv_heads))).astype(np.int32)
-    ks[0] = (1 << 24) + 1
+    k[1, :d] = hm.INT32_MAX
+    v[2] = hm.INT32_MIN
+    kc, ks = hm.quant8(k, d)
+    vc, vs = hm.quant8(v, d)
     attrs = {"heads": heads, "kv_heads": kv_heads, "head_dim": d, "scale": scale}
     with np.errstate(invalid="ignore"):
         expected = OPS["hw_attention"].ref([q, kc, ks, vc, vs], attrs, CTX)[0]

@@ -138,12 +138,15 @@ def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds
     )
 
 
+WEIGHT_HEADROOM = 1.03  # tile padding and the embedding table's row striping
+
+
 def explore(
     target: Target, needs: ModelNeeds, *, clock_mhz: float | None = None, max_rows: int = 64, budget: float = 0.8
 ) -> tuple[AcceleratorConfig, Utilisation]:
     """Choose the accelerator for ``needs`` on ``target`` within ``budget`` of every usable resource.
 
-    Enumerates matrix lanes (powers of two, one memory channel each), KV channel counts, tile sizes,
+    Enumerates matrix lanes (one memory channel each), KV channel counts, tile sizes,
     LUT lanes (when the model has LUT layers) and SFU lanes. Among designs within ``TIME_TOLERANCE``
     of the fastest decode, it prefers those whose compute keeps up with the weight stream, then the
     smallest (lowest peak fraction, then lowest sum of fractions). Channels: weights on
@@ -256,24 +259,25 @@ def check_fits(config: AcceleratorConfig, target: Target, *, budget: float = 1.0
 def _channel_plans(target: Target, needs: ModelNeeds) -> list[tuple[int, int]]:
     """(weight lanes, KV channels) pairs that hold the model, one channel left for io, largest first.
 
-    Lanes are powers of two with enough channels for the weights; KV channel counts run from what the
-    cache needs through the powers of two to every channel left.
+    Lanes are powers of two, or any count once the weights need more channels than the next power
+    of two leaves room for; KV channel counts run from what the cache needs through the powers of
+    two to every channel left.
     """
     channels, size = target.memory.channels, target.memory.channel_bytes
     kv_min = ceil(needs.kv_bytes / size)
+    need = max(1, ceil(needs.weight_bytes * WEIGHT_HEADROOM / size))
+    candidates = {2**i for i in range(channels.bit_length())} | {need}
     plans = []
-    lanes = 1
-    while lanes + kv_min + 1 <= channels:
-        if lanes * size >= needs.weight_bytes:
+    for lanes in sorted(candidates):
+        if lanes >= need and lanes + kv_min + 1 <= channels:
             free = channels - 1 - lanes
             counts = {kv_min, free} | {2**i for i in range(free.bit_length()) if kv_min < 2**i < free}
             plans += [(lanes, kv) for kv in sorted(counts)]
-        lanes *= 2
     if not plans:
         raise LlmcError(
             f"{target.name} cannot place the model in its {target.memory.channels} channels of "
-            f"{size / GIB:.2f} GiB: weights ({needs.weight_bytes / GIB:.1f} GiB) need a power-of-two number of "
-            f"channels, the KV cache {kv_min} and io 1"
+            f"{size / GIB:.2f} GiB: the weights ({needs.weight_bytes / GIB:.1f} GiB) need {need} channels, "
+            f"the KV cache {kv_min} and io 1"
         )
     return plans[::-1]
 

@@ -35,13 +35,13 @@ _EXP2 = exp2_table()
 def exp2_f32(y: np.ndarray) -> np.ndarray:
     """``2^y`` for float32 ``y``: 0 below -126, +inf from 128, else
     ``ldexp(T[i] + (T[i+1] - T[i]) * t, n)`` with ``n = floor(y)``, ``u = (y - n) * 256``,
-    ``i = trunc(u)``, ``t = u - i``."""
+    ``i = min(trunc(u), 255)``, ``t = u - i``."""
     y = np.asarray(y, dtype=np.float32)
     low, high = y < np.float32(-126), y >= np.float32(128)
     safe = np.where(low | high, np.float32(0), y).astype(np.float32)
     n = np.floor(safe).astype(np.float32)
     u = ((safe - n) * np.float32(EXP2_STEPS)).astype(np.float32)
-    i = u.astype(np.int32)
+    i = np.minimum(u.astype(np.int32), EXP2_STEPS - 1)  # y just below an integer rounds u up to 256
     t = (u - i.astype(np.float32)).astype(np.float32)
     lo = _EXP2[i]
     v = (lo + ((_EXP2[i + 1] - lo) * t).astype(np.float32)).astype(np.float32)

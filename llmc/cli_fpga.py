@@ -1,0 +1,100 @@
+"""``llmc compile``, ``llmc build`` and ``llmc csim``: the FPGA flow from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llmc.cli import (
+    activity,
+    add_generation_arguments,
+    add_json_argument,
+    add_model_arguments,
+    command,
+    generate,
+    load_model,
+    progress_enabled,
+)
+from llmc.cli_compress import add_pipeline_arguments, compress, pipeline_calls
+from llmc.errors import LlmcError
+
+
+def _compile_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_pipeline_arguments(parser)
+    parser.add_argument("--target", default="u280", metavar="BOARD",
+                        help="a bundled board (u280, u55c, kv260) or a board YAML file (default u280)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the project folder to write")
+    parser.add_argument("--context", type=int, metavar="N", help="compile for a KV cache of N tokens "
+                                                                 "(default: the model's maximum)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    add_json_argument(parser)
+
+
+@command(_compile_arguments)
+def compile(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name)
+    """Compile a model (and a compression pipeline) into an FPGA project: kernels, program, weights."""
+    from llmc.backends.fpga.flow import compile_project
+
+    if args.output.exists() and not args.force:
+        raise LlmcError(f"{args.output}: output folder exists (use --force to replace it)")
+    calls = pipeline_calls(args)
+    model = load_model(args)
+    if calls:
+        model, _ = compress(model, calls, args)
+    with activity(f"compiling for {args.target}", progress_enabled(args)):
+        design = compile_project(model.module, args.target, args.output, tokenizer_json=model.tokenizer_json,
+                                 force=args.force, max_context=args.context)
+    report = json.loads((args.output / "report.json").read_text())
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        fractions = ", ".join(f"{k} {v:.1%}" for k, v in design.utilisation.fractions.items())
+        programs = sum(report["program_bytes"].values())
+        print(f"wrote {args.output}: {len(design.compiled.layers)} linear layers, programs {programs:,} B for "
+              f"buckets {list(design.config.buckets)}, weights {sum(report['weight_channel_bytes']):,} B over "
+              f"{len(design.config.weight_channels)} channels; resources {fractions}; modelled decode "
+              f"{report['modelled_decode']['tokens_per_s']:.1f} tokens/s")
+    return 0
+
+
+def _build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("project", type=Path, metavar="DIR", help="a project folder written by llmc compile")
+    parser.add_argument("--target", choices=("hw", "hw_emu", "sw_emu"), default="hw", help="the v++ target")
+
+
+@command(_build_arguments)
+def build(args: argparse.Namespace) -> int:
+    """Run Vitis (v++) on a compiled project to produce the xclbin."""
+    from llmc.backends.fpga.project import build_project
+
+    build_project(args.project, args.target)
+    return 0
+
+
+def _csim_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("project", type=Path, metavar="DIR", help="a project folder written by llmc compile")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling (default 0)")
+    add_generation_arguments(parser)
+    add_json_argument(parser)
+
+
+@command(_csim_arguments)
+def csim(args: argparse.Namespace) -> int:
+    """Generate text on the C-simulation of the project's kernel (g++ with the ap_types headers)."""
+    from llmc.model import load
+    from llmc.sim.csim import CsimDevice, build_csim
+
+    if not (args.project / "design.json").is_file():
+        raise LlmcError(f"{args.project}: not an llmc project folder (design.json missing)")
+    model = load(args.project)
+    with activity("compiling the C-simulation", progress_enabled(args)):
+        exe = build_csim(args.project)
+    device = CsimDevice(args.project, exe)
+    try:
+        return generate(args, model, lambda: device)
+    finally:
+        device.close()
+        sys.stdout.flush()

@@ -1,0 +1,117 @@
+"""The FPGA flow end to end on the bundled model: compile -> C-simulation bit-identical with the
+lowered program in the interpreter (logits and 16 greedy tokens), for every engine's recipe."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import llmc
+from llmc.backends.fpga.flow import compile_project
+from llmc.backends.fpga.isa import decode_program
+from llmc.cli import main
+from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
+from llmc.deploy.step_device import StepDevice
+from llmc.errors import LlmcError
+from llmc.io import load_module
+from llmc.sim.csim import CsimDevice
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
+
+RECIPES = {
+    "int8": "",
+    "w4g128": "quantize{bits=4,group=128}",
+    "w4-2of4": "sparsify{pattern=2:4},quantize{bits=4,group=128}",
+    "w2-lut": "quantize{bits=2,group=128},lut-mpgemm",
+}
+PROMPT = [1, 72, 271, 400, 291, 261, 300, 90, 77, 500, 33, 18, 260, 261, 262, 263, 264, 265, 266, 267]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> llmc.Model:
+    return llmc.load("llmc-tiny")
+
+
+def compiled(tiny: llmc.Model, recipe: str, out) -> None:
+    import llmc.compiler.passes  # noqa: F401
+
+    module = run_pipeline(tiny.module, parse_pipeline(recipe), PassContext()) if recipe else tiny.module
+    compile_project(module, "u280", out, tokenizer_json=tiny.tokenizer_json)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_csim_is_bit_identical_to_the_lowered_program(tiny, recipe, tmp_path):
+    out = tmp_path / recipe
+    compiled(tiny, RECIPES[recipe], out)
+    reference = StepDevice(load_module(out / "model.llmc"))
+    with CsimDevice(out) as csim:
+        np.testing.assert_array_equal(csim.run(PROMPT[:13]), reference.run(PROMPT[:13]))  # a 16-row bucket
+        np.testing.assert_array_equal(csim.run(PROMPT[13:]), reference.run(PROMPT[13:]))  # chunks continue
+        token = 5
+        for _ in range(16):
+            got, want = csim.decode(token), reference.decode(token)
+            np.testing.assert_array_equal(got, want)
+            token = int(np.argmax(got))
+
+
+def test_compile_is_deterministic_and_complete(tiny, tmp_path):
+    a, b = tmp_path / "a" / "proj", tmp_path / "b" / "proj"
+    compiled(tiny, RECIPES["w4g128"], a)
+    compiled(tiny, RECIPES["w4g128"], b)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    for name in ["Makefile", "connectivity.cfg", "hls_config.cfg", "run_hls.tcl", "host/host.cpp", "program.bin",
+                 "weights.bin", "kernel/llmc_accel.cpp", "include/llmc_math.h", "report.json", "report.md",
+                 "model.llmc", "csim/csim_main.cpp"]:
+        assert any(str(f) == name for f in files), name
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    report = json.loads((a / "report.json").read_text())
+    assert all(0 < v < 1 for v in report["resources"]["fractions"].values())
+    assert {x["engine"] for x in report["layers"]} == {"dsp"}
+    from llmc.backends.fpga.container import read_container
+
+    programs = read_container(a / "program.bin", "program")
+    assert sorted(programs.sections) == ["bucket_1", "bucket_16", "bucket_64"]
+    program = decode_program(bytes(programs.sections["bucket_1"]))
+    assert program[-1].op == "HALT" and sum(i.op == "ATTN" for i in program) == 4
+
+
+def test_llmc_run_and_csim_commands_agree(tiny, tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["compile", "llmc-tiny", "-p", RECIPES["w4g128"], "-o", str(out), "--json"]) == 0
+    capsys.readouterr()
+    outputs = []
+    for cmd in ("run", "csim"):
+        assert main([cmd, str(out), "--prompt", "A hacker is", "--max-new-tokens", "16", "--json"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0] == outputs[1] and len(outputs[0]["tokens"]) == 16
+
+
+def test_bad_inputs_are_refused_and_nothing_is_written(tiny, tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    assert main(["compile", "llmc-tiny", "-o", str(out)]) == 2
+    assert "output folder exists" in capsys.readouterr().err
+    for source, pipeline, message in [
+        ("gpt2", "", "op not supported by the FPGA accelerator"),
+        ("llmc-tiny", "kv-quant{bits=4}", "4-bit KV cache is not supported"),
+    ]:
+        target = tmp_path / source
+        assert main(["compile", source, "-p", pipeline, "-o", str(target)]) == 2
+        assert message in capsys.readouterr().err
+        assert not target.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    config = tmp_path / "huge.json"
+    config.write_text(json.dumps({"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                                  "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000}))
+    assert main(["compile", "llama", "--config", str(config), "--shapes-only", "-o", str(tmp_path / "h")]) == 2
+    assert "u280 has 8.0 GiB" in capsys.readouterr().err
+
+
+def test_compiled_project_refuses_too_long_sequences(tiny, tmp_path):
+    compiled(tiny, "", tmp_path / "p")
+    device = StepDevice(load_module(tmp_path / "p" / "model.llmc"))
+    with pytest.raises(LlmcError, match="exceeds the model's context of 512"):
+        device.run(list(range(513)))
