@@ -1,0 +1,113 @@
+// C-simulation test bench for "tiny": loads program.bin and weights.bin, then serves
+// commands on stdin: "run N id1 .. idN" appends N tokens and writes their logits (N x vocab
+// float32, little endian) to stdout; "reset" forgets the sequence; "quit" ends.
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "llmc_accel.h"
+#include "llmc_container.h"
+
+using llmc::word_t;
+
+static std::vector<word_t> to_words(const std::vector<uint8_t>& bytes, size_t min_bytes) {
+  const size_t n = (std::max(bytes.size(), min_bytes) + 63) / 64;
+  std::vector<word_t> words(n ? n : 1, word_t(0));
+  for (size_t i = 0; i < bytes.size(); ++i) words[i / 64].range(8 * (i % 64) + 7, 8 * (i % 64)) = bytes[i];
+  return words;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::cerr << "usage: csim program.bin weights.bin\n";
+    return 2;
+  }
+  try {
+    const llmc::Container program = llmc::Container::open(argv[1], 1);
+    const llmc::Container weights = llmc::Container::open(argv[2], 2);
+    std::vector<word_t> w0 = to_words(weights.section("w0"), 64);
+    std::vector<word_t> w1 = to_words(weights.section("w1"), 64);
+    std::vector<word_t> w2 = to_words(weights.section("w2"), 64);
+    std::vector<word_t> w3 = to_words(weights.section("w3"), 64);
+    std::vector<word_t> w4 = to_words(weights.section("w4"), 64);
+    std::vector<word_t> w5 = to_words(weights.section("w5"), 64);
+    std::vector<word_t> w6 = to_words(weights.section("w6"), 64);
+    std::vector<word_t> w7 = to_words(weights.section("w7"), 64);
+    std::vector<word_t> w8 = to_words(weights.section("w8"), 64);
+    std::vector<word_t> w9 = to_words(weights.section("w9"), 64);
+    std::vector<word_t> w10 = to_words(weights.section("w10"), 64);
+    std::vector<word_t> w11 = to_words(weights.section("w11"), 64);
+    std::vector<word_t> w12 = to_words(weights.section("w12"), 64);
+    std::vector<word_t> w13 = to_words(weights.section("w13"), 64);
+    std::vector<word_t> w14 = to_words(weights.section("w14"), 64);
+    std::vector<word_t> w15 = to_words(weights.section("w15"), 64);
+    std::vector<word_t> kv0 = to_words({}, 2304);
+    std::vector<word_t> kv1 = to_words({}, 2304);
+    std::vector<word_t> kv2 = to_words({}, 0);
+    std::vector<word_t> kv3 = to_words({}, 0);
+    std::vector<word_t> kv4 = to_words({}, 0);
+    std::vector<word_t> kv5 = to_words({}, 0);
+    std::vector<word_t> kv6 = to_words({}, 0);
+    std::vector<word_t> kv7 = to_words({}, 0);
+    std::vector<word_t> kv8 = to_words({}, 0);
+    std::vector<word_t> kv9 = to_words({}, 0);
+    std::vector<word_t> kv10 = to_words({}, 0);
+    std::vector<word_t> kv11 = to_words({}, 0);
+    std::vector<word_t> kv12 = to_words({}, 0);
+    std::vector<word_t> kv13 = to_words({}, 0);
+    std::vector<word_t> kv14 = to_words({}, 0);
+    std::vector<word_t> io = to_words({}, 25088);
+    const int buckets[] = { 1, 16, 64 };
+    std::vector<std::vector<word_t>> programs;
+    for (int b : buckets) programs.push_back(to_words(program.section("bucket_" + std::to_string(b)), 64));
+    int start_pos = 0;
+    std::string line;
+    std::vector<float> logits;
+    while (std::getline(std::cin, line)) {
+      std::istringstream in(line);
+      std::string cmd;
+      in >> cmd;
+      if (cmd == "quit") break;
+      if (cmd == "reset") {
+        start_pos = 0;
+        continue;
+      }
+      int n = 0;
+      in >> n;
+      std::vector<int> ids(n);
+      for (int& id : ids) in >> id;
+      if (start_pos + n > 64) {
+        std::cerr << "sequence exceeds the compiled context of 64 tokens\n";
+        return 3;
+      }
+      for (int done = 0; done < n;) {
+        const int left = n - done;
+        size_t which = 0;
+        while (which + 1 < programs.size() && buckets[which] < left) ++which;
+        const int rows = std::min(left, buckets[which]);
+        for (int t = 0; t < rows; ++t) {
+          io[(4 * t) / 64].range(8 * ((4 * t) % 64) + 31, 8 * ((4 * t) % 64)) = (uint32_t)ids[done + t];
+        }
+        llmc_accel(programs[which].data(), w0.data(), w1.data(), w2.data(), w3.data(), w4.data(), w5.data(), w6.data(), w7.data(), w8.data(), w9.data(), w10.data(), w11.data(), w12.data(), w13.data(), w14.data(), w15.data(),
+                   kv0.data(), kv1.data(), kv2.data(), kv3.data(), kv4.data(), kv5.data(), kv6.data(), kv7.data(), kv8.data(), kv9.data(), kv10.data(), kv11.data(), kv12.data(), kv13.data(), kv14.data(), io.data(), (int)programs[which].size(), rows,
+                   start_pos);
+        logits.resize((size_t)rows * 96);
+        for (size_t i = 0; i < logits.size(); ++i) {
+          const size_t at = 512 + 4 * i;
+          const uint32_t bits = (uint32_t)io[at / 64].range(8 * (at % 64) + 31, 8 * (at % 64));
+          logits[i] = llmc::bits_to_float(bits);
+        }
+        std::fwrite(logits.data(), sizeof(float), logits.size(), stdout);
+        start_pos += rows;
+        done += rows;
+      }
+      std::fflush(stdout);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,449 @@
+// llmc accelerator "tiny": instruction fetch and decode, matrix, LUT and special-function
+// engines. The arithmetic is llmc_math.h's; this file moves data and sequences the units.
+#include "llmc_accel.h"
+#include "llmc_math.h"
+
+namespace llmc {
+
+enum Opcode { EMBED = 1, NORM = 2, MM = 3, ROPE = 4, KVAPP = 5, ATTN = 6, ACT = 7, EMUL = 8, EADD = 9, ESCALE = 10,
+              HALT = 15 };
+
+struct Instr {
+  int op, dst, src0, src1;
+  uint32_t f[15];
+};
+
+static Instr fetch(const word_t* program, int pc) {
+  const word_t w = program[pc];
+  Instr in;
+  const uint32_t head = (uint32_t)w.range(31, 0);
+  in.op = head & 0xFF;
+  in.dst = (head >> 8) & 0xFF;
+  in.src0 = (head >> 16) & 0xFF;
+  in.src1 = (head >> 24) & 0xFF;
+  for (int i = 0; i < 15; ++i) {
+#pragma HLS UNROLL
+    in.f[i] = (uint32_t)w.range(32 * i + 63, 32 * i + 32);
+  }
+  return in;
+}
+
+// One read port per lane: lane i owns weight channel i.
+static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
+                      const word_t* w0,
+                      const word_t* w1,
+                      const word_t* w2,
+                      const word_t* w3,
+                      const word_t* w4,
+                      const word_t* w5,
+                      const word_t* w6,
+                      const word_t* w7,
+                      const word_t* w8,
+                      const word_t* w9,
+                      const word_t* w10,
+                      const word_t* w11,
+                      const word_t* w12,
+                      const word_t* w13,
+                      const word_t* w14,
+                      const word_t* w15) {
+  switch (lane) {
+    case 0: read_bytes(w0, off, dst, n); break;
+    case 1: read_bytes(w1, off, dst, n); break;
+    case 2: read_bytes(w2, off, dst, n); break;
+    case 3: read_bytes(w3, off, dst, n); break;
+    case 4: read_bytes(w4, off, dst, n); break;
+    case 5: read_bytes(w5, off, dst, n); break;
+    case 6: read_bytes(w6, off, dst, n); break;
+    case 7: read_bytes(w7, off, dst, n); break;
+    case 8: read_bytes(w8, off, dst, n); break;
+    case 9: read_bytes(w9, off, dst, n); break;
+    case 10: read_bytes(w10, off, dst, n); break;
+    case 11: read_bytes(w11, off, dst, n); break;
+    case 12: read_bytes(w12, off, dst, n); break;
+    case 13: read_bytes(w13, off, dst, n); break;
+    case 14: read_bytes(w14, off, dst, n); break;
+    case 15: read_bytes(w15, off, dst, n); break;
+    default: break;
+  }
+}
+
+static word_t* kv_port(int channel,
+                       word_t* kv0,
+                       word_t* kv1,
+                       word_t* kv2,
+                       word_t* kv3,
+                       word_t* kv4,
+                       word_t* kv5,
+                       word_t* kv6,
+                       word_t* kv7,
+                       word_t* kv8,
+                       word_t* kv9,
+                       word_t* kv10,
+                       word_t* kv11,
+                       word_t* kv12,
+                       word_t* kv13,
+                       word_t* kv14) {
+  switch (channel) {
+    case 1: return kv1;
+    case 2: return kv2;
+    case 3: return kv3;
+    case 4: return kv4;
+    case 5: return kv5;
+    case 6: return kv6;
+    case 7: return kv7;
+    case 8: return kv8;
+    case 9: return kv9;
+    case 10: return kv10;
+    case 11: return kv11;
+    case 12: return kv12;
+    case 13: return kv13;
+    case 14: return kv14;
+    default: return kv0;
+  }
+}
+
+// Activation buffers, kept on chip between instructions.
+static int32_t act[N_BUFFERS][MAX_ROWS][MAX_HIDDEN];
+
+static void unpack_codes(const uint8_t* tile, int engine, int bits, bool is_signed, int sp_n, int sp_m, int k,
+                         int8_t codes[TILE_N][MAX_HIDDEN]) {
+  const int stored = bits > 4 ? 8 : 4;
+  for (int r = 0; r < TILE_N; ++r) {
+    for (int c = 0; c < k; ++c) {
+#pragma HLS PIPELINE II = 1
+      codes[r][c] = 0;
+    }
+  }
+  if (engine == 2) {  // LUT engine: bit-planes, 8 codes' bits per byte
+    const int plane = TILE_N * k / 8;
+    for (int r = 0; r < TILE_N; ++r) {
+      for (int c = 0; c < k; ++c) {
+#pragma HLS PIPELINE II = 1
+        const int idx = r * k + c;
+        int u = 0;
+        for (int b = 0; b < bits; ++b) u |= ((tile[b * plane + idx / 8] >> (idx % 8)) & 1) << b;
+        codes[r][c] = (int8_t)u;
+      }
+    }
+    return;
+  }
+  const int count = engine == 1 ? TILE_N * (k / sp_m) * sp_n : TILE_N * k;
+  for (int i = 0; i < count; ++i) {
+#pragma HLS PIPELINE II = 1
+    int v = stored == 8 ? tile[i] : (tile[i / 2] >> (4 * (i % 2))) & 0xF;
+    if (is_signed && v >= (1 << (stored - 1))) v -= 1 << stored;
+    if (engine == 1) {  // sparse DSP chain: value i sits at its block's recorded index
+      const int bytes = count * stored / 8;
+      const int index = (tile[bytes + i / 2] >> (4 * (i % 2))) & 0xF;
+      const int per_row = (k / sp_m) * sp_n;
+      const int r = i / per_row, j = i % per_row;
+      codes[r][(j / sp_n) * sp_m + index] = (int8_t)v;
+    } else {
+      codes[i / k][i % k] = (int8_t)v;
+    }
+  }
+}
+
+static void matmul(const Instr& in, int rows, uint8_t* io,
+                   const word_t* w0,
+                   const word_t* w1,
+                   const word_t* w2,
+                   const word_t* w3,
+                   const word_t* w4,
+                   const word_t* w5,
+                   const word_t* w6,
+                   const word_t* w7,
+                   const word_t* w8,
+                   const word_t* w9,
+                   const word_t* w10,
+                   const word_t* w11,
+                   const word_t* w12,
+                   const word_t* w13,
+                   const word_t* w14,
+                   const word_t* w15,
+                   int unused) {
+  const int n = in.f[0], k = in.f[1], group = in.f[2], shift = in.f[3], flags = in.f[4];
+  const uint64_t weight_off = in.f[5];
+  const int tile_bytes = in.f[6], row_block = in.f[7], tiles = in.f[8];
+  const uint64_t io_off = in.f[9];
+  const int bits = flags & 0xF, engine = (flags >> 4) & 3;
+  const bool has_zero = (flags >> 6) & 1, has_bias = (flags >> 7) & 1, is_signed = !((flags >> 8) & 1);
+  const bool to_io = (flags >> 10) & 1;
+  const int sp_n = (flags >> 12) & 0xF, sp_m = (flags >> 16) & 0xF;
+  const int groups = k / group;
+  const int stored = bits > 4 ? 8 : 4;
+  const int count = engine == 1 ? TILE_N * (k / sp_m) * sp_n : TILE_N * k;
+  const int code_bytes = engine == 2 ? bits * TILE_N * k / 8 : count * stored / 8 + (engine == 1 ? count / 2 : 0);
+  const int scales_at = (code_bytes + 63) / 64 * 64;
+  const int zeros_at = scales_at + (TILE_N * groups * 4 + 63) / 64 * 64;
+  const int bias_at = zeros_at + (has_zero ? (TILE_N * groups * 2 + 63) / 64 * 64 : 0);
+
+  static int8_t xq[MAX_ROWS][MAX_HIDDEN];
+  static int32_t xs[MAX_ROWS];
+  static int32_t xscale_unused[MAX_ROWS];
+  static uint8_t tile[2][MAX_TILE_BYTES];  // ping-pong: tile t+1 loads while tile t computes
+  static int8_t codes[TILE_N][MAX_HIDDEN];
+  (void)unused;
+  (void)xscale_unused;
+  for (int r = 0; r < rows; ++r) quant8(act[in.src0][r], k, k, xq[r], &xs[r]);
+  for (int r0 = 0; r0 < rows; r0 += row_block) {
+    const int r1 = r0 + row_block < rows ? r0 + row_block : rows;
+    read_lane(0, weight_off, tile[0], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
+    for (int t = 0; t < tiles; ++t) {
+      const uint8_t* cur = tile[t % 2];
+      if (t + 1 < tiles) {
+        read_lane((t + 1) % LANES, weight_off + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(t + 1) % 2],
+                  tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
+      }
+      unpack_codes(cur, engine, bits, is_signed, sp_n, sp_m, k, codes);
+      for (int j = 0; j < TILE_N; ++j) {
+        const int col = t * TILE_N + j;
+        if (col >= n) break;
+        for (int r = r0; r < r1; ++r) {
+          int64_t total = 0;
+          for (int g = 0; g < groups; ++g) {
+            const int zero = has_zero ? load_i16(cur + zeros_at + (j * groups + g) * 2) : 0;
+            const int64_t scale = load_i32(cur + scales_at + (j * groups + g) * 4);
+            total += group_dot(&xq[r][g * group], &codes[j][g * group], group, zero) * scale;
+          }
+          int32_t y = requantize(total, xs[r], shift);
+          if (has_bias) y = saturate((int64_t)y + load_i32(cur + bias_at + j * 4));
+          if (to_io) {
+            store_u32(io + io_off + ((uint64_t)r * n + col) * 4, float_to_bits(fixed_to_f32(y)));
+          } else {
+            act[in.dst][r][col] = y;
+          }
+        }
+      }
+    }
+  }
+}
+
+static void attention(const Instr& in, int rows, int start_pos,
+                      word_t* kv0,
+                      word_t* kv1,
+                      word_t* kv2,
+                      word_t* kv3,
+                      word_t* kv4,
+                      word_t* kv5,
+                      word_t* kv6,
+                      word_t* kv7,
+                      word_t* kv8,
+                      word_t* kv9,
+                      word_t* kv10,
+                      word_t* kv11,
+                      word_t* kv12,
+                      word_t* kv13,
+                      word_t* kv14) {
+  const int heads = in.f[0], kv_heads = in.f[1], d = in.f[2];
+  const float scale = bits_to_float(in.f[3]);
+  const int s = start_pos + rows;
+  static int8_t kc[MAX_CONTEXT * MAX_HEAD_DIM], vc[MAX_CONTEXT * MAX_HEAD_DIM];
+  static int32_t ks[MAX_CONTEXT], vs[MAX_CONTEXT];
+  static float scores[MAX_CONTEXT];
+  static int8_t qc[MAX_HEADS * MAX_HEAD_DIM];
+  static int32_t qs[MAX_HEADS];
+  static uint8_t row[MAX_HEADS * MAX_HEAD_DIM * 4];
+  word_t* kport = kv_port(in.f[4], kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14);
+  word_t* vport = kv_port(in.f[7], kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14);
+  const int width = kv_heads * d;
+  for (int h = 0; h < kv_heads; ++h) {
+    for (int j = 0; j < s; ++j) {  // this KV head's slice of the cache
+      read_bytes(kport, in.f[5] + (uint64_t)j * width + h * d, (uint8_t*)&kc[j * d], d);
+      read_bytes(vport, in.f[8] + (uint64_t)j * width + h * d, (uint8_t*)&vc[j * d], d);
+      read_bytes(kport, in.f[6] + ((uint64_t)j * kv_heads + h) * 4, row, 4);
+      ks[j] = load_i32(row);
+      read_bytes(vport, in.f[9] + ((uint64_t)j * kv_heads + h) * 4, row, 4);
+      vs[j] = load_i32(row);
+    }
+    for (int t = 0; t < rows; ++t) {
+      quant8(act[in.src0][t], heads * d, d, qc, qs);
+      for (int qh = h * (heads / kv_heads); qh < (h + 1) * (heads / kv_heads); ++qh) {
+        attention_row(&qc[qh * d], qs[qh], kc, ks, vc, vs, start_pos + t + 1, 0, 1, d, scale, scores,
+                      &act[in.dst][t][qh * d]);
+      }
+    }
+  }
+}
+
+static void kv_append(const Instr& in, int rows, int start_pos, word_t* port) {
+  const int kv_heads = in.f[3], d = in.f[4];
+  const int width = kv_heads * d;
+  static int8_t codes[MAX_HIDDEN];
+  static int32_t scales[MAX_HEADS];
+  static uint8_t bytes[MAX_HEADS * 4];
+  for (int t = 0; t < rows; ++t) {
+    quant8(act[in.src0][t], width, d, codes, scales);
+    write_bytes(port, in.f[1] + (uint64_t)(start_pos + t) * width, (const uint8_t*)codes, width);
+    for (int h = 0; h < kv_heads; ++h) store_u32(&bytes[h * 4], (uint32_t)scales[h]);
+    write_bytes(port, in.f[2] + (uint64_t)(start_pos + t) * kv_heads * 4, bytes, kv_heads * 4);
+  }
+}
+
+static void read_vec(const word_t* w0, uint64_t off, int n, uint8_t* raw) { read_bytes(w0, off, raw, n * 4); }
+
+}  // namespace llmc
+
+using namespace llmc;
+
+extern "C" void llmc_accel(
+    const word_t* program,
+    const word_t* w0,
+    const word_t* w1,
+    const word_t* w2,
+    const word_t* w3,
+    const word_t* w4,
+    const word_t* w5,
+    const word_t* w6,
+    const word_t* w7,
+    const word_t* w8,
+    const word_t* w9,
+    const word_t* w10,
+    const word_t* w11,
+    const word_t* w12,
+    const word_t* w13,
+    const word_t* w14,
+    const word_t* w15,
+    word_t* kv0,
+    word_t* kv1,
+    word_t* kv2,
+    word_t* kv3,
+    word_t* kv4,
+    word_t* kv5,
+    word_t* kv6,
+    word_t* kv7,
+    word_t* kv8,
+    word_t* kv9,
+    word_t* kv10,
+    word_t* kv11,
+    word_t* kv12,
+    word_t* kv13,
+    word_t* kv14,
+    word_t* io,
+    int n_instr,
+    int seq_len,
+    int start_pos
+) {
+#pragma HLS INTERFACE m_axi port = program bundle = gmem_prog offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w0 bundle = gmem_w0 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w1 bundle = gmem_w1 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w2 bundle = gmem_w2 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w3 bundle = gmem_w3 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w4 bundle = gmem_w4 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w5 bundle = gmem_w5 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w6 bundle = gmem_w6 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w7 bundle = gmem_w7 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w8 bundle = gmem_w8 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w9 bundle = gmem_w9 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w10 bundle = gmem_w10 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w11 bundle = gmem_w11 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w12 bundle = gmem_w12 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w13 bundle = gmem_w13 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w14 bundle = gmem_w14 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w15 bundle = gmem_w15 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_kv0 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_kv1 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_kv2 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv3 bundle = gmem_kv3 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv4 bundle = gmem_kv4 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv5 bundle = gmem_kv5 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv6 bundle = gmem_kv6 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv7 bundle = gmem_kv7 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv8 bundle = gmem_kv8 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv9 bundle = gmem_kv9 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv10 bundle = gmem_kv10 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv11 bundle = gmem_kv11 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv12 bundle = gmem_kv12 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv13 bundle = gmem_kv13 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv14 bundle = gmem_kv14 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = io bundle = gmem_io offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE s_axilite port = n_instr
+#pragma HLS INTERFACE s_axilite port = seq_len
+#pragma HLS INTERFACE s_axilite port = start_pos
+#pragma HLS INTERFACE s_axilite port = return
+#pragma HLS BIND_STORAGE variable = act type = ram_2p impl = uram
+  static uint8_t io_buf[25088];
+  static uint8_t raw[MAX_HIDDEN * 4 * 2];
+  static float vec[MAX_HIDDEN];
+  static int32_t cs[MAX_HEAD_DIM], sn[MAX_HEAD_DIM];
+  const int rows = seq_len;
+  read_bytes(io, 0, io_buf, 512);
+  bool wrote_io = false;
+  for (int pc = 0; pc < n_instr; ++pc) {
+    const Instr in = fetch(program, pc);
+    if (in.op == HALT) break;
+    const int cols = in.f[0];
+    switch (in.op) {
+      case EMBED: {
+        const int row_bytes = (cols * 2 + 63) / 64 * 64;
+        for (int t = 0; t < rows; ++t) {
+          const int id = load_i32(io_buf + 0 + 4 * t);
+          read_lane(id % LANES, in.f[1] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
+                    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
+          for (int c = 0; c < cols; ++c) {
+#pragma HLS PIPELINE II = 1
+            act[in.dst][t][c] = embed_fixed(half_to_float((uint16_t)(raw[2 * c] | raw[2 * c + 1] << 8)));
+          }
+        }
+        break;
+      }
+      case NORM: {
+        read_vec(w0, in.f[1], cols, raw);
+        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        for (int t = 0; t < rows; ++t) rms_norm_row(act[in.src0][t], vec, cols, bits_to_float(in.f[2]), act[in.dst][t]);
+        break;
+      }
+      case MM:
+        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, 0);
+        wrote_io = wrote_io || ((in.f[4] >> 10) & 1);
+        break;
+      case ROPE: {
+        const int half = in.f[1] / 2;
+        for (int t = 0; t < rows; ++t) {
+          const uint64_t at = (uint64_t)(start_pos + t) * half * 4;
+          read_vec(w0, in.f[2] + at, half, raw);
+          for (int i = 0; i < half; ++i) cs[i] = load_i32(raw + 4 * i);
+          read_vec(w0, in.f[3] + at, half, raw);
+          for (int i = 0; i < half; ++i) sn[i] = load_i32(raw + 4 * i);
+          rope_row(act[in.src0][t], act[in.dst][t], cols, in.f[1], cs, sn);
+        }
+        break;
+      }
+      case KVAPP:
+        kv_append(in, rows, start_pos, kv_port(in.f[0], kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14));
+        break;
+      case ATTN:
+        attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14);
+        break;
+      case ACT:
+        for (int t = 0; t < rows; ++t) {
+          for (int c = 0; c < cols; ++c) {
+#pragma HLS PIPELINE II = 1
+            const int32_t x = act[in.src0][t][c];
+            act[in.dst][t][c] = in.f[1] == 0 ? silu_fixed(x) : relu_fixed(x);
+          }
+        }
+        break;
+      case EMUL:
+      case EADD:
+        for (int t = 0; t < rows; ++t) {
+          for (int c = 0; c < cols; ++c) {
+#pragma HLS PIPELINE II = 1
+            const int32_t a = act[in.src0][t][c], b = act[in.src1][t][c];
+            act[in.dst][t][c] = in.op == EMUL ? mul_fixed(a, b) : add_sat(a, b);
+          }
+        }
+        break;
+      case ESCALE:
+        read_vec(w0, in.f[1], cols, raw);
+        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        for (int t = 0; t < rows; ++t) {
+          for (int c = 0; c < cols; ++c) act[in.dst][t][c] = scale_fixed(act[in.src0][t][c], vec[c]);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  if (wrote_io) write_bytes(io, 0, io_buf, 25088);
+}
