@@ -63,6 +63,8 @@ class Compiler:
         self.producers = self.step.producers()
         self.placed: dict[str, int] = {}
         self.caches: dict[str, tuple[int, int, int]] = {}  # cache value -> channel, codes_off, scales_off
+        # hw_quant8 codes -> the concat that appends them to a cache (the cache's value)
+        self.appends = {n.inputs[1].name: n.outputs[0].name for n in self.step.nodes if n.op == "concat"}
         self.layers: list[dict] = []
         self.max_tile = 0
         users = self.step.users()
@@ -166,17 +168,18 @@ class Compiler:
                 raise LlmcError(f"{self.name(node.inputs[1])}: {e}") from None
             self.put_block(base, t, layout["size"], data)
 
-    def kv_append(self, node: Node, concat_codes: Value) -> dict:
-        x = node.inputs[0]
+    def kv_cache(self, node: Node) -> dict:
+        """The KV cache a ``hw_quant8`` appends to, placed on the KV channels on first use."""
+        key = self.appends[node.outputs[0].name]
         d = node.attrs["group"]
-        kvh = x.type.shape[1].value // d
-        index = len(self.caches)
-        channel = index % len(self.kv)
-        rows = self.config.max_context
-        codes_off = pack.align(self.kv[channel])
-        scales_off = pack.align(codes_off + rows * kvh * d)
-        self.kv[channel] = scales_off + pack.align(rows * kvh * 4)
-        self.caches[concat_codes.name] = (channel, codes_off, scales_off)
+        kvh = node.inputs[0].type.shape[1].value // d
+        if key not in self.caches:
+            channel = len(self.caches) % len(self.kv)
+            codes_off = pack.align(self.kv[channel])
+            scales_off = pack.align(codes_off + self.config.max_context * kvh * d)
+            self.kv[channel] = scales_off + pack.align(self.config.max_context * kvh * 4)
+            self.caches[key] = (channel, codes_off, scales_off)
+        channel, codes_off, scales_off = self.caches[key]
         return {"channel": channel, "codes_off": codes_off, "scales_off": scales_off, "kv_heads": kvh, "head_dim": d}
 
     def program(self, bucket: int) -> tuple[list[Instruction], int]:
@@ -190,18 +193,9 @@ class Compiler:
         free: list[int] = []
         count = 0
         out: list[Instruction] = []
-        quant_to_concat = {}
-        for node in nodes:
-            if node.op == "concat" and node.inputs[1].name in {o.name for n in nodes if n.op == "hw_quant8"
-                                                                 for o in n.outputs[:1]}:
-                quant_to_concat[node.inputs[1].name] = node.outputs[0]
-
-        def src(v: Value) -> int:
-            return buffer_of[v.name]
-
         for i, node in enumerate(nodes):
             ins = [v for v in node.inputs if v.name in buffer_of]
-            fields, op, dst = self._fields(node, bucket, quant_to_concat)
+            fields, op, dst = self._fields(node, bucket)
             if op is None:
                 continue
             d = 0
@@ -212,13 +206,13 @@ class Compiler:
                 else:
                     d, count = count, count + 1
                 buffer_of[node.outputs[0].name] = d
-            srcs = [src(v) for v in ins] + [0, 0]
+            srcs = [buffer_of[v.name] for v in ins] + [0, 0]
             free += [buffer_of[v.name] for v in ins if last_use.get(v.name) == i]
             out.append(Instruction(op, d, srcs[0], srcs[1], fields))
         out.append(Instruction("HALT"))
         return out, count
 
-    def _fields(self, node: Node, bucket: int, quant_to_concat: dict[str, Value]) -> tuple[dict, str | None, bool]:
+    def _fields(self, node: Node, bucket: int) -> tuple[dict, str | None, bool]:
         a = node.attrs
         if node.op in ("param", "concat"):
             return {}, None, False
@@ -236,13 +230,7 @@ class Compiler:
             return {"cols": cols, "head_dim": a["head_dim"], "cos_off": self.misc(node.inputs[2], "<i4"),
                     "sin_off": self.misc(node.inputs[3], "<i4")}, "ROPE", True
         if node.op == "hw_quant8":
-            key = quant_to_concat[node.outputs[0].name].name
-            if key in self.caches:
-                ch, co, so = self.caches[key]
-                d = a["group"]
-                return {"channel": ch, "codes_off": co, "scales_off": so, "kv_heads": cols // d, "head_dim": d}, \
-                    "KVAPP", False
-            return self.kv_append(node, quant_to_concat[node.outputs[0].name]), "KVAPP", False
+            return self.kv_cache(node), "KVAPP", False
         if node.op == "hw_attention":
             k, v = self.caches[node.inputs[1].name], self.caches[node.inputs[3].name]
             return {"heads": a["heads"], "kv_heads": a["kv_heads"], "head_dim": a["head_dim"], "scale": a["scale"],

@@ -328,7 +328,7 @@ class Lowering:
         if isinstance(got, Pattern) and got.kind == "param":
             name, data, t = self.param_data(w)
             n, k = (d.value for d in t.shape)
-            return self.matmul(name, self.act(node, x), ew.from_float(data, n, k, b, bias is not None), t.dtype)
+            return self.matmul(name, self.act(node, x), ew.from_float(data, n, k, b, bias is not None))
         if isinstance(got, Pattern) and got.kind == "dequant":
             dq: Node = got.of
             name, codes, ct = self.param_data(dq.inputs[0])
@@ -338,7 +338,7 @@ class Lowering:
             sparse = next(((e.n, e.m) for e in ct.encodings if isinstance(e, SparseEncoding) and e.m), None)
             weights = ew.from_codes(codes, scales, zeros, n, k, ct.dtype.bits, dq.attrs["group"], b,
                                     bias is not None, zeros is not None, sparse)
-            return self.matmul(name, self.act(node, x), weights, ct.dtype)
+            return self.matmul(name, self.act(node, x), weights)
         raise self.fail(node, "linear weight is neither a parameter nor dequantized codes")
 
     def op_qlinear(self, node: Node, xq: Value, xs: Value, wq: Value, ws: Value, bias: Value | None = None) -> Act:
@@ -350,7 +350,7 @@ class Lowering:
         b = None if bias is None else self.param_data(bias)[1]
         weights = ew.from_codes(codes, self.param_data(ws)[1], None, n, k, ct.dtype.bits, node.attrs["group"], b,
                                 bias is not None, False, None)
-        return self.matmul(name, got.of, weights, ct.dtype)
+        return self.matmul(name, got.of, weights)
 
     def op_lut_gemm(self, node: Node, tables: Value, scale: Value, sums: Value, planes: Value, scales: Value,
                     zeros: Value) -> Act:
@@ -362,9 +362,9 @@ class Lowering:
         k = got.of.type.shape[1].value
         weights = ew.from_planes(data, self.param_data(scales)[1], self.param_data(zeros)[1], n, k, bits,
                                  node.attrs["g"], node.attrs["group"])
-        return self.matmul(name.removesuffix(".planes"), got.of, weights, DType("uint", bits))
+        return self.matmul(name.removesuffix(".planes"), got.of, weights)
 
-    def matmul(self, name: str, x: Value, w: ew.EngineWeights, code_dtype: DType) -> Act:
+    def matmul(self, name: str, x: Value, w: ew.EngineWeights) -> Act:
         base = name.removesuffix(".codes")
         codes = self.add_param(f"{base}.hw_codes", TensorType((Dim.of(w.n), Dim.of(w.k)), w.code_dtype),
                                None if w.codes is None else w.codes.astype(w.code_dtype.numpy()))

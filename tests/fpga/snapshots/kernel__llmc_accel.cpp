@@ -160,8 +160,7 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
                    const word_t* w12,
                    const word_t* w13,
                    const word_t* w14,
-                   const word_t* w15,
-                   int unused) {
+                   const word_t* w15) {
   const int n = in.f[0], k = in.f[1], group = in.f[2], shift = in.f[3], flags = in.f[4];
   const uint64_t weight_off = in.f[5];
   const int tile_bytes = in.f[6], row_block = in.f[7], tiles = in.f[8];
@@ -180,11 +179,8 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
 
   static int8_t xq[MAX_ROWS][MAX_HIDDEN];
   static int32_t xs[MAX_ROWS];
-  static int32_t xscale_unused[MAX_ROWS];
   static uint8_t tile[2][MAX_TILE_BYTES];  // ping-pong: tile t+1 loads while tile t computes
   static int8_t codes[TILE_N][MAX_HIDDEN];
-  (void)unused;
-  (void)xscale_unused;
   for (int r = 0; r < rows; ++r) quant8(act[in.src0][r], k, k, xq[r], &xs[r]);
   for (int r0 = 0; r0 < rows; r0 += row_block) {
     const int r1 = r0 + row_block < rows ? r0 + row_block : rows;
@@ -394,7 +390,7 @@ extern "C" void llmc_accel(
         break;
       }
       case MM:
-        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, 0);
+        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
         wrote_io = wrote_io || ((in.f[4] >> 10) & 1);
         break;
       case ROPE: {
