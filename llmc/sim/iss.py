@@ -1,0 +1,243 @@
+"""The instruction-set simulator: executes ``program.bin`` on ``weights.bin`` as the kernel does.
+
+State is the accelerator's: the weight channels' bytes, the KV channels' bytes, the io buffer and
+the on-chip activation buffers. Every instruction decodes its fields, reads and writes those
+bytes at the addresses the compiler assigned, and computes with the ``hw_*`` ops' reference
+semantics (``llmc/ir/ops/hw.py``), vectorised over rows, so the ISS is bit-exact with the
+interpreter on the lowered program and with C-simulation. Decoded weight tiles are cached, so
+text generation on the bundled model is interactive. Each run also returns the modelled time of
+every instruction (:mod:`llmc.sim.timing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from llmc.backends.fpga import pack
+from llmc.backends.fpga.isa import Instruction
+from llmc.errors import LlmcError
+from llmc.ir.ops import hw_math as hm
+from llmc.ir.registry import OPS, RefContext
+from llmc.sim.image import ProjectImage
+from llmc.sim.timing import Cost, TimingModel
+
+ENGINE_NAMES = {0: "dsp", 1: "sparse", 2: "lut"}
+ACT_NAMES = {0: "silu", 1: "relu"}
+
+
+def _ref(op: str, ins: list[np.ndarray], **attrs: Any) -> list[np.ndarray]:
+    return OPS[op].ref(ins, attrs, RefContext({}))
+
+
+class MatmulWeights:
+    """One layer's weights decoded from its tiles: codes [n, k], scales, zeros, bias and the op's attributes."""
+
+    def __init__(self, lanes: list[np.ndarray], f: dict[str, Any], tile_n: int) -> None:
+        flags = int(f["flags"])
+        self.bits, engine = flags & 0xF, ENGINE_NAMES[(flags >> 4) & 3]
+        self.has_zero, self.has_bias = bool(flags >> 6 & 1), bool(flags >> 7 & 1)
+        self.signed, self.to_io = not flags >> 8 & 1, bool(flags >> 10 & 1)
+        sp_n, sp_m = flags >> 12 & 0xF, flags >> 16 & 0xF
+        sparse = (sp_n, sp_m) if engine == "sparse" else None
+        n, k, group = int(f["n"]), int(f["k"]), int(f["group"])
+        groups = k // group
+        layout = pack.tile_layout(engine, self.bits, tile_n, k, groups, self.has_zero, self.has_bias, sparse)
+        if layout["size"] != int(f["tile_bytes"]):
+            raise LlmcError(f"MM at weight_off {f['weight_off']}: tile_bytes {f['tile_bytes']} != layout "
+                            f"{layout['size']}")
+        codes, scales, zeros, bias = [], [], [], []
+        for t in range(int(f["tiles"])):
+            lane = lanes[t % len(lanes)]
+            at = int(f["weight_off"]) + (t // len(lanes)) * layout["size"]
+            tile = lane[at:at + layout["size"]]
+            if len(tile) != layout["size"]:
+                raise LlmcError(f"MM tile {t} at {at} lies outside weight channel {t % len(lanes)}")
+            code_end = pack.code_bytes(engine, self.bits, tile_n, k, sparse)
+            codes.append(pack.unpack_codes(tile[:code_end].tobytes(), tile_n, k, engine, self.bits, self.signed,
+                                           sparse))
+            scales.append(_words(tile, layout["scales"], tile_n * groups, "<i4").reshape(tile_n, groups))
+            if self.has_zero:
+                zeros.append(_words(tile, layout["zeros"], tile_n * groups, "<i2").reshape(tile_n, groups))
+            if self.has_bias:
+                bias.append(_words(tile, layout["bias"], tile_n, "<i4"))
+        self.inputs = [np.concatenate(codes)[:n], np.concatenate(scales)[:n].astype(np.int64)]
+        if self.has_zero:
+            self.inputs.append(np.concatenate(zeros)[:n].astype(np.int64))
+        if self.has_bias:
+            self.inputs.append(np.concatenate(bias)[:n].astype(np.int32))
+        self.attrs = {"group": group, "shift": int(f["shift"]), "scale_bits": 62, "engine": engine,
+                      "sparse": f"{sp_n}:{sp_m}" if sparse else "", "has_zero": self.has_zero,
+                      "has_bias": self.has_bias}
+
+
+def _words(tile: np.ndarray, at: int, count: int, dtype: str) -> np.ndarray:
+    size = np.dtype(dtype).itemsize
+    return np.frombuffer(tile[at:at + count * size].tobytes(), dtype=dtype)
+
+
+class Iss:
+    """The accelerator's state and one program run at a time."""
+
+    def __init__(self, image: ProjectImage, timing: TimingModel | None = None) -> None:
+        if image.lanes is None:
+            raise LlmcError(f"{image.path}: compiled without weights (--shapes-only); use --timing-only")
+        self.image = image
+        self.lanes = image.lanes
+        self.timing = timing or TimingModel.for_image(image)
+        self.kv = [np.zeros(n, dtype=np.uint8) for n in image.kv_bytes]
+        self.io = np.zeros(int(image.io["io_bytes"]), dtype=np.uint8)
+        self.act: dict[int, np.ndarray] = {}
+        self.weights: dict[int, MatmulWeights] = {}
+
+    def reset(self) -> None:
+        """Clear the KV cache (the card's memory keeps its contents; a run overwrites what it reads)."""
+        for ch in self.kv:
+            ch[:] = 0
+
+    def run(self, ids: Sequence[int], start_pos: int) -> tuple[np.ndarray, list[Cost]]:
+        """Run ``ids`` at positions ``start_pos..``, chunked by bucket; logits [len(ids), vocab] and the
+        modelled cost of every instruction executed."""
+        if start_pos + len(ids) > self.image.config.max_context:
+            raise LlmcError(f"sequence of {start_pos + len(ids)} tokens exceeds the compiled context of "
+                            f"{self.image.config.max_context}")
+        vocab = self.image.vocab
+        if any(not 0 <= int(i) < vocab for i in ids):
+            raise LlmcError(f"token id outside the vocabulary of {vocab}")
+        out, costs, done = [], [], 0
+        while done < len(ids):
+            bucket = self.image.bucket_for(len(ids) - done)
+            rows = min(len(ids) - done, bucket)
+            out.append(self.execute(bucket, np.asarray(ids[done:done + rows], dtype=np.int32),
+                                    start_pos + done, costs))
+            done += rows
+        return np.concatenate(out), costs
+
+    def execute(self, bucket: int, ids: np.ndarray, start_pos: int, costs: list[Cost]) -> np.ndarray:
+        """One kernel call: ``ids`` into io, the bucket's program, logits out of io."""
+        rows, io = len(ids), self.image.io
+        self.io[io["ids_offset"]:io["ids_offset"] + 4 * rows] = ids.astype("<i4").view(np.uint8)
+        for instr in self.image.programs[bucket]:
+            if instr.op == "HALT":
+                break
+            getattr(self, f"_{instr.op.lower()}")(instr, rows, start_pos)
+            costs.append(self.timing.cost(instr, rows, start_pos))
+        at = io["logits_offset"]
+        return self.io[at:at + rows * self.image.vocab * 4].view("<f4").reshape(rows, self.image.vocab).copy()
+
+    # --- memory ------------------------------------------------------------------------------------
+    def _read(self, mem: np.ndarray, at: int, count: int, dtype: str) -> np.ndarray:
+        size = np.dtype(dtype).itemsize
+        if at + count * size > len(mem):
+            raise LlmcError(f"read of {count * size} bytes at {at} outside a {len(mem)}-byte channel")
+        return mem[at:at + count * size].view(dtype)
+
+    def _src(self, buffer: int, rows: int) -> np.ndarray:
+        if buffer not in self.act:
+            raise LlmcError(f"activation buffer b{buffer} read before it was written")
+        return self.act[buffer][:rows]
+
+    # --- instructions ------------------------------------------------------------------------------
+    def _embed(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        cols, lanes = int(ins.fields["cols"]), len(self.lanes)
+        row_bytes = pack.align(cols * 2)
+        ids = self.io[self.image.io["ids_offset"]:][:4 * rows].view("<i4")
+        table = np.stack([self._read(self.lanes[i % lanes], int(ins.fields["table_off"]) + (i // lanes) * row_bytes,
+                                     cols, "<f2") for i in ids.tolist()])
+        self.act[ins.dst] = _ref("hw_embed", [table, np.arange(rows)])[0]
+
+    def _norm(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        w = self._read(self.lanes[0], int(ins.fields["weight_off"]), int(ins.fields["cols"]), "<f4")
+        self.act[ins.dst] = _ref("hw_rms_norm", [self._src(ins.src0, rows), w], eps=ins.fields["eps"])[0]
+
+    def _mm(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        key = int(ins.fields["weight_off"])
+        if key not in self.weights:
+            self.weights[key] = MatmulWeights(self.lanes, ins.fields, self.image.config.mm_tile_n)
+        w = self.weights[key]
+        y = _ref("hw_matmul", [self._src(ins.src0, rows), *w.inputs], **w.attrs)[0]
+        if w.to_io:
+            at = int(ins.fields["io_off"])
+            self.io[at:at + y.size * 4] = hm.fixed_to_f32(y).astype("<f4").reshape(-1).view(np.uint8)
+        else:
+            self.act[ins.dst] = y
+
+    def _rope(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        half = int(ins.fields["head_dim"]) // 2
+        span = (start_pos + rows) * half
+        cos = self._read(self.lanes[0], int(ins.fields["cos_off"]), span, "<i4").reshape(-1, half)[start_pos:]
+        sin = self._read(self.lanes[0], int(ins.fields["sin_off"]), span, "<i4").reshape(-1, half)[start_pos:]
+        self.act[ins.dst] = _ref("hw_rope", [self._src(ins.src0, rows), np.arange(rows), cos, sin],
+                                 head_dim=int(ins.fields["head_dim"]))[0]
+
+    def _kvapp(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        f = ins.fields
+        kvh, d = int(f["kv_heads"]), int(f["head_dim"])
+        codes, scales = hm.quant8(self._src(ins.src0, rows), d)
+        channel = self.kv[int(f["channel"])]
+        at = int(f["codes_off"]) + start_pos * kvh * d
+        channel[at:at + codes.size] = codes.astype(np.int8).reshape(-1).view(np.uint8)
+        at = int(f["scales_off"]) + start_pos * kvh * 4
+        channel[at:at + scales.size * 4] = scales.astype("<i4").reshape(-1).view(np.uint8)
+
+    def _cache(self, channel: int, codes_off: int, scales_off: int, s: int, kvh: int, d: int) -> tuple[np.ndarray, ...]:
+        mem = self.kv[channel]
+        return (self._read(mem, codes_off, s * kvh * d, "<i1").reshape(s, kvh * d),
+                self._read(mem, scales_off, s * kvh, "<i4").reshape(s, kvh))
+
+    def _attn(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        f = ins.fields
+        kvh, d, s = int(f["kv_heads"]), int(f["head_dim"]), start_pos + rows
+        kc, ks = self._cache(int(f["k_channel"]), int(f["k_codes_off"]), int(f["k_scales_off"]), s, kvh, d)
+        vc, vs = self._cache(int(f["v_channel"]), int(f["v_codes_off"]), int(f["v_scales_off"]), s, kvh, d)
+        self.act[ins.dst] = _ref("hw_attention", [self._src(ins.src0, rows), kc, ks, vc, vs], heads=int(f["heads"]),
+                                 kv_heads=kvh, head_dim=d, scale=float(f["scale"]))[0]
+
+    def _act(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        self.act[ins.dst] = _ref("hw_act", [self._src(ins.src0, rows)], fn=ACT_NAMES[int(ins.fields["fn"])])[0]
+
+    def _emul(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        self.act[ins.dst] = _ref("hw_mul", [self._src(ins.src0, rows), self._src(ins.src1, rows)])[0]
+
+    def _eadd(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        self.act[ins.dst] = _ref("hw_add", [self._src(ins.src0, rows), self._src(ins.src1, rows)])[0]
+
+    def _escale(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        vec = self._read(self.lanes[0], int(ins.fields["vec_off"]), int(ins.fields["cols"]), "<f4")
+        self.act[ins.dst] = _ref("hw_scale", [self._src(ins.src0, rows), vec])[0]
+
+
+class IssDevice:
+    """The simulator behind the generation loop's device interface (``reset``/``prefill``/``decode``);
+    ``last_seconds`` is the modelled time of the last call and ``costs`` its instructions' costs."""
+
+    def __init__(self, project: ProjectImage | str, timing: TimingModel | None = None) -> None:
+        image = project if isinstance(project, ProjectImage) else ProjectImage.load(project)
+        self.iss = Iss(image, timing)
+        self.length = 0
+        self.last_seconds = 0.0
+        self.costs: list[Cost] = []
+
+    @property
+    def image(self) -> ProjectImage:
+        return self.iss.image
+
+    def reset(self) -> None:
+        self.iss.reset()
+        self.length = 0
+
+    def run(self, ids: Sequence[int]) -> np.ndarray:
+        """Append ``ids``; their logits [len(ids), vocab]."""
+        logits, self.costs = self.iss.run(ids, self.length)
+        self.length += len(ids)
+        self.last_seconds = self.iss.timing.seconds(self.costs)
+        return logits
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        self.reset()
+        return self.run(ids)[-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.run([token])[-1]

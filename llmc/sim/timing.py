@@ -1,0 +1,228 @@
+"""The timing model: modelled cycles, memory traffic and energy of every instruction.
+
+Per instruction, from the engine parameters of the design (``AcceleratorConfig``) and the board:
+
+- **memory**: each HBM pseudo-channel delivers ``min(port bytes, channel peak / clock)`` bytes per
+  cycle times the calibrated ``efficiency`` (the fraction of peak a streaming kernel reaches;
+  FlightLLM measures 65.9% on the U280, the bundled targets use 0.65); an instruction that reads
+  HBM pays ``HBM_LATENCY`` cycles once, later tiles are prefetched (ping-pong buffers);
+- **matrix engine**: a lane does ``mm_tile_k`` MACs per cycle (N:M sparse tiles skip the zeros:
+  ``k * N / M`` per row), loses ``log2(mm_tile_k) + TILE_OVERHEAD`` cycles per tile draining its
+  adder tree, and re-reads its tiles once per block of ``row_block`` rows; loads overlap compute,
+  so a matrix instruction takes ``max(memory, compute)`` plus one tile's fill;
+- **LUT engine**: ``lut_lanes / mm_lanes`` tables per lane, each consuming ``lut_g`` one-bit weights
+  per cycle, one pass per bit-plane;
+- **SFU**: ``sfu_lanes`` elements per cycle per pass (norms and softmax take two passes);
+- **attention**: the KV cache streams from its channels; scores and the weighted sum run on the
+  matrix lanes; the softmax on the SFU;
+- every instruction pays ``INSTR_OVERHEAD`` cycles (fetch from the DDR prefetch queue, decode,
+  pipeline fill).
+
+Energy is ``static power x time + HBM bits x pJ/bit + MACs x pJ/MAC + SFU operations x pJ/op``
+(:class:`PowerModel`, stated constants). docs/simulation.md records the calibration and its error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from math import ceil, log2
+
+from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig
+from llmc.backends.fpga.isa import Instruction
+from llmc.backends.fpga.pack import align
+from llmc.backends.fpga.target import Target, load_target
+from llmc.errors import LlmcError
+
+HBM_LATENCY = 64  # cycles from an HBM read request to its first beat (AXI interconnect included)
+INSTR_OVERHEAD = 16  # fetch, decode and pipeline fill per instruction
+TILE_OVERHEAD = 8  # cycles a lane loses per tile besides its adder-tree depth (as in the DSE)
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """Stated constants of the energy estimate (UltraScale+ at 16 nm, HBM2)."""
+
+    static_w: float = 35.0  # board idle, shell and clocking of a U280-class card
+    hbm_pj_per_bit: float = 7.0  # HBM2 access energy including the PHY
+    mac_pj: float = 1.0  # one int8 MAC on a DSP48E2 with its operand routing
+    sfu_pj: float = 10.0  # one float32 special-function element operation
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One executed instruction: modelled cycles, its memory traffic, MACs and SFU elements."""
+
+    op: str
+    cycles: float
+    memory_cycles: float
+    compute_cycles: float
+    hbm_bytes: int
+    macs: int = 0
+    sfu_elements: int = 0
+    layer: str = ""
+
+
+@dataclass(frozen=True)
+class TimingModel:
+    """The timing model of one design on one board."""
+
+    config: AcceleratorConfig
+    clock_mhz: float
+    port_bits: int
+    channel_gbs: float  # peak of one memory channel, GB/s
+    efficiency: float
+    board_gbs: float  # aggregate peak of the board's memory, GB/s
+    power: PowerModel = field(default_factory=PowerModel)
+    layer_names: dict[int, str] = field(default_factory=dict)  # MM weight_off -> layer name
+
+    @classmethod
+    def for_design(cls, config: AcceleratorConfig, target: Target, **overrides: float) -> TimingModel:
+        """The model at the design's clock and the board's calibrated memory efficiency; ``overrides``
+        replace ``clock_mhz``, ``port_bits`` or ``efficiency``."""
+        mem = target.memory
+        model = cls(config, config.clock_mhz, WORD_BITS, mem.bandwidth_gbs / mem.channels, mem.efficiency,
+                    mem.bandwidth_gbs)
+        return replace(model, **overrides)
+
+    @classmethod
+    def for_image(cls, image: object, **overrides: float) -> TimingModel:
+        """The model of a loaded project (:class:`~llmc.sim.image.ProjectImage`), layers named from its report."""
+        config = image.config  # type: ignore[attr-defined]
+        try:
+            target = load_target(config.target)
+        except LlmcError as e:
+            raise LlmcError(f"{image.path}: timing needs the board '{config.target}': {e}") from None  # type: ignore[attr-defined]
+        model = cls.for_design(config, target, **overrides)
+        return replace(model, layer_names=_layer_names(image))
+
+    # --- rates -------------------------------------------------------------------------------------
+    @property
+    def hz(self) -> float:
+        return self.clock_mhz * 1e6
+
+    @property
+    def channel_bytes_per_cycle(self) -> float:
+        """What one channel delivers per kernel cycle: the narrower of the port and the channel, at efficiency."""
+        return min(self.port_bits / 8, self.channel_gbs * 1e9 / self.hz) * self.efficiency
+
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        return self.config.mm_lanes * self.config.mm_tile_k
+
+    def _mem(self, busiest_channel_bytes: float) -> float:
+        return busiest_channel_bytes / self.channel_bytes_per_cycle
+
+    def _sfu(self, elements: float, passes: int = 1) -> float:
+        return passes * elements / self.config.sfu_lanes
+
+    # --- instructions ------------------------------------------------------------------------------
+    def cost(self, ins: Instruction, rows: int, start_pos: int) -> Cost:
+        """The modelled cost of ``ins`` on ``rows`` rows at position ``start_pos``."""
+        f, c = ins.fields, self.config
+        cols = int(f.get("cols", 0))
+        lanes = c.mm_lanes
+        if ins.op == "MM":
+            return self._matmul(f, rows)
+        if ins.op == "ATTN":
+            return self._attention(f, rows, start_pos)
+        if ins.op == "KVAPP":
+            width = int(f["kv_heads"]) * int(f["head_dim"])
+            nbytes = rows * (width + 4 * int(f["kv_heads"]))
+            sfu = self._sfu(rows * width, 2)
+            return self._simple("KVAPP", self._mem(nbytes), sfu, nbytes, sfu_elements=2 * rows * width)
+        if ins.op == "EMBED":
+            row_bytes = align(cols * 2)
+            busiest = ceil(rows / lanes) * row_bytes
+            return self._simple("EMBED", self._mem(busiest), self._sfu(rows * cols), rows * row_bytes,
+                                sfu_elements=rows * cols)
+        if ins.op in ("NORM", "ESCALE"):
+            passes = 2 if ins.op == "NORM" else 1
+            return self._simple(ins.op, self._mem(cols * 4), self._sfu(rows * cols, passes), cols * 4,
+                                sfu_elements=passes * rows * cols)
+        if ins.op == "ROPE":
+            nbytes = rows * int(f["head_dim"]) // 2 * 4 * 2
+            return self._simple("ROPE", self._mem(nbytes), self._sfu(rows * cols), nbytes, sfu_elements=rows * cols)
+        if ins.op in ("ACT", "EMUL", "EADD"):
+            return self._simple(ins.op, 0.0, self._sfu(rows * cols), 0, sfu_elements=rows * cols)
+        raise LlmcError(f"timing: no model for opcode {ins.op}")
+
+    def _simple(self, op: str, memory: float, compute: float, nbytes: int, sfu_elements: int = 0) -> Cost:
+        latency = HBM_LATENCY if nbytes else 0
+        return Cost(op, max(memory, compute) + latency + INSTR_OVERHEAD, memory, compute, nbytes,
+                    sfu_elements=sfu_elements)
+
+    def _matmul(self, f: dict, rows: int) -> Cost:
+        c = self.config
+        n, k, flags = int(f["n"]), int(f["k"]), int(f["flags"])
+        tiles, tile_bytes, row_block = int(f["tiles"]), int(f["tile_bytes"]), max(1, int(f["row_block"]))
+        bits, engine = flags & 0xF, (flags >> 4) & 3
+        sp_n, sp_m = flags >> 12 & 0xF, flags >> 16 & 0xF
+        passes = ceil(rows / row_block)
+        lane_tiles = ceil(tiles / c.mm_lanes)
+        memory = self._mem(passes * lane_tiles * tile_bytes)
+        drain = log2(max(2, c.mm_tile_k)) + TILE_OVERHEAD
+        compute = 0.0
+        for p in range(passes):
+            block = min(row_block, rows - p * row_block)
+            if engine == 2:  # LUT: one pass per bit-plane, lut_g weights per table lookup
+                per_lane = max(1, c.lut_lanes // c.mm_lanes) * c.lut_g
+                per_tile = block * c.mm_tile_n * k * bits / per_lane
+            else:
+                density = sp_n / sp_m if engine == 1 and sp_m else 1.0
+                per_tile = block * c.mm_tile_n * k * density / c.mm_tile_k
+            compute += lane_tiles * (per_tile + drain)
+        fill = min(tile_bytes / self.channel_bytes_per_cycle, compute / max(1, passes * lane_tiles))
+        quant = self._sfu(rows * k, 2)  # per-row int8 quantisation of the input (max, then codes)
+        out_bytes = rows * n * 4 if flags >> 10 & 1 else 0
+        cycles = max(memory, compute) + fill + quant + HBM_LATENCY + INSTR_OVERHEAD
+        return Cost("MM", cycles, memory, compute, passes * tiles * tile_bytes + out_bytes, macs=rows * n * k,
+                    sfu_elements=2 * rows * k, layer=self.layer_names.get(int(f["weight_off"]), ""))
+
+    def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
+        heads, kvh, d = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"])
+        s = start_pos + rows
+        side = s * kvh * (d + 4)  # codes and scales of K (or V)
+        busiest = 2 * side if f["k_channel"] == f["v_channel"] else side
+        memory = self._mem(busiest)
+        macs = 2 * rows * heads * s * d  # scores and weighted sum
+        compute = macs / self.peak_macs_per_cycle
+        softmax = self._sfu(rows * heads * s, 2) + self._sfu(rows * heads * d)
+        cycles = max(memory, compute) + softmax + HBM_LATENCY + INSTR_OVERHEAD
+        return Cost("ATTN", cycles, memory, compute + softmax, 2 * side, macs=macs,
+                    sfu_elements=2 * rows * heads * s + rows * heads * d)
+
+    # --- aggregates --------------------------------------------------------------------------------
+    def seconds(self, costs: Sequence[Cost]) -> float:
+        return sum(c.cycles for c in costs) / self.hz
+
+    def joules(self, costs: Sequence[Cost]) -> float:
+        p = self.power
+        dynamic = sum(c.hbm_bytes * 8 * p.hbm_pj_per_bit + c.macs * p.mac_pj + c.sfu_elements * p.sfu_pj
+                      for c in costs) * 1e-12
+        return p.static_w * self.seconds(costs) + dynamic
+
+    def hbm_utilisation(self, costs: Sequence[Cost]) -> float:
+        """Bytes moved over the time taken, as a fraction of the board's peak bandwidth."""
+        seconds = self.seconds(costs)
+        return sum(c.hbm_bytes for c in costs) / (seconds * self.board_gbs * 1e9) if seconds else 0.0
+
+
+def _layer_names(image: object) -> dict[int, str]:
+    """MM weight offsets -> layer names: the report lists layers in the order the program first uses them."""
+    import json
+
+    report = image.path / "report.json"  # type: ignore[attr-defined]
+    if not report.is_file():
+        return {}
+    layers = [entry["name"] for entry in json.loads(report.read_text()).get("layers", [])]
+    program = image.programs[min(image.programs)]  # type: ignore[attr-defined]
+    offsets = [int(i.fields["weight_off"]) for i in program if i.op == "MM"]
+    return dict(zip(offsets, layers)) if len(offsets) == len(layers) else {}
+
+
+def block_of(layer: str) -> int | None:
+    """The decoder block a layer belongs to (``layers.3.mlp.up_proj`` -> 3), None outside the blocks."""
+    m = re.search(r"layers\.(\d+)\.", layer)
+    return int(m.group(1)) if m else None
