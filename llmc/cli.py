@@ -229,9 +229,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    """--prompt / --prompt-ids, --max-new-tokens and the sampling options."""
-    prompt = parser.add_mutually_exclusive_group(required=True)
+def add_generation_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--prompt / --prompt-ids (one of them ``required``), --max-new-tokens and the sampling options."""
+    prompt = parser.add_mutually_exclusive_group(required=required)
     prompt.add_argument("--prompt", metavar="TEXT", help="the prompt text (needs a tokenizer)")
     prompt.add_argument("--prompt-ids", metavar="IDS", help="the prompt as comma-separated token ids")
     parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
@@ -328,6 +328,7 @@ class TextStream:
 def build_parser() -> argparse.ArgumentParser:
     import llmc.cli_compress  # noqa: F401  (registers opt and eval)
     import llmc.cli_fpga  # noqa: F401  (registers compile, build and csim)
+    import llmc.cli_sim  # noqa: F401  (registers simulate and verify)
 
     debug = "show tracebacks, and library warnings, logs and progress bars"
     common = argparse.ArgumentParser(add_help=False)  # --debug also after the subcommand

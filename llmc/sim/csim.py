@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,7 +43,10 @@ def build_csim(project: Path, out: Path | None = None, timeout: float = 600) -> 
     exe.parent.mkdir(parents=True, exist_ok=True)
     cmd = [cxx, *CXXFLAGS, "-isystem", str(ap_types_dir()), "-I", str(project / "include"),
            *(str(project / s) for s in SOURCES), "-o", str(exe)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LlmcError(f"{project}: compiling the C-simulation took longer than {timeout:g} s") from None
     if result.returncode != 0:
         raise LlmcError(f"{project}: the generated C++ does not compile:\n{result.stderr.strip()[-4000:]}")
     return exe
@@ -81,7 +85,20 @@ class CsimDevice:
         self._send(f"run {len(ids)} " + " ".join(str(int(i)) for i in ids))
         assert self.proc.stdout is not None
         want = 4 * self.vocab * len(ids)
-        data = self.proc.stdout.read(want)
+        fired = threading.Event()
+
+        def kill() -> None:  # a hung simulation fails, it does not hang its caller
+            fired.set()
+            self.proc.kill()
+
+        watchdog = threading.Timer(self.timeout, kill)
+        watchdog.start()
+        try:
+            data = self.proc.stdout.read(want)
+        finally:
+            watchdog.cancel()
+        if fired.is_set():
+            raise LlmcError(f"C-simulation ran past its time limit of {self.timeout:g} s")
         if len(data) != want:
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
             raise LlmcError(f"C-simulation stopped: {err.strip() or 'no output'}")

@@ -91,6 +91,7 @@ class Iss:
         self.io = np.zeros(int(image.io["io_bytes"]), dtype=np.uint8)
         self.act: dict[int, np.ndarray] = {}
         self.weights: dict[int, MatmulWeights] = {}
+        self.capture: dict[int, np.ndarray] | None = None  # MM weight_off -> its input rows, when set
 
     def reset(self) -> None:
         """Clear the KV cache (the card's memory keeps its contents; a run overwrites what it reads)."""
@@ -157,7 +158,10 @@ class Iss:
         if key not in self.weights:
             self.weights[key] = MatmulWeights(self.lanes, ins.fields, self.image.config.mm_tile_n)
         w = self.weights[key]
-        y = _ref("hw_matmul", [self._src(ins.src0, rows), *w.inputs], **w.attrs)[0]
+        x = self._src(ins.src0, rows)
+        if self.capture is not None:
+            self.capture.setdefault(key, x.copy())
+        y = _ref("hw_matmul", [x, *w.inputs], **w.attrs)[0]
         if w.to_io:
             at = int(ins.fields["io_off"])
             self.io[at:at + y.size * 4] = hm.fixed_to_f32(y).astype("<f4").reshape(-1).view(np.uint8)

@@ -1,0 +1,149 @@
+"""One verification ladder: interpreter -> ISS -> C-sim -> RTL units on the same inputs.
+
+Each level runs the same prompt (prefill) and greedy decode steps; the tokens fed at every step
+are the interpreter's, so a mismatch at one step does not change later inputs. Logits are compared
+bit for bit (the integer paths are exact and the float conversions identical). The RTL level
+drives the project's own matrix-engine units with the int8 activations and weight codes of the
+first layer on each engine, captured from the ISS run, and compares every group dot product with
+the interpreter's semantics. Every level runs under a time limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from llmc.errors import LlmcError
+
+LEVELS = ("interpreter", "iss", "csim", "rtl")
+RTL_SIMULATORS = ("icarus", "verilator")
+
+
+@dataclass
+class LevelResult:
+    level: str
+    compared: int
+    mismatches: int
+    tolerance: str
+    seconds: float
+    detail: str = ""
+    against: str = ""
+
+    def to_json(self) -> dict:
+        return {"level": self.level, "mismatches": self.mismatches, "compared": self.compared,
+                "tolerance": self.tolerance, "against": self.against, "seconds": round(self.seconds, 3),
+                "detail": self.detail}
+
+
+@dataclass
+class Trace:
+    """The logits of one level: the prompt's rows, then one row per decode step."""
+
+    steps: list[np.ndarray] = field(default_factory=list)
+
+    def compare(self, other: Trace) -> tuple[int, int]:
+        """(compared, mismatching) logits, bit for bit."""
+        compared = mismatches = 0
+        for a, b in zip(self.steps, other.steps):
+            compared += a.size
+            mismatches += int(np.count_nonzero(a.view(np.uint32) != b.view(np.uint32)))
+        return compared, mismatches + abs(len(self.steps) - len(other.steps))
+
+
+class Deadline:
+    def __init__(self, level: str, seconds: float) -> None:
+        self.level, self.limit, self.start = level, seconds, time.monotonic()
+
+    def check(self) -> None:
+        if time.monotonic() - self.start > self.limit:
+            raise LlmcError(f"verify: the {self.level} level ran past its time limit of {self.limit:g} s")
+
+
+def run_trace(run: Callable[[Sequence[int]], np.ndarray], prompt: Sequence[int], tokens: Sequence[int],
+              deadline: Deadline) -> Trace:
+    """Feed ``prompt`` then each of ``tokens``; ``run(ids)`` returns logits [len(ids), vocab]."""
+    trace = Trace([np.asarray(run(prompt), dtype=np.float32)])
+    for token in tokens:
+        deadline.check()
+        trace.steps.append(np.asarray(run([token]), dtype=np.float32))
+    deadline.check()
+    return trace
+
+
+def verify_project(project: Path, prompt: Sequence[int], decode: int, *, levels: Sequence[str] = LEVELS,
+                   timeout_s: float = 600.0, rtl_vectors: int = 2000) -> list[LevelResult]:
+    """Run the ladder on ``project``; one result per level (the interpreter is the reference)."""
+    from llmc.deploy.step_device import StepDevice
+    from llmc.io import load_module
+    from llmc.sim.iss import IssDevice
+
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown:
+        raise LlmcError(f"verify: unknown level '{unknown[0]}' (choose from {', '.join(LEVELS)})")
+    project = Path(project)
+    out: list[LevelResult] = []
+    start = time.monotonic()
+    reference = StepDevice(load_module(project / "model.llmc"))
+    deadline = Deadline("interpreter", timeout_s)
+    ref_trace = Trace([reference.run(prompt)])
+    tokens: list[int] = []
+    for _ in range(decode):
+        deadline.check()
+        tokens.append(int(np.argmax(ref_trace.steps[-1][-1])))
+        ref_trace.steps.append(reference.run([tokens[-1]]))
+    out.append(LevelResult("interpreter", sum(s.size for s in ref_trace.steps), 0, "reference",
+                           time.monotonic() - start, f"{len(prompt)} prompt tokens, {decode} decode steps"))
+    iss_trace = None
+    iss = None
+    if "iss" in levels or "rtl" in levels:
+        start = time.monotonic()
+        iss = IssDevice(project)
+        iss.iss.capture = {}
+        iss_trace = run_trace(iss.run, prompt, tokens, Deadline("iss", timeout_s))
+        compared, bad = iss_trace.compare(ref_trace)
+        if "iss" in levels:
+            out.append(LevelResult("iss", compared, bad, "bit-exact", time.monotonic() - start, against="interpreter"))
+    if "csim" in levels:
+        out.append(_csim_level(project, prompt, tokens, ref_trace, iss_trace, timeout_s))
+    if "rtl" in levels:
+        assert iss is not None
+        out.extend(_rtl_levels(iss, timeout_s, rtl_vectors))
+    return out
+
+
+def _csim_level(project: Path, prompt: Sequence[int], tokens: Sequence[int], ref: Trace, iss: Trace | None,
+                timeout_s: float) -> LevelResult:
+    from llmc.sim.csim import CsimDevice, build_csim
+
+    start = time.monotonic()
+    exe = build_csim(project, timeout=timeout_s)
+    with CsimDevice(project, exe, timeout=timeout_s) as device:
+        trace = run_trace(device.run, prompt, tokens, Deadline("csim", timeout_s))
+    against = iss if iss is not None else ref
+    compared, bad = trace.compare(against)
+    return LevelResult("csim", compared, bad, "bit-exact", time.monotonic() - start,
+                       against="iss" if iss is not None else "interpreter")
+
+
+def _rtl_levels(iss: object, timeout_s: float, vectors: int) -> list[LevelResult]:
+    from llmc.sim.rtl import unit_cases
+
+    results = []
+    for case in unit_cases(iss, vectors):  # type: ignore[arg-type]
+        for simulator in RTL_SIMULATORS:
+            r = case.check(simulator, timeout_s)
+            results.append(LevelResult(f"rtl:{r.unit}:{simulator}", r.compared, r.mismatches, "bit-exact",
+                                       r.seconds, case.describe(), against="interpreter"))
+    return results
+
+
+def format_table(results: Sequence[LevelResult]) -> str:
+    rows = [("level", "against", "compared", "mismatches", "tolerance", "seconds")]
+    rows += [(r.level, r.against or "-", f"{r.compared:,}", str(r.mismatches), r.tolerance, f"{r.seconds:.1f}")
+             for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -1,0 +1,112 @@
+"""The timing model: per-instruction costs follow the engine parameters, runs aggregate them, and
+every simulator run is bounded in time."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from llmc.backends.fpga.design import AcceleratorConfig
+from llmc.backends.fpga.isa import Instruction, mm_flags
+from llmc.backends.fpga.target import load_target
+from llmc.cli import main
+from llmc.errors import LlmcError
+from llmc.sim.ladder import Deadline
+from llmc.sim.perf import chunks, model_run
+from llmc.sim.timing import TimingModel
+
+CONFIG = AcceleratorConfig(
+    target="u280", clock_mhz=250, mm_lanes=8, mm_tile_n=32, mm_tile_k=128, weight_bits=(8, 4), sparse_n=2,
+    sparse_m=4, lut_lanes=256, lut_g=4, lut_bits=(2,), sfu_lanes=16, max_rows=64, max_hidden=1024,
+    max_context=256, act_buffers=4, weight_channels=tuple(range(8)), kv_channels=(8, 9), io_channel=10,
+    buckets=(1, 16, 64))
+
+
+def model() -> TimingModel:
+    return TimingModel.for_design(CONFIG, load_target("u280"))
+
+
+def mm(n: int = 1024, k: int = 1024, bits: int = 4, engine: str = "dsp", sparse=None, tile_bytes: int = 0,
+       row_block: int = 1) -> Instruction:
+    tiles = n // CONFIG.mm_tile_n
+    nbytes = tile_bytes or CONFIG.mm_tile_n * k * bits // 8
+    return Instruction("MM", 1, 0, 0, {"n": n, "k": k, "group": 128, "shift": 10, "io_off": 0,
+                                       "flags": mm_flags(bits, engine, False, False, False, sparse, False),
+                                       "weight_off": 0, "tile_bytes": nbytes, "row_block": row_block,
+                                       "tiles": tiles})
+
+
+def test_decode_matmul_is_bound_by_the_weight_stream():
+    t = model()
+    small, large = t.cost(mm(bits=4), 1, 0), t.cost(mm(bits=8), 1, 0)
+    assert small.memory_cycles > small.compute_cycles
+    assert large.memory_cycles == pytest.approx(2 * small.memory_cycles)
+    per_channel = min(512 / 8, 460e9 / 32 / 250e6) * 0.65
+    assert small.memory_cycles == pytest.approx(1024 * 1024 / 2 / 8 / per_channel)
+
+
+def test_prefill_matmul_is_compute_bound_and_sparsity_skips_zeros():
+    t = model()
+    dense = t.cost(mm(bits=8, row_block=64), 64, 0)
+    sparse = t.cost(mm(bits=8, engine="sparse", sparse=(2, 4), row_block=64), 64, 0)
+    assert dense.compute_cycles > dense.memory_cycles
+    assert sparse.compute_cycles < 0.6 * dense.compute_cycles
+    assert dense.macs == 64 * 1024 * 1024
+
+
+def test_row_blocks_reread_weights():
+    t = model()
+    assert t.cost(mm(row_block=16), 64, 0).hbm_bytes == 4 * t.cost(mm(row_block=64), 64, 0).hbm_bytes
+
+
+def test_attention_grows_with_the_context():
+    t = model()
+    ins = Instruction("ATTN", 2, 1, 0, {"heads": 8, "kv_heads": 2, "head_dim": 64, "scale": 0.125, "k_channel": 0,
+                                        "k_codes_off": 0, "k_scales_off": 0, "v_channel": 1, "v_codes_off": 0,
+                                        "v_scales_off": 0})
+    early, late = t.cost(ins, 1, 10), t.cost(ins, 1, 200)
+    assert late.cycles > early.cycles and late.hbm_bytes > early.hbm_bytes
+
+
+def test_a_slower_clock_or_narrower_port_lowers_throughput():
+    base = model()
+    narrow = TimingModel.for_design(CONFIG, load_target("u280"), clock_mhz=225, port_bits=256)
+    assert narrow.channel_bytes_per_cycle < base.channel_bytes_per_cycle
+    assert narrow.cost(mm(), 1, 0).cycles / narrow.hz > base.cost(mm(), 1, 0).cycles / base.hz
+
+
+def test_chunks_follow_the_buckets():
+    assert chunks((1, 16, 64), 1) == [(1, 1, 0)]
+    assert chunks((1, 16, 64), 13) == [(16, 13, 0)]
+    assert chunks((1, 16, 64), 150, 5) == [(64, 64, 5), (64, 64, 69), (64, 22, 133)]
+
+
+def test_model_run_aggregates_prefill_and_decode():
+    programs = {b: [mm(row_block=b), Instruction("HALT")] for b in CONFIG.buckets}
+    figures = model_run(model(), programs, 20, 4)
+    assert figures.prefill_s > 0 and figures.decode_tokens_per_s > 0
+    assert figures.ttft_s == figures.prefill_s
+    assert 0 < figures.hbm_utilisation < 1 and figures.joules_per_token > 0
+    with pytest.raises(LlmcError, match="exceed the compiled context"):
+        model_run(model(), programs, 250, 10)
+
+
+def test_deadline_fails_a_run_past_its_limit():
+    deadline = Deadline("rtl", 0.01)
+    time.sleep(0.02)
+    with pytest.raises(LlmcError, match="time limit"):
+        deadline.check()
+
+
+def test_timing_only_on_a_project(tmp_path, capsys):
+    out = tmp_path / "w4"
+    assert main(["compile", "llmc-tiny", "-p", "quantize{bits=4,group=128}", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["simulate", str(out), "--timing-only", "--prefill", "32", "--decode", "16", "--json"]) == 0
+    modelled = json.loads(capsys.readouterr().out)["modelled"]
+    assert modelled["prefill_tokens"] == 32 and modelled["decode_tokens"] == 16
+    assert modelled["decode_tokens_per_s"] > 0 and modelled["ttft_ms"] == modelled["prefill_ms"]
+    assert any(x["name"].endswith("q_proj.weight") for x in modelled["layers"])
+    assert main(["simulate", str(out), "--timing-only", "--prefill", "0"]) == 2
