@@ -16,13 +16,15 @@ import numpy as np
 from llmc.backends.fpga.container import Container, read_container
 from llmc.backends.fpga.design import AcceleratorConfig
 from llmc.backends.fpga.isa import Instruction, decode_program
+from llmc.backends.fpga.target import Target, load_target, target_from_json
 from llmc.errors import LlmcError
 
 
 @dataclass(frozen=True)
 class ProjectImage:
     """What the accelerator holds: ``programs`` per bucket, the weight channels' bytes (None for a
-    project compiled with ``--shapes-only``), the KV channels' sizes and the io map."""
+    project compiled with ``--shapes-only``), the KV channels' sizes and the io map; and the board
+    (recorded in design.json, else the bundled board of the design's target name)."""
 
     path: Path
     name: str
@@ -32,6 +34,7 @@ class ProjectImage:
     kv_bytes: list[int]
     io: dict[str, int]
     program_digest: str
+    target: Target
 
     @property
     def vocab(self) -> int:
@@ -66,11 +69,15 @@ class ProjectImage:
             raise LlmcError(f"{project / 'program.bin'}: buckets {sorted(programs)} do not match the design's "
                             f"{list(config.buckets)}")
         digest = str(program.metadata.get("program_digest", ""))
+        if "target" in design:
+            target = target_from_json(design["target"], str(design_path))
+        else:
+            target = load_target(config.target)
         lanes = None
         if weights and (project / "weights.bin").is_file():
             lanes = _lanes(project / "weights.bin", digest, len(config.weight_channels))
         return cls(project, str(program.metadata.get("name", project.name)), config, programs, lanes,
-                   [int(x) for x in program.metadata["kv_bytes_per_channel"]], dict(design["io"]), digest)
+                   [int(x) for x in program.metadata["kv_bytes_per_channel"]], dict(design["io"]), digest, target)
 
 
 def _lanes(path: Path, digest: str, count: int) -> list[np.ndarray]:

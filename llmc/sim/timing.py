@@ -32,7 +32,7 @@ from math import ceil, log2
 from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig
 from llmc.backends.fpga.isa import Instruction
 from llmc.backends.fpga.pack import align
-from llmc.backends.fpga.target import Target, load_target
+from llmc.backends.fpga.target import Target
 from llmc.errors import LlmcError
 
 HBM_LATENCY = 64  # cycles from an HBM read request to its first beat (AXI interconnect included)
@@ -89,12 +89,7 @@ class TimingModel:
     @classmethod
     def for_image(cls, image: object, **overrides: float) -> TimingModel:
         """The model of a loaded project (:class:`~llmc.sim.image.ProjectImage`), layers named from its report."""
-        config = image.config  # type: ignore[attr-defined]
-        try:
-            target = load_target(config.target)
-        except LlmcError as e:
-            raise LlmcError(f"{image.path}: timing needs the board '{config.target}': {e}") from None  # type: ignore[attr-defined]
-        model = cls.for_design(config, target, **overrides)
+        model = cls.for_design(image.config, image.target, **overrides)  # type: ignore[attr-defined]
         return replace(model, layer_names=_layer_names(image))
 
     # --- rates -------------------------------------------------------------------------------------

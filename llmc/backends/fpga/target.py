@@ -6,11 +6,9 @@ board by passing the path of a file in the same format to :func:`load_target`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from llmc.errors import LlmcError
 
@@ -91,6 +89,9 @@ class Target:
         """Total capacity of the main memory (HBM, or the DDR share the accelerator may use)."""
         return self.memory.total_bytes
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
     @property
     def usable(self) -> Resources:
         """Resources left to kernels: the device's minus the shell's."""
@@ -112,6 +113,8 @@ def load_target(name_or_path: str) -> Target:
         path, source = TARGETS_DIR / f"{name_or_path}.yaml", f"{name_or_path}.yaml"
         if not path.is_file():
             raise LlmcError(f"unknown target '{name_or_path}' (known: {', '.join(list_targets())}; or a .yaml path)")
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -119,6 +122,11 @@ def load_target(name_or_path: str) -> Target:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise LlmcError(f"{source}: not valid YAML{where}") from None
     return _parse(_Fields(source, data, "", _field_names(Target)))
+
+
+def target_from_json(values: dict, source: str) -> Target:
+    """The board a project was compiled for, as :meth:`Target.to_json` recorded it in ``source``."""
+    return _parse(_Fields(source, values, "target.", _field_names(Target)))
 
 
 def _parse(top: _Fields) -> Target:
