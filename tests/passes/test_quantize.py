@@ -290,10 +290,3 @@ def test_bad_options_refused_before_any_work(llama: llmc.Model, pipeline: str, m
     with pytest.raises(PipelineError, match=message):
         run_pipeline(llama.module, parse_pipeline(pipeline), context)
     assert context.timings == [] and context.reports == {}
-
-
-def test_shapes_only_module_refused(llama: llmc.Model) -> None:
-    meta = clone(llama.module)
-    meta.params = {name: Param(name, p.type, None) for name, p in meta.params.items()}
-    with pytest.raises(PipelineError, match="no weights"):
-        run_pipeline(meta, parse_pipeline("quantize{group=32}"))

@@ -292,8 +292,3 @@ def test_bad_options_are_refused(spec, message):
     module = with_data(BEFORE.format(d=12, enc=""))
     with pytest.raises(PipelineError, match=message):
         run_pipeline(module, parse_pipeline(spec))
-
-
-def test_shapes_only_module_is_refused():
-    with pytest.raises(PipelineError, match="no weights"):
-        run_pipeline(parse_module(BEFORE.format(d=8, enc="")), parse_pipeline("sparsify"))

@@ -11,7 +11,8 @@ layers reading one input share its ``quantize_dynamic``. The products accumulate
 integer of ``acc_bits``, the smallest width of at least 32 that provably holds the sum (see
 :func:`accumulator_bits`); a layer that needs more than 32 bits is named in the report. With
 ``granularity=tensor`` one scale covers the whole activation tensor: the input is flattened,
-quantized as a single row, and the scale broadcast back to one per row (existing ops only).
+quantized as a single row, and the scale broadcast back to one per row (existing ops only). A
+shapes-only module (no weight data) gets the same parameters and types, without data.
 """
 
 from __future__ import annotations
@@ -101,17 +102,18 @@ def act_quant(module: Module, options: ActQuantOptions, context: PassContext) ->
 
 
 def _install_weights(module: Module, weight: str, options: ActQuantOptions) -> _Plan:
-    """Add the codes and scales of ``weight`` (RTN on a symmetric grid) as parameters."""
+    """Add the codes and scales of ``weight`` (RTN on a symmetric grid) as parameters, without
+    data when the weight has none (a shapes-only module)."""
     data = module.params[weight].data
-    if data is None:
-        raise PipelineError(f"pass act-quant: {weight} has no weights (shapes-only module)")
     grid = Grid(options.wbits, options.group)
-    q = quantize_rtn(data.astype(np.float32), grid)
-    n, k = data.shape
+    n, k = module.params[weight].type.static_shape()
+    q = None if data is None else quantize_rtn(data.astype(np.float32), grid)
     code_dtype = DType("int", options.wbits)
     encoding = QuantEncoding(options.wbits, options.group, F16)
-    codes = Param(f"{weight}.codes", TensorType.of([n, k], code_dtype, (encoding,)), as_dtype(q.codes, code_dtype))
-    scales = Param(f"{weight}.scales", TensorType.of(list(q.scales.shape), F16), q.scales.astype(np.float16))
+    codes = Param(f"{weight}.codes", TensorType.of([n, k], code_dtype, (encoding,)),
+                  None if q is None else as_dtype(q.codes, code_dtype))
+    scales = Param(f"{weight}.scales", TensorType.of([n, k // grid.span(k)], F16),
+                   None if q is None else q.scales.astype(np.float16))
     for p in (codes, scales):
         module.params[p.name] = p
     return _Plan(codes.name, scales.name, options.acc_bits(k))

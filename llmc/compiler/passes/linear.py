@@ -108,7 +108,7 @@ def replace_param(module: Module, name: str, new_params: list[Param], expand: Ex
         del module.params[name]
 
 
-def set_param(module: Module, name: str, data: np.ndarray, type_: TensorType | None = None) -> None:
+def set_param(module: Module, name: str, data: np.ndarray | None, type_: TensorType | None = None) -> None:
     """Give parameter ``name`` new data (and type), keeping every reader consistent."""
     p = module.params[name]
     new_type = type_ or p.type
@@ -243,3 +243,22 @@ def check_group_divides(pass_name: str, layers: list[LinearLayer], group: int) -
     for layer in layers:
         if group and layer.in_features % group:
             raise PipelineError(f"pass {pass_name}: group {group} does not divide K={layer.in_features} of {layer.weight}")
+
+
+def require_data(pass_name: str, module: Module, layers: list[LinearLayer]) -> None:
+    """Refuse a shapes-only module in a pass whose result depends on the weights' values."""
+    from llmc.compiler.pipeline import PipelineError
+
+    for layer in layers:
+        if module.params[layer.weight].data is None:
+            raise PipelineError(f"pass {pass_name}: {layer.weight} has no weights (shapes-only module)")
+
+
+def shapes_only_layers(pass_name: str, module: Module, weights: list[str]) -> bool:
+    """Whether ``weights`` are all without data (a shapes-only module); refuses a mix."""
+    missing = [w for w in weights if module.params[w].data is None]
+    if missing and len(missing) < len(weights):
+        from llmc.compiler.pipeline import PipelineError
+
+        raise PipelineError(f"pass {pass_name}: {missing[0]} has no data but other weights do")
+    return bool(missing)

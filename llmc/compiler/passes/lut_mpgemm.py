@@ -8,6 +8,7 @@ after the op producing them (the norm or activation a hardware table builder fus
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from llmc.compiler.lut.pack import offset_codes, pack_planes
@@ -66,17 +67,22 @@ def _sites(module: Module, func: Function, options: LutOptions) -> list[_Site]:
 
 
 def _lut_params(module: Module, site: _Site, options: LutOptions) -> tuple[str, str]:
-    """Create (once) the planes and zero-point parameters of a layer."""
+    """Create (once) the planes and zero-point parameters of a layer (without data when the
+    codes have none: a shapes-only module)."""
     weight = site.codes.removesuffix(".codes")
     planes, zeros = f"{weight}.planes", f"{weight}.lut_zeros"
     if planes not in module.params:
         codes = module.params[site.codes]
-        scales = module.params[site.scales]
-        z_in = module.params[site.zeros].data if site.zeros else None
-        u, z = offset_codes(codes.data, z_in, site.encoding.bits, scales.type.static_shape()[1])
-        data = pack_planes(u, site.encoding.bits, options.g)
-        module.params[planes] = Param(planes, TensorType.of(list(data.shape), U8), data)
-        module.params[zeros] = Param(zeros, TensorType.of(list(z.shape), U8), z.astype("uint8"))
+        n, k = codes.type.static_shape()
+        groups = module.params[site.scales].type.static_shape()[1]
+        plane_data = zero_data = None
+        if codes.data is not None:
+            z_in = module.params[site.zeros].data if site.zeros else None
+            u, z = offset_codes(codes.data, z_in, site.encoding.bits, groups)
+            plane_data, zero_data = pack_planes(u, site.encoding.bits, options.g), z.astype("uint8")
+        shape = [site.encoding.bits, n, math.ceil(k / options.g)]
+        module.params[planes] = Param(planes, TensorType.of(shape, U8), plane_data)
+        module.params[zeros] = Param(zeros, TensorType.of([n, groups], U8), zero_data)
     return planes, zeros
 
 

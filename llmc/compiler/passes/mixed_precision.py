@@ -22,7 +22,15 @@ import numpy as np
 
 from llmc.compiler.calibrate import LayerStats, calibration_windows
 from llmc.compiler.evaluate import window_nll
-from llmc.compiler.passes.linear import LinearLayer, check_group_divides, clone, linear_layers, replace_param, set_param
+from llmc.compiler.passes.linear import (
+    LinearLayer,
+    check_group_divides,
+    clone,
+    linear_layers,
+    replace_param,
+    require_data,
+    set_param,
+)
 from llmc.compiler.passes.quantize import QUANTIZERS, QuantizeOptions, install
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.compiler.quant.grid import Grid, Quantized, quantize_rtn
@@ -74,6 +82,7 @@ class MixedPrecisionOptions:
 
 def check_mixed(module: Module, options: MixedPrecisionOptions) -> None:
     layers = linear_layers(module)
+    require_data("mixed-precision", module, layers)
     check_group_divides("mixed-precision", layers, options.group)
     for layer in layers:
         if layer.in_features // options.group > 256:
@@ -146,7 +155,8 @@ def mixed_precision(module: Module, options: MixedPrecisionOptions, context: Pas
         if per_group and len(set(bits)) > 1:
             _install_groups(out, layer, w, bits, options.group, quantizer)
         else:
-            install(out, layer, quantizer(w, bits[0], np.arange(layer.in_features)))
+            q = quantizer(w, bits[0], np.arange(layer.in_features))
+            install(out, layer, q.grid, q)
     flat = [b for bits in allocation.values() for b in bits]
     context.reports["mixed-precision"] = {
         "budget": options.budget, "granularity": options.granularity, "allocation": allocation,

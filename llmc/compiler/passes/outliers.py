@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmc.compiler.passes.linear import clone, linear_layers, set_param
+from llmc.compiler.passes.linear import clone, linear_layers, require_data, set_param
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.ir.builder import Builder
 from llmc.ir.graph import Module, Node, Param, Value
@@ -48,9 +48,8 @@ class OutliersOptions:
 
 
 def check_outliers(module: Module, options: OutliersOptions) -> None:
+    require_data("outliers", module, linear_layers(module))
     for layer in linear_layers(module):
-        if module.params[layer.weight].data is None:
-            raise PipelineError(f"pass outliers: {layer.weight} has no weights (shapes-only module)")
         if f"{layer.weight}.outliers" in module.params:
             raise PipelineError(f"pass outliers: {layer.weight} already has an outlier matrix (run the pass once)")
 

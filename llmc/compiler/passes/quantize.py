@@ -11,6 +11,9 @@ producing op, then round to nearest with a clipping search, see :mod:`llmc.compi
 and ``ternary`` (BitNet b1.58 absmean codes in ``{-1, 0, 1}``; ``bits`` is ignored, codes are
 stored in 2 bits). ``gptq`` and ``awq`` calibrate on the input module. A weight whose type
 carries a ``#sparse`` encoding keeps its zeros (and the encoding, on its codes).
+
+On a shapes-only module (no weight data) every method gives the parameters and types RTN would
+give, without data: what the backends need to place and schedule the model.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from llmc.compiler.passes.linear import (
     fold_input_scale,
     linear_layers,
     replace_param,
+    shapes_only_layers,
 )
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.compiler.quant.awq import ScaleChoice, input_groups, quantize_clipped, scaled_stats, search_scale
@@ -110,16 +114,20 @@ def quantize(module: Module, options: QuantizeOptions, context: PassContext) -> 
     """Weight-only quantization (RTN, GPTQ, AWQ or ternary) of every linear layer."""
     out = clone(module)
     layers = linear_layers(out, exclude_head=not options.include_head)
-    if any(out.params[layer.weight].data is None for layer in layers):
-        raise PipelineError("pass quantize: the module has no weights (shapes-only)")
+    shapes_only = shapes_only_layers("quantize", out, [layer.weight for layer in layers])
+    grid = options.grid
+    report: dict[str, object] = {"layers": len(layers), "bits": grid.bits, "group": grid.group,
+                                 "method": options.method, "shapes_only": shapes_only,
+                                 "bits_per_weight": BITS_PER_WEIGHT if options.method == "ternary" else grid.bits}
+    if shapes_only:
+        for layer in layers:
+            install(out, layer, grid, None, _sparse_encodings(out.params[layer.weight]))
+        context.reports["quantize"] = report
+        return out
     stats = context.calibration(module) if options.method in CALIBRATED else {}
     missing = [layer.weight for layer in layers if options.method in CALIBRATED and layer.weight not in stats]
     if missing:
         raise PipelineError(f"pass quantize: calibration never reached {missing[0]}")
-    grid = options.grid
-    report: dict[str, object] = {"layers": len(layers), "bits": grid.bits, "group": grid.group,
-                                 "method": options.method,
-                                 "bits_per_weight": BITS_PER_WEIGHT if options.method == "ternary" else grid.bits}
     if options.method == "awq":
         choices = apply_awq(out, layers, stats, grid)
         stats = {**stats, **{w: scaled_stats(stats[w], c.scale) for c in choices if c.folded for w in c.weights}}
@@ -129,13 +137,13 @@ def quantize(module: Module, options: QuantizeOptions, context: PassContext) -> 
         p = out.params[layer.weight]
         assert p.data is not None
         data = p.data.astype(np.float32)
-        sparse = tuple(e for e in p.type.encodings if isinstance(e, SparseEncoding))
+        sparse = _sparse_encodings(p)
         pruned = (data == 0) if sparse else None
         try:
             q = QUANTIZERS[options.method](data, grid, stats.get(layer.weight), options, pruned)
         except ValueError as e:
             raise PipelineError(f"pass quantize: {layer.weight}: {e}") from None
-        install(out, layer, q, sparse)
+        install(out, layer, grid, q, sparse)
     context.reports["quantize"] = report
     return out
 
@@ -152,23 +160,30 @@ def apply_awq(module: Module, layers: list[LinearLayer], stats: dict[str, LayerS
     return choices
 
 
-def install(module: Module, layer: LinearLayer, q: Quantized, extra: tuple[SparseEncoding, ...] = ()) -> None:
-    """Replace ``layer``'s float weight by the parameters of ``q`` and a ``dequantize`` node;
-    ``extra`` encodings (sparsity) go on the codes."""
-    grid = q.grid
+def _sparse_encodings(p: Param) -> tuple[SparseEncoding, ...]:
+    return tuple(e for e in p.type.encodings if isinstance(e, SparseEncoding))
+
+
+def install(module: Module, layer: LinearLayer, grid: Grid, q: Quantized | None,
+            extra: tuple[SparseEncoding, ...] = ()) -> None:
+    """Replace ``layer``'s float weight by the codes, scales (and zero points) of ``grid`` and a
+    ``dequantize`` node; the data comes from ``q`` (None: shapes only). ``extra`` encodings
+    (sparsity) go on the codes."""
     n, k = layer.out_features, layer.in_features
     code_dtype = DType("int" if grid.symmetric else "uint", grid.bits)
     zero_dtype = None if grid.symmetric else DType("uint", grid.bits)
     encoding = QuantEncoding(grid.bits, grid.group, F16, grid.symmetric, zero_dtype)
-    groups = q.scales.shape[1]
+    groups = k // grid.span(k)
     codes_type = TensorType.of([n, k], code_dtype, (encoding, *extra))
     params = [
-        Param(f"{layer.weight}.codes", codes_type, as_dtype(q.codes, code_dtype)),
-        Param(f"{layer.weight}.scales", TensorType.of([n, groups], F16), q.scales.astype(np.float16)),
+        Param(f"{layer.weight}.codes", codes_type, None if q is None else as_dtype(q.codes, code_dtype)),
+        Param(f"{layer.weight}.scales", TensorType.of([n, groups], F16),
+              None if q is None else q.scales.astype(np.float16)),
     ]
-    if q.zeros is not None and zero_dtype is not None:
+    if zero_dtype is not None:
         zeros_type = TensorType.of([n, groups], zero_dtype)
-        params.append(Param(f"{layer.weight}.zeros", zeros_type, as_dtype(q.zeros, zero_dtype)))
+        params.append(Param(f"{layer.weight}.zeros", zeros_type,
+                            None if q is None or q.zeros is None else as_dtype(q.zeros, zero_dtype)))
 
     def expand(b: Builder, values: dict[str, Value]) -> Value:
         return b.op("dequantize", [values[p.name] for p in params], {"group": grid.group})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmc.compiler.passes.linear import clone, fold_input_scale, linear_layers
+from llmc.compiler.passes.linear import clone, fold_input_scale, linear_layers, require_data
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.ir.graph import Module
 
@@ -62,7 +62,11 @@ def outlier_ratio(act_max: np.ndarray) -> float:
     return float(np.max(act_max) / max(float(np.mean(act_max)), EPS))
 
 
-@register_pass("smoothquant", SmoothQuantOptions)
+def check_smoothquant(module: Module, options: SmoothQuantOptions) -> None:
+    require_data("smoothquant", module, linear_layers(module))
+
+
+@register_pass("smoothquant", SmoothQuantOptions, check=check_smoothquant)
 def smoothquant(module: Module, options: SmoothQuantOptions, context: PassContext) -> Module:
     """SmoothQuant: per-channel scaling of linear inputs into the weights (function preserved)."""
     stats = context.calibration(module)
@@ -70,8 +74,6 @@ def smoothquant(module: Module, options: SmoothQuantOptions, context: PassContex
     report = []
     for group in linear_groups(out):
         weights = [out.params[w].data for w in group]
-        if any(w is None for w in weights):
-            raise PipelineError(f"pass smoothquant: {group[0]} has no weights (shapes-only module)")
         missing = [w for w in group if w not in stats]
         if missing:
             raise PipelineError(f"pass smoothquant: no calibration statistics for {missing[0]}")

@@ -13,6 +13,9 @@ for unstructured; the interpreter computes with the zeros exactly. Options:
   Every layer takes the value of the last entry that matches it, else the pass's pattern, e.g.
   ``sparsify{pattern=unstructured,ratio=0.5,ratios=mlp=0.6;attn=0.4;0=0.3}``.
 * ``damp``: SparseGPT's Hessian dampening, a fraction of the mean diagonal.
+
+On a shapes-only module (no weight data) the weights only gain their encodings; an unstructured
+layer states the nominal density ``1 - ratio``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.compiler.calibrate import LayerStats
-from llmc.compiler.passes.linear import LinearLayer, clone, linear_layers, set_param
+from llmc.compiler.passes.linear import LinearLayer, clone, linear_layers, set_param, shapes_only_layers
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.compiler.quant.sparse import Pattern, magnitude_mask, sparsegpt, wanda_mask
 from llmc.ir.graph import Module
@@ -96,8 +99,6 @@ def check_sparsify(module: Module, options: SparsifyOptions) -> None:
         if not any(rule.matches(layer) for layer in layers):
             raise PipelineError(f"pass sparsify: ratios entry '{rule.key}' matches no linear layer")
     for layer in layers:
-        if module.params[layer.weight].data is None:
-            raise PipelineError(f"pass sparsify: {layer.weight} has no weights (shapes-only module)")
         pattern = options.pattern_for(layer)
         if pattern.structured and layer.in_features % pattern.m:
             raise PipelineError(f"pass sparsify: {pattern} needs K divisible by {pattern.m}, but {layer.weight} "
@@ -115,11 +116,23 @@ def prune(w: np.ndarray, pattern: Pattern, options: SparsifyOptions, stats: Laye
     return sparsegpt(w, stats.hessian, pattern, options.damp)
 
 
-def encoding_of(pattern: Pattern, pruned: np.ndarray) -> SparseEncoding:
-    """``#sparse<n:m>``, or the unstructured encoding with the actual fraction of non-zeros."""
+def encoding_of(pattern: Pattern, pruned: np.ndarray | None) -> SparseEncoding:
+    """``#sparse<n:m>``, or the unstructured encoding with the actual fraction of non-zeros
+    (the nominal one without data)."""
     if pattern.structured:
         return SparseEncoding(pattern.n, pattern.m)
+    if pruned is None:
+        return SparseEncoding(density=1.0 - pattern.ratio)
     return SparseEncoding(density=int(np.count_nonzero(pruned)) / pruned.size)
+
+
+def _pruned(layer: LinearLayer, data: np.ndarray, pattern: Pattern, options: SparsifyOptions,
+            stats: dict[str, LayerStats]) -> np.ndarray:
+    try:
+        pruned = prune(data.astype(np.float32), pattern, options, stats.get(layer.weight))
+    except ValueError as e:
+        raise PipelineError(f"pass sparsify: {layer.weight}: {e}") from None
+    return pruned.astype(data.dtype)
 
 
 @register_pass("sparsify", SparsifyOptions, check=check_sparsify)
@@ -127,22 +140,18 @@ def sparsify(module: Module, options: SparsifyOptions, context: PassContext) -> 
     """Prune every linear weight (magnitude, Wanda or SparseGPT) to N:M or unstructured sparsity."""
     out = clone(module)
     layers = linear_layers(out)
-    stats = context.calibration(out) if options.method in CALIBRATED else {}
-    zeros = total = 0
+    shapes_only = shapes_only_layers("sparsify", out, [layer.weight for layer in layers])
+    stats = context.calibration(out) if options.method in CALIBRATED and not shapes_only else {}
+    zeros = total = 0.0
     for layer in layers:
         param = out.params[layer.weight]
-        if param.data is None:
-            raise PipelineError(f"pass sparsify: {layer.weight} has no weights (shapes-only module)")
         pattern = options.pattern_for(layer)
-        try:
-            pruned = prune(param.data.astype(np.float32), pattern, options, stats.get(layer.weight))
-        except ValueError as e:
-            raise PipelineError(f"pass sparsify: {layer.weight}: {e}") from None
-        pruned = pruned.astype(param.data.dtype)
+        size = layer.out_features * layer.in_features
+        pruned = None if shapes_only else _pruned(layer, param.data, pattern, options, stats)
+        zeros += size * pattern.sparsity if pruned is None else size - int(np.count_nonzero(pruned))
+        total += size
         encodings = param.type.encodings + (encoding_of(pattern, pruned),)
         set_param(out, layer.weight, pruned, TensorType(param.type.shape, param.type.dtype, encodings))
-        zeros += pruned.size - int(np.count_nonzero(pruned))
-        total += pruned.size
     context.reports["sparsify"] = {"layers": len(layers), "method": options.method, "pattern": str(options.default),
-                                   "sparsity": zeros / total if total else 0.0}
+                                   "sparsity": zeros / total if total else 0.0, "shapes_only": shapes_only}
     return out
