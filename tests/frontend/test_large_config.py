@@ -1,4 +1,4 @@
-"""A Llama-2-7B-shaped config imports without materialising weights: under a minute, under 2 GB."""
+"""A Llama-2-7B-shaped config imports without materialising weights: under 20 s, under 2 GB."""
 
 from __future__ import annotations
 
@@ -32,6 +32,6 @@ def test_llama2_7b_config_imports_shapes_only(tmp_path: Path) -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["params"] == 6_738_415_616 + 64  # Llama-2-7B's weights and the RoPE inverse frequencies
     assert not result["has_weights"]
-    assert result["seconds"] < 60
+    assert result["seconds"] < 20
     assert result["peak_mb"] < 2048
     assert result["decode_inputs"][3] == "tensor<1x32xPx128xf32>"

@@ -119,18 +119,21 @@ def convert_graph(
     symbols: Mapping[str, str],
     output_names: list[str],
     param_prefix: str = "",
-) -> None:
+) -> list[str]:
     """Append the exported graph to ``func``: user inputs become function inputs named by
     ``input_names`` (placeholder -> IR name); parameters, buffers and constants become module
-    params (with ``param_prefix`` stripped from their names)."""
+    params (with ``param_prefix`` stripped from their names). Returns, for every node appended,
+    the path of the ``torch.nn`` module that traced it ("" outside any module)."""
     sig = exported.graph_signature
     weights: dict[str, str] = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     constants: dict[str, str] = dict(sig.inputs_to_lifted_tensor_constants)
     state = {**exported.state_dict, **exported.constants}
     conv = Converter(module, func, symbols)
     user_inputs = {spec.arg.name for spec in sig.input_specs if spec.kind.name == "USER_INPUT"}
+    origins: list[str] = []
     for node in exported.graph.nodes:
         conv.node = node
+        count = len(func.nodes)
         if node.op == "placeholder":
             conv.values[node.name] = _placeholder(conv, node, weights, constants, state, user_inputs, input_names, param_prefix)
         elif node.op == "call_function":
@@ -145,6 +148,14 @@ def convert_graph(
             func.outputs = [_named(conv, v, name) for v, name in zip(outs, output_names)]
         else:
             raise conv.error(f"unsupported fx node kind '{node.op}'")
+        origins += [_module_path(node)] * (len(func.nodes) - count)
+    return origins
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    """The innermost ``torch.nn`` module a node was traced in ("" for none)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else ""
 
 
 def _named(conv: Converter, value: Value, name: str) -> Value:
