@@ -122,6 +122,15 @@ def test_formats_reach_the_config():
     assert config.buckets == (1, 8)
 
 
+def test_activation_buffers_are_the_models_and_cost_uram():
+    u280 = load_target("u280")
+    four, used_four = explore(u280, LLAMA_7B)
+    six, used_six = explore(u280, dataclasses.replace(LLAMA_7B, act_buffers=6))
+    assert (four.act_buffers, six.act_buffers) == (4, 6)
+    per_buffer = used_four.units["activation buffers"].uram // 4
+    assert used_six.units["activation buffers"].uram == 6 * per_buffer > 0
+
+
 def test_datapath_and_packing():
     assert [datapath_bits(w) for w in (1, 3, 4, 5, 8)] == [4, 4, 4, 8, 8]
     assert macs_per_dsp((4, 3)) == 2 and macs_per_dsp((8, 4)) == 1
@@ -151,6 +160,7 @@ def test_utilisation_table():
         ({"weight_bits": (16,)}, "ModelNeeds.weight_bits: 16-bit weights are not supported (widths 1-8)"),
         ({"lut_bits": (6,)}, "ModelNeeds.lut_bits: 6-bit weights are not supported (widths 1-4)"),
         ({"heads": 3}, "ModelNeeds.heads (3) must be a multiple of kv_heads (2)"),
+        ({"act_buffers": 0}, "ModelNeeds.act_buffers must be a positive integer, got 0"),
     ],
 )
 def test_bad_model_needs(change, message):

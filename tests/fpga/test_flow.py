@@ -3,6 +3,7 @@ lowered program in the interpreter (logits and 16 greedy tokens), for every engi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 import llmc
-from llmc.backends.fpga.flow import compile_project
+from llmc.backends.fpga.compile import compile_step
+from llmc.backends.fpga.flow import compile_project, design
 from llmc.backends.fpga.isa import decode_program
 from llmc.cli import main
 from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
@@ -70,6 +72,8 @@ def test_compile_is_deterministic_and_complete(tiny, tmp_path):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     report = json.loads((a / "report.json").read_text())
     assert all(0 < v < 1 for v in report["resources"]["fractions"].values())
+    assert report["config"]["act_buffers"] == json.loads((a / "design.json").read_text())["buffers"] > 1
+    assert report["program_size"]["ratio"] == pytest.approx(3 / 512)
     assert {x["engine"] for x in report["layers"]} == {"dsp"}
     from llmc.backends.fpga.container import read_container
 
@@ -81,7 +85,7 @@ def test_compile_is_deterministic_and_complete(tiny, tmp_path):
 
 def test_llmc_run_and_csim_commands_agree(tiny, tmp_path, capsys):
     out = tmp_path / "p"
-    assert main(["compile", "llmc-tiny", "-p", RECIPES["w4g128"], "-o", str(out), "--json"]) == 0
+    assert main(["compile", "llmc-tiny", "-p", RECIPES["w4g128"], "-o", str(out), "--eval-windows", "0", "--json"]) == 0
     capsys.readouterr()
     outputs = []
     for cmd in ("run", "csim"):
@@ -108,6 +112,12 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tiny, tmp_path, capsys):
                                   "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000}))
     assert main(["compile", "llama", "--config", str(config), "--shapes-only", "-o", str(tmp_path / "h")]) == 2
     assert "u280 has 8.0 GiB" in capsys.readouterr().err
+
+
+def test_a_design_with_too_few_activation_buffers_is_refused(tiny):
+    d = design(tiny.module, "u280")
+    with pytest.raises(LlmcError, match=f"needs {d.config.act_buffers} activation buffers; the design has 2"):
+        compile_step(d.lowered, dataclasses.replace(d.config, act_buffers=2))
 
 
 def test_compiled_project_refuses_too_long_sequences(tiny, tmp_path):

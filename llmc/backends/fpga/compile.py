@@ -19,7 +19,7 @@ from llmc.backends.fpga import pack
 from llmc.backends.fpga.design import AcceleratorConfig
 from llmc.backends.fpga.isa import ACT_FNS, Instruction, mm_flags
 from llmc.errors import LlmcError
-from llmc.ir.graph import Module, Node, Value
+from llmc.ir.graph import Function, Module, Node, Value
 
 
 class Channel:
@@ -67,12 +67,11 @@ class Compiler:
         self.appends = {n.inputs[1].name: n.outputs[0].name for n in self.step.nodes if n.op == "concat"}
         self.layers: list[dict] = []
         self.max_tile = 0
-        users = self.step.users()
-        self.to_io = {n.inputs[0].name for n in self.step.nodes if n.op == "hw_to_float"}
-        for name in self.to_io:
-            producer = self.producers.get(name)
-            if producer is None or producer.op != "hw_matmul" or len(users[name]) != 1:
-                raise LlmcError(f"{module.name}: logits must come straight from a linear layer (%{name})")
+        self.to_io = logits_values(module)
+        self.buffer_of, self.buffers = allocate_buffers(self.step, self.to_io)
+        if self.buffers > config.act_buffers:
+            raise LlmcError(f"{module.name}: the program needs {self.buffers} activation buffers; the design has "
+                            f"{config.act_buffers}")
 
     # --- memory ---------------------------------------------------------------------------------
     def data(self, v: Value) -> np.ndarray | None:
@@ -182,68 +181,49 @@ class Compiler:
         channel, codes_off, scales_off = self.caches[key]
         return {"channel": channel, "codes_off": codes_off, "scales_off": scales_off, "kv_heads": kvh, "head_dim": d}
 
-    def program(self, bucket: int) -> tuple[list[Instruction], int]:
-        """The program for chunks of up to ``bucket`` rows, and the buffers it needs."""
-        nodes = self.step.nodes
-        last_use: dict[str, int] = {}
-        for i, node in enumerate(nodes):
-            for v in node.inputs:
-                last_use[v.name] = i
-        buffer_of: dict[str, int] = {}
-        free: list[int] = []
-        count = 0
+    def program(self, bucket: int) -> list[Instruction]:
+        """The program for chunks of up to ``bucket`` rows."""
         out: list[Instruction] = []
-        for i, node in enumerate(nodes):
-            ins = [v for v in node.inputs if v.name in buffer_of]
-            fields, op, dst = self._fields(node, bucket)
+        for node in self.step.nodes:
+            fields, op = self._fields(node, bucket)
             if op is None:
                 continue
-            d = 0
-            if dst:  # never in place: an engine may still read a row it has already written
-                if free:
-                    free.sort()
-                    d = free.pop(0)
-                else:
-                    d, count = count, count + 1
-                buffer_of[node.outputs[0].name] = d
-            srcs = [buffer_of[v.name] for v in ins] + [0, 0]
-            free += [buffer_of[v.name] for v in ins if last_use.get(v.name) == i]
-            out.append(Instruction(op, d, srcs[0], srcs[1], fields))
+            srcs = [self.buffer_of[v.name] for v in node.inputs if v.name in self.buffer_of] + [0, 0]
+            dst = self.buffer_of.get(node.outputs[0].name, 0) if node.outputs else 0
+            out.append(Instruction(op, dst, srcs[0], srcs[1], fields))
         out.append(Instruction("HALT"))
-        return out, count
+        return out
 
-    def _fields(self, node: Node, bucket: int) -> tuple[dict, str | None, bool]:
+    def _fields(self, node: Node, bucket: int) -> tuple[dict, str | None]:
         a = node.attrs
         if node.op in ("param", "concat"):
-            return {}, None, False
+            return {}, None
         shape = node.inputs[0].type.shape if node.inputs else ()
         cols = shape[1].value if len(shape) == 2 else 0
         if node.op == "hw_embed":
-            return self.embed(node), "EMBED", True
+            return self.embed(node), "EMBED"
         if node.op == "hw_rms_norm":
-            return {"cols": cols, "weight_off": self.misc(node.inputs[1], "<f4"), "eps": float(np.float32(a["eps"]))}, \
-                "NORM", True
+            return {"cols": cols, "weight_off": self.misc(node.inputs[1], "<f4"), "eps": float(np.float32(a["eps"]))}, "NORM"
         if node.op == "hw_matmul":
-            to_io = node.outputs[0].name in self.to_io
-            return self.matmul(node, bucket, to_io), "MM", not to_io
+            return self.matmul(node, bucket, node.outputs[0].name in self.to_io), "MM"
         if node.op == "hw_rope":
             return {"cols": cols, "head_dim": a["head_dim"], "cos_off": self.misc(node.inputs[2], "<i4"),
-                    "sin_off": self.misc(node.inputs[3], "<i4")}, "ROPE", True
+                    "sin_off": self.misc(node.inputs[3], "<i4")}, "ROPE"
         if node.op == "hw_quant8":
-            return self.kv_cache(node), "KVAPP", False
+            return self.kv_cache(node), "KVAPP"
         if node.op == "hw_attention":
             k, v = self.caches[node.inputs[1].name], self.caches[node.inputs[3].name]
             return {"heads": a["heads"], "kv_heads": a["kv_heads"], "head_dim": a["head_dim"], "scale": a["scale"],
                     "k_channel": k[0], "k_codes_off": k[1], "k_scales_off": k[2],
-                    "v_channel": v[0], "v_codes_off": v[1], "v_scales_off": v[2]}, "ATTN", True
+                    "v_channel": v[0], "v_codes_off": v[1], "v_scales_off": v[2]}, "ATTN"
         if node.op == "hw_act":
-            return {"cols": cols, "fn": ACT_FNS[a["fn"]]}, "ACT", True
+            return {"cols": cols, "fn": ACT_FNS[a["fn"]]}, "ACT"
         if node.op in ("hw_mul", "hw_add"):
-            return {"cols": cols}, {"hw_mul": "EMUL", "hw_add": "EADD"}[node.op], True
+            return {"cols": cols}, {"hw_mul": "EMUL", "hw_add": "EADD"}[node.op]
         if node.op == "hw_scale":
-            return {"cols": cols, "vec_off": self.misc(node.inputs[1], "<f4")}, "ESCALE", True
+            return {"cols": cols, "vec_off": self.misc(node.inputs[1], "<f4")}, "ESCALE"
         if node.op == "hw_to_float":  # fused into the matmul that produces the logits
-            return {}, None, False
+            return {}, None
         raise LlmcError(f"{self.module.name}: %{node.outputs[0].name} = {node.op} has no instruction")
 
     def run(self) -> Compiled:
@@ -252,11 +232,56 @@ class Compiler:
         self.io_logits = pack.align(8 * rows)
         io = {"ids_offset": 0, "pos_offset": 4 * rows, "logits_offset": self.io_logits,
               "io_bytes": self.io_logits + pack.align(rows * vocab * 4), "vocab": vocab}
-        programs, need = {}, 0
-        for bucket in self.config.buckets:
-            programs[bucket], count = self.program(bucket)
-            need = max(need, count)
-        return Compiled(self.config, programs, self.lanes, list(self.kv), io, need, self.max_tile, self.layers)
+        programs = {bucket: self.program(bucket) for bucket in self.config.buckets}
+        return Compiled(self.config, programs, self.lanes, list(self.kv), io, self.buffers, self.max_tile, self.layers)
+
+
+def logits_values(module: Module) -> set[str]:
+    """The matmul results that leave as logits (written to the io channel, not to a buffer)."""
+    step = module.functions["step"]
+    producers, users = step.producers(), step.users()
+    names = {n.inputs[0].name for n in step.nodes if n.op == "hw_to_float"}
+    for name in names:
+        producer = producers.get(name)
+        if producer is None or producer.op != "hw_matmul" or len(users[name]) != 1:
+            raise LlmcError(f"{module.name}: logits must come straight from a linear layer (%{name})")
+    return names
+
+
+def _writes(node: Node, to_io: set[str]) -> bool | None:
+    """Whether the instruction of ``node`` writes an activation buffer; None: it has none."""
+    if node.op in ("param", "concat", "hw_to_float"):
+        return None
+    if node.op == "hw_quant8":
+        return False  # appends to the KV cache
+    return node.outputs[0].name not in to_io
+
+
+def allocate_buffers(step: Function, to_io: set[str]) -> tuple[dict[str, int], int]:
+    """On-chip activation buffers by liveness: the buffer each instruction writes (never one of
+    its operands': an engine may still read a row it has already written), and how many."""
+    last_use = {v.name: i for i, node in enumerate(step.nodes) for v in node.inputs}
+    buffer_of: dict[str, int] = {}
+    free: list[int] = []
+    count = 0
+    for i, node in enumerate(step.nodes):
+        writes = _writes(node, to_io)
+        if writes is None:
+            continue
+        ins = [v for v in node.inputs if v.name in buffer_of]
+        if writes:
+            if free:
+                free.sort()
+                buffer_of[node.outputs[0].name] = free.pop(0)
+            else:
+                buffer_of[node.outputs[0].name], count = count, count + 1
+        free += [buffer_of[v.name] for v in ins if last_use.get(v.name) == i]
+    return buffer_of, count
+
+
+def activation_buffers(module: Module) -> int:
+    """How many activation buffers the programs of a lowered module need."""
+    return max(allocate_buffers(module.functions["step"], logits_values(module))[1], 1)
 
 
 def _pad_rows(x: np.ndarray | None, rows: slice, count: int) -> np.ndarray | None:

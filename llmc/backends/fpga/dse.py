@@ -20,7 +20,7 @@ from .resources import Utilisation, estimate
 from .target import Target
 
 SPARSE_M = (4, 8, 16)  # N:M group sizes the sparse DSP chain selects from
-ACT_BUFFERS = 4  # residual stream, normalised input, projection output, MLP gate/up
+ACT_BUFFERS = 4  # a typical decoder block's need: residual stream, normalised input, projection, MLP gate/up
 LUT_G = 4  # activations per LUT-engine table
 TILE_OVERHEAD = 8  # cycles a lane loses per weight tile besides its adder-tree depth
 TIME_TOLERANCE = 0.01  # designs this close to the fastest count as equally fast
@@ -39,7 +39,8 @@ class ModelNeeds:
     ``weight_bits`` are the code widths of layers on the matrix engine (widths 5-8 run on its 8-bit
     datapath, 1-4 on the 4-bit one); ``lut_bits`` those of layers on the LUT engine (1-4 bits).
     ``sparse`` is an N:M pattern ``(n, m)`` or None. ``weight_bytes`` counts packed weights with their
-    scales; ``kv_bytes_per_token`` the KV cache of one token over all layers.
+    scales; ``kv_bytes_per_token`` the KV cache of one token over all layers; ``act_buffers`` the
+    on-chip activation buffers its programs need (from the instruction compiler's allocation).
     """
 
     layers: int
@@ -55,9 +56,11 @@ class ModelNeeds:
     lut_bits: tuple[int, ...]
     weight_bytes: int
     kv_bytes_per_token: int
+    act_buffers: int = ACT_BUFFERS
 
     def __post_init__(self) -> None:
-        for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "max_context"):
+        for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "max_context",
+                     "act_buffers"):
             _positive(f"ModelNeeds.{name}", getattr(self, name))
         _positive("ModelNeeds.weight_bytes", self.weight_bytes)
         _positive("ModelNeeds.kv_bytes_per_token", self.kv_bytes_per_token)
@@ -178,7 +181,7 @@ def explore(
         max_rows=max_rows,
         max_hidden=max(needs.hidden, needs.intermediate, needs.heads * needs.head_dim),
         max_context=needs.max_context,
-        act_buffers=ACT_BUFFERS,
+        act_buffers=needs.act_buffers,
         buckets=tuple(sorted({b for b in (1, 16, max_rows) if b <= max_rows})),
     )
     lut_lanes = LUT_LANES if needs.lut_bits else (0,)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from llmc.backends.fpga import pack
+from llmc.backends.fpga.accuracy import lowering_accuracy
 from llmc.backends.fpga.codegen import KERNEL_SOURCES, kernel_files
-from llmc.backends.fpga.compile import Compiled, compile_step
+from llmc.backends.fpga.compile import Compiled, activation_buffers, compile_step
 from llmc.backends.fpga.container import container_bytes
 from llmc.backends.fpga.design import AcceleratorConfig
 from llmc.backends.fpga.dse import ModelNeeds, check_fits, estimate_decode, explore
@@ -72,7 +74,8 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
                                  reverse=True)),
         sparse=tuple(int(x) for x in sparse_pat.pop().split(":")) if sparse_pat else None,
         lut_bits=tuple(sorted({n.inputs[1].type.dtype.bits for n in mms if n.attrs["engine"] == "lut"})),
-        weight_bytes=weight_bytes, kv_bytes_per_token=layers * 2 * kv_heads * (head_dim + 4))
+        weight_bytes=weight_bytes, kv_bytes_per_token=layers * 2 * kv_heads * (head_dim + 4),
+        act_buffers=activation_buffers(hw))
 
 
 def design(module: Module, target: str, *, name: str | None = None, max_context: int | None = None,
@@ -87,8 +90,6 @@ def design(module: Module, target: str, *, name: str | None = None, max_context:
     needs = model_needs(hw, context)
     config, _ = explore(board, needs, max_rows=max_rows)
     compiled = compile_step(hw, config)
-    config = replace(config, act_buffers=max(compiled.buffers, 1))
-    compiled.config = config
     utilisation = check_fits(config, board)
     if not utilisation.fits():
         kind, used = utilisation.scarcest()
@@ -101,9 +102,23 @@ def design(module: Module, target: str, *, name: str | None = None, max_context:
     return Design(name or module.name, board, hw, needs, config, utilisation, compiled)
 
 
-def project_files(d: Design, tokenizer_json: str | None) -> dict[str, bytes | str]:
-    """Every file of the project folder."""
-    programs = {f"bucket_{b}": encode_program(p) for b, p in d.compiled.programs.items()}
+def program_size(programs: dict[int, bytes], max_rows: int, context: int) -> dict[str, float]:
+    """The bucketed programs' bytes against one program per sequence length ``1..context``.
+
+    A program compiled for one length has the instructions of the bucket program serving it (only
+    row counts differ), and a length over ``max_rows`` runs as chunks of at most ``max_rows``, so
+    each length costs at least the bytes of the bucket program its chunks use.
+    """
+    buckets = sorted(programs)
+    per_length = sum(len(programs[next(b for b in buckets if b >= min(n, max_rows))]) for n in range(1, context + 1))
+    total = sum(len(p) for p in programs.values())
+    return {"bytes": total, "one_per_length_bytes": per_length, "ratio": total / per_length}
+
+
+def project_files(d: Design, tokenizer_json: str | None, accuracy: dict[str, Any]) -> dict[str, bytes | str]:
+    """Every file of the project folder; ``accuracy`` goes into the report as it is."""
+    encoded = {b: encode_program(p) for b, p in d.compiled.programs.items()}
+    programs = {f"bucket_{b}": p for b, p in encoded.items()}
     digest = hashlib.sha256(b"".join(programs[k] for k in sorted(programs))).hexdigest()
     io = d.compiled.io
     meta = {"name": d.name, "program_digest": digest, "buckets": list(d.config.buckets),
@@ -130,6 +145,7 @@ def project_files(d: Design, tokenizer_json: str | None) -> dict[str, bytes | st
         "resources": {"units": {u: r.__dict__ for u, r in d.utilisation.units.items()},
                       "fractions": d.utilisation.fractions},
         "program_bytes": {k: len(v) for k, v in programs.items()}, "program_digest": digest,
+        "program_size": program_size(encoded, d.config.max_rows, d.config.max_context), "accuracy": accuracy,
         "weight_channel_bytes": [lane.size for lane in d.compiled.weights], "kv_channel_bytes": d.compiled.kv_bytes,
         "layers": d.compiled.layers, "has_weights": has_weights,
         "modelled_decode": {"weights_ms": estimate.weights_s * 1e3, "compute_ms": estimate.compute_s * 1e3,
@@ -146,11 +162,19 @@ def project_files(d: Design, tokenizer_json: str | None) -> dict[str, bytes | st
 
 
 def compile_project(module: Module, target: str, out_dir: Path, *, tokenizer_json: str | None = None,
-                    force: bool = False, name: str | None = None, max_context: int | None = None) -> Design:
-    """Compile ``module`` for ``target`` and write the project folder ``out_dir`` (all or nothing)."""
+                    force: bool = False, name: str | None = None, max_context: int | None = None,
+                    eval_windows: int = 0) -> Design:
+    """Compile ``module`` for ``target`` and write the project folder ``out_dir`` (all or nothing).
+
+    ``eval_windows`` > 0 measures the lowered program against ``module`` on that many 256-token
+    windows of the corpus's test split (:mod:`.accuracy`) and writes the result into the report.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise LlmcError(f"{out_dir}: output folder exists (use --force to replace it)")
+    if eval_windows < 0:
+        raise LlmcError(f"eval_windows must be 0 or more, got {eval_windows}")
     d = design(module, target, name=name or out_dir.name, max_context=max_context)
-    write_project(out_dir, project_files(d, tokenizer_json), force=force)
+    accuracy = lowering_accuracy(module, d.lowered, tokenizer_json, eval_windows)
+    write_project(out_dir, project_files(d, tokenizer_json, accuracy), force=force)
     return d
