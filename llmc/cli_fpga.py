@@ -20,6 +20,8 @@ from llmc.cli import (
 from llmc.cli_compress import add_pipeline_arguments, compress, pipeline_calls
 from llmc.errors import LlmcError
 
+EVAL_WINDOWS = 4  # about 1,000 tokens: seconds on the bundled model
+
 
 def _compile_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
@@ -29,6 +31,9 @@ def _compile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the project folder to write")
     parser.add_argument("--context", type=int, metavar="N", help="compile for a KV cache of N tokens "
                                                                  "(default: the model's maximum)")
+    parser.add_argument("--eval-windows", type=int, default=EVAL_WINDOWS, metavar="N",
+                        help="measure the lowered program's perplexity against the unlowered one on N 256-token "
+                             "windows of the corpus's test split, into the report (0: skip; default %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     add_json_argument(parser)
 
@@ -40,23 +45,31 @@ def compile(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's n
 
     if args.output.exists() and not args.force:
         raise LlmcError(f"{args.output}: output folder exists (use --force to replace it)")
+    if args.eval_windows < 0:
+        raise LlmcError(f"--eval-windows must be 0 or more, got {args.eval_windows}")
     calls = pipeline_calls(args)
     model = load_model(args)
     if calls:
         model, _ = compress(model, calls, args)
     with activity(f"compiling for {args.target}", progress_enabled(args)):
         design = compile_project(model.module, args.target, args.output, tokenizer_json=model.tokenizer_json,
-                                 force=args.force, max_context=args.context)
+                                 force=args.force, max_context=args.context, eval_windows=args.eval_windows)
     report = json.loads((args.output / "report.json").read_text())
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
         fractions = ", ".join(f"{k} {v:.1%}" for k, v in design.utilisation.fractions.items())
-        programs = sum(report["program_bytes"].values())
-        print(f"wrote {args.output}: {len(design.compiled.layers)} linear layers, programs {programs:,} B for "
-              f"buckets {list(design.config.buckets)}, weights {sum(report['weight_channel_bytes']):,} B over "
-              f"{len(design.config.weight_channels)} channels; resources {fractions}; modelled decode "
-              f"{report['modelled_decode']['tokens_per_s']:.1f} tokens/s")
+        size = report["program_size"]
+        print(f"wrote {args.output}: {len(design.compiled.layers)} linear layers, programs {size['bytes']:,} B for "
+              f"buckets {list(design.config.buckets)} ({size['ratio']:.3%} of one program per length), weights "
+              f"{sum(report['weight_channel_bytes']):,} B over {len(design.config.weight_channels)} channels; "
+              f"resources {fractions}; modelled decode {report['modelled_decode']['tokens_per_s']:.1f} tokens/s")
+        accuracy = report["accuracy"]
+        if accuracy["measured"]:
+            p = accuracy["perplexity"]
+            print(f"perplexity on {accuracy['windows']} windows: lowered {p['lowered']:.3f}, unlowered "
+                  f"{p['unlowered']:.3f}; greedy tokens identical: {accuracy['greedy']['identical']} of "
+                  f"{accuracy['greedy']['tokens']}")
     return 0
 
 

@@ -24,24 +24,39 @@ class Perplexity:
     tokens: int  # predicted tokens
 
 
-def window_nll(module: Module, window: np.ndarray) -> float:
-    """Summed next-token negative log-likelihood of one window (float64 log-softmax)."""
+def prefill_logits(module: Module, window: np.ndarray) -> np.ndarray:
+    """Logits [n, V] of the ``prefill`` function over one window from an empty cache."""
+    return run_function(module, "prefill", prefill_inputs(window))["logits"][0]
+
+
+def logits_nll(logits: np.ndarray, window: np.ndarray) -> float:
+    """Summed next-token negative log-likelihood of ``window`` under ``logits`` [n, V]
+    (float64 log-softmax; the last position predicts nothing)."""
     n = len(window)
-    out = run_function(module, "prefill", prefill_inputs(window))
-    logits = out["logits"][0, :-1].astype(np.float64)
-    top = logits.max(axis=-1, keepdims=True)
-    logz = (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))[:, 0]
-    return float((logz - logits[np.arange(n - 1), window[1:]]).sum())
+    x = logits[:-1].astype(np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    logz = (top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True)))[:, 0]
+    return float((logz - x[np.arange(n - 1), window[1:]]).sum())
+
+
+def window_nll(module: Module, window: np.ndarray) -> float:
+    """Summed next-token negative log-likelihood of one window."""
+    return logits_nll(prefill_logits(module, window), window)
+
+
+def corpus_windows(module: Module, tokenizer_json: str | None, max_windows: int | None = None) -> list[np.ndarray]:
+    """The evaluation windows: consecutive non-overlapping 256-token windows of the test split."""
+    if tokenizer_json is None:
+        raise LlmcError(f"model '{module.name}' has no tokenizer: perplexity on the corpus needs one")
+    stream = token_stream(tokenizer_json, "test", int(module.attrs.get("eos_token_id", -1)))
+    return windows(stream, WINDOW, max_windows)
 
 
 def perplexity(module: Module, tokenizer_json: str | None, max_windows: int | None = None,
                progress: Callable[[int, int], None] | None = None) -> Perplexity:
     """Perplexity over consecutive non-overlapping 256-token windows of the test split (each
     window scored from an empty cache), the protocol the bundled model reports."""
-    if tokenizer_json is None:
-        raise LlmcError(f"model '{module.name}' has no tokenizer: perplexity on the corpus needs one")
-    stream = token_stream(tokenizer_json, "test", int(module.attrs.get("eos_token_id", -1)))
-    parts = windows(stream, WINDOW, max_windows)
+    parts = corpus_windows(module, tokenizer_json, max_windows)
     total, count = 0.0, 0
     for i, window in enumerate(parts):
         total += window_nll(module, window)

@@ -12,7 +12,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def render_report(report: dict, utilisation: Utilisation) -> str:
-    c, d, n = report["config"], report["modelled_decode"], report["needs"]
+    c, d, n, size = report["config"], report["modelled_decode"], report["needs"], report["program_size"]
     gib = 2**30
     lines = [
         f"# {report['name']} on {report['target']}",
@@ -37,11 +37,30 @@ def render_report(report: dict, utilisation: Utilisation) -> str:
         "",
         "## Program",
         _table([["bucket", "bytes"], *([k, f"{v:,}"] for k, v in report["program_bytes"].items())]),
+        f"{size['bytes']:,} B in all; one program per sequence length (1 to {n['max_context']}) would take at least "
+        f"{size['one_per_length_bytes']:,} B: the buckets take {size['ratio']:.3%} of that.",
+        "",
+        *_accuracy(report["accuracy"]),
         "## Linear layers",
         _table([["layer", "N", "K", "bits", "engine", "sparse", "tiles", "bytes"],
                 *([x["name"], str(x["n"]), str(x["k"]), str(x["bits"]), x["engine"], x["sparse"] or "-",
                    str(x["tiles"]), f"{x['bytes']:,}"] for x in report["layers"])]),
     ]
-    if "lowering" in report:
-        lines += ["## Lowering accuracy", _table(report["lowering"])]
     return "\n".join(lines)
+
+
+def _accuracy(a: dict) -> list[str]:
+    lines = ["## Accuracy of lowering", ""]
+    if not a["measured"]:
+        return lines + [f"Not measured: {a['reason']}.", ""]
+    p, g = a["perplexity"], a["greedy"]
+    first = "" if g["first_difference"] is None else f" (first difference at token {g['first_difference']})"
+    return lines + [
+        f"The lowered program against the module it was lowered from, in the reference interpreter, on "
+        f"{a['windows']} windows of 256 tokens of the corpus's test split ({a['tokens']:,} predicted tokens):",
+        "",
+        _table([["program", "perplexity"], ["unlowered", f"{p['unlowered']:.3f}"], ["lowered", f"{p['lowered']:.3f}"]]),
+        f"Next-token predictions agree on {a['top1_agreement']:.2%} of the tokens. Greedy decoding from "
+        f"\"{g['prompt']}\": {g['identical']} of {g['tokens']} tokens identical{first}.",
+        "",
+    ]
