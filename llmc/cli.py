@@ -24,7 +24,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llmc import __version__
-from llmc.deploy.generate import SAMPLERS, SamplingOptions
+from llmc.deploy.console import TextStream as _TextStream
+from llmc.deploy.console import add_generation_arguments, parse_ids
+from llmc.deploy.generate import SamplingOptions
 from llmc.errors import LlmcError
 from llmc.io import read_json_object
 from llmc.ir.interpreter import InterpreterError
@@ -226,28 +228,19 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add_generation_arguments(parser)
     parser.add_argument("--lut-kernels", choices=("interpreter", "tvm"), default="interpreter",
                         help="run LUT-mpGEMM layers on the reference interpreter or on TVM CPU kernels")
+    parser.add_argument("--device", choices=("interpreter", "sim", "pynq"), default="interpreter",
+                        help="a compiled project on the instruction-set simulator or an Alveo card (PYNQ), "
+                             "through the deployed runtime (default: the interpreter)")
     add_json_argument(parser)
-
-
-def add_generation_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """--prompt / --prompt-ids (one of them ``required``), --max-new-tokens and the sampling options."""
-    prompt = parser.add_mutually_exclusive_group(required=required)
-    prompt.add_argument("--prompt", metavar="TEXT", help="the prompt text (needs a tokenizer)")
-    prompt.add_argument("--prompt-ids", metavar="IDS", help="the prompt as comma-separated token ids")
-    parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
-                        help="stop after N new tokens, or at the end-of-sequence token (default 32)")
-    parser.add_argument("--sample", choices=SAMPLERS, default="greedy", help="sampling method (default greedy)")
-    parser.add_argument("--top-k", type=int, default=SamplingOptions.top_k, metavar="K",
-                        help="top-k: sample among the K likeliest tokens (default %(default)s)")
-    parser.add_argument("--top-p", type=float, default=SamplingOptions.top_p, metavar="P",
-                        help="top-p: sample from the likeliest tokens reaching probability P (default %(default)s)")
-    parser.add_argument("--temperature", type=float, default=SamplingOptions.temperature, metavar="T",
-                        help="divide the logits by T before top-k/top-p sampling (default %(default)s)")
 
 
 @command(_run_arguments)
 def run(args: argparse.Namespace) -> int:
     """Generate text through the reference interpreter (a compiled project: its lowered program)."""
+    if args.device != "interpreter":
+        from llmc.cli_deploy import run_on_device
+
+        return run_on_device(args)
     model = load_model(args)
     return generate(args, model, lambda: None)
 
@@ -288,36 +281,11 @@ def lut_kernels(model: Model, choice: str) -> dict | None:
     return tvm_lut_kernels(model.module)
 
 
-def parse_ids(text: str) -> list[int]:
-    """``"1, 2,3"`` -> ``[1, 2, 3]``."""
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise LlmcError(f"--prompt-ids: expected comma-separated integers, got '{text}'") from None
-
-
-class TextStream:
-    """Generated tokens as text: :meth:`push` returns the new text, holding back an incomplete
-    character. Without a tokenizer the text is the token ids, space-separated."""
+class TextStream(_TextStream):
+    """Generated tokens as text with ``model``'s tokenizer (token ids without one)."""
 
     def __init__(self, model: Model) -> None:
-        self.model = model
-        self.ids: list[int] = []
-        self.shown = 0
-
-    @property
-    def text(self) -> str | None:
-        return self.model.decode_text(self.ids) if self.model.tokenizer_json is not None else None
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        if self.model.tokenizer_json is None:
-            return f"{' ' if len(self.ids) > 1 else ''}{token}"
-        text = self.model.decode_text(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        piece, self.shown = text[self.shown:], len(text)
-        return piece
+        super().__init__(model.decode_text if model.tokenizer_json is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +295,7 @@ class TextStream:
 
 def build_parser() -> argparse.ArgumentParser:
     import llmc.cli_compress  # noqa: F401  (registers opt and eval)
+    import llmc.cli_deploy  # noqa: F401  (registers deploy)
     import llmc.cli_fpga  # noqa: F401  (registers compile, build and csim)
     import llmc.cli_sim  # noqa: F401  (registers simulate and verify)
 

@@ -27,6 +27,12 @@ class Device(Protocol):
         """Append one token; return its logits, shape [vocab]."""
 
 
+class TimedDevice(Device, Protocol):
+    """A device that reports the seconds of its last call: modelled by a simulator, measured on a card."""
+
+    last_seconds: float
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """``greedy`` takes the arg-max; ``top-k`` samples among the ``k`` likeliest; ``top-p`` from the
@@ -107,6 +113,32 @@ def generate_stream(
             return
         start = clock()
         logits = device.decode(token)
+
+
+class ReportedTime:
+    """A device that reports ``last_seconds`` for each call (modelled by a simulator, measured around
+    the kernel on a card), wrapped so that ``generate_stream(timed, ..., clock=timed.clock)`` yields
+    those seconds per token instead of the host's wall time."""
+
+    def __init__(self, device: TimedDevice) -> None:
+        self.device = device
+        self.elapsed = 0.0
+
+    def clock(self) -> float:
+        return self.elapsed
+
+    def reset(self) -> None:
+        self.device.reset()
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        return self._timed(self.device.prefill(ids))
+
+    def decode(self, token: int) -> np.ndarray:
+        return self._timed(self.device.decode(token))
+
+    def _timed(self, logits: np.ndarray) -> np.ndarray:
+        self.elapsed += float(self.device.last_seconds)
+        return logits
 
 
 def generate(
