@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LLMC := $(VENV)/bin/llmc
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-runtime lint clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
+
+# The deployed runtime in venvs of its own (NumPy < 2 and pynq, built once from PyPI into build/runtime-venv).
+test-runtime: setup
+	$(PY) -m pytest -q -m slow tests/deploy/test_runtime_venv.py
 
 lint: setup
 	$(VENV)/bin/ruff check llmc tests benchmarks scripts

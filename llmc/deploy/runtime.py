@@ -175,8 +175,9 @@ def generate_on(deployment: Deployment, kind: str, args: argparse.Namespace, out
                           "text": text.text, "seconds": seconds, **timing}), file=out)
     else:
         print(file=out)
-        print(f"{kind}: {len(ids)} prompt tokens, prefill {timing['prefill_ms']:.3f} ms, {len(seconds)} new tokens, "
-              f"decode {timing['decode_tokens_per_s']:,.1f} tokens/s ({timing['timing']})", file=sys.stderr)
+        decode = f", decode {timing['decode_tokens_per_s']:,.1f} tokens/s" if len(seconds) > 1 else ""
+        print(f"{kind}: {len(ids)} prompt tokens, prefill {timing['prefill_ms']:.3f} ms, {len(seconds)} new tokens"
+              f"{decode} ({timing['timing']})", file=sys.stderr)
     return 0
 
 
