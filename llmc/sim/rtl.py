@@ -139,8 +139,9 @@ def _cache_root() -> Path:
     return Path(tempfile.gettempdir()) / f"llmc-rtl-{os.getuid()}"
 
 
-def _child(args: list[str], log: Path, timeout_s: float, what: str) -> None:
-    """Run ``python -m llmc.sim.rtl ARGS`` in its own session; past ``timeout_s`` kill it and its children."""
+def _child(args: list[str], log: Path, timeout_s: float, what: str, limit_s: float) -> None:
+    """Run ``python -m llmc.sim.rtl ARGS`` in its own session; past ``timeout_s`` (what is left of the caller's
+    ``limit_s``) kill it and its children."""
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     env.setdefault("MAKEFLAGS", f"-j{min(4, os.cpu_count() or 1)}")
     with log.open("w") as out:
@@ -151,7 +152,7 @@ def _child(args: list[str], log: Path, timeout_s: float, what: str) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise RtlSimError(f"{what}: timed out after {timeout_s:g} s (killed)") from None
+            raise RtlSimError(f"{what}: timed out (limit {limit_s:g} s), killed") from None
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RtlSimError(f"{what}: exited with code {code}:\n{tail}")
@@ -172,7 +173,7 @@ def _build(u: units.Unit, simulator: str, timeout_s: float) -> Path:
                    "sources": [str(folder / name) for name in sources]}
             (folder / "build.json").write_text(json.dumps(job))
             _child(["build", str(folder / "build.json")], folder / "build.log", timeout_s,
-                   f"{u.name} build on {simulator}")
+                   f"{u.name} build on {simulator}", timeout_s)
             (folder / "built").touch()
     return folder / "build"
 
@@ -208,7 +209,7 @@ def check_unit(unit: str, config: dict, x: np.ndarray, w: np.ndarray, zeros: np.
         remaining = max(1.0, timeout_s - (time.monotonic() - start))
         what = f"{u.name} on {simulator}"
         try:
-            _child(["test", str(run / "job.json")], run / "test.log", remaining, what)
+            _child(["test", str(run / "job.json")], run / "test.log", remaining, what, timeout_s)
         except RtlSimError:
             if not (run / "result.json").exists():
                 raise
