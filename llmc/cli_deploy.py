@@ -50,5 +50,5 @@ def run_on_device(args: argparse.Namespace) -> int:
 
 def _project(path: Path) -> Path:
     if not (path / "design.json").is_file():
-        raise LlmcError(f"{path}: not a compiled project (design.json missing): llmc compile MODEL -o {path} first")
+        raise LlmcError(f"{path}: not a compiled project (design.json missing; write one with llmc compile MODEL -o DIR)")
     return path

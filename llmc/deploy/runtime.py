@@ -142,8 +142,8 @@ def open_device(deployment: Deployment, kind: str, xclbin: Path | None = None, c
         return
     path = xclbin or (deployment.folder / deployment.xclbin if deployment.xclbin else None)
     if path is None:
-        raise LlmcError(f"{deployment.folder}: no xclbin deployed: build it (llmc build PROJECT) and deploy with "
-                        "--xclbin, or pass --xclbin PATH")
+        raise LlmcError(f"{deployment.folder}: no xclbin deployed: build one (llmc build PROJECT writes "
+                        "llmc_accel.hw.xclbin), then deploy it (llmc deploy --xclbin), or pass run.py --xclbin FILE")
     device = PynqDevice.open(image, path, card)
     try:
         yield device
