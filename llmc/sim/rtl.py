@@ -126,7 +126,7 @@ def _check_vectors(u: units.Unit, x: np.ndarray, w: np.ndarray, zeros: np.ndarra
         raise ValueError(f"{u.name}: codes must lie in [{lo}, {hi}]")
 
 
-def _sources(u: units.Unit) -> dict[str, str]:
+def bench_sources(u: units.Unit) -> dict[str, str]:
     """File name -> Verilog of the bench: the unit, the result queue, the harness."""
     return {
         f"{u.name}.v": units.render_verilog(u),
@@ -160,7 +160,7 @@ def _child(args: list[str], log: Path, timeout_s: float, what: str, limit_s: flo
 
 def _build(u: units.Unit, simulator: str, timeout_s: float) -> Path:
     """The bench's build folder for ``u`` on ``simulator``, built once per content hash of its sources."""
-    sources = _sources(u)
+    sources = bench_sources(u)
     digest = hashlib.sha256(json.dumps([simulator, sources], sort_keys=True).encode()).hexdigest()[:16]
     folder = _cache_root() / f"{u.name}-{simulator}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)

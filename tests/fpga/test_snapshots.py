@@ -15,6 +15,8 @@ SNAPSHOTS = Path(__file__).parent / "snapshots"
 FILES = ["kernel/llmc_accel.cpp", "include/llmc_accel.h", "connectivity.cfg", "program.txt", "csim/csim_main.cpp"]
 CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
           "num_key_value_heads": 1, "vocab_size": 96, "max_position_embeddings": 64}
+# compressed variants: their RTL units, black-box descriptions and HLS build files
+RTL_RECIPES = {"sparse": "sparsify{pattern=2:4},quantize{bits=4,group=32}", "lut": "quantize{bits=2,group=32},lut-mpgemm"}
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +26,29 @@ def project(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", FILES)
-def test_generated_file_matches_snapshot(project, name):
-    got = (project / name).read_text()
-    snap = SNAPSHOTS / name.replace("/", "__")
+def _check(got: str, snap: Path, name: str) -> None:
     if os.environ.get("LLMC_UPDATE_SNAPSHOTS"):
         snap.parent.mkdir(exist_ok=True)
         snap.write_text(got)
     assert got == snap.read_text(), f"{name} changed: review and regenerate the snapshot"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_generated_file_matches_snapshot(project, name):
+    _check((project / name).read_text(), SNAPSHOTS / name.replace("/", "__"), name)
+
+
+@pytest.mark.parametrize("recipe", list(RTL_RECIPES))
+def test_generated_rtl_matches_snapshot(recipe, tmp_path):
+    import llmc.compiler.passes  # noqa: F401
+    from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
+
+    module = run_pipeline(llmc.load("llama", config=CONFIG).module, parse_pipeline(RTL_RECIPES[recipe]), PassContext())
+    out = tmp_path / f"tiny-{recipe}"
+    compile_project(module, "u280", out)
+    names = ["hls_config.cfg", "run_hls.tcl", *sorted(str(p.relative_to(out)) for p in (out / "rtl").iterdir())]
+    assert len(names) > 3
+    for name in names:
+        _check((out / name).read_text(), SNAPSHOTS / f"{recipe}__{name.replace('/', '__')}", name)
+    stale = {p.name for p in SNAPSHOTS.glob(f"{recipe}__*")} - {f"{recipe}__{n.replace('/', '__')}" for n in names}
+    assert not stale, f"snapshots of files no longer generated: {sorted(stale)}"

@@ -1,5 +1,5 @@
-"""Kernel sources of a compiled design: the top kernel, its header, the arithmetic headers and
-the C-simulation test bench, rendered from ``llmc/hls_templates``."""
+"""Kernel sources of a compiled design: the top kernel, its header, the arithmetic headers, the RTL
+units with their black-box descriptions and the C-simulation test bench, rendered from ``llmc/hls_templates``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from llmc.backends.fpga.cformat import render_tables
 from llmc.backends.fpga.compile import Compiled
 from llmc.backends.fpga.design import kernel_ports
 from llmc.backends.fpga.project import TEMPLATES, render
+from llmc.backends.fpga.units import rtl_files
 from llmc.ir.graph import Module
 
-STATIC_HEADERS = ("llmc_math.h", "llmc_mem.h")
+STATIC_HEADERS = ("llmc_math.h", "llmc_mem.h", "llmc_sparse_mac.h", "llmc_lut_mac.h")
 KERNEL_SOURCES = ("kernel/llmc_accel.cpp",)
 
 
@@ -40,11 +41,12 @@ def kernel_context(name: str, module: Module, compiled: Compiled) -> dict:
 
 
 def kernel_files(name: str, module: Module, compiled: Compiled) -> dict[str, str]:
-    """Project-relative path -> text of every kernel and test-bench source."""
+    """Project-relative path -> text of every kernel, RTL and test-bench source."""
     ctx = kernel_context(name, module, compiled)
     files = {f"include/{h}": (TEMPLATES / "include" / h).read_text() for h in STATIC_HEADERS}
     files["include/llmc_tables.h"] = render_tables()
     files["include/llmc_accel.h"] = render("kernel/llmc_accel.h.j2", **ctx)
     files["kernel/llmc_accel.cpp"] = render("kernel/llmc_accel.cpp.j2", **ctx)
     files["csim/csim_main.cpp"] = render("csim/csim_main.cpp.j2", **ctx)
+    files.update(rtl_files(compiled.config))
     return files

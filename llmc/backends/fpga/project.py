@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 import llmc
 from llmc.backends.fpga.design import INSTR_BITS, AcceleratorConfig, kernel_ports
 from llmc.backends.fpga.target import Target
+from llmc.backends.fpga.units import design_units
 from llmc.errors import LlmcError
 
 TEMPLATES = Path(llmc.__file__).parent / "hls_templates"
@@ -51,13 +52,14 @@ def render(template_name: str, **context: object) -> str:
 
 def project_context(name: str, target: Target, config: AcceleratorConfig, kernel_sources: Sequence[str]) -> dict:
     """The ``project`` dict every build and host template reads; ``kernel_sources`` are the kernel ``.cpp``
-    files relative to the project folder."""
+    files relative to the project folder, ``blackboxes`` the RTL units' black-box descriptions."""
     return {
         "name": name,
         "target": {"name": target.name, "part": target.part, "platform": target.platform},
         "config": config.to_json(),
         "ports": [asdict(port) for port in kernel_ports(config)],
         "kernel_sources": list(kernel_sources),
+        "blackboxes": [f"rtl/{unit.name}.json" for unit in design_units(config)],
         "clock_period_ns": 1000.0 / config.clock_mhz,
         "instr_bytes": INSTR_BITS // 8,
     }

@@ -17,6 +17,7 @@ static const int MAX_GROUPS = 1;
 static const int MAX_HEAD_DIM = 32;
 static const int MAX_HEADS = 2;
 static const int SFU_LANES = 64;
+static const int LUT_G = 4;
 }  // namespace llmc
 
 extern "C" void llmc_accel(

@@ -1,7 +1,10 @@
 // llmc accelerator "tiny": instruction fetch and decode, matrix, LUT and special-function
-// engines. The arithmetic is llmc_math.h's; this file moves data and sequences the units.
+// engines. The arithmetic is llmc_math.h's and, for the sparse DSP chain and the LUT engine, that of the
+// RTL units' C++ models (llmc_sparse_mac.h, llmc_lut_mac.h, rtl/); this file moves data and sequences the units.
 #include "llmc_accel.h"
+#include "llmc_lut_mac.h"
 #include "llmc_math.h"
+#include "llmc_sparse_mac.h"
 
 namespace llmc {
 
@@ -105,42 +108,14 @@ static word_t* kv_port(int channel,
 // Activation buffers, kept on chip between instructions.
 static int32_t act[N_BUFFERS][MAX_ROWS][MAX_HIDDEN];
 
-static void unpack_codes(const uint8_t* tile, int engine, int bits, bool is_signed, int sp_n, int sp_m, int k,
-                         int8_t codes[TILE_N][MAX_HIDDEN]) {
+// DSP engine: the tile's codes (int8 bytes, or int4 nibbles low first) as one int8 per code.
+static void unpack_codes(const uint8_t* tile, int bits, bool is_signed, int k, int8_t codes[TILE_N][MAX_HIDDEN]) {
   const int stored = bits > 4 ? 8 : 4;
-  for (int r = 0; r < TILE_N; ++r) {
-    for (int c = 0; c < k; ++c) {
-#pragma HLS PIPELINE II = 1
-      codes[r][c] = 0;
-    }
-  }
-  if (engine == 2) {  // LUT engine: bit-planes, 8 codes' bits per byte
-    const int plane = TILE_N * k / 8;
-    for (int r = 0; r < TILE_N; ++r) {
-      for (int c = 0; c < k; ++c) {
-#pragma HLS PIPELINE II = 1
-        const int idx = r * k + c;
-        int u = 0;
-        for (int b = 0; b < bits; ++b) u |= ((tile[b * plane + idx / 8] >> (idx % 8)) & 1) << b;
-        codes[r][c] = (int8_t)u;
-      }
-    }
-    return;
-  }
-  const int count = engine == 1 ? TILE_N * (k / sp_m) * sp_n : TILE_N * k;
-  for (int i = 0; i < count; ++i) {
+  for (int i = 0; i < TILE_N * k; ++i) {
 #pragma HLS PIPELINE II = 1
     int v = stored == 8 ? tile[i] : (tile[i / 2] >> (4 * (i % 2))) & 0xF;
     if (is_signed && v >= (1 << (stored - 1))) v -= 1 << stored;
-    if (engine == 1) {  // sparse DSP chain: value i sits at its block's recorded index
-      const int bytes = count * stored / 8;
-      const int index = (tile[bytes + i / 2] >> (4 * (i % 2))) & 0xF;
-      const int per_row = (k / sp_m) * sp_n;
-      const int r = i / per_row, j = i % per_row;
-      codes[r][(j / sp_n) * sp_m + index] = (int8_t)v;
-    } else {
-      codes[i / k][i % k] = (int8_t)v;
-    }
+    codes[i / k][i % k] = (int8_t)v;
   }
 }
 
@@ -191,7 +166,7 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
         read_lane((t + 1) % LANES, weight_off + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(t + 1) % 2],
                   tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
       }
-      unpack_codes(cur, engine, bits, is_signed, sp_n, sp_m, k, codes);
+      if (engine == 0) unpack_codes(cur, bits, is_signed, k, codes);
       for (int j = 0; j < TILE_N; ++j) {
         const int col = t * TILE_N + j;
         if (col >= n) break;
@@ -200,7 +175,18 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
           for (int g = 0; g < groups; ++g) {
             const int zero = has_zero ? load_i16(cur + zeros_at + (j * groups + g) * 2) : 0;
             const int64_t scale = load_i32(cur + scales_at + (j * groups + g) * 4);
-            total += group_dot(&xq[r][g * group], &codes[j][g * group], group, zero) * scale;
+            int64_t dot;
+            if (engine == 1) {  // sparse DSP chain: signed kept values and their indices as packed (no zero points)
+              const int64_t first = ((int64_t)j * (k / sp_m) + (int64_t)g * (group / sp_m)) * sp_n;
+              dot = sparse_mac_group(&xq[r][g * group], cur, cur + count * stored / 8, first, group / sp_m, sp_n,
+                                     sp_m, stored);
+            } else if (engine == 2) {  // LUT engine: bit-planes of the unsigned codes
+              dot = lut_mac_group(&xq[r][g * group], cur, TILE_N * k / 8, (int64_t)j * k + g * group, group / LUT_G,
+                                  LUT_G, bits, zero);
+            } else {
+              dot = group_dot(&xq[r][g * group], &codes[j][g * group], group, zero);
+            }
+            total += dot * scale;
           }
           int32_t y = requantize(total, xs[r], shift);
           if (has_bias) y = saturate((int64_t)y + load_i32(cur + bias_at + j * 4));
