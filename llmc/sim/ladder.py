@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from llmc.errors import LlmcError
+from llmc.sim.iss import Iss
 
 LEVELS = ("interpreter", "iss", "csim", "rtl")
-RTL_SIMULATORS = ("icarus", "verilator")
 
 
 @dataclass
@@ -111,7 +111,7 @@ def verify_project(project: Path, prompt: Sequence[int], decode: int, *, levels:
         out.append(_csim_level(project, prompt, tokens, ref_trace, iss_trace, timeout_s))
     if "rtl" in levels:
         assert iss is not None
-        out.extend(_rtl_levels(iss, timeout_s, rtl_vectors))
+        out.extend(_rtl_levels(iss.iss, timeout_s, rtl_vectors))
     return out
 
 
@@ -129,16 +129,66 @@ def _csim_level(project: Path, prompt: Sequence[int], tokens: Sequence[int], ref
                        against="iss" if iss is not None else "interpreter")
 
 
-def _rtl_levels(iss: object, timeout_s: float, vectors: int) -> list[LevelResult]:
-    from llmc.sim.rtl import unit_cases
+def _rtl_levels(iss: Iss, timeout_s: float, vectors: int) -> list[LevelResult]:
+    from llmc.sim.rtl import SIMULATORS, check_unit
 
     results = []
-    for case in unit_cases(iss, vectors):  # type: ignore[arg-type]
-        for simulator in RTL_SIMULATORS:
-            r = case.check(simulator, timeout_s)
-            results.append(LevelResult(f"rtl:{r.unit}:{simulator}", r.compared, r.mismatches, "bit-exact",
-                                       r.seconds, case.describe(), against="interpreter"))
+    cases = unit_cases(iss, vectors)
+    if not cases:
+        return [LevelResult("rtl", 0, 0, "bit-exact", 0.0, "the design instantiates no RTL units (dense engines only)")]
+    for case in cases:
+        for simulator in SIMULATORS:
+            deadline = Deadline(f"rtl {case.unit} on {simulator}", timeout_s)
+            r = check_unit(case.unit, case.config, case.x, case.w, case.zeros, simulator, timeout_s)
+            deadline.check()
+            results.append(LevelResult(f"rtl:{case.unit}:{simulator}", r.compared, r.mismatches, "bit-exact",
+                                       r.seconds, case.layer, against="interpreter"))
     return results
+
+
+@dataclass
+class UnitCase:
+    """Group dot products of one layer, as the RTL unit of its engine computes them."""
+
+    unit: str
+    config: dict
+    layer: str
+    x: np.ndarray
+    w: np.ndarray
+    zeros: np.ndarray | None
+
+
+def unit_cases(iss: Iss, vectors: int, seed: int = 0) -> list[UnitCase]:
+    """For each RTL unit the design instantiates, up to ``vectors`` (activation row, output, group) products of
+    the first layer that runs on it, from the int8 activations the ISS captured and the layer's codes."""
+    from llmc.backends.fpga.units import design_units
+    from llmc.ir.ops import hw_math as hm
+
+    assert iss.capture is not None, "run the ISS with capture on first"
+    rng = np.random.default_rng(seed)
+    config = iss.image.config
+    wanted = {("sparse" if u.kind == "sparse_mac" else "lut", u.bits): u for u in design_units(config)}
+    out: list[UnitCase] = []
+    for offset, x in iss.capture.items():
+        w = iss.weights[offset]
+        engine, stored = w.attrs["engine"], 8 if w.bits > 4 else 4
+        unit = wanted.pop((engine, stored if engine == "sparse" else w.bits), None)
+        if unit is None:
+            continue
+        group = w.attrs["group"]
+        xq, _ = hm.quant8(x, x.shape[-1])
+        codes = w.inputs[0]
+        zeros = w.inputs[2] if w.has_zero else None
+        rows, n, groups = len(xq), len(codes), codes.shape[1] // group
+        picks = rng.choice(rows * n * groups, size=min(vectors, rows * n * groups), replace=False)
+        r, j, g = picks // (n * groups), picks // groups % n, picks % groups
+        cols = g[:, None] * group + np.arange(group)[None, :]
+        unit_zeros = None
+        if unit.kind == "lut_mac":
+            unit_zeros = zeros[j, g] if zeros is not None else np.zeros(len(picks), dtype=np.int64)
+        out.append(UnitCase(unit.kind, {**unit.to_json(), "group": group}, iss.timing.layer_names.get(offset, ""),
+                            xq[r[:, None], cols].astype(np.int64), codes[j[:, None], cols], unit_zeros))
+    return out
 
 
 def format_table(results: Sequence[LevelResult]) -> str:
