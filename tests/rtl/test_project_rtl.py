@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 import llmc
+import llmc.compiler.passes  # noqa: F401  (registers the passes)
 from llmc.backends.fpga import units
+from llmc.backends.fpga.design import AcceleratorConfig
 from llmc.backends.fpga.flow import compile_project
+from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
 from llmc.sim.rtl import check_unit, random_vectors
 
 pytestmark = pytest.mark.rtl
@@ -26,9 +29,6 @@ RECIPES = {"sparse": "sparsify{pattern=2:4},quantize{bits=4,group=32}", "lut": "
 
 @pytest.fixture(scope="module", params=list(RECIPES))
 def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import llmc.compiler.passes  # noqa: F401
-    from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
-
     module = run_pipeline(llmc.load("llama", config=CONFIG).module, parse_pipeline(RECIPES[request.param]),
                           PassContext())
     out = tmp_path_factory.mktemp("rtl_project") / request.param
@@ -86,8 +86,6 @@ def test_project_units_match_the_interpreter(project: Path) -> None:
     if shutil.which("iverilog") is None or importlib.util.find_spec("cocotb") is None:
         pytest.skip("needs iverilog and cocotb")
     design = json.loads((project / "design.json").read_text())
-    from llmc.backends.fpga.design import AcceleratorConfig
-
     for unit in units.design_units(AcceleratorConfig.from_json(design["config"])):
         config = {**unit.to_json(), "group": 2 * unit.beat_activations}
         x, w, zeros = random_vectors(unit.kind, config, 1000, seed=5)

@@ -143,7 +143,7 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
   const int bits = flags & 0xF, engine = (flags >> 4) & 3;
   const bool has_zero = (flags >> 6) & 1, has_bias = (flags >> 7) & 1, is_signed = !((flags >> 8) & 1);
   const bool to_io = (flags >> 10) & 1;
-  const int sp_n = (flags >> 12) & 0xF, sp_m = (flags >> 16) & 0xF;
+  const int sp_n = (flags >> 12) & 0xF, sp_m = (flags >> 16) & 0x1F;  // M = 16 sets bit 20
   const int groups = k / group;
   const int stored = bits > 4 ? 8 : 4;
   const int count = engine == 1 ? TILE_N * (k / sp_m) * sp_n : TILE_N * k;
