@@ -1,20 +1,27 @@
-"""TVM CPU backend: LUT-mpGEMM GEMV kernels (docs/lut.md) and a dequantize baseline.
+"""TVM backends: an IR module compiled to CPUs (LLVM), NVIDIA GPUs (CUDA) and OpenCL devices.
 
-``build_lut_gemv`` / ``build_dequant_gemv`` return a ``GemvKernel``; ``kernel.pack`` re-lays the
-docs/lut.md bit-planes, scales and zeros (see ``pack``), and ``kernel(x, *packed)`` runs it.
+``compile_model(model, target="cpu" | "cuda" | "opencl")`` returns a callable
+:class:`~llmc.backends.tvm.device.CompiledModel` that is also a generation device (see
+docs/tvm.md). The LUT-mpGEMM GEMV kernels for AVX-512 CPUs (``build_lut_gemv``,
+``build_dequant_gemv``) are here too. Names are imported on first use, so that the TVM-free
+modules (``device``, ``launch``, ``layouts``) load where TVM is not installed.
 """
 
-from .build import GemvKernel, build_dequant_gemv, build_lut_gemv, host_target, set_num_threads
-from .pack import Geometry, PackedWeights, codes_from_planes, pack_for_tvm
+from __future__ import annotations
 
-__all__ = [
-    "GemvKernel",
-    "Geometry",
-    "PackedWeights",
-    "build_dequant_gemv",
-    "build_lut_gemv",
-    "codes_from_planes",
-    "host_target",
-    "pack_for_tvm",
-    "set_num_threads",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "compile_model": "compile", "TARGETS": "compile", "CompiledModel": "device", "load_compiled": "device",
+    "GemvKernel": "build", "build_dequant_gemv": "build", "build_lut_gemv": "build", "host_target": "build",
+    "set_num_threads": "build", "Geometry": "pack", "PackedWeights": "pack", "codes_from_planes": "pack",
+    "pack_for_tvm": "pack",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'llmc.backends.tvm' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"llmc.backends.tvm.{_EXPORTS[name]}"), name)

@@ -1,0 +1,110 @@
+"""``compile_model``: an IR module lowered to Relax, scheduled and built for CPU, CUDA or OpenCL.
+
+- ``cpu``: LLVM for the host CPU, run by the Relax VM.
+- ``cuda``: TVM generates CUDA kernels. Where TVM's CUDA runtime sees a GPU they run through the
+  Relax VM; elsewhere ``nvcc`` compiles them to a cubin (``cuda.py``) and CuPy launches them from a
+  kernel plan (``launch.py``), which needs no TVM on the GPU machine.
+- ``opencl``: TVM generates OpenCL C kernels; the ``apache-tvm`` wheel has no OpenCL runtime, so
+  they run from a kernel plan through pyopencl (on PoCL in CI; any OpenCL device otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.target import Target
+
+from llmc.backends.tvm.build import host_target
+from llmc.backends.tvm.device import CompiledModel, PlanExecutor, Signature
+from llmc.backends.tvm.launch import OpenCLBackend, Plan
+from llmc.backends.tvm.lower import lower_module
+from llmc.backends.tvm.plan import DeviceCode, build_plan
+from llmc.backends.tvm.schedule import scheduled, vm_pipeline
+from llmc.errors import LlmcError
+from llmc.ir.graph import Module
+from llmc.model import Model
+
+TARGETS = ("cpu", "cuda", "opencl")
+DEFAULT_CUDA_ARCH = "sm_90"
+FUNCTIONS = ("prefill", "decode")
+
+
+def tvm_target(name: str, arch: str | None = None) -> Target:
+    """The TVM target of ``cpu``, ``cuda`` (``arch`` like ``sm_90``; default: the GPU's, else sm_90)
+    or ``opencl``; GPU targets have the host CPU as their host."""
+    if name == "cpu":
+        return host_target()
+    if name == "cuda":
+        if arch is None:
+            gpu = tvm.cuda(0)
+            arch = f"sm_{gpu.compute_version.replace('.', '')}" if gpu.exist else DEFAULT_CUDA_ARCH
+        limits = {"max_shared_memory_per_block": 49152, "max_threads_per_block": 1024, "thread_warp_size": 32}
+        return Target({"kind": "cuda", "arch": arch, **limits}, host=host_target())
+    if name == "opencl":
+        return Target({"kind": "opencl"}, host=host_target())
+    raise LlmcError(f"unknown TVM target '{name}' (choose from {', '.join(TARGETS)})")
+
+
+class VmExecutor:
+    """The Relax VM on one TVM device."""
+
+    def __init__(self, executable: tvm.runtime.Executable, device: tvm.runtime.Device) -> None:
+        self.vm = relax.VirtualMachine(executable, device)
+        self.device = device
+
+    def upload(self, array: np.ndarray) -> Any:
+        return tvm.runtime.tensor(array, self.device)
+
+    def download(self, value: Any) -> np.ndarray:
+        return value.numpy()
+
+    def call(self, function: str, args: list[Any]) -> list[Any]:
+        return list(self.vm[function](*args))
+
+
+@dataclass
+class Lowered:
+    """A module lowered to Relax: the IRModule, weight arrays by key and function signatures."""
+
+    name: str
+    mod: tvm.IRModule
+    weights: dict[str, np.ndarray]
+    signatures: dict[str, Signature]
+    max_position: int
+
+
+def lower(model: Model | Module) -> Lowered:
+    """Lower a model's ``prefill`` and ``decode`` to Relax (weights packed for the kernels)."""
+    module = model.module if isinstance(model, Model) else model
+    if not module.has_weights:
+        raise LlmcError(f"module '{module.name}' has no weights (imported shapes-only); it cannot be compiled to run")
+    mod, weights, signatures = lower_module(module, FUNCTIONS)
+    return Lowered(module.name, mod, weights.arrays, signatures, int(module.attrs.get("max_position", 0) or 0))
+
+
+def kernel_plan(lowered: Lowered, target: Target) -> tuple[Plan, DeviceCode]:
+    """The kernel plan and generated device source of a lowered model for a GPU-class target."""
+    return build_plan(scheduled(lowered.mod, target), target, FUNCTIONS)
+
+
+def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | None = None) -> CompiledModel:
+    """Compile ``model`` for ``target`` (``cpu``, ``cuda`` or ``opencl``); the result runs its functions
+    (``result("decode", ...)``) and is a generation device (``Model.stream(device=result)``)."""
+    tt = tvm_target(target, arch)
+    lowered = lower(model)
+    if target == "cpu" or (target == "cuda" and tvm.cuda(0).exist):
+        device = tvm.cpu() if target == "cpu" else tvm.cuda(0)
+        executable = tvm.compile(lowered.mod, tt, relax_pipeline=vm_pipeline(tt))
+        executor: Any = VmExecutor(executable, device)
+    elif target == "opencl":
+        plan, code = kernel_plan(lowered, tt)
+        executor = PlanExecutor(plan, OpenCLBackend(code.source))
+    else:
+        from llmc.backends.tvm.cuda import cuda_executor
+
+        executor = cuda_executor(*kernel_plan(lowered, tt))
+    return CompiledModel(lowered.name, target, executor, lowered.signatures, lowered.weights, lowered.max_position)

@@ -1,0 +1,181 @@
+"""Lowerings of the core and neural-network IR ops to Relax ops (legalized to TIR by TVM)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tvm import relax
+from tvm.relax import op as R
+
+from llmc.backends.tvm.lower import FunctionLowering, handles, tvm_dtype
+from llmc.errors import LlmcError
+from llmc.ir.graph import Node
+from llmc.ir.types import Dim
+
+_BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
+           "maximum": R.maximum, "minimum": R.minimum, "eq": R.equal, "ne": R.not_equal, "lt": R.less,
+           "le": R.less_equal, "gt": R.greater, "ge": R.greater_equal, "logical_and": R.logical_and,
+           "logical_or": R.logical_or}
+_UNARY = {"exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "tanh": R.tanh, "sigmoid": R.sigmoid,
+          "silu": R.nn.silu, "relu": R.nn.relu, "erf": R.erf, "cos": R.cos, "sin": R.sin, "gelu": R.nn.gelu,
+          "gelu_tanh": R.nn.gelu_tanh, "neg": R.negative, "abs": R.abs, "logical_not": R.logical_not}
+_REDUCE = {"reduce_sum": R.sum, "reduce_mean": R.mean, "reduce_max": R.max, "reduce_min": R.min}
+
+
+def _emit(lw: FunctionLowering, expr: relax.Expr) -> list[relax.Expr]:
+    return [lw.bb.emit(expr)]
+
+
+def _int_arithmetic_check(lw: FunctionLowering, node: Node) -> None:
+    """Integer results narrower than their storage would need wrapping that TVM does not do."""
+    dtype = node.outputs[0].type.dtype
+    if dtype.is_int and dtype.bits != dtype.numpy().itemsize * 8:
+        raise LlmcError(f"func @{lw.func.name}, %{node.outputs[0].name} = {node.op}: "
+                        f"{dtype} arithmetic is not supported by the TVM backend")
+
+
+@handles(*_BINARY)
+def _binary(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    _int_arithmetic_check(lw, node)
+    return _emit(lw, _BINARY[node.op](lw.arg(node, 0), lw.arg(node, 1)))
+
+
+@handles(*_UNARY)
+def _unary(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    _int_arithmetic_check(lw, node)
+    return _emit(lw, _UNARY[node.op](lw.arg(node, 0)))
+
+
+@handles("reciprocal")
+def _reciprocal(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    x = lw.arg(node, 0)
+    one = relax.const(1.0, tvm_dtype(node.outputs[0].type.dtype))
+    return _emit(lw, R.divide(one, x))
+
+
+@handles("where")
+def _where(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    return _emit(lw, R.where(lw.arg(node, 0), lw.arg(node, 1), lw.arg(node, 2)))
+
+
+@handles("cast")
+def _cast(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    _int_arithmetic_check(lw, node)
+    return _emit(lw, R.astype(lw.arg(node, 0), tvm_dtype(node.attrs["dtype"])))
+
+
+@handles(*_REDUCE)
+def _reduce(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    rank = node.inputs[0].type.rank
+    axes = sorted({a % max(rank, 1) for a in node.attrs["axes"]})
+    return _emit(lw, _REDUCE[node.op](lw.arg(node, 0), axes, bool(node.attrs["keepdim"])))
+
+
+@handles("cumsum")
+def _cumsum(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    return _emit(lw, R.cumsum(lw.arg(node, 0), node.attrs["axis"]))
+
+
+@handles("constant")
+def _constant(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    out = node.outputs[0].type
+    dtype = tvm_dtype(out.dtype)
+    value = node.attrs["value"]
+    if isinstance(value, list):
+        return [relax.const(np.asarray(value).astype(dtype).reshape([d.value for d in out.shape]), dtype)]
+    scalar = relax.const(np.asarray(value).astype(dtype), dtype)
+    if out.rank == 0:
+        return [scalar]
+    return _emit(lw, R.broadcast_to(scalar, lw.shape(out)))
+
+
+@handles("iota")
+def _iota(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    start, end = (lw.dim(Dim.of(node.attrs[k])) for k in ("start", "end"))
+    return _emit(lw, R.arange(start, end, node.attrs["step"], tvm_dtype(node.attrs["dtype"])))
+
+
+@handles("reshape")
+def _reshape(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    return _emit(lw, R.reshape(lw.arg(node, 0), lw.shape(node.outputs[0].type)))
+
+
+@handles("transpose")
+def _transpose(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    return _emit(lw, R.permute_dims(lw.arg(node, 0), node.attrs["perm"]))
+
+
+@handles("concat")
+def _concat(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    rank = node.inputs[0].type.rank
+    return _emit(lw, R.concat([lw.value(v) for v in node.inputs], node.attrs["axis"] % rank))
+
+
+@handles("slice")
+def _slice(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    rank = node.inputs[0].type.rank
+    start, end = (lw.dim(Dim.of(node.attrs[k])) for k in ("start", "end"))
+    return _emit(lw, R.strided_slice(lw.arg(node, 0), [node.attrs["axis"] % rank], [start], [end],
+                                     [node.attrs["step"]], assume_inbound=True))
+
+
+@handles("expand")
+def _expand(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    return _emit(lw, R.broadcast_to(lw.arg(node, 0), lw.shape(node.outputs[0].type)))
+
+
+@handles("gather")
+def _gather(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    rank = node.inputs[0].type.rank
+    return _emit(lw, R.take(lw.arg(node, 0), lw.arg(node, 1), node.attrs["axis"] % rank))
+
+
+@handles("embedding")
+def _embedding(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    return _emit(lw, R.take(lw.arg(node, 0), lw.arg(node, 1), 0))
+
+
+@handles("matmul")
+def _matmul(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    _int_arithmetic_check(lw, node)
+    return _emit(lw, R.matmul(lw.arg(node, 0), lw.arg(node, 1)))
+
+
+@handles("softmax")
+def _softmax(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    return _emit(lw, R.nn.softmax(lw.arg(node, 0), node.attrs["axis"]))
+
+
+@handles("rms_norm")
+def _rms_norm(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    return _emit(lw, R.nn.rms_norm(lw.arg(node, 0), lw.arg(node, 1), [-1], node.attrs["eps"]))
+
+
+@handles("layer_norm")
+def _layer_norm(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    x = lw.arg(node, 0)
+    width = node.inputs[0].type.shape[-1].value
+    dtype = tvm_dtype(node.inputs[0].type.dtype)
+    gamma = lw.arg(node, 1) if len(node.inputs) > 1 else relax.const(np.ones(width, dtype), dtype)
+    beta = lw.arg(node, 2) if len(node.inputs) > 2 else relax.const(np.zeros(width, dtype), dtype)
+    return _emit(lw, R.nn.layer_norm(x, gamma, beta, [-1], node.attrs["eps"]))
+
+
+@handles("attention")
+def _attention(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    """``softmax(q k^T * scale + mask) v`` with KV heads repeated for grouped queries."""
+    q, k, v = (lw.arg(node, i) for i in range(3))
+    qt, kt = node.inputs[0].type, node.inputs[1].type
+    group = qt.shape[1].value // kt.shape[1].value
+    if group > 1:
+        k, v = (lw.bb.emit(R.repeat(t, group, 1)) for t in (k, v))
+    scale = node.attrs["scale"]
+    scale = scale if scale is not None else 1.0 / math.sqrt(qt.shape[3].value)
+    dtype = tvm_dtype(qt.dtype)
+    scores = lw.bb.emit(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])))
+    scores = lw.bb.emit(R.multiply(scores, relax.const(scale, dtype)))
+    if len(node.inputs) == 4:
+        scores = lw.bb.emit(R.add(scores, lw.arg(node, 3)))
+    return _emit(lw, R.matmul(R.nn.softmax(scores, -1), v))
+
