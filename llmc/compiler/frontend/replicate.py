@@ -82,6 +82,8 @@ class Replicator:
     """The analysis of a two-block step (:meth:`__init__`) and its growth (:meth:`run`)."""
 
     def __init__(self, module: Module, func: Function, origins: list[str]) -> None:
+        if len(origins) != len(func.nodes):
+            raise NotReplicable(f"{len(origins)} origins for {len(func.nodes)} nodes")
         self.module, self.func = module, func
         self.param_nodes = [n for n in func.nodes if n.op == "param"]
         self.param_name = {n.outputs[0].name: n.attrs["name"] for n in self.param_nodes}
