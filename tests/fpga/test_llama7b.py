@@ -51,6 +51,8 @@ def test_shapes_only_7b_compiles_to_a_project_that_fits(config_dir: Path, tmp_pa
     assert max(report["kv_channel_bytes"]) <= u280.memory.channel_bytes
     assert {x["engine"] for x in report["layers"] if "lm_head" not in x["name"]} == {engine}
     assert len(report["layers"]) == 32 * 7 + 1
+    offsets = [x["offset"] for x in report["layers"]]  # placed without data: one striped span per layer
+    assert offsets == sorted(set(offsets)) and offsets[-1] < max(report["weight_channel_bytes"])
     assert report["accuracy"] == {"measured": False, "reason": "the model has no weights (shapes only)"}
     programs = read_container(out / "program.bin", "program")
     assert sorted(programs.sections) == ["bucket_1", "bucket_16", "bucket_64"]

@@ -50,7 +50,7 @@ class Compiled:
     io: dict[str, int]
     buffers: int
     max_tile_bytes: int
-    layers: list[dict] = field(default_factory=list)  # per MM: name, n, k, bits, engine, bytes
+    layers: list[dict] = field(default_factory=list)  # per MM: name, n, k, bits, engine, tiles, bytes, offset
 
 
 class Compiler:
@@ -134,7 +134,7 @@ class Compiler:
             self._pack_matmul(node, layout, tiles, sparse)
             self.layers.append({"name": name.removesuffix(".hw_codes"), "n": n, "k": k, "bits": bits, "engine": engine,
                                 "sparse": f"{sparse[0]}:{sparse[1]}" if sparse else "", "tiles": tiles,
-                                "bytes": tiles * layout["size"]})
+                                "bytes": tiles * layout["size"], "offset": self.placed[name]})
         flags = mm_flags(bits, engine, a["has_zero"], a["has_bias"], not codes_v.type.dtype.signed, sparse, to_io)
         self.max_tile = max(self.max_tile, layout["size"])
         return {"n": n, "k": k, "group": group, "shift": a["shift"], "flags": flags, "weight_off": self.placed[name],

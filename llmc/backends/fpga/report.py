@@ -42,9 +42,11 @@ def render_report(report: dict, utilisation: Utilisation) -> str:
         "",
         *_accuracy(report["accuracy"]),
         "## Linear layers",
-        _table([["layer", "N", "K", "bits", "engine", "sparse", "tiles", "bytes"],
+        "Tiles are dealt round-robin over the weight channels from the same offset on each.",
+        "",
+        _table([["layer", "N", "K", "bits", "engine", "sparse", "tiles", "bytes", "offset"],
                 *([x["name"], str(x["n"]), str(x["k"]), str(x["bits"]), x["engine"], x["sparse"] or "-",
-                   str(x["tiles"]), f"{x['bytes']:,}"] for x in report["layers"])]),
+                   str(x["tiles"]), f"{x['bytes']:,}", f"0x{x['offset']:x}"] for x in report["layers"])]),
     ]
     return "\n".join(lines)
 
