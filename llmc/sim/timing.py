@@ -59,7 +59,7 @@ class Cost:
     memory_cycles: float
     compute_cycles: float
     hbm_bytes: int
-    macs: int = 0
+    macs: int = 0  # executed: N:M sparse layers skip their zeros
     sfu_elements: int = 0
     layer: str = ""
 
@@ -158,6 +158,7 @@ class TimingModel:
         lane_tiles = ceil(tiles / c.mm_lanes)
         memory = self._mem(passes * lane_tiles * tile_bytes)
         drain = log2(max(2, c.mm_tile_k)) + TILE_OVERHEAD
+        density = sp_n / sp_m if engine == 1 and sp_m else 1.0  # N:M sparse tiles skip the zeros
         compute = 0.0
         for p in range(passes):
             block = min(row_block, rows - p * row_block)
@@ -165,14 +166,14 @@ class TimingModel:
                 per_lane = max(1, c.lut_lanes // c.mm_lanes) * c.lut_g
                 per_tile = block * c.mm_tile_n * k * bits / per_lane
             else:
-                density = sp_n / sp_m if engine == 1 and sp_m else 1.0
                 per_tile = block * c.mm_tile_n * k * density / c.mm_tile_k
             compute += lane_tiles * (per_tile + drain)
         fill = min(tile_bytes / self.channel_bytes_per_cycle, compute / max(1, passes * lane_tiles))
         quant = self._sfu(rows * k, 2)  # per-row int8 quantisation of the input (max, then codes)
         out_bytes = rows * n * 4 if flags >> 10 & 1 else 0
         cycles = max(memory, compute) + fill + quant + HBM_LATENCY + INSTR_OVERHEAD
-        return Cost("MM", cycles, memory, compute, passes * tiles * tile_bytes + out_bytes, macs=rows * n * k,
+        return Cost("MM", cycles, memory, compute, passes * tiles * tile_bytes + out_bytes,
+                    macs=round(rows * n * k * density),
                     sfu_elements=2 * rows * k, layer=self.layer_names.get(int(f["weight_off"]), ""))
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from itertools import product
 from math import ceil, log2
 
+from llmc.backends.fpga import pack
 from llmc.errors import LlmcError
 
 from .design import AcceleratorConfig
@@ -33,6 +34,24 @@ GIB = 2**30
 
 
 @dataclass(frozen=True)
+class Matrix:
+    """One linear layer as the weight lanes store it (for placing its tiles)."""
+
+    n: int
+    k: int
+    engine: str
+    bits: int
+    groups: int
+    has_zero: bool
+    has_bias: bool
+    sparse: tuple[int, int] | None
+
+    def tile_bytes(self, tile_n: int) -> int:
+        return pack.tile_layout(self.engine, self.bits, tile_n, self.k, self.groups, self.has_zero, self.has_bias,
+                                self.sparse)["size"]
+
+
+@dataclass(frozen=True)
 class ModelNeeds:
     """What a compiled model asks of the accelerator: its shape, weight formats and memory.
 
@@ -40,7 +59,8 @@ class ModelNeeds:
     datapath, 1-4 on the 4-bit one); ``lut_bits`` those of layers on the LUT engine (1-4 bits).
     ``sparse`` is an N:M pattern ``(n, m)`` or None. ``weight_bytes`` counts packed weights with their
     scales; ``kv_bytes_per_token`` the KV cache of one token over all layers; ``act_buffers`` the
-    on-chip activation buffers its programs need (from the instruction compiler's allocation).
+    on-chip activation buffers its programs need (from the instruction compiler's allocation);
+    ``matrices`` the linear layers, when known, so that the exploration places their tiles exactly.
     """
 
     layers: int
@@ -57,6 +77,7 @@ class ModelNeeds:
     weight_bytes: int
     kv_bytes_per_token: int
     act_buffers: int = ACT_BUFFERS
+    matrices: tuple[Matrix, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "max_context",
@@ -103,7 +124,7 @@ class DecodeEstimate:
 
     weights_s: float  # streaming every weight over the weight channels
     compute_s: float  # the matrix (and LUT) engine's MACs
-    kv_s: float  # reading the full KV cache over the KV channels
+    kv_s: float  # reading the KV cache over the KV channels, at half the context (the average of a full run)
     sfu_s: float  # special functions
 
     @property
@@ -134,9 +155,9 @@ def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds
     if config.lut_lanes:
         compute = max(compute, needs.macs_per_token * max(config.lut_bits) / (config.lut_lanes * config.lut_g * hz))
     return DecodeEstimate(
-        weights_s=needs.weight_bytes / (config.mm_lanes * channel),
+        weights_s=lane_stream_bytes(config, needs) / channel,
         compute_s=compute,
-        kv_s=needs.kv_bytes / (len(config.kv_channels) * channel),
+        kv_s=needs.kv_bytes / 2 / (len(config.kv_channels) * channel),
         sfu_s=needs.sfu_elements / (config.sfu_lanes * hz),
     )
 
@@ -204,6 +225,8 @@ def explore(
             io_channel=io,
             program_memory="DDR[0]" if target.ddr.banks else f"HBM[{io}]",
         )
+        if lane_bytes(config, needs) > target.memory.channel_bytes:
+            continue  # its tiles do not fit one channel per lane
         decode = estimate_decode(config, target, needs)
         if decode.total_s > fastest * (1 + TIME_TOLERANCE):
             continue  # slower than a design that fits: never chosen
@@ -213,6 +236,9 @@ def explore(
             fastest = min(fastest, decode.total_s)
         elif closest is None or used.scarcest()[1] < closest.scarcest()[1]:
             closest = used
+    if not fitting and closest is None:
+        raise LlmcError(f"{target.name}: the model's weight tiles do not fit {target.memory.channel_bytes / GIB:.2f} "
+                        "GiB per weight channel with any lane count and tile size")
     if not fitting:
         assert closest is not None
         name, fraction = closest.scarcest()
@@ -259,17 +285,33 @@ def check_fits(config: AcceleratorConfig, target: Target, *, budget: float = 1.0
     return used
 
 
+def lane_stream_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> float:
+    """What the busiest weight lane streams per decode token: every layer's tiles dealt round-robin
+    (``ceil(tiles / lanes)`` each); without ``matrices``, an even share of the weights."""
+    if not needs.matrices:
+        return needs.weight_bytes / config.mm_lanes
+    return sum(ceil(ceil(m.n / config.mm_tile_n) / config.mm_lanes) * m.tile_bytes(config.mm_tile_n)
+               for m in needs.matrices)
+
+
+def lane_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
+    """What the fullest weight channel holds: its tiles (each layer reserves the same span on every lane)
+    and its share of the embedding rows; without ``matrices``, an even share with headroom."""
+    if not needs.matrices:
+        return ceil(needs.weight_bytes * WEIGHT_HEADROOM / config.mm_lanes)
+    return round(lane_stream_bytes(config, needs)) + ceil(needs.vocab / config.mm_lanes) * pack.align(needs.hidden * 2)
+
+
 def _channel_plans(target: Target, needs: ModelNeeds) -> list[tuple[int, int]]:
     """(weight lanes, KV channels) pairs that hold the model, one channel left for io, largest first.
 
-    Lanes are powers of two, or any count once the weights need more channels than the next power
-    of two leaves room for; KV channel counts run from what the cache needs through the powers of
+    Lanes are powers of two, the count the weights need and multiples of four above it; KV channel counts run from what the cache needs through the powers of
     two to every channel left.
     """
     channels, size = target.memory.channels, target.memory.channel_bytes
     kv_min = ceil(needs.kv_bytes / size)
     need = max(1, ceil(needs.weight_bytes * WEIGHT_HEADROOM / size))
-    candidates = {2**i for i in range(channels.bit_length())} | {need}
+    candidates = {2**i for i in range(channels.bit_length())} | {need} | set(range(-(-need // 4) * 4, channels, 4))
     plans = []
     for lanes in sorted(candidates):
         if lanes >= need and lanes + kv_min + 1 <= channels:

@@ -22,7 +22,7 @@ from llmc.backends.fpga.codegen import KERNEL_SOURCES, kernel_files
 from llmc.backends.fpga.compile import Compiled, activation_buffers, compile_step
 from llmc.backends.fpga.container import container_bytes
 from llmc.backends.fpga.design import AcceleratorConfig
-from llmc.backends.fpga.dse import ModelNeeds, check_fits, estimate_decode, explore
+from llmc.backends.fpga.dse import Matrix, ModelNeeds, check_fits, estimate_decode, explore
 from llmc.backends.fpga.isa import encode_program
 from llmc.backends.fpga.lower import lower
 from llmc.backends.fpga.project import build_files, project_context, write_project
@@ -53,11 +53,15 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
     attn = next(n for n in step.nodes if n.op == "hw_attention")
     widths = {n.outputs[0].type.shape[1].value for n in mms}
     weight_bytes = 0
+    matrices = []
     for n in mms:
         rows, k = n.inputs[1].type.static_shape()
         sparse = tuple(int(x) for x in n.attrs.get("sparse", "").split(":")) if n.attrs.get("sparse", "") else None
-        weight_bytes += pack.code_bytes(n.attrs["engine"], n.inputs[1].type.dtype.bits, rows, k, sparse)
+        bits = n.inputs[1].type.dtype.bits
+        weight_bytes += pack.code_bytes(n.attrs["engine"], bits, rows, k, sparse)
         weight_bytes += rows * (k // n.attrs["group"]) * (6 if n.attrs["has_zero"] else 4)
+        matrices.append(Matrix(rows, k, n.attrs["engine"], bits, k // n.attrs["group"], n.attrs["has_zero"],
+                               n.attrs["has_bias"], sparse))
     embed = next(n for n in step.nodes if n.op == "hw_embed").inputs[0]
     vocab, model_dim = embed.type.static_shape()
     weight_bytes += vocab * model_dim * 2
@@ -75,7 +79,7 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
         sparse=tuple(int(x) for x in sparse_pat.pop().split(":")) if sparse_pat else None,
         lut_bits=tuple(sorted({n.inputs[1].type.dtype.bits for n in mms if n.attrs["engine"] == "lut"})),
         weight_bytes=weight_bytes, kv_bytes_per_token=layers * 2 * kv_heads * (head_dim + 4),
-        act_buffers=activation_buffers(hw))
+        act_buffers=activation_buffers(hw), matrices=tuple(matrices))
 
 
 def design(module: Module, target: str, *, name: str | None = None, max_context: int | None = None,
@@ -153,7 +157,8 @@ def project_files(d: Design, tokenizer_json: str | None, accuracy: dict[str, Any
                             "tokens_per_s": 1.0 / estimate.total_s}}
     files["report.json"] = json.dumps(report, indent=2, sort_keys=True) + "\n"
     files["report.md"] = render_report(report, d.utilisation)
-    files["design.json"] = json.dumps({"config": d.config.to_json(), "io": io, "buffers": d.compiled.buffers},
+    files["design.json"] = json.dumps({"config": d.config.to_json(), "io": io, "buffers": d.compiled.buffers,
+                                       "target": d.target.to_json()},
                                       indent=2, sort_keys=True) + "\n"
     context = project_context(d.name, d.target, d.config, KERNEL_SOURCES)
     files.update(build_files(context))
