@@ -5,14 +5,14 @@
 #include "llmc_mem.h"
 
 namespace llmc {
-static const int LANES = 16;
-static const int TILE_N = 128;
+static const int LANES = 12;
+static const int TILE_N = 16;
 static const int TILE_K = 32;
 static const int MAX_ROWS = 64;
 static const int MAX_HIDDEN = 128;
 static const int MAX_CONTEXT = 64;
 static const int N_BUFFERS = 5;
-static const int MAX_TILE_BYTES = 16896;
+static const int MAX_TILE_BYTES = 2112;
 static const int MAX_GROUPS = 1;
 static const int MAX_HEAD_DIM = 32;
 static const int MAX_HEADS = 2;
@@ -34,10 +34,6 @@ extern "C" void llmc_accel(
     const llmc::word_t* w9,
     const llmc::word_t* w10,
     const llmc::word_t* w11,
-    const llmc::word_t* w12,
-    const llmc::word_t* w13,
-    const llmc::word_t* w14,
-    const llmc::word_t* w15,
     llmc::word_t* kv0,
     llmc::word_t* kv1,
     llmc::word_t* kv2,
@@ -53,6 +49,7 @@ extern "C" void llmc_accel(
     llmc::word_t* kv12,
     llmc::word_t* kv13,
     llmc::word_t* kv14,
+    llmc::word_t* kv15,
     llmc::word_t* io,
     int n_instr,
     int seq_len,
