@@ -127,7 +127,8 @@ def project_files(d: Design, tokenizer_json: str | None, accuracy: dict[str, Any
     io = d.compiled.io
     meta = {"name": d.name, "program_digest": digest, "buckets": list(d.config.buckets),
             "io": {k: io[k] for k in ("ids_offset", "pos_offset", "logits_offset")}, "io_bytes": io["io_bytes"],
-            "vocab": io["vocab"], "kv_bytes_per_channel": d.compiled.kv_bytes, "max_context": d.config.max_context}
+            "vocab": io["vocab"], "kv_bytes_per_channel": d.compiled.kv_bytes,
+            "kv_bytes": {f"kv{i}": n for i, n in enumerate(d.compiled.kv_bytes)}, "max_context": d.config.max_context}
     files: dict[str, bytes | str] = {"program.bin": container_bytes("program", meta, programs)}
     has_weights = d.lowered.has_weights
     if has_weights:
