@@ -55,6 +55,13 @@ class Unit:
     def beat_activations(self) -> int:
         return self.lanes * self.block
 
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """The weight codes the unit takes: signed ``bits``-bit values (sparse chain) or unsigned ones (LUT)."""
+        if self.kind == "sparse_mac":
+            return -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
+        return 0, (1 << self.bits) - 1
+
     def fields(self) -> list[tuple[str, int]]:
         """(name, bits) of the beat's fields, least significant first (``last`` follows)."""
         x = ("x", self.beat_activations * 8)
