@@ -361,7 +361,9 @@ def host(tmp_path: Path, project: dict) -> Path:
                "host/host.cpp", "-o", "llmc_host"]  # fmt: skip
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    program = {"program_digest": "d" * 64, "vocab": VOCAB, "max_context": 64, "io_bytes": 4096, "io": IO}
+    kv_bytes = {port: 8192 for port in ports if port.startswith("kv")}
+    program = {"program_digest": "d" * 64, "vocab": VOCAB, "max_context": 64, "io_bytes": 4096, "io": IO,
+               "kv_bytes": kv_bytes}
     buckets = {f"bucket_{rows}": struct.pack("<i", rows) + bytes(INSTR_BYTES * (rows + 1) - 4) for rows in (1, 4)}
     write_container(folder / "program.bin", "program", program, buckets)
     weights = {"program_digest": "d" * 64, "kv_bytes_per_channel": 8192}
