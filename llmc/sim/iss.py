@@ -40,7 +40,7 @@ class MatmulWeights:
         self.bits, engine = flags & 0xF, ENGINE_NAMES[(flags >> 4) & 3]
         self.has_zero, self.has_bias = bool(flags >> 6 & 1), bool(flags >> 7 & 1)
         self.signed, self.to_io = not flags >> 8 & 1, bool(flags >> 10 & 1)
-        sp_n, sp_m = flags >> 12 & 0xF, flags >> 16 & 0xF
+        sp_n, sp_m = flags >> 12 & 0xF, flags >> 16 & 0x1F
         sparse = (sp_n, sp_m) if engine == "sparse" else None
         n, k, group = int(f["n"]), int(f["k"]), int(f["group"])
         groups = k // group

@@ -153,7 +153,7 @@ class TimingModel:
         n, k, flags = int(f["n"]), int(f["k"]), int(f["flags"])
         tiles, tile_bytes, row_block = int(f["tiles"]), int(f["tile_bytes"]), max(1, int(f["row_block"]))
         bits, engine = flags & 0xF, (flags >> 4) & 3
-        sp_n, sp_m = flags >> 12 & 0xF, flags >> 16 & 0xF
+        sp_n, sp_m = flags >> 12 & 0xF, flags >> 16 & 0x1F
         passes = ceil(rows / row_block)
         lane_tiles = ceil(tiles / c.mm_lanes)
         memory = self._mem(passes * lane_tiles * tile_bytes)

@@ -43,7 +43,7 @@ ENGINES = {"dsp": 0, "sparse": 1, "lut": 2}
 ACT_FNS = {"silu": 0, "relu": 1}
 
 # MM flags: bits 0-3 code width, 4-5 engine, 6 zero points, 7 bias, 8 unsigned codes,
-# 9 double-buffered weight loads, 10 output to io as float32, 12-15 sparse N, 16-19 sparse M
+# 9 double-buffered weight loads, 10 output to io as float32, 12-15 sparse N, 16-20 sparse M
 for _name, (_, _fields, _) in OPCODES.items():
     assert len(_fields) < WORDS, _name
 
