@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +92,13 @@ def kernel_plan(lowered: Lowered, target: Target) -> tuple[Plan, DeviceCode]:
     return build_plan(scheduled(lowered.mod, target), target, FUNCTIONS)
 
 
-def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | None = None) -> CompiledModel:
+def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | None = None,
+                  opencl_options: Sequence[str] = ()) -> CompiledModel:
     """Compile ``model`` for ``target`` (``cpu``, ``cuda`` or ``opencl``); the result runs its functions
-    (``result("decode", ...)``) and is a generation device (``Model.stream(device=result)``)."""
+    (``result("decode", ...)``) and is a generation device (``Model.stream(device=result)``).
+
+    ``arch`` is the CUDA architecture (``sm_90``; default: the GPU's); ``opencl_options`` go to the
+    OpenCL compiler (``-cl-opt-disable`` builds PoCL kernels about twice as fast)."""
     tt = tvm_target(target, arch)
     lowered = lower(model)
     if target == "cpu" or (target == "cuda" and tvm.cuda(0).exist):
@@ -102,7 +107,7 @@ def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | Non
         executor: Any = VmExecutor(executable, device)
     elif target == "opencl":
         plan, code = kernel_plan(lowered, tt)
-        executor = PlanExecutor(plan, OpenCLBackend(code.source))
+        executor = PlanExecutor(plan, OpenCLBackend(code.source, opencl_options))
     else:
         from llmc.backends.tvm.cuda import cuda_executor
 

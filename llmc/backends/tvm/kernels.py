@@ -18,7 +18,7 @@ Weight layouts (``layouts.py`` packs them from the IR's parameters):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tvm import te, tirx
 
@@ -33,6 +33,15 @@ def _with_bias(y: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
     if bias is None:
         return y
     return te.compute(y.shape, lambda *i: y[i] + bias[i[-1]], name="bias")
+
+
+def _sum(shape: Sequence[tirx.PrimExpr], term: Callable[..., tirx.PrimExpr], extent: int, name: str) -> te.Tensor:
+    """``out[i] = sum_{r < extent} term(*i, r)``; a plain copy when ``extent`` is 1 (TVM's GPU
+    schedules mishandle an epilogue fused into a reduction of one element)."""
+    if extent == 1:
+        return te.compute(shape, lambda *i: term(*i, 0), name=name)
+    r = te.reduce_axis((0, extent), name="r")
+    return te.compute(shape, lambda *i: te.sum(term(*i, r), axis=r), name=name)
 
 
 def linear(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None = None) -> te.Tensor:
@@ -120,14 +129,8 @@ def qlinear(xq: te.Tensor, xs: te.Tensor, wq: te.Tensor, ws: te.Tensor, bias: te
     acc = te.compute((*lead, wq.shape[0], groups), lambda *i: te.sum(
         xq[(*i[:-2], i[-1] * span + k)].astype(acc_dtype) * wq[i[-2], i[-1] * span + k].astype(acc_dtype), axis=k),
         name="qdot")
-    if groups == 1:
-        y = te.compute((*lead, wq.shape[0]),
-                       lambda *i: xs[(*i[:-1], 0)] * (acc[(*i, 0)].astype(F32) * ws[i[-1], 0]), name="qscale")
-    else:
-        g = te.reduce_axis((0, groups), name="g")
-        total = te.compute((*lead, wq.shape[0]),
-                           lambda *i: te.sum(acc[(*i, g)].astype(F32) * ws[i[-1], g], axis=g), name="qgroups")
-        y = te.compute(total.shape, lambda *i: xs[(*i[:-1], 0)] * total[i], name="qscale")
+    total = _sum((*lead, wq.shape[0]), lambda *i: acc[i].astype(F32) * ws[i[-2], i[-1]], groups, "qgroups")
+    y = te.compute(total.shape, lambda *i: xs[(*i[:-1], 0)] * total[i], name="qscale")
     return _with_bias(y, bias)
 
 
@@ -243,8 +246,7 @@ def lut_gemm(tables: te.Tensor, scale: te.Tensor, sums: te.Tensor, planes: te.Te
     integer = tables.dtype == "int8"
     acc_dtype = "int32" if integer else F32
     flip = (1 << g) - 1
-    c = te.reduce_axis((0, per), name="c")
-    xs = te.compute((*lead, groups), lambda *i: te.sum(sums[(*i[:-1], i[-1] * per + c)], axis=c), name="xs")
+    xs = _sum((*lead, groups), lambda *i: sums[(*i[:-2], i[-2] * per + i[-1])], per, "xs")
 
     def lookup(i: Sequence[tirx.PrimExpr], plane: tirx.PrimExpr, n: tirx.PrimExpr, chunk: tirx.PrimExpr):
         idx = planes[plane, n, chunk].astype("int32")
@@ -273,5 +275,4 @@ def lut_gemm(tables: te.Tensor, scale: te.Tensor, sums: te.Tensor, planes: te.Te
         acc = (total + odd * x_sum) / tirx.const(2.0, F32)
         return scales[n, t] * (acc - zeros[n, t] * x_sum)
 
-    t = te.reduce_axis((0, groups), name="t")
-    return te.compute((*lead, rows), lambda *i: te.sum(group_term(i, t), axis=t), name="lut_gemm")
+    return _sum((*lead, rows), lambda *i: group_term(i[:-1], i[-1]), groups, "lut_gemm")

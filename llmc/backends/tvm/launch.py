@@ -14,6 +14,7 @@ Plans are trusted code (their expressions are evaluated): load only plans you ma
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -245,20 +246,16 @@ class Runner:
 
 
 class OpenCLBackend:
-    """pyopencl: one context and in-order queue on the first OpenCL device; kernels from source."""
+    """pyopencl: one context (``PYOPENCL_CTX`` picks the device, else the first) and an in-order queue;
+    kernels built from source with the compiler ``options`` (e.g. ``-cl-opt-disable``)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, options: Sequence[str] = ()) -> None:
         import pyopencl as cl
 
         self.cl = cl
-        platforms = cl.get_platforms()
-        if not platforms:
-            raise RuntimeError("no OpenCL platform (install an ICD, e.g. pocl-opencl-icd)")
-        devices = [d for p in platforms for d in p.get_devices()]
-        self.device = devices[0]
-        self.context = cl.Context([self.device])
+        self.context = cl.create_some_context(interactive=False)
         self.queue = cl.CommandQueue(self.context)
-        self.program = cl.Program(self.context, source).build()
+        self.program = cl.Program(self.context, source).build(options=list(options))
         self._kernels: dict[str, Any] = {}
 
     def alloc(self, nbytes: int) -> Any:

@@ -1,0 +1,55 @@
+"""Models and compression recipes shared by the TVM backend tests, built once per session.
+
+A plain module (not conftest.py) so tests import it by name: ``from tvm_cases import ...``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+import llmc
+import llmc.compiler.passes  # noqa: F401  (registers the passes)
+from llmc.compiler.calibrate import CalibrationConfig
+from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
+from llmc.ir.graph import Module
+
+pytest.importorskip("tvm")
+
+SMALL = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.1)
+# hidden sizes are multiples of 128, so that group-128 quantization applies to every layer
+CONFIGS = {
+    "qwen2": dict(SMALL, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "gpt2": dict(vocab_size=96, n_positions=128, initializer_range=0.1, n_embd=128, n_layer=2, n_head=4,
+                 bos_token_id=0, eos_token_id=0),
+}
+MODELS = ("llmc-tiny", *CONFIGS)
+RECIPES = {
+    "fp32": "",
+    "w8a8": "smoothquant,act-quant{wbits=8,abits=8}",
+    "w4g128": "quantize{bits=4,group=128}",
+    "w2lut": "quantize{bits=2,group=128},lut-mpgemm",
+}
+CALIBRATION = CalibrationConfig(samples=4, length=64)
+OPENCL_FAST_BUILD = ("-cl-opt-disable",)  # PoCL compiles each kernel on first use; unoptimized is 2x faster
+
+
+@functools.cache
+def model(name: str) -> llmc.Model:
+    return llmc.load(name, config=CONFIGS.get(name))
+
+
+@functools.cache
+def compressed(name: str, recipe: str) -> Module:
+    """``name`` compressed by ``RECIPES[recipe]`` (calibrated on 4 x 64 tokens)."""
+    m = model(name)
+    if not RECIPES[recipe]:
+        return m.module
+    context = PassContext(tokenizer_json=m.tokenizer_json, calibration_config=CALIBRATION)
+    return run_pipeline(m.module, parse_pipeline(RECIPES[recipe]), context)
+
+
+def prompt(name: str) -> list[int]:
+    return model(name).encode("A hacker is") if name == "llmc-tiny" else [3, 17, 42, 8, 25, 61, 9]
