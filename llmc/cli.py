@@ -231,18 +231,24 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("interpreter", "sim", "pynq"), default="interpreter",
                         help="a compiled project on the instruction-set simulator or an Alveo card (PYNQ), "
                              "through the deployed runtime (default: the interpreter)")
+    parser.add_argument("--target", choices=("cpu", "cuda", "opencl"), default=None,
+                        help="compile the model with TVM and generate on this target (default: the interpreter)")
     add_json_argument(parser)
 
 
 @command(_run_arguments)
 def run(args: argparse.Namespace) -> int:
-    """Generate text through the reference interpreter (a compiled project: its lowered program)."""
+    """Generate text through the reference interpreter (a compiled project: its lowered program) or TVM (--target)."""
+    if args.target is not None and args.device != "interpreter":
+        raise LlmcError("give --device or --target, not both")
+    if args.target is not None and args.lut_kernels != "interpreter":
+        raise LlmcError("--lut-kernels applies to the interpreter, not to --target")
     if args.device != "interpreter":
         from llmc.cli_deploy import run_on_device
 
         return run_on_device(args)
     model = load_model(args)
-    return generate(args, model, lambda: None)
+    return generate(args, model, lambda: tvm_device(args, model))
 
 
 def generate(args: argparse.Namespace, model: Model, device: Callable[[], object]) -> int:
@@ -279,6 +285,16 @@ def lut_kernels(model: Model, choice: str) -> dict | None:
     from llmc.backends.tvm.lut_runtime import lut_kernels as tvm_lut_kernels
 
     return tvm_lut_kernels(model.module)
+
+
+def tvm_device(args: argparse.Namespace, model: Model) -> object | None:
+    """The model compiled by TVM for ``--target`` (None without one: the interpreter)."""
+    if args.target is None:
+        return None
+    from llmc.backends.tvm.compile import compile_model
+
+    with activity(f"compiling for {args.target}", progress_enabled(args)):
+        return compile_model(model, args.target)
 
 
 class TextStream(_TextStream):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tvm_cases import MODELS, OPENCL_FAST_BUILD, RECIPES, compressed, prompt
+from tvm_cases import MODELS, OPENCL_FAST_BUILD, RECIPES, TARGETS, compressed, prompt
 
 from llmc.deploy.interpreter_device import InterpreterDevice
 
@@ -34,19 +34,6 @@ def greedy(device: object, ids: list[int], feed: list[int] | None = None) -> tup
         logits.append(device.decode((feed or tokens)[step]))
         tokens.append(int(np.argmax(logits[-1])))
     return tokens, logits
-
-
-def opencl_available() -> bool:
-    try:
-        import pyopencl
-
-        return bool(pyopencl.get_platforms())
-    except Exception:  # no pyopencl, or no ICD loader / platform
-        return False
-
-
-TARGETS = ["cpu", pytest.param("opencl", marks=pytest.mark.skipif(
-    not opencl_available(), reason="no OpenCL platform (pyopencl and an ICD such as pocl-opencl-icd)"))]
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))

@@ -36,6 +36,19 @@ CALIBRATION = CalibrationConfig(samples=4, length=64)
 OPENCL_FAST_BUILD = ("-cl-opt-disable",)  # PoCL compiles each kernel on first use; unoptimized is 2x faster
 
 
+def opencl_available() -> bool:
+    try:
+        import pyopencl
+
+        return bool(pyopencl.get_platforms())
+    except Exception:  # no pyopencl, or no ICD loader / platform
+        return False
+
+
+TARGETS = ["cpu", pytest.param("opencl", marks=pytest.mark.skipif(
+    not opencl_available(), reason="no OpenCL platform (pyopencl and an ICD such as pocl-opencl-icd)"))]
+
+
 @functools.cache
 def model(name: str) -> llmc.Model:
     return llmc.load(name, config=CONFIGS.get(name))

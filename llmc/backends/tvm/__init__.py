@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "compile_model": "compile", "TARGETS": "compile", "CompiledModel": "device", "load_compiled": "device",
+    "compile_model": "compile", "export": "compile", "TARGETS": "compile", "CompiledModel": "device", "load_compiled": "device",
     "GemvKernel": "build", "build_dequant_gemv": "build", "build_lut_gemv": "build", "host_target": "build",
     "set_num_threads": "build", "Geometry": "pack", "PackedWeights": "pack", "codes_from_planes": "pack",
     "pack_for_tvm": "pack",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from tvm import relax
 from tvm.target import Target
 
 from llmc.backends.tvm.build import host_target
-from llmc.backends.tvm.device import CompiledModel, PlanExecutor, Signature
+from llmc.backends.tvm.device import CompiledModel, PlanExecutor, Signature, save_compiled
 from llmc.backends.tvm.launch import OpenCLBackend, Plan
 from llmc.backends.tvm.lower import lower_module
 from llmc.backends.tvm.plan import DeviceCode, build_plan
@@ -92,6 +93,20 @@ def kernel_plan(lowered: Lowered, target: Target) -> tuple[Plan, DeviceCode]:
     return build_plan(scheduled(lowered.mod, target), target, FUNCTIONS)
 
 
+def require_opencl() -> None:
+    """Refuse early, in one line, when pyopencl or an OpenCL platform is missing."""
+    try:
+        import pyopencl
+
+        pyopencl.get_platforms()
+    except ImportError:
+        raise LlmcError("--target opencl needs pyopencl (pip install 'llmc[tvm]')") from None
+    except Exception as e:  # pyopencl's error when the ICD loader finds no platform
+        reason = str(e).split(".")[0]
+        raise LlmcError(f"--target opencl: no OpenCL platform ({reason}); install an ICD, "
+                        "e.g. the Debian package pocl-opencl-icd") from None
+
+
 def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | None = None,
                   opencl_options: Sequence[str] = ()) -> CompiledModel:
     """Compile ``model`` for ``target`` (``cpu``, ``cuda`` or ``opencl``); the result runs its functions
@@ -100,6 +115,12 @@ def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | Non
     ``arch`` is the CUDA architecture (``sm_90``; default: the GPU's); ``opencl_options`` go to the
     OpenCL compiler (``-cl-opt-disable`` builds PoCL kernels about twice as fast)."""
     tt = tvm_target(target, arch)
+    if target == "cuda" and not tvm.cuda(0).exist:
+        from llmc.backends.tvm.cuda import require_gpu
+
+        require_gpu()
+    if target == "opencl":
+        require_opencl()
     lowered = lower(model)
     if target == "cpu" or (target == "cuda" and tvm.cuda(0).exist):
         device = tvm.cpu() if target == "cpu" else tvm.cuda(0)
@@ -113,3 +134,23 @@ def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | Non
 
         executor = cuda_executor(*kernel_plan(lowered, tt))
     return CompiledModel(lowered.name, target, executor, lowered.signatures, lowered.weights, lowered.max_position)
+
+
+def export(model: Model | Module, folder: Path, target: str = "cuda", arch: str = DEFAULT_CUDA_ARCH) -> list[Path]:
+    """Compile ``model`` for ``cuda`` (a cubin for ``arch``, by nvcc) or ``opencl`` (OpenCL C) into
+    ``folder`` with its kernel plan, signatures and weights: what :func:`~llmc.backends.tvm.device.load_compiled`
+    runs on a machine without TVM (NumPy and CuPy, or pyopencl)."""
+    if target not in ("cuda", "opencl"):
+        raise LlmcError(f"export is for the kernel-plan targets cuda and opencl, not '{target}'")
+    folder.mkdir(parents=True, exist_ok=True)
+    lowered = lower(model)
+    plan, code = kernel_plan(lowered, tvm_target(target, arch))
+    written = [folder / ("kernels.cu" if target == "cuda" else "kernels.cl")]
+    written[0].write_text(code.source)
+    if target == "cuda":
+        from llmc.backends.tvm.cuda import compile_cubin
+
+        written.append(compile_cubin(code, folder / "kernels.cubin"))
+    plan.save(folder / "plan.json")
+    save_compiled(folder, lowered.name, lowered.max_position, lowered.signatures, lowered.weights)
+    return written + [folder / n for n in ("plan.json", "plan.json.npz", "model.json", "weights.npz")]

@@ -1,10 +1,9 @@
 """CUDA kernels compiled ahead: TVM generates them, ``nvcc`` makes a cubin, CuPy launches it.
 
 This serves the machines where TVM's CUDA runtime is absent (the ``apache-tvm`` wheel needs
-``libcuda`` at run time) or TVM is not installed at all: :func:`export` writes a folder
-(``kernels.cubin``, ``plan.json`` + ``plan.json.npz``, ``model.json``, ``weights.npz``) that
-:func:`llmc.backends.tvm.device.load_compiled` runs with NumPy and CuPy only. The compiler is
-``nvcc`` unless ``TVM_CUDA_COMPILE_MODE=nvrtc``.
+``libcuda`` at run time) or TVM is not installed at all (``compile.export`` writes the cubin and
+its plan for :func:`llmc.backends.tvm.device.load_compiled`). The compiler is ``nvcc`` unless
+``TVM_CUDA_COMPILE_MODE=nvrtc``.
 """
 
 from __future__ import annotations
@@ -16,13 +15,10 @@ from pathlib import Path
 
 from tvm.support.nvcc import compile_cuda
 
-from llmc.backends.tvm.compile import kernel_plan, lower, tvm_target
-from llmc.backends.tvm.device import PlanExecutor, save_compiled
+from llmc.backends.tvm.device import PlanExecutor
 from llmc.backends.tvm.launch import CudaBackend, Plan
 from llmc.backends.tvm.plan import DeviceCode
 from llmc.errors import LlmcError
-from llmc.ir.graph import Module
-from llmc.model import Model
 
 
 def nvcc() -> str | None:
@@ -42,8 +38,8 @@ def compile_cubin(code: DeviceCode, path: Path) -> Path:
     return path
 
 
-def cuda_executor(plan: Plan, code: DeviceCode) -> PlanExecutor:
-    """A plan executor on the first CUDA GPU through CuPy (kernels compiled into a temporary cubin)."""
+def require_gpu() -> None:
+    """Refuse early when CuPy sees no CUDA GPU to run kernels on."""
     try:
         import cupy
 
@@ -53,18 +49,9 @@ def cuda_executor(plan: Plan, code: DeviceCode) -> PlanExecutor:
                         "llmc.backends.tvm.cuda.export compiles the kernels ahead for a GPU machine") from None
     if gpus < 1:
         raise LlmcError("--target cuda: CuPy sees no NVIDIA GPU")
+
+
+def cuda_executor(plan: Plan, code: DeviceCode) -> PlanExecutor:
+    """A plan executor on the first CUDA GPU through CuPy (kernels compiled into a temporary cubin)."""
     folder = Path(tempfile.mkdtemp(prefix="llmc-cuda-"))
     return PlanExecutor(plan, CudaBackend(compile_cubin(code, folder / "kernels.cubin")))
-
-
-def export(model: Model | Module, folder: Path, arch: str = "sm_90") -> list[Path]:
-    """Compile ``model`` for CUDA ``arch`` into ``folder``, runnable where TVM is not installed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lowered = lower(model)
-    plan, code = kernel_plan(lowered, tvm_target("cuda", arch))
-    (folder / "kernels.cu").write_text(code.source)
-    compile_cubin(code, folder / "kernels.cubin")
-    plan.save(folder / "plan.json")
-    save_compiled(folder, lowered.name, lowered.max_position, lowered.signatures, lowered.weights)
-    return [folder / n for n in ("kernels.cu", "kernels.cubin", "plan.json", "plan.json.npz", "model.json",
-                                 "weights.npz")]

@@ -165,10 +165,16 @@ def round_float(x: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
     value = tirx.reinterpret(F32, rounded)
     if dtype == "bfloat16":
         return value
-    tiny = tirx.const(2.0 ** -24, F32)  # float16 subnormals are multiples of 2^-24
+    tiny = _exact(0x33800000)  # 2^-24: float16 subnormals are its multiples
     subnormal = tirx.nearbyint(x / tiny) * tiny
-    value = tirx.Select(x < tirx.const(2.0 ** -14, F32), subnormal, value)
+    value = tirx.Select(x < _exact(0x38800000), subnormal, value)  # below 2^-14, the smallest normal
     return tirx.Select(x >= tirx.const(65520.0, F32), tirx.const(float("inf"), F32), value)
+
+
+def _exact(bits: int) -> tirx.PrimExpr:
+    """A float32 constant from its bit pattern: TVM's OpenCL code prints float literals with 7
+    significant digits, which does not round-trip every float (2^-24 among them)."""
+    return tirx.reinterpret(F32, tirx.const(bits, "uint32"))
 
 
 def fake_quant(x: te.Tensor, *, bits: int, group: int, scale_dtype: str) -> te.Tensor:

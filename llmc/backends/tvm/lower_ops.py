@@ -128,12 +128,12 @@ def _expand(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
 @handles("gather")
 def _gather(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     rank = node.inputs[0].type.rank
-    return _emit(lw, R.take(lw.arg(node, 0), lw.arg(node, 1), node.attrs["axis"] % rank))
+    return _emit(lw, R.take(lw.arg(node, 0), lw.arg(node, 1), node.attrs["axis"] % rank, mode="clip"))
 
 
 @handles("embedding")
 def _embedding(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
-    return _emit(lw, R.take(lw.arg(node, 0), lw.arg(node, 1), 0))
+    return _emit(lw, R.take(lw.arg(node, 0), lw.arg(node, 1), 0, mode="clip"))
 
 
 @handles("matmul")
