@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Creates .venv with every dependency of llmc and installs the Debian tools the RTL flow needs.
+# Creates .venv with every dependency of llmc and installs the Debian tools the RTL flow needs, and
+# OpenCL (the ICD loader and PoCL, which runs the TVM opencl target's kernels on the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
 missing=()
 for tool in iverilog verilator yosys; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+for pkg in ocl-icd-libopencl1 pocl-opencl-icd; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "llmc setup: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
