@@ -19,9 +19,10 @@ from llmc.backends.tvm.compile import tvm_target  # noqa: E402
 from llmc.backends.tvm.launch import OpenCLBackend, Runner  # noqa: E402
 from llmc.backends.tvm.plan import build_plan  # noqa: E402
 from llmc.backends.tvm.schedule import scheduled, vm_pipeline  # noqa: E402
+from llmc.compiler.lut.pack import offset_codes  # noqa: E402
 from llmc.ir.ops import lut, nn, quant  # noqa: E402
 from llmc.ir.registry import RefContext  # noqa: E402
-from llmc.ir.types import F16, F32, I8, TensorType, int_dtype  # noqa: E402
+from llmc.ir.types import F16, F32, I8, TensorType  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -68,13 +69,13 @@ def test_dequant_linear(target: str, bits: int, group: int, signed: bool) -> Non
     zeros = None if signed else RNG.integers(0, 1 << bits, size=(n, groups)).astype(np.uint8)
     x = RNG.standard_normal((1, 3, k)).astype(np.float32)
     bias = RNG.standard_normal(n).astype(np.float32)
-    dtype = int_dtype(bits, signed)
     w = ref(quant.Dequantize, [codes, scales] + ([zeros] if zeros is not None else []), group=group, dtype=F32)[0]
     expected = ref(nn.Linear, [x, w, bias], [TensorType.of([1, 3, n], F32)])[0]
     slot = layouts.slot_bits(bits)
-    packed = layouts.pack_words(layouts.offset_codes(codes, dtype), slot)
-    z = layouts.offset_zeros(zeros, scales.shape, dtype)
-    got = run(target, kernels.dequant_linear, [x, packed, scales.astype(np.float32), z, bias], slot=slot, group=group)
+    u, z = offset_codes(codes, zeros, bits, groups)
+    packed = layouts.pack_words(u, slot)
+    got = run(target, kernels.dequant_linear, [x, packed, scales.astype(np.float32), z.astype(np.float32), bias],
+              slot=slot, group=group)
     assert close(got[0], expected)
 
 
@@ -91,10 +92,10 @@ def test_sparse_linear(target: str, quantized: bool) -> None:
         codes = np.where(mask, random_codes((n, k), 4, True), 0).astype(np.int8)
         scales = RNG.uniform(0.01, 0.1, size=(n, 2)).astype(np.float32)
         w = ref(quant.Dequantize, [codes, scales], group=32, dtype=F32)[0]
-        u = layouts.offset_codes(codes, int_dtype(4)).astype(np.uint8)
-        kept, index = layouts.sparse_pack(u, codes != 0, 2, 4, "w")
-        zeros = layouts.offset_zeros(None, scales.shape, int_dtype(4))
-        got = run(target, kernels.sparse_dequant_linear, [x, kept, index, scales, zeros], n=2, m=4, group=32)
+        u, z = offset_codes(codes, None, 4, 2)
+        kept, index = layouts.sparse_pack(u.astype(np.uint8), codes != 0, 2, 4, "w")
+        got = run(target, kernels.sparse_dequant_linear, [x, kept, index, scales, z.astype(np.float32)], n=2, m=4,
+                  group=32)
     else:
         w = np.where(mask, RNG.standard_normal((n, k)), 0).astype(np.float32)
         kept, index = layouts.sparse_pack(w, w != 0, 2, 4, "w")

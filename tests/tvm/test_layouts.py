@@ -1,4 +1,4 @@
-"""Weight layouts of the TVM kernels: packed words, offset codes and N:M sparse packing (NumPy only)."""
+"""Weight layouts of the TVM kernels: packed words and N:M sparse packing (NumPy only)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 
 from llmc.backends.tvm import layouts
 from llmc.errors import LlmcError
-from llmc.ir.types import int_dtype
 
 RNG = np.random.default_rng(0)
 
@@ -22,16 +21,6 @@ def test_packed_words_hold_every_code_low_bits_first(bits: int) -> None:
     k = np.arange(37)
     unpacked = (words[:, k // per] >> ((k % per) * slot).astype(np.uint32)) & ((1 << slot) - 1)
     assert np.array_equal(unpacked, u)
-
-
-def test_offset_codes_reproduce_dequantize() -> None:
-    for dtype, zeros in ((int_dtype(4), None), (int_dtype(4, signed=False), RNG.integers(0, 16, (6, 1)))):
-        lo, hi = dtype.int_range()
-        q = RNG.integers(lo, hi + 1, size=(6, 8))
-        u = layouts.offset_codes(q, dtype)
-        z = layouts.offset_zeros(zeros, (6, 1), dtype)
-        assert u.min() >= 0 and u.max() < 16
-        assert np.array_equal(u - z, q - (0 if zeros is None else zeros))
 
 
 def test_sparse_pack_keeps_the_non_zeros_in_column_order() -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tvm_cases import MODELS, OPENCL_FAST_BUILD, RECIPES, TARGETS, compressed, prompt
+from tvm_cases import CALIBRATION, MODELS, OPENCL_FAST_BUILD, RECIPES, TARGETS, compressed, model, prompt
 
+from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
 from llmc.deploy.interpreter_device import InterpreterDevice
 
 compile_model = pytest.importorskip("llmc.backends.tvm.compile").compile_model
@@ -48,3 +49,29 @@ def test_compiled_model_matches_the_interpreter(target: str, name: str, recipe: 
     errors = [rel_err(a, b) for a, b in zip(logits, ref_logits)]
     assert max(errors) <= TOLERANCE, f"step {int(np.argmax(errors))}: {max(errors):.2e}"
     assert tokens == ref_tokens
+
+
+# more compression forms on the bundled model, CPU only: N:M sparse (float and quantized codes),
+# asymmetric and 3-bit codes, a quantized KV cache, and int8 LUT tables (a table entry on a
+# rounding tie may round the other way, so those logits agree to the table quantization error)
+MORE = {
+    "sparse2:4": ("sparsify{pattern=2:4}", TOLERANCE),
+    "sparse2:4+w4": ("sparsify{pattern=2:4},quantize{bits=4,group=128}", TOLERANCE),
+    "w4asym-g64": ("quantize{bits=4,group=64,symmetric=false}", TOLERANCE),
+    "w3": ("quantize{bits=3,group=128}", TOLERANCE),
+    "kv-quant": ("kv-quant", TOLERANCE),
+    "w4lut-int8": ("quantize{bits=4,group=128},lut-mpgemm{table_bits=8}", 2e-2),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(MORE))
+def test_more_recipes_on_the_cpu(recipe: str) -> None:
+    pipeline, tolerance = MORE[recipe]
+    m = model("llmc-tiny")
+    module = run_pipeline(m.module, parse_pipeline(pipeline), PassContext(calibration_config=CALIBRATION))
+    ids = prompt("llmc-tiny")
+    ref_tokens, ref_logits = greedy(InterpreterDevice(module), ids)
+    tokens, logits = greedy(compile_model(module, "cpu"), ids, feed=ref_tokens)
+    assert max(rel_err(a, b) for a, b in zip(logits, ref_logits)) <= tolerance
+    if tolerance == TOLERANCE:
+        assert tokens == ref_tokens

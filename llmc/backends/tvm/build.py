@@ -64,19 +64,27 @@ def _row_blocks(blocks: int, batch: int, widest: int) -> int:
     return rb
 
 
+def has_lut_features(target: tvm.target.Target) -> bool:
+    """Whether ``target`` has the AVX-512 extensions the LUT kernels use."""
+    return bool(codegen.llvm_cpu_has_features(list(LUT_FEATURES), target))
+
+
+def kernel_func(layout: str, geom: Geometry, batch: int) -> tvm.tirx.PrimFunc:
+    """The PrimFunc of ``layout`` for ``batch`` rows; the row blocking shrinks as the batch grows."""
+    if layout == "dequant":
+        return dequant_func(geom, batch, _row_blocks(DEQUANT_BLOCK_ROWS, batch, DEQUANT_BLOCK_ROWS))
+    if layout == "lut_int8":
+        return lut_int8_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 32, batch, 8))
+    return lut_f32_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 16, batch, 8))
+
+
 @functools.cache
 def _compile(layout: str, geom: Geometry, batch: int) -> Callable[..., None]:
-    """Build the kernel of ``layout`` for the host; the row blocking shrinks as the batch grows."""
+    """Build the kernel of ``layout`` for the host."""
     target = host_target()
-    if layout == "dequant":
-        func = dequant_func(geom, batch, _row_blocks(DEQUANT_BLOCK_ROWS, batch, DEQUANT_BLOCK_ROWS))
-    else:
-        if not codegen.llvm_cpu_has_features(list(LUT_FEATURES), target):
-            raise NotImplementedError(f"LUT kernels need {', '.join(LUT_FEATURES)}; target is {target}")
-        if layout == "lut_int8":
-            func = lut_int8_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 32, batch, 8))
-        else:
-            func = lut_f32_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 16, batch, 8))
+    if layout != "dequant" and not has_lut_features(target):
+        raise NotImplementedError(f"LUT kernels need {', '.join(LUT_FEATURES)}; target is {target}")
+    func = kernel_func(layout, geom, batch)
     return tvm.compile(func, target=target)[func.attrs["global_symbol"]]
 
 

@@ -20,10 +20,10 @@ import tvm
 from tvm import relax
 from tvm.target import Target
 
-from llmc.backends.tvm.build import host_target
+from llmc.backends.tvm.build import has_lut_features, host_target
 from llmc.backends.tvm.device import CompiledModel, PlanExecutor, Signature, save_compiled
 from llmc.backends.tvm.launch import OpenCLBackend, Plan
-from llmc.backends.tvm.lower import lower_module
+from llmc.backends.tvm.lower import Options, lower_module
 from llmc.backends.tvm.plan import DeviceCode, build_plan
 from llmc.backends.tvm.schedule import scheduled, vm_pipeline
 from llmc.errors import LlmcError
@@ -79,12 +79,14 @@ class Lowered:
     max_position: int
 
 
-def lower(model: Model | Module) -> Lowered:
-    """Lower a model's ``prefill`` and ``decode`` to Relax (weights packed for the kernels)."""
+def lower(model: Model | Module, target: Target | None = None) -> Lowered:
+    """Lower a model's ``prefill`` and ``decode`` to Relax for ``target`` (weights packed for the kernels;
+    on AVX-512 CPUs, decode-sized LUT-mpGEMM layers use the LUT kernels of ``lut_kernels.py``)."""
     module = model.module if isinstance(model, Model) else model
     if not module.has_weights:
         raise LlmcError(f"module '{module.name}' has no weights (imported shapes-only); it cannot be compiled to run")
-    mod, weights, signatures = lower_module(module, FUNCTIONS)
+    options = Options(avx512_lut=target is not None and target.kind.name == "llvm" and has_lut_features(target))
+    mod, weights, signatures = lower_module(module, FUNCTIONS, options)
     return Lowered(module.name, mod, weights.arrays, signatures, int(module.attrs.get("max_position", 0) or 0))
 
 
@@ -121,7 +123,7 @@ def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | Non
         require_gpu()
     if target == "opencl":
         require_opencl()
-    lowered = lower(model)
+    lowered = lower(model, tt)
     if target == "cpu" or (target == "cuda" and tvm.cuda(0).exist):
         device = tvm.cpu() if target == "cpu" else tvm.cuda(0)
         executable = tvm.compile(lowered.mod, tt, relax_pipeline=vm_pipeline(tt))

@@ -1,9 +1,7 @@
 """Weight layouts of the TVM linear kernels, packed once from the IR's parameters (NumPy only).
 
-See ``kernels.py`` for what each layout means. Offset codes make every quantized weight
-``W = (u - zero) * scale`` with unsigned ``u``: ``u = q - lo`` and ``zero = z - lo`` where ``lo``
-is the smallest code of the code dtype (``-2^(b-1)`` for signed codes, 0 for unsigned ones), so
-the arithmetic is that of the reference ``dequantize``.
+See ``kernels.py`` for what each layout means; the codes packed are the unsigned offset codes of
+docs/lut.md (``llmc.compiler.lut.pack.offset_codes``).
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from llmc.errors import LlmcError
-from llmc.ir.types import DType
 
 
 def slot_bits(bits: int) -> int:
@@ -19,21 +16,8 @@ def slot_bits(bits: int) -> int:
     return next(s for s in (1, 2, 4, 8, 16) if s >= bits)
 
 
-def offset_codes(codes: np.ndarray, dtype: DType) -> np.ndarray:
-    """Unsigned offset codes ``u = q - lo`` (uint32)."""
-    lo = dtype.int_range()[0]
-    return (codes.astype(np.int64) - lo).astype(np.uint32)
-
-
-def offset_zeros(zeros: np.ndarray | None, shape: tuple[int, ...], dtype: DType) -> np.ndarray:
-    """Zero points of the offset codes, float32: ``z - lo`` (``-lo`` without zero points)."""
-    lo = dtype.int_range()[0]
-    base = np.zeros(shape, np.int64) if zeros is None else zeros.astype(np.int64)
-    return (base - lo).astype(np.float32)
-
-
 def pack_words(u: np.ndarray, slot: int) -> np.ndarray:
-    """``u [N, K]`` into ``[N, ceil(K / per)]`` uint32 words of ``per = 32 / slot`` codes, low bits first."""
+    """Codes ``u [N, K]`` in ``[0, 2^slot)`` into ``[N, ceil(K / per)]`` uint32 words of ``per = 32 / slot`` codes, low bits first."""
     per = 32 // slot
     n, k = u.shape
     padded = np.zeros((n, -(-k // per) * per), np.uint64)

@@ -68,11 +68,20 @@ class WeightTable:
         return self.arrays[key]
 
 
+@dataclass(frozen=True)
+class Options:
+    """Target-dependent lowering choices. ``avx512_lut``: LUT-mpGEMM layers of at most 8 rows with
+    float tables run on the AVX-512 kernels of ``lut_kernels.py`` (which build their own tables)."""
+
+    avx512_lut: bool = False
+
+
 class FunctionLowering:
     """Lowers one IR function into the block builder's current module."""
 
-    def __init__(self, module: Module, func: Function, weights: WeightTable, bb: relax.BlockBuilder) -> None:
-        self.module, self.func, self.weights, self.bb = module, func, weights, bb
+    def __init__(self, module: Module, func: Function, weights: WeightTable, bb: relax.BlockBuilder,
+                 options: Options) -> None:
+        self.module, self.func, self.weights, self.bb, self.options = module, func, weights, bb, options
         self.symbols = {s: tirx.Var(s, "int64") for s in sorted(func.symbols())}
         self.producers = func.producers()
         self.values: dict[str, relax.Expr] = {}
@@ -163,7 +172,7 @@ def _var_name(key: str) -> str:
     return "w_" + "".join(c if c.isalnum() else "_" for c in key)
 
 
-def lower_module(module: Module, functions: tuple[str, ...] = ("prefill", "decode")
+def lower_module(module: Module, functions: tuple[str, ...] = ("prefill", "decode"), options: Options = Options()
                  ) -> tuple[tvm.IRModule, WeightTable, dict[str, Signature]]:
     """Relax functions for ``functions`` of ``module``, the weights they read, and their signatures."""
     from llmc.backends.tvm import lower_linear, lower_ops  # noqa: F401  (register the handlers)
@@ -173,5 +182,6 @@ def lower_module(module: Module, functions: tuple[str, ...] = ("prefill", "decod
         raise LlmcError(f"module '{module.name}' lacks function(s) {', '.join(missing)}")
     weights = WeightTable(module)
     bb = relax.BlockBuilder()
-    signatures = {name: FunctionLowering(module, module.functions[name], weights, bb).lower() for name in functions}
+    signatures = {name: FunctionLowering(module, module.functions[name], weights, bb, options).lower()
+                  for name in functions}
     return bb.get(), weights, signatures

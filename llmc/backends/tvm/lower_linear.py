@@ -13,7 +13,11 @@ import numpy as np
 from tvm import relax
 
 from llmc.backends.tvm import kernels, layouts
+from llmc.backends.tvm.build import kernel_func
 from llmc.backends.tvm.lower import FunctionLowering, handles, tvm_dtype, with_defaults
+from llmc.backends.tvm.lut_runtime import MAX_BATCH
+from llmc.backends.tvm.pack import CHUNK, Geometry, PackedWeights, pack_for_tvm
+from llmc.compiler.lut.pack import offset_codes
 from llmc.errors import LlmcError
 from llmc.ir.graph import Node
 from llmc.ir.types import F32, SparseEncoding, TensorType
@@ -83,30 +87,34 @@ def _quantized_linear(lw: FunctionLowering, x: relax.Expr, bias: relax.Expr | No
     group = dq.attrs["group"]
     if dq.attrs["dtype"] != F32:
         raise LlmcError(f"dequantize to {dq.attrs['dtype']}: the TVM backend dequantizes to f32")
+    if zeros_name is None and not code_type.dtype.signed:
+        raise LlmcError(f"{codes_name}: unsigned codes without zero points are not supported by the TVM backend")
     scales = _f32(lw, scales_name)
-    zeros_key = f"{codes_name}#zeros"
-    zeros = lw.weight(zeros_key, lambda: layouts.offset_zeros(
-        lw.weights.param(zeros_name) if zeros_name else None, lw.weights.param(scales_name).shape, code_type.dtype))
+
+    @functools.cache
+    def offset() -> tuple[np.ndarray, np.ndarray]:
+        """Offset codes ``u`` and zero points ``z`` (docs/lut.md): ``W = (u - z) * scale``."""
+        zeros = lw.weights.param(zeros_name) if zeros_name else None
+        groups = lw.weights.param(scales_name).shape[1]
+        return offset_codes(lw.weights.param(codes_name), zeros, code_type.dtype.bits, groups)
+
+    zeros = lw.weight(f"{codes_name}#zeros", lambda: offset()[1].astype(np.float32))
     nm = _nm(code_type)
     if nm is not None:
         n, m = nm
 
         @functools.cache
         def pack() -> tuple[np.ndarray, np.ndarray]:
-            q = lw.weights.param(codes_name).astype(np.int64)
-            zero = 0  # a weight is zero where its code is its zero point
-            if zeros_name:
-                zero = np.repeat(lw.weights.param(zeros_name).astype(np.int64), group or q.shape[1], axis=1)
-            u = layouts.offset_codes(q, code_type.dtype).astype(np.uint8)
-            return layouts.sparse_pack(u, q != zero, n, m, codes_name)
+            u, z = offset()
+            zero = np.repeat(z, group or u.shape[1], axis=1)  # a weight is zero where its code is its zero point
+            return layouts.sparse_pack(u.astype(np.uint8), u != zero, n, m, codes_name)
 
         codes = lw.weight(f"{codes_name}#sparse_codes", lambda: pack()[0])
         index = lw.weight(f"{codes_name}#index", lambda: pack()[1])
         return _emit_te(lw, "sparse_dequant_linear", kernels.sparse_dequant_linear, x, codes, index, scales, zeros,
                         bias, n=n, m=m, group=group)
     slot = layouts.slot_bits(code_type.dtype.bits)
-    packed = lw.weight(f"{codes_name}#packed{slot}", lambda: layouts.pack_words(
-        layouts.offset_codes(lw.weights.param(codes_name), code_type.dtype), slot))
+    packed = lw.weight(f"{codes_name}#packed{slot}", lambda: layouts.pack_words(offset()[0], slot))
     return _emit_te(lw, "dequant_linear", kernels.dequant_linear, x, packed, scales, zeros, bias, slot=slot, group=group)
 
 
@@ -154,6 +162,9 @@ def _lut_precompute(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
 
 @handles("lut_gemm")
 def _lut_gemm(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    fast = _avx512_lut(lw, node)
+    if fast is not None:
+        return [fast]
     args = [lw.arg(node, i) for i in range(4)]
     for i in (4, 5):  # scales and integer zeros as float32
         name = lw.param_name(node.inputs[i])
@@ -161,3 +172,37 @@ def _lut_gemm(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     return [lw.bb.emit_te(kernels.lut_gemm, *args, bits=node.attrs["bits"], g=node.attrs["g"],
                           group=node.attrs["group"], symmetric=node.attrs["symmetric"],
                           primfunc_name_hint="lut_gemm")]
+
+
+def _avx512_lut(lw: FunctionLowering, node: Node) -> relax.Expr | None:
+    """``lut_gemm`` of at most 8 rows on the AVX-512 float-table kernel, fed with the activations its
+    ``lut_precompute`` read (the kernel builds its own tables), or None where that does not apply."""
+    pre = lw.producers.get(node.inputs[0].name)
+    if not lw.options.avx512_lut or pre is None or pre.op != "lut_precompute":
+        return None
+    pre = with_defaults(pre)
+    x_type = pre.inputs[0].type
+    names = [lw.param_name(v) for v in node.inputs[3:]]
+    if pre.attrs["table_bits"] or pre.attrs["g"] != CHUNK or None in names or not all(d.is_static for d in x_type.shape):
+        return None
+    rows = int(np.prod([d.value for d in x_type.shape[:-1]]))
+    k, n, bits = x_type.shape[-1].value, node.inputs[3].type.shape[1].value, node.attrs["bits"]
+    if rows > MAX_BATCH or not 1 <= bits <= 4 or node.attrs["group"] % CHUNK:
+        return None
+    geom = Geometry(n, k, bits, node.attrs["group"])
+
+    @functools.cache
+    def pack() -> PackedWeights:
+        planes, scales, zeros = (lw.weights.param(name) for name in names)
+        return pack_for_tvm(planes, scales.astype(np.float32), zeros, geom, "lut_f32")
+
+    w, s, z = (lw.weight(f"{names[0]}#lut_f32.{i}", lambda i=i: pack()[i]) for i in range(3))
+    name = f"lut_f32_n{n}_k{k}_b{bits}_g{geom.group}_m{rows}"
+    func = kernel_func("lut_f32", geom, rows).with_attrs({"global_symbol": name, "op_pattern": 8,
+                                                          "tirx.is_scheduled": True})
+    padded = geom.padded_rows("lut_f32")
+    x = lw.bb.emit(relax.op.reshape(lw.value(pre.inputs[0]), [rows, k]))
+    y = lw.bb.emit(relax.call_tir(lw.bb.add_func(func, name), [x, w, s, z], relax.TensorType([rows, padded], "float32")))
+    if padded != n:
+        y = lw.bb.emit(relax.op.strided_slice(y, [1], [0], [n]))
+    return lw.bb.emit(relax.op.reshape(y, lw.shape(node.outputs[0].type)))
