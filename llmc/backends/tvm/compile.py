@@ -81,11 +81,12 @@ class Lowered:
 
 def lower(model: Model | Module, target: Target | None = None) -> Lowered:
     """Lower a model's ``prefill`` and ``decode`` to Relax for ``target`` (weights packed for the kernels;
-    on AVX-512 CPUs, decode-sized LUT-mpGEMM layers use the LUT kernels of ``lut_kernels.py``)."""
+    on CPUs, decode-sized quantized layers use the GEMV kernels of ``build.py``)."""
     module = model.module if isinstance(model, Model) else model
     if not module.has_weights:
         raise LlmcError(f"module '{module.name}' has no weights (imported shapes-only); it cannot be compiled to run")
-    options = Options(avx512_lut=target is not None and target.kind.name == "llvm" and has_lut_features(target))
+    cpu = target is not None and target.kind.name == "llvm"
+    options = Options(cpu_gemv=cpu, avx512_lut=cpu and has_lut_features(target))
     mod, weights, signatures = lower_module(module, FUNCTIONS, options)
     return Lowered(module.name, mod, weights.arrays, signatures, int(module.attrs.get("max_position", 0) or 0))
 

@@ -70,9 +70,10 @@ class WeightTable:
 
 @dataclass(frozen=True)
 class Options:
-    """Target-dependent lowering choices. ``avx512_lut``: LUT-mpGEMM layers of at most 8 rows with
-    float tables run on the AVX-512 kernels of ``lut_kernels.py`` (which build their own tables)."""
+    """Target-dependent lowering choices (``lower_cpu.py``): decode-sized quantized layers on the CPU
+    dequantize GEMV kernel (``cpu_gemv``) and LUT-mpGEMM ones on the AVX-512 LUT kernel (``avx512_lut``)."""
 
+    cpu_gemv: bool = False
     avx512_lut: bool = False
 
 

@@ -13,10 +13,8 @@ import numpy as np
 from tvm import relax
 
 from llmc.backends.tvm import kernels, layouts
-from llmc.backends.tvm.build import kernel_func
 from llmc.backends.tvm.lower import FunctionLowering, handles, tvm_dtype, with_defaults
-from llmc.backends.tvm.lut_runtime import MAX_BATCH
-from llmc.backends.tvm.pack import CHUNK, Geometry, PackedWeights, pack_for_tvm
+from llmc.backends.tvm.lower_cpu import dequant_gemv, lut_gemv
 from llmc.compiler.lut.pack import offset_codes
 from llmc.errors import LlmcError
 from llmc.ir.graph import Node
@@ -61,7 +59,7 @@ def _linear(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     weight = node.inputs[1]
     producer = lw.producers.get(weight.name)
     if producer is not None and producer.op == "dequantize" and lw.deferred(producer):
-        return [_quantized_linear(lw, x, bias, producer)]
+        return [_quantized_linear(lw, node, x, bias, producer)]
     name = lw.param_name(weight)
     nm = _nm(weight.type)
     if name is not None and nm is not None:
@@ -78,7 +76,8 @@ def _linear(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     return [_emit_te(lw, "linear", kernels.linear, x, lw.value(weight), bias)]
 
 
-def _quantized_linear(lw: FunctionLowering, x: relax.Expr, bias: relax.Expr | None, dq: Node) -> relax.Expr:
+def _quantized_linear(lw: FunctionLowering, node: Node, x: relax.Expr, bias: relax.Expr | None, dq: Node
+                      ) -> relax.Expr:
     """``linear(x, dequantize(codes, scales[, zeros]))`` on packed (or N:M sparse) offset codes."""
     dq = with_defaults(dq)
     codes_name, scales_name = lw.param_name(dq.inputs[0]), lw.param_name(dq.inputs[1])
@@ -113,6 +112,9 @@ def _quantized_linear(lw: FunctionLowering, x: relax.Expr, bias: relax.Expr | No
         index = lw.weight(f"{codes_name}#index", lambda: pack()[1])
         return _emit_te(lw, "sparse_dequant_linear", kernels.sparse_dequant_linear, x, codes, index, scales, zeros,
                         bias, n=n, m=m, group=group)
+    fast = dequant_gemv(lw, node, x, bias, dq.attrs["group"], offset) if nm is None else None
+    if fast is not None:
+        return fast
     slot = layouts.slot_bits(code_type.dtype.bits)
     packed = lw.weight(f"{codes_name}#packed{slot}", lambda: layouts.pack_words(offset()[0], slot))
     return _emit_te(lw, "dequant_linear", kernels.dequant_linear, x, packed, scales, zeros, bias, slot=slot, group=group)
@@ -162,7 +164,7 @@ def _lut_precompute(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
 
 @handles("lut_gemm")
 def _lut_gemm(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
-    fast = _avx512_lut(lw, node)
+    fast = lut_gemv(lw, node)
     if fast is not None:
         return [fast]
     args = [lw.arg(node, i) for i in range(4)]
@@ -173,36 +175,3 @@ def _lut_gemm(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
                           group=node.attrs["group"], symmetric=node.attrs["symmetric"],
                           primfunc_name_hint="lut_gemm")]
 
-
-def _avx512_lut(lw: FunctionLowering, node: Node) -> relax.Expr | None:
-    """``lut_gemm`` of at most 8 rows on the AVX-512 float-table kernel, fed with the activations its
-    ``lut_precompute`` read (the kernel builds its own tables), or None where that does not apply."""
-    pre = lw.producers.get(node.inputs[0].name)
-    if not lw.options.avx512_lut or pre is None or pre.op != "lut_precompute":
-        return None
-    pre = with_defaults(pre)
-    x_type = pre.inputs[0].type
-    names = [lw.param_name(v) for v in node.inputs[3:]]
-    if pre.attrs["table_bits"] or pre.attrs["g"] != CHUNK or None in names or not all(d.is_static for d in x_type.shape):
-        return None
-    rows = int(np.prod([d.value for d in x_type.shape[:-1]]))
-    k, n, bits = x_type.shape[-1].value, node.inputs[3].type.shape[1].value, node.attrs["bits"]
-    if rows > MAX_BATCH or not 1 <= bits <= 4 or node.attrs["group"] % CHUNK:
-        return None
-    geom = Geometry(n, k, bits, node.attrs["group"])
-
-    @functools.cache
-    def pack() -> PackedWeights:
-        planes, scales, zeros = (lw.weights.param(name) for name in names)
-        return pack_for_tvm(planes, scales.astype(np.float32), zeros, geom, "lut_f32")
-
-    w, s, z = (lw.weight(f"{names[0]}#lut_f32.{i}", lambda i=i: pack()[i]) for i in range(3))
-    name = f"lut_f32_n{n}_k{k}_b{bits}_g{geom.group}_m{rows}"
-    func = kernel_func("lut_f32", geom, rows).with_attrs({"global_symbol": name, "op_pattern": 8,
-                                                          "tirx.is_scheduled": True})
-    padded = geom.padded_rows("lut_f32")
-    x = lw.bb.emit(relax.op.reshape(lw.value(pre.inputs[0]), [rows, k]))
-    y = lw.bb.emit(relax.call_tir(lw.bb.add_func(func, name), [x, w, s, z], relax.TensorType([rows, padded], "float32")))
-    if padded != n:
-        y = lw.bb.emit(relax.op.strided_slice(y, [1], [0], [n]))
-    return lw.bb.emit(relax.op.reshape(y, lw.shape(node.outputs[0].type)))
