@@ -19,8 +19,7 @@ from tvm import relax
 from llmc.backends.tvm.build import kernel_func
 from llmc.backends.tvm.lower import FunctionLowering, with_defaults
 from llmc.backends.tvm.lut_runtime import MAX_BATCH
-from llmc.backends.tvm.pack import CHUNK, Geometry, PackedWeights, pack_for_tvm
-from llmc.compiler.lut.pack import pack_planes
+from llmc.backends.tvm.pack import CHUNK, Geometry, PackedWeights, pack_codes_for_dequant, pack_for_tvm
 from llmc.ir.graph import Node
 from llmc.ir.types import TensorType
 
@@ -65,7 +64,7 @@ def dequant_gemv(lw: FunctionLowering, node: Node, x: relax.Expr, bias: relax.Ex
 
     def pack() -> PackedWeights:
         u, z = offset()
-        return pack_for_tvm(pack_planes(u, bits, CHUNK), lw.weights.param(scales).astype(np.float32), z, geom, "dequant")
+        return pack_codes_for_dequant(u, lw.weights.param(scales).astype(np.float32), z, geom)
 
     y = _call(lw, "dequant", geom, rows, x, lw.param_name(codes), pack, node.outputs[0].type)
     return y if bias is None else lw.bb.emit(relax.op.add(y, bias))

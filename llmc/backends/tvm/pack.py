@@ -147,12 +147,12 @@ def _pack_lut_f32(planes: np.ndarray, geom: Geometry) -> np.ndarray:
     return np.ascontiguousarray(word.transpose(1, 3, 0, 4, 2)).view(np.int32)
 
 
-def _pack_dequant(planes: np.ndarray, geom: Geometry) -> np.ndarray:
+def _pack_dequant(codes: np.ndarray, geom: Geometry) -> np.ndarray:
     sb = geom.slot_bits()
     per = 8 // sb
     gc, gp, nt = geom.group_cols, geom.padded_group_cols(), geom.n_groups
     u = np.zeros((geom.padded_rows("dequant"), nt * gc), np.uint8)
-    u[: geom.n, : geom.k] = codes_from_planes(planes, geom.k)
+    u[: geom.n, : geom.k] = codes
     grouped = np.zeros((u.shape[0], nt, gp), np.uint8)
     grouped[:, :, :gc] = u.reshape(u.shape[0], nt, gc)
     blocks = grouped.reshape(u.shape[0], nt, gp // (16 * per), per, 16)
@@ -178,12 +178,25 @@ def pack_for_tvm(
     for name, arr in (("scales", scales), ("zeros", zeros)):
         if arr.shape != (geom.n, geom.n_groups):
             raise ValueError(f"{name} must be {(geom.n, geom.n_groups)}, got {arr.shape}")
+    if layout == "dequant":
+        return pack_codes_for_dequant(codes_from_planes(planes, geom.k), scales, zeros, geom)
+    s, z = _padded(scales, zeros, geom, layout)
+    packer = _pack_lut_int8 if layout == "lut_int8" else _pack_lut_f32
+    return PackedWeights(packer(planes, geom), np.ascontiguousarray(s.T), np.ascontiguousarray(z.T))
+
+
+def pack_codes_for_dequant(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, geom: Geometry) -> PackedWeights:
+    """The ``dequant`` layout straight from offset codes ``u [N, K]`` (no bit-planes in between)."""
+    if codes.shape != (geom.n, geom.k):
+        raise ValueError(f"codes must be {(geom.n, geom.k)}, got {codes.shape}")
+    return PackedWeights(_pack_dequant(codes, geom), *_padded(scales, zeros, geom, "dequant"))
+
+
+def _padded(scales: np.ndarray, zeros: np.ndarray, geom: Geometry, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scales and zeros as float32 ``[Np, NT]``, zero in the padding rows."""
     rows = geom.padded_rows(layout)
     s = np.zeros((rows, geom.n_groups), np.float32)
     z = np.zeros((rows, geom.n_groups), np.float32)
     s[: geom.n] = scales
     z[: geom.n] = zeros
-    if layout == "dequant":
-        return PackedWeights(_pack_dequant(planes, geom), s, z)
-    packer = _pack_lut_int8 if layout == "lut_int8" else _pack_lut_f32
-    return PackedWeights(packer(planes, geom), np.ascontiguousarray(s.T), np.ascontiguousarray(z.T))
+    return s, z
