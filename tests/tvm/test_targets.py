@@ -51,14 +51,17 @@ def test_compiled_model_matches_the_interpreter(target: str, name: str, recipe: 
     assert tokens == ref_tokens
 
 
-# more compression forms on the bundled model, CPU only: N:M sparse (float and quantized codes),
-# asymmetric and 3-bit codes, a quantized KV cache, and int8 LUT tables (a table entry on a
-# rounding tie may round the other way, so those logits agree to the table quantization error)
+# more compression forms on the bundled model on the CPU: N:M sparse (float and quantized codes),
+# asymmetric and 3-bit codes, mixed precision (dequantized weights gathered), outliers (float16
+# side matrices), a quantized KV cache, and int8 LUT tables (a table entry on a rounding tie may
+# round the other way, so those logits agree to the table quantization error)
 MORE = {
     "sparse2:4": ("sparsify{pattern=2:4}", TOLERANCE),
     "sparse2:4+w4": ("sparsify{pattern=2:4},quantize{bits=4,group=128}", TOLERANCE),
     "w4asym-g64": ("quantize{bits=4,group=64,symmetric=false}", TOLERANCE),
     "w3": ("quantize{bits=3,group=128}", TOLERANCE),
+    "mixed-3bpw": ("mixed-precision{budget=3.0,group=128}", TOLERANCE),
+    "outliers+w4": ("outliers,quantize{bits=4,group=128}", TOLERANCE),
     "kv-quant": ("kv-quant", TOLERANCE),
     "w4lut-int8": ("quantize{bits=4,group=128},lut-mpgemm{table_bits=8}", 2e-2),
 }
@@ -68,7 +71,8 @@ MORE = {
 def test_more_recipes_on_the_cpu(recipe: str) -> None:
     pipeline, tolerance = MORE[recipe]
     m = model("llmc-tiny")
-    module = run_pipeline(m.module, parse_pipeline(pipeline), PassContext(calibration_config=CALIBRATION))
+    context = PassContext(tokenizer_json=m.tokenizer_json, calibration_config=CALIBRATION)
+    module = run_pipeline(m.module, parse_pipeline(pipeline), context)
     ids = prompt("llmc-tiny")
     ref_tokens, ref_logits = greedy(InterpreterDevice(module), ids)
     tokens, logits = greedy(compile_model(module, "cpu"), ids, feed=ref_tokens)

@@ -112,7 +112,7 @@ def _quantized_linear(lw: FunctionLowering, node: Node, x: relax.Expr, bias: rel
         index = lw.weight(f"{codes_name}#index", lambda: pack()[1])
         return _emit_te(lw, "sparse_dequant_linear", kernels.sparse_dequant_linear, x, codes, index, scales, zeros,
                         bias, n=n, m=m, group=group)
-    fast = dequant_gemv(lw, node, x, bias, dq.attrs["group"], offset) if nm is None else None
+    fast = dequant_gemv(lw, node, x, bias, group, offset)
     if fast is not None:
         return fast
     slot = layouts.slot_bits(code_type.dtype.bits)
@@ -125,8 +125,10 @@ def _dequantize(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     if node.attrs["dtype"] != F32:
         raise LlmcError(f"dequantize to {node.attrs['dtype']}: the TVM backend dequantizes to f32")
     args = [lw.arg(node, i) for i in range(len(node.inputs))]
+    scales_name = lw.param_name(node.inputs[1])
+    scales = _f32(lw, scales_name) if scales_name is not None else args[1]
     zeros = args[2] if len(args) == 3 else None
-    return [lw.bb.emit_te(kernels.dequantize_codes, args[0], args[1], zeros, node.attrs["group"],
+    return [lw.bb.emit_te(kernels.dequantize_codes, args[0], scales, zeros, node.attrs["group"],
                           primfunc_name_hint="dequantize")]
 
 

@@ -11,6 +11,7 @@ from tvm.relax import op as R
 from llmc.backends.tvm.lower import FunctionLowering, handles, tvm_dtype
 from llmc.errors import LlmcError
 from llmc.ir.graph import Node
+from llmc.ir.ops.common import as_dtype
 from llmc.ir.types import Dim
 
 _BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
@@ -61,8 +62,14 @@ def _where(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
 
 @handles("cast")
 def _cast(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    """A parameter's cast is done once, at compile time, with the reference's semantics (so no
+    float16 reaches devices without half precision)."""
     _int_arithmetic_check(lw, node)
-    return _emit(lw, R.astype(lw.arg(node, 0), tvm_dtype(node.attrs["dtype"])))
+    dtype = node.attrs["dtype"]
+    name = lw.param_name(node.inputs[0])
+    if name is not None:
+        return [lw.weight(f"{name}#{dtype}", lambda: as_dtype(lw.weights.param(name), dtype))]
+    return _emit(lw, R.astype(lw.arg(node, 0), tvm_dtype(dtype)))
 
 
 @handles(*_REDUCE)
