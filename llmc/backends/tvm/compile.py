@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,8 @@ def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | Non
     lowered = lower(model, tt)
     if target == "cpu" or (target == "cuda" and tvm.cuda(0).exist):
         device = tvm.cpu() if target == "cpu" else tvm.cuda(0)
+        if target == "cuda":
+            os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")  # read by TVM's CUDA compile callback
         executable = tvm.compile(lowered.mod, tt, relax_pipeline=vm_pipeline(tt))
         executor: Any = VmExecutor(executable, device)
     elif target == "opencl":

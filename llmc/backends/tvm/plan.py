@@ -149,7 +149,7 @@ def lower_kernels(mod: tvm.IRModule, target: Target) -> tuple[dict[str, Kernel],
     """Lower every TIR function of ``mod`` for ``target``: host plans and device source."""
     funcs = {gv.name_hint: f.with_attr("global_symbol", gv.name_hint)
              for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
-    tir_mod = tirx.transform.BindTarget(target)(tvm.IRModule({n: f for n, f in funcs.items()}))
+    tir_mod = tirx.transform.BindTarget(target)(tvm.IRModule(funcs))
     captured: dict[str, tvm.IRModule] = {}
 
     @tvm.instrument.pass_instrument
