@@ -20,16 +20,12 @@ import json
 import tempfile
 from pathlib import Path
 
+from compile_7b import LLAMA2_7B
+
 from llmc.cli import main as llmc
 
 FLIGHTLLM_TOKENS_PER_S = 55.0
 HERE = Path(__file__).parent
-LLAMA2_7B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
-    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
-    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2,
-    "tie_word_embeddings": False, "torch_dtype": "float16",
-}
 CONFIGS = [
     ("flightllm-like", "sparsify{pattern=2:4},quantize{bits=8,group=128}", str(HERE / "flightllm_u280.yaml")),
     ("llmc W4g128", "quantize{bits=4,group=128}", "u280"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llmc.cli import TextStream, add_generation_arguments, add_json_argument, parse_ids
 from llmc.cli import command as register_command
-from llmc.deploy.generate import SamplingOptions
+from llmc.deploy.console import sampling_options
 from llmc.errors import LlmcError
 
 
@@ -58,10 +58,7 @@ def _generate_on_iss(args: argparse.Namespace, image: object, timing: object) ->
     if not image.has_weights:  # type: ignore[attr-defined]
         raise LlmcError(f"{args.project}: compiled without weights (--shapes-only); use --timing-only")
     model = load(args.project)
-    try:
-        sampling = SamplingOptions(args.sample, args.top_k, args.top_p, args.temperature, args.seed)
-    except ValueError as e:
-        raise LlmcError(str(e)) from None
+    sampling = sampling_options(args)
     ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else model.encode(args.prompt)
     device = IssDevice(image, timing)  # type: ignore[arg-type]
     text = TextStream(model)

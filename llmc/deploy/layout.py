@@ -9,7 +9,7 @@ channels, KV bytes per channel, io bytes). The PYNQ device allocates and fills w
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -105,17 +105,6 @@ def check_registers(found: Mapping[str, Mapping], expected: list[Register], wher
 
 def _brief(names: list[str]) -> str:
     return ", ".join(names) if len(names) <= 6 else ", ".join([*names[:3], "...", *names[-3:]]) + f"; {len(names)}"
-
-
-def chunks(total: int, bucket_for: Callable[[int], int]) -> Iterator[tuple[int, int, int]]:
-    """``(bucket, first row, rows)`` for a run of ``total`` rows, each chunk in the bucket
-    ``bucket_for(rows left)`` chooses (as the simulator and the XRT host cut a prefill)."""
-    done = 0
-    while done < total:
-        bucket = bucket_for(total - done)
-        rows = min(total - done, bucket)
-        yield bucket, done, rows
-        done += rows
 
 
 def io_regions(io: Mapping[str, int], rows: int) -> dict[str, slice]:

@@ -26,7 +26,6 @@ from llmc.deploy.layout import (
     COMPUTE_UNIT,
     Buffer,
     check_registers,
-    chunks,
     io_regions,
     kernel_arguments,
     plan_buffers,
@@ -34,7 +33,7 @@ from llmc.deploy.layout import (
     register_map,
 )
 from llmc.errors import LlmcError
-from llmc.sim.image import ProjectImage
+from llmc.sim.image import ProjectImage, chunks
 
 PYNQ_SERIES = "3.0."  # the last PYNQ series with Alveo (XRT) devices; 3.1 removed their probe
 PYNQ_PIN = "pynq==3.0.1"

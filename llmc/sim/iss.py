@@ -21,7 +21,7 @@ from llmc.backends.fpga.isa import Instruction
 from llmc.errors import LlmcError
 from llmc.ir.ops import hw_math as hm
 from llmc.ir.registry import OPS, RefContext
-from llmc.sim.image import ProjectImage
+from llmc.sim.image import ProjectImage, chunks
 from llmc.sim.timing import Cost, TimingModel
 
 ENGINE_NAMES = {0: "dsp", 1: "sparse", 2: "lut"}
@@ -107,13 +107,11 @@ class Iss:
         vocab = self.image.vocab
         if any(not 0 <= int(i) < vocab for i in ids):
             raise LlmcError(f"token id outside the vocabulary of {vocab}")
-        out, costs, done = [], [], 0
-        while done < len(ids):
-            bucket = self.image.bucket_for(len(ids) - done)
-            rows = min(len(ids) - done, bucket)
-            out.append(self.execute(bucket, np.asarray(ids[done:done + rows], dtype=np.int32),
-                                    start_pos + done, costs))
-            done += rows
+        out: list[np.ndarray] = []
+        costs: list[Cost] = []
+        for bucket, first, rows in chunks(len(ids), self.image.bucket_for):
+            out.append(self.execute(bucket, np.asarray(ids[first:first + rows], dtype=np.int32),
+                                    start_pos + first, costs))
         return np.concatenate(out), costs
 
     def execute(self, bucket: int, ids: np.ndarray, start_pos: int, costs: list[Cost]) -> np.ndarray:

@@ -9,7 +9,6 @@ about a second).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from math import log10
 from pathlib import Path
@@ -18,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from llmc.backends.fpga.isa import Instruction
 from llmc.errors import LlmcError
+from llmc.sim.image import bucket_for, chunks
 from llmc.sim.timing import Cost, TimingModel, block_of
 
 
@@ -63,17 +63,6 @@ class RunFigures:
                 "layers": [vars(x) for x in self.layers]}
 
 
-def chunks(buckets: Sequence[int], count: int, start: int = 0) -> list[tuple[int, int, int]]:
-    """``(bucket, rows, start_pos)`` of each kernel call that runs ``count`` tokens from ``start``."""
-    out, done = [], 0
-    while done < count:
-        bucket = next((b for b in buckets if b >= count - done), buckets[-1])
-        rows = min(count - done, bucket)
-        out.append((bucket, rows, start + done))
-        done += rows
-    return out
-
-
 def program_costs(timing: TimingModel, program: list[Instruction], rows: int, start_pos: int) -> list[Cost]:
     out = []
     for ins in program:
@@ -90,9 +79,9 @@ def model_run(timing: TimingModel, programs: dict[int, list[Instruction]], prefi
     context = timing.config.max_context
     if prefill + decode > context:
         raise LlmcError(f"{prefill} + {decode} tokens exceed the compiled context of {context}")
-    buckets = sorted(programs)
-    pre = [c for b, rows, at in chunks(buckets, prefill) for c in program_costs(timing, programs[b], rows, at)]
-    steps = [program_costs(timing, programs[buckets[0]], 1, prefill + i) for i in range(decode)]
+    pre = [c for b, first, rows in chunks(prefill, lambda rows: bucket_for(programs, rows))
+           for c in program_costs(timing, programs[b], rows, first)]
+    steps = [program_costs(timing, programs[bucket_for(programs, 1)], 1, prefill + i) for i in range(decode)]
     flat = [c for step in steps for c in step]
     return RunFigures(prefill, decode, timing.seconds(pre), timing.seconds(flat),
                       sum(c.hbm_bytes for c in flat) // decode, timing.hbm_utilisation(flat),

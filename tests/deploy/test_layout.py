@@ -14,7 +14,6 @@ from llmc.deploy.layout import (
     COMPUTE_UNIT,
     MIN_BUFFER_BYTES,
     check_registers,
-    chunks,
     io_regions,
     kernel_arguments,
     plan_buffers,
@@ -22,7 +21,7 @@ from llmc.deploy.layout import (
     register_map,
 )
 from llmc.errors import LlmcError
-from llmc.sim.image import ProjectImage
+from llmc.sim.image import ProjectImage, chunks
 from llmc.sim.iss import IssDevice
 
 

@@ -13,8 +13,9 @@ from llmc.backends.fpga.isa import Instruction, mm_flags
 from llmc.backends.fpga.target import load_target
 from llmc.cli import main
 from llmc.errors import LlmcError
+from llmc.sim.image import bucket_for, chunks
 from llmc.sim.ladder import Deadline
-from llmc.sim.perf import chunks, model_run
+from llmc.sim.perf import model_run
 from llmc.sim.timing import TimingModel
 
 CONFIG = AcceleratorConfig(
@@ -78,9 +79,12 @@ def test_a_slower_clock_or_narrower_port_lowers_throughput():
 
 
 def test_chunks_follow_the_buckets():
-    assert chunks((1, 16, 64), 1) == [(1, 1, 0)]
-    assert chunks((1, 16, 64), 13) == [(16, 13, 0)]
-    assert chunks((1, 16, 64), 150, 5) == [(64, 64, 5), (64, 64, 69), (64, 22, 133)]
+    def pick(rows: int) -> int:
+        return bucket_for((1, 16, 64), rows)
+
+    assert list(chunks(1, pick)) == [(1, 0, 1)]
+    assert list(chunks(13, pick)) == [(16, 0, 13)]
+    assert list(chunks(150, pick)) == [(64, 0, 64), (64, 64, 64), (64, 128, 22)]
 
 
 def test_model_run_aggregates_prefill_and_decode():
