@@ -27,6 +27,24 @@ class Device(Protocol):
         """Append one token; return its logits, shape [vocab]."""
 
 
+class AppendingDevice:
+    """Prefill and decode for a device whose ``run(ids)`` appends tokens to its cache and returns their
+    logits [len(ids), vocab] (the accelerator's step program, its simulators and the card)."""
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def run(self, ids: Sequence[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        self.reset()
+        return self.run(ids)[-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.run([token])[-1]
+
+
 class TimedDevice(Device, Protocol):
     """A device that reports the seconds of its last call: modelled by a simulator, measured on a card."""
 

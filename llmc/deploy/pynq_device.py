@@ -22,6 +22,7 @@ import numpy as np
 
 from llmc.backends.fpga.container import read_container
 from llmc.backends.fpga.isa import INSTR_BYTES
+from llmc.deploy.generate import AppendingDevice
 from llmc.deploy.layout import (
     COMPUTE_UNIT,
     Buffer,
@@ -81,7 +82,7 @@ def xrt_state() -> str:
     return f"XRT at {root} lists none: check the card with `xbutil examine`"
 
 
-class PynqDevice:
+class PynqDevice(AppendingDevice):
     """The generation device on a card: ``reset``/``prefill``/``decode``/``run`` like the simulator;
     ``last_seconds`` is the measured kernel time of the last call (start to done, all chunks)."""
 
@@ -183,12 +184,6 @@ class PynqDevice:
             raise LlmcError(f"{COMPUTE_UNIT} failed: {e}") from None
         return time.perf_counter() - start
 
-    def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        self.reset()
-        return self.run(ids)[-1]
-
-    def decode(self, token: int) -> np.ndarray:
-        return self.run([token])[-1]
 
     def close(self) -> None:
         """Free the buffers and the card."""

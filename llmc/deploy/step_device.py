@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from llmc.deploy.generate import AppendingDevice
 from llmc.errors import LlmcError
 from llmc.ir.graph import Module
 from llmc.ir.interpreter import run_function
@@ -26,7 +27,7 @@ def step_outputs_to_cache(module: Module, outputs: dict[str, np.ndarray]) -> dic
             if v.name.startswith("past_")}
 
 
-class StepDevice:
+class StepDevice(AppendingDevice):
     """Prefill and decode through the ``step`` function; logits of the last position."""
 
     def __init__(self, module: Module) -> None:
@@ -54,9 +55,3 @@ class StepDevice:
         self.length += len(ids)
         return outputs["logits"]
 
-    def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        self.reset()
-        return self.run(ids)[-1]
-
-    def decode(self, token: int) -> np.ndarray:
-        return self.run([token])[-1]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmc.deploy.generate import AppendingDevice
 from llmc.errors import LlmcError
 
 CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-ffp-contract=off"]
@@ -52,7 +53,7 @@ def build_csim(project: Path, out: Path | None = None, timeout: float = 600) -> 
     return exe
 
 
-class CsimDevice:
+class CsimDevice(AppendingDevice):
     """The compiled test bench as a device: ``run`` appends tokens and returns their logits."""
 
     def __init__(self, project: Path, exe: Path | None = None, timeout: float = 600) -> None:
@@ -105,12 +106,6 @@ class CsimDevice:
         self.length += len(ids)
         return np.frombuffer(data, dtype="<f4").reshape(len(ids), self.vocab).copy()
 
-    def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        self.reset()
-        return self.run(ids)[-1]
-
-    def decode(self, token: int) -> np.ndarray:
-        return self.run([token])[-1]
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from llmc.backends.fpga import pack
 from llmc.backends.fpga.isa import Instruction
+from llmc.deploy.generate import AppendingDevice
 from llmc.errors import LlmcError
 from llmc.ir.ops import hw_math as hm
 from llmc.ir.registry import OPS, RefContext
@@ -211,7 +212,7 @@ class Iss:
         self.act[ins.dst] = _ref("hw_scale", [self._src(ins.src0, rows), vec])[0]
 
 
-class IssDevice:
+class IssDevice(AppendingDevice):
     """The simulator behind the generation loop's device interface (``reset``/``prefill``/``decode``);
     ``last_seconds`` is the modelled time of the last call and ``costs`` its instructions' costs."""
 
@@ -237,9 +238,3 @@ class IssDevice:
         self.last_seconds = self.iss.timing.seconds(self.costs)
         return logits
 
-    def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        self.reset()
-        return self.run(ids)[-1]
-
-    def decode(self, token: int) -> np.ndarray:
-        return self.run([token])[-1]
