@@ -54,4 +54,3 @@ class StepDevice(AppendingDevice):
         self.cache = step_outputs_to_cache(self.module, outputs)
         self.length += len(ids)
         return outputs["logits"]
-

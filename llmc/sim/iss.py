@@ -237,4 +237,3 @@ class IssDevice(AppendingDevice):
         self.length += len(ids)
         self.last_seconds = self.iss.timing.seconds(self.costs)
         return logits
-
