@@ -179,22 +179,28 @@ class Iss:
         f = ins.fields
         kvh, d = int(f["kv_heads"]), int(f["head_dim"])
         codes, scales = hm.quant8(self._src(ins.src0, rows), d)
-        channel = self.kv[int(f["channel"])]
-        at = int(f["codes_off"]) + start_pos * kvh * d
-        channel[at:at + codes.size] = codes.astype(np.int8).reshape(-1).view(np.uint8)
-        at = int(f["scales_off"]) + start_pos * kvh * 4
-        channel[at:at + scales.size * 4] = scales.astype("<i4").reshape(-1).view(np.uint8)
+        codes = codes.astype(np.int8).view(np.uint8)
+        scales = scales.astype("<i4").view(np.uint8)
+        channels = len(self.kv)
+        for t in range(rows):
+            channel, at = self.kv[(start_pos + t) % channels], (start_pos + t) // channels
+            channel[int(f["codes_off"]) + at * kvh * d:][:kvh * d] = codes[t]
+            channel[int(f["scales_off"]) + at * kvh * 4:][:kvh * 4] = scales[t]
 
-    def _cache(self, channel: int, codes_off: int, scales_off: int, s: int, kvh: int, d: int) -> tuple[np.ndarray, ...]:
-        mem = self.kv[channel]
-        return (self._read(mem, codes_off, s * kvh * d, "<i1").reshape(s, kvh * d),
-                self._read(mem, scales_off, s * kvh, "<i4").reshape(s, kvh))
+    def _cache(self, codes_off: int, scales_off: int, s: int, kvh: int, d: int) -> tuple[np.ndarray, ...]:
+        """Cache rows ``0..s-1`` gathered from the KV channels they are striped over."""
+        channels = len(self.kv)
+        per = -(-s // channels)  # rows read from the fullest channel
+        codes = np.stack([self._read(ch, codes_off, per * kvh * d, "<i1").reshape(per, kvh * d) for ch in self.kv],
+                         axis=1)
+        scales = np.stack([self._read(ch, scales_off, per * kvh, "<i4").reshape(per, kvh) for ch in self.kv], axis=1)
+        return codes.reshape(per * channels, kvh * d)[:s], scales.reshape(per * channels, kvh)[:s]
 
     def _attn(self, ins: Instruction, rows: int, start_pos: int) -> None:
         f = ins.fields
         kvh, d, s = int(f["kv_heads"]), int(f["head_dim"]), start_pos + rows
-        kc, ks = self._cache(int(f["k_channel"]), int(f["k_codes_off"]), int(f["k_scales_off"]), s, kvh, d)
-        vc, vs = self._cache(int(f["v_channel"]), int(f["v_codes_off"]), int(f["v_scales_off"]), s, kvh, d)
+        kc, ks = self._cache(int(f["k_codes_off"]), int(f["k_scales_off"]), s, kvh, d)
+        vc, vs = self._cache(int(f["v_codes_off"]), int(f["v_scales_off"]), s, kvh, d)
         self.act[ins.dst] = _ref("hw_attention", [self._src(ins.src0, rows), kc, ks, vc, vs], heads=int(f["heads"]),
                                  kv_heads=kvh, head_dim=d, scale=float(f["scale"]))[0]
 

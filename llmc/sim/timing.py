@@ -13,8 +13,8 @@ Per instruction, from the engine parameters of the design (``AcceleratorConfig``
 - **LUT engine**: ``lut_lanes / mm_lanes`` tables per lane, each consuming ``lut_g`` one-bit weights
   per cycle, one pass per bit-plane;
 - **SFU**: ``sfu_lanes`` elements per cycle per pass (norms and softmax take two passes);
-- **attention**: the KV cache streams from its channels; scores and the weighted sum run on the
-  matrix lanes; the softmax on the SFU;
+- **attention**: the KV cache streams from the KV channels it is striped over (by position);
+  scores and the weighted sum run on the matrix lanes; the softmax on the SFU;
 - every instruction pays ``INSTR_OVERHEAD`` cycles (fetch from the DDR prefetch queue, decode,
   pipeline fill).
 
@@ -122,11 +122,12 @@ class TimingModel:
             return self._matmul(f, rows)
         if ins.op == "ATTN":
             return self._attention(f, rows, start_pos)
-        if ins.op == "KVAPP":
+        if ins.op == "KVAPP":  # rows go to consecutive KV channels
             width = int(f["kv_heads"]) * int(f["head_dim"])
-            nbytes = rows * (width + 4 * int(f["kv_heads"]))
+            row_bytes = width + 4 * int(f["kv_heads"])
+            busiest = ceil(rows / len(c.kv_channels)) * row_bytes
             sfu = self._sfu(rows * width, 2)
-            return self._simple("KVAPP", self._mem(nbytes), sfu, nbytes, sfu_elements=2 * rows * width)
+            return self._simple("KVAPP", self._mem(busiest), sfu, rows * row_bytes, sfu_elements=2 * rows * width)
         if ins.op == "EMBED":
             row_bytes = align(cols * 2)
             busiest = ceil(rows / lanes) * row_bytes
@@ -180,7 +181,7 @@ class TimingModel:
         heads, kvh, d = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"])
         s = start_pos + rows
         side = s * kvh * (d + 4)  # codes and scales of K (or V)
-        busiest = 2 * side if f["k_channel"] == f["v_channel"] else side
+        busiest = 2 * ceil(s / len(self.config.kv_channels)) * kvh * (d + 4)  # K and V rows striped over the channels
         memory = self._mem(busiest)
         macs = 2 * rows * heads * s * d  # scores and weighted sum
         compute = macs / self.peak_macs_per_cycle

@@ -12,8 +12,10 @@ import pytest
 from deploy_support import PROMPT, RECIPES, ids_text, run_py, snapshot
 
 import llmc
+from llmc.backends.fpga.design import AcceleratorConfig
 from llmc.cli import main
 from llmc.deploy.generate import generate
+from llmc.deploy.layout import register_map
 from llmc.deploy.step_device import StepDevice
 from llmc.io import load_module
 
@@ -91,10 +93,12 @@ def test_deployed_folder_contents(deployed, projects):
     assert manifest["xclbin"] is None and manifest["tokenizer"] == "tokenizer.json"
     assert manifest["max_context"] == 512 and manifest["vocab"] == 1024
     assert (folder / "weights.bin").read_bytes() == (projects["w4g128"] / "weights.bin").read_bytes()
-    assert "target" in json.loads((folder / "design.json").read_text())
+    design = json.loads((folder / "design.json").read_text())
+    assert "target" in design
     assert (folder / "requirements.txt").read_text().count("pynq==") == 1
     readme = (folder / "README.md").read_text()
-    assert "| 33 | `n_instr` | scalar |" in readme and "`llmc_accel_1`" in readme
+    n_instr = next(r for r in register_map(AcceleratorConfig.from_json(design["config"])) if r.name == "n_instr")
+    assert f"| {n_instr.index} | `n_instr` | scalar |" in readme and "`llmc_accel_1`" in readme
     shipped = {p.relative_to(folder).as_posix() for p in (folder / "llmc").rglob("*.py")}
     assert {"llmc/sim/iss.py", "llmc/deploy/pynq_device.py", "llmc/deploy/tokenizer.py"} <= shipped
     assert not any(p.startswith(("llmc/compiler", "llmc/backends/tvm", "llmc/cli")) for p in shipped)

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from llmc.backends.fpga.design import kernel_ports
 from llmc.backends.fpga.dse import ModelNeeds, check_fits, estimate_decode, explore
 from llmc.backends.fpga.resources import datapath_bits, estimate, macs_per_dsp, matrix_engine
 from llmc.backends.fpga.target import RESOURCE_KINDS, Resources, load_target
@@ -46,12 +47,16 @@ TINY = ModelNeeds(
 
 
 def _check_plan(config, target, needs):
-    used = [*config.weight_channels, *config.kv_channels, config.io_channel]
-    assert len(set(used)) == len(used) and all(0 <= c < target.memory.channels for c in used)
-    assert config.weight_channels == tuple(range(config.mm_lanes))
-    assert config.mm_lanes & (config.mm_lanes - 1) == 0 or config.mm_lanes % 4 == 0
-    assert config.mm_lanes * target.memory.channel_bytes >= needs.weight_bytes
-    assert len(config.kv_channels) * target.memory.channel_bytes >= needs.kv_bytes
+    lanes, kv = config.weight_channels, config.kv_channels
+    assert all(0 <= c < target.memory.channels for c in [*lanes, *kv, config.io_channel])
+    assert lanes == tuple(range(config.mm_lanes)) and len(set(kv)) == len(kv)
+    shared = kv == lanes  # the cache striped over the weight lanes, or on channels of its own
+    assert shared or not set(kv) & set(lanes)
+    assert config.io_channel not in (set(kv) - set(lanes))
+    lanes_ok = {target.memory.channels - 1, target.memory.channels}
+    assert config.mm_lanes & (config.mm_lanes - 1) == 0 or config.mm_lanes % 4 == 0 or config.mm_lanes in lanes_ok
+    assert config.mm_lanes * target.memory.channel_bytes >= needs.weight_bytes + (needs.kv_bytes if shared else 0)
+    assert len(kv) * target.memory.channel_bytes >= needs.kv_bytes
 
 
 def test_llama_7b_fits_u280_within_budget():
@@ -60,7 +65,8 @@ def test_llama_7b_fits_u280_within_budget():
     assert config.target == "u280" and config.clock_mhz == 250
     assert max(used.fractions.values()) <= 0.8 and used.fits(0.8)
     _check_plan(config, u280, LLAMA_7B)
-    assert config.mm_lanes == 24  # 3.9 GB need 15 channels of 256 MiB; more lanes stream faster, 7 hold the cache
+    # every channel streams weights, and the cache striped over them all; io shares the last one
+    assert config.mm_lanes == 32 and config.kv_channels == config.weight_channels and config.io_channel == 31
     assert config.weight_bits == (4,) and (config.sparse_n, config.sparse_m) == (0, 0)
     assert (config.lut_lanes, config.lut_g, config.lut_bits) == (0, 4, ())
     assert config.max_hidden == 11008 and config.max_context == 4096
@@ -69,6 +75,19 @@ def test_llama_7b_fits_u280_within_budget():
     assert decode.balanced  # compute keeps up with the weight stream
     assert 10 < 1 / decode.total_s < 130  # below the 460 GB/s ceiling of about 130 tokens/s
     assert check_fits(config, u280).total == used.total
+
+
+def test_the_cache_and_io_share_the_lanes_masters():
+    u280 = load_target("u280")
+    config, used = explore(u280, LLAMA_7B)
+    ports = {p.name: p for p in kernel_ports(config) if p.kind == "m_axi"}
+    assert (ports["kv5"].bundle, ports["kv5"].memory) == ("gmem_w5", "HBM[5]")
+    assert (ports["io"].bundle, ports["io"].memory) == ("gmem_w31", "HBM[31]")
+    assert len({p.bundle for p in ports.values()}) == 33  # the program's master and one per lane
+    dedicated = dataclasses.replace(config, mm_lanes=24, weight_channels=tuple(range(24)),
+                                    kv_channels=tuple(range(24, 31)), io_channel=31)
+    shared_s, dedicated_s = (estimate_decode(c, u280, LLAMA_7B) for c in (config, dedicated))
+    assert shared_s.weights_s < 0.8 * dedicated_s.weights_s and shared_s.kv_s < 0.3 * dedicated_s.kv_s
 
 
 def test_fp16_7b_is_refused_for_hbm_capacity():
@@ -173,9 +192,9 @@ def test_bad_model_needs(change, message):
     "change, message",
     [
         ({"target": "u55c"}, "accelerator config: target is 'u55c', not 'u280'"),
-        ({"io_channel": 0}, "accelerator config: a memory channel is assigned twice"),
+        ({"kv_channels": (0, 0)}, "accelerator config: a memory channel is assigned twice"),
         ({"io_channel": 40}, "accelerator config: channel 40 is outside u280's 32 channels"),
-        ({"mm_lanes": 7}, "accelerator config: weight_channels has 24 entries for 7 mm_lanes"),
+        ({"mm_lanes": 7}, "accelerator config: weight_channels has 32 entries for 7 mm_lanes"),
         ({"sfu_lanes": 4096}, "accelerator config does not fit 100% of u280: lut "),
     ],
 )

@@ -1,5 +1,6 @@
 """``llmc compile DIR --shapes-only`` on a folder holding only Llama-2-7B's config.json: a whole
-project for a 4096-token context that fits the U280 (W4 and W4 + 2:4); int8 is refused."""
+project for a 4096-token context that fits the U280 (W4, W4 + 2:4 and int8 with the KV cache striped over
+the weight lanes); a context whose cache the HBM cannot hold is refused."""
 
 from __future__ import annotations
 
@@ -60,8 +61,21 @@ def test_shapes_only_7b_compiles_to_a_project_that_fits(config_dir: Path, tmp_pa
     assert sum(i.op == "ATTN" for i in program) == 32 and sum(i.op == "MM" for i in program) == 225
 
 
-def test_shapes_only_7b_at_int8_is_refused(config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_shapes_only_7b_at_int8_fits_with_the_cache_on_the_lanes(config_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "int8"
-    assert main(["compile", str(config_dir), "--shapes-only", "-o", str(out)]) == 2
-    assert "u280 cannot place the model in its 32 channels" in capsys.readouterr().err
+    assert main(["compile", str(config_dir), "--shapes-only", "-o", str(out)]) == 0
+    config = json.loads((out / "design.json").read_text())["config"]
+    assert config["mm_lanes"] == 32 and config["kv_channels"] == config["weight_channels"]
+    report = json.loads((out / "report.json").read_text())
+    per_channel = [w + kv for w, kv in zip(report["weight_channel_bytes"], report["kv_channel_bytes"], strict=True)]
+    assert max(per_channel) <= load_target("u280").memory.channel_bytes < max(per_channel) * 1.25
+
+
+def test_a_context_the_hbm_cannot_hold_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "long"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA2_7B | {"max_position_embeddings": 16384}))
+    out = tmp_path / "int8"
+    assert main(["compile", str(folder), "--shapes-only", "-o", str(out)]) == 2
+    assert "needs 10.5 GiB of HBM (weights 6.4 GiB + KV cache 4.1 GiB at 16384 tokens); u280 has 8.0 GiB" in capsys.readouterr().err
     assert not out.exists()

@@ -3,6 +3,7 @@ every simulator run is bounded in time."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -23,6 +24,10 @@ CONFIG = AcceleratorConfig(
     sparse_m=4, lut_lanes=256, lut_g=4, lut_bits=(2,), sfu_lanes=16, max_rows=64, max_hidden=1024,
     max_context=256, act_buffers=4, weight_channels=tuple(range(8)), kv_channels=(8, 9), io_channel=10,
     buckets=(1, 16, 64))
+
+
+ATTN = Instruction("ATTN", 2, 1, 0, {"heads": 8, "kv_heads": 2, "head_dim": 64, "scale": 0.125, "k_codes_off": 0,
+                                     "k_scales_off": 0, "v_codes_off": 0, "v_scales_off": 0})
 
 
 def model() -> TimingModel:
@@ -64,11 +69,16 @@ def test_row_blocks_reread_weights():
 
 def test_attention_grows_with_the_context():
     t = model()
-    ins = Instruction("ATTN", 2, 1, 0, {"heads": 8, "kv_heads": 2, "head_dim": 64, "scale": 0.125, "k_channel": 0,
-                                        "k_codes_off": 0, "k_scales_off": 0, "v_channel": 1, "v_codes_off": 0,
-                                        "v_scales_off": 0})
-    early, late = t.cost(ins, 1, 10), t.cost(ins, 1, 200)
+    early, late = t.cost(ATTN, 1, 10), t.cost(ATTN, 1, 200)
     assert late.cycles > early.cycles and late.hbm_bytes > early.hbm_bytes
+
+
+def test_the_cache_streams_from_every_kv_channel():
+    two = model()
+    eight = TimingModel.for_design(dataclasses.replace(CONFIG, kv_channels=CONFIG.weight_channels), load_target("u280"))
+    narrow, wide = two.cost(ATTN, 1, 200), eight.cost(ATTN, 1, 200)
+    assert narrow.hbm_bytes == wide.hbm_bytes
+    assert wide.memory_cycles == pytest.approx(narrow.memory_cycles * 26 / 101)  # 201 rows: 101 per channel, 26
 
 
 def test_a_slower_clock_or_narrower_port_lowers_throughput():

@@ -3,8 +3,9 @@ with its weights placed on the HBM pseudo-channels and packed as the engines rea
 
 Activations live in on-chip buffers, allocated by liveness (decode and prefill chunks never
 spill activations to HBM); weights stream from the lanes' channels, matrix tiles round-robin so
-every lane reads its own channel; the KV cache sits on its own channels; only logits leave
-through the io channel. A bucket's program differs from another's in how many activation rows
+every lane reads its own channel; the KV cache is striped by position over the KV channels (cache
+row ``j`` on KV channel ``j mod C``, at row ``j div C`` of each cache's region, the same offsets on
+every channel); only logits leave through the io channel. A bucket's program differs from another's in how many activation rows
 each weight tile serves (``row_block``): one program serves every length in its bucket because
 the row count is a kernel argument.
 """
@@ -59,10 +60,10 @@ class Compiler:
         self.step = module.functions["step"]
         with_data = module.has_weights
         self.lanes = [Channel(with_data) for _ in config.weight_channels]
-        self.kv = [0] * len(config.kv_channels)
+        self.kv_size = 0  # bytes used on every KV channel
         self.producers = self.step.producers()
         self.placed: dict[str, int] = {}
-        self.caches: dict[str, tuple[int, int, int]] = {}  # cache value -> channel, codes_off, scales_off
+        self.caches: dict[str, tuple[int, int]] = {}  # cache value -> codes_off, scales_off
         # hw_quant8 codes -> the concat that appends them to a cache (the cache's value)
         self.appends = {n.inputs[1].name: n.outputs[0].name for n in self.step.nodes if n.op == "concat"}
         self.layers: list[dict] = []
@@ -168,18 +169,18 @@ class Compiler:
             self.put_block(base, t, layout["size"], data)
 
     def kv_cache(self, node: Node) -> dict:
-        """The KV cache a ``hw_quant8`` appends to, placed on the KV channels on first use."""
+        """The KV cache a ``hw_quant8`` appends to, given a region on every KV channel on first use."""
         key = self.appends[node.outputs[0].name]
         d = node.attrs["group"]
         kvh = node.inputs[0].type.shape[1].value // d
         if key not in self.caches:
-            channel = len(self.caches) % len(self.kv)
-            codes_off = pack.align(self.kv[channel])
-            scales_off = pack.align(codes_off + self.config.max_context * kvh * d)
-            self.kv[channel] = scales_off + pack.align(self.config.max_context * kvh * 4)
-            self.caches[key] = (channel, codes_off, scales_off)
-        channel, codes_off, scales_off = self.caches[key]
-        return {"channel": channel, "codes_off": codes_off, "scales_off": scales_off, "kv_heads": kvh, "head_dim": d}
+            rows = -(-self.config.max_context // len(self.config.kv_channels))
+            codes_off = pack.align(self.kv_size)
+            scales_off = pack.align(codes_off + rows * kvh * d)
+            self.kv_size = scales_off + pack.align(rows * kvh * 4)
+            self.caches[key] = (codes_off, scales_off)
+        codes_off, scales_off = self.caches[key]
+        return {"codes_off": codes_off, "scales_off": scales_off, "kv_heads": kvh, "head_dim": d}
 
     def program(self, bucket: int) -> list[Instruction]:
         """The program for chunks of up to ``bucket`` rows."""
@@ -214,8 +215,7 @@ class Compiler:
         if node.op == "hw_attention":
             k, v = self.caches[node.inputs[1].name], self.caches[node.inputs[3].name]
             return {"heads": a["heads"], "kv_heads": a["kv_heads"], "head_dim": a["head_dim"], "scale": a["scale"],
-                    "k_channel": k[0], "k_codes_off": k[1], "k_scales_off": k[2],
-                    "v_channel": v[0], "v_codes_off": v[1], "v_scales_off": v[2]}, "ATTN"
+                    "k_codes_off": k[0], "k_scales_off": k[1], "v_codes_off": v[0], "v_scales_off": v[1]}, "ATTN"
         if node.op == "hw_act":
             return {"cols": cols, "fn": ACT_FNS[a["fn"]]}, "ACT"
         if node.op in ("hw_mul", "hw_add"):
@@ -233,7 +233,8 @@ class Compiler:
         io = {"ids_offset": 0, "pos_offset": 4 * rows, "logits_offset": self.io_logits,
               "io_bytes": self.io_logits + pack.align(rows * vocab * 4), "vocab": vocab}
         programs = {bucket: self.program(bucket) for bucket in self.config.buckets}
-        return Compiled(self.config, programs, self.lanes, list(self.kv), io, self.buffers, self.max_tile, self.layers)
+        kv_bytes = [self.kv_size] * len(self.config.kv_channels)
+        return Compiled(self.config, programs, self.lanes, kv_bytes, io, self.buffers, self.max_tile, self.layers)
 
 
 def logits_values(module: Module) -> set[str]:

@@ -42,7 +42,7 @@ class AcceleratorConfig:
     max_context: int  # KV cache length
     act_buffers: int  # number of on-chip activation buffers
     weight_channels: tuple[int, ...]  # HBM pseudo-channels holding weights (one per lane)
-    kv_channels: tuple[int, ...]  # HBM pseudo-channels holding the KV cache
+    kv_channels: tuple[int, ...]  # HBM pseudo-channels holding the KV cache (may be the weight channels)
     io_channel: int  # HBM pseudo-channel for token ids in / logits out
     program_memory: str = "DDR[0]"  # where instructions live
     buckets: tuple[int, ...] = field(default=(1,))  # compiled chunk lengths (1 = decode)
@@ -68,10 +68,17 @@ class KernelPort:
 
 
 def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
-    """The top kernel's arguments in order: program, weight channels, KV channels, io, scalars."""
+    """The top kernel's arguments in order: program, weight channels, KV channels, io, scalars.
+
+    A KV (or io) channel that is also a weight channel shares that lane's AXI master (its bundle):
+    weights, the cache and io are never moved by the same instruction, so one master serves them all.
+    """
     ports = [KernelPort("program", "m_axi", "gmem_prog", config.program_memory)]
     ports += [KernelPort(f"w{i}", "m_axi", f"gmem_w{i}", f"HBM[{ch}]") for i, ch in enumerate(config.weight_channels)]
-    ports += [KernelPort(f"kv{i}", "m_axi", f"gmem_kv{i}", f"HBM[{ch}]") for i, ch in enumerate(config.kv_channels)]
-    ports.append(KernelPort("io", "m_axi", "gmem_io", f"HBM[{config.io_channel}]"))
+    lane_of = {ch: i for i, ch in enumerate(config.weight_channels)}
+    ports += [KernelPort(f"kv{i}", "m_axi", f"gmem_w{lane_of[ch]}" if ch in lane_of else f"gmem_kv{i}", f"HBM[{ch}]")
+              for i, ch in enumerate(config.kv_channels)]
+    io = config.io_channel
+    ports.append(KernelPort("io", "m_axi", f"gmem_w{lane_of[io]}" if io in lane_of else "gmem_io", f"HBM[{io}]"))
     ports += [KernelPort(name, "scalar") for name in ("n_instr", "seq_len", "start_pos")]
     return ports

@@ -170,12 +170,14 @@ def explore(
 ) -> tuple[AcceleratorConfig, Utilisation]:
     """Choose the accelerator for ``needs`` on ``target`` within ``budget`` of every usable resource.
 
-    Enumerates matrix lanes (one memory channel each), KV channel counts, tile sizes,
+    Enumerates matrix lanes (one memory channel each), KV channel plans, tile sizes,
     LUT lanes (when the model has LUT layers) and SFU lanes. Among designs within ``TIME_TOLERANCE``
     of the fastest decode, it prefers those whose compute keeps up with the weight stream, then the
     smallest (lowest peak fraction, then lowest sum of fractions). Channels: weights on
-    ``0..mm_lanes-1``, the KV cache next, io after it; the program in DDR[0], or on the io channel
-    when the board has no DDR. A model with only LUT layers keeps the 8-bit matrix datapath for attention.
+    ``0..mm_lanes-1``; the KV cache striped over those same channels (a decode step streams weights
+    and cache at different times, so every channel serves both) or over channels of its own after
+    them; io next; the program in DDR[0], or on the io channel when the board has no DDR. A model
+    with only LUT layers keeps the 8-bit matrix datapath for attention.
     """
     if not 0 < budget <= 1:
         raise LlmcError(f"explore: budget must be in (0, 1], got {budget}")
@@ -209,10 +211,11 @@ def explore(
     fitting: list[tuple[DecodeEstimate, Utilisation, AcceleratorConfig]] = []
     fastest = float("inf")
     closest: Utilisation | None = None
-    for (lanes, kv), tile_n, tile_k, lut, sfu in product(
+    for (lanes, kv, shared), tile_n, tile_k, lut, sfu in product(
         _channel_plans(target, needs), TILE_N, TILE_K, lut_lanes, SFU_LANES
     ):
-        io = lanes + kv
+        weights = tuple(range(lanes))
+        io = min(lanes, target.memory.channels - 1) if shared else lanes + kv  # io shares the last lane at full width
         config = AcceleratorConfig(
             **base,
             mm_lanes=lanes,
@@ -220,13 +223,13 @@ def explore(
             mm_tile_k=tile_k,
             lut_lanes=lut,
             sfu_lanes=sfu,
-            weight_channels=tuple(range(lanes)),
-            kv_channels=tuple(range(lanes, io)),
+            weight_channels=weights,
+            kv_channels=weights if shared else tuple(range(lanes, io)),
             io_channel=io,
             program_memory="DDR[0]" if target.ddr.banks else f"HBM[{io}]",
         )
         if lane_bytes(config, needs) > target.memory.channel_bytes:
-            continue  # its tiles do not fit one channel per lane
+            continue  # its tiles (and its share of the cache) do not fit one channel per lane
         decode = estimate_decode(config, target, needs)
         if decode.total_s > fastest * (1 + TIME_TOLERANCE):
             continue  # slower than a design that fits: never chosen
@@ -271,8 +274,13 @@ def check_fits(config: AcceleratorConfig, target: Target, *, budget: float = 1.0
     outside = [c for c in channels if not 0 <= c < target.memory.channels]
     if outside:
         raise LlmcError(f"{where}: channel {outside[0]} is outside {target.name}'s {target.memory.channels} channels")
-    if len(set(channels)) != len(channels):
-        raise LlmcError(f"{where}: a memory channel is assigned twice (weight_channels, kv_channels, io_channel)")
+    kv_only = set(config.kv_channels) - set(config.weight_channels)
+    distinct = [*config.weight_channels, *kv_only]
+    if config.io_channel not in config.weight_channels:
+        distinct.append(config.io_channel)
+    if len(set(distinct)) != len(distinct) or len(set(config.kv_channels)) != len(config.kv_channels):
+        raise LlmcError(f"{where}: a memory channel is assigned twice (weight_channels, kv_channels, io_channel; "
+                        "only the KV cache and io may share the weight channels)")
     if config.program_memory.startswith("DDR") and not target.ddr.banks:
         raise LlmcError(f"{where}: program_memory is {config.program_memory} but {target.name} has no DDR")
     used = estimate(config, target)
@@ -295,29 +303,46 @@ def lane_stream_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> float:
 
 
 def lane_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
-    """What the fullest weight channel holds: its tiles (each layer reserves the same span on every lane)
-    and its share of the embedding rows; without ``matrices``, an even share with headroom."""
-    if not needs.matrices:
-        return ceil(needs.weight_bytes * WEIGHT_HEADROOM / config.mm_lanes)
-    return round(lane_stream_bytes(config, needs)) + ceil(needs.vocab / config.mm_lanes) * pack.align(needs.hidden * 2)
+    """What the fullest weight channel holds: its tiles (each layer reserves the same span on every lane),
+    its share of the embedding rows and, when the cache shares the lanes, its stripe of the KV cache;
+    without ``matrices``, an even share of the weights with headroom."""
+    if needs.matrices:
+        weights = round(lane_stream_bytes(config, needs)) + ceil(needs.vocab / config.mm_lanes) * pack.align(
+            needs.hidden * 2)
+    else:
+        weights = ceil(needs.weight_bytes * WEIGHT_HEADROOM / config.mm_lanes)
+    shared = set(config.kv_channels) & set(config.weight_channels)
+    return weights + (kv_channel_bytes(config, needs) if shared else 0)
 
 
-def _channel_plans(target: Target, needs: ModelNeeds) -> list[tuple[int, int]]:
-    """(weight lanes, KV channels) pairs that hold the model, one channel left for io, largest first.
+def kv_channel_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
+    """What one KV channel holds: cache positions are dealt round-robin over the KV channels."""
+    return ceil(needs.max_context / len(config.kv_channels)) * needs.kv_bytes_per_token
 
-    Lanes are powers of two, the count the weights need and multiples of four above it; KV channel counts run from what the cache needs through the powers of
-    two to every channel left.
+
+def _channel_plans(target: Target, needs: ModelNeeds) -> list[tuple[int, int, bool]]:
+    """(weight lanes, KV channels, shared) plans that hold the model, largest first.
+
+    Lanes are powers of two, the count the weights need, multiples of four above it, every channel
+    but one and every channel. A shared plan stripes the KV cache over the lanes themselves (with
+    every channel a lane, io shares the last one: it moves a few bytes before and after a run); the
+    others give the cache channels of its own, from what it needs through the powers of two to every
+    channel left, and io one more.
     """
     channels, size = target.memory.channels, target.memory.channel_bytes
     kv_min = ceil(needs.kv_bytes / size)
     need = max(1, ceil(needs.weight_bytes * WEIGHT_HEADROOM / size))
-    candidates = {2**i for i in range(channels.bit_length())} | {need} | set(range(-(-need // 4) * 4, channels, 4))
+    need_shared = max(1, ceil((needs.weight_bytes * WEIGHT_HEADROOM + needs.kv_bytes) / size))
+    candidates = ({2**i for i in range(channels.bit_length())} | {need, need_shared, channels - 1, channels}
+                  | set(range(-(-need // 4) * 4, channels, 4)))
     plans = []
-    for lanes in sorted(candidates):
+    for lanes in sorted(c for c in candidates if c <= channels):
+        if lanes >= need_shared:
+            plans.append((lanes, lanes, True))
         if lanes >= need and lanes + kv_min + 1 <= channels:
             free = channels - 1 - lanes
             counts = {kv_min, free} | {2**i for i in range(free.bit_length()) if kv_min < 2**i < free}
-            plans += [(lanes, kv) for kv in sorted(counts)]
+            plans += [(lanes, kv, False) for kv in sorted(counts)]
     if not plans:
         raise LlmcError(
             f"{target.name} cannot place the model in its {target.memory.channels} channels of "

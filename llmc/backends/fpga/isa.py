@@ -26,11 +26,12 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
            "dst = src0 x W: tiles of tile_n rows round-robin over the lanes' channels at weight_off; "
            "with flag 10 the rows go to io at io_off as float32 (logits)"),
     "ROPE": (4, ("cols", "head_dim", "cos_off", "sin_off"), "dst = RoPE(src0) at positions start_pos + t"),
-    "KVAPP": (5, ("channel", "codes_off", "scales_off", "kv_heads", "head_dim"),
-              "quantize src0 per head to int8 and write rows start_pos.. of a KV cache"),
-    "ATTN": (6, ("heads", "kv_heads", "head_dim", "scale", "k_channel", "k_codes_off", "k_scales_off",
-                 "v_channel", "v_codes_off", "v_scales_off"),
-             "dst = causal attention of src0 over cache rows 0 .. start_pos + seq_len - 1"),
+    "KVAPP": (5, ("codes_off", "scales_off", "kv_heads", "head_dim"),
+              "quantize src0 per head to int8 and write rows start_pos.. of a KV cache "
+              "(row j on KV channel j mod C at row j div C)"),
+    "ATTN": (6, ("heads", "kv_heads", "head_dim", "scale", "k_codes_off", "k_scales_off", "v_codes_off",
+                 "v_scales_off"),
+             "dst = causal attention of src0 over cache rows 0 .. start_pos + seq_len - 1, striped as KVAPP writes them"),
     "ACT": (7, ("cols", "fn"), "dst = fn(src0); fn 0 = SiLU, 1 = ReLU"),
     "EMUL": (8, ("cols",), "dst = src0 * src1 (Q15.16)"),
     "EADD": (9, ("cols",), "dst = src0 + src1 (saturating)"),

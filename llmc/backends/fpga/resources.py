@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil, log2
 
-from .design import WORD_BITS, AcceleratorConfig
+from .design import WORD_BITS, AcceleratorConfig, kernel_ports
 from .target import RESOURCE_KINDS, Resources, Target
 
 BRAM36_BYTES = 4608  # 36 Kb
@@ -84,12 +84,14 @@ def sfu(config: AcceleratorConfig) -> Resources:
 def dma(config: AcceleratorConfig) -> Resources:
     """One AXI master per m_axi port: 1,800 LUTs, 3,000 FFs and a read FIFO one port word wide (8 BRAM36).
 
-    Ports that also write (KV cache and io) get a write FIFO of the same size.
+    Masters that also write (KV cache and io) get a write FIFO of the same size. Ports in one bundle
+    share its master (the KV cache and io on a weight lane's channel).
     """
     fifo = ceil(WORD_BITS / BRAM36_WIDTH)
-    readers = 1 + config.mm_lanes + len(config.kv_channels) + 1  # program, weights, KV, io
-    writers = len(config.kv_channels) + 1
-    return Resources(lut=1800, ff=3000, bram36=fifo) * readers + Resources(bram36=fifo) * writers
+    ports = [p for p in kernel_ports(config) if p.kind == "m_axi"]
+    masters = len({p.bundle for p in ports})
+    writers = len({p.bundle for p in ports if p.name == "io" or p.name.startswith("kv")})
+    return Resources(lut=1800, ff=3000, bram36=fifo) * masters + Resources(bram36=fifo) * writers
 
 
 def activation_buffers(config: AcceleratorConfig) -> Resources:

@@ -44,7 +44,11 @@ static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
                       const word_t* w8,
                       const word_t* w9,
                       const word_t* w10,
-                      const word_t* w11) {
+                      const word_t* w11,
+                      const word_t* w12,
+                      const word_t* w13,
+                      const word_t* w14,
+                      const word_t* w15) {
   switch (lane) {
     case 0: read_bytes(w0, off, dst, n); break;
     case 1: read_bytes(w1, off, dst, n); break;
@@ -58,6 +62,10 @@ static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
     case 9: read_bytes(w9, off, dst, n); break;
     case 10: read_bytes(w10, off, dst, n); break;
     case 11: read_bytes(w11, off, dst, n); break;
+    case 12: read_bytes(w12, off, dst, n); break;
+    case 13: read_bytes(w13, off, dst, n); break;
+    case 14: read_bytes(w14, off, dst, n); break;
+    case 15: read_bytes(w15, off, dst, n); break;
     default: break;
   }
 }
@@ -125,7 +133,11 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
                    const word_t* w8,
                    const word_t* w9,
                    const word_t* w10,
-                   const word_t* w11) {
+                   const word_t* w11,
+                   const word_t* w12,
+                   const word_t* w13,
+                   const word_t* w14,
+                   const word_t* w15) {
   const int n = in.f[0], k = in.f[1], group = in.f[2], shift = in.f[3], flags = in.f[4];
   const uint64_t weight_off = in.f[5];
   const int tile_bytes = in.f[6], row_block = in.f[7], tiles = in.f[8];
@@ -149,12 +161,12 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
   for (int r = 0; r < rows; ++r) quant8(act[in.src0][r], k, k, xq[r], &xs[r]);
   for (int r0 = 0; r0 < rows; r0 += row_block) {
     const int r1 = r0 + row_block < rows ? r0 + row_block : rows;
-    read_lane(0, weight_off, tile[0], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+    read_lane(0, weight_off, tile[0], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
     for (int t = 0; t < tiles; ++t) {
       const uint8_t* cur = tile[t % 2];
       if (t + 1 < tiles) {
         read_lane((t + 1) % LANES, weight_off + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(t + 1) % 2],
-                  tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+                  tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
       }
       if (engine == 0) unpack_codes(cur, bits, is_signed, k, codes);
       for (int j = 0; j < TILE_N; ++j) {
@@ -217,16 +229,16 @@ static void attention(const Instr& in, int rows, int start_pos,
   static int8_t qc[MAX_HEADS * MAX_HEAD_DIM];
   static int32_t qs[MAX_HEADS];
   static uint8_t row[MAX_HEADS * MAX_HEAD_DIM * 4];
-  word_t* kport = kv_port(in.f[4], kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
-  word_t* vport = kv_port(in.f[7], kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
   const int width = kv_heads * d;
   for (int h = 0; h < kv_heads; ++h) {
-    for (int j = 0; j < s; ++j) {  // this KV head's slice of the cache
-      read_bytes(kport, in.f[5] + (uint64_t)j * width + h * d, (uint8_t*)&kc[j * d], d);
-      read_bytes(vport, in.f[8] + (uint64_t)j * width + h * d, (uint8_t*)&vc[j * d], d);
-      read_bytes(kport, in.f[6] + ((uint64_t)j * kv_heads + h) * 4, row, 4);
+    for (int j = 0; j < s; ++j) {  // this KV head's slice of the cache: row j on channel j % KV_CHANNELS
+      word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
+      const uint64_t at = j / KV_CHANNELS;
+      read_bytes(port, in.f[4] + at * width + h * d, (uint8_t*)&kc[j * d], d);
+      read_bytes(port, in.f[6] + at * width + h * d, (uint8_t*)&vc[j * d], d);
+      read_bytes(port, in.f[5] + (at * kv_heads + h) * 4, row, 4);
       ks[j] = load_i32(row);
-      read_bytes(vport, in.f[9] + ((uint64_t)j * kv_heads + h) * 4, row, 4);
+      read_bytes(port, in.f[7] + (at * kv_heads + h) * 4, row, 4);
       vs[j] = load_i32(row);
     }
     for (int t = 0; t < rows; ++t) {
@@ -239,17 +251,36 @@ static void attention(const Instr& in, int rows, int start_pos,
   }
 }
 
-static void kv_append(const Instr& in, int rows, int start_pos, word_t* port) {
-  const int kv_heads = in.f[3], d = in.f[4];
+static void kv_append(const Instr& in, int rows, int start_pos,
+                      word_t* kv0,
+                      word_t* kv1,
+                      word_t* kv2,
+                      word_t* kv3,
+                      word_t* kv4,
+                      word_t* kv5,
+                      word_t* kv6,
+                      word_t* kv7,
+                      word_t* kv8,
+                      word_t* kv9,
+                      word_t* kv10,
+                      word_t* kv11,
+                      word_t* kv12,
+                      word_t* kv13,
+                      word_t* kv14,
+                      word_t* kv15) {
+  const int kv_heads = in.f[2], d = in.f[3];
   const int width = kv_heads * d;
   static int8_t codes[MAX_HIDDEN];
   static int32_t scales[MAX_HEADS];
   static uint8_t bytes[MAX_HEADS * 4];
   for (int t = 0; t < rows; ++t) {
+    const int j = start_pos + t;
+    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
+    const uint64_t at = j / KV_CHANNELS;
     quant8(act[in.src0][t], width, d, codes, scales);
-    write_bytes(port, in.f[1] + (uint64_t)(start_pos + t) * width, (const uint8_t*)codes, width);
+    write_bytes(port, in.f[0] + at * width, (const uint8_t*)codes, width);
     for (int h = 0; h < kv_heads; ++h) store_u32(&bytes[h * 4], (uint32_t)scales[h]);
-    write_bytes(port, in.f[2] + (uint64_t)(start_pos + t) * kv_heads * 4, bytes, kv_heads * 4);
+    write_bytes(port, in.f[1] + at * kv_heads * 4, bytes, kv_heads * 4);
   }
 }
 
@@ -273,6 +304,10 @@ extern "C" void llmc_accel(
     const word_t* w9,
     const word_t* w10,
     const word_t* w11,
+    const word_t* w12,
+    const word_t* w13,
+    const word_t* w14,
+    const word_t* w15,
     word_t* kv0,
     word_t* kv1,
     word_t* kv2,
@@ -307,22 +342,26 @@ extern "C" void llmc_accel(
 #pragma HLS INTERFACE m_axi port = w9 bundle = gmem_w9 offset = slave max_read_burst_length = 64
 #pragma HLS INTERFACE m_axi port = w10 bundle = gmem_w10 offset = slave max_read_burst_length = 64
 #pragma HLS INTERFACE m_axi port = w11 bundle = gmem_w11 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_kv0 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_kv1 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_kv2 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv3 bundle = gmem_kv3 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv4 bundle = gmem_kv4 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv5 bundle = gmem_kv5 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv6 bundle = gmem_kv6 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv7 bundle = gmem_kv7 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv8 bundle = gmem_kv8 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv9 bundle = gmem_kv9 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv10 bundle = gmem_kv10 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv11 bundle = gmem_kv11 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv12 bundle = gmem_kv12 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv13 bundle = gmem_kv13 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv14 bundle = gmem_kv14 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv15 bundle = gmem_kv15 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w12 bundle = gmem_w12 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w13 bundle = gmem_w13 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w14 bundle = gmem_w14 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = w15 bundle = gmem_w15 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_w0 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_w1 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_w2 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv3 bundle = gmem_w3 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv4 bundle = gmem_w4 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv5 bundle = gmem_w5 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv6 bundle = gmem_w6 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv7 bundle = gmem_w7 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv8 bundle = gmem_w8 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv9 bundle = gmem_w9 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv10 bundle = gmem_w10 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv11 bundle = gmem_w11 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv12 bundle = gmem_w12 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv13 bundle = gmem_w13 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv14 bundle = gmem_w14 offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = kv15 bundle = gmem_w15 offset = slave max_read_burst_length = 64
 #pragma HLS INTERFACE m_axi port = io bundle = gmem_io offset = slave max_read_burst_length = 64
 #pragma HLS INTERFACE s_axilite port = n_instr
 #pragma HLS INTERFACE s_axilite port = seq_len
@@ -346,7 +385,7 @@ extern "C" void llmc_accel(
         for (int t = 0; t < rows; ++t) {
           const int id = load_i32(io_buf + 0 + 4 * t);
           read_lane(id % LANES, in.f[1] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
-                    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+                    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
           for (int c = 0; c < cols; ++c) {
 #pragma HLS PIPELINE II = 1
             act[in.dst][t][c] = embed_fixed(half_to_float((uint16_t)(raw[2 * c] | raw[2 * c + 1] << 8)));
@@ -361,7 +400,7 @@ extern "C" void llmc_accel(
         break;
       }
       case MM:
-        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
         wrote_io = wrote_io || ((in.f[4] >> 10) & 1);
         break;
       case ROPE: {
@@ -377,7 +416,7 @@ extern "C" void llmc_accel(
         break;
       }
       case KVAPP:
-        kv_append(in, rows, start_pos, kv_port(in.f[0], kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15));
+        kv_append(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
         break;
       case ATTN:
         attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
