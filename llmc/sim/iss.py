@@ -119,11 +119,12 @@ class Iss:
         """One kernel call: ``ids`` into io, the bucket's program, logits out of io."""
         rows, io = len(ids), self.image.io
         self.io[io["ids_offset"]:io["ids_offset"] + 4 * rows] = ids.astype("<i4").view(np.uint8)
-        for instr in self.image.programs[bucket]:
+        program = self.image.programs[bucket]
+        for instr in program:
             if instr.op == "HALT":
                 break
             getattr(self, f"_{instr.op.lower()}")(instr, rows, start_pos)
-            costs.append(self.timing.cost(instr, rows, start_pos))
+        costs += self.timing.program(program, rows, start_pos)
         at = io["logits_offset"]
         return self.io[at:at + rows * self.image.vocab * 4].view("<f4").reshape(rows, self.image.vocab).copy()
 

@@ -63,15 +63,6 @@ class RunFigures:
                 "layers": [vars(x) for x in self.layers]}
 
 
-def program_costs(timing: TimingModel, program: list[Instruction], rows: int, start_pos: int) -> list[Cost]:
-    out = []
-    for ins in program:
-        if ins.op == "HALT":
-            break
-        out.append(timing.cost(ins, rows, start_pos))
-    return out
-
-
 def model_run(timing: TimingModel, programs: dict[int, list[Instruction]], prefill: int, decode: int) -> RunFigures:
     """Model a prompt of ``prefill`` tokens followed by ``decode`` generated tokens."""
     if prefill < 1 or decode < 1:
@@ -80,8 +71,8 @@ def model_run(timing: TimingModel, programs: dict[int, list[Instruction]], prefi
     if prefill + decode > context:
         raise LlmcError(f"{prefill} + {decode} tokens exceed the compiled context of {context}")
     pre = [c for b, first, rows in chunks(prefill, lambda rows: bucket_for(programs, rows))
-           for c in program_costs(timing, programs[b], rows, first)]
-    steps = [program_costs(timing, programs[bucket_for(programs, 1)], 1, prefill + i) for i in range(decode)]
+           for c in timing.program(programs[b], rows, first)]
+    steps = [timing.program(programs[bucket_for(programs, 1)], 1, prefill + i) for i in range(decode)]
     flat = [c for step in steps for c in step]
     return RunFigures(prefill, decode, timing.seconds(pre), timing.seconds(flat),
                       sum(c.hbm_bytes for c in flat) // decode, timing.hbm_utilisation(flat),

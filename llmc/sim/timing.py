@@ -8,8 +8,13 @@ Per instruction, from the engine parameters of the design (``AcceleratorConfig``
   HBM pays ``HBM_LATENCY`` cycles once, later tiles are prefetched (ping-pong buffers);
 - **matrix engine**: a lane does ``mm_tile_k`` MACs per cycle (N:M sparse tiles skip the zeros:
   ``k * N / M`` per row), loses ``log2(mm_tile_k) + TILE_OVERHEAD`` cycles per tile draining its
-  adder tree, and re-reads its tiles once per block of ``row_block`` rows; loads overlap compute,
-  so a matrix instruction takes ``max(memory, compute)`` plus one tile's fill;
+  adder tree, and re-reads its tiles once per block of ``row_block`` rows. The weight loader runs
+  ahead of the lanes: a matrix instruction ends one tile's compute after its last tile arrives
+  (memory bound) or one tile's arrival plus its compute after it starts (compute bound), and the
+  input's int8 quantisation on the SFU overlaps the first loads. Across instructions
+  (:meth:`TimingModel.program`) the loader fetches the next matrix instruction's first tile as
+  soon as the lanes' channels are free: during the last tile's compute and any instructions that
+  do not stream from them (all but ``MM``, ``ATTN``, ``KVAPP`` and ``EMBED``);
 - **LUT engine**: ``lut_lanes / mm_lanes`` tables per lane, each consuming ``lut_g`` one-bit weights
   per cycle, one pass per bit-plane;
 - **SFU**: ``sfu_lanes`` elements per cycle per pass (norms and softmax take two passes);
@@ -62,6 +67,10 @@ class Cost:
     macs: int = 0  # executed: N:M sparse layers skip their zeros
     sfu_elements: int = 0
     layer: str = ""
+    lanes_free: float = 0.0  # cycles at its end during which the weight lanes' channels are idle
+
+
+LANE_STREAMS = {"MM", "ATTN", "KVAPP", "EMBED"}  # instructions that stream from the weight lanes' channels
 
 
 @dataclass(frozen=True)
@@ -113,13 +122,27 @@ class TimingModel:
         return passes * elements / self.config.sfu_lanes
 
     # --- instructions ------------------------------------------------------------------------------
-    def cost(self, ins: Instruction, rows: int, start_pos: int) -> Cost:
-        """The modelled cost of ``ins`` on ``rows`` rows at position ``start_pos``."""
+    def program(self, program: Sequence[Instruction], rows: int, start_pos: int) -> list[Cost]:
+        """The costs of one run of ``program`` up to its HALT, each matrix instruction starting with
+        what the weight loader fetched of its first tile while the lanes' channels were free."""
+        out: list[Cost] = []
+        free = 0.0
+        for ins in program:
+            if ins.op == "HALT":
+                break
+            cost = self.cost(ins, rows, start_pos, head_start=free)
+            free = cost.lanes_free if ins.op in LANE_STREAMS else free + cost.cycles
+            out.append(cost)
+        return out
+
+    def cost(self, ins: Instruction, rows: int, start_pos: int, head_start: float = 0.0) -> Cost:
+        """The modelled cost of ``ins`` on ``rows`` rows at position ``start_pos``; a matrix
+        instruction's first tile may have been loading for ``head_start`` cycles before it."""
         f, c = ins.fields, self.config
         cols = int(f.get("cols", 0))
         lanes = c.mm_lanes
         if ins.op == "MM":
-            return self._matmul(f, rows)
+            return self._matmul(f, rows, head_start)
         if ins.op == "ATTN":
             return self._attention(f, rows, start_pos)
         if ins.op == "KVAPP":  # rows go to consecutive KV channels
@@ -149,7 +172,7 @@ class TimingModel:
         return Cost(op, max(memory, compute) + latency + INSTR_OVERHEAD, memory, compute, nbytes,
                     sfu_elements=sfu_elements)
 
-    def _matmul(self, f: dict, rows: int) -> Cost:
+    def _matmul(self, f: dict, rows: int, head_start: float) -> Cost:
         c = self.config
         n, k, flags = int(f["n"]), int(f["k"]), int(f["flags"])
         tiles, tile_bytes, row_block = int(f["tiles"]), int(f["tile_bytes"]), max(1, int(f["row_block"]))
@@ -169,13 +192,15 @@ class TimingModel:
             else:
                 per_tile = block * c.mm_tile_n * k * density / c.mm_tile_k
             compute += lane_tiles * (per_tile + drain)
-        fill = min(tile_bytes / self.channel_bytes_per_cycle, compute / max(1, passes * lane_tiles))
+        first = HBM_LATENCY + tile_bytes / self.channel_bytes_per_cycle  # until the first tile is in
+        ahead = min(head_start, first)  # what the loader fetched before this instruction
+        loads_done = HBM_LATENCY + memory - ahead
         quant = self._sfu(rows * k, 2)  # per-row int8 quantisation of the input (max, then codes)
+        busy = max(loads_done + compute / (passes * lane_tiles), max(quant, first - ahead) + compute)
         out_bytes = rows * n * 4 if flags >> 10 & 1 else 0
-        cycles = max(memory, compute) + fill + quant + HBM_LATENCY + INSTR_OVERHEAD
-        return Cost("MM", cycles, memory, compute, passes * tiles * tile_bytes + out_bytes,
-                    macs=round(rows * n * k * density),
-                    sfu_elements=2 * rows * k, layer=self.layer_names.get(int(f["weight_off"]), ""))
+        return Cost("MM", busy + INSTR_OVERHEAD, memory, compute, passes * tiles * tile_bytes + out_bytes,
+                    macs=round(rows * n * k * density), sfu_elements=2 * rows * k,
+                    layer=self.layer_names.get(int(f["weight_off"]), ""), lanes_free=busy - loads_done)
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
         heads, kvh, d = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"])

@@ -124,3 +124,15 @@ def test_timing_only_on_a_project(tmp_path, capsys):
     assert modelled["decode_tokens_per_s"] > 0 and modelled["ttft_ms"] == modelled["prefill_ms"]
     assert any(x["name"].endswith("q_proj.weight") for x in modelled["layers"])
     assert main(["simulate", str(out), "--timing-only", "--prefill", "0"]) == 2
+
+
+def test_the_weight_loader_fetches_the_next_first_tile_while_the_lanes_are_free():
+    t = model()
+    alone = t.cost(mm(), 1, 0)
+    first, second = t.program([mm(), mm(), Instruction("HALT")], 1, 0)
+    assert first.cycles == alone.cycles and second.cycles < alone.cycles  # during the last tile's compute
+    act = Instruction("ACT", 1, 0, 0, {"cols": 4096, "fn": 0})
+    *_, after_sfu = t.program([mm(), act, mm()], 1, 0)
+    assert after_sfu.cycles < second.cycles  # the SFU's work hides more of it
+    *_, after_attention = t.program([mm(), ATTN, mm()], 1, 0)
+    assert after_attention.cycles == alone.cycles  # attention streams the cache over the same channels

@@ -110,6 +110,15 @@ static word_t* kv_port(int channel,
 // Activation buffers, kept on chip between instructions.
 static int32_t act[N_BUFFERS][MAX_ROWS][MAX_HIDDEN];
 
+// The lanes' weight tiles, ping-pong: tile t+1 loads while tile t computes, and the weight loader
+// fetches the next MM's first tile into the free half once the lanes' channels are idle.
+static uint8_t tile[2][MAX_TILE_BYTES];
+static int first_half = 0;   // the half that holds (or will hold) the next MM's first tile
+static int prefetched = -1;  // the pc of the MM whose first tile is already in tile[first_half]
+
+// Instructions that stream from the weight lanes' channels (the KV cache and the embedding rows share them).
+static bool streams_lanes(int op) { return op == MM || op == ATTN || op == KVAPP || op == EMBED; }
+
 // DSP engine: the tile's codes (int8 bytes, or int4 nibbles low first) as one int8 per code.
 static void unpack_codes(const uint8_t* tile, int bits, bool is_signed, int k, int8_t codes[TILE_N][MAX_HIDDEN]) {
   const int stored = bits > 4 ? 8 : 4;
@@ -121,7 +130,7 @@ static void unpack_codes(const uint8_t* tile, int bits, bool is_signed, int k, i
   }
 }
 
-static void matmul(const Instr& in, int rows, uint8_t* io,
+static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
                    const word_t* w0,
                    const word_t* w1,
                    const word_t* w2,
@@ -156,16 +165,17 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
 
   static int8_t xq[MAX_ROWS][MAX_HIDDEN];
   static int32_t xs[MAX_ROWS];
-  static uint8_t tile[2][MAX_TILE_BYTES];  // ping-pong: tile t+1 loads while tile t computes
   static int8_t codes[TILE_N][MAX_HIDDEN];
   for (int r = 0; r < rows; ++r) quant8(act[in.src0][r], k, k, xq[r], &xs[r]);
   for (int r0 = 0; r0 < rows; r0 += row_block) {
     const int r1 = r0 + row_block < rows ? r0 + row_block : rows;
-    read_lane(0, weight_off, tile[0], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
+    const int half = first_half;
+    if (r0 > 0 || prefetched != pc) read_lane(0, weight_off, tile[half], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
+    first_half = (half + tiles) % 2;  // after this pass: the half its last tile does not use
     for (int t = 0; t < tiles; ++t) {
-      const uint8_t* cur = tile[t % 2];
+      const uint8_t* cur = tile[(half + t) % 2];
       if (t + 1 < tiles) {
-        read_lane((t + 1) % LANES, weight_off + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(t + 1) % 2],
+        read_lane((t + 1) % LANES, weight_off + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(half + t + 1) % 2],
                   tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
       }
       if (engine == 0) unpack_codes(cur, bits, is_signed, k, codes);
@@ -200,6 +210,37 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
         }
       }
     }
+  }
+}
+
+// The weight loader's lookahead: after an instruction that streams from the lanes' channels, the
+// first tile of the next MM (unless another such instruction comes first) goes to the free half.
+static void prefetch_next_tile(const word_t* program, int pc, int n_instr,
+                               const word_t* w0,
+                               const word_t* w1,
+                               const word_t* w2,
+                               const word_t* w3,
+                               const word_t* w4,
+                               const word_t* w5,
+                               const word_t* w6,
+                               const word_t* w7,
+                               const word_t* w8,
+                               const word_t* w9,
+                               const word_t* w10,
+                               const word_t* w11,
+                               const word_t* w12,
+                               const word_t* w13,
+                               const word_t* w14,
+                               const word_t* w15) {
+  prefetched = -1;
+  for (int p = pc + 1; p < n_instr; ++p) {
+    const Instr next = fetch(program, p);
+    if (next.op == MM) {
+      read_lane(0, next.f[5], tile[first_half], next.f[6], w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
+      prefetched = p;
+      return;
+    }
+    if (next.op == HALT || streams_lanes(next.op)) return;
   }
 }
 
@@ -374,6 +415,7 @@ extern "C" void llmc_accel(
   static int32_t cs[MAX_HEAD_DIM], sn[MAX_HEAD_DIM];
   const int rows = seq_len;
   read_bytes(io, 0, io_buf, 512);
+  prefetched = -1;  // a tile left by the previous call belongs to another program
   bool wrote_io = false;
   for (int pc = 0; pc < n_instr; ++pc) {
     const Instr in = fetch(program, pc);
@@ -400,7 +442,7 @@ extern "C" void llmc_accel(
         break;
       }
       case MM:
-        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
+        matmul(in, pc, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
         wrote_io = wrote_io || ((in.f[4] >> 10) & 1);
         break;
       case ROPE: {
@@ -450,6 +492,7 @@ extern "C" void llmc_accel(
       default:
         break;
     }
+    if (streams_lanes(in.op)) prefetch_next_tile(program, pc, n_instr, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15);
   }
   if (wrote_io) write_bytes(io, 0, io_buf, 25088);
 }
