@@ -25,6 +25,7 @@ ACT_BUFFERS = 4  # a typical decoder block's need: residual stream, normalised i
 LUT_G = 4  # activations per LUT-engine table
 TILE_OVERHEAD = 8  # cycles a lane loses per weight tile besides its adder-tree depth
 TIME_TOLERANCE = 0.01  # designs this close to the fastest count as equally fast
+COMPUTE_HEADROOM = 0.75  # a balanced design's MACs take at most this share of its weight stream
 # engine sizes tried, largest first so that fast designs come early and slower ones are skipped
 TILE_N = (128, 64, 32, 16)
 TILE_K = (256, 128, 64, 32, 16)
@@ -126,30 +127,35 @@ class DecodeEstimate:
     compute_s: float  # the matrix (and LUT) engine's MACs
     kv_s: float  # reading the KV cache over the KV channels, at half the context (the average of a full run)
     sfu_s: float  # special functions
+    fill_s: float = 0.0  # every linear layer's first tile, loaded before its lanes start
 
     @property
     def total_s(self) -> float:
-        """Weight streaming overlaps the MACs; attention and special functions follow them."""
-        return max(self.weights_s, self.compute_s) + self.kv_s + self.sfu_s
+        """Weight streaming overlaps the MACs; first tiles, attention and special functions follow them."""
+        return max(self.weights_s, self.compute_s) + self.fill_s + self.kv_s + self.sfu_s
 
     @property
     def balanced(self) -> bool:
-        """Whether compute keeps up with the weight stream."""
-        return self.compute_s <= self.weights_s
+        """Whether compute keeps up with the weight stream, with ``COMPUTE_HEADROOM`` to spare (a
+        layer's last tile computes after the stream ends, and prefill is compute bound)."""
+        return self.compute_s <= COMPUTE_HEADROOM * self.weights_s
 
 
 def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds) -> DecodeEstimate:
     """Model one decode token of ``needs`` on ``config``.
 
     A lane does ``mm_tile_k`` MACs per cycle (times M/N when N:M sparse, as zeros are skipped) and
-    loses ``log2(mm_tile_k) + TILE_OVERHEAD`` cycles per tile of ``mm_tile_n`` rows draining its
-    adder tree. The LUT engine handles ``lut_g`` weights of one bit per lane and cycle. Each engine is
-    charged as if it carried every weight, so whichever runs a layer keeps up with the stream.
-    Channels deliver ``efficiency`` of their share of the peak bandwidth.
+    loses ``log2(mm_tile_k) + TILE_OVERHEAD`` cycles per tile of ``mm_tile_n`` rows of ``hidden``
+    inputs draining its adder tree. The LUT engine handles ``lut_g`` weights of one bit per lane and
+    cycle. Each engine is charged as if it carried every weight, so whichever runs a layer keeps up
+    with the stream. Each linear layer waits for its first tile (the simulator's timing model lets
+    the weight loader fetch some of it ahead; charging all of it keeps tiles small). Channels deliver
+    their share of the peak bandwidth.
     """
     hz = config.clock_mhz * 1e6
     channel = target.memory.channel_gbs * 1e9
-    efficiency = config.mm_tile_n / (config.mm_tile_n + log2(config.mm_tile_k) + TILE_OVERHEAD)
+    tile_cycles = config.mm_tile_n * needs.hidden / config.mm_tile_k
+    efficiency = tile_cycles / (tile_cycles + log2(config.mm_tile_k) + TILE_OVERHEAD)
     sparse_gain = config.sparse_m / config.sparse_n if config.sparse_m else 1.0
     compute = needs.macs_per_token / (config.mm_lanes * config.mm_tile_k * hz * efficiency * sparse_gain)
     if config.lut_lanes:
@@ -159,7 +165,17 @@ def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds
         compute_s=compute,
         kv_s=needs.kv_bytes / 2 / (len(config.kv_channels) * channel),
         sfu_s=needs.sfu_elements / (config.sfu_lanes * hz),
+        fill_s=first_tile_bytes(config, needs) / channel,
     )
+
+
+def first_tile_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
+    """The first tiles of every linear layer of a decode step (without ``matrices``: 7 per block at
+    the widest code and the logits)."""
+    if needs.matrices:
+        return sum(m.tile_bytes(config.mm_tile_n) for m in needs.matrices)
+    widest = max((*needs.weight_bits, *needs.lut_bits))
+    return (7 * needs.layers + 1) * ceil(config.mm_tile_n * needs.hidden * widest / 8)
 
 
 WEIGHT_HEADROOM = 1.03  # tile padding and the embedding table's row striping

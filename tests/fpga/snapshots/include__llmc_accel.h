@@ -5,8 +5,8 @@
 #include "llmc_mem.h"
 
 namespace llmc {
-static const int LANES = 16;
-static const int KV_CHANNELS = 16;  // cache row j: channel j % KV_CHANNELS
+static const int LANES = 12;
+static const int KV_CHANNELS = 12;  // cache row j: channel j % KV_CHANNELS
 static const int TILE_N = 16;
 static const int TILE_K = 32;
 static const int MAX_ROWS = 64;
@@ -35,10 +35,6 @@ extern "C" void llmc_accel(
     const llmc::word_t* w9,
     const llmc::word_t* w10,
     const llmc::word_t* w11,
-    const llmc::word_t* w12,
-    const llmc::word_t* w13,
-    const llmc::word_t* w14,
-    const llmc::word_t* w15,
     llmc::word_t* kv0,
     llmc::word_t* kv1,
     llmc::word_t* kv2,
@@ -51,10 +47,6 @@ extern "C" void llmc_accel(
     llmc::word_t* kv9,
     llmc::word_t* kv10,
     llmc::word_t* kv11,
-    llmc::word_t* kv12,
-    llmc::word_t* kv13,
-    llmc::word_t* kv14,
-    llmc::word_t* kv15,
     llmc::word_t* io,
     int n_instr,
     int seq_len,
