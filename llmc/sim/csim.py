@@ -42,8 +42,9 @@ def build_csim(project: Path, out: Path | None = None, timeout: float = 600) -> 
         raise LlmcError("C-simulation needs g++ on PATH")
     exe = Path(out) if out else project / "csim" / "csim.bin"
     exe.parent.mkdir(parents=True, exist_ok=True)
+    units = sorted((project / "rtl").glob("*.cpp"))  # the RTL black boxes' C++ models
     cmd = [cxx, *CXXFLAGS, "-isystem", str(ap_types_dir()), "-I", str(project / "include"),
-           *(str(project / s) for s in SOURCES), "-o", str(exe)]
+           *(str(project / s) for s in SOURCES), *map(str, units), "-o", str(exe)]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from engine_recipes import PROMPT, RECIPES
 
 import llmc
 from llmc.backends.fpga.compile import compile_step
@@ -22,14 +23,6 @@ from llmc.io import load_module
 from llmc.sim.csim import CsimDevice
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-
-RECIPES = {
-    "int8": "",
-    "w4g128": "quantize{bits=4,group=128}",
-    "w4-2of4": "sparsify{pattern=2:4},quantize{bits=4,group=128}",
-    "w2-lut": "quantize{bits=2,group=128},lut-mpgemm",
-}
-PROMPT = [1, 72, 271, 400, 291, 261, 300, 90, 77, 500, 33, 18, 260, 261, 262, 263, 264, 265, 266, 267]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +38,8 @@ def compiled(tiny: llmc.Model, recipe: str, out) -> None:
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_csim_is_bit_identical_to_the_lowered_program(tiny, recipe, tmp_path):
-    out = tmp_path / recipe
-    compiled(tiny, RECIPES[recipe], out)
+def test_csim_is_bit_identical_to_the_lowered_program(engine_projects, recipe):
+    out = engine_projects[recipe]
     reference = StepDevice(load_module(out / "model.llmc"))
     with CsimDevice(out) as csim:
         np.testing.assert_array_equal(csim.run(PROMPT[:13]), reference.run(PROMPT[:13]))  # a 16-row bucket

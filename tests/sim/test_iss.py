@@ -8,42 +8,19 @@ import shutil
 
 import numpy as np
 import pytest
+from engine_recipes import PROMPT, RECIPES
 
-import llmc
-import llmc.compiler.passes  # noqa: F401  (registers the passes)
-from llmc.backends.fpga.flow import compile_project
 from llmc.cli import main
-from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
 from llmc.deploy.step_device import StepDevice
 from llmc.errors import LlmcError
 from llmc.io import load_module
 from llmc.sim.image import ProjectImage
 from llmc.sim.iss import IssDevice
 
-RECIPES = {
-    "int8": "",
-    "w4g128": "quantize{bits=4,group=128}",
-    "w4-2of4": "sparsify{pattern=2:4},quantize{bits=4,group=128}",
-    "w2-lut": "quantize{bits=2,group=128},lut-mpgemm",
-}
-PROMPT = [1, 72, 271, 400, 291, 261, 300, 90, 77, 500, 33, 18, 260, 261, 262, 263, 264, 265, 266, 267]
-
-
-@pytest.fixture(scope="module")
-def projects(tmp_path_factory) -> dict[str, object]:
-    tiny = llmc.load("llmc-tiny")
-    root = tmp_path_factory.mktemp("iss")
-    out = {}
-    for name, recipe in RECIPES.items():
-        module = run_pipeline(tiny.module, parse_pipeline(recipe), PassContext()) if recipe else tiny.module
-        compile_project(module, "u280", root / name, tokenizer_json=tiny.tokenizer_json)
-        out[name] = root / name
-    return out
-
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_iss_is_bit_identical_to_the_lowered_program(projects, recipe):
-    project = projects[recipe]
+def test_iss_is_bit_identical_to_the_lowered_program(engine_projects, recipe):
+    project = engine_projects[recipe]
     reference = StepDevice(load_module(project / "model.llmc"))
     iss = IssDevice(project)
     np.testing.assert_array_equal(iss.run(PROMPT[:13]), reference.run(PROMPT[:13]))  # a 16-row bucket
@@ -56,9 +33,9 @@ def test_iss_is_bit_identical_to_the_lowered_program(projects, recipe):
     assert iss.last_seconds > 0 and all(c.cycles > 0 for c in iss.costs)
 
 
-def test_iss_chunks_long_prompts_by_bucket(projects):
+def test_iss_chunks_long_prompts_by_bucket(engine_projects):
     """A prompt longer than the largest bucket runs as several kernel calls, like the host does."""
-    project = projects["w4g128"]
+    project = engine_projects["w4g128"]
     image = ProjectImage.load(project)
     long_prompt = (PROMPT * 5)[: max(image.config.buckets) + 7]
     got = IssDevice(image).run(long_prompt)
@@ -66,22 +43,22 @@ def test_iss_chunks_long_prompts_by_bucket(projects):
     np.testing.assert_array_equal(got, want)
 
 
-def test_iss_refuses_bad_input(projects, tmp_path):
-    project = projects["int8"]
+def test_iss_refuses_bad_input(engine_projects, tmp_path):
+    project = engine_projects["int8"]
     device = IssDevice(project)
     with pytest.raises(LlmcError, match="exceeds the compiled context"):
         device.run([1] * (device.image.config.max_context + 1))
     with pytest.raises(LlmcError, match="outside the vocabulary"):
         device.run([device.image.vocab])
     other = tmp_path / "other"
-    shutil.copytree(projects["w4g128"], other)
+    shutil.copytree(engine_projects["w4g128"], other)
     shutil.copy(project / "weights.bin", other / "weights.bin")
     with pytest.raises(LlmcError, match="belong to another program"):
         IssDevice(other)
 
 
-def test_verify_ladder_agrees_and_reports_json(projects, capsys):
-    project = projects["w4g128"]
+def test_verify_ladder_agrees_and_reports_json(engine_projects, capsys):
+    project = engine_projects["w4g128"]
     code = main(["verify", str(project), "--levels", "interpreter,iss,csim", "--decode", "3", "--json"])
     levels = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -91,12 +68,12 @@ def test_verify_ladder_agrees_and_reports_json(projects, capsys):
         assert x["mismatches"] == 0 and x["compared"] == (20 + 3) * vocab
 
 
-def test_verify_reports_a_mismatch_with_exit_code_1(projects, tmp_path, capsys):
+def test_verify_reports_a_mismatch_with_exit_code_1(engine_projects, tmp_path, capsys):
     """A changed weight in the interpreter's copy of the program is caught at the ISS level."""
     from safetensors.numpy import load_file, save_file
 
     project = tmp_path / "changed"
-    shutil.copytree(projects["int8"], project)
+    shutil.copytree(engine_projects["int8"], project)
     weights = load_file(project / "model.safetensors")
     name = next(n for n in sorted(weights) if "norm" in n)
     weights[name] = weights[name] * np.float32(1.5)
@@ -107,8 +84,8 @@ def test_verify_reports_a_mismatch_with_exit_code_1(projects, tmp_path, capsys):
     assert "iss" in out and " 0 " not in out.splitlines()[-1]
 
 
-def test_simulate_generates_and_reports_modelled_figures(projects, capsys, tmp_path):
-    project = projects["w4g128"]
+def test_simulate_generates_and_reports_modelled_figures(engine_projects, capsys, tmp_path):
+    project = engine_projects["w4g128"]
     svg = tmp_path / "roofline.svg"
     ids = ",".join(map(str, PROMPT[:8]))
     assert main(["simulate", str(project), "--prompt-ids", ids, "--max-new-tokens", "6", "--json",
@@ -122,10 +99,10 @@ def test_simulate_generates_and_reports_modelled_figures(projects, capsys, tmp_p
     assert svg.read_text().startswith("<svg") and "q_proj" in svg.read_text()
 
 
-def test_verify_ladder_drives_the_designs_rtl_units(projects, capsys):
+def test_verify_ladder_drives_the_designs_rtl_units(engine_projects, capsys):
     """The whole ladder on the 2:4 design: its sparse MAC chain under Icarus and Verilator gets the
     first sparse layer's real int8 activations and codes."""
-    code = main(["verify", str(projects["w4-2of4"]), "--decode", "2", "--rtl-vectors", "500", "--json"])
+    code = main(["verify", str(engine_projects["w4-2of4"]), "--decode", "2", "--rtl-vectors", "500", "--json"])
     levels = json.loads(capsys.readouterr().out)
     assert code == 0
     names = [x["level"] for x in levels]

@@ -9,7 +9,7 @@ from llmc.backends.fpga.cformat import render_tables
 from llmc.backends.fpga.compile import Compiled
 from llmc.backends.fpga.design import kernel_ports
 from llmc.backends.fpga.project import TEMPLATES, render
-from llmc.backends.fpga.units import rtl_files
+from llmc.backends.fpga.units import design_units, rtl_files
 from llmc.ir.graph import Module
 
 STATIC_HEADERS = ("llmc_math.h", "llmc_mem.h", "llmc_sparse_mac.h", "llmc_lut_mac.h")
@@ -37,6 +37,7 @@ def kernel_context(name: str, module: Module, compiled: Compiled) -> dict:
         "io_head_bytes": compiled.io["logits_offset"],
         "kv_bytes": compiled.kv_bytes,
         "buckets": list(config.buckets),
+        "units": design_units(config),
     }
 
 

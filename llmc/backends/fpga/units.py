@@ -72,6 +72,17 @@ class Unit:
         out = [x, ("planes", self.lanes * self.bits * self.g)]
         return [*out, ("zero", self.bits)] if self.zero else out
 
+    def offset(self, field: str) -> int:
+        """The bit where ``field`` starts in a beat (``last``: the top bit)."""
+        at = 0
+        for name, bits in self.fields():
+            if name == field:
+                return at
+            at += bits
+        if field == "last":
+            return at
+        raise KeyError(f"{self.name} has no beat field '{field}'")
+
     @property
     def beat_bits(self) -> int:
         """Width of a beat, ``last`` included."""

@@ -2,10 +2,6 @@
 #ifndef LLMC_MEM_H
 #define LLMC_MEM_H
 
-#include <ap_int.h>
-#include <cstdint>
-#include <cstring>
-
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
 // g++ 12 at -O2 reports false positives inside ap_private (the ap_types headers): words of a
 // copied ap_uint<512> "maybe uninitialized", and loops of its range extraction it cannot bound.
@@ -13,6 +9,10 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
 #endif
+
+#include <ap_int.h>
+#include <cstdint>
+#include <cstring>
 
 namespace llmc {
 
@@ -46,6 +46,41 @@ inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n) {
     port[word] = w;
     skip = 0;
   }
+}
+
+// Or `width` bits of `value` (width <= 64, value < 2^width) into a bit string held in 64-bit words at bit `at`.
+inline void put_bits(uint64_t* words, int at, uint64_t value, int width) {
+  const int shift = at % 64;
+  words[at / 64] |= value << shift;
+  if (shift + width > 64) words[at / 64 + 1] |= value >> (64 - shift);
+}
+
+// Bits [at, at + width) of a bit string held in 64-bit words (width <= 64).
+inline uint64_t get_bits(const uint64_t* words, int at, int width) {
+  const int shift = at % 64;
+  uint64_t value = words[at / 64] >> shift;
+  if (shift + width > 64) value |= words[at / 64 + 1] << (64 - shift);
+  return width == 64 ? value : value & ((uint64_t{1} << width) - 1);
+}
+
+// The words of a B-bit integer, least significant first.
+template <int B>
+inline void to_words(const ap_uint<B>& in, uint64_t* words) {
+  for (int w = 0; w * 64 < B; ++w) {
+    const int hi = w * 64 + 63 < B - 1 ? w * 64 + 63 : B - 1;
+    words[w] = in.range(hi, w * 64).to_uint64();
+  }
+}
+
+// The B-bit integer whose bits the words hold, least significant word first.
+template <int B>
+inline ap_uint<B> from_words(const uint64_t* words) {
+  ap_uint<B> out = 0;
+  for (int w = 0; w * 64 < B; ++w) {
+    const int hi = w * 64 + 63 < B - 1 ? w * 64 + 63 : B - 1;
+    out.range(hi, w * 64) = words[w];
+  }
+  return out;
 }
 
 inline uint32_t load_u32(const uint8_t* p) {

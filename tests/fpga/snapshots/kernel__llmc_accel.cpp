@@ -1,7 +1,11 @@
 // llmc accelerator "tiny": instruction fetch and decode, matrix, LUT and special-function
-// engines. The arithmetic is llmc_math.h's and, for the sparse DSP chain and the LUT engine, that of the
-// RTL units' C++ models (llmc_sparse_mac.h, llmc_lut_mac.h, rtl/); this file moves data and sequences the units.
-#include "llmc_accel.h"
+// engines. The arithmetic is llmc_math.h's; the sparse DSP chain and the LUT engine are the RTL units
+// in rtl/, called as HLS RTL black boxes (C-simulation runs their C++ models, rtl/*.cpp). This file
+// moves data, builds the units' beats and sequences them.
+#include "llmc_accel.h"  // first: llmc_mem.h sets the diagnostics for the ap_types headers
+
+#include <hls_stream.h>
+
 #include "llmc_lut_mac.h"
 #include "llmc_math.h"
 #include "llmc_sparse_mac.h"
@@ -167,15 +171,8 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
           for (int g = 0; g < groups; ++g) {
             const int zero = has_zero ? load_i16(cur + zeros_at + (j * groups + g) * 2) : 0;
             const int64_t scale = load_i32(cur + scales_at + (j * groups + g) * 4);
-            int64_t dot;
-            if (engine == 1) {  // sparse DSP chain: signed kept values and their indices as packed (no zero points)
-              const int64_t first = ((int64_t)j * (k / sp_m) + (int64_t)g * (group / sp_m)) * sp_n;
-              dot = sparse_mac_group(&xq[r][g * group], cur, cur + count * stored / 8, first, group / sp_m, sp_n,
-                                     sp_m, stored);
-            } else if (engine == 2) {  // LUT engine: bit-planes of the unsigned codes
-              dot = lut_mac_group(&xq[r][g * group], cur, TILE_N * k / 8, (int64_t)j * k + g * group, group / LUT_G,
-                                  LUT_G, bits, zero);
-            } else {
+            int64_t dot = 0;
+            if (engine == 0) {
               dot = group_dot(&xq[r][g * group], &codes[j][g * group], group, zero);
             }
             total += dot * scale;
