@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 WORD_BITS = 512  # width of every m_axi port (one HBM pseudo-channel beat)
+READ_BURST, READS_OUTSTANDING = 64, 8  # m_axi read bursts (beats) and bursts in flight per master
+WRITE_BURST, WRITES_OUTSTANDING = 16, 2  # m_axi write bursts: KV and io rows are short
 INSTR_BITS = 512  # one instruction (one program-memory beat)
 ACT_FRAC = 16  # activations are int32 fixed point with 16 fractional bits (Q15.16)
 

@@ -107,6 +107,11 @@ class ModelNeeds:
         return self.layers * (attn + 3 * self.hidden * self.intermediate) + self.vocab * self.hidden
 
     @property
+    def attention_macs(self) -> int:
+        """Multiply-accumulates of attention for one decode token at a full cache (scores and weighted sum)."""
+        return self.layers * 2 * self.heads * self.head_dim * self.max_context
+
+    @property
     def sfu_elements(self) -> int:
         """Elements the SFU touches for one decode token at a full cache.
 
@@ -125,7 +130,7 @@ class DecodeEstimate:
 
     weights_s: float  # streaming every weight over the weight channels
     compute_s: float  # the matrix (and LUT) engine's MACs
-    kv_s: float  # reading the KV cache over the KV channels, at half the context (the average of a full run)
+    kv_s: float  # attention at half the context (a full run's average): the cache stream or its MACs on the lanes
     sfu_s: float  # special functions
     fill_s: float = 0.0  # every linear layer's first tile, loaded before its lanes start
 
@@ -144,29 +149,45 @@ class DecodeEstimate:
 def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds) -> DecodeEstimate:
     """Model one decode token of ``needs`` on ``config``.
 
-    A lane does ``mm_tile_k`` MACs per cycle (times M/N when N:M sparse, as zeros are skipped) and
+    With ``matrices``, each layer's compute is :func:`matrix_cycles` on its own engine. Without them,
+    a lane does ``mm_tile_k`` MACs per cycle (times M/N when N:M sparse, as zeros are skipped) and
     loses ``log2(mm_tile_k) + TILE_OVERHEAD`` cycles per tile of ``mm_tile_n`` rows of ``hidden``
-    inputs draining its adder tree. The LUT engine handles ``lut_g`` weights of one bit per lane and
-    cycle. Each engine is charged as if it carried every weight, so whichever runs a layer keeps up
-    with the stream. Each linear layer waits for its first tile (the simulator's timing model lets
+    inputs draining its adder tree, the LUT engine handles ``lut_g`` weights of one bit per lane and
+    cycle, and each engine is charged as if it carried every weight. Each linear layer waits for its first tile (the simulator's timing model lets
     the weight loader fetch some of it ahead; charging all of it keeps tiles small). Channels deliver
     their share of the peak bandwidth.
     """
     hz = config.clock_mhz * 1e6
     channel = target.memory.channel_gbs * 1e9
-    tile_cycles = config.mm_tile_n * needs.hidden / config.mm_tile_k
-    efficiency = tile_cycles / (tile_cycles + log2(config.mm_tile_k) + TILE_OVERHEAD)
-    sparse_gain = config.sparse_m / config.sparse_n if config.sparse_m else 1.0
-    compute = needs.macs_per_token / (config.mm_lanes * config.mm_tile_k * hz * efficiency * sparse_gain)
-    if config.lut_lanes:
-        compute = max(compute, needs.macs_per_token * max(config.lut_bits) / (config.lut_lanes * config.lut_g * hz))
+    if needs.matrices:
+        compute = sum(matrix_cycles(config, m) for m in needs.matrices) / hz
+    else:
+        tile_cycles = config.mm_tile_n * needs.hidden / config.mm_tile_k
+        efficiency = tile_cycles / (tile_cycles + log2(config.mm_tile_k) + TILE_OVERHEAD)
+        sparse_gain = config.sparse_m / config.sparse_n if config.sparse_m else 1.0
+        compute = needs.macs_per_token / (config.mm_lanes * config.mm_tile_k * hz * efficiency * sparse_gain)
+        if config.lut_lanes:
+            compute = max(compute, needs.macs_per_token * max(config.lut_bits) / (config.lut_lanes * config.lut_g * hz))
     return DecodeEstimate(
         weights_s=lane_stream_bytes(config, needs) / channel,
         compute_s=compute,
-        kv_s=needs.kv_bytes / 2 / (len(config.kv_channels) * channel),
+        kv_s=max(needs.kv_bytes / 2 / (len(config.kv_channels) * channel),
+                 needs.attention_macs / 2 / (config.mm_lanes * config.mm_tile_k * hz)),
         sfu_s=needs.sfu_elements / (config.sfu_lanes * hz),
         fill_s=first_tile_bytes(config, needs) / channel,
     )
+
+
+def matrix_cycles(config: AcceleratorConfig, m: Matrix) -> float:
+    """Cycles the busiest lane computes one decode row of ``m`` on its engine (as the simulator's
+    timing model counts them): its tiles, each ``tile_n x k`` MACs (N:M tiles skip their zeros) plus
+    the adder tree's drain, or on the LUT engine ``lut_g`` one-bit weights per table and cycle."""
+    lane_tiles = ceil(ceil(m.n / config.mm_tile_n) / config.mm_lanes)
+    if m.engine == "lut":
+        tables = max(1, config.lut_lanes // config.mm_lanes)
+        return lane_tiles * config.mm_tile_n * m.k * m.bits / (tables * config.lut_g)
+    density = m.sparse[0] / m.sparse[1] if m.sparse else 1.0
+    return lane_tiles * (config.mm_tile_n * m.k * density / config.mm_tile_k + log2(config.mm_tile_k) + TILE_OVERHEAD)
 
 
 def first_tile_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:

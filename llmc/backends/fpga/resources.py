@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil, log2
 
-from .design import WORD_BITS, AcceleratorConfig, kernel_ports
+from .design import (
+    READ_BURST,
+    READS_OUTSTANDING,
+    WORD_BITS,
+    WRITE_BURST,
+    WRITES_OUTSTANDING,
+    AcceleratorConfig,
+    kernel_ports,
+)
 from .target import RESOURCE_KINDS, Resources, Target
 
 BRAM36_BYTES = 4608  # 36 Kb
@@ -82,16 +90,19 @@ def sfu(config: AcceleratorConfig) -> Resources:
 
 
 def dma(config: AcceleratorConfig) -> Resources:
-    """One AXI master per m_axi port: 1,800 LUTs, 3,000 FFs and a read FIFO one port word wide (8 BRAM36).
+    """One AXI master per m_axi bundle: 1,800 LUTs, 3,000 FFs and a read buffer one port word wide and
+    ``READ_BURST x READS_OUTSTANDING`` (512) beats deep (8 BRAM36).
 
-    Masters that also write (KV cache and io) get a write FIFO of the same size. Ports in one bundle
-    share its master (the KV cache and io on a weight lane's channel).
+    Masters that also write (KV cache and io rows: a few KB per token) get a shallow write buffer of
+    ``WRITE_BURST x WRITES_OUTSTANDING`` (32) beats in LUTRAM (the kernel's m_axi pragmas set these
+    depths). Ports in one bundle share its master (the KV cache and io on a weight lane's channel).
     """
-    fifo = ceil(WORD_BITS / BRAM36_WIDTH)
+    read_fifo = Resources(bram36=ceil(WORD_BITS / BRAM36_WIDTH) * ceil(READ_BURST * READS_OUTSTANDING / BRAM36_DEPTH))
+    write_fifo = Resources(lut=WORD_BITS * ceil(WRITE_BURST * WRITES_OUTSTANDING / LUTRAM_DEPTH), ff=WORD_BITS)
     ports = [p for p in kernel_ports(config) if p.kind == "m_axi"]
     masters = len({p.bundle for p in ports})
     writers = len({p.bundle for p in ports if p.name == "io" or p.name.startswith("kv")})
-    return Resources(lut=1800, ff=3000, bram36=fifo) * masters + Resources(bram36=fifo) * writers
+    return (Resources(lut=1800, ff=3000) + read_fifo) * masters + write_fifo * writers
 
 
 def activation_buffers(config: AcceleratorConfig) -> Resources:

@@ -35,22 +35,22 @@ int main(int argc, char** argv) {
     std::vector<word_t> w5 = to_words(weights.section("w5"), 64);
     std::vector<word_t> w6 = to_words(weights.section("w6"), 64);
     std::vector<word_t> w7 = to_words(weights.section("w7"), 64);
-    std::vector<word_t> w8 = to_words(weights.section("w8"), 64);
-    std::vector<word_t> w9 = to_words(weights.section("w9"), 64);
-    std::vector<word_t> w10 = to_words(weights.section("w10"), 64);
-    std::vector<word_t> w11 = to_words(weights.section("w11"), 64);
-    std::vector<word_t> kv0 = to_words({}, 512);
-    std::vector<word_t> kv1 = to_words({}, 512);
-    std::vector<word_t> kv2 = to_words({}, 512);
-    std::vector<word_t> kv3 = to_words({}, 512);
-    std::vector<word_t> kv4 = to_words({}, 512);
-    std::vector<word_t> kv5 = to_words({}, 512);
-    std::vector<word_t> kv6 = to_words({}, 512);
-    std::vector<word_t> kv7 = to_words({}, 512);
-    std::vector<word_t> kv8 = to_words({}, 512);
-    std::vector<word_t> kv9 = to_words({}, 512);
-    std::vector<word_t> kv10 = to_words({}, 512);
-    std::vector<word_t> kv11 = to_words({}, 512);
+    std::vector<word_t> kv0 = to_words({}, 384);
+    std::vector<word_t> kv1 = to_words({}, 384);
+    std::vector<word_t> kv2 = to_words({}, 384);
+    std::vector<word_t> kv3 = to_words({}, 384);
+    std::vector<word_t> kv4 = to_words({}, 384);
+    std::vector<word_t> kv5 = to_words({}, 384);
+    std::vector<word_t> kv6 = to_words({}, 384);
+    std::vector<word_t> kv7 = to_words({}, 384);
+    std::vector<word_t> kv8 = to_words({}, 384);
+    std::vector<word_t> kv9 = to_words({}, 384);
+    std::vector<word_t> kv10 = to_words({}, 384);
+    std::vector<word_t> kv11 = to_words({}, 384);
+    std::vector<word_t> kv12 = to_words({}, 384);
+    std::vector<word_t> kv13 = to_words({}, 384);
+    std::vector<word_t> kv14 = to_words({}, 384);
+    std::vector<word_t> kv15 = to_words({}, 384);
     std::vector<word_t> io = to_words({}, 25088);
     const int buckets[] = { 1, 16, 64 };
     std::vector<std::vector<word_t>> programs;
@@ -83,8 +83,8 @@ int main(int argc, char** argv) {
         for (int t = 0; t < rows; ++t) {
           io[(4 * t) / 64].range(8 * ((4 * t) % 64) + 31, 8 * ((4 * t) % 64)) = (uint32_t)ids[done + t];
         }
-        llmc_accel(programs[which].data(), w0.data(), w1.data(), w2.data(), w3.data(), w4.data(), w5.data(), w6.data(), w7.data(), w8.data(), w9.data(), w10.data(), w11.data(),
-                   kv0.data(), kv1.data(), kv2.data(), kv3.data(), kv4.data(), kv5.data(), kv6.data(), kv7.data(), kv8.data(), kv9.data(), kv10.data(), kv11.data(), io.data(), (int)programs[which].size(), rows,
+        llmc_accel(programs[which].data(), w0.data(), w1.data(), w2.data(), w3.data(), w4.data(), w5.data(), w6.data(), w7.data(),
+                   kv0.data(), kv1.data(), kv2.data(), kv3.data(), kv4.data(), kv5.data(), kv6.data(), kv7.data(), kv8.data(), kv9.data(), kv10.data(), kv11.data(), kv12.data(), kv13.data(), kv14.data(), kv15.data(), io.data(), (int)programs[which].size(), rows,
                    start_pos);
         logits.resize((size_t)rows * 96);
         for (size_t i = 0; i < logits.size(); ++i) {

@@ -5,10 +5,10 @@
 #include "llmc_mem.h"
 
 namespace llmc {
-static const int LANES = 12;
-static const int KV_CHANNELS = 12;  // cache row j: channel j % KV_CHANNELS
+static const int LANES = 8;
+static const int KV_CHANNELS = 16;  // cache row j: channel j % KV_CHANNELS
 static const int TILE_N = 16;
-static const int TILE_K = 32;
+static const int TILE_K = 128;
 static const int MAX_ROWS = 64;
 static const int MAX_HIDDEN = 128;
 static const int MAX_CONTEXT = 64;
@@ -31,10 +31,6 @@ extern "C" void llmc_accel(
     const llmc::word_t* w5,
     const llmc::word_t* w6,
     const llmc::word_t* w7,
-    const llmc::word_t* w8,
-    const llmc::word_t* w9,
-    const llmc::word_t* w10,
-    const llmc::word_t* w11,
     llmc::word_t* kv0,
     llmc::word_t* kv1,
     llmc::word_t* kv2,
@@ -47,6 +43,10 @@ extern "C" void llmc_accel(
     llmc::word_t* kv9,
     llmc::word_t* kv10,
     llmc::word_t* kv11,
+    llmc::word_t* kv12,
+    llmc::word_t* kv13,
+    llmc::word_t* kv14,
+    llmc::word_t* kv15,
     llmc::word_t* io,
     int n_instr,
     int seq_len,

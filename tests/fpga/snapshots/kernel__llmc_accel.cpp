@@ -44,11 +44,7 @@ static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
                       const word_t* w4,
                       const word_t* w5,
                       const word_t* w6,
-                      const word_t* w7,
-                      const word_t* w8,
-                      const word_t* w9,
-                      const word_t* w10,
-                      const word_t* w11) {
+                      const word_t* w7) {
   switch (lane) {
     case 0: read_bytes(w0, off, dst, n); break;
     case 1: read_bytes(w1, off, dst, n); break;
@@ -58,10 +54,6 @@ static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
     case 5: read_bytes(w5, off, dst, n); break;
     case 6: read_bytes(w6, off, dst, n); break;
     case 7: read_bytes(w7, off, dst, n); break;
-    case 8: read_bytes(w8, off, dst, n); break;
-    case 9: read_bytes(w9, off, dst, n); break;
-    case 10: read_bytes(w10, off, dst, n); break;
-    case 11: read_bytes(w11, off, dst, n); break;
     default: break;
   }
 }
@@ -78,7 +70,11 @@ static word_t* kv_port(int channel,
                        word_t* kv8,
                        word_t* kv9,
                        word_t* kv10,
-                       word_t* kv11) {
+                       word_t* kv11,
+                       word_t* kv12,
+                       word_t* kv13,
+                       word_t* kv14,
+                       word_t* kv15) {
   switch (channel) {
     case 1: return kv1;
     case 2: return kv2;
@@ -91,6 +87,10 @@ static word_t* kv_port(int channel,
     case 9: return kv9;
     case 10: return kv10;
     case 11: return kv11;
+    case 12: return kv12;
+    case 13: return kv13;
+    case 14: return kv14;
+    case 15: return kv15;
     default: return kv0;
   }
 }
@@ -126,11 +126,7 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
                    const word_t* w4,
                    const word_t* w5,
                    const word_t* w6,
-                   const word_t* w7,
-                   const word_t* w8,
-                   const word_t* w9,
-                   const word_t* w10,
-                   const word_t* w11) {
+                   const word_t* w7) {
   const int n = in.f[0], k = in.f[1], group = in.f[2], shift = in.f[3], flags = in.f[4];
   const uint64_t weight_off = in.f[5];
   const int tile_bytes = in.f[6], row_block = in.f[7], tiles = in.f[8];
@@ -154,13 +150,13 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
   for (int r0 = 0; r0 < rows; r0 += row_block) {
     const int r1 = r0 + row_block < rows ? r0 + row_block : rows;
     const int half = first_half;
-    if (r0 > 0 || prefetched != pc) read_lane(0, weight_off, tile[half], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+    if (r0 > 0 || prefetched != pc) read_lane(0, weight_off, tile[half], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
     first_half = (half + tiles) % 2;  // after this pass: the half its last tile does not use
     for (int t = 0; t < tiles; ++t) {
       const uint8_t* cur = tile[(half + t) % 2];
       if (t + 1 < tiles) {
         read_lane((t + 1) % LANES, weight_off + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(half + t + 1) % 2],
-                  tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+                  tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
       }
       if (engine == 0) unpack_codes(cur, bits, is_signed, k, codes);
       for (int j = 0; j < TILE_N; ++j) {
@@ -200,16 +196,12 @@ static void prefetch_next_tile(const word_t* program, int pc, int n_instr,
                                const word_t* w4,
                                const word_t* w5,
                                const word_t* w6,
-                               const word_t* w7,
-                               const word_t* w8,
-                               const word_t* w9,
-                               const word_t* w10,
-                               const word_t* w11) {
+                               const word_t* w7) {
   prefetched = -1;
   for (int p = pc + 1; p < n_instr; ++p) {
     const Instr next = fetch(program, p);
     if (next.op == MM) {
-      read_lane(0, next.f[5], tile[first_half], next.f[6], w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+      read_lane(0, next.f[5], tile[first_half], next.f[6], w0, w1, w2, w3, w4, w5, w6, w7);
       prefetched = p;
       return;
     }
@@ -229,7 +221,11 @@ static void attention(const Instr& in, int rows, int start_pos,
                       word_t* kv8,
                       word_t* kv9,
                       word_t* kv10,
-                      word_t* kv11) {
+                      word_t* kv11,
+                      word_t* kv12,
+                      word_t* kv13,
+                      word_t* kv14,
+                      word_t* kv15) {
   const int heads = in.f[0], kv_heads = in.f[1], d = in.f[2];
   const float scale = bits_to_float(in.f[3]);
   const int s = start_pos + rows;
@@ -242,7 +238,7 @@ static void attention(const Instr& in, int rows, int start_pos,
   const int width = kv_heads * d;
   for (int h = 0; h < kv_heads; ++h) {
     for (int j = 0; j < s; ++j) {  // this KV head's slice of the cache: row j on channel j % KV_CHANNELS
-      word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11);
+      word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
       const uint64_t at = j / KV_CHANNELS;
       read_bytes(port, in.f[4] + at * width + h * d, (uint8_t*)&kc[j * d], d);
       read_bytes(port, in.f[6] + at * width + h * d, (uint8_t*)&vc[j * d], d);
@@ -273,7 +269,11 @@ static void kv_append(const Instr& in, int rows, int start_pos,
                       word_t* kv8,
                       word_t* kv9,
                       word_t* kv10,
-                      word_t* kv11) {
+                      word_t* kv11,
+                      word_t* kv12,
+                      word_t* kv13,
+                      word_t* kv14,
+                      word_t* kv15) {
   const int kv_heads = in.f[2], d = in.f[3];
   const int width = kv_heads * d;
   static int8_t codes[MAX_HIDDEN];
@@ -281,7 +281,7 @@ static void kv_append(const Instr& in, int rows, int start_pos,
   static uint8_t bytes[MAX_HEADS * 4];
   for (int t = 0; t < rows; ++t) {
     const int j = start_pos + t;
-    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11);
+    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
     const uint64_t at = j / KV_CHANNELS;
     quant8(act[in.src0][t], width, d, codes, scales);
     write_bytes(port, in.f[0] + at * width, (const uint8_t*)codes, width);
@@ -306,10 +306,6 @@ extern "C" void llmc_accel(
     const word_t* w5,
     const word_t* w6,
     const word_t* w7,
-    const word_t* w8,
-    const word_t* w9,
-    const word_t* w10,
-    const word_t* w11,
     word_t* kv0,
     word_t* kv1,
     word_t* kv2,
@@ -322,37 +318,41 @@ extern "C" void llmc_accel(
     word_t* kv9,
     word_t* kv10,
     word_t* kv11,
+    word_t* kv12,
+    word_t* kv13,
+    word_t* kv14,
+    word_t* kv15,
     word_t* io,
     int n_instr,
     int seq_len,
     int start_pos
 ) {
-#pragma HLS INTERFACE m_axi port = program bundle = gmem_prog offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w0 bundle = gmem_w0 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w1 bundle = gmem_w1 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w2 bundle = gmem_w2 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w3 bundle = gmem_w3 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w4 bundle = gmem_w4 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w5 bundle = gmem_w5 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w6 bundle = gmem_w6 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w7 bundle = gmem_w7 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w8 bundle = gmem_w8 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w9 bundle = gmem_w9 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w10 bundle = gmem_w10 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = w11 bundle = gmem_w11 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_w0 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_w1 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_w2 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv3 bundle = gmem_w3 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv4 bundle = gmem_w4 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv5 bundle = gmem_w5 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv6 bundle = gmem_w6 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv7 bundle = gmem_w7 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv8 bundle = gmem_w8 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv9 bundle = gmem_w9 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv10 bundle = gmem_w10 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = kv11 bundle = gmem_w11 offset = slave max_read_burst_length = 64
-#pragma HLS INTERFACE m_axi port = io bundle = gmem_io offset = slave max_read_burst_length = 64
+#pragma HLS INTERFACE m_axi port = program bundle = gmem_prog offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w0 bundle = gmem_w0 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w1 bundle = gmem_w1 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w2 bundle = gmem_w2 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w3 bundle = gmem_w3 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w4 bundle = gmem_w4 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w5 bundle = gmem_w5 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w6 bundle = gmem_w6 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w7 bundle = gmem_w7 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_kv0 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_kv1 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_kv2 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv3 bundle = gmem_kv3 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv4 bundle = gmem_kv4 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv5 bundle = gmem_kv5 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv6 bundle = gmem_kv6 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv7 bundle = gmem_kv7 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv8 bundle = gmem_kv8 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv9 bundle = gmem_kv9 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv10 bundle = gmem_kv10 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv11 bundle = gmem_kv11 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv12 bundle = gmem_kv12 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv13 bundle = gmem_kv13 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv14 bundle = gmem_kv14 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv15 bundle = gmem_kv15 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = io bundle = gmem_io offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE s_axilite port = n_instr
 #pragma HLS INTERFACE s_axilite port = seq_len
 #pragma HLS INTERFACE s_axilite port = start_pos
@@ -376,7 +376,7 @@ extern "C" void llmc_accel(
         for (int t = 0; t < rows; ++t) {
           const int id = load_i32(io_buf + 0 + 4 * t);
           read_lane(id % LANES, in.f[1] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
-                    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+                    w0, w1, w2, w3, w4, w5, w6, w7);
           for (int c = 0; c < cols; ++c) {
 #pragma HLS PIPELINE II = 1
             act[in.dst][t][c] = embed_fixed(half_to_float((uint16_t)(raw[2 * c] | raw[2 * c + 1] << 8)));
@@ -391,7 +391,7 @@ extern "C" void llmc_accel(
         break;
       }
       case MM:
-        matmul(in, pc, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+        matmul(in, pc, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7);
         wrote_io = wrote_io || ((in.f[4] >> 10) & 1);
         break;
       case ROPE: {
@@ -407,10 +407,10 @@ extern "C" void llmc_accel(
         break;
       }
       case KVAPP:
-        kv_append(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11);
+        kv_append(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
         break;
       case ATTN:
-        attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11);
+        attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
         break;
       case ACT:
         for (int t = 0; t < rows; ++t) {
@@ -441,7 +441,7 @@ extern "C" void llmc_accel(
       default:
         break;
     }
-    if (streams_lanes(in.op)) prefetch_next_tile(program, pc, n_instr, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11);
+    if (streams_lanes(in.op)) prefetch_next_tile(program, pc, n_instr, w0, w1, w2, w3, w4, w5, w6, w7);
   }
   if (wrote_io) write_bytes(io, 0, io_buf, 25088);
 }
