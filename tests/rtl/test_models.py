@@ -1,6 +1,6 @@
 """The C++ models of the RTL units, compiled with g++ as C-simulation compiles them, against the interpreter's group
-product: the generated black-box functions over the same beats the RTL reads, and the tile functions the kernel
-calls over tiles packed by pack.py."""
+product: the generated black-box functions over the same beats the RTL reads (the kernel's beats from tiles packed
+by pack.py are checked end to end by C-simulation, tests/fpga/test_flow.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import llmc
-from llmc.backends.fpga import pack, units
+from llmc.backends.fpga import units
 from llmc.sim.rtl import golden, random_vectors
 
 INCLUDE = Path(llmc.__file__).parent / "hls_templates" / "include"
@@ -69,19 +69,3 @@ def test_blackbox_models_equal_the_interpreter(driver: Path, kind: str, config: 
     width = (unit.beat_bits + 7) // 8
     data = b"".join(beat.to_bytes(width, "little") for beat in units.beats(unit, x, w, zeros))
     np.testing.assert_array_equal(_run(driver, ["stream", f"{unit.name}_hls"], data, "<i4"), golden(x, w, zeros))
-
-
-@pytest.mark.parametrize(("kind", "config"), CONFIGS, ids=NAMES)
-def test_tile_models_equal_the_interpreter(driver: Path, kind: str, config: dict) -> None:
-    unit = units.make_unit(kind, config)
-    x, w, zeros = random_vectors(kind, config, VECTORS, seed=4)
-    v, length = x.shape
-    head = x.astype(np.int8).tobytes()
-    if kind == "sparse_mac":
-        tile = pack.pack_codes(w, "sparse", unit.bits, (unit.n, unit.m))
-        got = _run(driver, ["sparse", v, length, unit.n, unit.m, unit.bits], head + tile, "<i8")
-    else:
-        z = np.zeros(v, dtype=np.int64) if zeros is None else zeros
-        tile = pack.pack_codes(w, "lut", unit.bits, None)
-        got = _run(driver, ["lut", v, length, unit.g, unit.bits], head + z.astype("<i4").tobytes() + tile, "<i8")
-    np.testing.assert_array_equal(got, golden(x, w, zeros))

@@ -30,28 +30,6 @@ inline int64_t lut_chunk(const int8_t* x, const uint32_t* planes, int g, int bit
   return sum;
 }
 
-// One group of `chunks` chunks of g activations x against the codes at flat positions first .. first + chunks * g - 1
-// of a tile's bit-planes (plane b at planes + b * plane_bytes, bit i of a plane at byte i / 8, bit i % 8), with the
-// group's zero point (0 <= zero < 2^bits).
-inline int64_t lut_mac_group(const int8_t* x, const uint8_t* planes, int64_t plane_bytes, int64_t first, int chunks,
-                             int g, int bits, int zero) {
-  int64_t acc = 0;
-  for (int c = 0; c < chunks; ++c) {
-    uint32_t index[LUT_MAX_BITS];
-    for (int b = 0; b < bits; ++b) {
-      const uint8_t* plane = planes + b * plane_bytes;
-      uint32_t v = 0;
-      for (int j = 0; j < g; ++j) {
-        const int64_t i = first + static_cast<int64_t>(c) * g + j;
-        v |= static_cast<uint32_t>((plane[i / 8] >> (i % 8)) & 1) << j;
-      }
-      index[b] = v;
-    }
-    acc += lut_chunk(x + c * g, index, g, bits, zero);
-  }
-  return acc;
-}
-
 }  // namespace llmc
 
 #endif  // LLMC_LUT_MAC_H

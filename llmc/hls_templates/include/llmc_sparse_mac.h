@@ -37,9 +37,6 @@ inline int64_t chain_beat(const int32_t* sel, const int32_t* w, int slots, int s
   return sum;
 }
 
-// The activation an index selects in a block of m (0 for an index past the block, as the RTL's selection mux).
-inline int32_t select_activation(const int8_t* block, int index, int m) { return index < m ? block[index] : 0; }
-
 // Value i of a packed array, signed: bytes (stored == 8) or nibbles, low nibble first (stored == 4).
 inline int32_t packed_value(const uint8_t* data, int64_t i, int stored) {
   if (stored == 8) return static_cast<int8_t>(data[i]);
@@ -48,23 +45,6 @@ inline int32_t packed_value(const uint8_t* data, int64_t i, int stored) {
 }
 
 inline int32_t packed_index(const uint8_t* data, int64_t i) { return (data[i / 2] >> (4 * (i % 2))) & 0xF; }
-
-// One group of `blocks` blocks of m activations x against the kept values and in-block indices at positions
-// first .. first + blocks * n - 1 of a tile's packed arrays (as pack.py lays them out), one block per beat.
-inline int64_t sparse_mac_group(const int8_t* x, const uint8_t* values, const uint8_t* indices, int64_t first,
-                                int blocks, int n, int m, int stored) {
-  int64_t acc = 0;
-  for (int b = 0; b < blocks; ++b) {
-    int32_t sel[SPARSE_MAX_N], w[SPARSE_MAX_N];
-    for (int k = 0; k < n; ++k) {
-      const int64_t i = first + static_cast<int64_t>(b) * n + k;
-      sel[k] = select_activation(x + b * m, packed_index(indices, i), m);
-      w[k] = packed_value(values, i, stored);
-    }
-    acc += chain_beat(sel, w, n, stored);
-  }
-  return acc;
-}
 
 }  // namespace llmc
 
