@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,19 @@ def engine_projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
         module = run_pipeline(tiny.module, parse_pipeline(recipe), PassContext()) if recipe else tiny.module
         compile_project(module, "u280", root / name, tokenizer_json=tiny.tokenizer_json)
     return {name: root / name for name in RECIPES}
+
+
+@pytest.fixture(scope="session")
+def gxx_ap_types() -> tuple[str, Path]:
+    """g++ and the ap_types headers C-simulation compiles against (``llmc.sim.csim.ap_types_dir``);
+    the test is skipped without them."""
+    from llmc.errors import LlmcError
+    from llmc.sim.csim import ap_types_dir
+
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found on PATH")
+    try:
+        return gxx, ap_types_dir()
+    except LlmcError as e:
+        pytest.skip(str(e))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import shutil
 import subprocess
 from decimal import Decimal
 from pathlib import Path
@@ -25,14 +23,8 @@ I32_EDGES = np.array([0, 1, -1, 2, -2, 127, -127, 128, 65535, 65536, -65536, 1 <
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found on PATH")
-    spec = importlib.util.find_spec("hls4ml")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("hls4ml (its ap_types headers) is not installed")
-    ap_types = Path(spec.submodule_search_locations[0]) / "templates" / "vivado" / "ap_types"
+def driver(tmp_path_factory: pytest.TempPathFactory, gxx_ap_types: tuple[str, Path]) -> Path:
+    gxx, ap_types = gxx_ap_types
     folder = tmp_path_factory.mktemp("hls_math")
     (folder / "llmc_tables.h").write_text(render_tables())
     command = [gxx, "-std=c++14", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", "-isystem", str(ap_types),

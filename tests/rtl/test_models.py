@@ -4,8 +4,6 @@ by pack.py are checked end to end by C-simulation, tests/fpga/test_flow.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -33,14 +31,8 @@ VECTORS = 2000
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found on PATH")
-    spec = importlib.util.find_spec("hls4ml")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("hls4ml (its ap_types headers) is not installed")
-    ap_types = Path(spec.submodule_search_locations[0]) / "templates" / "vivado" / "ap_types"
+def driver(tmp_path_factory: pytest.TempPathFactory, gxx_ap_types: tuple[str, Path]) -> Path:
+    gxx, ap_types = gxx_ap_types
     folder = tmp_path_factory.mktemp("unit_models")
     lines, entries = [], []
     for kind, config in CONFIGS:

@@ -68,18 +68,13 @@ def test_project_rtl_lints_clean(project: Path) -> None:
         assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_blackbox_models_compile_with_the_project_headers(project: Path) -> None:
-    gxx = shutil.which("g++")
-    spec = importlib.util.find_spec("hls4ml")
-    if gxx is None or spec is None or not spec.submodule_search_locations:
-        pytest.skip("needs g++ and the hls4ml ap_types headers")
-    ap_types = Path(spec.submodule_search_locations[0]) / "templates" / "vivado" / "ap_types"
+def test_blackbox_models_compile_with_the_project_headers(project: Path, gxx_ap_types: tuple[str, Path]) -> None:
+    gxx, ap_types = gxx_ap_types
     for box in _boxes(project):
         source = box["c_files"][0]
         result = subprocess.run([gxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
                                  "-fsyntax-only", "-isystem", str(ap_types), *source["cflag"].split(),
-                                 source["c_file"]], cwd=project,
-                                capture_output=True, text=True, timeout=120)
+                                 source["c_file"]], cwd=project, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
 
 
