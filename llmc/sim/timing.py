@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from math import ceil, log2
 
 from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig
-from llmc.backends.fpga.isa import Instruction
+from llmc.backends.fpga.isa import LANE_STREAMS, Instruction
 from llmc.backends.fpga.pack import align
 from llmc.backends.fpga.target import Target
 from llmc.errors import LlmcError
@@ -68,9 +68,6 @@ class Cost:
     sfu_elements: int = 0
     layer: str = ""
     lanes_free: float = 0.0  # cycles at its end during which the weight lanes' channels are idle
-
-
-LANE_STREAMS = {"MM", "ATTN", "KVAPP", "EMBED"}  # instructions that stream from the weight lanes' channels
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from llmc.backends.fpga.cformat import render_tables
 from llmc.backends.fpga.compile import Compiled
 from llmc.backends.fpga.design import READ_BURST, READS_OUTSTANDING, WRITE_BURST, WRITES_OUTSTANDING, kernel_ports
+from llmc.backends.fpga.isa import LANE_STREAMS, OPCODES
 from llmc.backends.fpga.project import TEMPLATES, render
 from llmc.backends.fpga.units import design_units, rtl_files
 from llmc.ir.graph import Module
@@ -38,6 +39,8 @@ def kernel_context(name: str, module: Module, compiled: Compiled) -> dict:
         "kv_bytes": compiled.kv_bytes,
         "buckets": list(config.buckets),
         "units": design_units(config),
+        "opcodes": {name: number for name, (number, _, _) in OPCODES.items()},
+        "lane_streams": LANE_STREAMS,
         "axi": {"read_burst": READ_BURST, "reads": READS_OUTSTANDING, "write_burst": WRITE_BURST,
                 "writes": WRITES_OUTSTANDING},
     }

@@ -39,6 +39,7 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "HALT": (15, (), "end of program"),
 }
 FLOAT_FIELDS = {"eps", "scale"}
+LANE_STREAMS = ("MM", "ATTN", "KVAPP", "EMBED")  # opcodes that stream from the weight lanes' channels
 BY_NUMBER = {num: name for name, (num, _, _) in OPCODES.items()}
 ENGINES = {"dsp": 0, "sparse": 1, "lut": 2}
 ACT_FNS = {"silu": 0, "relu": 1}

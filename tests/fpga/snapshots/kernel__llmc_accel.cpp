@@ -12,8 +12,19 @@
 
 namespace llmc {
 
-enum Opcode { EMBED = 1, NORM = 2, MM = 3, ROPE = 4, KVAPP = 5, ATTN = 6, ACT = 7, EMUL = 8, EADD = 9, ESCALE = 10,
-              HALT = 15 };
+enum Opcode {
+  EMBED = 1,
+  NORM = 2,
+  MM = 3,
+  ROPE = 4,
+  KVAPP = 5,
+  ATTN = 6,
+  ACT = 7,
+  EMUL = 8,
+  EADD = 9,
+  ESCALE = 10,
+  HALT = 15,
+};
 
 struct Instr {
   int op, dst, src0, src1;
