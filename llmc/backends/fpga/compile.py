@@ -5,9 +5,9 @@ Activations live in on-chip buffers, allocated by liveness (decode and prefill c
 spill activations to HBM); weights stream from the lanes' channels, matrix tiles round-robin so
 every lane reads its own channel; the KV cache is striped by position over the KV channels (cache
 row ``j`` on KV channel ``j mod C``, at row ``j div C`` of each cache's region, the same offsets on
-every channel); only logits leave through the io channel. A bucket's program differs from another's in how many activation rows
-each weight tile serves (``row_block``): one program serves every length in its bucket because
-the row count is a kernel argument.
+every channel); only logits leave through the io channel. A bucket's program differs from
+another's in how many activation rows each weight tile serves (``row_block``): one program serves
+every length in its bucket because the row count is a kernel argument.
 """
 
 from __future__ import annotations

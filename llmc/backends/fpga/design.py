@@ -78,9 +78,12 @@ def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
     ports = [KernelPort("program", "m_axi", "gmem_prog", config.program_memory)]
     ports += [KernelPort(f"w{i}", "m_axi", f"gmem_w{i}", f"HBM[{ch}]") for i, ch in enumerate(config.weight_channels)]
     lane_of = {ch: i for i, ch in enumerate(config.weight_channels)}
-    ports += [KernelPort(f"kv{i}", "m_axi", f"gmem_w{lane_of[ch]}" if ch in lane_of else f"gmem_kv{i}", f"HBM[{ch}]")
-              for i, ch in enumerate(config.kv_channels)]
-    io = config.io_channel
-    ports.append(KernelPort("io", "m_axi", f"gmem_w{lane_of[io]}" if io in lane_of else "gmem_io", f"HBM[{io}]"))
+
+    def on(channel: int, name: str) -> KernelPort:  # in the lane's bundle when the channel is a lane's
+        bundle = f"gmem_w{lane_of[channel]}" if channel in lane_of else f"gmem_{name}"
+        return KernelPort(name, "m_axi", bundle, f"HBM[{channel}]")
+
+    ports += [on(ch, f"kv{i}") for i, ch in enumerate(config.kv_channels)]
+    ports.append(on(config.io_channel, "io"))
     ports += [KernelPort(name, "scalar") for name in ("n_instr", "seq_len", "start_pos")]
     return ports

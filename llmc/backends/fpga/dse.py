@@ -153,9 +153,10 @@ def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds
     a lane does ``mm_tile_k`` MACs per cycle (times M/N when N:M sparse, as zeros are skipped) and
     loses ``log2(mm_tile_k) + TILE_OVERHEAD`` cycles per tile of ``mm_tile_n`` rows of ``hidden``
     inputs draining its adder tree, the LUT engine handles ``lut_g`` weights of one bit per lane and
-    cycle, and each engine is charged as if it carried every weight. Each linear layer waits for its first tile (the simulator's timing model lets
-    the weight loader fetch some of it ahead; charging all of it keeps tiles small). Channels deliver
-    their share of the peak bandwidth.
+    cycle, and each engine is charged as if it carried every weight. Each linear layer waits for its
+    first tile (the simulator's timing model lets the weight loader fetch some of it ahead; charging
+    all of it keeps tiles small). Attention streams the cache at half the context, or is bound by
+    its MACs on the lanes. Channels deliver their share of the peak bandwidth.
     """
     hz = config.clock_mhz * 1e6
     channel = target.memory.channel_gbs * 1e9
