@@ -15,7 +15,7 @@ demo: setup
 	$(LLMC) opt llmc-tiny -p "quantize{bits=4,group=128,method=gptq}" -o build/llmc-tiny-w4.llmc --force
 	$(LLMC) eval build/llmc-tiny-w4.llmc --windows 40
 	$(LLMC) run build/llmc-tiny-w4.llmc --prompt "A hacker is" --max-new-tokens 32
-	$(LLMC) compile build/llmc-tiny-w4.llmc --target u280 -o build/llmc-tiny-u280 --force
+	$(LLMC) compile build/llmc-tiny-w4.llmc --board u280 -o build/llmc-tiny-u280 --force
 	$(LLMC) csim build/llmc-tiny-u280 --prompt "A hacker is" --max-new-tokens 16
 
 test: setup

@@ -1,6 +1,6 @@
 """Seconds to compile Llama-2-7B for the U280 from its config.json alone, against the 30 s target.
 
-Each recipe runs ``llmc compile DIR --target u280 --shapes-only -p PIPELINE -o OUT`` in a fresh
+Each recipe runs ``llmc compile DIR --board u280 --shapes-only -p PIPELINE -o OUT`` in a fresh
 process pinned to two cores (Python start-up, imports and the import of the model included), on
 a folder holding only Llama-2-7B's config.json; the table adds what the project says: programs
 against one program per length, the scarcest resource and the modelled decode. Wall seconds
@@ -38,7 +38,7 @@ RECIPES = [
 
 def compile_once(config_dir: Path, out: Path, pipeline: str, cores: set[int]) -> dict:
     llmc = Path(sys.executable).with_name("llmc")
-    command = [str(llmc), "compile", str(config_dir), "--target", "u280", "--shapes-only", "-p", pipeline,
+    command = [str(llmc), "compile", str(config_dir), "--board", "u280", "--shapes-only", "-p", pipeline,
                "-o", str(out), "--json"]
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cores))

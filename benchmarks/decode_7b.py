@@ -1,6 +1,6 @@
 """Modelled Llama-2-7B decode on the U280 (batch 1) next to the HBM roofline and FlightLLM's 55 tokens/s.
 
-Per configuration: ``llmc compile DIR --shapes-only -p PIPELINE --target BOARD`` on a folder holding
+Per configuration: ``llmc compile DIR --shapes-only -p PIPELINE --board BOARD`` on a folder holding
 only Llama-2-7B's config.json, then the timing model over a 128-token prompt and 512 generated
 tokens (``llmc simulate --timing-only``). ``roofline`` is the board's peak HBM bandwidth over the
 bytes read per decode token; ``flightllm-like`` runs int8 weights with 2:4 sparsity (FlightLLM's
@@ -56,7 +56,7 @@ def main() -> None:
         (model / "config.json").write_text(json.dumps(LLAMA2_7B))
         for name, pipeline, target in CONFIGS:
             out = Path(tmp) / name.replace(" ", "_")
-            run_cli(["compile", str(model), "--shapes-only", "-p", pipeline, "--target", target, "-o", str(out)])
+            run_cli(["compile", str(model), "--shapes-only", "-p", pipeline, "--board", target, "-o", str(out)])
             modelled = json.loads(run_cli(["simulate", str(out), "--timing-only", "--prefill", str(args.prefill),
                                            "--decode", str(args.decode), "--json"]))["modelled"]
             design = json.loads((out / "design.json").read_text())

@@ -22,7 +22,7 @@ import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
 from llmc.backends.fpga.flow import compile_project
 from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
-from llmc.deploy.step_device import StepDevice
+from llmc.generate.step import StepDevice
 from llmc.io import load_module
 from llmc.sim.csim import CsimDevice, build_csim
 from llmc.sim.iss import IssDevice

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmc.deploy.generate import Device, Generation, SamplingOptions, generate_stream
-from llmc.deploy.interpreter_device import InterpreterDevice
-from llmc.deploy.step_device import StepDevice
 from llmc.errors import FrontendError, LlmcError
+from llmc.generate.interpreter import InterpreterDevice
+from llmc.generate.loop import Device, Generation, SamplingOptions, generate_stream
+from llmc.generate.step import StepDevice
 from llmc.ir.graph import Module
 from llmc.ir.interpreter import Kernel
 from llmc.ir.verify import VerifyError, verify_module

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import cast
 import pytest
 
 from llmc import cli
-from llmc.cli import main
+from llmc.cli import common, main
 from llmc.model import BUNDLED, Model
 
 CONFIG = {
@@ -151,7 +152,7 @@ def test_import_force_replaces_stale_files(capsys: pytest.CaptureFixture[str], l
     assert main(args) == 2
     assert "exists (use --force" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
-    assert capsys.readouterr().out == f"wrote {target} ({cli.human_bytes(target.stat().st_size)})\n"
+    assert capsys.readouterr().out == f"wrote {target} ({common.human_bytes(target.stat().st_size)})\n"
     # the old weights and tokenizer would otherwise be read back with the new IR
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.llmc"]
     assert main(["show", str(target), "--json"]) == 0
@@ -183,7 +184,7 @@ def test_show_text(capsys: pytest.CaptureFixture[str], llmc_file: Path) -> None:
     assert main(["show", str(llmc_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "model tiny-llama (llama)"
-    assert lines[1] == f"parameters: 22 tensors, {TOTAL_PARAMS:,} parameters, {cli.human_bytes(4 * TOTAL_PARAMS)}"
+    assert lines[1] == f"parameters: 22 tensors, {TOTAL_PARAMS:,} parameters, {common.human_bytes(4 * TOTAL_PARAMS)}"
     layer0 = next(line for line in lines if line.strip().startswith("layer 0"))
     assert f"{LAYER_PARAMS:,} params" in layer0 and "144.5 KiB" in layer0
     assert "KV cache: 512 B per token, 64.0 KiB at 128 tokens" in lines
@@ -198,7 +199,7 @@ def test_text_stream_holds_back_a_split_character() -> None:
         def decode_text(self, ids: list[int]) -> str:
             return bytes(ids).decode("utf-8", errors="replace")
 
-    stream = cli.TextStream(cast(Model, ByteTokenizer()))
+    stream = common.TextStream(cast(Model, ByteTokenizer()))
     assert [stream.push(b) for b in "aé!".encode()] == ["a", "", "é", "!"]
     assert stream.text == "aé!"
 
@@ -211,26 +212,57 @@ class _Terminal(io.StringIO):
 def test_progress_only_on_a_terminal_and_never_with_json(monkeypatch: pytest.MonkeyPatch) -> None:
     parser = cli.build_parser()
     show, show_json = parser.parse_args(["show", "x"]), parser.parse_args(["show", "x", "--json"])
-    assert not cli.progress_enabled(show)  # stderr is captured here, not a terminal
+    assert not common.progress_enabled(show)  # stderr is captured here, not a terminal
     monkeypatch.setattr(sys, "stderr", _Terminal())
-    assert cli.progress_enabled(show) and not cli.progress_enabled(show_json)
+    assert common.progress_enabled(show) and not common.progress_enabled(show_json)
 
 
 def test_activity_bar_appears_after_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     stderr = _Terminal()
     monkeypatch.setattr(sys, "stderr", stderr)
-    with cli.activity("quick", True):
+    with common.activity("quick", True):
         pass
-    with cli.activity("slow", True):
+    with common.activity("slow", True):
         time.sleep(1.3)
     assert "quick" not in stderr.getvalue()
     assert "slow 00:01" in stderr.getvalue()
 
 
+ALL_COMMANDS = ("import", "show", "run", "opt", "eval", "compile", "build", "csim", "simulate", "verify", "deploy")
+
+
+def test_python_dash_m_lists_every_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "llmc.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    listed = [line.split()[0] for line in out.split("COMMAND\n", 1)[1].splitlines() if re.match(r"    \S", line)]
+    assert tuple(listed) == ALL_COMMANDS == tuple(cli.COMMANDS)
+
+
+@pytest.mark.parametrize(("argv", "dest", "value"), [
+    (["compile", "m", "-o", "d", "--board", "u55c"], "board", "u55c"),
+    (["compile", "m", "-o", "d", "--target", "u55c"], "board", "u55c"),
+    (["compile", "m", "-o", "d"], "board", "u280"),
+    (["build", "d", "--mode", "hw_emu"], "mode", "hw_emu"),
+    (["build", "d", "--target", "sw_emu"], "mode", "sw_emu"),
+    (["run", "m", "--prompt", "x", "--tvm", "opencl"], "tvm", "opencl"),
+    (["run", "m", "--prompt", "x", "--target", "cpu"], "tvm", "cpu"),
+    (["run", "m", "--prompt", "x"], "tvm", None),
+])
+def test_each_meaning_of_target_has_its_own_option(argv: list[str], dest: str, value: str | None) -> None:
+    args = cli.build_parser().parse_args(argv)
+    assert getattr(args, dest) == value and not hasattr(args, "target")
+
+
+def test_the_earlier_target_spelling_is_not_advertised(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("compile", "build", "run"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert "--target" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 << 30, "3.0 GiB"),
                                          (5 << 40, "5120.0 GiB")])
 def test_human_bytes(n: int, text: str) -> None:
-    assert cli.human_bytes(n) == text
+    assert common.human_bytes(n) == text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +349,7 @@ def test_interrupt_exits_130(capsys: pytest.CaptureFixture[str], monkeypatch: py
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "load", interrupted)
+    monkeypatch.setattr(common, "load", interrupted)
     assert main(["show", "llama"]) == 130
     assert capsys.readouterr().err == "llmc: interrupted\n"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.data import sample_windows, token_stream
-from llmc.deploy.interpreter_device import prefill_inputs
+from llmc.generate.interpreter import prefill_inputs
 from llmc.ir.graph import Module, Node
 from llmc.ir.interpreter import run_function
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.data import token_stream, windows
-from llmc.deploy.interpreter_device import prefill_inputs
 from llmc.errors import LlmcError
+from llmc.generate.interpreter import prefill_inputs
 from llmc.ir.graph import Module
 from llmc.ir.interpreter import run_function
 

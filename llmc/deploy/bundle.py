@@ -18,9 +18,6 @@ from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-import llmc
 from llmc.backends.fpga.isa import INSTR_BYTES
 from llmc.backends.fpga.project import write_project
 from llmc.deploy.layout import COMPUTE_UNIT, plan_buffers, register_map
@@ -28,6 +25,8 @@ from llmc.deploy.runtime import Deployment
 from llmc.errors import LlmcError
 from llmc.ir.parser import ParseError, parse_module
 from llmc.sim.image import ProjectImage
+from llmc.templating import render
+from llmc.version import __version__
 
 HERE = Path(__file__).parent
 RUNTIME = "llmc.deploy.runtime"
@@ -101,7 +100,7 @@ def _mapped(path: Path, stack: ExitStack) -> memoryview:
 
 def runtime_files() -> dict[str, bytes]:
     """The llmc modules the runtime imports, by path relative to the folder holding ``llmc/``."""
-    root = Path(llmc.__file__).resolve().parent.parent
+    root = HERE.resolve().parent.parent  # the folder holding llmc/
     probe = ("import json, sys; import " + RUNTIME + "; "
              "print(json.dumps([[n, getattr(m, '__file__', None)] for n, m in list(sys.modules.items())]))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
@@ -125,11 +124,9 @@ def readme(deployment: Deployment, image: ProjectImage, tokenizer_note: str) -> 
     """The host's README: requirements, commands, the register map and the buffers of this design."""
     lanes = image.lanes or []
     programs = {b: len(p) * INSTR_BYTES for b, p in image.programs.items()}
-    environment = Environment(loader=FileSystemLoader(HERE / "templates"), undefined=StrictUndefined,
-                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    return environment.get_template("README.md.j2").render(
+    return render("README.md.j2",
         d=deployment, target=image.target, config=image.config, registers=register_map(image.config),
         buffers=plan_buffers(image.config, programs, [len(w) for w in lanes], image.kv_bytes,
                              int(image.io["io_bytes"])),
-        compute_unit=COMPUTE_UNIT, tokenizer_note=tokenizer_note, version=llmc.__version__)
+        compute_unit=COMPUTE_UNIT, tokenizer_note=tokenizer_note, version=__version__)
 

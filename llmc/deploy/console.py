@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from llmc.deploy.generate import SAMPLERS, SamplingOptions
 from llmc.errors import LlmcError
+from llmc.generate.loop import SAMPLERS, SamplingOptions
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

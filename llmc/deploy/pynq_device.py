@@ -22,7 +22,6 @@ import numpy as np
 
 from llmc.backends.fpga.container import read_container
 from llmc.backends.fpga.isa import INSTR_BYTES
-from llmc.deploy.generate import AppendingDevice
 from llmc.deploy.layout import (
     COMPUTE_UNIT,
     Buffer,
@@ -34,6 +33,7 @@ from llmc.deploy.layout import (
     register_map,
 )
 from llmc.errors import LlmcError
+from llmc.generate.loop import AppendingDevice
 from llmc.sim.image import ProjectImage, chunks
 
 PYNQ_SERIES = "3.0."  # the last PYNQ series with Alveo (XRT) devices; 3.1 removed their probe

@@ -23,10 +23,10 @@ from typing import TextIO
 
 from llmc.backends.fpga.container import read_container
 from llmc.deploy.console import TextStream, add_generation_arguments, parse_ids, sampling_options
-from llmc.deploy.generate import ReportedTime, TimedDevice, generate_stream
 from llmc.deploy.pynq_device import PynqDevice
 from llmc.deploy.tokenizer import ByteLevelBPE, UnsupportedTokenizer
 from llmc.errors import LlmcError
+from llmc.generate.loop import ReportedTime, TimedDevice, generate_stream
 from llmc.sim.image import ProjectImage
 from llmc.sim.iss import IssDevice
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmc.deploy.generate import AppendingDevice
 from llmc.errors import LlmcError
+from llmc.generate.loop import AppendingDevice
 
 CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-ffp-contract=off"]
 SOURCES = ["kernel/llmc_accel.cpp", "csim/csim_main.cpp"]

@@ -18,8 +18,8 @@ import numpy as np
 
 from llmc.backends.fpga import pack
 from llmc.backends.fpga.isa import Instruction
-from llmc.deploy.generate import AppendingDevice
 from llmc.errors import LlmcError
+from llmc.generate.loop import AppendingDevice
 from llmc.ir.ops import hw_math as hm
 from llmc.ir.registry import OPS, RefContext
 from llmc.sim.image import ProjectImage, chunks

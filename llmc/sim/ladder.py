@@ -77,7 +77,7 @@ def run_trace(run: Callable[[Sequence[int]], np.ndarray], prompt: Sequence[int],
 def verify_project(project: Path, prompt: Sequence[int], decode: int, *, levels: Sequence[str] = LEVELS,
                    timeout_s: float = 600.0, rtl_vectors: int = 2000) -> list[LevelResult]:
     """Run the ladder on ``project``; one result per level (the interpreter is the reference)."""
-    from llmc.deploy.step_device import StepDevice
+    from llmc.generate.step import StepDevice
     from llmc.io import load_module
     from llmc.sim.iss import IssDevice
 

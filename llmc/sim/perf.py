@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from math import log10
-from pathlib import Path
-
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from llmc.backends.fpga.isa import Instruction
 from llmc.errors import LlmcError
 from llmc.sim.image import bucket_for, chunks
 from llmc.sim.timing import Cost, TimingModel, block_of
+from llmc.templating import render
 
 
 @dataclass(frozen=True)
@@ -122,9 +120,7 @@ def roofline_svg(timing: TimingModel, figures: RunFigures, title: str) -> str:
 
     ridge = peak_ops / bandwidth
     roof = [px(x_lo, bandwidth * x_lo), px(ridge, peak_ops), px(x_hi, peak_ops)]
-    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), undefined=StrictUndefined,
-                      trim_blocks=True, keep_trailing_newline=True)
-    return env.get_template("roofline.svg.j2").render(
+    return render("roofline.svg.j2",
         title=title, width=width, height=height, pad=pad, roof=roof,
         points=[(*px(x, y), name) for x, y, name in points],
         bandwidth_gbs=bandwidth / 1e9, peak_tops=peak_ops / 1e12,

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from llmc.backends.fpga import units
-from llmc.backends.fpga.project import TEMPLATES, render
 from llmc.errors import LlmcError
 from llmc.ir.ops.common import exact_int_matmul
+from llmc.templating import render, static_file
 
 SIMULATORS = ("icarus", "verilator")
 BENCH_MODULE = "llmc.sim.cocotb_benches.stream_bench"
@@ -124,7 +124,7 @@ def bench_sources(u: units.Unit) -> dict[str, str]:
     """File name -> Verilog of the bench: the unit, the result queue, the harness."""
     return {
         f"{u.name}.v": units.render_verilog(u),
-        "llmc_result_queue.v": (TEMPLATES / "rtl" / "llmc_result_queue.v").read_text(),
+        "llmc_result_queue.v": static_file("rtl/llmc_result_queue.v"),
         "llmc_bench.v": render("rtl/bench_harness.v.j2", module=u.name, beat_bits=u.beat_bits),
     }
 

@@ -13,11 +13,11 @@ from llmc.cli import main
 
 @pytest.fixture(scope="session")
 def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``llmc compile tiny.llmc -p RECIPE --target u280`` for each recipe (the bundled model)."""
+    """``llmc compile tiny.llmc -p RECIPE --board u280`` for each recipe (the bundled model)."""
     root = tmp_path_factory.mktemp("projects")
     llmc.load("llmc-tiny").save(root / "tiny.llmc")  # imported once, not per compile
     for name, recipe in RECIPES.items():
-        assert main(["compile", str(root / "tiny.llmc"), *(["-p", recipe] if recipe else []), "--target", "u280",
+        assert main(["compile", str(root / "tiny.llmc"), *(["-p", recipe] if recipe else []), "--board", "u280",
                      "--eval-windows", "0", "-o", str(root / name)]) == 0
     return {name: root / name for name in RECIPES}
 

@@ -14,9 +14,9 @@ from deploy_support import PROMPT, RECIPES, ids_text, run_py, snapshot
 import llmc
 from llmc.backends.fpga.design import AcceleratorConfig
 from llmc.cli import main
-from llmc.deploy.generate import generate
 from llmc.deploy.layout import register_map
-from llmc.deploy.step_device import StepDevice
+from llmc.generate.loop import generate
+from llmc.generate.step import StepDevice
 from llmc.io import load_module
 
 NEW_TOKENS = 16

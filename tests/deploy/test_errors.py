@@ -17,8 +17,8 @@ import pytest
 from deploy_support import PROMPT, ids_text, run_py, snapshot
 
 from llmc.cli import main
-from llmc.deploy.generate import generate
 from llmc.deploy.runtime import Deployment, open_device
+from llmc.generate.loop import generate
 
 
 def one_error_line(result: subprocess.CompletedProcess, match: str) -> None:

@@ -17,8 +17,8 @@ from llmc.backends.fpga.flow import compile_project, design
 from llmc.backends.fpga.isa import decode_program
 from llmc.cli import main
 from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
-from llmc.deploy.step_device import StepDevice
 from llmc.errors import LlmcError
+from llmc.generate.step import StepDevice
 from llmc.io import load_module
 from llmc.sim.csim import CsimDevice
 

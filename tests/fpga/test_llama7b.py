@@ -39,7 +39,7 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_shapes_only_7b_compiles_to_a_project_that_fits(config_dir: Path, tmp_path: Path, pipeline: str,
                                                         engine: str, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "llama7b"
-    assert main(["compile", str(config_dir), "--target", "u280", "--shapes-only", "-p", pipeline, "-o", str(out)]) == 0
+    assert main(["compile", str(config_dir), "--board", "u280", "--shapes-only", "-p", pipeline, "-o", str(out)]) == 0
     assert "0.073% of one program per length" in capsys.readouterr().out
     assert all((out / name).is_file() for name in SOURCES)
     assert not (out / "weights.bin").exists()  # nothing to pack without weights

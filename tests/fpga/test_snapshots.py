@@ -10,7 +10,7 @@ import pytest
 
 import llmc
 from llmc.backends.fpga.flow import compile_project
-from llmc.backends.fpga.project import TEMPLATES
+from llmc.templating import HLS_TEMPLATES
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 FILES = ["kernel/llmc_accel.cpp", "include/llmc_accel.h", "connectivity.cfg", "program.txt", "csim/csim_main.cpp"]
@@ -52,7 +52,7 @@ def test_generated_rtl_matches_snapshot(recipe, tmp_path):
     assert len(names) > 3
     assert STATIC_RTL <= set(names)
     for name in STATIC_RTL:
-        assert (out / name).read_text() == (TEMPLATES / name).read_text(), name
+        assert (out / name).read_text() == (HLS_TEMPLATES / name).read_text(), name
     generated = [n for n in names if n not in STATIC_RTL]
     for name in generated:
         _check((out / name).read_text(), SNAPSHOTS / f"{recipe}__{name.replace('/', '__')}", name)

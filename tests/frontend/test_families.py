@@ -15,7 +15,7 @@ import torch
 
 import llmc
 from llmc.compiler.frontend import hf
-from llmc.deploy.interpreter_device import causal_mask
+from llmc.generate.interpreter import causal_mask
 from llmc.ir import parse_module, print_module, run_function
 
 SMALL = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.1)

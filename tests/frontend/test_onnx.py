@@ -22,8 +22,8 @@ from onnx import TensorProto, helper  # noqa: E402
 import llmc  # noqa: E402
 from llmc.compiler.frontend import hf  # noqa: E402
 from llmc.compiler.frontend.onnx import ATTRS_KEY  # noqa: E402
-from llmc.deploy.interpreter_device import InterpreterDevice, causal_mask  # noqa: E402
 from llmc.errors import FrontendError  # noqa: E402
+from llmc.generate.interpreter import InterpreterDevice, causal_mask  # noqa: E402
 from llmc.ir.interpreter import run_function  # noqa: E402
 
 _DECODER = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

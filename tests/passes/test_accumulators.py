@@ -12,7 +12,7 @@ import pytest
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
 from llmc.compiler.pipeline import PassContext, PipelineError, parse_pipeline, run_pipeline
-from llmc.deploy.interpreter_device import causal_mask
+from llmc.generate.interpreter import causal_mask
 from llmc.ir import F32, Module, Node, Param, TensorType, parse_module, run_function, verify_module
 from llmc.ir.verify import VerifyError
 

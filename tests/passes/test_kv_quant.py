@@ -8,7 +8,7 @@ import pytest
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
 from llmc.compiler.pipeline import PassContext, PipelineError, parse_pipeline, run_pipeline
-from llmc.deploy.interpreter_device import InterpreterDevice, causal_mask
+from llmc.generate.interpreter import InterpreterDevice, causal_mask
 from llmc.ir import Module, parse_module, print_module, run_function
 from llmc.ir.ops.quant import qmax
 

@@ -66,7 +66,7 @@ def test_pass_meets_budget_and_round_trips(model: llmc.Model, granularity: str) 
 def test_group_allocation_reconstructs_each_group_at_its_width(model: llmc.Model) -> None:
     from llmc.compiler.passes.linear import clone, linear_layers
     from llmc.compiler.passes.mixed_precision import _install_groups, _quantizer
-    from llmc.deploy.interpreter_device import causal_mask
+    from llmc.generate.interpreter import causal_mask
     from llmc.ir.interpreter import run_function
 
     module = clone(model.module)

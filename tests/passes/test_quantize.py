@@ -16,7 +16,7 @@ from llmc.compiler.quant.awq import quantize_clipped, search_scale
 from llmc.compiler.quant.gptq import quantize_gptq
 from llmc.compiler.quant.grid import Grid, Quantized, quantize_rtn
 from llmc.compiler.quant.ternary import quantize_ternary
-from llmc.deploy.interpreter_device import causal_mask
+from llmc.generate.interpreter import causal_mask
 from llmc.ir import Param, SparseEncoding, parse_module, print_module, run_function, verify_module
 
 LLAMA = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.1, hidden_size=64,

@@ -10,7 +10,7 @@ import llmc.compiler.passes  # noqa: F401  (registers the passes)
 from llmc.compiler.calibrate import CalibrationConfig
 from llmc.compiler.passes.smoothquant import linear_groups, outlier_ratio
 from llmc.compiler.pipeline import PassContext, PipelineError, parse_pipeline, run_pipeline
-from llmc.deploy.interpreter_device import causal_mask
+from llmc.generate.interpreter import causal_mask
 from llmc.ir import Module, parse_module, print_module, run_function, verify_module
 
 CONFIG = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.05, hidden_size=64,

@@ -11,8 +11,8 @@ import pytest
 from engine_recipes import PROMPT, RECIPES
 
 from llmc.cli import main
-from llmc.deploy.step_device import StepDevice
 from llmc.errors import LlmcError
+from llmc.generate.step import StepDevice
 from llmc.io import load_module
 from llmc.sim.image import ProjectImage
 from llmc.sim.iss import IssDevice

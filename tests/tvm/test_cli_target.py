@@ -1,4 +1,4 @@
-"""``llmc run --target`` and ``Model.stream(device=...)``: the same generation loop and sampling on a
+"""``llmc run --tvm`` and ``Model.stream(device=...)``: the same generation loop and sampling on a
 TVM-compiled model as on the interpreter; bad combinations fail in one line with exit code 2."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from tvm_cases import model, prompt  # noqa: E402
 
 from llmc.backends.tvm.compile import compile_model  # noqa: E402
 from llmc.cli import main  # noqa: E402
-from llmc.deploy.generate import SamplingOptions  # noqa: E402
+from llmc.generate.loop import SamplingOptions  # noqa: E402
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
@@ -27,7 +27,9 @@ def last_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_llmc_run_on_the_cpu_target_matches_the_interpreter(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_json(capsys, "--target", "cpu") == run_json(capsys)
+    on_tvm = run_json(capsys, "--tvm", "cpu")
+    assert on_tvm == run_json(capsys)
+    assert run_json(capsys, "--target", "cpu") == on_tvm  # the earlier spelling still works
 
 
 def test_sampling_is_the_interpreters() -> None:
@@ -40,8 +42,8 @@ def test_sampling_is_the_interpreters() -> None:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--target", "cpu", "--device", "sim"], "give --device or --target, not both"),
-    (["--target", "cpu", "--lut-kernels", "tvm"], "--lut-kernels applies to the interpreter"),
+    (["--tvm", "cpu", "--device", "sim"], "give --device or --tvm, not both"),
+    (["--tvm", "cpu", "--lut-kernels", "tvm"], "--lut-kernels applies to the interpreter"),
 ])
 def test_conflicting_options_fail_in_one_line(capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
     assert main(["run", "llmc-tiny", "--prompt", "x", *extra]) == 2
@@ -59,5 +61,5 @@ def test_cuda_without_a_gpu_fails_in_one_line(capsys: pytest.CaptureFixture[str]
         has_gpu = False
     if tvm.cuda(0).exist or has_gpu:
         pytest.skip("an NVIDIA GPU is present")
-    assert main(["run", "llmc-tiny", "--prompt", "x", "--target", "cuda"]) == 2
-    assert last_line(capsys).startswith("llmc: error: --target cuda: no NVIDIA GPU")
+    assert main(["run", "llmc-tiny", "--prompt", "x", "--tvm", "cuda"]) == 2
+    assert last_line(capsys).startswith("llmc: error: the cuda target: no NVIDIA GPU")

@@ -14,7 +14,7 @@ from tvm_cases import compressed, model, prompt  # noqa: E402
 
 from llmc.backends.tvm.compile import export, kernel_plan, lower, tvm_target  # noqa: E402
 from llmc.backends.tvm.cuda import nvcc  # noqa: E402
-from llmc.deploy.interpreter_device import InterpreterDevice  # noqa: E402
+from llmc.generate.interpreter import InterpreterDevice  # noqa: E402
 
 RECIPES = ("w4g128", "w2lut")
 

@@ -8,7 +8,7 @@ import pytest
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
 from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
-from llmc.deploy.interpreter_device import causal_mask
+from llmc.generate.interpreter import causal_mask
 from llmc.ir import run_function
 
 lut_runtime = pytest.importorskip("llmc.backends.tvm.lut_runtime")

@@ -15,7 +15,7 @@ from llmc.backends.tvm.compile import export  # noqa: E402
 from llmc.backends.tvm.device import load_compiled  # noqa: E402
 from llmc.backends.tvm.launch import OpenCLBackend, Plan, _Expr  # noqa: E402
 from llmc.backends.tvm.plan import Namer, pyexpr  # noqa: E402
-from llmc.deploy.interpreter_device import InterpreterDevice, prefill_inputs  # noqa: E402
+from llmc.generate.interpreter import InterpreterDevice, prefill_inputs  # noqa: E402
 
 
 @pytest.mark.parametrize("a", [-7, -1, 0, 5, 9])

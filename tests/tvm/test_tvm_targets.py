@@ -15,7 +15,7 @@ import pytest
 from tvm_cases import CALIBRATION, MODELS, OPENCL_FAST_BUILD, RECIPES, TARGETS, compressed, model, prompt
 
 from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
-from llmc.deploy.interpreter_device import InterpreterDevice
+from llmc.generate.interpreter import InterpreterDevice
 
 compile_model = pytest.importorskip("llmc.backends.tvm.compile").compile_model
 

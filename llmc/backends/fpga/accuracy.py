@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from llmc.compiler.evaluate import corpus_windows, logits_nll, prefill_logits
-from llmc.deploy.step_device import StepDevice
+from llmc.generate.step import StepDevice
 from llmc.ir.graph import Module
 from llmc.model import Model
 

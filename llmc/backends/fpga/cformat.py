@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from pathlib import Path
 
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-import llmc
 from llmc.ir.ops import hw_math as hm
+from llmc.templating import render
 
 
 def _finite(x: np.float32) -> float:
@@ -37,11 +35,7 @@ def float_literal(x: np.float32) -> str:
 
 def render_tables() -> str:
     """``llmc_tables.h``: the constants of :mod:`llmc.ir.ops.hw_math` that ``llmc_math.h`` reads."""
-    env = Environment(
-        loader=FileSystemLoader(Path(llmc.__file__).parent / "hls_templates"),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    env.filters["cfloat"] = float_literal
-    env.filters["hexfloat"] = hexfloat
-    return env.get_template("include/llmc_tables.h.j2").render(exp2=list(hm.exp2_table()), log2e=hm.LOG2E)
+    def spelled(x: np.float32) -> dict[str, str]:
+        return {"literal": float_literal(x), "hex": hexfloat(x)}
+
+    return render("include/llmc_tables.h.j2", exp2=[spelled(v) for v in hm.exp2_table()], log2e=spelled(hm.LOG2E))

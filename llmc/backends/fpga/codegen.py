@@ -9,9 +9,9 @@ from llmc.backends.fpga.cformat import render_tables
 from llmc.backends.fpga.compile import Compiled
 from llmc.backends.fpga.design import READ_BURST, READS_OUTSTANDING, WRITE_BURST, WRITES_OUTSTANDING, kernel_ports
 from llmc.backends.fpga.isa import LANE_STREAMS, OPCODES
-from llmc.backends.fpga.project import TEMPLATES, render
 from llmc.backends.fpga.units import design_units, rtl_files
 from llmc.ir.graph import Module
+from llmc.templating import render, static_file
 
 STATIC_HEADERS = ("llmc_math.h", "llmc_mem.h", "llmc_sparse_mac.h", "llmc_lut_mac.h")
 KERNEL_SOURCES = ("kernel/llmc_accel.cpp",)
@@ -49,7 +49,7 @@ def kernel_context(name: str, module: Module, compiled: Compiled) -> dict:
 def kernel_files(name: str, module: Module, compiled: Compiled) -> dict[str, str]:
     """Project-relative path -> text of every kernel, RTL and test-bench source."""
     ctx = kernel_context(name, module, compiled)
-    files = {f"include/{h}": (TEMPLATES / "include" / h).read_text() for h in STATIC_HEADERS}
+    files = {f"include/{h}": static_file(f"include/{h}") for h in STATIC_HEADERS}
     files["include/llmc_tables.h"] = render_tables()
     files["include/llmc_accel.h"] = render("kernel/llmc_accel.h.j2", **ctx)
     files["kernel/llmc_accel.cpp"] = render("kernel/llmc_accel.cpp.j2", **ctx)

@@ -1,4 +1,4 @@
-"""``llmc compile MODEL --target u280``: lower, explore, compile, pack and write the project.
+"""``llmc compile MODEL --board u280``: lower, explore, compile, pack and write the project.
 
 The project folder holds the kernel sources and header library, the Vitis build files and XRT
 host, ``program.bin`` (one program per length bucket) and ``weights.bin`` (one section per weight

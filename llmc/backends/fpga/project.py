@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import secrets
 import shutil
@@ -11,15 +10,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-import llmc
 from llmc.backends.fpga.design import INSTR_BITS, AcceleratorConfig, kernel_ports
 from llmc.backends.fpga.target import Target
 from llmc.backends.fpga.units import design_units
 from llmc.errors import LlmcError
+from llmc.templating import render, static_file
 
-TEMPLATES = Path(llmc.__file__).parent / "hls_templates"
 BUILD_TARGETS = ("hw", "hw_emu", "sw_emu")
 # project file -> template (".j2": rendered with the project; otherwise copied as is)
 BUILD_FILES = {
@@ -31,23 +27,6 @@ BUILD_FILES = {
     "include/llmc_container.h": "include/llmc_container.h",
     "include/llmc_sha256.h": "include/llmc_sha256.h",
 }
-
-
-@functools.cache
-def _environment() -> Environment:
-    return Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-
-
-def render(template_name: str, **context: object) -> str:
-    """Render ``llmc/hls_templates/<template_name>``; an undefined variable is an error."""
-    return _environment().get_template(template_name).render(**context)
 
 
 def project_context(name: str, target: Target, config: AcceleratorConfig, kernel_sources: Sequence[str]) -> dict:
@@ -68,7 +47,7 @@ def project_context(name: str, target: Target, config: AcceleratorConfig, kernel
 def build_files(project: dict) -> dict[str, str]:
     """The build files, XRT host and container headers of a project (relative path -> text)."""
     return {
-        path: render(template, project=project) if template.endswith(".j2") else (TEMPLATES / template).read_text()
+        path: render(template, project=project) if template.endswith(".j2") else static_file(template)
         for path, template in BUILD_FILES.items()
     }
 

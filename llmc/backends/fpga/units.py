@@ -20,6 +20,7 @@ import numpy as np
 
 from llmc.backends.fpga import pack
 from llmc.backends.fpga.design import AcceleratorConfig
+from llmc.templating import render, static_file
 
 UNITS = ("sparse_mac", "lut_mac")
 BEAT_ACTIVATIONS = 16  # activations per beat of the units a project instantiates (groups are multiples of it)
@@ -168,8 +169,6 @@ def beats(unit: Unit, x: np.ndarray, w: np.ndarray, zeros: np.ndarray | None) ->
 
 def render_verilog(unit: Unit) -> str:
     """The unit's Verilog: the unit and its ``_hls`` stream wrapper (needs ``llmc_result_queue.v``)."""
-    from llmc.backends.fpga.project import render  # project.py imports this module
-
     if unit.kind == "sparse_mac":
         return render("rtl/sparse_mac.v.j2", module=unit.name, n=unit.n, m=unit.m, bits=unit.bits, lanes=unit.lanes)
     adds = [(p, p & (p - 1), (p & -p).bit_length() - 1) for p in range(1, 1 << unit.g)]  # entry, entry - low bit, bit
@@ -216,19 +215,15 @@ def blackbox_json(unit: Unit, rtl_dir: str = "rtl") -> str:
 
 def blackbox_cpp(unit: Unit) -> str:
     """The black box's C++ model: the ``_hls`` function over streams of beats (``llmc_*_mac.h``)."""
-    from llmc.backends.fpga.project import render
-
     return render("rtl/blackbox.cpp.j2", unit=unit, beat_bits=unit.beat_bits)
 
 
 def rtl_files(config: AcceleratorConfig) -> dict[str, str]:
     """Project-relative path -> text of the design's RTL units, their black-box descriptions and C++ models."""
-    from llmc.backends.fpga.project import TEMPLATES
-
     units = design_units(config)
     if not units:
         return {}
-    files = {"rtl/llmc_result_queue.v": (TEMPLATES / "rtl" / "llmc_result_queue.v").read_text()}
+    files = {"rtl/llmc_result_queue.v": static_file("rtl/llmc_result_queue.v")}
     for unit in units:
         files[f"rtl/{unit.name}.v"] = render_verilog(unit)
         files[f"rtl/{unit.name}.json"] = blackbox_json(unit)

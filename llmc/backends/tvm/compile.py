@@ -104,10 +104,10 @@ def require_opencl() -> None:
 
         pyopencl.get_platforms()
     except ImportError:
-        raise LlmcError("--target opencl needs pyopencl (pip install 'llmc[tvm]')") from None
+        raise LlmcError("the opencl target needs pyopencl (pip install 'llmc[tvm]')") from None
     except Exception as e:  # pyopencl's error when the ICD loader finds no platform
         reason = str(e).split(".")[0]
-        raise LlmcError(f"--target opencl: no OpenCL platform ({reason}); install an ICD, "
+        raise LlmcError(f"the opencl target: no OpenCL platform ({reason}); install an ICD, "
                         "e.g. the Debian package pocl-opencl-icd") from None
 
 

@@ -45,10 +45,10 @@ def require_gpu() -> None:
 
         gpus = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # CuPy missing, or no driver / device: both mean no GPU to run on
-        raise LlmcError(f"--target cuda: no NVIDIA GPU to run on (TVM's CUDA runtime sees none; CuPy: {e}); "
+        raise LlmcError(f"the cuda target: no NVIDIA GPU to run on (TVM's CUDA runtime sees none; CuPy: {e}); "
                         "llmc.backends.tvm.cuda.export compiles the kernels ahead for a GPU machine") from None
     if gpus < 1:
-        raise LlmcError("--target cuda: CuPy sees no NVIDIA GPU")
+        raise LlmcError("the cuda target: CuPy sees no NVIDIA GPU")
 
 
 def cuda_executor(plan: Plan, code: DeviceCode) -> PlanExecutor:

@@ -4,7 +4,7 @@
 :class:`Executor`: the Relax VM (``compile.py``) or a kernel plan (``launch.py``). Weights are
 uploaded once; between calls the KV cache stays on the device as the functions' outputs (output
 ``k_0`` is the next call's input ``past_k_0``). It implements the generation loop's ``Device``
-(``reset``, ``prefill``, ``decode``), so ``Model.stream(device=...)`` and ``llmc run --target``
+(``reset``, ``prefill``, ``decode``), so ``Model.stream(device=...)`` and ``llmc run --tvm``
 use the same loop and sampling as the interpreter.
 """
 
@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from llmc.backends.tvm.launch import Backend, Plan, Runner
-from llmc.deploy.interpreter_device import causal_mask, prefill_inputs
 from llmc.errors import LlmcError
+from llmc.generate.interpreter import causal_mask, prefill_inputs
 
 
 @dataclass(frozen=True)

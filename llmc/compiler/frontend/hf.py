@@ -21,8 +21,8 @@ from llmc.compiler.frontend.replicate import TEMPLATE, NotReplicable, replicate
 from llmc.compiler.frontend.torch_export import convert_graph
 from llmc.compiler.passes.cleanup import dce, prune_params
 from llmc.compiler.passes.specialize import specialize
-from llmc.deploy.interpreter_device import causal_mask
 from llmc.errors import FrontendError
+from llmc.generate.interpreter import causal_mask
 from llmc.io import read_json_object
 from llmc.ir.graph import Function, Module
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llmc.deploy.generate import AppendingDevice
 from llmc.errors import LlmcError
+from llmc.generate.loop import AppendingDevice
 from llmc.ir.graph import Module
 from llmc.ir.interpreter import run_function
 

@@ -1,7 +1,4 @@
-"""``llmc opt`` and ``llmc eval``: run compression pipelines, measure what they cost in accuracy.
-
-Registered into :data:`llmc.cli.COMMANDS` when :func:`llmc.cli.build_parser` imports this module.
-"""
+"""``llmc opt`` and ``llmc eval``: run compression pipelines, measure what they cost in accuracy."""
 
 from __future__ import annotations
 
@@ -13,11 +10,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from llmc.cli import (
+from llmc.cli.common import (
+    Command,
     activity,
     add_json_argument,
     add_model_arguments,
-    command,
     human_bytes,
     load_model,
     progress_enabled,
@@ -82,7 +79,6 @@ def _opt_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-@command(_opt_arguments)
 def opt(args: argparse.Namespace) -> int:
     """Compress a model with a pass pipeline and write the result as a .llmc file."""
     from llmc.compiler.size import linear_storage
@@ -118,8 +114,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-@command(_eval_arguments)
-def eval_(args: argparse.Namespace) -> int:
+def eval_model(args: argparse.Namespace) -> int:
     """Held-out perplexity, true bits per weight and time of a model, optionally compressed first."""
     from llmc.compiler.evaluate import perplexity
     from llmc.compiler.size import linear_storage
@@ -151,3 +146,7 @@ def eval_(args: argparse.Namespace) -> int:
         print(f"bits per weight {out['bits_per_weight']:.3f} (linear layers, metadata included)")
         print(f"time {out['seconds']:.1f} s")
     return 0
+
+
+OPT = Command("opt", _opt_arguments, opt)
+EVAL = Command("eval", _eval_arguments, eval_model)

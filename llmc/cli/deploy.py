@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from llmc.cli import add_json_argument, command
+from llmc.cli.common import Command, add_json_argument
 from llmc.errors import LlmcError
 
 
@@ -21,7 +21,6 @@ def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-@command(_deploy_arguments)
 def deploy(args: argparse.Namespace) -> int:
     """Write a self-contained folder that runs a compiled project on an Alveo card (PYNQ) or the simulator."""
     from llmc.deploy.bundle import deploy as write_deployment
@@ -52,3 +51,6 @@ def _project(path: Path) -> Path:
     if not (path / "design.json").is_file():
         raise LlmcError(f"{path}: not a compiled project (design.json missing; write one with llmc compile MODEL -o DIR)")
     return path
+
+
+DEPLOY = Command("deploy", _deploy_arguments, deploy)

@@ -7,17 +7,18 @@ import json
 import sys
 from pathlib import Path
 
-from llmc.cli import (
+from llmc.cli.common import (
+    Command,
     activity,
-    add_generation_arguments,
+    add_alias,
     add_json_argument,
     add_model_arguments,
-    command,
     generate,
     load_model,
     progress_enabled,
 )
-from llmc.cli_compress import add_pipeline_arguments, compress, pipeline_calls
+from llmc.cli.compress import add_pipeline_arguments, compress, pipeline_calls
+from llmc.deploy.console import add_generation_arguments
 from llmc.errors import LlmcError
 
 EVAL_WINDOWS = 4  # about 1,000 tokens: seconds on the bundled model
@@ -26,8 +27,9 @@ EVAL_WINDOWS = 4  # about 1,000 tokens: seconds on the bundled model
 def _compile_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_pipeline_arguments(parser)
-    parser.add_argument("--target", default="u280", metavar="BOARD",
+    parser.add_argument("--board", default="u280", metavar="BOARD",
                         help="a bundled board (u280, u55c, kv260) or a board YAML file (default u280)")
+    add_alias(parser, "--target", "board")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the project folder to write")
     parser.add_argument("--context", type=int, metavar="N", help="compile for a KV cache of N tokens "
                                                                  "(default: the model's maximum)")
@@ -38,8 +40,7 @@ def _compile_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-@command(_compile_arguments)
-def compile(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name)
+def compile_model(args: argparse.Namespace) -> int:
     """Compile a model (and a compression pipeline) into an FPGA project: kernels, program, weights."""
     from llmc.backends.fpga.flow import compile_project
 
@@ -51,8 +52,8 @@ def compile(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's n
     model = load_model(args)
     if calls:
         model, _ = compress(model, calls, args)
-    with activity(f"compiling for {args.target}", progress_enabled(args)):
-        design = compile_project(model.module, args.target, args.output, tokenizer_json=model.tokenizer_json,
+    with activity(f"compiling for {args.board}", progress_enabled(args)):
+        design = compile_project(model.module, args.board, args.output, tokenizer_json=model.tokenizer_json,
                                  force=args.force, max_context=args.context, eval_windows=args.eval_windows)
     report = json.loads((args.output / "report.json").read_text())
     if args.json:
@@ -75,15 +76,16 @@ def compile(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's n
 
 def _build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("project", type=Path, metavar="DIR", help="a project folder written by llmc compile")
-    parser.add_argument("--target", choices=("hw", "hw_emu", "sw_emu"), default="hw", help="the v++ target")
+    parser.add_argument("--mode", choices=("hw", "hw_emu", "sw_emu"), default="hw",
+                        help="the v++ target: hardware, or hardware or software emulation (default hw)")
+    add_alias(parser, "--target", "mode")
 
 
-@command(_build_arguments)
 def build(args: argparse.Namespace) -> int:
     """Run Vitis (v++) on a compiled project to produce the xclbin."""
     from llmc.backends.fpga.project import build_project
 
-    build_project(args.project, args.target)
+    build_project(args.project, args.mode)
     return 0
 
 
@@ -94,7 +96,6 @@ def _csim_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-@command(_csim_arguments)
 def csim(args: argparse.Namespace) -> int:
     """Generate text on the C-simulation of the project's kernel (g++ with the ap_types headers)."""
     from llmc.model import load
@@ -111,3 +112,8 @@ def csim(args: argparse.Namespace) -> int:
     finally:
         device.close()
         sys.stdout.flush()
+
+
+COMPILE = Command("compile", _compile_arguments, compile_model)
+BUILD = Command("build", _build_arguments, build)
+CSIM = Command("csim", _csim_arguments, csim)

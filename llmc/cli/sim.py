@@ -6,9 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from llmc.cli import TextStream, add_generation_arguments, add_json_argument, parse_ids
-from llmc.cli import command as register_command
-from llmc.deploy.console import sampling_options
+from llmc.cli.common import Command, TextStream, add_json_argument
+from llmc.deploy.console import add_generation_arguments, parse_ids, sampling_options
 from llmc.errors import LlmcError
 
 
@@ -28,7 +27,6 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-@register_command(_simulate_arguments)
 def simulate(args: argparse.Namespace) -> int:
     """Generate text on the instruction-set simulator and report modelled performance."""
     from llmc.sim.image import ProjectImage
@@ -121,7 +119,6 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-@register_command(_verify_arguments)
 def verify(args: argparse.Namespace) -> int:
     """Run interpreter -> ISS -> C-sim -> RTL units on the same inputs; exit 1 on any mismatch."""
     from llmc.model import load
@@ -145,3 +142,7 @@ def verify(args: argparse.Namespace) -> int:
     else:
         print(format_table(results))
     return 1 if any(r.mismatches for r in results) else 0
+
+
+SIMULATE = Command("simulate", _simulate_arguments, simulate)
+VERIFY = Command("verify", _verify_arguments, verify)

@@ -1,0 +1,157 @@
+"""What the subcommands share: the :class:`Command` record, common arguments, model loading,
+progress display and the generation loop's console front end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from llmc.deploy.console import TextStream as _TextStream
+from llmc.deploy.console import parse_ids
+from llmc.errors import LlmcError
+from llmc.generate.loop import SamplingOptions
+from llmc.io import read_json_object
+from llmc.model import Model, load
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, the function that adds its arguments and the function that runs it
+    (whose docstring's first line is the help)."""
+
+    name: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Handler
+
+    @property
+    def help(self) -> str:
+        return (self.run.__doc__ or "").strip().splitlines()[0]
+
+
+def add_alias(parser: argparse.ArgumentParser, old: str, dest: str) -> None:
+    """Accept the earlier spelling ``old`` of an option (``--target``) for ``dest``, without listing it."""
+    parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, generates: bool = False) -> None:
+    """MODEL, --config, --seed and (unless the command ``generates``, needing weights) --shapes-only."""
+    parser.add_argument("model", metavar="MODEL",
+                        help="a Hugging Face model directory, .onnx or .llmc file, 'llmc-tiny', "
+                             "or an architecture name (llama, qwen2, mistral, gpt2, opt) for random weights")
+    parser.add_argument("--config", type=Path, metavar="JSON",
+                        help="config overrides for an architecture name, as a JSON object file")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random weights of an architecture name"
+                             + (", and of sampling" if generates else "") + " (default 0)")
+    if not generates:
+        parser.add_argument("--shapes-only", action="store_true",
+                            help="import the structure without materialising weights")
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def load_model(args: argparse.Namespace) -> Model:
+    """The model named by ``args.model`` with ``--config``, ``--seed`` and ``--shapes-only``."""
+    from llmc.compiler.frontend import ARCHITECTURES
+
+    config = None
+    if args.config is not None:
+        if args.model not in ARCHITECTURES:
+            raise LlmcError(f"--config applies to an architecture name ({', '.join(ARCHITECTURES)}), not '{args.model}'")
+        config = read_json_object(args.config, "a JSON object of config values")
+    with activity(f"importing {args.model}", progress_enabled(args)):
+        return load(args.model, config=config, seed=args.seed, shapes_only=getattr(args, "shapes_only", False))
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Progress bars go to stderr, only on a terminal and never under ``--json`` (``run`` also
+    leaves them out when its text streams to the same terminal)."""
+    return not getattr(args, "json", False) and sys.stderr.isatty()
+
+
+@contextmanager
+def activity(description: str, enabled: bool) -> Iterator[None]:
+    """An elapsed-time bar on stderr for a step with no measurable progress; it appears only
+    if the step takes over a second and is erased when it ends."""
+    if not enabled:
+        yield
+        return
+    done = threading.Event()
+    with tqdm(desc=description, bar_format="{desc} {elapsed}", delay=1.0, leave=False, file=sys.stderr) as bar:
+        ticker = threading.Thread(target=_tick, args=(bar, done), daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
+
+
+def _tick(bar: tqdm, done: threading.Event) -> None:
+    while not done.wait(0.5):
+        bar.update(0)  # redraws once the bar's delay has passed
+
+
+def human_bytes(n: int) -> str:
+    """``512 B``, ``1.5 KiB``, ... up to GiB."""
+    size, unit = float(n), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def generate(args: argparse.Namespace, model: Model, device: Callable[[], object]) -> int:
+    """Stream generated text (or print ``--json``) on the device ``device()`` (None: the interpreter)."""
+    if args.max_new_tokens < 0:
+        raise LlmcError("--max-new-tokens must be at least 0")
+    try:
+        sampling = SamplingOptions(args.sample, args.top_k, args.top_p, args.temperature, args.seed)
+    except ValueError as e:
+        raise LlmcError(str(e)) from None
+    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else model.encode(args.prompt)
+    text = TextStream(model)
+    show_bar = progress_enabled(args) and not sys.stdout.isatty()  # on one terminal the text is the progress
+    with tqdm(total=args.max_new_tokens, desc="generating", unit="tok", delay=1.0, leave=False,
+              file=sys.stderr, disable=not show_bar) as bar:
+        for token, _ in model.stream(prompt_ids=ids, max_new_tokens=args.max_new_tokens, sampling=sampling,
+                                     kernels=lut_kernels(model, getattr(args, "lut_kernels", "interpreter")),
+                                     device=device()):
+            piece = text.push(token)
+            if not args.json:
+                print(piece, end="", flush=True)
+            bar.update(1)
+    if args.json:
+        print(json.dumps({"tokens": text.ids, "text": text.text}))
+    else:
+        print()
+    return 0
+
+
+def lut_kernels(model: Model, choice: str) -> dict | None:
+    """Interpreter kernels for ``--lut-kernels``."""
+    if choice == "interpreter":
+        return None
+    from llmc.backends.tvm.lut_runtime import lut_kernels as tvm_lut_kernels
+
+    return tvm_lut_kernels(model.module)
+
+
+class TextStream(_TextStream):
+    """Generated tokens as text with ``model``'s tokenizer (token ids without one)."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__(model.decode_text if model.tokenizer_json is not None else None)

@@ -1,0 +1,140 @@
+"""``llmc import``, ``llmc show`` and ``llmc run``: a model in, its summary, text out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from llmc.cli.common import (
+    Command,
+    activity,
+    add_alias,
+    add_json_argument,
+    add_model_arguments,
+    generate,
+    human_bytes,
+    load_model,
+    progress_enabled,
+)
+from llmc.deploy.console import add_generation_arguments
+from llmc.errors import LlmcError
+from llmc.model import Model
+from llmc.report import ModuleReport, analyze
+
+
+def _import_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.llmc",
+                        help="the text IR; the weights and tokenizer go beside it")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def import_model(args: argparse.Namespace) -> int:
+    """Import a model and save it as a .llmc file (text IR, weights, tokenizer)."""
+    from llmc.io import tokenizer_path, weights_path
+
+    output: Path = args.output
+    if output.suffix != ".llmc":
+        raise LlmcError(f"{output}: the output must end in .llmc")
+    siblings = [weights_path(output), tokenizer_path(output)]
+    existing = [p for p in (output, *siblings) if p.exists()]
+    if existing and not args.force:
+        raise LlmcError(f"{existing[0]} exists (use --force to overwrite)")
+    model = load_model(args)
+    written = model.save(output)
+    for stale in set(siblings) - set(written):  # would be read back with the new .llmc
+        stale.unlink(missing_ok=True)
+    for path in written:
+        print(f"wrote {path} ({human_bytes(path.stat().st_size)})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# show
+# ---------------------------------------------------------------------------------------------
+
+
+def _show_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_json_argument(parser)
+
+
+def show(args: argparse.Namespace) -> int:
+    """Summarise a model: ops, parameters, memory per layer, KV cache, inputs and outputs."""
+    report = analyze(load_model(args).module)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(format_report(report)))
+    return 0
+
+
+def format_report(report: ModuleReport) -> list[str]:
+    """The text form of ``llmc show``."""
+    weights = "" if report.has_weights else " (shapes only: no weights)"
+    lines = [f"model {report.name} ({report.arch or 'unknown architecture'}){weights}",
+             f"parameters: {report.tensors} tensors, {report.params:,} parameters, {human_bytes(report.bytes)}",
+             "memory:"]
+    width = max((len(g.label) for g in report.groups), default=0)
+    for g in report.groups:
+        lines.append(f"  {g.label:<{width}}  {g.tensors:>4} tensors  {g.params:>14,} params  {human_bytes(g.bytes):>10}")
+    kv = f"KV cache: {human_bytes(report.kv_bytes_per_token)} per token"
+    if report.max_position:
+        kv += f", {human_bytes(report.kv_bytes_per_token * report.max_position)} at {report.max_position} tokens"
+    lines.append(kv)
+    for f in report.functions:
+        symbols = f" over {', '.join(f.symbols)}" if f.symbols else ""
+        lines.append(f"func @{f.name}{symbols}: {f.nodes} nodes")
+        lines += [f"  in  %{s.name}: {s.type}" for s in f.inputs]
+        lines += [f"  out %{s.name}: {s.type}" for s in f.outputs]
+        lines.append("  ops: " + ", ".join(f"{op} {n}" for op, n in f.ops.items()))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser, generates=True)
+    add_generation_arguments(parser)
+    parser.add_argument("--lut-kernels", choices=("interpreter", "tvm"), default="interpreter",
+                        help="run LUT-mpGEMM layers on the reference interpreter or on TVM CPU kernels")
+    parser.add_argument("--device", choices=("interpreter", "sim", "pynq"), default="interpreter",
+                        help="a compiled project on the instruction-set simulator or an Alveo card (PYNQ), "
+                             "through the deployed runtime (default: the interpreter)")
+    parser.add_argument("--tvm", choices=("cpu", "cuda", "opencl"), default=None, metavar="TARGET",
+                        help="compile the model with TVM and generate on cpu, cuda or opencl (default: the interpreter)")
+    add_alias(parser, "--target", "tvm")
+    add_json_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate text through the reference interpreter (a compiled project: its lowered program) or TVM (--tvm)."""
+    if args.tvm is not None and args.device != "interpreter":
+        raise LlmcError("give --device or --tvm, not both")
+    if args.tvm is not None and args.lut_kernels != "interpreter":
+        raise LlmcError("--lut-kernels applies to the interpreter, not to --tvm")
+    if args.device != "interpreter":
+        from llmc.cli.deploy import run_on_device
+
+        return run_on_device(args)
+    model = load_model(args)
+    return generate(args, model, lambda: tvm_device(args, model))
+
+
+def tvm_device(args: argparse.Namespace, model: Model) -> object | None:
+    """The model compiled by TVM for ``--tvm`` (None without one: the interpreter)."""
+    if args.tvm is None:
+        return None
+    from llmc.backends.tvm.compile import compile_model
+
+    with activity(f"compiling for {args.tvm}", progress_enabled(args)):
+        return compile_model(model, args.tvm)
+
+
+IMPORT = Command("import", _import_arguments, import_model)
+SHOW = Command("show", _show_arguments, show)
+RUN = Command("run", _run_arguments, run)
