@@ -1,27 +1,49 @@
-"""Fixtures shared across test folders: the bundled model compiled for the U280 once per engine recipe."""
+"""Fixtures shared across test folders: the bundled model compiled for the U280 once per engine recipe,
+shared by every test and every pytest-xdist worker of a run."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from engine_recipes import RECIPES
+from zoo import ENGINE_RECIPES, compile_bundled, shared_folder
 
 
 @pytest.fixture(scope="session")
-def engine_projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``compile_project`` of llmc-tiny under each of :data:`engine_recipes.RECIPES` (tests copy before changing one)."""
-    import llmc.compiler.passes  # noqa: F401  (registers the passes)
-    from llmc.backends.fpga.flow import compile_project
-    from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
+def tiny_llmc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model imported once for the whole run and saved as ``llmc-tiny.llmc`` (loading it
+    takes milliseconds; importing the bundled model traces it with torch.export, seconds)."""
+    import llmc
 
-    tiny = llmc.load("llmc-tiny")
-    root = tmp_path_factory.mktemp("engines")
-    for name, recipe in RECIPES.items():
-        module = run_pipeline(tiny.module, parse_pipeline(recipe), PassContext()) if recipe else tiny.module
-        compile_project(module, "u280", root / name, tokenizer_json=tiny.tokenizer_json)
-    return {name: root / name for name in RECIPES}
+    folder = shared_folder(tmp_path_factory, "bundled", lambda out: llmc.load("llmc-tiny").save(out / "llmc-tiny.llmc"))
+    return folder / "llmc-tiny.llmc"
+
+
+class EngineProjects(Mapping[str, Path]):
+    """Recipe name -> the bundled model compiled under it, compiled on first use (tests copy before
+    changing a project)."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory, source: Path) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.source = source
+
+    def __getitem__(self, name: str) -> Path:
+        return shared_folder(self.tmp_path_factory, f"engines/{name}",
+                             lambda out: compile_bundled(ENGINE_RECIPES[name], out, self.source))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ENGINE_RECIPES)
+
+    def __len__(self) -> int:
+        return len(ENGINE_RECIPES)
+
+
+@pytest.fixture(scope="session")
+def engine_projects(tmp_path_factory: pytest.TempPathFactory, tiny_llmc: Path) -> EngineProjects:
+    """``compile_project`` of llmc-tiny under each of :data:`zoo.ENGINE_RECIPES`, on first use."""
+    return EngineProjects(tmp_path_factory, tiny_llmc)
 
 
 @pytest.fixture(scope="session")

@@ -60,12 +60,12 @@ def test_bad_pipelines_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], 
     assert err.count("\n") == 1 and message in err and not out.exists()
 
 
-def test_eval_json_on_the_bundled_model(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", "llmc-tiny", "--windows", "2", "--json"]) == 0
+def test_eval_json_on_the_bundled_model(capsys: pytest.CaptureFixture[str], tiny_llmc: Path) -> None:
+    assert main(["eval", str(tiny_llmc), "--windows", "2", "--json"]) == 0
     fp32 = json.loads(capsys.readouterr().out)
     assert set(fp32) >= {"perplexity", "bits_per_weight", "seconds"}
     assert fp32["bits_per_weight"] == 32.0 and 1 < fp32["perplexity"] < 100
-    assert main(["eval", "llmc-tiny", "--windows", "2", "--json", "-p", "quantize{bits=4,group=128}"]) == 0
+    assert main(["eval", str(tiny_llmc), "--windows", "2", "--json", "-p", "quantize{bits=4,group=128}"]) == 0
     w4 = json.loads(capsys.readouterr().out)
     assert w4["bits_per_weight"] == pytest.approx(4.125)
     assert abs(w4["perplexity"] / fp32["perplexity"] - 1) < 0.1

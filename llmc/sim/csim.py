@@ -4,6 +4,7 @@ run as a device (``prefill``/``decode`` like every other) over a pipe to its tes
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -14,6 +15,7 @@ import numpy as np
 
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
+from llmc.sim.build_cache import cached_build
 
 CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-ffp-contract=off"]
 SOURCES = ["kernel/llmc_accel.cpp", "csim/csim_main.cpp"]
@@ -33,24 +35,41 @@ def ap_types_dir() -> Path:
 
 
 def build_csim(project: Path, out: Path | None = None, timeout: float = 600) -> Path:
-    """Compile the project's kernel and test bench; returns the executable."""
+    """Compile the project's kernel and test bench; returns the executable (``out``, by default
+    ``csim/csim.bin`` in the project). The same sources are compiled once per machine
+    (:mod:`llmc.sim.build_cache`): the executable reads the program and weights at run time."""
     project = Path(project)
     if not (project / "kernel" / "llmc_accel.cpp").is_file():
         raise LlmcError(f"{project}: not an llmc project folder (kernel/llmc_accel.cpp missing)")
     cxx = shutil.which("g++")
     if cxx is None:
         raise LlmcError("C-simulation needs g++ on PATH")
+    headers = ap_types_dir()
+    sources = [*SOURCES, *(p.relative_to(project).as_posix() for p in sorted((project / "rtl").glob("*.cpp")))]
+    included = sorted(p.relative_to(project).as_posix() for p in (project / "include").glob("*.h"))
+    key = {"cxx": cxx, "flags": CXXFLAGS, "ap_types": str(headers),
+           "files": {name: (project / name).read_text() for name in [*sources, *included]}}
+
+    def build(folder: Path) -> None:
+        for name, text in key["files"].items():  # type: ignore[index]
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        cmd = [cxx, *CXXFLAGS, "-isystem", str(headers), "-I", str(folder / "include"),
+               *(str(folder / s) for s in sources), "-o", str(folder / "csim.bin")]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise LlmcError(f"{project}: compiling the C-simulation took longer than {timeout:g} s") from None
+        if result.returncode != 0:
+            errors = result.stderr.replace(str(folder), str(project)).strip()  # name the project's files
+            raise LlmcError(f"{project}: the generated C++ does not compile:\n{errors[-4000:]}")
+
+    built = cached_build("csim", key, build) / "csim.bin"
     exe = Path(out) if out else project / "csim" / "csim.bin"
     exe.parent.mkdir(parents=True, exist_ok=True)
-    units = sorted((project / "rtl").glob("*.cpp"))  # the RTL black boxes' C++ models
-    cmd = [cxx, *CXXFLAGS, "-isystem", str(ap_types_dir()), "-I", str(project / "include"),
-           *(str(project / s) for s in SOURCES), *map(str, units), "-o", str(exe)]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise LlmcError(f"{project}: compiling the C-simulation took longer than {timeout:g} s") from None
-    if result.returncode != 0:
-        raise LlmcError(f"{project}: the generated C++ does not compile:\n{result.stderr.strip()[-4000:]}")
+    staged = exe.with_name(f".{exe.name}.{os.getpid()}.tmp")
+    shutil.copy2(built, staged)
+    os.replace(staged, exe)  # also over an executable that is running
     return exe
 
 

@@ -2,7 +2,7 @@
 Verilator, driven by the cocotb bench ``cocotb_benches/stream_bench.py`` (through the harness
 ``hls_templates/rtl/bench_harness.v.j2``) with cocotb 1.9's runner.
 
-:func:`check_unit` renders a unit, builds it (Verilator builds are cached by the hash of their sources),
+:func:`check_unit` renders a unit, builds it (builds are cached by the hash of their sources, :mod:`llmc.sim.build_cache`),
 feeds it dense test vectors packed as the unit reads them and compares every result with
 ``sum x * (w - z)`` computed by :func:`llmc.ir.ops.common.exact_int_matmul`, as the interpreter's
 ``hw_matmul`` does for a group. Builds and runs are child processes in their own session with a wall-clock
@@ -12,8 +12,6 @@ limit, so a hung design fails instead of hanging.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +29,7 @@ import numpy as np
 from llmc.backends.fpga import units
 from llmc.errors import LlmcError
 from llmc.ir.ops.common import exact_int_matmul
+from llmc.sim.build_cache import cache_root, cached_build
 from llmc.templating import render, static_file
 
 SIMULATORS = ("icarus", "verilator")
@@ -129,10 +128,6 @@ def bench_sources(u: units.Unit) -> dict[str, str]:
     }
 
 
-def _cache_root() -> Path:
-    return Path(tempfile.gettempdir()) / f"llmc-rtl-{os.getuid()}"
-
-
 def _child(args: list[str], log: Path, timeout_s: float, what: str, limit_s: float) -> None:
     """Run ``python -m llmc.sim.rtl ARGS`` in its own session; past ``timeout_s`` (what is left of the caller's
     ``limit_s``) kill it and its children."""
@@ -155,21 +150,17 @@ def _child(args: list[str], log: Path, timeout_s: float, what: str, limit_s: flo
 def _build(u: units.Unit, simulator: str, timeout_s: float) -> Path:
     """The bench's build folder for ``u`` on ``simulator``, built once per content hash of its sources."""
     sources = bench_sources(u)
-    digest = hashlib.sha256(json.dumps([simulator, sources], sort_keys=True).encode()).hexdigest()[:16]
-    folder = _cache_root() / f"{u.name}-{simulator}-{digest}"
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "built").exists():
-            for name, text in sources.items():
-                (folder / name).write_text(text)
-            job = {"simulator": simulator, "build_dir": str(folder / "build"),
-                   "sources": [str(folder / name) for name in sources]}
-            (folder / "build.json").write_text(json.dumps(job))
-            _child(["build", str(folder / "build.json")], folder / "build.log", timeout_s,
-                   f"{u.name} build on {simulator}", timeout_s)
-            (folder / "built").touch()
-    return folder / "build"
+
+    def build(folder: Path) -> None:
+        for name, text in sources.items():
+            (folder / name).write_text(text)
+        job = {"simulator": simulator, "build_dir": str(folder / "build"),
+               "sources": [str(folder / name) for name in sources]}
+        (folder / "build.json").write_text(json.dumps(job))
+        _child(["build", str(folder / "build.json")], folder / "build.log", timeout_s,
+               f"{u.name} build on {simulator}", timeout_s)
+
+    return cached_build(f"{u.name}-{simulator}", [simulator, sources], build) / "build"
 
 
 def check_unit(unit: str, config: dict, x: np.ndarray, w: np.ndarray, zeros: np.ndarray | None, simulator: str,
@@ -192,7 +183,8 @@ def check_unit(unit: str, config: dict, x: np.ndarray, w: np.ndarray, zeros: np.
     start = time.monotonic()
     build = _build(u, simulator, timeout_s)
     beats = units.beats(u, x, w, zeros)
-    run = Path(tempfile.mkdtemp(prefix=f"{u.name}-", dir=_cache_root()))
+    cache_root().mkdir(parents=True, exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix=f"{u.name}-run-", dir=cache_root()))
     try:
         spec = {"beats": beats, "expected": want.tolist(), "beat_bits": u.beat_bits, "seed": seed,
                 "ready_rate": ready_rate, "max_cycles": max_cycles or CYCLES_PER_BEAT * len(beats) + 1000,

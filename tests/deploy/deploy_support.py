@@ -1,4 +1,4 @@
-"""Helpers of the deployment tests: the recipes, a prompt, running a deployed run.py, folder snapshots."""
+"""Helpers of the deployment tests: the recipes, running a deployed run.py, folder snapshots."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-RECIPES = {"int8": "", "w4g128": "quantize{bits=4,group=128}"}
-PROMPT = [1, 72, 271, 400, 291, 261, 300, 90, 77, 500, 33, 18, 260, 261, 262, 263, 264, 265, 266, 267]
+from zoo import PROMPT  # noqa: F401  (the deployment tests' prompt)
+
+RECIPES = ("int8", "w4g128")  # of zoo.ENGINE_RECIPES
 
 
 def run_py(folder: Path, *args: str, python: str = sys.executable, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -20,8 +20,8 @@ from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
 
 
 @pytest.fixture(scope="module")
-def w4() -> llmc.Model:
-    tiny = llmc.load("llmc-tiny")
+def w4(tiny_llmc) -> llmc.Model:
+    tiny = llmc.load(tiny_llmc)
     module = run_pipeline(tiny.module, parse_pipeline("quantize{bits=4,group=128}"), PassContext())
     return llmc.Model(module, tiny.tokenizer_json)
 
@@ -41,14 +41,15 @@ def test_report_states_the_lowered_and_unlowered_perplexity(w4: llmc.Model, tmp_
     assert "## Accuracy of lowering" in text and f"| lowered | {ppl['lowered']:.3f} |" in text
 
 
-def test_llmc_compile_measures_by_default_and_skips_on_request(tmp_path, capsys) -> None:
-    assert main(["compile", "llmc-tiny", "--eval-windows", "1", "-o", str(tmp_path / "a")]) == 0
+def test_llmc_compile_measures_by_default_and_skips_on_request(tiny_llmc, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("llmc.cli.fpga.EVAL_WINDOWS", 1)  # the default, made cheaper
+    assert main(["compile", str(tiny_llmc), "-o", str(tmp_path / "a")]) == 0
     assert "perplexity on 1 windows: lowered" in capsys.readouterr().out
-    assert main(["compile", "llmc-tiny", "--eval-windows", "0", "-o", str(tmp_path / "b")]) == 0
+    assert main(["compile", str(tiny_llmc), "--eval-windows", "0", "-o", str(tmp_path / "b")]) == 0
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["accuracy"] == {"measured": False, "reason": "not asked for (--eval-windows 0)"}
     assert "Not measured: not asked for" in (tmp_path / "b" / "report.md").read_text()
-    assert main(["compile", "llmc-tiny", "--eval-windows", "-1", "-o", str(tmp_path / "c")]) == 2
+    assert main(["compile", str(tiny_llmc), "--eval-windows", "-1", "-o", str(tmp_path / "c")]) == 2
     assert "--eval-windows must be 0 or more" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 

@@ -34,7 +34,7 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("pipeline, engine", [
     ("quantize{bits=4,group=128}", "dsp"),
-    ("sparsify{pattern=2:4},quantize{bits=4,group=128}", "sparse"),
+    pytest.param("sparsify{pattern=2:4},quantize{bits=4,group=128}", "sparse", marks=pytest.mark.slow),
 ])
 def test_shapes_only_7b_compiles_to_a_project_that_fits(config_dir: Path, tmp_path: Path, pipeline: str,
                                                         engine: str, capsys: pytest.CaptureFixture) -> None:

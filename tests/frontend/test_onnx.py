@@ -39,6 +39,8 @@ CONFIGS: dict[str, dict[str, Any]] = {  # large initial weights, so that greedy 
 PROMPT = [1, 5, 9, 20, 7]
 STEPS = 32
 TOLERANCE = 1e-5
+# qwen2 and mistral export as llama does (biases, one KV head): under make test-full only
+ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a in ("qwen2", "mistral") else a for a in CONFIGS]
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -97,7 +99,7 @@ def check_against_onnxruntime(e: Exported) -> None:
         assert rel_err(ours[name], ref) <= TOLERANCE, name
 
 
-@pytest.mark.parametrize("arch", list(CONFIGS))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_prefill_and_decode_step_match_onnxruntime_and_torch(exported: Any, arch: str) -> None:
     e = exported(arch)
     assert set(e.llmc.module.functions) == {"prefill", "decode"}
@@ -105,7 +107,7 @@ def test_prefill_and_decode_step_match_onnxruntime_and_torch(exported: Any, arch
     check_against_onnxruntime(e)
 
 
-@pytest.mark.parametrize("arch", list(CONFIGS))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_decode_steps_match_torch(exported: Any, arch: str) -> None:
     """32 greedy decode steps through the interpreter, teacher-forcing PyTorch with the same tokens."""
     e = exported(arch)
@@ -124,7 +126,7 @@ def test_decode_steps_match_torch(exported: Any, arch: str) -> None:
     assert len(set(tokens)) > 3  # the random model does not just repeat a token
 
 
-@pytest.mark.parametrize("arch", list(CONFIGS))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_tokens_match_torch_export_path(exported: Any, arch: str) -> None:
     e = exported(arch)
     ours = e.llmc.run(prompt_ids=PROMPT, max_new_tokens=STEPS, stop=False).tokens

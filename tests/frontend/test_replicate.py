@@ -52,8 +52,9 @@ def both(arch: str, **config: Any) -> tuple[Module, Module]:
 
 @pytest.mark.parametrize("arch, config", [
     ("llama", dict(num_hidden_layers=3, num_key_value_heads=2)),
-    ("qwen2", dict(num_hidden_layers=4, num_key_value_heads=2, tie_word_embeddings=True)),
-    ("mistral", dict(num_hidden_layers=3, num_key_value_heads=1)),
+    pytest.param("qwen2", dict(num_hidden_layers=4, num_key_value_heads=2, tie_word_embeddings=True),
+                 marks=pytest.mark.slow),
+    pytest.param("mistral", dict(num_hidden_layers=3, num_key_value_heads=1), marks=pytest.mark.slow),
 ])
 def test_shapes_only_import_equals_the_full_trace(arch: str, config: dict, traced: list[int]) -> None:
     shapes, full = both(arch, **config)

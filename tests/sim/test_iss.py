@@ -8,7 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-from engine_recipes import PROMPT, RECIPES
+from zoo import ENGINE_RECIPES as RECIPES
+from zoo import PROMPT
 
 from llmc.cli import main
 from llmc.errors import LlmcError

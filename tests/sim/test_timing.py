@@ -114,10 +114,8 @@ def test_deadline_fails_a_run_past_its_limit():
         deadline.check()
 
 
-def test_timing_only_on_a_project(tmp_path, capsys):
-    out = tmp_path / "w4"
-    assert main(["compile", "llmc-tiny", "-p", "quantize{bits=4,group=128}", "-o", str(out)]) == 0
-    capsys.readouterr()
+def test_timing_only_on_a_project(engine_projects, capsys):
+    out = engine_projects["w4g128"]
     assert main(["simulate", str(out), "--timing-only", "--prefill", "32", "--decode", "16", "--json"]) == 0
     modelled = json.loads(capsys.readouterr().out)["modelled"]
     assert modelled["prefill_tokens"] == 32 and modelled["decode_tokens"] == 16

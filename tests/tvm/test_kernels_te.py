@@ -12,7 +12,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
-from tvm_cases import OPENCL_FAST_BUILD, TARGETS  # noqa: E402
+from tvm_cases import OPENCL_FAST_BUILD, TARGET_PARAMS  # noqa: E402
 
 from llmc.backends.tvm import kernels, layouts  # noqa: E402
 from llmc.backends.tvm.compile import tvm_target  # noqa: E402
@@ -58,7 +58,7 @@ def random_codes(shape: tuple[int, ...], bits: int, signed: bool) -> np.ndarray:
     return RNG.integers(lo, hi + 1, size=shape).astype(np.int8 if signed else np.uint8)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGET_PARAMS)
 @pytest.mark.parametrize("bits, group, signed", [(4, 32, True), (2, 32, True), (3, 0, True), (8, 64, True),
                                                  (4, 32, False)])
 def test_dequant_linear(target: str, bits: int, group: int, signed: bool) -> None:
@@ -79,7 +79,7 @@ def test_dequant_linear(target: str, bits: int, group: int, signed: bool) -> Non
     assert close(got[0], expected)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGET_PARAMS)
 @pytest.mark.parametrize("quantized", [False, True])
 def test_sparse_linear(target: str, quantized: bool) -> None:
     n, k = 32, 64
@@ -103,7 +103,7 @@ def test_sparse_linear(target: str, quantized: bool) -> None:
     assert close(got[0], ref(nn.Linear, [x, w], [TensorType.of([1, 2, n], F32)])[0])
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGET_PARAMS)
 @pytest.mark.parametrize("group", [0, 32])
 def test_quantize_rows_and_qlinear(target: str, group: int) -> None:
     n, k = 40, 96
@@ -119,7 +119,7 @@ def test_quantize_rows_and_qlinear(target: str, group: int) -> None:
     assert close(got[0], ref(quant.QLinear, [codes, scale, wq, ws, bias], group=group)[0])
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGET_PARAMS)
 def test_fake_quant_rounds_scales_like_float16(target: str) -> None:
     x = (RNG.standard_normal((1, 2, 5, 64)) * np.logspace(-6, 2, 64, dtype=np.float32)).astype(np.float32)
     got = run(target, kernels.fake_quant, [x], bits=8, group=16, scale_dtype="float16")
@@ -127,7 +127,7 @@ def test_fake_quant_rounds_scales_like_float16(target: str) -> None:
     assert np.array_equal(got[0], want[0])
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGET_PARAMS)
 @pytest.mark.parametrize("table_bits, symmetric, group", [(0, True, 32), (0, False, 0), (8, True, 64)])
 def test_lut_tables_and_gemm(target: str, table_bits: int, symmetric: bool, group: int) -> None:
     k, n, bits = 128, 40, 2

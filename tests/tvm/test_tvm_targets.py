@@ -12,7 +12,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tvm_cases import CALIBRATION, MODELS, OPENCL_FAST_BUILD, RECIPES, TARGETS, compressed, model, prompt
+from tvm_cases import (
+    CALIBRATION,
+    MODELS,
+    OPENCL_FAST_BUILD,
+    RECIPES,
+    TARGETS,
+    compressed,
+    model,
+    prompt,
+    require_opencl,
+)
+from zoo import matrix
 
 from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
 from llmc.generate.interpreter import InterpreterDevice
@@ -37,10 +48,15 @@ def greedy(device: object, ids: list[int], feed: list[int] | None = None) -> tup
     return tokens, logits
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("target", TARGETS)
+# every target, model and recipe at least once by default; the whole product under make test-full
+DEFAULT = [("cpu", "llmc-tiny", "w2lut"), ("opencl", "qwen2", "w4g128"), ("cpu", "gpt2", "w8a8"),
+           ("opencl", "llmc-tiny", "fp32")]
+
+
+@pytest.mark.parametrize(("target", "name", "recipe"), matrix([TARGETS, MODELS, sorted(RECIPES)], DEFAULT))
 def test_compiled_model_matches_the_interpreter(target: str, name: str, recipe: str) -> None:
+    if target == "opencl":
+        require_opencl()
     module = compressed(name, recipe)
     ids = prompt(name)
     ref_tokens, ref_logits = greedy(InterpreterDevice(module), ids)
@@ -54,22 +70,27 @@ def test_compiled_model_matches_the_interpreter(target: str, name: str, recipe: 
 # more compression forms on the bundled model on the CPU: N:M sparse (float and quantized codes),
 # asymmetric and 3-bit codes, mixed precision (dequantized weights gathered), outliers (float16
 # side matrices), a quantized KV cache, and int8 LUT tables (a table entry on a rounding tie may
-# round the other way, so those logits agree to the table quantization error)
+# round the other way, so those logits agree to the table quantization error). The default suite
+# runs the combined recipes, which cover every form; make test-full runs each form alone too.
 MORE = {
-    "sparse2:4": ("sparsify{pattern=2:4}", TOLERANCE),
+    "sparse2:4+kv-quant": ("sparsify{pattern=2:4},kv-quant", TOLERANCE),
     "sparse2:4+w4": ("sparsify{pattern=2:4},quantize{bits=4,group=128}", TOLERANCE),
+    "outliers+w3asym-g64": ("outliers,quantize{bits=3,group=64,symmetric=false}", TOLERANCE),
+    "mixed-3bpw": ("mixed-precision{budget=3.0,group=128}", TOLERANCE),
+    "w4lut-int8": ("quantize{bits=4,group=128},lut-mpgemm{table_bits=8}", 2e-2),
+}
+ALONE = {
+    "sparse2:4": ("sparsify{pattern=2:4}", TOLERANCE),
     "w4asym-g64": ("quantize{bits=4,group=64,symmetric=false}", TOLERANCE),
     "w3": ("quantize{bits=3,group=128}", TOLERANCE),
-    "mixed-3bpw": ("mixed-precision{budget=3.0,group=128}", TOLERANCE),
     "outliers+w4": ("outliers,quantize{bits=4,group=128}", TOLERANCE),
     "kv-quant": ("kv-quant", TOLERANCE),
-    "w4lut-int8": ("quantize{bits=4,group=128},lut-mpgemm{table_bits=8}", 2e-2),
 }
 
 
-@pytest.mark.parametrize("recipe", sorted(MORE))
+@pytest.mark.parametrize("recipe", [*sorted(MORE), *(pytest.param(r, marks=pytest.mark.slow) for r in sorted(ALONE))])
 def test_more_recipes_on_the_cpu(recipe: str) -> None:
-    pipeline, tolerance = MORE[recipe]
+    pipeline, tolerance = {**MORE, **ALONE}[recipe]
     m = model("llmc-tiny")
     context = PassContext(tokenizer_json=m.tokenizer_json, calibration_config=CALIBRATION)
     module = run_pipeline(m.module, parse_pipeline(pipeline), context)

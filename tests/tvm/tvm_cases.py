@@ -45,8 +45,14 @@ def opencl_available() -> bool:
         return False
 
 
-TARGETS = ["cpu", pytest.param("opencl", marks=pytest.mark.skipif(
+TARGETS = ("cpu", "opencl")
+TARGET_PARAMS = ["cpu", pytest.param("opencl", marks=pytest.mark.skipif(
     not opencl_available(), reason="no OpenCL platform (pyopencl and an ICD such as pocl-opencl-icd)"))]
+
+
+def require_opencl() -> None:
+    if not opencl_available():
+        pytest.skip("no OpenCL platform (pyopencl and an ICD such as pocl-opencl-icd)")
 
 
 @functools.cache

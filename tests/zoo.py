@@ -1,0 +1,89 @@
+"""What the tests share: small model configs of each family, the engine recipes of the bundled model,
+prompts, :func:`shared_folder` (made once per run, whatever the number of xdist workers) and
+:func:`matrix`, which keeps a test matrix's full product for ``make test-full`` while the default
+suite runs a covering subset (every value of every axis at least once)."""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+# Random-weight models: 2 layers, hidden 64, 4 heads (2 KV heads), 96 tokens.
+SMALL = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.1)
+LLAMA = dict(SMALL, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2)
+FAMILIES = {
+    "llama": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "qwen2": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "mistral": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=1),
+    "gpt2": dict(vocab_size=96, n_positions=128, initializer_range=0.1, n_embd=64, n_layer=2, n_head=4,
+                 bos_token_id=0, eos_token_id=0),
+    "opt": dict(SMALL, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
+                word_embed_proj_dim=64, pad_token_id=95),
+}
+# One layer, 2 heads over 1 KV head: the smallest model the FPGA flow compiles (snapshots, RTL projects).
+FPGA_SMALL = dict(vocab_size=96, max_position_embeddings=64, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+
+# The bundled model's recipe for each accelerator engine.
+ENGINE_RECIPES = {
+    "int8": "",
+    "w4g128": "quantize{bits=4,group=128}",
+    "w4-2of4": "sparsify{pattern=2:4},quantize{bits=4,group=128}",
+    "w2-lut": "quantize{bits=2,group=128},lut-mpgemm",
+}
+# Token ids of the bundled model: 20 tokens, so that prefill spans two 16-row buckets.
+PROMPT = [1, 72, 271, 400, 291, 261, 300, 90, 77, 500, 33, 18, 260, 261, 262, 263, 264, 265, 266, 267]
+# Token ids for the random-weight families.
+SMALL_PROMPT = [3, 17, 42, 8, 25, 61, 9]
+
+
+def matrix(axes: Sequence[Sequence[object]], default: Sequence[tuple]) -> list:
+    """The product of ``axes`` as pytest parameters, those outside ``default`` marked ``slow``.
+    ``default`` must hold every value of every axis at least once."""
+    for i, axis in enumerate(axes):
+        missing = [v for v in axis if all(case[i] != v for case in default)]
+        assert not missing, f"the default cases leave out {missing} of axis {i}"
+    cases = []
+    for values in itertools.product(*axes):
+        marks = [] if values in default else [pytest.mark.slow]
+        cases.append(pytest.param(*values, marks=marks, id="-".join(map(str, values))))
+    return cases
+
+
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """The folder ``name`` (a relative path) of this test run, made once by ``make(folder)`` whichever xdist worker asks
+    first (the others wait on its lock); a failed ``make`` leaves nothing, so the next asker tries again."""
+    root = tmp_path_factory.getbasetemp()
+    if root.name.startswith("popen-gw"):  # an xdist worker: share its parent with the other workers
+        root = root.parent
+    folder = root / "shared" / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder.parent / f".{folder.name}.done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            make(folder)
+            (folder.parent / f".{folder.name}.done").touch()
+    return folder
+
+
+def compile_bundled(recipe: str, out: Path, source: Path | str = "llmc-tiny") -> None:
+    """``compile_project`` of the bundled model (or its saved ``source``) compressed by the pipeline
+    ``recipe``, for the U280."""
+    import llmc
+    import llmc.compiler.passes  # noqa: F401  (registers the passes)
+    from llmc.backends.fpga.flow import compile_project
+    from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
+
+    tiny = llmc.load(source)
+    module = run_pipeline(tiny.module, parse_pipeline(recipe), PassContext()) if recipe else tiny.module
+    compile_project(module, "u280", out, tokenizer_json=tiny.tokenizer_json)
