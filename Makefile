@@ -1,9 +1,11 @@
-# llmc: `make demo` runs the main job on the bundled model; `make test` runs the whole suite.
+# llmc: `make demo` runs the main job on the bundled model; `make test` runs the default suite,
+# `make test-full` every case of every test matrix (docs/testing.md).
 VENV ?= .venv
+WORKERS ?= auto
 PY := $(VENV)/bin/python
 LLMC := $(VENV)/bin/llmc
 
-.PHONY: setup demo test test-runtime lint clean
+.PHONY: setup demo test test-full test-runtime lint clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
@@ -19,7 +21,12 @@ demo: setup
 	$(LLMC) csim build/llmc-tiny-u280 --prompt "A hacker is" --max-new-tokens 16
 
 test: setup
-	$(PY) -m pytest -q -m "not slow and not gpu" tests
+	$(PY) -m pytest -q -n $(WORKERS) -m "not slow and not gpu" tests
+
+# The full TVM, RTL, LUT-kernel, ONNX and family matrices, the deployed runtime's venvs, and the GPU
+# tests where there is a GPU (they skip without one).
+test-full: setup
+	$(PY) -m pytest -q -n $(WORKERS) tests
 
 # The deployed runtime in venvs of its own (NumPy < 2 and pynq, built once from PyPI into build/runtime-venv).
 test-runtime: setup

@@ -55,7 +55,8 @@ def matrix(axes: Sequence[Sequence[object]], default: Sequence[tuple]) -> list:
     cases = []
     for values in itertools.product(*axes):
         marks = [] if values in default else [pytest.mark.slow]
-        cases.append(pytest.param(*values, marks=marks, id="-".join(map(str, values))))
+        label = "-".join("x".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in values)
+        cases.append(pytest.param(*values, marks=marks, id=label))
     return cases
 
 

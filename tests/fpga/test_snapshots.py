@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from zoo import FPGA_SMALL
 
 import llmc
 from llmc.backends.fpga.flow import compile_project
@@ -14,8 +15,7 @@ from llmc.templating import HLS_TEMPLATES
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 FILES = ["kernel/llmc_accel.cpp", "include/llmc_accel.h", "connectivity.cfg", "program.txt", "csim/csim_main.cpp"]
-CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
-          "num_key_value_heads": 1, "vocab_size": 96, "max_position_embeddings": 64}
+CONFIG = FPGA_SMALL
 # compressed variants: their RTL units, black-box descriptions and HLS build files
 STATIC_RTL = {"rtl/llmc_result_queue.v"}  # copied verbatim from llmc/hls_templates: compared with the source
 RTL_RECIPES = {"sparse": "sparsify{pattern=2:4},quantize{bits=4,group=32}", "lut": "quantize{bits=2,group=32},lut-mpgemm"}

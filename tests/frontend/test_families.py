@@ -12,21 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from zoo import FAMILIES, SMALL_PROMPT
 
 import llmc
 from llmc.compiler.frontend import hf
 from llmc.generate.interpreter import causal_mask
 from llmc.ir import parse_module, print_module, run_function
 
-SMALL = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.1)
-CONFIGS = {
-    "llama": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "qwen2": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "mistral": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1),
-    "gpt2": dict(vocab_size=96, n_positions=128, initializer_range=0.1, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0),
-    "opt": dict(SMALL, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64, pad_token_id=95),
-}
-PROMPT = [3, 17, 42, 8, 25, 61, 9]
+CONFIGS = FAMILIES
+PROMPT = SMALL_PROMPT
 STEPS = 32
 TINY = Path(llmc.__file__).parent / "assets" / "llmc-tiny"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zoo
 
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
@@ -19,8 +20,7 @@ from llmc.compiler.quant.ternary import quantize_ternary
 from llmc.generate.interpreter import causal_mask
 from llmc.ir import Param, SparseEncoding, parse_module, print_module, run_function, verify_module
 
-LLAMA = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.1, hidden_size=64,
-             intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+LLAMA = zoo.LLAMA
 CALIBRATION = CalibrationConfig(samples=2, length=32)
 
 

@@ -4,6 +4,7 @@ with data (same parameters, types and nodes), only without the arrays."""
 from __future__ import annotations
 
 import pytest
+import zoo
 
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
@@ -13,8 +14,7 @@ from llmc.compiler.pipeline import PassContext, PipelineError, parse_pipeline, r
 from llmc.ir import Module
 from llmc.ir.types import SparseEncoding
 
-LLAMA = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.1, hidden_size=64,
-             intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+LLAMA = zoo.LLAMA
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zoo
 
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
@@ -13,8 +14,7 @@ from llmc.compiler.pipeline import PassContext, PipelineError, parse_pipeline, r
 from llmc.generate.interpreter import causal_mask
 from llmc.ir import Module, parse_module, print_module, run_function, verify_module
 
-CONFIG = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.05, hidden_size=64,
-              intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+CONFIG = dict(zoo.LLAMA, initializer_range=0.05)
 CALIBRATION = CalibrationConfig(samples=4, length=32)
 OUTLIERS = [5, 40]  # channels whose norm weight is scaled up, as in real LLMs' activation outliers
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from zoo import FPGA_SMALL
 
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
@@ -22,8 +23,7 @@ from llmc.sim.rtl import check_unit, random_vectors
 
 pytestmark = pytest.mark.rtl
 
-CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
-          "num_key_value_heads": 1, "vocab_size": 96, "max_position_embeddings": 64}
+CONFIG = FPGA_SMALL
 RECIPES = {"sparse": "sparsify{pattern=2:4},quantize{bits=4,group=32}", "lut": "quantize{bits=2,group=32},lut-mpgemm"}
 
 

@@ -4,6 +4,7 @@ TVM-compiled model as on the interpreter; bad combinations fail in one line with
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,8 @@ from llmc.cli import main  # noqa: E402
 from llmc.generate.loop import SamplingOptions  # noqa: E402
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
-    code = main(["run", "llmc-tiny", "--prompt", "A hacker is", "--max-new-tokens", "10", "--json", *extra])
+def run_json(capsys: pytest.CaptureFixture[str], source: Path, *extra: str) -> dict:
+    code = main(["run", str(source), "--prompt", "A hacker is", "--max-new-tokens", "10", "--json", *extra])
     assert code == 0
     return json.loads(capsys.readouterr().out)
 
@@ -26,8 +27,8 @@ def last_line(capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_llmc_run_on_the_cpu_target_matches_the_interpreter(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_json(capsys, "--tvm", "cpu") == run_json(capsys)
+def test_llmc_run_on_the_cpu_target_matches_the_interpreter(capsys: pytest.CaptureFixture[str], tiny_llmc: Path) -> None:
+    assert run_json(capsys, tiny_llmc, "--tvm", "cpu") == run_json(capsys, tiny_llmc)
 
 
 def test_sampling_is_the_interpreters() -> None:
@@ -48,7 +49,7 @@ def test_conflicting_options_fail_in_one_line(capsys: pytest.CaptureFixture[str]
     assert message in last_line(capsys)
 
 
-def test_cuda_without_a_gpu_fails_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cuda_without_a_gpu_fails_in_one_line(capsys: pytest.CaptureFixture[str], tiny_llmc: Path) -> None:
     import tvm
 
     try:
@@ -59,5 +60,5 @@ def test_cuda_without_a_gpu_fails_in_one_line(capsys: pytest.CaptureFixture[str]
         has_gpu = False
     if tvm.cuda(0).exist or has_gpu:
         pytest.skip("an NVIDIA GPU is present")
-    assert main(["run", "llmc-tiny", "--prompt", "x", "--tvm", "cuda"]) == 2
+    assert main(["run", str(tiny_llmc), "--prompt", "x", "--tvm", "cuda"]) == 2
     assert last_line(capsys).startswith("llmc: error: the cuda target: no NVIDIA GPU")

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+from zoo import matrix
 
 pytest.importorskip("tvm")
 
@@ -39,6 +40,9 @@ CASES = [  # (n, k, group)
     (35, 202, 40),  # K not a multiple of g = 4 nor of the group
     (19, 203, 0),
 ]
+# every shape once by default, with every width and both batch sizes among them; all 48 under make test-full
+MATRIX = matrix([CASES, [1, 2, 3, 4], [1, 3]], [(CASES[0], 1, 1), (CASES[1], 2, 3), (CASES[2], 3, 1), (CASES[3], 4, 3),
+                                                (CASES[4], 2, 1), (CASES[5], 3, 3)])
 
 
 def make_weights(n: int, k: int, bits: int, group: int, rng: np.random.Generator, pow2_scales: bool = False):
@@ -91,10 +95,9 @@ def reference_lut(x: np.ndarray, planes: np.ndarray, scales: np.ndarray, zeros: 
 
 
 @needs_lut_isa
-@pytest.mark.parametrize("n,k,group", CASES)
-@pytest.mark.parametrize("bits", [1, 2, 3, 4])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_lut_f32_exact_for_integer_activations(n, k, group, bits, batch):
+@pytest.mark.parametrize("shape,bits,batch", MATRIX)
+def test_lut_f32_exact_for_integer_activations(shape, bits, batch):
+    n, k, group = shape
     rng = np.random.default_rng(bits * 100 + batch)
     _, planes, scales, zeros, weights = make_weights(n, k, bits, group, rng, pow2_scales=True)
     x = rng.integers(-8, 9, size=(batch, k)).astype(np.float32)
@@ -106,10 +109,9 @@ def test_lut_f32_exact_for_integer_activations(n, k, group, bits, batch):
 
 
 @needs_lut_isa
-@pytest.mark.parametrize("n,k,group", CASES)
-@pytest.mark.parametrize("bits", [1, 2, 3, 4])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_lut_float_activations(n, k, group, bits, batch):
+@pytest.mark.parametrize("shape,bits,batch", MATRIX)
+def test_lut_float_activations(shape, bits, batch):
+    n, k, group = shape
     rng = np.random.default_rng(bits * 10 + batch)
     _, planes, scales, zeros, weights = make_weights(n, k, bits, group, rng)
     x = rng.standard_normal((batch, k)).astype(np.float32)
@@ -128,10 +130,9 @@ def test_lut_float_activations(n, k, group, bits, batch):
     assert np.all(np.abs(results["int8"] - exact) <= bound * (1 + 1e-4))
 
 
-@pytest.mark.parametrize("n,k,group", CASES)
-@pytest.mark.parametrize("bits", [1, 2, 3, 4])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_dequant_matches_dequantize_then_matmul(n, k, group, bits, batch):
+@pytest.mark.parametrize("shape,bits,batch", MATRIX)
+def test_dequant_matches_dequantize_then_matmul(shape, bits, batch):
+    n, k, group = shape
     rng = np.random.default_rng(bits + 7 * batch)
     _, planes, scales, zeros, weights = make_weights(n, k, bits, group, rng)
     x = rng.standard_normal((batch, k)).astype(np.float32)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 
 import pytest
+from zoo import FAMILIES, SMALL_PROMPT
 
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
@@ -17,13 +18,10 @@ from llmc.ir.graph import Module
 
 pytest.importorskip("tvm")
 
-SMALL = dict(vocab_size=96, max_position_embeddings=128, initializer_range=0.1)
 # hidden sizes are multiples of 128, so that group-128 quantization applies to every layer
 CONFIGS = {
-    "qwen2": dict(SMALL, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2),
-    "gpt2": dict(vocab_size=96, n_positions=128, initializer_range=0.1, n_embd=128, n_layer=2, n_head=4,
-                 bos_token_id=0, eos_token_id=0),
+    "qwen2": dict(FAMILIES["qwen2"], hidden_size=128, intermediate_size=256),
+    "gpt2": dict(FAMILIES["gpt2"], n_embd=128),
 }
 MODELS = ("llmc-tiny", *CONFIGS)
 RECIPES = {
@@ -71,4 +69,4 @@ def compressed(name: str, recipe: str) -> Module:
 
 
 def prompt(name: str) -> list[int]:
-    return model(name).encode("A hacker is") if name == "llmc-tiny" else [3, 17, 42, 8, 25, 61, 9]
+    return model(name).encode("A hacker is") if name == "llmc-tiny" else SMALL_PROMPT
