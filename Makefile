@@ -1,7 +1,7 @@
 # llmc: `make demo` runs the main job on the bundled model; `make test` runs the default suite,
 # `make test-full` every case of every test matrix (docs/testing.md).
 VENV ?= .venv
-WORKERS ?= auto
+WORKERS ?= logical
 PY := $(VENV)/bin/python
 LLMC := $(VENV)/bin/llmc
 
