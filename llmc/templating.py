@@ -4,7 +4,9 @@ Templates live in ``llmc/hls_templates`` (kernels, headers, RTL, build files, ho
 ``llmc/sim/templates`` (reports) and ``llmc/deploy/templates`` (the deployed folder), and are
 named relative to their folder. One set of rules for all: an undefined variable is an error,
 block tags take their line with them (``trim_blocks``, ``lstrip_blocks``), a file's last newline
-is kept, and nothing is escaped (values that reach generated code are made safe by the caller).
+is kept, and nothing is escaped implicitly: every name or string a template writes goes through one
+of the filters of :mod:`llmc.safe_text` (``identifier``, ``word``, ``comment``, ``xml``), chosen by
+the language and the place it lands in.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from llmc.safe_text import FILTERS
+
 PACKAGE = Path(__file__).parent
 HLS_TEMPLATES = PACKAGE / "hls_templates"
 TEMPLATE_FOLDERS = (HLS_TEMPLATES, PACKAGE / "sim" / "templates", PACKAGE / "deploy" / "templates")
@@ -21,9 +25,11 @@ TEMPLATE_FOLDERS = (HLS_TEMPLATES, PACKAGE / "sim" / "templates", PACKAGE / "dep
 
 @functools.cache
 def environment() -> Environment:
-    return Environment(loader=FileSystemLoader([str(folder) for folder in TEMPLATE_FOLDERS]),
-                       undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
-                       lstrip_blocks=True, autoescape=False)
+    env = Environment(loader=FileSystemLoader([str(folder) for folder in TEMPLATE_FOLDERS]),
+                      undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
+                      lstrip_blocks=True, autoescape=False)
+    env.filters.update(FILTERS)
+    return env
 
 
 def render(template_name: str, **context: object) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llmc.backends.fpga.resources import Utilisation
+from llmc.safe_text import comment
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -15,7 +16,7 @@ def render_report(report: dict, utilisation: Utilisation) -> str:
     c, d, n, size = report["config"], report["modelled_decode"], report["needs"], report["program_size"]
     gib = 2**30
     lines = [
-        f"# {report['name']} on {report['target']}",
+        f"# {comment(report['name'])} on {comment(report['target'])}",
         "",
         f"Model: {n['layers']} layers, hidden {n['hidden']}, intermediate {n['intermediate']}, {n['heads']} heads "
         f"({n['kv_heads']} KV) of {n['head_dim']}, vocabulary {n['vocab']}, context {n['max_context']}.",

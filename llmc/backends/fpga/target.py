@@ -6,11 +6,14 @@ board by passing the path of a file in the same format to :func:`load_target`.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from llmc.errors import LlmcError
+from llmc.safe_text import word
 
 TARGETS_DIR = Path(__file__).parent / "targets"
 RESOURCE_KINDS = ("lut", "ff", "dsp", "bram36", "uram")
@@ -116,7 +119,9 @@ def load_target(name_or_path: str) -> Target:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise LlmcError(f"{source}: not a text file (not UTF-8)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -133,10 +138,10 @@ def _parse(top: _Fields) -> Target:
     memory = top.section("memory", _field_names(Memory))
     ddr = top.section("ddr", _field_names(Ddr))
     target = Target(
-        name=top.text("name"),
+        name=top.text("name", safe=word),
         description=top.text("description"),
-        part=top.text("part"),
-        platform=top.text("platform"),
+        part=top.text("part", safe=word),
+        platform=top.text("platform", safe=word),
         clock_mhz=top.number("clock_mhz"),
         memory=Memory(
             kind=memory.text("kind", MEMORY_KINDS),
@@ -191,12 +196,18 @@ class _Fields:
     def section(self, key: str, known: tuple[str, ...]) -> _Fields:
         return _Fields(self.source, self._get(key), f"{self.prefix}{key}.", known)
 
-    def text(self, key: str, choices: tuple[str, ...] = ()) -> str:
+    def text(self, key: str, choices: tuple[str, ...] = (), safe: Callable[[object], str] | None = None) -> str:
+        """A string field; ``safe`` (a :mod:`llmc.safe_text` filter) refuses what generated files cannot hold."""
         value = self._get(key)
         if choices and value not in choices:
             raise self.error(key, f"must be one of {', '.join(choices)}")
         if not isinstance(value, str) or not value.strip():
             raise self.error(key, "must be a non-empty string")
+        if safe is not None:
+            try:
+                safe(value)
+            except LlmcError:
+                raise self.error(key, f"{value!r} may hold only letters, digits and _ . + - /") from None
         return value
 
     def integer(self, key: str, *, allow_zero: bool = False) -> int:
@@ -207,7 +218,7 @@ class _Fields:
 
     def number(self, key: str, *, allow_zero: bool = False, at_most: float | None = None) -> float:
         value = self._get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or value < 0 or (value == 0 and not allow_zero) or (at_most is not None and value > at_most):
             bound = f" at most {at_most:g}" if at_most is not None else ""
             raise self.error(key, f"must be a {'non-negative' if allow_zero else 'positive'} number{bound}")

@@ -1,0 +1,62 @@
+"""Text that reaches generated files: every name and string a template writes passes one of these
+filters, chosen by where it lands. A value a filter cannot represent safely is refused with
+:class:`~llmc.errors.LlmcError`, never written.
+
+- ``identifier``: a C++/Verilog/Tcl symbol, ``[A-Za-z_][A-Za-z0-9_]*``.
+- ``word``: a value in a Makefile, Tcl script or ``.cfg`` line (a part number, a platform name or
+  path): letters, digits and ``_ . + - /`` only, so no quoting, expansion or command substitution
+  can happen in any of those languages.
+- ``comment``: free text (a model or board name) inside a one-line comment of any language: every
+  character outside printable ASCII letters, digits, space and ``_ . , : = + @ % ( ) / -`` becomes
+  ``?``, so a comment can neither end its line nor its comment (``*/``, ``-->``, a trailing
+  backslash) nor carry shell, Make or Tcl syntax.
+- ``memory_bank``: a v++ memory resource (``HBM[3]``, ``DDR[0]``, ``HBM[0:1]``) in a ``.cfg`` line.
+- ``xml``: text inside an SVG/XML element or attribute (``& < > " '`` escaped).
+"""
+
+from __future__ import annotations
+
+import re
+from xml.sax.saxutils import escape
+
+from llmc.errors import LlmcError
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+WORD = re.compile(r"[A-Za-z0-9_.+/-]+")
+MEMORY_BANK = re.compile(r"(HBM|DDR|PLRAM|HOST)\[\d+(:\d+)?\]")
+COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:=+@%()/-]")
+MAX_COMMENT = 200
+
+
+def identifier(value: object) -> str:
+    text = str(value)
+    if not IDENTIFIER.fullmatch(text):
+        raise LlmcError(f"{text!r} is not a valid identifier for generated code ([A-Za-z_][A-Za-z0-9_]*)")
+    return text
+
+
+def word(value: object) -> str:
+    text = str(value)
+    if not WORD.fullmatch(text) or text.startswith("-"):
+        raise LlmcError(f"{text!r} cannot be written into a Makefile, Tcl or .cfg line: use letters, digits "
+                        "and _ . + - / only")
+    return text
+
+
+def memory_bank(value: object) -> str:
+    text = str(value)
+    if not MEMORY_BANK.fullmatch(text):
+        raise LlmcError(f"{text!r} is not a memory bank v++ knows (HBM[i], DDR[i], PLRAM[i], HOST[i])")
+    return text
+
+
+def comment(value: object) -> str:
+    text = COMMENT_UNSAFE.sub("?", str(value))
+    return text if len(text) <= MAX_COMMENT else text[:MAX_COMMENT] + "..."
+
+
+def xml(value: object) -> str:
+    return escape(str(value), {'"': "&quot;", "'": "&apos;"})
+
+
+FILTERS = {"identifier": identifier, "word": word, "memory_bank": memory_bank, "comment": comment, "xml": xml}
