@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -49,21 +50,33 @@ def tokenizer_path(path: Path) -> Path:
     return Path(path).with_suffix(".tokenizer.json")
 
 
-def save_module(module: Module, path: Path, tokenizer_json: str | None = None) -> list[Path]:
-    """Write ``NAME.llmc`` (text), ``NAME.safetensors`` (weights, if any) and
-    ``NAME.tokenizer.json``; returns the paths written. Each file is written atomically."""
+def ir_digest(text: str) -> str:
+    """The SHA-256 of a ``.llmc`` file's text, which its ``.safetensors`` records as ``ir_sha256``."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weights_bytes(module: Module, text: str) -> bytes:
+    """The ``.safetensors`` of ``module``'s parameters, tied to its IR ``text`` by :func:`ir_digest`."""
     from safetensors.numpy import save
 
+    tensors = {name: np.ascontiguousarray(p.data) for name, p in module.params.items()}
+    return save(tensors, metadata={"module": module.name, "ir_sha256": ir_digest(text)})
+
+
+def save_module(module: Module, path: Path, tokenizer_json: str | None = None) -> list[Path]:
+    """Write ``NAME.llmc`` (text), ``NAME.safetensors`` (weights, if any) and
+    ``NAME.tokenizer.json``; returns the paths written. Each file is written atomically; the weights
+    record the digest of the text, so a ``.llmc`` never loads with another model's weights."""
     path = Path(path)
+    text = print_module(module)
     written = []
     if module.params and module.has_weights:
-        tensors = {name: np.ascontiguousarray(p.data) for name, p in module.params.items()}
-        atomic_write(weights_path(path), save(tensors, metadata={"module": module.name}))
+        atomic_write(weights_path(path), weights_bytes(module, text))
         written.append(weights_path(path))
     if tokenizer_json is not None:
         atomic_write(tokenizer_path(path), tokenizer_json)
         written.append(tokenizer_path(path))
-    atomic_write(path, print_module(module))  # last: the .llmc file appears only when complete
+    atomic_write(path, text)  # last: the .llmc file appears only when complete
     return [path, *written]
 
 
@@ -80,7 +93,7 @@ def load_module(path: Path) -> Module:
         raise LlmcError(f"{path}: {e}") from None
     weights = weights_path(path)
     if weights.exists():
-        _attach_weights(module, weights)
+        _attach_weights(module, weights, ir_digest(text))
     try:
         verify_module(module)
     except VerifyError as e:
@@ -88,14 +101,19 @@ def load_module(path: Path) -> Module:
     return module
 
 
-def _attach_weights(module: Module, path: Path) -> None:
-    from safetensors import SafetensorError
+def _attach_weights(module: Module, path: Path, digest: str) -> None:
+    from safetensors import SafetensorError, safe_open
     from safetensors.numpy import load_file
 
     try:
+        with safe_open(str(path), "numpy") as f:
+            recorded = (f.metadata() or {}).get("ir_sha256")
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise LlmcError(f"{path}: corrupt weights file: {e}") from None
+    if recorded != digest:
+        why = "records no IR digest (written by an older llmc)" if recorded is None else "belongs to another .llmc"
+        raise LlmcError(f"{path}: {why}: the IR beside it has sha256 {digest[:12]}...; save the model again")
     for name, param in module.params.items():
         if name not in tensors:
             raise LlmcError(f"{path}: no tensor for parameter '{name}'")

@@ -118,6 +118,9 @@ def load(
 def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bool, max_length: int, name: str | None) -> Model:
     text = str(source)
     if isinstance(source, (str, Path)) and (Path(text) / "design.json").is_file():  # a compiled FPGA project
+        from llmc.manifest import check_files
+
+        check_files(Path(text), ["model.llmc", "model.safetensors", "model.tokenizer.json"])
         text = str(Path(text) / "model.llmc")
     if isinstance(source, (str, Path)) and text.endswith(".llmc") and text not in BUNDLED:
         from llmc.io import load_module, tokenizer_path

@@ -7,6 +7,7 @@ VENV=${VENV:-.venv}
 
 missing=()
 for tool in iverilog verilator yosys; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+command -v tclsh >/dev/null 2>&1 || missing+=(tcl)  # the hostile-name tests source the generated Tcl
 for pkg in ocl-icd-libopencl1 pocl-opencl-icd; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "llmc setup: installing Debian packages: ${missing[*]}"

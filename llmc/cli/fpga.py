@@ -43,9 +43,13 @@ def _compile_arguments(parser: argparse.ArgumentParser) -> None:
 def compile_model(args: argparse.Namespace) -> int:
     """Compile a model (and a compression pipeline) into an FPGA project: kernels, program, weights."""
     from llmc.backends.fpga.flow import compile_project
+    from llmc.backends.fpga.project import BUILD_PRODUCTS
+    from llmc.folders import check_replaceable
 
-    if args.output.exists() and not args.force:
-        raise LlmcError(f"{args.output}: output folder exists (use --force to replace it)")
+    if args.output.exists() or args.output.is_symlink():
+        if not args.force:
+            raise LlmcError(f"{args.output}: output folder exists (use --force to replace it)")
+        check_replaceable(args.output, BUILD_PRODUCTS)  # before any work: refused now, not after compiling
     if args.eval_windows < 0:
         raise LlmcError(f"--eval-windows must be 0 or more, got {args.eval_windows}")
     calls = pipeline_calls(args)

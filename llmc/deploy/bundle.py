@@ -19,10 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from llmc.backends.fpga.isa import INSTR_BYTES
-from llmc.backends.fpga.project import write_project
 from llmc.deploy.layout import COMPUTE_UNIT, plan_buffers, register_map
 from llmc.deploy.runtime import Deployment
 from llmc.errors import LlmcError
+from llmc.folders import check_replaceable, write_folder
 from llmc.ir.parser import ParseError, parse_module
 from llmc.sim.image import ProjectImage
 from llmc.templating import render
@@ -35,6 +35,7 @@ XCLBIN = "llmc_accel.hw.xclbin"  # what `llmc build` (make TARGET=hw) writes in 
 PROJECT_TOKENIZER = "model.tokenizer.json"
 TOKENIZER = "tokenizer.json"
 LARGE = ("program.bin", "weights.bin")
+RUN_PRODUCTS = ("__pycache__", "*/__pycache__/*", "*.pyc")  # running run.py makes these
 
 
 def project_deployment(project: Path) -> Deployment:
@@ -57,10 +58,12 @@ def deploy(project: Path, out: Path, *, xclbin: Path | None = None, force: bool 
     """Write the deployed folder ``out`` for ``project``; returns its deployment and the tokenizer
     note ("" when ``--prompt`` works)."""
     project, out = Path(project), Path(out)
-    if out.exists() and not force:
-        raise LlmcError(f"{out}: output folder exists (use --force to replace it)")
     if out.resolve() == project.resolve():
         raise LlmcError(f"{out}: is the project itself; deploy into another folder")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise LlmcError(f"{out}: output folder exists (use --force to replace it)")
+        check_replaceable(out, RUN_PRODUCTS)  # before any work
     source = project_deployment(project)
     image = source.load_image()  # every checksum, and the weights belong to the program
     binary = xclbin if xclbin is not None else (project / source.xclbin if source.xclbin else None)
@@ -84,7 +87,7 @@ def deploy(project: Path, out: Path, *, xclbin: Path | None = None, force: bool 
     with ExitStack() as stack:
         for name, path in [(n, project / n) for n in LARGE] + ([(binary.name, binary)] if binary else []):
             files[name] = _mapped(path, stack)
-        write_project(out, files, force=force)  # type: ignore[arg-type]  (memoryviews are written as bytes)
+        write_folder(out, files, kind="deployment", force=force, products=RUN_PRODUCTS)
     return deployed, reason
 
 

@@ -27,6 +27,7 @@ from llmc.deploy.pynq_device import PynqDevice
 from llmc.deploy.tokenizer import ByteLevelBPE, UnsupportedTokenizer
 from llmc.errors import LlmcError
 from llmc.generate.loop import ReportedTime, TimedDevice, generate_stream
+from llmc.manifest import check_files
 from llmc.sim.image import ProjectImage
 from llmc.sim.iss import IssDevice
 
@@ -92,7 +93,8 @@ class Deployment:
             raise LlmcError(f"{path}: cannot read: {e.strerror}") from None
 
     def load_image(self) -> ProjectImage:
-        """The program and weights, checked against each other and against this deployment."""
+        """The program and weights, checked against the folder's manifest, each other and this deployment."""
+        check_files(self.folder, ["design.json", "program.bin", "weights.bin"])
         program = read_container(self.folder / "program.bin", "program")
         if program.metadata.get("program_digest") != self.program_digest:
             raise LlmcError(f"{self.folder / 'program.bin'}: not the program this folder was deployed with "

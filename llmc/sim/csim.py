@@ -15,6 +15,7 @@ import numpy as np
 
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
+from llmc.manifest import check_files
 from llmc.sim.build_cache import cached_build
 
 CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-ffp-contract=off"]
@@ -81,6 +82,7 @@ class CsimDevice(AppendingDevice):
         for name in ("program.bin", "weights.bin", "design.json"):
             if not (project / name).is_file():
                 raise LlmcError(f"{project}: {name} missing (C-simulation needs a project compiled with weights)")
+        check_files(project, ["design.json", "program.bin", "weights.bin"])
         design = json.loads((project / "design.json").read_text())
         self.vocab = int(design["io"]["vocab"])
         self.max_context = int(design["config"]["max_context"])

@@ -19,6 +19,7 @@ from llmc.backends.fpga.design import AcceleratorConfig
 from llmc.backends.fpga.isa import Instruction, decode_program
 from llmc.backends.fpga.target import Target, load_target, target_from_json
 from llmc.errors import LlmcError
+from llmc.manifest import check_files
 
 
 def bucket_for(buckets: Sequence[int], rows: int) -> int:
@@ -73,6 +74,7 @@ class ProjectImage:
             raise LlmcError(f"{project}: not a compiled llmc project (design.json missing)")
         if not (project / "program.bin").is_file():
             raise LlmcError(f"{project}: program.bin missing")
+        check_files(project, ["design.json", "program.bin", *(["weights.bin"] if weights else [])])
         try:
             design = json.loads(design_path.read_text())
             config = AcceleratorConfig.from_json(design["config"])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from deploy_support import PROMPT, ids_text, run_py, snapshot
+from zoo import reseal
 
 from llmc.cli import main
 from llmc.deploy.runtime import Deployment, open_device
@@ -87,6 +88,8 @@ def test_pynq_without_pynq_or_a_card(deployed, tmp_path, projects, capsys):
 
 def test_weights_of_another_program_or_corrupted(copy, deployed):
     shutil.copy(deployed["w4g128"] / "weights.bin", copy / "weights.bin")
+    one_error_line(run_py(copy, "--device", "sim", "--prompt-ids", "1,2"), "weights.bin: does not match llmc-manifest.json")
+    reseal(copy)  # past the manifest, the weights still name their program
     for device in ("sim", "pynq"):  # checked before the card is looked for
         one_error_line(run_py(copy, "--device", device, "--prompt-ids", "1,2", "--xclbin", str(copy / "run.py")),
                        "these weights belong to another program (program_digest differs)")
@@ -96,12 +99,16 @@ def test_weights_of_another_program_or_corrupted(copy, deployed):
         byte = f.read(1)
         f.seek(-100, 2)
         f.write(bytes([byte[0] ^ 1]))
+    one_error_line(run_py(copy, "--device", "sim", "--prompt-ids", "1,2"), "weights.bin: does not match llmc-manifest.json")
+    reseal(copy)
     one_error_line(run_py(copy, "--device", "sim", "--prompt-ids", "1,2"), "checksum mismatch (file corrupted?)")
 
 
 def test_program_of_another_deployment(copy, deployed):
     for name in ("program.bin", "weights.bin"):
         shutil.copy(deployed["w4g128"] / name, copy / name)
+    one_error_line(run_py(copy, "--device", "sim", "--prompt-ids", "1,2"), "program.bin: does not match llmc-manifest.json")
+    reseal(copy)
     one_error_line(run_py(copy, "--device", "sim", "--prompt-ids", "1,2"),
                    "not the program this folder was deployed with")
 
@@ -162,6 +169,9 @@ def test_deploy_refuses_a_broken_project(projects, tmp_path, capsys):
     project = tmp_path / "project"
     shutil.copytree(projects["int8"], project)
     shutil.copy(projects["w4g128"] / "weights.bin", project / "weights.bin")
+    assert main(["deploy", str(project), "-o", str(tmp_path / "out")]) == 2
+    assert "weights.bin: does not match llmc-manifest.json" in capsys.readouterr().err
+    reseal(project)
     assert main(["deploy", str(project), "-o", str(tmp_path / "out")]) == 2
     assert "belong to another program" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert main(["deploy", str(tmp_path), "-o", str(tmp_path / "out")]) == 2

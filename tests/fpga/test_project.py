@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -17,6 +18,7 @@ from llmc.backends.fpga.design import INSTR_BITS, AcceleratorConfig
 from llmc.backends.fpga.project import build_files, build_project, project_context, render, write_project
 from llmc.backends.fpga.target import load_target
 from llmc.errors import LlmcError
+from llmc.manifest import MANIFEST, read_manifest
 
 TARGET = load_target("u280")
 SOURCES = ["kernel/llmc_accel.cpp", "kernel/engines.cpp"]
@@ -155,7 +157,9 @@ def test_render_undefined_is_an_error() -> None:
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The files of ``folder`` but its manifest."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
 
 
 FILES = {"Makefile": "all:\n", "include/a.h": "// a\n", "weights.bin": b"\x00\x01"}
@@ -165,6 +169,8 @@ def test_write_project(tmp_path: Path) -> None:
     out = tmp_path / "out" / "proj"
     write_project(out, FILES)
     assert _tree(out) == {"Makefile": b"all:\n", "include/a.h": b"// a\n", "weights.bin": b"\x00\x01"}
+    assert read_manifest(out) == {name: hashlib.sha256(bytes(v, "utf-8") if isinstance(v, str) else v).hexdigest()
+                                  for name, v in FILES.items()}
     assert os.listdir(out.parent) == ["proj"]
     umask = os.umask(0)
     os.umask(umask)

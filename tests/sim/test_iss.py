@@ -9,12 +9,12 @@ import shutil
 import numpy as np
 import pytest
 from zoo import ENGINE_RECIPES as RECIPES
-from zoo import PROMPT
+from zoo import PROMPT, reseal
 
 from llmc.cli import main
 from llmc.errors import LlmcError
 from llmc.generate.step import StepDevice
-from llmc.io import load_module
+from llmc.io import ir_digest, load_module
 from llmc.sim.image import ProjectImage
 from llmc.sim.iss import IssDevice
 
@@ -54,6 +54,9 @@ def test_iss_refuses_bad_input(engine_projects, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(engine_projects["w4g128"], other)
     shutil.copy(project / "weights.bin", other / "weights.bin")
+    with pytest.raises(LlmcError, match="weights.bin: does not match llmc-manifest.json"):
+        IssDevice(other)
+    reseal(other)  # past the manifest, the weights still name their program
     with pytest.raises(LlmcError, match="belong to another program"):
         IssDevice(other)
 
@@ -78,7 +81,8 @@ def test_verify_reports_a_mismatch_with_exit_code_1(engine_projects, tmp_path, c
     weights = load_file(project / "model.safetensors")
     name = next(n for n in sorted(weights) if "norm" in n)
     weights[name] = weights[name] * np.float32(1.5)
-    save_file(weights, project / "model.safetensors")
+    save_file(weights, project / "model.safetensors", metadata={"ir_sha256": ir_digest((project / "model.llmc").read_text())})
+    reseal(project)
     code = main(["verify", str(project), "--levels", "interpreter,iss", "--decode", "1"])
     out = capsys.readouterr().out
     assert code == 1

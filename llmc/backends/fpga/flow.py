@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from llmc.backends.fpga import pack
 from llmc.backends.fpga.accuracy import lowering_accuracy
 from llmc.backends.fpga.codegen import KERNEL_SOURCES, kernel_files
@@ -30,6 +28,7 @@ from llmc.backends.fpga.report import render_report
 from llmc.backends.fpga.resources import Utilisation
 from llmc.backends.fpga.target import Target, load_target
 from llmc.errors import LlmcError
+from llmc.io import weights_bytes
 from llmc.ir.graph import Module
 from llmc.ir.printer import print_module
 
@@ -131,16 +130,13 @@ def project_files(d: Design, tokenizer_json: str | None, accuracy: dict[str, Any
             "kv_bytes": {f"kv{i}": n for i, n in enumerate(d.compiled.kv_bytes)}, "max_context": d.config.max_context}
     files: dict[str, bytes | str] = {"program.bin": container_bytes("program", meta, programs)}
     has_weights = d.lowered.has_weights
+    files["model.llmc"] = print_module(d.lowered)
     if has_weights:
         sections = {f"w{i}": bytes(lane.data or b"") for i, lane in enumerate(d.compiled.weights)}
         files["weights.bin"] = container_bytes("weights", meta, sections)
-        from safetensors.numpy import save
-
-        files["model.safetensors"] = save({n: np.ascontiguousarray(p.data) for n, p in d.lowered.params.items()},
-                                          metadata={"module": d.lowered.name})
+        files["model.safetensors"] = weights_bytes(d.lowered, files["model.llmc"])
     if tokenizer_json is not None:
         files["model.tokenizer.json"] = tokenizer_json
-    files["model.llmc"] = print_module(d.lowered)
     files["program.txt"] = "".join(f"# bucket {b}\n" + "".join(i.text() + "\n" for i in p)
                                    for b, p in d.compiled.programs.items())
     estimate = estimate_decode(d.config, d.target, d.needs)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from llmc.backends.fpga.design import INSTR_BITS, AcceleratorConfig, kernel_ports
 from llmc.backends.fpga.target import Target
 from llmc.backends.fpga.units import design_units
 from llmc.errors import LlmcError
+from llmc.folders import write_folder
 from llmc.templating import render, static_file
 
 BUILD_TARGETS = ("hw", "hw_emu", "sw_emu")
@@ -52,44 +51,15 @@ def build_files(project: dict) -> dict[str, str]:
     }
 
 
-def write_project(out_dir: Path, files: Mapping[str, bytes | str], *, force: bool = False) -> None:
-    """Write ``files`` (relative path -> content) as the folder ``out_dir``, all or nothing.
+# What building a project makes inside it (the Makefile's clean list, and llmc csim's executable):
+# --force may replace a project that holds these besides the files llmc wrote.
+BUILD_PRODUCTS = ("build", "_x", ".Xil", ".ipcache", "emconfig.json", "llmc_host", "*.xclbin", "*.xclbin.info",
+                  "*.link_summary", "*.compile_summary", "*.log", "*.jou", "csim/csim.bin")
 
-    The files go to a temporary sibling folder that is renamed into place once complete (so each file is
-    written plainly, with the usual permissions); with ``force`` an existing ``out_dir`` is replaced only then.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise LlmcError(f"{out_dir}: output folder exists (use --force to replace it)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LlmcError(f"{out_dir}: exists and is not a folder")
-    final = out_dir.resolve()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
-    old = final.with_name(f".{final.name}.{secrets.token_hex(6)}.old") if final.exists() else None
-    tmp.mkdir()
-    try:
-        for name in sorted(files):
-            relative = PurePosixPath(name)
-            if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-                raise ValueError(f"project file {name!r} is not a relative path inside the project")
-            data = files[name]
-            path = tmp / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data.encode() if isinstance(data, str) else data)
-        if old is not None:
-            os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            if old is not None:
-                os.replace(old, final)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
+
+def write_project(out_dir: Path, files: Mapping[str, bytes | str], *, force: bool = False) -> None:
+    """Write the project folder ``out_dir`` all or nothing, with its manifest (:mod:`llmc.folders`)."""
+    write_folder(out_dir, files, kind="project", force=force, products=BUILD_PRODUCTS)
 
 
 def build_project(project_dir: Path, target: str = "hw") -> None:
