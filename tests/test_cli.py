@@ -22,6 +22,7 @@ import pytest
 
 from llmc import cli
 from llmc.cli import common, main
+from llmc.io import weights_path
 from llmc.model import BUNDLED, Model
 
 CONFIG = {
@@ -288,6 +289,10 @@ def bad_inputs(tmp_path: Path, llmc_file: Path, config_file: Path) -> dict[str, 
     no_weights = tmp_path / "w" / "m.llmc"
     no_weights.parent.mkdir()
     shutil.copy(llmc_file, no_weights)
+    swapped = tmp_path / "s" / "m.llmc"  # this IR beside the weights of a model with one changed attribute
+    swapped.parent.mkdir()
+    shutil.copy(weights_path(llmc_file), weights_path(swapped))
+    swapped.write_text(llmc_file.read_text().replace("max_position", "max_position_", 1))
     model = str(llmc_file)
     return {
         "missing file": (["show", str(tmp_path / "missing.llmc")], "no such file or directory"),
@@ -306,13 +311,17 @@ def bad_inputs(tmp_path: Path, llmc_file: Path, config_file: Path) -> dict[str, 
         "negative max tokens": (["run", model, "--prompt-ids", "1", "--max-new-tokens", "-1"], "--max-new-tokens"),
         "existing output": (["import", "llama", "-o", model], "exists (use --force to overwrite)"),
         "output not .llmc": (["import", "llama", "-o", str(tmp_path / "m.txt")], "must end in .llmc"),
+        "temperature nan": (["run", model, "--prompt-ids", "1", "--sample", "top-k", "--temperature", "nan"],
+                            "temperature must be a positive finite number"),
+        "context 0": (["compile", model, "--context", "0", "-o", str(tmp_path / "p")], "--context must be at least 1"),
+        "weights of another model": (["show", str(swapped)], "belongs to another .llmc"),
     }
 
 
 CASES = ["missing file", "corrupt config.json", "corrupt .llmc", "unknown architecture name", "unsupported architecture",
          "corrupt --config", "missing --config", "--config on a file", "--prompt-ids not numbers", "--prompt-ids empty",
          "--prompt-ids out of vocabulary", "no weights", "bad top-p", "negative max tokens", "existing output",
-         "output not .llmc"]
+         "output not .llmc", "temperature nan", "context 0", "weights of another model"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -50,6 +50,8 @@ def compile_model(args: argparse.Namespace) -> int:
         if not args.force:
             raise LlmcError(f"{args.output}: output folder exists (use --force to replace it)")
         check_replaceable(args.output, BUILD_PRODUCTS)  # before any work: refused now, not after compiling
+    if args.context is not None and args.context < 1:
+        raise LlmcError(f"--context must be at least 1 token, got {args.context}")
     if args.eval_windows < 0:
         raise LlmcError(f"--eval-windows must be 0 or more, got {args.eval_windows}")
     calls = pipeline_calls(args)

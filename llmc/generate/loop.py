@@ -7,6 +7,7 @@ simulator, a TVM module or a card).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -69,8 +70,8 @@ class SamplingOptions:
             raise ValueError("top-k must be at least 1")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top-p must be in (0, 1]")
-        if self.temperature <= 0.0:
-            raise ValueError("temperature must be positive")
+        if not math.isfinite(self.temperature) or self.temperature <= 0.0:
+            raise ValueError("temperature must be a positive finite number")
 
 
 def sample_token(logits: np.ndarray, options: SamplingOptions, rng: np.random.Generator) -> int:

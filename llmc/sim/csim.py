@@ -94,8 +94,22 @@ class CsimDevice(AppendingDevice):
 
     def _send(self, line: str) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # the test bench has exited: say why, never end silently like a closed pipe
+            raise self._stopped() from None
+
+    def _stopped(self) -> LlmcError:
+        """The error for a test bench that stopped answering: its exit status and what it printed."""
+        try:
+            status = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            status = None
+        err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
+        how = "still running" if status is None else (f"killed by signal {-status}" if status < 0
+                                                       else f"exit status {status}")
+        return LlmcError(f"C-simulation stopped ({how}): {' '.join(err.split())[-500:] or 'no output'}")
 
     def reset(self) -> None:
         self._send("reset")
@@ -123,8 +137,7 @@ class CsimDevice(AppendingDevice):
         if fired.is_set():
             raise LlmcError(f"C-simulation ran past its time limit of {self.timeout:g} s")
         if len(data) != want:
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise LlmcError(f"C-simulation stopped: {err.strip() or 'no output'}")
+            raise self._stopped()
         self.length += len(ids)
         return np.frombuffer(data, dtype="<f4").reshape(len(ids), self.vocab).copy()
 
@@ -134,7 +147,7 @@ class CsimDevice(AppendingDevice):
             try:
                 self._send("quit")
                 self.proc.wait(timeout=10)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
+            except (LlmcError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):

@@ -109,3 +109,11 @@ def test_compiled_project_refuses_too_long_sequences(engine_projects):
     device = StepDevice(load_module(engine_projects["int8"] / "model.llmc"))
     with pytest.raises(LlmcError, match="exceeds the model's context of 512"):
         device.run(list(range(513)))
+
+
+def test_a_test_bench_that_dies_is_named_with_its_status(engine_projects):
+    with CsimDevice(engine_projects["int8"]) as csim:
+        csim.run(PROMPT[:3])
+        csim.proc.kill()
+        with pytest.raises(LlmcError, match=r"C-simulation stopped \(killed by signal 9\)"):
+            csim.run(PROMPT[3:5])
