@@ -60,7 +60,8 @@ def weights_bytes(module: Module, text: str) -> bytes:
     from safetensors.numpy import save
 
     tensors = {name: np.ascontiguousarray(p.data) for name, p in module.params.items()}
-    return save(tensors, metadata={"module": module.name, "ir_sha256": ir_digest(text)})
+    # one metadata key: safetensors writes several in no fixed order, and projects must be byte-identical
+    return save(tensors, metadata={"ir_sha256": ir_digest(text)})
 
 
 def save_module(module: Module, path: Path, tokenizer_json: str | None = None) -> list[Path]:

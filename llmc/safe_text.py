@@ -28,26 +28,24 @@ COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:=+@%()/-]")
 MAX_COMMENT = 200
 
 
-def identifier(value: object) -> str:
+def _checked(value: object, pattern: re.Pattern[str], problem: str) -> str:
     text = str(value)
-    if not IDENTIFIER.fullmatch(text):
-        raise LlmcError(f"{text!r} is not a valid identifier for generated code ([A-Za-z_][A-Za-z0-9_]*)")
+    if not pattern.fullmatch(text) or text.startswith("-"):
+        raise LlmcError(f"{text!r} {problem}")
     return text
+
+
+def identifier(value: object) -> str:
+    return _checked(value, IDENTIFIER, "is not a valid identifier for generated code ([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def word(value: object) -> str:
-    text = str(value)
-    if not WORD.fullmatch(text) or text.startswith("-"):
-        raise LlmcError(f"{text!r} cannot be written into a Makefile, Tcl or .cfg line: use letters, digits "
-                        "and _ . + - / only")
-    return text
+    return _checked(value, WORD, "cannot be written into a Makefile, Tcl or .cfg line: use letters, digits and "
+                                 "_ . + - / only")
 
 
 def memory_bank(value: object) -> str:
-    text = str(value)
-    if not MEMORY_BANK.fullmatch(text):
-        raise LlmcError(f"{text!r} is not a memory bank v++ knows (HBM[i], DDR[i], PLRAM[i], HOST[i])")
-    return text
+    return _checked(value, MEMORY_BANK, "is not a memory bank v++ knows (HBM[i], DDR[i], PLRAM[i], HOST[i])")
 
 
 def comment(value: object) -> str:
