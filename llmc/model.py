@@ -145,6 +145,10 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
 
         values = {"model_type": text, **(config or {})}
         cfg = hf.config_from_dict(values, f"{text} config")
+        if not shapes_only:
+            from llmc.compiler.frontend.checkpoint import check_memory
+
+            check_memory(cfg, f"{text} config")
         module = hf.import_model(hf.build_model(cfg, seed=seed, meta=shapes_only), name or text, max_length)
         return Model(module, None, text)
     path = BUNDLED.get(text, Path(text))
@@ -180,4 +184,10 @@ def _sibling_tokenizer(folder: Path) -> str | None:
         json.loads(text)
     except json.JSONDecodeError as e:
         raise FrontendError(f"{tok}: corrupt JSON: {e}") from None
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_str(text)
+    except Exception as e:  # tokenizers raises its own exception types for a malformed tokenizer
+        raise FrontendError(f"{tok}: not a tokenizer: {' '.join(str(e).split())[:200]}") from None
     return text

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from llmc.compiler.frontend import ARCHITECTURES
+from llmc.compiler.frontend import ARCHITECTURES, checkpoint
 from llmc.compiler.frontend.replicate import TEMPLATE, NotReplicable, replicate
 from llmc.compiler.frontend.torch_export import convert_graph
 from llmc.compiler.passes.cleanup import dce, prune_params
@@ -52,6 +52,7 @@ def config_from_dict(values: dict[str, Any], where: str) -> Any:
     arch = values.get("model_type")
     if arch not in ARCHITECTURES:
         raise FrontendError(f"{where}: unsupported architecture '{arch}' (supported: {', '.join(ARCHITECTURES)})")
+    checkpoint.check_config(values, where)
     rest = {k: v for k, v in values.items() if k != "model_type"}
     try:
         return AutoConfig.for_model(arch, **rest)
@@ -81,22 +82,14 @@ def build_model(config: Any, *, seed: int = 0, meta: bool = False) -> torch.nn.M
 
 
 def load_pretrained(model_dir: Path) -> torch.nn.Module:
-    """Load a local model directory (config.json + safetensors) in float32, offline."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
-
+    """Load a local model directory (config.json + safetensors) in float32, offline, strictly
+    (:mod:`.checkpoint`): no pickles, every tensor present with its shape, none unexpected."""
     config = config_from_dict(read_config(model_dir), str(model_dir / "config.json"))
-    weights = sorted(model_dir.glob("*.safetensors"))
-    if not weights:
-        raise FrontendError(f"{model_dir}: no *.safetensors weights (use --shapes-only for a config alone)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, config=config, dtype=torch.float32, local_files_only=True, attn_implementation="sdpa"
-        )
-    except SafetensorError as e:
-        raise FrontendError(f"{weights[0]}: corrupt safetensors file: {e}") from None
-    except (OSError, ValueError, RuntimeError) as e:
-        raise FrontendError(f"{model_dir}: cannot load weights: {str(e).splitlines()[0]}") from None
+    files = checkpoint.weight_files(model_dir)
+    checkpoint.check_memory(config, str(model_dir))
+    tensors = checkpoint.read_tensors(files)
+    model = build_model(config)
+    checkpoint.load_state(model, tensors, str(model_dir))
     return model.eval()
 
 
