@@ -51,10 +51,22 @@ def test_opt_recipe_and_print_after(capsys: pytest.CaptureFixture[str], config_f
     (["-p", "quantize{bits=1}"], "bits must be 2..8"),
     (["-p", "quantize{group=48}"], "does not divide"),
     (["-p", "nope"], "unknown pass"),
+    (["-p", "quantize{bits=4,bits=2}"], "option 'bits' is given twice"),
+    (["-p", "mixed-precision{budget=nan}"], "option budget=nan is not a finite number"),
+    (["-p", "mixed-precision{budget=inf}"], "option budget=inf is not a finite number"),
+    (["-p", "quantize{bits=4,group=32},quantize{bits=4,group=32}"], "changes nothing in"),
+    (["--recipe", "BOTH"], "give 'pipeline' or 'passes', not both"),
+    (["--recipe", "BINARY"], "not a text file"),
+    (["--recipe", "UNKNOWN"], "unknown key 'pipelines'"),
 ])
 def test_bad_pipelines_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], config_file: Path, tmp_path: Path,
                                             args: list[str], message: str) -> None:
     out = tmp_path / "x.llmc"
+    recipes = {"BOTH": "pipeline: quantize\npasses:\n  - pass: sparsify\n", "UNKNOWN": "pipelines: quantize\n"}
+    if args[0] == "--recipe":
+        path = tmp_path / "r.yaml"
+        path.write_bytes(b"\xff\xfe\x00\x01" if args[1] == "BINARY" else recipes[args[1]].encode())
+        args = ["--recipe", str(path)]
     assert main(["opt", "llama", "--config", str(config_file), *args, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and not out.exists()

@@ -15,6 +15,7 @@ string). Options are parsed and checked before any pass runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 import types
@@ -24,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from llmc.compiler.calibrate import CalibrationConfig, LayerStats, collect
 from llmc.errors import LlmcError
 from llmc.ir.graph import Module
+from llmc.ir.printer import print_module
 from llmc.ir.verify import VerifyError, verify_module
 
 
@@ -123,6 +127,8 @@ def parse_pipeline(text: str) -> list[PassCall]:
             key, sep, value = item.partition("=")
             if not sep:
                 raise PipelineError(f"pass {m[1]}: option '{item}' is not key=value")
+            if key.strip() in raw:
+                raise PipelineError(f"pass {m[1]}: option '{key.strip()}' is given twice")
             raw[key.strip()] = value.strip()
         calls.append(make_call(m[1], raw))
         pos = m.end()
@@ -134,9 +140,17 @@ def load_recipe(path: Path) -> list[PassCall]:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path}: not a text file (not UTF-8)") from None
     except (OSError, yaml.YAMLError) as e:
-        raise PipelineError(f"{path}: cannot read recipe: {e}") from None
+        raise PipelineError(f"{path}: cannot read recipe: {' '.join(str(e).split())}") from None
+    if isinstance(data, dict):
+        unknown = sorted(str(k) for k in data if k not in ("pipeline", "passes"))
+        if unknown:
+            raise PipelineError(f"{path}: unknown key '{unknown[0]}' (a recipe has 'pipeline' or 'passes')")
+        if "pipeline" in data and "passes" in data:
+            raise PipelineError(f"{path}: give 'pipeline' or 'passes', not both")
     if isinstance(data, dict) and isinstance(data.get("pipeline"), str):
         return parse_pipeline(data["pipeline"])
     if isinstance(data, dict) and isinstance(data.get("passes"), list):
@@ -177,7 +191,12 @@ def _convert(name: str, key: str, value: str, hint: Any) -> Any:
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError
             return value.lower() in ("true", "1")
-        if hint in (int, float, str):
+        if hint is float:
+            number = float(value)
+            if not math.isfinite(number):
+                raise PipelineError(f"pass {name}: option {key}={value} is not a finite number")
+            return number
+        if hint in (int, str):
             return hint(value)
     except ValueError:
         raise PipelineError(f"pass {name}: option {key}={value} is not a {hint.__name__}") from None
@@ -185,6 +204,20 @@ def _convert(name: str, key: str, value: str, hint: Any) -> Any:
 
 
 # -- running ------------------------------------------------------------------------------------
+def unchanged(before: Module, after: Module) -> bool:
+    """True when ``after`` is ``before``: the same program text and the same parameter values."""
+    if after is before:
+        return True
+    if print_module(after) != print_module(before) or before.params.keys() != after.params.keys():
+        return False
+    for name, p in before.params.items():
+        q = after.params[name].data
+        if p.data is not q and (p.data is None or q is None or not np.array_equal(p.data, q)):
+            return False
+    return True
+
+
+
 @dataclass
 class Hooks:
     """``verify_each`` checks the IR after every pass; ``print_after`` names passes whose output
@@ -204,7 +237,10 @@ def run_pipeline(module: Module, calls: list[PassCall], context: PassContext | N
             call.info.check(module, call.options)
     for call in calls:
         start = time.perf_counter()
-        module = call.info.run(module, call.options, context)
+        before, module = module, call.info.run(module, call.options, context)
+        if unchanged(before, module):
+            raise PipelineError(f"pass {call} changes nothing in {before.name} (is the model already in that "
+                                "form?)")
         context.forget_calibration()  # a pass may have changed its output after calibrating it
         context.timings.append((str(call), time.perf_counter() - start))
         if hooks.verify_each:
