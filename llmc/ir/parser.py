@@ -54,6 +54,17 @@ def _tokenize(text: str) -> list[_Tok]:
     return tokens
 
 
+def _string(text: str, line: int) -> str:
+    """A quoted string token's value (JSON escapes)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ParseError(f"line {line}: bad string {text[:40]!r}: {e.msg}") from None
+    if not isinstance(value, str):
+        raise ParseError(f"line {line}: expected a string, got {text[:40]!r}")
+    return value
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.toks = _tokenize(text)
@@ -97,7 +108,7 @@ class _Parser:
     # -- grammar ----------------------------------------------------------------------------
     def module(self) -> Module:
         self.take("word", "module")
-        name = json.loads(self.take("str"))
+        name = _string(self.take("str"), self.tok.line)
         # The body also opens with '{': attributes follow only as '{key =' (or an empty '{}' '{').
         ahead = [t.text for t in self.toks[self.i : self.i + 3]]
         has_attrs = ahead[:1] == ["{"] and (
@@ -109,7 +120,7 @@ class _Parser:
         while not self.accept("}"):
             line = self.tok.line
             if self.accept("param"):
-                name = json.loads(self.take("str"))
+                name = _string(self.take("str"), self.tok.line)
                 self.take("punct", ":")
                 if name in module.params:
                     raise self.error(f"parameter '{name}' declared twice", line)
@@ -199,7 +210,7 @@ class _Parser:
             return items
         self.i += 1
         if tok.kind == "str":
-            return json.loads(tok.text)
+            return _string(tok.text, tok.line)
         if tok.kind == "fixed":
             return DType.parse(tok.text)
         if tok.kind == "word":

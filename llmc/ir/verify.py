@@ -32,6 +32,28 @@ def verify_module(module: Module) -> None:
             raise VerifyError(f"parameter '{name}' data shape {param.data.shape} != type {param.type}")
     for func in module.functions.values():
         verify_function(module, func)
+    verify_step_contract(module)
+
+
+def verify_step_contract(module: Module) -> None:
+    """A causal LM's programs (``prefill``, ``decode`` and attribute ``layers``) have the inputs and
+    outputs, by name and in order, that every device feeds and reads (docs/architecture.md)."""
+    if not {"prefill", "decode"} <= set(module.functions):
+        return
+    layers = module.attrs.get("layers")
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise VerifyError(f"module '{module.name}': attribute layers must be a positive integer, got {layers!r}")
+    caches = [f"{kv}_{i}" for i in range(layers) for kv in "kv"]
+    step = ["input_ids", "mask", "position_ids"]
+    for name, inputs in (("prefill", step), ("decode", step + [f"past_{c}" for c in caches])):
+        func = module.functions[name]
+        got_in, got_out = [v.name for v in func.inputs], [v.name for v in func.outputs]
+        if got_in != inputs:
+            raise VerifyError(f"func @{name}: inputs are {', '.join(got_in) or 'none'}; a {layers}-layer model's "
+                              f"are {', '.join(inputs)}")
+        if got_out != ["logits", *caches]:
+            raise VerifyError(f"func @{name}: outputs are {', '.join(got_out) or 'none'}; a {layers}-layer model's "
+                              f"are logits, {', '.join(caches)}")
 
 
 def verify_function(module: Module, func: Function) -> None:

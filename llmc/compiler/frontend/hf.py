@@ -56,8 +56,8 @@ def config_from_dict(values: dict[str, Any], where: str) -> Any:
     rest = {k: v for k, v in values.items() if k != "model_type"}
     try:
         return AutoConfig.for_model(arch, **rest)
-    except (TypeError, ValueError) as e:
-        raise FrontendError(f"{where}: invalid config: {e}") from None
+    except Exception as e:  # transformers validates with TypeError, ValueError and huggingface_hub's own errors
+        raise FrontendError(f"{where}: invalid config: {' '.join(str(e).split())[:300]}") from None
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -72,12 +72,13 @@ def build_model(config: Any, *, seed: int = 0, meta: bool = False) -> torch.nn.M
     from transformers import AutoModelForCausalLM
 
     config._attn_implementation = "sdpa"
-    if meta:
-        with torch.device("meta"):
+    torch.manual_seed(seed)
+    try:
+        with torch.device("meta" if meta else "cpu"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    else:
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except Exception as e:  # a config that passed its own validation but describes no buildable model
+        raise FrontendError(f"{config.model_type} config: cannot build the model: "
+                            f"{' '.join(str(e).split())[:300]}") from None
     return model.eval()
 
 
