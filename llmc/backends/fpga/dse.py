@@ -34,6 +34,13 @@ LUT_LANES = (4096, 2048, 1024, 512, 256, 128, 64)
 GIB = 2**30
 
 
+def size(n: float) -> str:
+    """Bytes in GiB to one decimal, or in MiB or bytes where that would print 0.0."""
+    if n >= 0.1 * GIB:
+        return f"{n / GIB:.1f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 0.1 * 2**20 else f"{int(n):,} B"
+
+
 @dataclass(frozen=True)
 class Matrix:
     """One linear layer as the weight lanes store it (for placing its tiles)."""
@@ -227,9 +234,9 @@ def explore(
     kind = target.memory.kind.upper()
     if needs.weight_bytes + needs.kv_bytes > target.memory_bytes:
         raise LlmcError(
-            f"model needs {(needs.weight_bytes + needs.kv_bytes) / GIB:.1f} GiB of {kind} (weights "
-            f"{needs.weight_bytes / GIB:.1f} GiB + KV cache {needs.kv_bytes / GIB:.1f} GiB at {needs.max_context} "
-            f"tokens); {target.name} has {target.memory_bytes / GIB:.1f} GiB"
+            f"model needs {size(needs.weight_bytes + needs.kv_bytes)} of {kind} (weights "
+            f"{size(needs.weight_bytes)} + KV cache {size(needs.kv_bytes)} at {needs.max_context} "
+            f"tokens); {target.name} has {size(target.memory_bytes)}"
         )
     base = dict(
         target=target.name,
