@@ -147,8 +147,12 @@ def test_config_mutants_are_refused_or_built() -> None:
 def test_the_verifier_checks_the_step_contract(small_model: llmc.Model) -> None:
     text = print_module(small_model.module)
     for old, new, message in [("%v_0", "%w_0", "func @(prefill|decode): outputs are"),
-                              ("layers = 1", "layerz = 1", "attribute layers must be a positive integer"),
+                              ("layers = 1", "layers = 0", "attribute layers must be a positive integer"),
                               ("%position_ids", "%positions", "func @(prefill|decode): inputs are")]:
         assert old in text
         with pytest.raises(VerifyError, match=message):
             verify_module(parse_module(text.replace(old, new)))
+    unnamed = parse_module(text.replace("layers = 1", "layerz = 1"))  # programs of no declared depth
+    verify_module(unnamed)
+    with pytest.raises(LlmcError, match="has no attribute layers: not a causal LM"):
+        InterpreterDevice(unnamed)

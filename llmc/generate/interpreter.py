@@ -30,6 +30,8 @@ class InterpreterDevice:
     keeping the KV cache as NumPy arrays between calls."""
 
     def __init__(self, module: Module, kernels: Mapping[str, Kernel] | None = None) -> None:
+        if "layers" not in module.attrs:
+            raise LlmcError(f"module '{module.name}' has no attribute layers: not a causal LM imported by llmc")
         missing = {"prefill", "decode"} - set(module.functions)
         if missing:
             raise LlmcError(f"module '{module.name}' lacks function(s) {', '.join(sorted(missing))}")

@@ -38,9 +38,9 @@ def verify_module(module: Module) -> None:
 def verify_step_contract(module: Module) -> None:
     """A causal LM's programs (``prefill``, ``decode`` and attribute ``layers``) have the inputs and
     outputs, by name and in order, that every device feeds and reads (docs/architecture.md)."""
-    if not {"prefill", "decode"} <= set(module.functions):
+    if "layers" not in module.attrs or not {"prefill", "decode"} <= set(module.functions):
         return
-    layers = module.attrs.get("layers")
+    layers = module.attrs["layers"]
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise VerifyError(f"module '{module.name}': attribute layers must be a positive integer, got {layers!r}")
     caches = [f"{kv}_{i}" for i in range(layers) for kv in "kv"]
