@@ -7,7 +7,9 @@ import pytest
 
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
+from llmc.cli import main
 from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
+from llmc.errors import LlmcError
 from llmc.generate.interpreter import causal_mask
 from llmc.ir import run_function
 
@@ -26,7 +28,7 @@ def test_tvm_lut_layers_match_the_interpreter(recipe: str, tolerance: float) -> 
     try:
         kernels = lut_runtime.lut_kernels(module)
         fast = run_function(module, "prefill", inputs, kernels=kernels)["logits"]
-    except NotImplementedError as e:  # the kernels need AVX-512 VBMI/VNNI
+    except LlmcError as e:  # the kernels need AVX-512 VBMI/VNNI
         pytest.skip(str(e))
     reference = run_function(module, "prefill", inputs)["logits"]
     assert np.abs(fast - reference).max() / np.abs(reference).max() < tolerance
@@ -34,3 +36,27 @@ def test_tvm_lut_layers_match_the_interpreter(recipe: str, tolerance: float) -> 
     with_tvm = [t for t, _ in llmc.Model(module).stream(prompt_ids=ids, max_new_tokens=12, stop=False,
                                                          kernels=lut_runtime.lut_kernels(module))]
     assert with_tvm == tokens
+
+
+def test_a_cpu_without_the_kernels_extensions_gets_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from llmc.backends.tvm import build
+
+    monkeypatch.setattr(build.codegen, "llvm_cpu_has_features", lambda features, target: "avx512f" in features)
+    out = tmp_path / "w2lut.llmc"
+    assert main(["opt", "llama", "-p", "quantize{bits=2,group=64},lut-mpgemm", "-o", str(out), "--config",
+                 str(_small_config(tmp_path))]) == 0
+    capsys.readouterr()
+    assert main(["run", str(out), "--prompt-ids", "1,2", "--lut-kernels", "tvm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "this CPU lacks avx512bw, avx512vbmi, avx512vnni" in err
+
+
+def _small_config(folder):
+    import json
+
+    from zoo import LLAMA
+
+    path = folder / "config.json"
+    path.write_text(json.dumps(LLAMA))
+    return path

@@ -26,6 +26,8 @@ os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 import tvm  # noqa: E402  (the pool size above must be in the environment first)
 from tvm.target import codegen  # noqa: E402
 
+from llmc.errors import LlmcError  # noqa: E402
+
 from .dequant import dequant_func  # noqa: E402
 from .lut_kernels import lut_f32_func, lut_int8_func  # noqa: E402
 from .pack import DEQUANT_BLOCK_ROWS, Geometry, PackedWeights, pack_for_tvm  # noqa: E402
@@ -69,6 +71,15 @@ def has_lut_features(target: tvm.target.Target) -> bool:
     return bool(codegen.llvm_cpu_has_features(list(LUT_FEATURES), target))
 
 
+def require_lut_features(target: tvm.target.Target) -> None:
+    """Refuse, in one line naming what is missing, a target the LUT kernels cannot run on."""
+    missing = [f for f in LUT_FEATURES if not codegen.llvm_cpu_has_features([f], target)]
+    if missing:
+        raise LlmcError(f"the TVM LUT-mpGEMM kernels need {', '.join(LUT_FEATURES)}; this CPU lacks "
+                        f"{', '.join(missing)}: use --lut-kernels interpreter, or --tvm cpu (LUT layers on "
+                        "portable kernels)")
+
+
 def kernel_func(layout: str, geom: Geometry, batch: int) -> tvm.tirx.PrimFunc:
     """The PrimFunc of ``layout`` for ``batch`` rows; the row blocking shrinks as the batch grows."""
     if layout == "dequant":
@@ -82,8 +93,8 @@ def kernel_func(layout: str, geom: Geometry, batch: int) -> tvm.tirx.PrimFunc:
 def _compile(layout: str, geom: Geometry, batch: int) -> Callable[..., None]:
     """Build the kernel of ``layout`` for the host."""
     target = host_target()
-    if layout != "dequant" and not has_lut_features(target):
-        raise NotImplementedError(f"LUT kernels need {', '.join(LUT_FEATURES)}; target is {target}")
+    if layout != "dequant":
+        require_lut_features(target)
     func = kernel_func(layout, geom, batch)
     return tvm.compile(func, target=target)[func.attrs["global_symbol"]]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmc.backends.tvm.build import GemvKernel, build_lut_gemv
+from llmc.backends.tvm.build import GemvKernel, build_lut_gemv, host_target, require_lut_features
 from llmc.backends.tvm.pack import PackedWeights
 from llmc.ir.graph import Module, Node
 from llmc.ir.interpreter import Kernel
@@ -53,6 +53,8 @@ class _LutRuntime:
 
 
 def lut_kernels(module: Module, threads: int = 1) -> dict[str, Kernel]:
-    """Interpreter kernels that run ``module``'s ``lut_gemm`` nodes on TVM."""
+    """Interpreter kernels that run ``module``'s ``lut_gemm`` nodes on TVM (refused up front, in one
+    line, on a CPU without the kernels' extensions)."""
+    require_lut_features(host_target())
     runtime = _LutRuntime(module, threads)
     return {"lut_precompute": runtime.precompute, "lut_gemm": runtime.gemm}
