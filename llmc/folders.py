@@ -38,10 +38,7 @@ def write_folder(out_dir: Path, files: Mapping[str, FileData], *, kind: str, for
     final = out_dir.absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
     _recover(final)
-    if out_dir.exists() or out_dir.is_symlink():
-        if not force:
-            raise LlmcError(f"{out_dir}: output folder exists (use --force to replace it)")
-        check_replaceable(out_dir, products)
+    check_output(out_dir, force=force, products=products)
     tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
     tmp.mkdir()
     try:
@@ -61,6 +58,15 @@ def write_folder(out_dir: Path, files: Mapping[str, FileData], *, kind: str, for
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output(out_dir: Path, *, force: bool, products: Sequence[str] = ()) -> None:
+    """Raise if ``out_dir`` exists, unless ``force`` and it is a folder llmc wrote (callers check this
+    before any work too, so that a refusal comes first)."""
+    if out_dir.exists() or out_dir.is_symlink():
+        if not force:
+            raise LlmcError(f"{out_dir}: output folder exists (use --force to replace it)")
+        check_replaceable(out_dir, products)
 
 
 def check_replaceable(out_dir: Path, products: Sequence[str] = ()) -> None:

@@ -24,6 +24,7 @@ from llmc import cli
 from llmc.cli import common, main
 from llmc.io import weights_path
 from llmc.model import BUNDLED, Model
+from llmc.sizes import human_bytes
 
 CONFIG = {
     "vocab_size": 128,
@@ -153,7 +154,7 @@ def test_import_force_replaces_stale_files(capsys: pytest.CaptureFixture[str], l
     assert main(args) == 2
     assert "exists (use --force" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
-    assert capsys.readouterr().out == f"wrote {target} ({common.human_bytes(target.stat().st_size)})\n"
+    assert capsys.readouterr().out == f"wrote {target} ({human_bytes(target.stat().st_size)})\n"
     # the old weights and tokenizer would otherwise be read back with the new IR
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.llmc"]
     assert main(["show", str(target), "--json"]) == 0
@@ -185,7 +186,7 @@ def test_show_text(capsys: pytest.CaptureFixture[str], llmc_file: Path) -> None:
     assert main(["show", str(llmc_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "model tiny-llama (llama)"
-    assert lines[1] == f"parameters: 22 tensors, {TOTAL_PARAMS:,} parameters, {common.human_bytes(4 * TOTAL_PARAMS)}"
+    assert lines[1] == f"parameters: 22 tensors, {TOTAL_PARAMS:,} parameters, {human_bytes(4 * TOTAL_PARAMS)}"
     layer0 = next(line for line in lines if line.strip().startswith("layer 0"))
     assert f"{LAYER_PARAMS:,} params" in layer0 and "144.5 KiB" in layer0
     assert "KV cache: 512 B per token, 64.0 KiB at 128 tokens" in lines
@@ -263,7 +264,7 @@ def test_the_earlier_target_spelling_is_not_advertised(capsys: pytest.CaptureFix
 @pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 << 30, "3.0 GiB"),
                                          (5 << 40, "5120.0 GiB")])
 def test_human_bytes(n: int, text: str) -> None:
-    assert common.human_bytes(n) == text
+    assert human_bytes(n) == text
 
 
 # ---------------------------------------------------------------------------------------------

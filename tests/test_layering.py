@@ -12,7 +12,7 @@ ROOT = Path(llmc.__file__).parent
 
 # Lowest first. A unit may import units of its own layer or below; "llmc" is the package's __init__.
 LAYERS: list[set[str]] = [
-    {"llmc.errors", "llmc.version", "llmc.safe_text", "llmc.templating", "llmc.manifest", "llmc.folders"},
+    {"llmc.errors", "llmc.version", "llmc.safe_text", "llmc.templating", "llmc.manifest", "llmc.folders", "llmc.sizes"},
     {"llmc.ir"},
     {"llmc.generate", "llmc.io", "llmc.data", "llmc.report"},
     {"llmc.compiler", "llmc.model"},

@@ -98,3 +98,12 @@ def reseal(folder: Path) -> None:
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts}
     (folder / MANIFEST).write_text(manifest_text(files, "project"))
+
+
+def config_file(folder: Path, values: dict) -> Path:
+    """``folder/config.json`` holding ``values``, for ``--config``."""
+    import json
+
+    path = folder / "config.json"
+    path.write_text(json.dumps(values))
+    return path

@@ -15,9 +15,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llmc.deploy.console import TextStream as _TextStream
-from llmc.deploy.console import parse_ids
+from llmc.deploy.console import parse_ids, sampling_options
 from llmc.errors import LlmcError
-from llmc.generate.loop import SamplingOptions
 from llmc.io import read_json_object
 from llmc.model import Model, load
 
@@ -104,24 +103,11 @@ def _tick(bar: tqdm, done: threading.Event) -> None:
         bar.update(0)  # redraws once the bar's delay has passed
 
 
-def human_bytes(n: int) -> str:
-    """``512 B``, ``1.5 KiB``, ... up to GiB."""
-    size, unit = float(n), "B"
-    for bigger in ("KiB", "MiB", "GiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-
-
 def generate(args: argparse.Namespace, model: Model, device: Callable[[], object]) -> int:
     """Stream generated text (or print ``--json``) on the device ``device()`` (None: the interpreter)."""
     if args.max_new_tokens < 0:
         raise LlmcError("--max-new-tokens must be at least 0")
-    try:
-        sampling = SamplingOptions(args.sample, args.top_k, args.top_p, args.temperature, args.seed)
-    except ValueError as e:
-        raise LlmcError(str(e)) from None
+    sampling = sampling_options(args)
     ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else model.encode(args.prompt)
     text = TextStream(model)
     show_bar = progress_enabled(args) and not sys.stdout.isatty()  # on one terminal the text is the progress

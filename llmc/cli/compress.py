@@ -15,7 +15,6 @@ from llmc.cli.common import (
     activity,
     add_json_argument,
     add_model_arguments,
-    human_bytes,
     load_model,
     progress_enabled,
 )
@@ -24,6 +23,7 @@ from llmc.compiler.pipeline import PassCall
 from llmc.errors import LlmcError
 from llmc.ir.graph import Module
 from llmc.model import Model
+from llmc.sizes import human_bytes
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:

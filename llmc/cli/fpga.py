@@ -44,12 +44,9 @@ def compile_model(args: argparse.Namespace) -> int:
     """Compile a model (and a compression pipeline) into an FPGA project: kernels, program, weights."""
     from llmc.backends.fpga.flow import compile_project
     from llmc.backends.fpga.project import BUILD_PRODUCTS
-    from llmc.folders import check_replaceable
+    from llmc.folders import check_output
 
-    if args.output.exists() or args.output.is_symlink():
-        if not args.force:
-            raise LlmcError(f"{args.output}: output folder exists (use --force to replace it)")
-        check_replaceable(args.output, BUILD_PRODUCTS)  # before any work: refused now, not after compiling
+    check_output(args.output, force=args.force, products=BUILD_PRODUCTS)  # refused now, not after compiling
     if args.context is not None and args.context < 1:
         raise LlmcError(f"--context must be at least 1 token, got {args.context}")
     if args.eval_windows < 0:

@@ -13,7 +13,6 @@ from llmc.cli.common import (
     add_json_argument,
     add_model_arguments,
     generate,
-    human_bytes,
     load_model,
     progress_enabled,
 )
@@ -21,6 +20,7 @@ from llmc.deploy.console import add_generation_arguments
 from llmc.errors import LlmcError
 from llmc.model import Model
 from llmc.report import ModuleReport, analyze
+from llmc.sizes import human_bytes
 
 
 def _import_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from llmc.backends.fpga.isa import INSTR_BYTES
 from llmc.deploy.layout import COMPUTE_UNIT, plan_buffers, register_map
 from llmc.deploy.runtime import Deployment
 from llmc.errors import LlmcError
-from llmc.folders import check_replaceable, write_folder
+from llmc.folders import check_output, write_folder
 from llmc.ir.parser import ParseError, parse_module
 from llmc.sim.image import ProjectImage
 from llmc.templating import render
@@ -60,10 +60,7 @@ def deploy(project: Path, out: Path, *, xclbin: Path | None = None, force: bool 
     project, out = Path(project), Path(out)
     if out.resolve() == project.resolve():
         raise LlmcError(f"{out}: is the project itself; deploy into another folder")
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise LlmcError(f"{out}: output folder exists (use --force to replace it)")
-        check_replaceable(out, RUN_PRODUCTS)  # before any work
+    check_output(out, force=force, products=RUN_PRODUCTS)  # before any work
     source = project_deployment(project)
     image = source.load_image()  # every checksum, and the weights belong to the program
     binary = xclbin if xclbin is not None else (project / source.xclbin if source.xclbin else None)

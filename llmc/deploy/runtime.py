@@ -21,13 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from llmc.backends.fpga.container import read_container
 from llmc.deploy.console import TextStream, add_generation_arguments, parse_ids, sampling_options
 from llmc.deploy.pynq_device import PynqDevice
 from llmc.deploy.tokenizer import ByteLevelBPE, UnsupportedTokenizer
 from llmc.errors import LlmcError
 from llmc.generate.loop import ReportedTime, TimedDevice, generate_stream
-from llmc.manifest import check_files
 from llmc.sim.image import ProjectImage
 from llmc.sim.iss import IssDevice
 
@@ -94,12 +92,10 @@ class Deployment:
 
     def load_image(self) -> ProjectImage:
         """The program and weights, checked against the folder's manifest, each other and this deployment."""
-        check_files(self.folder, ["design.json", "program.bin", "weights.bin"])
-        program = read_container(self.folder / "program.bin", "program")
-        if program.metadata.get("program_digest") != self.program_digest:
+        image = ProjectImage.load(self.folder)
+        if image.program_digest != self.program_digest:
             raise LlmcError(f"{self.folder / 'program.bin'}: not the program this folder was deployed with "
                             "(program_digest differs): deploy again")
-        image = ProjectImage.load(self.folder)
         if not image.has_weights:
             raise LlmcError(f"{self.folder / 'weights.bin'}: missing (the design was compiled without weights?)")
         return image

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from zoo import FPGA_SMALL
+from zoo import FPGA_SMALL, config_file
 
 import llmc
 from llmc import safe_text
@@ -79,7 +79,7 @@ def test_a_board_field_that_cannot_be_written_safely_is_refused(field: str, tmp_
     path.write_text(yaml.safe_dump(board))
     with pytest.raises(LlmcError, match=f"board.yaml: {field} .* may hold only letters"):
         load_target(str(path))
-    assert main(["compile", "llama", "--config", str(_config(tmp_path)), "--board", str(path),
+    assert main(["compile", "llama", "--config", str(config_file(tmp_path, FPGA_SMALL)), "--board", str(path),
                  "-o", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{field} " in err and not (tmp_path / "p").exists()
@@ -100,14 +100,6 @@ def test_a_binary_board_file_is_named(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(LlmcError, match="board.yaml: not a text file"):
         load_target(str(path))
-
-
-def _config(folder: Path) -> Path:
-    import json
-
-    path = folder / "config.json"
-    path.write_text(json.dumps(FPGA_SMALL))
-    return path
 
 
 @pytest.mark.parametrize("text", ["a b", "1x", "x-y", "x\n", "é", ""])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from zoo import LLAMA, config_file
 
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
@@ -45,18 +46,8 @@ def test_a_cpu_without_the_kernels_extensions_gets_one_line(monkeypatch: pytest.
     monkeypatch.setattr(build.codegen, "llvm_cpu_has_features", lambda features, target: "avx512f" in features)
     out = tmp_path / "w2lut.llmc"
     assert main(["opt", "llama", "-p", "quantize{bits=2,group=64},lut-mpgemm", "-o", str(out), "--config",
-                 str(_small_config(tmp_path))]) == 0
+                 str(config_file(tmp_path, LLAMA))]) == 0
     capsys.readouterr()
     assert main(["run", str(out), "--prompt-ids", "1,2", "--lut-kernels", "tvm"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "this CPU lacks avx512bw, avx512vbmi, avx512vnni" in err
-
-
-def _small_config(folder):
-    import json
-
-    from zoo import LLAMA
-
-    path = folder / "config.json"
-    path.write_text(json.dumps(LLAMA))
-    return path

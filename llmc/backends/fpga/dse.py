@@ -15,6 +15,7 @@ from math import ceil, log2
 
 from llmc.backends.fpga import pack
 from llmc.errors import LlmcError
+from llmc.sizes import human_bytes
 
 from .design import AcceleratorConfig
 from .resources import Utilisation, estimate
@@ -32,13 +33,6 @@ TILE_K = (256, 128, 64, 32, 16)
 SFU_LANES = (64, 32, 16, 8, 4)
 LUT_LANES = (4096, 2048, 1024, 512, 256, 128, 64)
 GIB = 2**30
-
-
-def size(n: float) -> str:
-    """Bytes in GiB to one decimal, or in MiB or bytes where that would print 0.0."""
-    if n >= 0.1 * GIB:
-        return f"{n / GIB:.1f} GiB"
-    return f"{n / 2**20:.1f} MiB" if n >= 0.1 * 2**20 else f"{int(n):,} B"
 
 
 @dataclass(frozen=True)
@@ -234,9 +228,9 @@ def explore(
     kind = target.memory.kind.upper()
     if needs.weight_bytes + needs.kv_bytes > target.memory_bytes:
         raise LlmcError(
-            f"model needs {size(needs.weight_bytes + needs.kv_bytes)} of {kind} (weights "
-            f"{size(needs.weight_bytes)} + KV cache {size(needs.kv_bytes)} at {needs.max_context} "
-            f"tokens); {target.name} has {size(target.memory_bytes)}"
+            f"model needs {human_bytes(needs.weight_bytes + needs.kv_bytes)} of {kind} (weights "
+            f"{human_bytes(needs.weight_bytes)} + KV cache {human_bytes(needs.kv_bytes)} at {needs.max_context} "
+            f"tokens); {target.name} has {human_bytes(target.memory_bytes)}"
         )
     base = dict(
         target=target.name,

@@ -23,11 +23,12 @@ from llmc.backends.fpga.design import AcceleratorConfig
 from llmc.backends.fpga.dse import Matrix, ModelNeeds, check_fits, estimate_decode, explore
 from llmc.backends.fpga.isa import encode_program
 from llmc.backends.fpga.lower import lower
-from llmc.backends.fpga.project import build_files, project_context, write_project
+from llmc.backends.fpga.project import BUILD_PRODUCTS, build_files, project_context, write_project
 from llmc.backends.fpga.report import render_report
 from llmc.backends.fpga.resources import Utilisation
 from llmc.backends.fpga.target import Target, load_target
 from llmc.errors import LlmcError
+from llmc.folders import check_output
 from llmc.io import weights_bytes
 from llmc.ir.graph import Module
 from llmc.ir.printer import print_module
@@ -172,8 +173,7 @@ def compile_project(module: Module, target: str, out_dir: Path, *, tokenizer_jso
     windows of the corpus's test split (:mod:`.accuracy`) and writes the result into the report.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise LlmcError(f"{out_dir}: output folder exists (use --force to replace it)")
+    check_output(out_dir, force=force, products=BUILD_PRODUCTS)
     if eval_windows < 0:
         raise LlmcError(f"eval_windows must be 0 or more, got {eval_windows}")
     d = design(module, target, name=name or out_dir.name, max_context=max_context)

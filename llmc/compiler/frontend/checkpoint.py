@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from llmc.errors import FrontendError
+from llmc.sizes import human_bytes
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -59,8 +60,8 @@ def check_memory(config: Any, where: str) -> None:
     params = sum(p.numel() for p in build_model(config, meta=True).parameters())
     need, have = 4 * params, available_memory()
     if need > MEMORY_SHARE * have:
-        raise FrontendError(f"{where}: {params:,} parameters need {need / 2**30:.1f} GiB as float32; "
-                            f"{have / 2**30:.1f} GiB of memory is available (use --shapes-only for the structure)")
+        raise FrontendError(f"{where}: {params:,} parameters need {human_bytes(need)} as float32; "
+                            f"{human_bytes(have)} of memory is available (use --shapes-only for the structure)")
 
 
 def weight_files(model_dir: Path) -> list[Path]:
