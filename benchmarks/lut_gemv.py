@@ -12,11 +12,16 @@ Shapes are ``N x K`` = outputs x inputs of ``y = W x`` (4096x11008 is a down pro
 Each time is the median over ``--repeat`` samples, taken round-robin across the three TVM kernels
 and then, in a separate phase (separate thread pools), for torch. A sample is the mean of enough
 back-to-back calls to last ~10 ms, after a 20 ms pause and one untimed call (warm caches; inputs
-already in kernel memory). Speedup columns are baseline / lut. ``bits 1`` is ternary: codes
+already in kernel memory). ``--cold``: each sample is one call after 64 MiB were written, so the
+weights come from DRAM.
+
+``--variant`` picks the LUT kernels' instruction set (``auto``: the best this CPU has; see
+docs/lut.md) and ``--cpu`` the LLVM CPU every TVM kernel is compiled for: ``--cpu znver3
+--variant avx2`` measures, on an AVX-512 host, the code an AVX2-only Zen 3 would run. Speedup columns are baseline / lut. ``bits 1`` is ternary: codes
 {-1, 0, 1} stored as two bit-planes (docs/lut.md), so its kernels are the 2-bit ones. Group 128,
 symmetric grids. ``err`` is ``max|y_lut - y_torch| / max|y_torch|`` for the int8-table kernel.
 
-    .venv/bin/python benchmarks/lut_gemv.py [--quick] [--json] [--repeat N]
+    .venv/bin/python benchmarks/lut_gemv.py [--quick] [--json] [--repeat N] [--cold] [--variant V] [--cpu CPU]
 """
 
 from __future__ import annotations
@@ -80,9 +85,26 @@ def sample_ms(fn: Callable[[], object], target_s: float = 1e-2) -> Callable[[], 
     return sample
 
 
-def measure(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+_EVICT = np.zeros(64 << 20, np.uint8)
+
+
+def sample_cold_ms(fn: Callable[[], object]) -> Callable[[], float]:
+    """A sampler timing one call after 64 MiB were written (larger than the last-level cache)."""
+    fn()
+
+    def sample() -> float:
+        np.add(_EVICT, 1, out=_EVICT)
+        time.sleep(0.02)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    return sample
+
+
+def measure(fns: dict[str, Callable[[], object]], repeat: int, cold: bool = False) -> dict[str, float]:
     """Median ms per call of each function, sampled round-robin ``repeat`` times."""
-    samplers = {name: sample_ms(fn) for name, fn in fns.items()}
+    samplers = {name: (sample_cold_ms if cold else sample_ms)(fn) for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, sampler in samplers.items():
@@ -90,8 +112,8 @@ def measure(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, floa
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def bench_shape(n: int, k: int, bits: int, threads_list: tuple[int, ...], repeat: int,
-                rng: np.random.Generator) -> list[dict]:
+def bench_shape(n: int, k: int, bits: int, threads_list: tuple[int, ...], repeat: int, rng: np.random.Generator,
+                variant: str = "auto", cpu: str | None = None, cold: bool = False) -> list[dict]:
     planes_n = 2 if bits == 1 else bits
     planes, scales, zeros, w = make_weights(n, k, bits, rng)
     x = rng.standard_normal((1, k)).astype(np.float32)
@@ -100,9 +122,9 @@ def bench_shape(n: int, k: int, bits: int, threads_list: tuple[int, ...], repeat
     rows = []
     for threads in threads_list:
         kernels = {
-            "lut_ms": build_lut_gemv(n, k, planes_n, GROUP, table="int8", threads=threads),
-            "lut_f32_ms": build_lut_gemv(n, k, planes_n, GROUP, table="f32", threads=threads),
-            "dequant_ms": build_dequant_gemv(n, k, planes_n, GROUP, threads=threads),
+            "lut_ms": build_lut_gemv(n, k, planes_n, GROUP, table="int8", threads=threads, variant=variant, cpu=cpu),
+            "lut_f32_ms": build_lut_gemv(n, k, planes_n, GROUP, table="f32", threads=threads, variant=variant, cpu=cpu),
+            "dequant_ms": build_dequant_gemv(n, k, planes_n, GROUP, threads=threads, cpu=cpu),
         }
         for kern in kernels.values():
             if kern.layout not in packed:
@@ -111,10 +133,11 @@ def bench_shape(n: int, k: int, bits: int, threads_list: tuple[int, ...], repeat
         tvm_fns = {name: functools.partial(kern.run, x_tvm, *packed[kern.layout]) for name, kern in kernels.items()}
         y_ref = (x_torch @ w_torch.T).numpy()[0]
         y_lut = tvm_fns["lut_ms"]().numpy()[0, :n]
-        row = {"shape": f"{n}x{k}", "bits": bits, "threads": threads, "planes": planes_n}
-        row.update(measure(tvm_fns, repeat))
+        row = {"shape": f"{n}x{k}", "bits": bits, "threads": threads, "planes": planes_n,
+               "variant": kernels["lut_ms"].variant.name, "cpu": cpu or "host", "cache": "cold" if cold else "warm"}
+        row.update(measure(tvm_fns, repeat, cold))
         time.sleep(0.2)  # TVM workers asleep before torch's threads run
-        row.update(measure({"torch_ms": lambda: x_torch @ w_torch.T}, repeat))
+        row.update(measure({"torch_ms": lambda: x_torch @ w_torch.T}, repeat, cold))
         row["speedup_vs_dequant"] = row["dequant_ms"] / row["lut_ms"]
         row["speedup_vs_torch"] = row["torch_ms"] / row["lut_ms"]
         row["err"] = float(np.abs(y_lut - y_ref).max() / np.abs(y_ref).max())
@@ -123,6 +146,7 @@ def bench_shape(n: int, k: int, bits: int, threads_list: tuple[int, ...], repeat
 
 
 def print_table(rows: list[dict]) -> None:
+    print(f"LUT variant {rows[0]['variant']}, LLVM CPU {rows[0]['cpu']}, {rows[0]['cache']} cache")
     head = f"{'N x K':>11} {'bits':>8} {'thr':>3} {'lut_ms':>8} {'lut_f32':>8} {'dequant':>8} {'torch':>8}"
     print(head + f" {'vs deq':>7} {'vs torch':>8} {'err':>8}")
     for r in rows:
@@ -143,13 +167,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4096x4096, bits 2 and 4 only")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--repeat", type=int, default=15, help="timed samples per kernel")
+    parser.add_argument("--cold", action="store_true", help="time single calls with the caches flushed")
+    parser.add_argument("--variant", default="auto", help="LUT kernel variant (docs/lut.md; default: auto)")
+    parser.add_argument("--cpu", default=None, help="LLVM CPU to compile the TVM kernels for (default: this host)")
     args = parser.parse_args()
     shapes = SHAPES[:1] if args.quick else SHAPES
     bits_list = (2, 4) if args.quick else BITS
     threads_list = tuple(t for t in THREADS if t <= (os.cpu_count() or 1))
     rng = np.random.default_rng(0)
     rows = [row for n, k in shapes for bits in bits_list
-            for row in bench_shape(n, k, bits, threads_list, args.repeat, rng)]
+            for row in bench_shape(n, k, bits, threads_list, args.repeat, rng, args.variant, args.cpu, args.cold)]
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

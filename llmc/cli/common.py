@@ -114,7 +114,7 @@ def generate(args: argparse.Namespace, model: Model, device: Callable[[], object
     with tqdm(total=args.max_new_tokens, desc="generating", unit="tok", delay=1.0, leave=False,
               file=sys.stderr, disable=not show_bar) as bar:
         for token, _ in model.stream(prompt_ids=ids, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                                     kernels=lut_kernels(model, getattr(args, "lut_kernels", "interpreter")),
+                                     kernels=lut_kernels(model, args),
                                      device=device()):
             piece = text.push(token)
             if not args.json:
@@ -127,13 +127,25 @@ def generate(args: argparse.Namespace, model: Model, device: Callable[[], object
     return 0
 
 
-def lut_kernels(model: Model, choice: str) -> dict | None:
-    """Interpreter kernels for ``--lut-kernels``."""
-    if choice == "interpreter":
+def lut_kernels(model: Model, args: argparse.Namespace) -> dict | None:
+    """Interpreter kernels for ``--lut-kernels`` (``--lut-variant``), named on stderr."""
+    if getattr(args, "lut_kernels", "interpreter") == "interpreter":
         return None
+    from llmc.backends.tvm.build import host_target
+    from llmc.backends.tvm.lut_isa import choose
     from llmc.backends.tvm.lut_runtime import lut_kernels as tvm_lut_kernels
 
-    return tvm_lut_kernels(model.module)
+    say_lut_variant(choose(host_target(), args.lut_variant))
+    return tvm_lut_kernels(model.module, variant=args.lut_variant)
+
+
+def say_lut_variant(variant: object) -> None:
+    """One stderr line naming the LUT kernel variant in use (a ``lut_isa.Variant``, or None)."""
+    if variant is None:
+        print("llmc: LUT-mpGEMM layers on the generic TVM lowering (no LUT kernel variant for this CPU)",
+              file=sys.stderr)
+    else:
+        print(f"llmc: LUT kernels: {variant.name} ({variant.summary})", file=sys.stderr)
 
 
 class TextStream(_TextStream):

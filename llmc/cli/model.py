@@ -15,6 +15,7 @@ from llmc.cli.common import (
     generate,
     load_model,
     progress_enabled,
+    say_lut_variant,
 )
 from llmc.deploy.console import add_generation_arguments
 from llmc.errors import LlmcError
@@ -102,6 +103,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add_generation_arguments(parser)
     parser.add_argument("--lut-kernels", choices=("interpreter", "tvm"), default="interpreter",
                         help="run LUT-mpGEMM layers on the reference interpreter or on TVM CPU kernels")
+    parser.add_argument("--lut-variant", default="auto", metavar="NAME",
+                        help="the TVM LUT kernels' instruction set (--lut-kernels tvm, --tvm cpu): auto (the best "
+                             "this CPU has), avx512, avx2, neon-dotprod, neon or portable")
     parser.add_argument("--device", choices=("interpreter", "sim", "pynq"), default="interpreter",
                         help="a compiled project on the instruction-set simulator or an Alveo card (PYNQ), "
                              "through the deployed runtime (default: the interpreter)")
@@ -129,10 +133,13 @@ def tvm_device(args: argparse.Namespace, model: Model) -> object | None:
     """The model compiled by TVM for ``--tvm`` (None without one: the interpreter)."""
     if args.tvm is None:
         return None
-    from llmc.backends.tvm.compile import compile_model
+    from llmc.backends.tvm.compile import compile_model, cpu_lut_variant, tvm_target
 
+    if args.tvm == "cpu" and model.module.has_weights and any(
+            n.op == "lut_gemm" for _, n in model.module.iter_nodes()):
+        say_lut_variant(cpu_lut_variant(tvm_target("cpu"), args.lut_variant))
     with activity(f"compiling for {args.tvm}", progress_enabled(args)):
-        return compile_model(model, args.tvm)
+        return compile_model(model, args.tvm, lut_variant=args.lut_variant)
 
 
 IMPORT = Command("import", _import_arguments, import_model)

@@ -1,4 +1,4 @@
-"""TVM CPU LUT-mpGEMM kernels against a NumPy reference written from docs/lut.md.
+"""TVM CPU LUT-mpGEMM kernels (the variant this CPU gets) against a NumPy reference written from docs/lut.md.
 
 The reference builds the activation tables and does the lookups of docs/lut.md literally (full
 float tables; symmetric int8 tables ``Hq``); the dequant baseline is checked against
@@ -15,21 +15,12 @@ from zoo import matrix
 
 pytest.importorskip("tvm")
 
-from tvm.target import codegen  # noqa: E402
-
 from llmc.backends.tvm import (  # noqa: E402
     Geometry,
     build_dequant_gemv,
     build_lut_gemv,
     codes_from_planes,
-    host_target,
     pack_for_tvm,
-)
-from llmc.backends.tvm.build import LUT_FEATURES  # noqa: E402
-
-needs_lut_isa = pytest.mark.skipif(
-    not codegen.llvm_cpu_has_features(list(LUT_FEATURES), host_target()),
-    reason=f"LUT kernels need {', '.join(LUT_FEATURES)}",
 )
 
 CASES = [  # (n, k, group)
@@ -94,7 +85,6 @@ def reference_lut(x: np.ndarray, planes: np.ndarray, scales: np.ndarray, zeros: 
     return out
 
 
-@needs_lut_isa
 @pytest.mark.parametrize("shape,bits,batch", MATRIX)
 def test_lut_f32_exact_for_integer_activations(shape, bits, batch):
     n, k, group = shape
@@ -108,7 +98,6 @@ def test_lut_f32_exact_for_integer_activations(shape, bits, batch):
     np.testing.assert_array_equal(expect, x.astype(np.float64) @ weights.T)
 
 
-@needs_lut_isa
 @pytest.mark.parametrize("shape,bits,batch", MATRIX)
 def test_lut_float_activations(shape, bits, batch):
     n, k, group = shape
@@ -142,7 +131,6 @@ def test_dequant_matches_dequantize_then_matmul(shape, bits, batch):
     np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
 
 
-@needs_lut_isa
 def test_batch_eight():
     rng = np.random.default_rng(5)
     n, k, group, bits, batch = 45, 256, 64, 3, 8
@@ -160,7 +148,6 @@ def test_batch_eight():
         np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
 
 
-@needs_lut_isa
 def test_vector_input_and_two_threads():
     rng = np.random.default_rng(3)
     n, k, group, bits = 300, 512, 128, 2

@@ -2,8 +2,8 @@
 
 ``compile_model(model, target="cpu" | "cuda" | "opencl")`` returns a callable
 :class:`~llmc.backends.tvm.device.CompiledModel` that is also a generation device (see
-docs/tvm.md). The LUT-mpGEMM GEMV kernels for AVX-512 CPUs (``build_lut_gemv``,
-``build_dequant_gemv``) are here too. Names are imported on first use, so that the TVM-free
+docs/tvm.md). The LUT-mpGEMM GEMV kernels for CPUs (``build_lut_gemv``, in a variant per
+instruction set, and ``build_dequant_gemv``) are here too. Names are imported on first use, so that the TVM-free
 modules (``device``, ``launch``, ``layouts``) load where TVM is not installed.
 """
 

@@ -2,15 +2,18 @@
 
 Target: ``Target.from_device(tvm.cpu())``, the host triple and CPU name as LLVM sees them (a
 ``-mcpu=native`` target is rejected by the conda-built LLVM triple and falls back to generic).
-The LUT kernels need AVX-512 (F, BW, VBMI, VNNI); the baseline is plain vector TIR.
+``cpu_target("znver3")`` is the same triple with another LLVM CPU: code for that class of machine
+(an AVX2-only Zen 3 here), which runs on this host when the host has its features. The LUT kernels
+come in variants per instruction set (``lut_isa.py``), chosen from the target's features; the
+baseline is plain vector TIR.
 
 Threads: the TVM runtime sizes its worker pool once, from ``TVM_NUM_THREADS`` (default: half the
 logical CPUs on x86). This module sets that variable to all logical CPUs when it is unset, before
 any kernel runs, and each call switches the pool to the kernel's thread count with
 ``runtime.config_threadpool`` (cheap; checked with ``runtime.NumThreads``).
 
-Compiled modules are cached per (layout, shape, bits, group, batch); the thread count is a
-run-time setting of the same module.
+Compiled modules are cached per (layout, shape, bits, group, batch, variant, CPU); the thread count
+is a run-time setting of the same module.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from tvm.target import codegen  # noqa: E402
 from llmc.errors import LlmcError  # noqa: E402
 
 from .dequant import dequant_func  # noqa: E402
+from .lut_isa import Variant, choose  # noqa: E402
 from .lut_kernels import lut_f32_func, lut_int8_func  # noqa: E402
 from .pack import DEQUANT_BLOCK_ROWS, Geometry, PackedWeights, pack_for_tvm  # noqa: E402
 
-LUT_FEATURES = ("avx512f", "avx512bw", "avx512vbmi", "avx512vnni")
 _AFFINITY_BIG = 1  # threading::ThreadGroup::kBig: all cores here
 _pool_threads = 0  # what set_num_threads last configured (0: not yet)
 
@@ -41,6 +44,17 @@ _pool_threads = 0  # what set_num_threads last configured (0: not yet)
 def host_target() -> tvm.target.Target:
     """The LLVM target of the host CPU."""
     return tvm.target.Target.from_device(tvm.cpu())
+
+
+@functools.cache
+def cpu_target(cpu: str | None = None) -> tvm.target.Target:
+    """The host target, or the host triple with LLVM CPU ``cpu`` (its features, not the host's)."""
+    if cpu is None:
+        return host_target()
+    config = {"kind": "llvm", "mtriple": str(host_target().attrs["mtriple"]), "mcpu": cpu}
+    if cpu not in codegen.llvm_get_cpu_archlist(tvm.target.Target(config)):
+        raise LlmcError(f"LLVM knows no CPU '{cpu}' for {config['mtriple']}")
+    return tvm.target.Target(config)
 
 
 def set_num_threads(threads: int) -> None:
@@ -66,37 +80,23 @@ def _row_blocks(blocks: int, batch: int, widest: int) -> int:
     return rb
 
 
-def has_lut_features(target: tvm.target.Target) -> bool:
-    """Whether ``target`` has the AVX-512 extensions the LUT kernels use."""
-    return bool(codegen.llvm_cpu_has_features(list(LUT_FEATURES), target))
-
-
-def require_lut_features(target: tvm.target.Target) -> None:
-    """Refuse, in one line naming what is missing, a target the LUT kernels cannot run on."""
-    missing = [f for f in LUT_FEATURES if not codegen.llvm_cpu_has_features([f], target)]
-    if missing:
-        raise LlmcError(f"the TVM LUT-mpGEMM kernels need {', '.join(LUT_FEATURES)}; this CPU lacks "
-                        f"{', '.join(missing)}: use --lut-kernels interpreter, or --tvm cpu (LUT layers on "
-                        "portable kernels)")
-
-
-def kernel_func(layout: str, geom: Geometry, batch: int) -> tvm.tirx.PrimFunc:
-    """The PrimFunc of ``layout`` for ``batch`` rows; the row blocking shrinks as the batch grows."""
+def kernel_func(layout: str, geom: Geometry, batch: int, variant: Variant | None = None) -> tvm.tirx.PrimFunc:
+    """The PrimFunc of ``layout`` for ``batch`` rows (LUT layouts: on ``variant``); the row blocking
+    shrinks as the batch grows."""
     if layout == "dequant":
         return dequant_func(geom, batch, _row_blocks(DEQUANT_BLOCK_ROWS, batch, DEQUANT_BLOCK_ROWS))
+    if variant is None:
+        raise ValueError(f"layout {layout} needs a kernel variant")
     if layout == "lut_int8":
-        return lut_int8_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 32, batch, 8))
-    return lut_f32_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 16, batch, 8))
+        return lut_int8_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 32, batch, 8), variant)
+    return lut_f32_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 16, batch, 8), variant)
 
 
 @functools.cache
-def _compile(layout: str, geom: Geometry, batch: int) -> Callable[..., None]:
-    """Build the kernel of ``layout`` for the host."""
-    target = host_target()
-    if layout != "dequant":
-        require_lut_features(target)
-    func = kernel_func(layout, geom, batch)
-    return tvm.compile(func, target=target)[func.attrs["global_symbol"]]
+def _compile(layout: str, geom: Geometry, batch: int, variant: Variant | None, cpu: str | None) -> Callable[..., None]:
+    """Build the kernel of ``layout`` for the host (or for LLVM CPU ``cpu``)."""
+    func = kernel_func(layout, geom, batch, variant)
+    return tvm.compile(func, target=cpu_target(cpu))[func.attrs["global_symbol"]]
 
 
 class GemvKernel:
@@ -105,15 +105,19 @@ class GemvKernel:
     Call ``kernel.pack(planes, scales, zeros)`` once on the docs/lut.md arrays, then
     ``kernel(x, *packed)`` with ``x`` of shape ``[M, K]`` (or ``[K]`` when ``batch == 1``; the result
     then has shape ``[N]``). The activation tables (LUT kernels) are built inside the call.
+    ``variant`` names the LUT kernels' instruction set (``auto``: the best the target has; None for
+    the dequant layout); ``cpu`` compiles for that LLVM CPU instead of the host's.
     """
 
-    def __init__(self, layout: str, geom: Geometry, batch: int, threads: int) -> None:
+    def __init__(self, layout: str, geom: Geometry, batch: int, threads: int, variant: str = "auto",
+                 cpu: str | None = None) -> None:
         if not 1 <= batch <= 8:
             raise ValueError(f"batch must be in 1..8, got {batch}")
         if threads < 1:
             raise ValueError(f"threads must be positive, got {threads}")
         self.layout, self.geom, self.batch, self.threads = layout, geom, batch, threads
-        self._func = _compile(layout, geom, batch)
+        self.variant = None if layout == "dequant" else choose(cpu_target(cpu), variant)
+        self._func = _compile(layout, geom, batch, self.variant, cpu)
         self._x = tvm.runtime.tensor(np.zeros((batch, geom.k), np.float32))
         self._out = tvm.runtime.tensor(np.zeros((batch, geom.padded_rows(layout)), np.float32))
 
@@ -144,15 +148,15 @@ class GemvKernel:
         return y[0] if vector else y
 
 
-def build_lut_gemv(
-    n: int, k: int, bits: int, group: int, batch: int = 1, table: str = "f32", threads: int = 1
-) -> GemvKernel:
+def build_lut_gemv(n: int, k: int, bits: int, group: int, batch: int = 1, table: str = "f32", threads: int = 1,
+                   variant: str = "auto", cpu: str | None = None) -> GemvKernel:
     """LUT-mpGEMM GEMV/GEMM (``batch`` 1..8) with ``"f32"`` or ``"int8"`` activation tables."""
     if table not in ("f32", "int8"):
         raise ValueError(f"table must be 'f32' or 'int8', got {table!r}")
-    return GemvKernel(f"lut_{table}", Geometry(n, k, bits, group), batch, threads)
+    return GemvKernel(f"lut_{table}", Geometry(n, k, bits, group), batch, threads, variant, cpu)
 
 
-def build_dequant_gemv(n: int, k: int, bits: int, group: int, batch: int = 1, threads: int = 1) -> GemvKernel:
+def build_dequant_gemv(n: int, k: int, bits: int, group: int, batch: int = 1, threads: int = 1,
+                       cpu: str | None = None) -> GemvKernel:
     """The dequantize-then-FMA baseline on plain packed codes."""
-    return GemvKernel("dequant", Geometry(n, k, bits, group), batch, threads)
+    return GemvKernel("dequant", Geometry(n, k, bits, group), batch, threads, cpu=cpu)

@@ -21,10 +21,11 @@ import tvm
 from tvm import relax
 from tvm.target import Target
 
-from llmc.backends.tvm.build import has_lut_features, host_target
+from llmc.backends.tvm.build import host_target
 from llmc.backends.tvm.device import CompiledModel, PlanExecutor, Signature, save_compiled
 from llmc.backends.tvm.launch import OpenCLBackend, Plan
 from llmc.backends.tvm.lower import Options, lower_module
+from llmc.backends.tvm.lut_isa import Variant, choose
 from llmc.backends.tvm.plan import DeviceCode, build_plan
 from llmc.backends.tvm.schedule import scheduled, vm_pipeline
 from llmc.errors import LlmcError
@@ -80,14 +81,24 @@ class Lowered:
     max_position: int
 
 
-def lower(model: Model | Module, target: Target | None = None) -> Lowered:
+def cpu_lut_variant(target: Target, name: str = "auto") -> Variant | None:
+    """The LUT kernel variant (``name``, or the best for ``target``) a CPU target lowers float-table
+    ``lut_gemm`` layers to; None on other targets, and where ``auto`` finds only the portable one
+    (the generic lowering serves those CPUs)."""
+    if target.kind.name != "llvm":
+        return None
+    variant = choose(target, name)
+    return None if name == "auto" and variant.name == "portable" else variant
+
+
+def lower(model: Model | Module, target: Target | None = None, lut_variant: str = "auto") -> Lowered:
     """Lower a model's ``prefill`` and ``decode`` to Relax for ``target`` (weights packed for the kernels;
-    on CPUs, decode-sized quantized layers use the GEMV kernels of ``build.py``)."""
+    on CPUs, decode-sized quantized layers use the GEMV kernels of ``build.py``, LUT ones in ``lut_variant``)."""
     module = model.module if isinstance(model, Model) else model
     if not module.has_weights:
         raise LlmcError(f"module '{module.name}' has no weights (imported shapes-only); it cannot be compiled to run")
     cpu = target is not None and target.kind.name == "llvm"
-    options = Options(cpu_gemv=cpu, avx512_lut=cpu and has_lut_features(target))
+    options = Options(cpu_gemv=cpu, lut_variant=cpu_lut_variant(target, lut_variant) if cpu else None)
     mod, weights, signatures = lower_module(module, FUNCTIONS, options)
     return Lowered(module.name, mod, weights.arrays, signatures, int(module.attrs.get("max_position", 0) or 0))
 
@@ -112,12 +123,13 @@ def require_opencl() -> None:
 
 
 def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | None = None,
-                  opencl_options: Sequence[str] = ()) -> CompiledModel:
+                  opencl_options: Sequence[str] = (), lut_variant: str = "auto") -> CompiledModel:
     """Compile ``model`` for ``target`` (``cpu``, ``cuda`` or ``opencl``); the result runs its functions
     (``result("decode", ...)``) and is a generation device (``Model.stream(device=result)``).
 
     ``arch`` is the CUDA architecture (``sm_90``; default: the GPU's); ``opencl_options`` go to the
-    OpenCL compiler (``-cl-opt-disable`` builds PoCL kernels about twice as fast)."""
+    OpenCL compiler (``-cl-opt-disable`` builds PoCL kernels about twice as fast); ``lut_variant``
+    the CPU LUT kernels' instruction set (``lut_isa.py``)."""
     tt = tvm_target(target, arch)
     if target == "cuda" and not tvm.cuda(0).exist:
         from llmc.backends.tvm.cuda import require_gpu
@@ -125,7 +137,7 @@ def compile_model(model: Model | Module, target: str = "cpu", *, arch: str | Non
         require_gpu()
     if target == "opencl":
         require_opencl()
-    lowered = lower(model, tt)
+    lowered = lower(model, tt, lut_variant)
     if target == "cpu" or (target == "cuda" and tvm.cuda(0).exist):
         device = tvm.cpu() if target == "cpu" else tvm.cuda(0)
         if target == "cuda":

@@ -23,6 +23,7 @@ from tvm import relax, tirx
 from tvm.sym import Analyzer
 
 from llmc.backends.tvm.device import Signature
+from llmc.backends.tvm.lut_isa import Variant
 from llmc.errors import LlmcError
 from llmc.ir.graph import Function, Module, Node, Value
 from llmc.ir.registry import OPS
@@ -71,10 +72,10 @@ class WeightTable:
 @dataclass(frozen=True)
 class Options:
     """Target-dependent lowering choices (``lower_cpu.py``): decode-sized quantized layers on the CPU
-    dequantize GEMV kernel (``cpu_gemv``) and LUT-mpGEMM ones on the AVX-512 LUT kernel (``avx512_lut``)."""
+    dequantize GEMV kernel (``cpu_gemv``) and LUT-mpGEMM ones on the LUT kernel of ``lut_variant``."""
 
     cpu_gemv: bool = False
-    avx512_lut: bool = False
+    lut_variant: Variant | None = None
 
 
 class FunctionLowering:

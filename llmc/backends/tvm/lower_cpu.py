@@ -3,8 +3,9 @@
 Where a layer has at most 8 activation rows of static size, the CPU target calls the hand-written
 TIR kernels of the LUT-mpGEMM work instead of the generic TE ones: the dequantize GEMV
 (``dequant.py``, any CPU) for ``linear(x, dequantize(...))`` with codes of at most 4 bits, and the
-float-table LUT kernel (``lut_kernels.py``, AVX-512) for ``lut_gemm`` with float tables, fed with
-the activations its ``lut_precompute`` read (the kernel builds its own tables). Both apply the
+float-table LUT kernel (``lut_kernels.py``) for ``lut_gemm`` with float tables, fed with
+the activations its ``lut_precompute`` read (the kernel builds its own tables), in the variant of
+the target's instruction set (``lut_isa.py``). Both apply the
 scale and zero point once per group, so they agree with the reference to float rounding.
 """
 
@@ -18,6 +19,7 @@ from tvm import relax
 
 from llmc.backends.tvm.build import kernel_func
 from llmc.backends.tvm.lower import FunctionLowering, with_defaults
+from llmc.backends.tvm.lut_isa import Variant
 from llmc.backends.tvm.lut_runtime import MAX_BATCH
 from llmc.backends.tvm.pack import CHUNK, Geometry, PackedWeights, pack_codes_for_dequant, pack_for_tvm
 from llmc.ir.graph import Node
@@ -33,12 +35,12 @@ def _rows(t: TensorType) -> int | None:
 
 
 def _call(lw: FunctionLowering, layout: str, geom: Geometry, rows: int, x: relax.Expr, key: str,
-          pack: Callable[[], PackedWeights], out: TensorType) -> relax.Expr:
+          pack: Callable[[], PackedWeights], out: TensorType, variant: Variant | None = None) -> relax.Expr:
     """``y = x @ W.T`` on the ``layout`` kernel; ``pack`` gives its weights (once per module)."""
     cached = functools.cache(pack)
     weights = [lw.weight(f"{key}#{layout}.{i}", lambda i=i: cached()[i]) for i in range(3)]
     name = f"{layout}_n{geom.n}_k{geom.k}_b{geom.bits}_g{geom.group}_m{rows}"
-    func = kernel_func(layout, geom, rows).with_attrs({"global_symbol": name, "op_pattern": 8,
+    func = kernel_func(layout, geom, rows, variant).with_attrs({"global_symbol": name, "op_pattern": 8,
                                                        "tirx.is_scheduled": True})
     padded = geom.padded_rows(layout)
     x2 = lw.bb.emit(relax.op.reshape(x, [rows, geom.k]))
@@ -71,9 +73,9 @@ def dequant_gemv(lw: FunctionLowering, node: Node, x: relax.Expr, bias: relax.Ex
 
 
 def lut_gemv(lw: FunctionLowering, node: Node) -> relax.Expr | None:
-    """``lut_gemm`` with float tables on the AVX-512 LUT kernel. None where it does not apply."""
+    """``lut_gemm`` with float tables on the target's LUT kernel. None where it does not apply."""
     pre = lw.producers.get(node.inputs[0].name)
-    if not lw.options.avx512_lut or pre is None or pre.op != "lut_precompute":
+    if lw.options.lut_variant is None or pre is None or pre.op != "lut_precompute":
         return None
     pre = with_defaults(pre)
     rows = _rows(pre.inputs[0].type)
@@ -87,4 +89,5 @@ def lut_gemv(lw: FunctionLowering, node: Node) -> relax.Expr | None:
         planes, scales, zeros = (lw.weights.param(name) for name in names)
         return pack_for_tvm(planes, scales.astype(np.float32), zeros, geom, "lut_f32")
 
-    return _call(lw, "lut_f32", geom, rows, lw.value(pre.inputs[0]), names[0], pack, node.outputs[0].type)
+    return _call(lw, "lut_f32", geom, rows, lw.value(pre.inputs[0]), names[0], pack, node.outputs[0].type,
+                 lw.options.lut_variant)

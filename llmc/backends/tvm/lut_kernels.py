@@ -1,19 +1,20 @@
-"""LUT-mpGEMM kernels (docs/lut.md) for x86 AVX-512 CPUs, written in TVMScript with LLVM intrinsics.
+"""LUT-mpGEMM kernels (docs/lut.md) for CPUs, written in TVMScript, in the variants of ``lut_isa.py``.
 
 Each kernel is one PrimFunc ``lut(x[M, K], w, s[NT, Np], z[NT, Np], y[M, Np])``: a serial table
 precompute over the activations followed by a row-parallel lookup loop, so one call covers
 everything from float activations to float outputs. Weights are in the layouts of ``pack.py``.
+The variant supplies the inner lookups and accumulation; everything else is shared.
 
 - ``int8`` tables: the full 16-entry signed table ``S[c, p] = sum_j (2 bit_j(p) - 1) x[4c + j]``
   quantized per activation row with ``scale = max|S| / 127`` (the int8 tables of docs/lut.md, stored
-  unfolded). Four chunks' tables fill one 64-byte register; ``vpermb`` (AVX512-VBMI) looks up 64
-  indices at once and ``vpdpbusd`` (AVX512-VNNI) multiplies by the plane weight ``2^i`` and sums the
-  four chunks of a row into an int32 accumulator. Since ``T = (S + sum_j x_j) / 2``,
-  ``acc = scale/2 * sum_i 2^i sum_c Sq + (2^b - 1)/2 * xs``.
-- ``f32`` tables: the full table ``T[c, p] = sum_j bit_j(p) x[4c + j]`` (16 floats, one register);
-  ``vpermps`` looks up 16 rows at a time, reading the index from the low nibble of each 32-bit lane
-  (eight chunks per word, shifted down by 4 per chunk), and an FMA adds ``2^i`` times the entry.
-  Exact for integer-valued activations.
+  unfolded). Four chunks' tables fill one 64-byte row; the variant looks up ``step`` index bytes at
+  a time in it (AVX-512: ``vpermb`` on 64) and multiplies by the plane weight ``2^i`` and sums the
+  four chunks of a row into an int32 accumulator (AVX-512: ``vpdpbusd``). Since
+  ``T = (S + sum_j x_j) / 2``, ``acc = scale/2 * sum_i 2^i sum_c Sq + (2^b - 1)/2 * xs``.
+- ``f32`` tables: the full table ``T[c, p] = sum_j bit_j(p) x[4c + j]`` (16 floats); the variant
+  looks up ``lanes`` rows at a time (AVX-512: ``vpermps`` on 16), reading the index from the low
+  nibble of each 32-bit lane (eight chunks per word, shifted down by 4 per chunk), and an FMA adds
+  ``2^i`` times the entry. Exact for integer-valued activations.
 
 Both end each group with ``y += s * (acc - z * xs)``.
 """
@@ -24,25 +25,11 @@ import tvm
 from tvm.script import tirx as T
 
 from ._tir import V, splat, vec
+from .lut_isa import Variant
 from .pack import CHUNK, Geometry
 
 ENTRIES = 1 << CHUNK
 """Entries of a full chunk table."""
-
-
-def _permb(table: object, index: object) -> object:
-    """``vpermb`` (AVX512-VBMI): ``table[index & 63]`` on 64 bytes."""
-    return T.call_llvm_pure_intrin("int8x64", "llvm.x86.avx512.permvar.qi.512", table, index)
-
-
-def _dpbusd(acc: object, unsigned: object, signed: object) -> object:
-    """``vpdpbusd`` (AVX512-VNNI): ``acc[l] += sum_{j<4} u8[4l+j] * s8[4l+j]`` in 16 int32 lanes."""
-    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, unsigned, signed)
-
-
-def _permps(table: object, index: object) -> object:
-    """``vpermps`` (AVX512-F): ``table[index & 15]`` on 16 floats."""
-    return T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", table, index)
 
 
 def _geometry_constants(geom: Geometry, layout: str) -> tuple[int, int, int, int]:
@@ -50,13 +37,15 @@ def _geometry_constants(geom: Geometry, layout: str) -> tuple[int, int, int, int
     return geom.k, geom.n_groups, geom.chunks_per_group, geom.slots_per_group(layout)
 
 
-def lut_int8_func(geom: Geometry, batch: int, row_blocks: int) -> tvm.tirx.PrimFunc:
+def lut_int8_func(geom: Geometry, batch: int, row_blocks: int, variant: Variant) -> tvm.tirx.PrimFunc:
     """int8-table kernel; each parallel task handles ``row_blocks`` blocks of 32 rows."""
     k, nt, cg, cgp = _geometry_constants(geom, "lut_int8")
     m_rows, bits, rb = batch, geom.bits, row_blocks
     np_rows = geom.padded_rows("lut_int8")
     nb, cq, qpg = np_rows // 32, nt * cgp // 4, cgp // 4
     half_levels = 0.5 * (2**bits - 1)
+    step, lookup, dot4 = variant.step, variant.lookup, variant.dot4
+    lanes = step // 4
 
     @T.prim_func
     def lut(
@@ -107,17 +96,20 @@ def lut_int8_func(geom: Geometry, batch: int, row_blocks: int) -> tvm.tirx.PrimF
                     for v in T.unroll(rb * 2):
                         acc[m, vec(v * V)] = splat(T.int32(0))
                 for i in range(bits):
-                    weight = splat(T.Cast("int8", T.shift_left(1, i)), 64)
+                    weight = splat(T.Cast("int8", T.shift_left(1, i)), step)
                     for qd in range(qpg):
                         for b in T.unroll(rb):
-                            wv = w[task * rb + b, t, i, qd, vec(0, 64)]
-                            sel = T.Cast("uint8x64", (vec(0, 64) & splat(3, 64)) << splat(4, 64))
-                            lo = T.reinterpret("int8x64", (wv & splat(T.uint8(15), 64)) | sel)
-                            hi = T.reinterpret("int8x64", (wv >> splat(T.uint8(4), 64)) | sel)
-                            for m in T.unroll(m_rows):
-                                tbl = tq[m, t * qpg + qd, vec(0, 64)]
-                                acc[m, vec(b * 32)] = _dpbusd(acc[m, vec(b * 32)], weight, _permb(tbl, lo))
-                                acc[m, vec(b * 32 + V)] = _dpbusd(acc[m, vec(b * 32 + V)], weight, _permb(tbl, hi))
+                            for h in T.unroll(64 // step):
+                                wv = w[task * rb + b, t, i, qd, vec(h * step, step)]
+                                sel = T.Cast(f"uint8x{step}", (vec(0, step) & splat(3, step)) << splat(4, step))
+                                lo = T.reinterpret(f"int8x{step}", (wv & splat(T.uint8(15), step)) | sel)
+                                hi = T.reinterpret(f"int8x{step}", (wv >> splat(T.uint8(4), step)) | sel)
+                                for m in T.unroll(m_rows):
+                                    quad = t * qpg + qd
+                                    low_rows = T.meta_var(vec(b * 32 + h * lanes, lanes))
+                                    high_rows = T.meta_var(vec(b * 32 + 16 + h * lanes, lanes))
+                                    acc[m, low_rows] = dot4(acc[m, low_rows], weight, lookup(tq, m, quad, lo))
+                                    acc[m, high_rows] = dot4(acc[m, high_rows], weight, lookup(tq, m, quad, hi))
                 for m in T.unroll(m_rows):
                     for v in T.unroll(rb * 2):
                         rows = T.meta_var(vec(task * rb * 32 + v * V))
@@ -131,12 +123,13 @@ def lut_int8_func(geom: Geometry, batch: int, row_blocks: int) -> tvm.tirx.PrimF
     return lut
 
 
-def lut_f32_func(geom: Geometry, batch: int, row_blocks: int) -> tvm.tirx.PrimFunc:
+def lut_f32_func(geom: Geometry, batch: int, row_blocks: int, variant: Variant) -> tvm.tirx.PrimFunc:
     """float32-table kernel; each parallel task handles ``row_blocks`` blocks of 16 rows."""
     k, nt, cg, cgp = _geometry_constants(geom, "lut_f32")
     m_rows, bits, rb = batch, geom.bits, row_blocks
     np_rows = geom.padded_rows("lut_f32")
     nb, co, opg = np_rows // V, nt * cgp // 8, cgp // 8
+    lanes, lookup = variant.lanes, variant.lookup_f32
 
     @T.prim_func
     def lut(
@@ -175,15 +168,17 @@ def lut_f32_func(geom: Geometry, batch: int, row_blocks: int) -> tvm.tirx.PrimFu
                     for b in T.unroll(rb):
                         acc[m, vec(b * V)] = splat(T.float32(0))
                 for i in range(bits):
-                    weight = splat(T.Cast("float32", T.shift_left(1, i)))
+                    weight = splat(T.Cast("float32", T.shift_left(1, i)), lanes)
                     for o in range(opg):
                         for b in T.unroll(rb):
-                            wv = w[task * rb + b, t, i, o, vec(0)]
-                            for q in T.unroll(8):
-                                idx = wv >> splat(q * 4)
-                                for m in T.unroll(m_rows):
-                                    tbl = tf[m, (t * opg + o) * 8 + q, vec(0)]
-                                    acc[m, vec(b * V)] = acc[m, vec(b * V)] + _permps(tbl, idx) * weight
+                            for h in T.unroll(V // lanes):
+                                wv = w[task * rb + b, t, i, o, vec(h * lanes, lanes)]
+                                for q in T.unroll(8):
+                                    idx = wv >> splat(q * 4, lanes)
+                                    for m in T.unroll(m_rows):
+                                        rows = T.meta_var(vec(b * V + h * lanes, lanes))
+                                        entry = lookup(tf, m, (t * opg + o) * 8 + q, idx)
+                                        acc[m, rows] = acc[m, rows] + entry * weight
                 for m in T.unroll(m_rows):
                     for b in T.unroll(rb):
                         rows = T.meta_var(vec((task * rb + b) * V))

@@ -4,14 +4,16 @@
 ``InterpreterDevice(module, kernels=...)``, ``llmc run --lut-kernels tvm``): every ``lut_gemm``
 node runs on a compiled TVM GEMV/GEMM kernel fed with the activations its ``lut_precompute``
 read (the TVM kernel builds its own tables), everything else on the reference interpreter.
-Float-table nodes use the float32-table kernel, int8-table nodes the int8 one.
+Float-table nodes use the float32-table kernel, int8-table nodes the int8 one, both in the
+variant of the host's instruction set (``lut_isa.py``) or the one asked for.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from llmc.backends.tvm.build import GemvKernel, build_lut_gemv, host_target, require_lut_features
+from llmc.backends.tvm.build import GemvKernel, build_lut_gemv, host_target
+from llmc.backends.tvm.lut_isa import Variant, choose
 from llmc.backends.tvm.pack import PackedWeights
 from llmc.ir.graph import Module, Node
 from llmc.ir.interpreter import Kernel
@@ -20,9 +22,10 @@ MAX_BATCH = 8  # rows per kernel call (the kernels are GEMV / small-batch GEMM)
 
 
 class _LutRuntime:
-    def __init__(self, module: Module, threads: int) -> None:
+    def __init__(self, module: Module, threads: int, variant: Variant) -> None:
         self.module = module
         self.threads = threads
+        self.variant = variant
         self.params = {n.outputs[0].name: n.attrs["name"] for _, n in module.iter_nodes() if n.op == "param"}
         self.activations: dict[str, np.ndarray] = {}  # tables value name -> the activations they came from
         self.packed: dict[tuple[str, int, str], tuple[GemvKernel, PackedWeights]] = {}
@@ -45,16 +48,16 @@ class _LutRuntime:
             batch = rows[start:start + MAX_BATCH]
             key = (planes, len(batch), table)
             if key not in self.packed:
-                kernel = build_lut_gemv(n, k, bits, group, batch=len(batch), table=table, threads=self.threads)
+                kernel = build_lut_gemv(n, k, bits, group, batch=len(batch), table=table, threads=self.threads,
+                                        variant=self.variant.name)
                 self.packed[key] = (kernel, kernel.pack(args[3], args[4], args[5]))
             kernel, packed = self.packed[key]
             out[start:start + len(batch)] = np.asarray(kernel(batch, *packed)).reshape(len(batch), n)
         return [out.reshape(x.shape[:-1] + (n,))]
 
 
-def lut_kernels(module: Module, threads: int = 1) -> dict[str, Kernel]:
-    """Interpreter kernels that run ``module``'s ``lut_gemm`` nodes on TVM (refused up front, in one
-    line, on a CPU without the kernels' extensions)."""
-    require_lut_features(host_target())
-    runtime = _LutRuntime(module, threads)
+def lut_kernels(module: Module, threads: int = 1, variant: str = "auto") -> dict[str, Kernel]:
+    """Interpreter kernels that run ``module``'s ``lut_gemm`` nodes on TVM in ``variant`` (``auto``:
+    the host's best; a variant the host cannot run is refused up front, in one line)."""
+    runtime = _LutRuntime(module, threads, choose(host_target(), variant))
     return {"lut_precompute": runtime.precompute, "lut_gemm": runtime.gemm}
