@@ -5,12 +5,16 @@ WORKERS ?= logical
 PY := $(VENV)/bin/python
 LLMC := $(VENV)/bin/llmc
 
-.PHONY: setup demo test test-full test-runtime lint clean
+.PHONY: setup bench-setup demo test test-full test-runtime lint clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 
 setup: $(VENV)/.installed
+
+# llama-cpp-python (built from source for this CPU) and gguf, for benchmarks/llamacpp_decode.py
+bench-setup: setup
+	$(PY) -m pip install -q -e ".[bench]"
 
 demo: setup
 	$(LLMC) show llmc-tiny

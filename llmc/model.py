@@ -140,7 +140,10 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
         if isinstance(source, torch.nn.Module):
             return Model(hf.import_model(source.eval(), name or type(source).__name__, max_length), None, "nn.Module")
         raise LlmcError(f"cannot import a {type(source).__name__}")
-    if text in ARCHITECTURES:
+    if text in ARCHITECTURES and not Path(text).exists():  # an existing path wins over an architecture name
+        if config is None and not shapes_only:
+            raise LlmcError(f"'{text}' is an architecture name, not a file: random weights need the model's sizes "
+                            "(--config FILE), or --shapes-only for the default sizes")
         from llmc.compiler.frontend import hf
 
         values = {"model_type": text, **(config or {})}

@@ -316,13 +316,14 @@ def bad_inputs(tmp_path: Path, llmc_file: Path, config_file: Path) -> dict[str, 
                             "temperature must be a positive finite number"),
         "context 0": (["compile", model, "--context", "0", "-o", str(tmp_path / "p")], "--context must be at least 1"),
         "weights of another model": (["show", str(swapped)], "belongs to another .llmc"),
+        "architecture without --config": (["show", "llama"], "random weights need the model's sizes (--config FILE)"),
     }
 
 
 CASES = ["missing file", "corrupt config.json", "corrupt .llmc", "unknown architecture name", "unsupported architecture",
          "corrupt --config", "missing --config", "--config on a file", "--prompt-ids not numbers", "--prompt-ids empty",
          "--prompt-ids out of vocabulary", "no weights", "bad top-p", "negative max tokens", "existing output",
-         "output not .llmc", "temperature nan", "context 0", "weights of another model"]
+         "output not .llmc", "temperature nan", "context 0", "weights of another model", "architecture without --config"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -394,3 +395,16 @@ def test_llmc_tiny_show_and_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert [g["index"] for g in report["groups"] if g["kind"] == "layer"] == list(range(4))
     result = _run_json(capsys, "llmc-tiny", "--prompt", "The interpreter", "--max-new-tokens", "8")
     assert 1 <= len(result["tokens"]) <= 8 and isinstance(result["text"], str)
+
+
+
+def test_an_existing_folder_wins_over_an_architecture_name(hf_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``./llama`` is the folder there, not a default-size random Llama (which would not fit in memory)."""
+    assert main(["show", str(hf_dir), "--json"]) == 0
+    expected = json.loads(capsys.readouterr().out)["params"]
+    shutil.copytree(hf_dir, tmp_path / "llama")
+    monkeypatch.chdir(tmp_path)
+    assert main(["show", "llama", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == expected
