@@ -87,9 +87,10 @@ def kernel_func(layout: str, geom: Geometry, batch: int, variant: Variant | None
         return dequant_func(geom, batch, _row_blocks(DEQUANT_BLOCK_ROWS, batch, DEQUANT_BLOCK_ROWS))
     if variant is None:
         raise ValueError(f"layout {layout} needs a kernel variant")
-    if layout == "lut_int8":
-        return lut_int8_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 32, batch, 8), variant)
-    return lut_f32_func(geom, batch, _row_blocks(geom.padded_rows(layout) // 16, batch, 8), variant)
+    block = 32 if layout == "lut_int8" else 16
+    widest = max(1, min(8, variant.register_rows // block))
+    make = lut_int8_func if layout == "lut_int8" else lut_f32_func
+    return make(geom, batch, _row_blocks(geom.padded_rows(layout) // block, batch, widest), variant)
 
 
 @functools.cache

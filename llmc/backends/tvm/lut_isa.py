@@ -127,13 +127,16 @@ def _portable_lookup_f32(tables: object, m: object, slot: object, index: object)
 
 @dataclass(frozen=True)
 class Variant:
-    """One instruction set's LUT kernels: ``step`` index bytes per int8 lookup, ``lanes`` per float one."""
+    """One instruction set's LUT kernels: ``step`` index bytes per int8 lookup, ``lanes`` per float one,
+    and ``register_rows`` output rows whose 32-bit accumulators fit in half the vector registers
+    (what sizes a task's row block, so that accumulators stay in registers)."""
 
     name: str
     arch: str  # "x86", "aarch64", or "any"
     features: tuple[str, ...]  # LLVM features the target must have
     step: int
     lanes: int
+    register_rows: int
     lookup: Callable[..., object]
     dot4: Callable[..., object]
     lookup_f32: Callable[..., object]
@@ -150,16 +153,16 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("avx512", "x86", ("avx512f", "avx512bw", "avx512vbmi", "avx512vnni"), 64, 16,
+    Variant("avx512", "x86", ("avx512f", "avx512bw", "avx512vbmi", "avx512vnni"), 64, 16, 16 * 16,
             _avx512_lookup, _avx512_dot4, _avx512_lookup_f32,
             "vpermb 64-entry lookups, vpdpbusd accumulation; vpermps float tables"),
-    Variant("avx2", "x86", ("avx2",), 32, 8, _avx2_lookup, _avx2_dot4, _avx2_lookup_f32,
+    Variant("avx2", "x86", ("avx2",), 32, 8, 8 * 8, _avx2_lookup, _avx2_dot4, _avx2_lookup_f32,
             "vpshufb 16-entry lookups, vpmaddubsw/vpmaddwd accumulation; two vpermps float tables"),
-    Variant("neon-dotprod", "aarch64", ("neon", "dotprod"), 16, 4, _neon_lookup, _neon_sdot, _neon_lookup_f32,
+    Variant("neon-dotprod", "aarch64", ("neon", "dotprod"), 16, 4, 16 * 4, _neon_lookup, _neon_sdot, _neon_lookup_f32,
             "tbl 64-byte lookups, sdot accumulation; tbl float tables"),
-    Variant("neon", "aarch64", ("neon",), 16, 4, _neon_lookup, _neon_dot4, _neon_lookup_f32,
+    Variant("neon", "aarch64", ("neon",), 16, 4, 16 * 4, _neon_lookup, _neon_dot4, _neon_lookup_f32,
             "tbl 64-byte lookups, saddlp accumulation; tbl float tables"),
-    Variant("portable", "any", (), 16, 4, _portable_lookup, _portable_dot4, _portable_lookup_f32,
+    Variant("portable", "any", (), 16, 4, 16 * 4, _portable_lookup, _portable_dot4, _portable_lookup_f32,
             "gathers and shuffles, vectorized by LLVM for any CPU"),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
