@@ -22,6 +22,7 @@ docs/lut.md) and ``--cpu`` the LLVM CPU every TVM kernel is compiled for: ``--cp
 symmetric grids. ``err`` is ``max|y_lut - y_torch| / max|y_torch|`` for the int8-table kernel.
 
     .venv/bin/python benchmarks/lut_gemv.py [--quick] [--json] [--repeat N] [--cold] [--variant V] [--cpu CPU]
+        [--shapes NxK,...]
 """
 
 from __future__ import annotations
@@ -168,10 +169,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--repeat", type=int, default=15, help="timed samples per kernel")
     parser.add_argument("--cold", action="store_true", help="time single calls with the caches flushed")
+    parser.add_argument("--shapes", default=None, help="NxK shapes, comma-separated (default: all three)")
     parser.add_argument("--variant", default="auto", help="LUT kernel variant (docs/lut.md; default: auto)")
     parser.add_argument("--cpu", default=None, help="LLVM CPU to compile the TVM kernels for (default: this host)")
     args = parser.parse_args()
     shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.shapes:
+        shapes = tuple(tuple(int(d) for d in shape.split("x")) for shape in args.shapes.split(","))
     bits_list = (2, 4) if args.quick else BITS
     threads_list = tuple(t for t in THREADS if t <= (os.cpu_count() or 1))
     rng = np.random.default_rng(0)

@@ -3,10 +3,12 @@
 Where a layer has at most 8 activation rows of static size, the CPU target calls the hand-written
 TIR kernels of the LUT-mpGEMM work instead of the generic TE ones: the dequantize GEMV
 (``dequant.py``, any CPU) for ``linear(x, dequantize(...))`` with codes of at most 4 bits, and the
-float-table LUT kernel (``lut_kernels.py``) for ``lut_gemm`` with float tables, fed with
-the activations its ``lut_precompute`` read (the kernel builds its own tables), in the variant of
-the target's instruction set (``lut_isa.py``). Both apply the
-scale and zero point once per group, so they agree with the reference to float rounding.
+LUT kernel (``lut_kernels.py``) of the layer's table kind for ``lut_gemm``, fed with the
+activations its ``lut_precompute`` read (the kernel builds its own tables), in the variant of the
+target's instruction set (``lut_isa.py``). They apply the scale and zero point once per group, so
+the dequantize and float-table kernels agree with the reference to float rounding; the int8-table
+kernel quantizes the same tables with the same scale, up to the rounding of an entry whose float
+sum lands on the other side of a tie.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def dequant_gemv(lw: FunctionLowering, node: Node, x: relax.Expr, bias: relax.Ex
 
 
 def lut_gemv(lw: FunctionLowering, node: Node) -> relax.Expr | None:
-    """``lut_gemm`` with float tables on the target's LUT kernel. None where it does not apply."""
+    """``lut_gemm`` on the target's LUT kernel of its table kind. None where it does not apply."""
     pre = lw.producers.get(node.inputs[0].name)
     if lw.options.lut_variant is None or pre is None or pre.op != "lut_precompute":
         return None
@@ -81,13 +83,14 @@ def lut_gemv(lw: FunctionLowering, node: Node) -> relax.Expr | None:
     rows = _rows(pre.inputs[0].type)
     names = [lw.param_name(v) for v in node.inputs[3:]]
     bits, group = node.attrs["bits"], node.attrs["group"]
-    if pre.attrs["table_bits"] or pre.attrs["g"] != CHUNK or None in names or rows is None or bits > 4 or group % CHUNK:
+    if pre.attrs["g"] != CHUNK or None in names or rows is None or bits > 4 or group % CHUNK:
         return None
     geom = Geometry(node.inputs[3].type.shape[1].value, pre.inputs[0].type.shape[-1].value, bits, group)
+    layout = "lut_int8" if pre.attrs["table_bits"] == 8 else "lut_f32"
 
     def pack() -> PackedWeights:
         planes, scales, zeros = (lw.weights.param(name) for name in names)
-        return pack_for_tvm(planes, scales.astype(np.float32), zeros, geom, "lut_f32")
+        return pack_for_tvm(planes, scales.astype(np.float32), zeros, geom, layout)
 
-    return _call(lw, "lut_f32", geom, rows, lw.value(pre.inputs[0]), names[0], pack, node.outputs[0].type,
+    return _call(lw, layout, geom, rows, lw.value(pre.inputs[0]), names[0], pack, node.outputs[0].type,
                  lw.options.lut_variant)
