@@ -32,13 +32,13 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import gguf
 import numpy as np
 from llama_cpp import Llama
+from tvm_decode import PROMPT, tokens_per_second
 
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
@@ -52,7 +52,6 @@ LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=
 PAIRS = [("W4g32", "quantize{bits=4,group=32,include_head=true}", "Q4_0"),
          ("W2g32 LUT", "quantize{bits=2,group=32,symmetric=false,include_head=true},lut-mpgemm{table_bits=8}", "Q2_K")]
 THREADS = (1, 2)
-PROMPT = list(range(3, 19))
 LINEARS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
            "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
            "mlp.down_proj": "ffn_down"}
@@ -149,13 +148,9 @@ def write_gguf(path: Path, floats: dict[str, np.ndarray], module: Module, qtype:
 
 def decode_rate(prefill: Callable[[list[int]], np.ndarray], step: Callable[[int], int],
                 tokens: int) -> tuple[float, np.ndarray]:
-    """(tokens/s over ``tokens`` timed greedy steps after two warm-up steps, the prompt's last logits)."""
+    """(tokens/s of greedy decode as tvm_decode.py times it, the prompt's last logits)."""
     logits = np.array(prefill(PROMPT), dtype=np.float32).reshape(-1)
-    token = step(step(int(np.argmax(logits))))
-    start = time.perf_counter()
-    for _ in range(tokens):
-        token = step(token)
-    return tokens / (time.perf_counter() - start), logits
+    return tokens_per_second(step, int(np.argmax(logits)), tokens), logits
 
 
 def llmc_rate(device: CompiledModel, threads: int, tokens: int) -> tuple[float, np.ndarray]:

@@ -82,8 +82,8 @@ class Lowered:
 
 
 def cpu_lut_variant(target: Target, name: str = "auto") -> Variant | None:
-    """The LUT kernel variant (``name``, or the best for ``target``) a CPU target lowers float-table
-    ``lut_gemm`` layers to; None on other targets, and where ``auto`` finds only the portable one
+    """The LUT kernel variant (``name``, or the best for ``target``) a CPU target lowers ``lut_gemm``
+    layers to; None on other targets, and where ``auto`` finds only the portable one
     (the generic lowering serves those CPUs)."""
     if target.kind.name != "llvm":
         return None

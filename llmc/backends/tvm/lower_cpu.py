@@ -43,7 +43,7 @@ def _call(lw: FunctionLowering, layout: str, geom: Geometry, rows: int, x: relax
     weights = [lw.weight(f"{key}#{layout}.{i}", lambda i=i: cached()[i]) for i in range(3)]
     name = f"{layout}_n{geom.n}_k{geom.k}_b{geom.bits}_g{geom.group}_m{rows}"
     func = kernel_func(layout, geom, rows, variant).with_attrs({"global_symbol": name, "op_pattern": 8,
-                                                       "tirx.is_scheduled": True})
+                                                                "tirx.is_scheduled": True})
     padded = geom.padded_rows(layout)
     x2 = lw.bb.emit(relax.op.reshape(x, [rows, geom.k]))
     y = lw.bb.emit(relax.call_tir(lw.bb.add_func(func, name), [x2, *weights],

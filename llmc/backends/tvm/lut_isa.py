@@ -39,6 +39,11 @@ def _arm(name: str, dtype: str, *args: object) -> object:
     return T.call_llvm_pure_intrin(dtype, f"llvm.aarch64.neon.{name}", *args)
 
 
+def _row_weights(weight: object) -> object:
+    """The plane weight of each of the four int32 rows of a 16-byte ``weight`` splat."""
+    return T.Cast("int32x4", T.Shuffle([weight], [0, 4, 8, 12]))
+
+
 def _lane_mask(step: int, q: int) -> object:
     """int8 mask, 0 on bytes ``4r + q`` and -128 elsewhere (``pshufb`` writes 0 where bit 7 is set)."""
     own = (vec(0, step) & splat(3, step)) == splat(q, step)
@@ -98,7 +103,7 @@ def _neon_dot4(acc: object, weight: object, looked: object) -> object:
     """Without ``sdot``: two pairwise widening adds (``saddlp``), then times the plane weight."""
     pairs = _arm("saddlp.v8i16.v16i8", "int16x8", looked)
     quads = _arm("saddlp.v4i32.v8i16", "int32x4", pairs)
-    return acc + quads * T.Cast("int32x4", T.Shuffle([weight], [0, 4, 8, 12]))
+    return acc + quads * _row_weights(weight)
 
 
 def _neon_lookup_f32(tables: object, m: object, slot: object, index: object) -> object:
@@ -118,7 +123,7 @@ def _portable_dot4(acc: object, weight: object, looked: object) -> object:
     total = T.Shuffle([wide], [0, 4, 8, 12])
     for j in range(1, 4):
         total = total + T.Shuffle([wide], [j, 4 + j, 8 + j, 12 + j])
-    return acc + total * T.Cast("int32x4", T.Shuffle([weight], [0, 4, 8, 12]))
+    return acc + total * _row_weights(weight)
 
 
 def _portable_lookup_f32(tables: object, m: object, slot: object, index: object) -> object:
