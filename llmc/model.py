@@ -130,7 +130,7 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
             raise LlmcError(f"{path}: no such file or directory")
         tok = tokenizer_path(path)
         return Model(load_module(path), tok.read_text() if tok.exists() else None, str(path))
-    from llmc.compiler.frontend import ARCHITECTURES  # light: hf imports torch, only for sources that need it
+    from llmc.compiler.frontend import FAMILIES, is_architecture  # light: no torch import
 
     if not isinstance(source, (str, Path)):
         import torch
@@ -140,7 +140,7 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
         if isinstance(source, torch.nn.Module):
             return Model(hf.import_model(source.eval(), name or type(source).__name__, max_length), None, "nn.Module")
         raise LlmcError(f"cannot import a {type(source).__name__}")
-    if text in ARCHITECTURES and not Path(text).exists():  # an existing path wins over an architecture name
+    if not Path(text).exists() and text not in BUNDLED and is_architecture(text):  # an existing path wins
         if config is None and not shapes_only:
             raise LlmcError(f"'{text}' is an architecture name, not a file: random weights need the model's sizes "
                             "(--config FILE), or --shapes-only for the default sizes")
@@ -156,8 +156,8 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
         return Model(module, None, text)
     path = BUNDLED.get(text, Path(text))
     if not path.exists():
-        raise LlmcError(f"{text}: no such file or directory, and not a known model or architecture "
-                        f"({', '.join([*BUNDLED, *ARCHITECTURES])})")
+        raise LlmcError(f"{text}: no such file or directory, and not a bundled model ({', '.join(BUNDLED)}) or a "
+                        f"transformers causal-LM architecture (tested: {', '.join(FAMILIES)})")
     if path.is_dir():
         return _load_hf_dir(path, shapes_only, max_length, name or (text if text in BUNDLED else path.name))
     if path.suffix == ".onnx":

@@ -280,7 +280,7 @@ def bad_inputs(tmp_path: Path, llmc_file: Path, config_file: Path) -> dict[str, 
     (corrupt_dir / "config.json").write_text('{"model_type": "llama",')
     bert_dir = tmp_path / "bert"
     bert_dir.mkdir()
-    (bert_dir / "config.json").write_text('{"model_type": "bert"}')
+    (bert_dir / "config.json").write_text('{"model_type": "t5"}')  # an encoder-decoder: no causal-LM class
     broken = tmp_path / "broken.llmc"
     lines = llmc_file.read_text().splitlines()
     lines[2] = "  param ??? garbage"
@@ -299,8 +299,8 @@ def bad_inputs(tmp_path: Path, llmc_file: Path, config_file: Path) -> dict[str, 
         "missing file": (["show", str(tmp_path / "missing.llmc")], "no such file or directory"),
         "corrupt config.json": (["show", str(corrupt_dir)], "config.json: corrupt JSON"),
         "corrupt .llmc": (["show", str(broken)], "broken.llmc: line 3"),
-        "unknown architecture name": (["show", "gpt5"], "not a known model or architecture"),
-        "unsupported architecture": (["show", str(bert_dir)], "unsupported architecture 'bert'"),
+        "unknown architecture name": (["show", "gpt5"], "not a bundled model (llmc-tiny) or a transformers causal-LM"),
+        "unsupported architecture": (["show", str(bert_dir)], "'t5' is not a causal language model architecture"),
         "corrupt --config": (["show", "llama", "--config", str(bad_json)], "bad.json: corrupt JSON"),
         "missing --config": (["show", "llama", "--config", str(tmp_path / "none.json")], "none.json: No such file"),
         "--config on a file": (["show", model, "--config", str(config_file)], "--config applies to an architecture"),

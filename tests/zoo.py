@@ -23,11 +23,41 @@ FAMILIES = {
     "qwen2": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2),
     "mistral": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=1),
+                    num_key_value_heads=1, sliding_window=8),  # every layer windowed
     "gpt2": dict(vocab_size=96, n_positions=128, initializer_range=0.1, n_embd=64, n_layer=2, n_head=4,
                  bos_token_id=0, eos_token_id=0),
     "opt": dict(SMALL, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
                 word_embed_proj_dim=64, pad_token_id=95),
+    # QK-norm; explicit head_dim
+    "qwen3": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16),
+    # GeGLU, sandwich norms, scaled embeddings, soft-capping, alternating 4-token sliding window
+    "gemma2": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, sliding_window=4, attn_logit_softcapping=2.0,
+                   final_logit_softcapping=5.0),
+    # QK-norm, local (4-token window) and global layers with their own RoPE bases
+    "gemma3_text": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16, sliding_window=4,
+                        layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0),
+    # fused qkv and gate_up projections
+    "phi3": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, pad_token_id=0),
+    # parallel residual, partial rotary
+    "gpt_neox": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     rotary_pct=0.25, eos_token_id=0, bos_token_id=0),
+    # norms after attention and MLP, QK-norm over all heads
+    "olmo2": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, pad_token_id=0, eos_token_id=0, bos_token_id=0),
+    # embedding, residual, attention and logit multipliers
+    "granite": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, embedding_multiplier=2.0, residual_multiplier=0.5,
+                    attention_multiplier=0.2, logits_scaling=0.5),
+    # mixtures of experts: 4 experts, top-2 (Qwen3-MoE: its own expert width, QK-norm)
+    "mixtral": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
+    "qwen3_moe": dict(SMALL, hidden_size=64, intermediate_size=96, moe_intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+                      num_experts_per_tok=2),
 }
 # One layer, 2 heads over 1 KV head: the smallest model the FPGA flow compiles (snapshots, RTL projects).
 FPGA_SMALL = dict(vocab_size=96, max_position_embeddings=64, hidden_size=64, intermediate_size=128,

@@ -63,12 +63,13 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace) -> Model:
     """The model named by ``args.model`` with ``--config``, ``--seed`` and ``--shapes-only``."""
-    from llmc.compiler.frontend import ARCHITECTURES
+    from llmc.compiler.frontend import is_architecture
 
     config = None
     if args.config is not None:
-        if args.model not in ARCHITECTURES:
-            raise LlmcError(f"--config applies to an architecture name ({', '.join(ARCHITECTURES)}), not '{args.model}'")
+        if Path(args.model).exists() or not is_architecture(args.model):
+            raise LlmcError(f"--config applies to an architecture name (a transformers model_type such as llama), "
+                            f"not '{args.model}'")
         config = read_json_object(args.config, "a JSON object of config values")
     with activity(f"importing {args.model}", progress_enabled(args)):
         return load(args.model, config=config, seed=args.seed, shapes_only=getattr(args, "shapes_only", False))

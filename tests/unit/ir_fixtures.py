@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from llmc.ir import Builder, Function, Module, TensorType, run_function, verify_module
+from llmc.ir import OPS, Builder, Function, Module, TensorType, run_function, verify_module
 
 
 def one_node(op: str, in_types: Sequence[TensorType], attrs: dict[str, Any] | None = None) -> Module:
@@ -19,7 +19,8 @@ def one_node(op: str, in_types: Sequence[TensorType], attrs: dict[str, Any] | No
     func = Function("f")
     b = Builder(module, func)
     ins = [b.input(f"a{i}", t) for i, t in enumerate(in_types)]
-    b.ret(b.op(op, ins, attrs or {}, name="out"))
+    results = OPS[op].num_results
+    b.ret(*b.op_multi(op, ins, attrs or {}, ["out"] if results == 1 else [f"out{i}" for i in range(results)]))
     module.functions["f"] = func
     verify_module(module)
     return module
@@ -29,6 +30,12 @@ def run1(op: str, in_types: Sequence[TensorType], arrays: Sequence[np.ndarray], 
     """Run a one-node module and return its single result."""
     module = one_node(op, in_types, attrs)
     return run_function(module, "f", {f"a{i}": a for i, a in enumerate(arrays)})["out"]
+
+
+def run_op(op: str, in_types: Sequence[TensorType], arrays: Sequence[np.ndarray], attrs: dict[str, Any] | None = None):
+    """Run a one-node module and return its results in order."""
+    out = run_function(one_node(op, in_types, attrs), "f", {f"a{i}": a for i, a in enumerate(arrays)})
+    return list(out.values())
 
 
 def fill_params(module: Module, rng: np.random.Generator) -> None:
@@ -136,6 +143,9 @@ def build_every_op_module() -> Module:
     h = b.op("add", [h, b.op("expand", [first], {"shape": [1, L, 8]})])
     idx = b.op("iota", [], {"start": 0, "end": 8, "step": 2, "dtype": I64})
     h = b.op("gather", [h, idx], {"axis": -1})  # [1, L, 4]
+    top, top_idx = b.op_multi("topk", [h], {"k": 2, "axis": -1})  # a router's choice: [1, L, 2] twice
+    h = b.op("add", [h, b.op("reduce_sum", [top], {"axes": [-1], "keepdim": True})])
+    h = b.op("add", [h, b.op("cast", [b.op("reduce_sum", [top_idx], {"axes": [-1], "keepdim": True})], {"dtype": F32})])
     pos_ids = b.op("iota", [], {"start": P, "end": P + L, "dtype": I64}, name="pos.ids")
     h = b.op("add", [h, b.op("cast", [b.op("reshape", [pos_ids], {"shape": [1, L, 1]})], {"dtype": F32})])
     scores = b.op("matmul", [h, b.op("transpose", [h], {"perm": [0, 2, 1]})], name="scores")

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from ir_fixtures import build_every_op_module, fill_params, one_node, run1
+from ir_fixtures import build_every_op_module, fill_params, one_node, run1, run_op
 
 from llmc.ir import (
     BF16,
@@ -20,6 +20,7 @@ from llmc.ir import (
     Dim,
     DType,
     Function,
+    InferError,
     InterpreterError,
     Module,
     TensorType,
@@ -328,6 +329,26 @@ def test_cumsum(axis, rng):
 def test_softmax(axis, rng):
     x = (rng.standard_normal((2, 3, 6)) * 5).astype(np.float32)
     close(run1("softmax", [tt([2, 3, 6])], [x], {"axis": axis}), torch.softmax(torch.from_numpy(x), axis), rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis,k", [(-1, 2), (1, 3), (0, 1)])
+def test_topk_matches_torch(axis, k, rng):
+    x = rng.standard_normal((3, 5, 6)).astype(np.float32)
+    values, indices = run_op("topk", [tt([3, 5, 6])], [x], {"k": k, "axis": axis})
+    want = torch.topk(torch.from_numpy(x), k, dim=axis)
+    exact(values, want.values)
+    exact(indices, want.indices)
+
+
+def test_topk_ties_keep_the_lower_index_first():
+    values, indices = run_op("topk", [tt([5])], [np.array([1, 3, 3, 0, 3], np.float32)], {"k": 2, "axis": 0})
+    exact(values, np.array([3, 3], np.float32))
+    exact(indices, np.array([1, 2], np.int64))
+
+
+def test_topk_k_outside_the_axis_is_refused():
+    with pytest.raises(InferError, match="topk k=7 is outside"):
+        run_op("topk", [tt([5])], [np.zeros(5, np.float32)], {"k": 7, "axis": 0})
 
 
 def test_softmax_all_masked_row_is_nan():

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from llmc.compiler.frontend import ARCHITECTURES, checkpoint
+from llmc.compiler.frontend import FAMILIES, causal_lm_types, checkpoint
 from llmc.compiler.frontend.replicate import TEMPLATE, NotReplicable, replicate
 from llmc.compiler.frontend.torch_export import convert_graph
 from llmc.compiler.passes.cleanup import dce, prune_params
@@ -46,12 +46,14 @@ def cache_shape(config: Any) -> CacheShape:
 
 
 def config_from_dict(values: dict[str, Any], where: str) -> Any:
-    """A transformers config from a config.json dict; the architecture must be supported."""
+    """A transformers config from a config.json dict; its ``model_type`` must have a causal-LM
+    class in transformers."""
     from transformers import AutoConfig
 
     arch = values.get("model_type")
-    if arch not in ARCHITECTURES:
-        raise FrontendError(f"{where}: unsupported architecture '{arch}' (supported: {', '.join(ARCHITECTURES)})")
+    if not isinstance(arch, str) or arch not in causal_lm_types():
+        raise FrontendError(f"{where}: '{arch}' is not a causal language model architecture of transformers "
+                            f"(tested: {', '.join(FAMILIES)})")
     checkpoint.check_config(values, where)
     rest = {k: v for k, v in values.items() if k != "model_type"}
     try:
@@ -68,10 +70,17 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def build_model(config: Any, *, seed: int = 0, meta: bool = False) -> torch.nn.Module:
-    """A randomly initialised model (seeded), or one on the meta device (no memory)."""
+    """A randomly initialised model (seeded), or one on the meta device (no memory).
+
+    Attention is PyTorch's SDPA where the model supports it, else the model's eager attention
+    (Gemma-2's soft-capping); mixture-of-experts layers run their batched form (the selected
+    experts' weights gathered per token), which torch.export traces without data-dependent
+    control flow."""
     from transformers import AutoModelForCausalLM
 
-    config._attn_implementation = "sdpa"
+    model_class = _causal_lm_class(config)
+    config._attn_implementation = "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+    config._experts_implementation = "batched_mm"
     torch.manual_seed(seed)
     try:
         with torch.device("meta" if meta else "cpu"):
@@ -80,6 +89,15 @@ def build_model(config: Any, *, seed: int = 0, meta: bool = False) -> torch.nn.M
         raise FrontendError(f"{config.model_type} config: cannot build the model: "
                             f"{' '.join(str(e).split())[:300]}") from None
     return model.eval()
+
+
+def _causal_lm_class(config: Any) -> type | None:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    except (KeyError, ValueError):
+        return None
 
 
 def load_pretrained(model_dir: Path) -> torch.nn.Module:
@@ -111,10 +129,26 @@ class StepModule(torch.nn.Module):
         cache = DynamicCache()
         for i in range(self.layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
+        out = self.model(input_ids=input_ids, attention_mask=self.layer_masks(mask, position_ids),
+                         position_ids=position_ids, past_key_values=cache, use_cache=True)
         present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)
+
+
+    def layer_masks(self, mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The additive mask each attention layer sees: ``mask`` for full attention, and ``mask``
+        with the keys at or beyond ``sliding_window`` positions back masked out for sliding-window
+        layers (as transformers' own masks: key ``j`` is seen from position ``i`` when ``i - j < window``).
+        Models with ``layer_types`` take a dict by layer type; others (Mistral) one mask."""
+        config = self.model.config
+        window = getattr(config, "sliding_window", None)
+        types = getattr(config, "layer_types", None)
+        if not window or (types is not None and "sliding_attention" not in types):
+            return mask
+        keys = torch.arange(mask.shape[-1], device=mask.device)
+        outside = (position_ids[:, None, :, None] - keys) >= window
+        windowed = mask.masked_fill(outside, torch.finfo(mask.dtype).min)
+        return windowed if types is None else {"full_attention": mask, "sliding_attention": windowed}
 
 
 def step_inputs(model: torch.nn.Module, shape: CacheShape, new: int, past: int, device: str = "cpu") -> tuple:

@@ -67,8 +67,12 @@ class Converter:
         return TensorType.of([self.dim(s) for s in val.shape], ir_dtype(val.dtype))
 
     def error(self, message: str) -> FrontendError:
-        where = f"node {self.node.name} ({self.node.target})" if self.node is not None else "graph"
-        return FrontendError(f"{where}: {message}")
+        if self.node is None:
+            return FrontendError(f"graph: {message}")
+        stack = self.node.meta.get("nn_module_stack") or {}
+        path, kind = list(stack.values())[-1] if stack else ("", "")
+        origin = f" in {_strip_step(path)} ({str(kind).rsplit('.', 1)[-1]})" if stack else ""
+        return FrontendError(f"node {self.node.name} ({self.node.target}){origin}: {message}")
 
     # -- values ----------------------------------------------------------------------------
     def value(self, arg: Any) -> Value | None:
@@ -150,6 +154,11 @@ def convert_graph(
             raise conv.error(f"unsupported fx node kind '{node.op}'")
         origins += [_module_path(node)] * (len(func.nodes) - count)
     return origins
+
+
+def _strip_step(path: str) -> str:
+    """A module path of the model, without the step wrapper's ``model.`` prefix."""
+    return path.removeprefix("model.") or path
 
 
 def _module_path(node: torch.fx.Node) -> str:

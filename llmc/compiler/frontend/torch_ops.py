@@ -69,7 +69,7 @@ def _symbolic(c: Converter, n: torch.fx.Node) -> None:
     return None  # sizes are read from metadata where they are used
 
 
-@handles(aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout)
+@handles(aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default)
 def _to(c: Converter, n: torch.fx.Node) -> Value:
     x = c.tensor(n.args[0])
     dtype = c.meta_type(n).dtype
@@ -228,6 +228,42 @@ def _embedding(c: Converter, n: torch.fx.Node) -> Value:
 @handles(aten.index_select.default)
 def _index_select(c: Converter, n: torch.fx.Node) -> Value:
     return c.emit("gather", [c.tensor(n.args[0]), c.tensor(n.args[2])], {"axis": n.args[1]})
+
+
+@handles(aten.index.Tensor)
+def _index(c: Converter, n: torch.fx.Node) -> Value:
+    """``x[idx]``: one integer index tensor on the first axis (a mixture of experts' weights
+    gathered by expert id)."""
+    indices = n.args[1]
+    if len(indices) != 1 or indices[0] is None:
+        raise c.error("indexing is supported with one integer index tensor on the first axis")
+    return c.emit("gather", [c.tensor(n.args[0]), c.tensor(indices[0])], {"axis": 0})
+
+
+@handles(aten.topk.default)
+def _topk(c: Converter, n: torch.fx.Node) -> list[Value]:
+    x = c.tensor(n.args[0])
+    k = n.args[1]
+    axis = (n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", -1)) % x.type.rank
+    largest = n.args[3] if len(n.args) > 3 else n.kwargs.get("largest", True)
+    if not largest:
+        raise c.error("topk of the smallest values is not supported")
+    return c.b.op_multi("topk", [x], {"k": k, "axis": axis}, [f"{n.name}_values", f"{n.name}_indices"])
+
+
+@handles(aten.repeat_interleave.self_int)
+def _repeat_interleave(c: Converter, n: torch.fx.Node) -> Value:
+    """``repeat_interleave(x, r, axis)`` as a new axis after ``axis``, expanded to ``r`` and merged."""
+    x = c.tensor(n.args[0])
+    repeats = n.args[1]
+    axis = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim")
+    if axis is None or not isinstance(repeats, int):
+        raise c.error("repeat_interleave needs an axis and a constant repeat count")
+    axis %= x.type.rank
+    shape = list(x.type.shape)
+    grown = c.b.op("reshape", [x], {"shape": shape[:axis + 1] + [1] + shape[axis + 1:]})
+    grown = c.b.op("expand", [grown], {"shape": shape[:axis + 1] + [repeats] + shape[axis + 1:]})
+    return c.emit("reshape", [grown], {"shape": list(c.meta_type(n).shape)})
 
 
 @handles(aten.scaled_dot_product_attention.default)

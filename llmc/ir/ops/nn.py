@@ -12,7 +12,7 @@ import numpy as np
 
 from llmc.ir.ops.common import as_dtype, broadcast_shapes, exact_int_matmul, float_only, norm_axis, same_dtype
 from llmc.ir.registry import AttrSpec, InferError, RefContext, register
-from llmc.ir.types import TensorType
+from llmc.ir.types import I64, Dim, TensorType
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -102,6 +102,29 @@ class Softmax:
     @staticmethod
     def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
         return [as_dtype(softmax(_f32(ins[0]), attrs["axis"]), ctx.out_types[0].dtype)]
+
+
+@register("topk", inputs=1, attrs={"k": AttrSpec("int"), "axis": AttrSpec("int")}, results=2)
+class TopK:
+    """The ``k`` largest values along ``axis``, in descending order, and their indices (i64); equal
+    values keep their order (the lower index first)."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x = ins[0]
+        axis = norm_axis(attrs["axis"], x.rank)
+        size = x.shape[axis]
+        if attrs["k"] < 1 or (size.is_static and attrs["k"] > size.value):
+            raise InferError(f"topk k={attrs['k']} is outside [1, {size}]")
+        shape = list(x.shape[:axis]) + [Dim.of(attrs["k"])] + list(x.shape[axis + 1:])
+        return [x.with_shape(shape), TensorType.of(shape, I64)]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        x, axis = ins[0], attrs["axis"]
+        order = np.argsort(-x.astype(np.float64), axis=axis, kind="stable")
+        indices = np.take(order, np.arange(attrs["k"]), axis=axis)
+        return [np.take_along_axis(x, indices, axis=axis), indices.astype(np.int64)]
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
