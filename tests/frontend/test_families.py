@@ -7,6 +7,7 @@ through its text form.
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,14 @@ def check_against_torch(model: torch.nn.Module, module: llmc.ir.Module) -> list[
     return tokens
 
 
+def assert_fused(module: llmc.ir.Module, rotary: bool) -> None:
+    """No RMSNorm or RoPE is left as primitives: they appear only as fused ops."""
+    ops = collections.Counter(n.op for n in module.functions["decode"].nodes)
+    assert ops["rsqrt"] == ops["neg"] == ops["cos"] == ops["pow"] == 0, ops
+    assert ops["rms_norm"] + ops["layer_norm"] > 0
+    assert (ops["rope"] > 0) == rotary
+
+
 def hf_generate(model: torch.nn.Module, prompt: list[int], steps: int) -> list[int]:
     ids = torch.tensor([prompt])
     with torch.no_grad():
@@ -79,6 +88,7 @@ def test_family_matches_pytorch_and_generate(arch: str) -> None:
     assert parse_module(text) == loaded.module
     assert print_module(parse_module(text)) == text
     check_against_torch(model, loaded.module)
+    assert_fused(loaded.module, rotary=arch not in ("gpt2", "opt"))
     ours = loaded.run(prompt_ids=PROMPT, max_new_tokens=STEPS, stop=False).tokens
     assert ours == hf_generate(model, PROMPT, STEPS)
     assert len(set(ours)) > 1, "degenerate test: the model repeats one token"

@@ -135,6 +135,9 @@ def build_every_op_module() -> Module:
     # attention over the cache: q [1, 2, L, 4], k/v [1, 2, P+L, 4]
     q = b.op("transpose", [b.op("reshape", [h], {"shape": [1, L, 2, 4]})], {"perm": [0, 2, 1, 3]})
     k = b.op("concat", [past, q], {"axis": 2}, name="present.k")
+    inv_freq = b.constant([1.0, 0.01], F32, [2])
+    rope_pos = b.op("reshape", [b.op("iota", [], {"start": P, "end": P + L, "dtype": I64})], {"shape": [1, L]})
+    q = b.op("rope", [q, rope_pos, inv_freq], {"seq_axis": -2})
     att = b.op("attention", [q, k, k, mask], {"scale": 0.5})
     att = b.op("attention", [att, k, k])
     h = b.op("reshape", [b.op("transpose", [att], {"perm": [0, 2, 1, 3]})], {"shape": [1, L, 8]})

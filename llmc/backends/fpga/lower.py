@@ -1,20 +1,23 @@
 """Lowering to the accelerator's ops: a model's decode step becomes one ``step`` function over
 T new tokens and a cache of P, in ``hw_*`` ops whose semantics are exactly the hardware's.
 
-The decode function of an imported model is walked node by node. Each original value maps to
-what it is on the accelerator: an activation matrix, a per-head view of one, a KV cache, a RoPE
-table, or an intermediate of a recognised pattern (RMSNorm's mean of squares, RoPE's rotated
-half). A node no rule accepts is refused with its name and op.
+The decode function of an imported model, fused (:mod:`llmc.compiler.passes.fuse`: one
+``rms_norm``, ``rope`` ... per concept), is walked node by node; each op has one rule. Each
+original value maps to what it is on the accelerator: an activation matrix, a per-head view of
+one, a KV cache, or a marker (a parameter, a constant, the positions, the mask). A node no rule
+accepts is refused with its name and op.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from llmc.backends.fpga import weights as ew
+from llmc.compiler.passes.fuse import fuse_function
 from llmc.errors import LlmcError
 from llmc.ir.builder import Builder
 from llmc.ir.graph import Function, Module, Node, Param, Value
@@ -64,7 +67,6 @@ class Lowering:
         self.b = Builder(self.out, self.step)
         self.map: dict[str, Any] = {}
         self.producers = func.producers()
-        self.cache_outputs: dict[str, Cache] = {}
         self.rope_tables: dict[str, tuple[Value, Value]] = {}
 
     # --- helpers -------------------------------------------------------------------------------
@@ -88,12 +90,6 @@ class Lowering:
             raise LlmcError(f"{self.src.name}: %{v.name} must be a parameter")
         p = self.src.params[node.attrs["name"]]
         return p.name, p.data, p.type
-
-    def const_value(self, v: Value) -> float | None:
-        node = self.producers.get(v.name)
-        if node is not None and node.op == "constant" and not node.attrs.get("shape"):
-            return float(node.attrs["value"])
-        return None
 
     # --- the walk ------------------------------------------------------------------------------
     def run(self) -> Module:
@@ -143,7 +139,7 @@ class Lowering:
 
     def op_reshape(self, node: Node, x: Value) -> Any:
         got, shape = self.get(x), node.outputs[0].type.shape
-        if isinstance(got, Pattern) and got.kind in ("pos", "cos", "sin", "phase", "mask", "rsqrt"):
+        if isinstance(got, Pattern) and got.kind in ("pos", "mask"):
             return got
         if isinstance(got, Act) and len(shape) == 4:
             return Heads(got.value, shape[2].value, shape[3].value, transposed=False)
@@ -169,32 +165,12 @@ class Lowering:
 
     def op_cast(self, node: Node, x: Value) -> Any:
         got = self.get(x)
-        if isinstance(got, Pattern) and got.kind == "pos":
-            return Pattern("pos_float", got.of)
         if node.attrs["dtype"] in (F32, F16) and node.inputs[0].type.dtype == node.attrs["dtype"]:
             return got
         raise self.fail(node, "casts inside the model are not supported")
 
     def op_mul(self, node: Node, a: Value, b: Value) -> Any:
         ga, gb = self.get(a), self.get(b)
-        for x, y in ((ga, gb), (gb, ga)):
-            if isinstance(x, Pattern) and x.kind == "pos_float" and isinstance(y, Pattern) and y.kind == "param":
-                return Pattern("phase", y.of)
-            if isinstance(x, Pattern) and x.kind in ("cos", "sin") and isinstance(y, Pattern) and y.kind == "const":
-                if float(y.of) != 1.0:
-                    raise self.fail(node, "RoPE attention scaling other than 1 is not supported")
-                return x
-            if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "rsqrt" and y.of == x.value:
-                return Pattern("normed", x, y.extra)
-            if isinstance(x, Pattern) and x.kind == "normed" and isinstance(y, Pattern) and y.kind == "param":
-                name, data, _ = self.param_data(y.of)
-                w = self.add_param(name, TensorType((Dim.of(x.of.value.type.shape[1].value),), F32),
-                                   None if data is None else data.astype(np.float32))
-                return Act(self.b.op("hw_rms_norm", [x.of.value, w], {"eps": x.extra}))
-            if isinstance(x, Heads) and isinstance(y, Pattern) and y.kind == "cos":
-                return Pattern("xcos", x, y.of)
-            if isinstance(x, Pattern) and x.kind == "rotated" and isinstance(y, Pattern) and y.kind == "sin":
-                return Pattern("rotsin", x.of, y.of)
         if isinstance(ga, Act) and isinstance(gb, Act):
             return Act(self.b.op("hw_mul", [ga.value, gb.value]))
         for x, y in ((ga, gb), (gb, ga)):
@@ -208,43 +184,30 @@ class Lowering:
         ga, gb = self.get(a), self.get(b)
         if isinstance(ga, Act) and isinstance(gb, Act):
             return Act(self.b.op("hw_add", [ga.value, gb.value]))
-        if isinstance(ga, Pattern) and ga.kind == "meansq" and isinstance(gb, Pattern) and gb.kind == "const":
-            return Pattern("meansq_eps", ga.of, float(gb.of))
-        if isinstance(ga, Pattern) and isinstance(gb, Pattern) and {ga.kind, gb.kind} == {"xcos", "rotsin"}:
-            xcos = ga if ga.kind == "xcos" else gb
-            rot = gb if ga.kind == "xcos" else ga
-            x: Heads = xcos.of
-            if rot.of != x or rot.extra != xcos.extra:
-                raise self.fail(node, "RoPE halves of different tensors")
-            cos, sin = self.rope(xcos.extra, x.head_dim)
-            y = self.b.op("hw_rope", [x.value, self.pos, cos, sin], {"head_dim": x.head_dim})
-            return Heads(y, x.heads, x.head_dim, x.transposed)
         raise self.fail(node, "add of unsupported operands")
 
-    def op_pow(self, node: Node, x: Value, e: Value) -> Pattern:
-        if self.const_value(e) == 2.0 and isinstance(self.get(x), Act):
-            return Pattern("square", self.get(x).value)
-        raise self.fail(node, "only squares of activations (RMSNorm) are supported")
+    def op_rms_norm(self, node: Node, x: Value, w: Value) -> Act:
+        got = self.get(w)
+        if not (isinstance(got, Pattern) and got.kind == "param"):
+            raise self.fail(node, "the RMSNorm weight must be a parameter")
+        name, data, t = self.param_data(w)
+        weight = self.add_param(name, TensorType(t.shape, F32), None if data is None else data.astype(np.float32))
+        return Act(self.b.op("hw_rms_norm", [self.act(node, x), weight], {"eps": node.attrs["eps"]}))
 
-    def op_reduce_mean(self, node: Node, x: Value) -> Pattern:
-        got = self.get(x)
-        if isinstance(got, Pattern) and got.kind == "square" and node.attrs["axes"] == [-1]:
-            return Pattern("meansq", got.of)
-        raise self.fail(node, "only RMSNorm's mean of squares is supported")
-
-    def op_rsqrt(self, node: Node, x: Value) -> Pattern:
-        got = self.get(x)
-        if isinstance(got, Pattern) and got.kind == "meansq_eps":
-            return Pattern("rsqrt", got.of, got.extra)
-        raise self.fail(node, "rsqrt outside RMSNorm")
+    def op_rope(self, node: Node, x: Value, positions: Value, inv_freq: Value) -> Heads:
+        got, pos = self.get(x), self.get(positions)
+        if not (isinstance(got, Heads) and isinstance(pos, Pattern) and pos.kind == "pos"):
+            raise self.fail(node, "RoPE must rotate attention heads at the step's positions")
+        if node.attrs["seq_axis"] != (-2 if got.transposed else -3):
+            raise self.fail(node, "RoPE over an axis other than the tokens")
+        if node.attrs["scale"] != 1.0:
+            raise self.fail(node, "RoPE attention scaling other than 1 is not supported")
+        cos, sin = self.rope(inv_freq, got.head_dim)
+        y = self.b.op("hw_rope", [got.value, self.pos, cos, sin], {"head_dim": got.head_dim})
+        return Heads(y, got.heads, got.head_dim, got.transposed)
 
     def op_concat(self, node: Node, *xs: Value) -> Any:
         got = [self.get(x) for x in xs]
-        if len(got) == 2 and all(isinstance(g, Pattern) and g.kind == "phase" for g in got):
-            return Pattern("phase2", got[0].of)
-        if len(got) == 2 and isinstance(got[0], Pattern) and got[0].kind == "neg_hi" \
-                and isinstance(got[1], Pattern) and got[1].kind == "lo" and got[0].of == got[1].of:
-            return Pattern("rotated", got[0].of)
         if len(got) == 2 and isinstance(got[0], Cache) and isinstance(got[1], Heads):
             past, new = got
             codes, scales = self.b.op_multi("hw_quant8", [new.value], {"group": new.head_dim})
@@ -253,34 +216,6 @@ class Lowering:
                          self.b.op("concat", [past.scales, scales], {"axis": 0}, name=f"{name}_scales"),
                          past.kv_heads, past.head_dim)
         raise self.fail(node, "concat of unsupported operands")
-
-    def op_cos(self, node: Node, x: Value) -> Pattern:
-        return self._trig(node, x, "cos")
-
-    def op_sin(self, node: Node, x: Value) -> Pattern:
-        return self._trig(node, x, "sin")
-
-    def _trig(self, node: Node, x: Value, kind: str) -> Pattern:
-        got = self.get(x)
-        if isinstance(got, Pattern) and got.kind == "phase2":
-            return Pattern(kind, got.of)
-        raise self.fail(node, f"{kind} outside rotary embeddings")
-
-    def op_slice(self, node: Node, x: Value) -> Pattern:
-        got, a = self.get(x), node.attrs
-        if isinstance(got, Heads) and a["axis"] in (3, -1) and a["step"] == 1:
-            half = got.head_dim // 2
-            if (a["start"], a["end"]) == (0, half):
-                return Pattern("lo", got)
-            if a["start"] == half and a["end"] >= got.head_dim:
-                return Pattern("hi", got)
-        raise self.fail(node, "slice other than RoPE's halves")
-
-    def op_neg(self, node: Node, x: Value) -> Pattern:
-        got = self.get(x)
-        if isinstance(got, Pattern) and got.kind == "hi":
-            return Pattern("neg_hi", got.of)
-        raise self.fail(node, "negation outside RoPE")
 
     def op_silu(self, node: Node, x: Value) -> Act:
         return Act(self.b.op("hw_act", [self.act(node, x)], {"fn": "silu"}))
@@ -383,7 +318,11 @@ class Lowering:
         return Act(self.b.op("hw_matmul", ins, attrs))
 
     def rope(self, inv_freq: Value, head_dim: int) -> tuple[Value, Value]:
+        """The cos and sin tables (Q2.30, every position) of one ``inv_freq``: ``rope.cos`` and
+        ``rope.sin`` for the first, ``rope<i>.*`` for a model's others (Gemma-3's local layers)."""
         name, data, _ = self.param_data(inv_freq)
+        if name in self.rope_tables:
+            return self.rope_tables[name]
         positions = int(self.src.attrs.get("max_position", 0))
         if positions <= 0:
             raise LlmcError(f"{self.src.name}: the model does not state its maximum positions")
@@ -393,7 +332,10 @@ class Lowering:
             cos = np.rint(np.cos(angles) * 2.0**30).astype(np.int32)
             sin = np.rint(np.sin(angles) * 2.0**30).astype(np.int32)
         shape = TensorType((Dim.of(positions), Dim.of(head_dim // 2)), I32)
-        return (self.add_param("rope.cos", shape, cos), self.add_param("rope.sin", shape, sin))
+        prefix = f"rope{len(self.rope_tables) or ''}"
+        tables = (self.add_param(f"{prefix}.cos", shape, cos), self.add_param(f"{prefix}.sin", shape, sin))
+        self.rope_tables[name] = tables
+        return tables
 
 
 def lower(module: Module) -> Module:
@@ -402,4 +344,6 @@ def lower(module: Module) -> Module:
     outputs ``logits`` [T, V] and the grown caches)."""
     if "decode" not in module.functions:
         raise LlmcError(f"{module.name}: the FPGA backend needs a decode function (import with a KV cache)")
-    return Lowering(module, module.functions["decode"]).run()
+    decode = copy.deepcopy(module.functions["decode"])
+    fuse_function(module, decode)  # a module saved before the import fused it
+    return Lowering(module, decode).run()

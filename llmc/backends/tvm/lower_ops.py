@@ -186,3 +186,24 @@ def _attention(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
         scores = lw.bb.emit(R.add(scores, lw.arg(node, 3)))
     return _emit(lw, R.matmul(R.nn.softmax(scores, -1), v))
 
+
+
+@handles("rope")
+def _rope(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    """``x * cos + rotate_half(x) * sin``, the tables computed from the positions in the graph."""
+    x, positions, inv_freq = (lw.arg(node, i) for i in range(3))
+    xt = node.inputs[0].type
+    rank, half = xt.rank, xt.shape[-1].value // 2
+    seq_axis = node.attrs["seq_axis"] % rank
+    dtype = tvm_dtype(xt.dtype)
+    angles = lw.bb.emit(R.multiply(R.expand_dims(R.astype(positions, dtype), [-1]), inv_freq))
+    angles = lw.bb.emit(R.concat([angles, angles], -1))
+    ones = [a for a in range(1, rank - 1) if a != seq_axis]
+    scale = relax.const(node.attrs["scale"], dtype)
+    cos, sin = (lw.bb.emit(R.multiply(fn(angles), scale)) for fn in (R.cos, R.sin))
+    if ones:
+        cos, sin = (lw.bb.emit(R.expand_dims(t, ones)) for t in (cos, sin))
+    lo = lw.bb.emit(R.strided_slice(x, [rank - 1], [0], [half]))
+    hi = lw.bb.emit(R.strided_slice(x, [rank - 1], [half], [2 * half]))
+    rotated = lw.bb.emit(R.concat([R.negative(hi), lo], -1))
+    return _emit(lw, R.add(R.multiply(x, cos), R.multiply(rotated, sin)))

@@ -20,6 +20,7 @@ from llmc.compiler.frontend import FAMILIES, causal_lm_types, checkpoint
 from llmc.compiler.frontend.replicate import TEMPLATE, NotReplicable, replicate
 from llmc.compiler.frontend.torch_export import convert_graph
 from llmc.compiler.passes.cleanup import dce, prune_params
+from llmc.compiler.passes.fuse import fuse_function
 from llmc.compiler.passes.specialize import specialize
 from llmc.errors import FrontendError
 from llmc.generate.interpreter import causal_mask
@@ -210,6 +211,7 @@ def import_model(model: torch.nn.Module, name: str, max_length: int = 4096) -> M
     step = _two_block_step(config, module, shape.layers, max_length) if _replicable(model, shape) else None
     if step is None:
         step, _ = import_step(export_step(model, max_length), module, shape.layers)
+    fuse_function(module, step)
     module.functions["prefill"] = dce(specialize(step, {PAST: 0}, "prefill"))
     module.functions["decode"] = dce(specialize(step, {SEQ: 1}, "decode"))
     return prune_params(module)

@@ -41,6 +41,7 @@ from llmc.compiler.frontend.onnx_values import (
     to_dims,
 )
 from llmc.compiler.passes.cleanup import dce, prune_params
+from llmc.compiler.passes.fuse import fuse_function
 from llmc.compiler.passes.specialize import specialize
 from llmc.errors import FrontendError
 from llmc.ir.builder import Builder
@@ -69,6 +70,7 @@ def import_onnx(path: Path, name: str) -> Module:
     module = Module(name, _contract_attrs(model, path))
     step = Function("step")
     Converter(path, model, module, step).run()
+    fuse_function(module, step)
     module.functions["prefill"] = dce(specialize(step, {PAST: 0}, "prefill"))
     module.functions["decode"] = dce(specialize(step, {SEQ: 1}, "decode"))
     return prune_params(module)

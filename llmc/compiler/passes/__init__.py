@@ -3,6 +3,7 @@
 
 from llmc.compiler.passes import (
     act_quant,
+    fuse,
     kv_quant,
     lut_mpgemm,
     mixed_precision,
@@ -12,4 +13,4 @@ from llmc.compiler.passes import (
     sparsify,
 )
 
-__all__ = ["act_quant", "kv_quant", "lut_mpgemm", "mixed_precision", "outliers", "quantize", "smoothquant", "sparsify"]
+__all__ = ["act_quant", "fuse", "kv_quant", "lut_mpgemm", "mixed_precision", "outliers", "quantize", "smoothquant", "sparsify"]

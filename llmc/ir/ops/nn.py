@@ -176,6 +176,44 @@ class RmsNorm:
         return [as_dtype(w * (x * inv), ctx.out_types[0].dtype)]
 
 
+@register("rope", inputs=3, attrs={"seq_axis": AttrSpec("int"), "scale": AttrSpec("float", 1.0)})
+class Rope:
+    """Rotary position embedding, rotate-half form: ``x * cos + rotate_half(x) * sin``.
+
+    x [..., D] float with the tokens on ``seq_axis``; positions [B, T] integer; inv_freq [D/2]
+    float. The angles ``float(position) * inv_freq`` are repeated to D, their cosine and sine
+    multiplied by ``scale`` and broadcast over x's other axes; ``rotate_half`` of x is
+    ``concat(-x[..., D/2:], x[..., :D/2])``.
+    """
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x, positions, inv_freq = ins
+        float_only(x, "rope")
+        axis = norm_axis(attrs["seq_axis"], x.rank)
+        if not positions.dtype.is_int or positions.rank != 2:
+            raise InferError(f"rope positions must be integers [B, T], got {positions}")
+        if inv_freq.rank != 1 or x.shape[-1] != inv_freq.shape[0] * 2:
+            raise InferError(f"rope inv_freq must have shape [{x.shape[-1]}/2], got {inv_freq}")
+        if axis in (0, x.rank - 1) or x.shape[axis] != positions.shape[1]:
+            raise InferError(f"rope seq_axis {attrs['seq_axis']} of {x} does not hold the {positions.shape[1]} tokens")
+        return [x]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        x, positions, inv_freq = _f32(ins[0]), ins[1], _f32(ins[2])
+        angles = positions.astype(np.float32)[..., None] * inv_freq.astype(np.float32)
+        angles = np.concatenate([angles, angles], axis=-1)
+        axis = attrs["seq_axis"] % x.ndim
+        shape = [1] * x.ndim
+        shape[0], shape[axis], shape[-1] = angles.shape
+        cos = (np.cos(angles) * np.float32(attrs["scale"])).reshape(shape)
+        sin = (np.sin(angles) * np.float32(attrs["scale"])).reshape(shape)
+        half = x.shape[-1] // 2
+        rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+        return [as_dtype(x * cos + rotated * sin, ctx.out_types[0].dtype)]
+
+
 @register("attention", inputs=(3, 4), attrs={"scale": AttrSpec("optional_float", None)})
 class Attention:
     """Scaled dot-product attention with grouped KV heads.

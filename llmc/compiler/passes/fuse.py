@@ -1,0 +1,132 @@
+"""``fuse``: the frontends' primitive ops become one op per concept, so that passes and backends
+see ``rms_norm``, ``rope`` and ``gelu_tanh`` whatever family or exporter wrote them.
+
+Each rule is a pattern over the primitive form transformers' modules trace to (docs/ir.md lists
+them); :func:`fuse` runs the table to a fixpoint with :mod:`llmc.compiler.passes.rewrite`. A fused op's
+reference computes what the primitives did in the same float32 order of operations, to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llmc.compiler.passes.rewrite import Const, Graph, Match, Op, Rule, Var, op, rewrite
+from llmc.compiler.pipeline import NoOptions, PassContext, register_pass
+from llmc.ir.builder import Builder
+from llmc.ir.graph import Function, Module, Value
+from llmc.ir.types import Dim
+
+X, W = Var("x"), Var("w")
+
+# RMSNorm: w * (x * rsqrt(mean(x^2) + eps)); Gemma's w is (1 + weight), any vector of x's width
+_NORMED = op("mul", X, op("rsqrt", op("add", op("reduce_mean", op("pow", X, Const(value=2.0)), axes=[-1], keepdim=True),
+                                          Const("eps"))))
+
+
+def _rms_norm(m: Match, b: Builder) -> Value | None:
+    x, w = m["x"], m["w"]
+    if w.type.shape != (x.type.shape[-1],) or w.type.dtype != x.type.dtype:
+        return None
+    return b.op("rms_norm", [x, w], {"eps": m.consts["eps"]})
+
+
+# RoPE, rotate-half form: x * cos + concat(-x_hi, x_lo) * sin, with cos and sin of the angles
+# concat(f, f), f = float(positions) * inv_freq, optionally scaled and unsqueezed to x's rank
+_ROTATED = op("concat", op("neg", op("slice", X, bind="hi")), op("slice", X, bind="lo"))
+_ROPE = op("add", op("mul", X, Var("cos")), op("mul", _ROTATED, Var("sin")))
+_ANGLES = Var("angles")
+_REPEATED = op("concat", Var("f"), Var("f"), bind="emb")
+_FREQS = op("mul", op("cast", op("reshape", Var("positions"))), Var("inv_freq"))
+
+
+def _trig(fn: str) -> list[Op]:
+    scaled = op("mul", op(fn, _ANGLES), Const("scale"))
+    return [op("reshape", scaled), op("reshape", op(fn, _ANGLES)), scaled, op(fn, _ANGLES)]
+
+
+_COS, _SIN = _trig("cos"), _trig("sin")
+
+
+def _rope(m: Match, b: Builder) -> Value | None:
+    x = m["x"]
+    width = x.type.shape[-1]
+    if x.type.rank < 3 or not width.is_static or width.value % 2:
+        return None
+    half = width.value // 2
+    if not (_is_slice(m.nodes["lo"].attrs, x.type.rank, 0, half) and
+            _is_slice(m.nodes["hi"].attrs, x.type.rank, half, width.value)):
+        return None
+    graph = Graph(b.func)
+    cos = next((found for p in _COS if (found := graph.match(p, m["cos"])) is not None), None)
+    sin = next((found for p in _SIN if (found := graph.match(p, m["sin"])) is not None), None)
+    if cos is None or sin is None or cos["angles"] is not sin["angles"]:
+        return None
+    scale = cos.consts.get("scale", 1.0)
+    if sin.consts.get("scale", 1.0) != scale:
+        return None
+    angles = graph.match(_REPEATED, cos["angles"])
+    if angles is None or angles.nodes["emb"].attrs["axis"] % cos["angles"].type.rank != cos["angles"].type.rank - 1:
+        return None
+    freqs = graph.match(_FREQS, angles["f"])
+    if freqs is None:
+        return None
+    positions, inv_freq = freqs["positions"], freqs["inv_freq"]
+    if positions.type.rank != 2 or inv_freq.type.shape != (Dim.of(half),) or not positions.type.dtype.is_int:
+        return None
+    seq_axis = _seq_axis(x.type.shape, m["cos"].type.shape, positions.type.shape[1])
+    if seq_axis is None:
+        return None
+    return b.op("rope", [x, positions, inv_freq], {"seq_axis": seq_axis, "scale": scale})
+
+
+def _is_slice(attrs: dict, rank: int, start: int, end: int) -> bool:
+    return attrs["axis"] % rank == rank - 1 and attrs["start"] == start and attrs["end"] >= end and attrs["step"] == 1
+
+
+def _seq_axis(x: tuple[Dim, ...], cos: tuple[Dim, ...], tokens: Dim) -> int | None:
+    """The axis of x holding the tokens, where cos (of x's rank) has them and is 1 on the other
+    middle axes; with one token and one head either choice computes the same."""
+    if len(cos) != len(x):
+        return None
+    for axis in range(len(x) - 2, 0, -1):
+        others = [cos[a] for a in range(1, len(x) - 1) if a != axis]
+        if x[axis] == tokens and cos[axis] == tokens and all(d == Dim.of(1) for d in others):
+            return axis - len(x)
+    return None
+
+
+# GELU, tanh approximation as GPT-2 writes it: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
+_GELU_TANH = op("mul", op("mul", X, Const(value=0.5)), op("add", op("tanh", op("mul", op("add", X, op(
+    "mul", op("pow", X, Const(value=3.0)), Const(value=0.044715))), Const(value=math.sqrt(2 / math.pi)))), Const(value=1.0)))
+
+
+def _gelu_tanh(m: Match, b: Builder) -> Value:
+    return b.op("gelu_tanh", [m["x"]])
+
+
+RULES = (
+    Rule("rms_norm", op("mul", _NORMED, W), _rms_norm),
+    Rule("rope", _ROPE, _rope),
+    Rule("gelu_tanh", _GELU_TANH, _gelu_tanh),
+)
+
+
+def fuse_function(module: Module, func: Function) -> dict[str, int]:
+    """Fuse ``func`` of ``module`` in place; how often each rule fired."""
+    return rewrite(module, func, RULES)
+
+
+def fuse_module(module: Module) -> dict[str, int]:
+    """Fuse every function of ``module`` in place; how often each rule fired."""
+    total = {rule.name: 0 for rule in RULES}
+    for func in module.functions.values():
+        for name, count in fuse_function(module, func).items():
+            total[name] += count
+    return total
+
+
+@register_pass("fuse")
+def fuse(module: Module, options: NoOptions, context: PassContext) -> Module:
+    """Fuse primitive ops into rms_norm, rope and gelu_tanh (the import already does)."""
+    context.reports["fuse"] = fuse_module(module)
+    return module

@@ -1,0 +1,161 @@
+"""The ``fuse`` rules as Before / Expected text (results unchanged), and the rewrite driver's
+matching. tests/frontend/test_families.py checks that every family imports fused."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmc.compiler.passes.fuse import fuse_module
+from llmc.compiler.passes.rewrite import Const, Graph, Rule, Var, op, rewrite
+from llmc.ir import Module, parse_module, print_module, run_function, verify_module
+
+HEADER = 'module "m" {} {\n  param "w" : tensor<8xf32>\n  param "inv" : tensor<2xf32>\n'
+
+
+def module_of(body: str, inputs: str, outputs: str) -> Module:
+    return parse_module(f"{HEADER}  func @f({inputs}) {{\n{body}\n    return {outputs}\n  }}\n}}")
+
+
+def fused(before: Module) -> Module:
+    fuse_module(before)
+    verify_module(before)
+    return before
+
+
+def with_data(module: Module, seed: int = 0) -> Module:
+    rng = np.random.default_rng(seed)
+    for p in module.params.values():
+        p.data = rng.standard_normal(p.type.static_shape()).astype(np.float32)
+    return module
+
+
+RMS_BEFORE = """\
+    %w = param() {name = "w"} : tensor<8xf32>
+    %two = constant() {value = 2.0, shape = [], dtype = f32} : tensor<f32>
+    %sq = pow(%x, %two) : tensor<1xLx8xf32>
+    %mean = reduce_mean(%sq) {axes = [-1], keepdim = true} : tensor<1xLx1xf32>
+    %eps = constant() {value = 1e-06, shape = [], dtype = f32} : tensor<f32>
+    %var = add(%mean, %eps) : tensor<1xLx1xf32>
+    %inv = rsqrt(%var) : tensor<1xLx1xf32>
+    %normed = mul(%x, %inv) : tensor<1xLx8xf32>
+    %y = mul(%w, %normed) : tensor<1xLx8xf32>"""
+RMS_EXPECTED = """\
+    %w = param() {name = "w"} : tensor<8xf32>
+    %y = rms_norm(%x, %w) {eps = 1e-06} : tensor<1xLx8xf32>"""
+
+
+def test_rms_norm_rule() -> None:
+    x = "%x: tensor<1xLx8xf32>"
+    before = with_data(module_of(RMS_BEFORE, x, "%y"))
+    want = run_function(before, "f", {"x": np.random.default_rng(1).standard_normal((1, 3, 8)).astype(np.float32)})
+    assert print_module(fused(before)) == print_module(module_of(RMS_EXPECTED, x, "%y"))
+    got = run_function(before, "f", {"x": np.random.default_rng(1).standard_normal((1, 3, 8)).astype(np.float32)})
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-6)
+
+
+def test_gemma_rms_norm_keeps_its_unit_offset_weight() -> None:
+    body = RMS_BEFORE.replace("%y = mul(%w, %normed)", "%y = mul(%normed, %w1)").replace(
+        '%w = param() {name = "w"} : tensor<8xf32>',
+        '%w = param() {name = "w"} : tensor<8xf32>\n    %one = constant() {value = 1.0, shape = [], dtype = f32} : '
+        'tensor<f32>\n    %w1 = add(%w, %one) : tensor<8xf32>')
+    after = print_module(fused(module_of(body, "%x: tensor<1xLx8xf32>", "%y")))
+    assert "%y = rms_norm(%x, %w1) {eps = 1e-06}" in after and "rsqrt" not in after
+
+
+def test_rms_norm_of_another_value_is_left_alone() -> None:
+    body = RMS_BEFORE.replace("%normed = mul(%x, %inv)", "%normed = mul(%z, %inv)")
+    before = module_of(body, "%x: tensor<1xLx8xf32>, %z: tensor<1xLx8xf32>", "%y")
+    assert print_module(fused(before)) == print_module(module_of(body, "%x: tensor<1xLx8xf32>, %z: tensor<1xLx8xf32>", "%y"))
+
+
+ROPE_BEFORE = """\
+    %inv = param() {name = "inv"} : tensor<2xf32>
+    %p3 = reshape(%pos) {shape = [1, L, 1]} : tensor<1xLx1xi64>
+    %pf = cast(%p3) {dtype = f32} : tensor<1xLx1xf32>
+    %f = mul(%pf, %inv) : tensor<1xLx2xf32>
+    %emb = concat(%f, %f) {axis = 2} : tensor<1xLx4xf32>
+    %c = cos(%emb) : tensor<1xLx4xf32>
+    %one = constant() {value = 1.0, shape = [], dtype = f32} : tensor<f32>
+    %cs = mul(%c, %one) : tensor<1xLx4xf32>
+    %s = sin(%emb) : tensor<1xLx4xf32>
+    %ss = mul(%s, %one) : tensor<1xLx4xf32>
+    %c4 = reshape(%cs) {shape = [1, 1, L, 4]} : tensor<1x1xLx4xf32>
+    %s4 = reshape(%ss) {shape = [1, 1, L, 4]} : tensor<1x1xLx4xf32>
+    %xc = mul(%x, %c4) : tensor<1x2xLx4xf32>
+    %lo = slice(%x) {axis = 3, start = 0, end = 2, step = 1} : tensor<1x2xLx2xf32>
+    %hi = slice(%x) {axis = 3, start = 2, end = 4, step = 1} : tensor<1x2xLx2xf32>
+    %nhi = neg(%hi) : tensor<1x2xLx2xf32>
+    %rot = concat(%nhi, %lo) {axis = 3} : tensor<1x2xLx4xf32>
+    %rs = mul(%rot, %s4) : tensor<1x2xLx4xf32>
+    %y = add(%xc, %rs) : tensor<1x2xLx4xf32>"""
+ROPE_EXPECTED = """\
+    %inv = param() {name = "inv"} : tensor<2xf32>
+    %y = rope(%x, %pos, %inv) {seq_axis = -2, scale = 1.0} : tensor<1x2xLx4xf32>"""
+ROPE_INPUTS = "%x: tensor<1x2xLx4xf32>, %pos: tensor<1xLxi64>"
+
+
+def test_rope_rule_matches_the_primitives() -> None:
+    before = with_data(module_of(ROPE_BEFORE, ROPE_INPUTS, "%y"))
+    rng = np.random.default_rng(2)
+    inputs = {"x": rng.standard_normal((1, 2, 5, 4)).astype(np.float32), "pos": np.arange(3, 8)[None]}
+    want = run_function(before, "f", inputs)["y"]
+    assert print_module(fused(before)) == print_module(module_of(ROPE_EXPECTED, ROPE_INPUTS, "%y"))
+    np.testing.assert_allclose(run_function(before, "f", inputs)["y"], want, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_with_halves_swapped_is_not_rope() -> None:
+    body = ROPE_BEFORE.replace("%rot = concat(%nhi, %lo)", "%rot = concat(%lo, %nhi)")
+    after = print_module(fused(module_of(body, ROPE_INPUTS, "%y")))
+    assert "rope(" not in after and "neg(" in after
+
+
+GELU_BEFORE = """\
+    %half = constant() {value = 0.5, shape = [], dtype = f32} : tensor<f32>
+    %hx = mul(%x, %half) : tensor<1xLx8xf32>
+    %three = constant() {value = 3.0, shape = [], dtype = f32} : tensor<f32>
+    %cube = pow(%x, %three) : tensor<1xLx8xf32>
+    %k = constant() {value = 0.044715, shape = [], dtype = f32} : tensor<f32>
+    %kc = mul(%cube, %k) : tensor<1xLx8xf32>
+    %inner = add(%x, %kc) : tensor<1xLx8xf32>
+    %c = constant() {value = 0.7978845608028654, shape = [], dtype = f32} : tensor<f32>
+    %arg = mul(%inner, %c) : tensor<1xLx8xf32>
+    %t = tanh(%arg) : tensor<1xLx8xf32>
+    %one = constant() {value = 1.0, shape = [], dtype = f32} : tensor<f32>
+    %t1 = add(%t, %one) : tensor<1xLx8xf32>
+    %y = mul(%hx, %t1) : tensor<1xLx8xf32>"""
+
+
+def test_gelu_tanh_rule() -> None:
+    x = "%x: tensor<1xLx8xf32>"
+    before = module_of(GELU_BEFORE, x, "%y")
+    data = {"x": np.linspace(-4, 4, 24, dtype=np.float32).reshape(1, 3, 8)}
+    want = run_function(before, "f", data)["y"]
+    assert print_module(fused(before)) == print_module(module_of("    %y = gelu_tanh(%x) : tensor<1xLx8xf32>", x, "%y"))
+    np.testing.assert_allclose(run_function(before, "f", data)["y"], want, rtol=1e-6, atol=1e-7)
+
+
+def test_driver_binds_a_variable_once_and_tries_both_operand_orders() -> None:
+    module = module_of("""\
+    %a = mul(%x, %y) : tensor<4xf32>
+    %b = add(%a, %x) : tensor<4xf32>
+    %c = add(%y, %a) : tensor<4xf32>""", "%x: tensor<4xf32>, %y: tensor<4xf32>", "%b, %c")
+    rule = Rule("fma", op("add", op("mul", Var("p"), Var("q")), Var("p")),
+                lambda m, b: b.op("sub", [m["p"], m["q"]]))
+    fired = rewrite(module, module.functions["f"], [rule])
+    text = print_module(module)
+    assert fired == {"fma": 2}, text  # %b: p=x (first order); %c: add(y, a) = add(a, y) with mul(x, y) = mul(y, x)
+    assert "%b = sub(%x, %y)" in text and "%c = sub(%y, %x)" in text
+
+
+def test_driver_runs_to_a_fixpoint_and_keeps_output_names() -> None:
+    module = module_of("""\
+    %one = constant() {value = 1.0, shape = [], dtype = f32} : tensor<f32>
+    %a = mul(%x, %one) : tensor<4xf32>
+    %b = mul(%a, %one) : tensor<4xf32>
+    %out = mul(%b, %one) : tensor<4xf32>""", "%x: tensor<4xf32>", "%out")
+    times_one = Rule("times-one", op("mul", Var("v"), Const(value=1.0)), lambda m, b: b.op("neg", [b.op("neg", [m["v"]])]))
+    graph = Graph(module.functions["f"])
+    assert graph.match(op("mul", Var("v"), Const("k")), module.functions["f"].outputs[0]).consts == {"k": 1.0}
+    rewrite(module, module.functions["f"], [times_one])
+    assert [n.op for n in module.functions["f"].nodes] == ["neg"] * 6
+    assert module.functions["f"].outputs[0].name == "out"
