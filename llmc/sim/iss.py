@@ -203,7 +203,7 @@ class Iss:
         kc, ks = self._cache(int(f["k_codes_off"]), int(f["k_scales_off"]), s, kvh, d)
         vc, vs = self._cache(int(f["v_codes_off"]), int(f["v_scales_off"]), s, kvh, d)
         self.act[ins.dst] = _ref("hw_attention", [self._src(ins.src0, rows), kc, ks, vc, vs], heads=int(f["heads"]),
-                                 kv_heads=kvh, head_dim=d, scale=float(f["scale"]))[0]
+                                 kv_heads=kvh, head_dim=d, scale=float(f["scale"]), window=int(f["window"]))[0]
 
     def _act(self, ins: Instruction, rows: int, start_pos: int) -> None:
         self.act[ins.dst] = _ref("hw_act", [self._src(ins.src0, rows)], fn=ACT_NAMES[int(ins.fields["fn"])])[0]

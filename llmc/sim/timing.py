@@ -200,17 +200,19 @@ class TimingModel:
                     layer=self.layer_names.get(int(f["weight_off"]), ""), lanes_free=busy - loads_done)
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
-        heads, kvh, d = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"])
+        heads, kvh, d, window = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"]), int(f["window"])
         s = start_pos + rows
-        side = s * kvh * (d + 4)  # codes and scales of K (or V)
-        busiest = 2 * ceil(s / len(self.config.kv_channels)) * kvh * (d + 4)  # K and V rows striped over the channels
+        first = max(0, start_pos + 1 - window) if window else 0  # a sliding window reads only its rows
+        read, seen = s - first, min(s, window) if window else s  # rows read; keys each query row scores
+        side = read * kvh * (d + 4)  # codes and scales of K (or V)
+        busiest = 2 * ceil(read / len(self.config.kv_channels)) * kvh * (d + 4)  # K and V striped over the channels
         memory = self._mem(busiest)
-        macs = 2 * rows * heads * s * d  # scores and weighted sum
+        macs = 2 * rows * heads * seen * d  # scores and weighted sum
         compute = macs / self.peak_macs_per_cycle
-        softmax = self._sfu(rows * heads * s, 2) + self._sfu(rows * heads * d)
+        softmax = self._sfu(rows * heads * seen, 2) + self._sfu(rows * heads * d)
         cycles = max(memory, compute) + softmax + HBM_LATENCY + INSTR_OVERHEAD
         return Cost("ATTN", cycles, memory, compute + softmax, 2 * side, macs=macs,
-                    sfu_elements=2 * rows * heads * s + rows * heads * d)
+                    sfu_elements=2 * rows * heads * seen + rows * heads * d)
 
     # --- aggregates --------------------------------------------------------------------------------
     def seconds(self, costs: Sequence[Cost]) -> float:

@@ -242,13 +242,15 @@ def test_rope(driver: Path, head_dim: int) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("t, s, heads, kv_heads, d, scale", [
-    (64, 64, 4, 2, 64, 1 / math.sqrt(80)),  # every s_visible from 1 to S
-    (4, 300, 4, 2, 64, 1 / math.sqrt(128)),
-    (6, 24, 2, 1, 128, 1 / math.sqrt(96)),
-    (8, 5, 2, 2, 64, 0.125),  # queries before the first key see none
+@pytest.mark.parametrize("t, s, heads, kv_heads, d, scale, window", [
+    (64, 64, 4, 2, 64, 1 / math.sqrt(80), 0),  # every s_visible from 1 to S
+    (4, 300, 4, 2, 64, 1 / math.sqrt(128), 0),
+    (6, 24, 2, 1, 128, 1 / math.sqrt(96), 0),
+    (8, 5, 2, 2, 64, 0.125, 0),  # queries before the first key see none
+    (20, 40, 4, 2, 64, 0.125, 7),  # a sliding window: each query sees its last 7 rows
 ])
-def test_attention(driver: Path, t: int, s: int, heads: int, kv_heads: int, d: int, scale: float) -> None:
+def test_attention(driver: Path, t: int, s: int, heads: int, kv_heads: int, d: int, scale: float,
+                   window: int) -> None:
     rng = np.random.default_rng(t * s + d)
 
     def acts(rows: int, cols: int) -> np.ndarray:  # Q15.16 values of std 0.25 to 8 per head
@@ -263,11 +265,11 @@ def test_attention(driver: Path, t: int, s: int, heads: int, kv_heads: int, d: i
     v[2] = hm.INT32_MIN
     kc, ks = hm.quant8(k, d)
     vc, vs = hm.quant8(v, d)
-    attrs = {"heads": heads, "kv_heads": kv_heads, "head_dim": d, "scale": scale}
+    attrs = {"heads": heads, "kv_heads": kv_heads, "head_dim": d, "scale": scale, "window": window}
     with np.errstate(invalid="ignore"):
         expected = OPS["hw_attention"].ref([q, kc, ks, vc, vs], attrs, CTX)[0]
     inputs = (np.float32([scale]), q, kc, ks, vc, vs)
-    got = _call(driver, "attention", t, s, heads, kv_heads, d, inputs=inputs, out=np.int32).reshape(q.shape)
+    got = _call(driver, "attention", t, s, heads, kv_heads, d, window, inputs=inputs, out=np.int32).reshape(q.shape)
     np.testing.assert_array_equal(got, expected)
     assert np.count_nonzero(expected) > expected.size // 2
 

@@ -159,3 +159,35 @@ def test_driver_runs_to_a_fixpoint_and_keeps_output_names() -> None:
     rewrite(module, module.functions["f"], [times_one])
     assert [n.op for n in module.functions["f"].nodes] == ["neg"] * 6
     assert module.functions["f"].outputs[0].name == "out"
+
+
+WINDOW_BEFORE = """\
+    %keys = iota() {start = 0, end = S, step = 1, dtype = i64} : tensor<Sxi64>
+    %p3 = reshape(%pos) {shape = [1, 1, L]} : tensor<1x1xLxi64>
+    %p4 = reshape(%p3) {shape = [1, 1, L, 1]} : tensor<1x1xLx1xi64>
+    %distance = sub(%p4, %keys) : tensor<1x1xLxSxi64>
+    %window = constant() {value = 3, shape = [], dtype = i64} : tensor<i64>
+    %outside = ge(%distance, %window) : tensor<1x1xLxSxbool>
+    %lowest = constant() {value = -3.4028234663852886e+38, shape = [], dtype = f32} : tensor<f32>
+    %y = where(%outside, %lowest, %mask) : tensor<1x1xLxSxf32>"""
+WINDOW_EXPECTED = """\
+    %y = sliding_window_mask(%mask, %pos) {window = 3} : tensor<1x1xLxSxf32>"""
+WINDOW_INPUTS = "%mask: tensor<1x1xLxSxf32>, %pos: tensor<1xLxi64>"
+
+
+def test_sliding_window_rule_merges_the_reshapes_and_keeps_the_mask() -> None:
+    from llmc.generate.interpreter import causal_mask
+
+    before = module_of(WINDOW_BEFORE, WINDOW_INPUTS, "%y")
+    inputs = {"mask": causal_mask(4, 5), "pos": np.arange(5, 9)[None]}
+    want = run_function(before, "f", inputs)["y"]
+    assert print_module(fused(before)) == print_module(module_of(WINDOW_EXPECTED, WINDOW_INPUTS, "%y"))
+    got = run_function(before, "f", inputs)["y"]
+    np.testing.assert_array_equal(got, want)
+    assert (got[0, 0, 0] > -1e30).sum() == 3  # position 5 sees keys 3, 4 and 5
+
+
+def test_a_window_over_other_keys_is_left_alone() -> None:
+    body = WINDOW_BEFORE.replace("start = 0, end = S", "start = 1, end = S+1")
+    after = print_module(fused(module_of(body, WINDOW_INPUTS, "%y")))
+    assert "sliding_window_mask" not in after and "%p4 = reshape(%pos) {shape = [1, 1, L, 1]}" in after

@@ -27,7 +27,7 @@ CONFIG = AcceleratorConfig(
 
 
 ATTN = Instruction("ATTN", 2, 1, 0, {"heads": 8, "kv_heads": 2, "head_dim": 64, "scale": 0.125, "k_codes_off": 0,
-                                     "k_scales_off": 0, "v_codes_off": 0, "v_scales_off": 0})
+                                     "k_scales_off": 0, "v_codes_off": 0, "v_scales_off": 0, "window": 0})
 
 
 def model() -> TimingModel:
@@ -65,6 +65,14 @@ def test_prefill_matmul_is_compute_bound_and_sparsity_skips_zeros():
 def test_row_blocks_reread_weights():
     t = model()
     assert t.cost(mm(row_block=16), 64, 0).hbm_bytes == 4 * t.cost(mm(row_block=64), 64, 0).hbm_bytes
+
+
+def test_a_sliding_window_bounds_what_attention_reads():
+    t = model()
+    windowed = Instruction("ATTN", 2, 1, 0, {**ATTN.fields, "window": 64})
+    full, bounded = t.cost(ATTN, 1, 2000), t.cost(windowed, 1, 2000)
+    assert bounded.hbm_bytes * 20 < full.hbm_bytes and bounded.macs * 20 < full.macs
+    assert t.cost(windowed, 1, 10).hbm_bytes == t.cost(ATTN, 1, 10).hbm_bytes  # inside the window nothing changes
 
 
 def test_attention_grows_with_the_context():

@@ -138,7 +138,8 @@ def build_every_op_module() -> Module:
     inv_freq = b.constant([1.0, 0.01], F32, [2])
     rope_pos = b.op("reshape", [b.op("iota", [], {"start": P, "end": P + L, "dtype": I64})], {"shape": [1, L]})
     q = b.op("rope", [q, rope_pos, inv_freq], {"seq_axis": -2})
-    att = b.op("attention", [q, k, k, mask], {"scale": 0.5})
+    windowed = b.op("sliding_window_mask", [mask, rope_pos], {"window": 2})
+    att = b.op("attention", [q, k, k, windowed], {"scale": 0.5})
     att = b.op("attention", [att, k, k])
     h = b.op("reshape", [b.op("transpose", [att], {"perm": [0, 2, 1, 3]})], {"shape": [1, L, 8]})
     # data movement

@@ -215,7 +215,8 @@ class Compiler:
         if node.op == "hw_attention":
             k, v = self.caches[node.inputs[1].name], self.caches[node.inputs[3].name]
             return {"heads": a["heads"], "kv_heads": a["kv_heads"], "head_dim": a["head_dim"], "scale": a["scale"],
-                    "k_codes_off": k[0], "k_scales_off": k[1], "v_codes_off": v[0], "v_scales_off": v[1]}, "ATTN"
+                    "k_codes_off": k[0], "k_scales_off": k[1], "v_codes_off": v[0], "v_scales_off": v[1],
+                    "window": a.get("window", 0)}, "ATTN"
         if node.op == "hw_act":
             return {"cols": cols, "fn": ACT_FNS[a["fn"]]}, "ACT"
         if node.op in ("hw_mul", "hw_add"):

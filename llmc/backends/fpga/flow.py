@@ -51,7 +51,9 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
     step = hw.functions["step"]
     mms = [n for n in step.nodes if n.op == "hw_matmul"]
     attn = next(n for n in step.nodes if n.op == "hw_attention")
-    widths = {n.outputs[0].type.shape[1].value for n in mms}
+    logits = {n.inputs[0].name for n in step.nodes if n.op == "hw_to_float"}
+    widths = ({n.outputs[0].type.shape[1].value for n in mms if n.outputs[0].name not in logits}
+              | {n.inputs[1].type.shape[1].value for n in mms})  # every activation row but the logits
     weight_bytes = 0
     matrices = []
     for n in mms:
@@ -72,7 +74,7 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
     kv_heads, head_dim = attn.attrs["kv_heads"], attn.attrs["head_dim"]
     layers = len([n for n in step.nodes if n.op == "hw_attention"])
     return ModelNeeds(
-        layers=layers, hidden=model_dim, intermediate=max(widths - {vocab} or {model_dim}),
+        layers=layers, hidden=model_dim, intermediate=max(widths),
         heads=attn.attrs["heads"], kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_context=max_context,
         weight_bits=tuple(sorted({n.inputs[1].type.dtype.bits for n in mms if n.attrs["engine"] != "lut"},
                                  reverse=True)),

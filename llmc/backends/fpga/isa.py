@@ -30,8 +30,9 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
               "quantize src0 per head to int8 and write rows start_pos.. of a KV cache "
               "(row j on KV channel j mod C at row j div C)"),
     "ATTN": (6, ("heads", "kv_heads", "head_dim", "scale", "k_codes_off", "k_scales_off", "v_codes_off",
-                 "v_scales_off"),
-             "dst = causal attention of src0 over cache rows 0 .. start_pos + seq_len - 1, striped as KVAPP writes them"),
+                 "v_scales_off", "window"),
+             "dst = causal attention of src0 over cache rows 0 .. start_pos + seq_len - 1, striped as KVAPP writes "
+             "them; with window > 0 row t sees only the last window rows up to its position (sliding window)"),
     "ACT": (7, ("cols", "fn"), "dst = fn(src0); fn 0 = SiLU, 1 = ReLU"),
     "EMUL": (8, ("cols",), "dst = src0 * src1 (Q15.16)"),
     "EADD": (9, ("cols",), "dst = src0 + src1 (saturating)"),

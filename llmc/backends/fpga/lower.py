@@ -228,15 +228,24 @@ class Lowering:
             raise self.fail(node, f"a {node.attrs['bits']}-bit KV cache is not supported (the cache is int8)")
         return self.get(x)
 
+    def op_sliding_window_mask(self, node: Node, mask: Value, positions: Value) -> Pattern:
+        got, pos = self.get(mask), self.get(positions)
+        if not (isinstance(got, Pattern) and got.kind == "mask" and got.of is None
+                and isinstance(pos, Pattern) and pos.kind == "pos"):
+            raise self.fail(node, "a sliding window over a mask other than the step's causal mask")
+        return Pattern("mask", node.attrs["window"])
+
     def op_attention(self, node: Node, q: Value, k: Value, v: Value, mask: Value | None = None) -> Heads:
         gq, gk, gv = self.get(q), self.get(k), self.get(v)
         if not (isinstance(gq, Heads) and gq.transposed and isinstance(gk, Cache) and isinstance(gv, Cache)):
             raise self.fail(node, "attention must read the KV cache")
-        if mask is not None and not (isinstance(self.get(mask), Pattern) and self.get(mask).kind == "mask"):
-            raise self.fail(node, "only the causal mask is supported")
+        got = None if mask is None else self.get(mask)
+        if got is not None and not (isinstance(got, Pattern) and got.kind == "mask"):
+            raise self.fail(node, "only the causal mask, or a sliding window over it, is supported")
         scale = node.attrs["scale"] if node.attrs["scale"] is not None else gq.head_dim ** -0.5
         y = self.b.op("hw_attention", [gq.value, gk.codes, gk.scales, gv.codes, gv.scales],
-                      {"heads": gq.heads, "kv_heads": gk.kv_heads, "head_dim": gq.head_dim, "scale": float(scale)})
+                      {"heads": gq.heads, "kv_heads": gk.kv_heads, "head_dim": gq.head_dim, "scale": float(scale),
+                       "window": (got.of or 0) if got is not None else 0})
         return Heads(y, gq.heads, gq.head_dim, transposed=True)
 
     def act(self, node: Node, x: Value) -> Value:

@@ -207,3 +207,15 @@ def _rope(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     hi = lw.bb.emit(R.strided_slice(x, [rank - 1], [half], [2 * half]))
     rotated = lw.bb.emit(R.concat([R.negative(hi), lo], -1))
     return _emit(lw, R.add(R.multiply(x, cos), R.multiply(rotated, sin)))
+
+
+@handles("sliding_window_mask")
+def _sliding_window_mask(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    mask, positions = lw.arg(node, 0), lw.arg(node, 1)
+    mt = node.inputs[0].type
+    keys = lw.bb.emit(R.arange(0, lw.dim(mt.shape[-1]), 1, "int64"))
+    distance = lw.bb.emit(R.subtract(R.expand_dims(R.astype(positions, "int64"), [1, 3]), keys))
+    outside = lw.bb.emit(R.greater_equal(distance, relax.const(node.attrs["window"], "int64")))
+    dtype = tvm_dtype(mt.dtype)
+    lowest = relax.const(float(np.finfo(mt.dtype.numpy()).min), dtype)
+    return _emit(lw, R.where(outside, lowest, mask))

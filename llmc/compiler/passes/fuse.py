@@ -1,5 +1,6 @@
 """``fuse``: the frontends' primitive ops become one op per concept, so that passes and backends
-see ``rms_norm``, ``rope`` and ``gelu_tanh`` whatever family or exporter wrote them.
+see ``rms_norm``, ``rope``, ``gelu_tanh`` and ``sliding_window_mask`` whatever family or exporter
+wrote them.
 
 Each rule is a pattern over the primitive form transformers' modules trace to (docs/ir.md lists
 them); :func:`fuse` runs the table to a fixpoint with :mod:`llmc.compiler.passes.rewrite`. A fused op's
@@ -9,6 +10,8 @@ reference computes what the primitives did in the same float32 order of operatio
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from llmc.compiler.passes.rewrite import Const, Graph, Match, Op, Rule, Var, op, rewrite
 from llmc.compiler.pipeline import NoOptions, PassContext, register_pass
@@ -104,10 +107,30 @@ def _gelu_tanh(m: Match, b: Builder) -> Value:
     return b.op("gelu_tanh", [m["x"]])
 
 
+# a sliding window over the step's mask: where(positions - iota(S) >= window, lowest, mask)
+_WINDOWED = op("where", op("ge", op("sub", op("reshape", Var("positions")), op("iota", bind="keys", start=0, step=1)),
+                           Const("window")), Const("fill"), Var("mask"))
+
+
+def _sliding_window_mask(m: Match, b: Builder) -> Value | None:
+    mask, positions = m["mask"], m["positions"]
+    lowest = float(np.finfo(mask.type.dtype.numpy()).min) if mask.type.dtype.is_float else None
+    if (mask.type.rank != 4 or positions.type.rank != 2 or m.nodes["keys"].attrs["end"] != mask.type.shape[-1]
+            or m.consts["fill"] != lowest or m.consts["window"] != int(m.consts["window"])):
+        return None
+    return b.op("sliding_window_mask", [mask, positions], {"window": int(m.consts["window"])})
+
+
+def _reshape_reshape(m: Match, b: Builder) -> Value:
+    return b.op("reshape", [m["x"]], {"shape": list(m.nodes["outer"].attrs["shape"])})
+
+
 RULES = (
+    Rule("reshape_reshape", op("reshape", op("reshape", X), bind="outer"), _reshape_reshape),
     Rule("rms_norm", op("mul", _NORMED, W), _rms_norm),
     Rule("rope", _ROPE, _rope),
     Rule("gelu_tanh", _GELU_TANH, _gelu_tanh),
+    Rule("sliding_window_mask", _WINDOWED, _sliding_window_mask),
 )
 
 
@@ -127,6 +150,6 @@ def fuse_module(module: Module) -> dict[str, int]:
 
 @register_pass("fuse")
 def fuse(module: Module, options: NoOptions, context: PassContext) -> Module:
-    """Fuse primitive ops into rms_norm, rope and gelu_tanh (the import already does)."""
+    """Fuse primitive ops into rms_norm, rope, gelu_tanh and sliding_window_mask (the import already does)."""
     context.reports["fuse"] = fuse_module(module)
     return module

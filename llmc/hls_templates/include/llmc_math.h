@@ -193,19 +193,19 @@ inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, const in
 }
 
 // hw_attention for one query row and head: query codes qc [d] with scale qs (quant8 with group d) over the int8
-// cache kc / vc [S, kv_heads, d] with scales ks / vs [S, kv_heads], keys 0..s_visible-1 visible, scale the
+// cache kc / vc [S, kv_heads, d] with scales ks / vs [S, kv_heads], keys s_first..s_visible-1 visible, scale the
 // attribute as float32 (c = scale * 2^-32 is then float32(scale * 2^-32) exactly). Pass 1 stores
 // score = float32(dot) * ((float32(qs) * float32(ks)) * c) in score_buf [S] and takes the maximum; pass 2
 // accumulates ei = rint(exp2_f32((score - max) * log2 e) * 2^15): out = rint(float32(float64(sum ei vc vs)) /
 // float32(sum ei)). d <= MAX_D; no visible key gives 0.
 template <int MAX_D = 256>
 inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const int32_t* ks, const int8_t* vc,
-                          const int32_t* vs, int s_visible, int kv_head, int kv_heads, int d, float scale,
-                          float* score_buf, int32_t* out) {
+                          const int32_t* vs, int s_first, int s_visible, int kv_head, int kv_heads, int d,
+                          float scale, float* score_buf, int32_t* out) {
   const float c = scale * (1.0f / 4294967296.0f);
   const float qsf = static_cast<float>(qs);
   float peak = -INFINITY;
-  for (int s = 0; s < s_visible; ++s) {
+  for (int s = s_first; s < s_visible; ++s) {
     const int64_t slot = static_cast<int64_t>(s) * kv_heads + kv_head;
     const int8_t* key = kc + slot * d;
     int64_t dot = 0;
@@ -223,7 +223,7 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
     acc[j] = 0;
   }
   int64_t den = 0;
-  for (int s = 0; s < s_visible; ++s) {
+  for (int s = s_first; s < s_visible; ++s) {
     const int64_t slot = static_cast<int64_t>(s) * kv_heads + kv_head;
     const float e = exp2_f32((score_buf[s] - peak) * LOG2E);
     const int64_t ei = static_cast<int64_t>(std::nearbyint(e * ATTN_ONE));

@@ -181,10 +181,12 @@ class HwRope:
 
 
 @register("hw_attention", inputs=5, attrs={
-    "heads": AttrSpec("int"), "kv_heads": AttrSpec("int"), "head_dim": AttrSpec("int"), "scale": AttrSpec("float")})
+    "heads": AttrSpec("int"), "kv_heads": AttrSpec("int"), "head_dim": AttrSpec("int"), "scale": AttrSpec("float"),
+    "window": AttrSpec("int", 0)})
 class HwAttention:
     """Causal attention of queries ``q`` [T, H*D] over an int8 cache: ``kc``/``vc`` [S, KVH*D] codes
-    with per-(token, head) scales ``ks``/``vs`` [S, KVH]; query t sits at position S - T + t.
+    with per-(token, head) scales ``ks``/``vs`` [S, KVH]; query t sits at position S - T + t and
+    sees the rows up to it, only the last ``window`` of them when ``window`` > 0 (sliding window).
     Per head: ``qc, qs = quant8(q, D)``; ``dot`` exact; ``score = float32(dot) * ((float32(qs) *
     float32(ks)) * float32(scale * 2^-32))``; ``e = exp2_f32((score - max) * log2 e)``;
     ``ei = rint(e * 2^15)``; ``y = rint(float32(float64(sum ei (vc vs))) / float32(sum ei))``."""
@@ -212,7 +214,8 @@ class HwAttention:
         kc3 = kc.reshape(s, kvh, d).astype(np.float64)
         v = (vc.reshape(s, kvh, d).astype(np.int64) * vs.astype(np.int64)[:, :, None])
         c = np.float32(attrs["scale"] * 2.0**-32)
-        visible = np.arange(s)[None, :] <= (s - t + np.arange(t))[:, None]  # [T, S]
+        distance = (s - t + np.arange(t))[:, None] - np.arange(s)[None, :]  # [T, S]
+        visible = (distance >= 0) & ((distance < attrs["window"]) if attrs["window"] > 0 else True)
         out = np.zeros((t, h, d), dtype=np.int32)
         for head in range(h):
             kv = head // (h // kvh)

@@ -214,6 +214,29 @@ class Rope:
         return [as_dtype(x * cos + rotated * sin, ctx.out_types[0].dtype)]
 
 
+@register("sliding_window_mask", inputs=2, attrs={"window": AttrSpec("int")})
+class SlidingWindowMask:
+    """An additive attention mask [B, 1, T, S] with the keys ``window`` or more positions before
+    each query masked too: key ``j`` stays visible from position ``i = positions[b, t]`` only if
+    ``i - j < window``; masked entries become the dtype's lowest finite value (as transformers')."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        mask, positions = ins
+        float_only(mask, "sliding_window_mask")
+        if mask.rank != 4 or not positions.dtype.is_int or positions.rank != 2 or mask.shape[2] != positions.shape[1]:
+            raise InferError(f"sliding_window_mask needs a mask [B, 1, T, S] and positions [B, T], got {mask}, {positions}")
+        if attrs["window"] < 1:
+            raise InferError(f"sliding window must be positive, got {attrs['window']}")
+        return [mask]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        mask, positions = ins
+        distance = positions.astype(np.int64)[:, None, :, None] - np.arange(mask.shape[-1])
+        return [np.where(distance >= attrs["window"], np.finfo(mask.dtype).min, mask).astype(mask.dtype)]
+
+
 @register("attention", inputs=(3, 4), attrs={"scale": AttrSpec("optional_float", None)})
 class Attention:
     """Scaled dot-product attention with grouped KV heads.

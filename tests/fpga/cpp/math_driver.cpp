@@ -83,8 +83,8 @@ void matmul(Input& in, int t, int n, int k, int group, int shift, bool has_zero,
   emit(y);
 }
 
-// hw_attention: scale (f32), q [t, heads * d], kc [s, kv_heads * d], ks [s, kv_heads], vc, vs.
-void attention(Input& in, int t, int s, int heads, int kv_heads, int d) {
+// hw_attention: scale (f32), q [t, heads * d], kc [s, kv_heads * d], ks [s, kv_heads], vc, vs; window 0 = none.
+void attention(Input& in, int t, int s, int heads, int kv_heads, int d, int window) {
   const float scale = in.take<float>(1)[0];
   const std::vector<int32_t> q = in.take<int32_t>(static_cast<size_t>(t) * heads * d);
   const std::vector<int8_t> kc = in.take<int8_t>(static_cast<size_t>(s) * kv_heads * d);
@@ -99,7 +99,9 @@ void attention(Input& in, int t, int s, int heads, int kv_heads, int d) {
       const size_t at = (static_cast<size_t>(r) * heads + h) * d;
       int32_t qs;
       llmc::quant8(&q[at], d, d, qc.data(), &qs);
-      llmc::attention_row(qc.data(), qs, kc.data(), ks.data(), vc.data(), vs.data(), s - t + r + 1,
+      const int visible = s - t + r + 1;
+      const int first = window > 0 && visible > window ? visible - window : 0;
+      llmc::attention_row(qc.data(), qs, kc.data(), ks.data(), vc.data(), vs.data(), first, visible,
                           h / (heads / kv_heads), kv_heads, d, scale, scores.data(), &out[at]);
     }
   }
@@ -169,8 +171,8 @@ int main(int argc, char** argv) {
       llmc::rope_row(row, row, c, arg[2], &cs[r * half], &sn[r * half]);
     }
     emit(x);
-  } else if (fn == "attention") {  // t s heads kv_heads d
-    attention(in, arg[0], arg[1], arg[2], arg[3], arg[4]);
+  } else if (fn == "attention") {  // t s heads kv_heads d window
+    attention(in, arg[0], arg[1], arg[2], arg[3], arg[4], arg[5]);
   } else if (fn == "silu") {
     map1<int32_t, int32_t>(in, llmc::silu_fixed);
   } else if (fn == "relu") {

@@ -239,7 +239,9 @@ static void attention(const Instr& in, int rows, int start_pos,
                       word_t* kv15) {
   const int heads = in.f[0], kv_heads = in.f[1], d = in.f[2];
   const float scale = bits_to_float(in.f[3]);
+  const int window = in.f[8];  // 0: every row up to the query's position; else only the last window of them
   const int s = start_pos + rows;
+  const int first = window > 0 && start_pos + 1 > window ? start_pos + 1 - window : 0;  // row 0's first key
   static int8_t kc[MAX_CONTEXT * MAX_HEAD_DIM], vc[MAX_CONTEXT * MAX_HEAD_DIM];
   static int32_t ks[MAX_CONTEXT], vs[MAX_CONTEXT];
   static float scores[MAX_CONTEXT];
@@ -248,7 +250,7 @@ static void attention(const Instr& in, int rows, int start_pos,
   static uint8_t row[MAX_HEADS * MAX_HEAD_DIM * 4];
   const int width = kv_heads * d;
   for (int h = 0; h < kv_heads; ++h) {
-    for (int j = 0; j < s; ++j) {  // this KV head's slice of the cache: row j on channel j % KV_CHANNELS
+    for (int j = first; j < s; ++j) {  // this KV head's slice of the cache: row j on channel j % KV_CHANNELS
       word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
       const uint64_t at = j / KV_CHANNELS;
       read_bytes(port, in.f[4] + at * width + h * d, (uint8_t*)&kc[j * d], d);
@@ -261,7 +263,9 @@ static void attention(const Instr& in, int rows, int start_pos,
     for (int t = 0; t < rows; ++t) {
       quant8(act[in.src0][t], heads * d, d, qc, qs);
       for (int qh = h * (heads / kv_heads); qh < (h + 1) * (heads / kv_heads); ++qh) {
-        attention_row(&qc[qh * d], qs[qh], kc, ks, vc, vs, start_pos + t + 1, 0, 1, d, scale, scores,
+        const int visible = start_pos + t + 1;
+        const int from = window > 0 && visible > window ? visible - window : 0;
+        attention_row(&qc[qh * d], qs[qh], kc, ks, vc, vs, from, visible, 0, 1, d, scale, scores,
                       &act[in.dst][t][qh * d]);
       }
     }
