@@ -151,7 +151,8 @@ class Iss:
 
     def _norm(self, ins: Instruction, rows: int, start_pos: int) -> None:
         w = self._read(self.lanes[0], int(ins.fields["weight_off"]), int(ins.fields["cols"]), "<f4")
-        self.act[ins.dst] = _ref("hw_rms_norm", [self._src(ins.src0, rows), w], eps=ins.fields["eps"])[0]
+        self.act[ins.dst] = _ref("hw_rms_norm", [self._src(ins.src0, rows), w], eps=ins.fields["eps"],
+                                 group=int(ins.fields["group"]))[0]
 
     def _mm(self, ins: Instruction, rows: int, start_pos: int) -> None:
         key = int(ins.fields["weight_off"])

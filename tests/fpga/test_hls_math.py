@@ -220,9 +220,13 @@ def test_rms_norm(driver: Path, eps: float) -> None:
             x[row + 15 * j, row] = -v if j == 1 else v
     w = rng.normal(0, 2, c).astype(np.float32)
     w[:4] = [0, 1e30, -1e-30, 1]
-    expected = OPS["hw_rms_norm"].ref([x, w], {"eps": eps}, CTX)[0]
+    expected = OPS["hw_rms_norm"].ref([x, w], {"eps": eps, "group": 0}, CTX)[0]
     got = _call(driver, "rms_norm", t, c, inputs=(np.float32([eps]), x, w), out=np.int32).reshape(t, c)
     np.testing.assert_array_equal(got, expected)
+    heads = OPS["hw_rms_norm"].ref([x, w], {"eps": eps, "group": 64}, CTX)[0]  # QK-norm: each head on its own
+    for h in range(0, c, 64):
+        one = OPS["hw_rms_norm"].ref([x[:, h:h + 64], w[h:h + 64]], {"eps": eps, "group": 0}, CTX)[0]
+        np.testing.assert_array_equal(heads[:, h:h + 64], one)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])

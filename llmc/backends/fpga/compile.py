@@ -204,7 +204,8 @@ class Compiler:
         if node.op == "hw_embed":
             return self.embed(node), "EMBED"
         if node.op == "hw_rms_norm":
-            return {"cols": cols, "weight_off": self.misc(node.inputs[1], "<f4"), "eps": float(np.float32(a["eps"]))}, "NORM"
+            return {"cols": cols, "weight_off": self.misc(node.inputs[1], "<f4"), "eps": float(np.float32(a["eps"])),
+                    "group": a.get("group", 0)}, "NORM"
         if node.op == "hw_matmul":
             return self.matmul(node, bucket, node.outputs[0].name in self.to_io), "MM"
         if node.op == "hw_rope":

@@ -21,7 +21,9 @@ INSTR_BYTES = WORDS * 4
 OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "EMBED": (1, ("cols", "table_off"),
               "dst[t] = table row ids[t] (f16, rows striped over the weight channels) as Q15.16"),
-    "NORM": (2, ("cols", "weight_off", "eps"), "dst = RMSNorm(src0) with f32 weights at weight_off (channel 0)"),
+    "NORM": (2, ("cols", "weight_off", "eps", "group"),
+             "dst = RMSNorm(src0) with f32 weights at weight_off (channel 0); with group > 0 each group of columns "
+             "(a head) is normalised on its own"),
     "MM": (3, ("n", "k", "group", "shift", "flags", "weight_off", "tile_bytes", "row_block", "tiles", "io_off"),
            "dst = src0 x W: tiles of tile_n rows round-robin over the lanes' channels at weight_off; "
            "with flag 10 the rows go to io at io_off as float32 (logits)"),

@@ -186,13 +186,25 @@ class Lowering:
             return Act(self.b.op("hw_add", [ga.value, gb.value]))
         raise self.fail(node, "add of unsupported operands")
 
-    def op_rms_norm(self, node: Node, x: Value, w: Value) -> Act:
-        got = self.get(w)
-        if not (isinstance(got, Pattern) and got.kind == "param"):
+    def op_rms_norm(self, node: Node, x: Value, w: Value) -> Act | Heads:
+        """RMSNorm of an activation, or of each head of a per-head view (QK-norm: the weight of
+        one head repeated over the row)."""
+        got, weight_of = self.get(x), self.get(w)
+        if not (isinstance(weight_of, Pattern) and weight_of.kind == "param"):
             raise self.fail(node, "the RMSNorm weight must be a parameter")
         name, data, t = self.param_data(w)
-        weight = self.add_param(name, TensorType(t.shape, F32), None if data is None else data.astype(np.float32))
-        return Act(self.b.op("hw_rms_norm", [self.act(node, x), weight], {"eps": node.attrs["eps"]}))
+        if isinstance(got, Heads) and not got.transposed and t.shape == (Dim.of(got.head_dim),):
+            repeat, group = got.heads, got.head_dim
+            name = f"{name}.x{repeat}"
+        elif isinstance(got, Act):
+            repeat, group = 1, 0
+        else:
+            raise self.fail(node, "RMSNorm of neither an activation nor its heads")
+        width = Dim.of(t.shape[0].value * repeat)
+        weight = self.add_param(name, TensorType((width,), F32),
+                                None if data is None else np.tile(data.astype(np.float32), repeat))
+        y = self.b.op("hw_rms_norm", [got.value, weight], {"eps": node.attrs["eps"], "group": group})
+        return Heads(y, got.heads, got.head_dim, False) if isinstance(got, Heads) else Act(y)
 
     def op_rope(self, node: Node, x: Value, positions: Value, inv_freq: Value) -> Heads:
         got, pos = self.get(x), self.get(positions)

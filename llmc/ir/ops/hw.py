@@ -47,11 +47,12 @@ class HwEmbed:
         return [hm.to_fixed(rows * np.float32(1 << hm.ACT_FRAC))]
 
 
-@register("hw_rms_norm", inputs=2, attrs={"eps": AttrSpec("float")})
+@register("hw_rms_norm", inputs=2, attrs={"eps": AttrSpec("float"), "group": AttrSpec("int", 0)})
 class HwRmsNorm:
-    """Per row: ``sh = max(0, bitlen(max|x|) - 19)``, ``ss = sum((x >> sh)^2)`` (exact),
+    """Per row, or per ``group`` columns of a row when ``group`` > 0 (per head: QK-norm), over its
+    C columns: ``sh = max(0, bitlen(max|x|) - 19)``, ``ss = sum((x >> sh)^2)`` (exact),
     ``m = float32(ss) * 2^(2 sh - 32) / float32(C)``, ``r = 1 / sqrt(m + eps)``,
-    ``y = rint((float32(x) * r) * w)`` with the f32 weight ``w`` [C]."""
+    ``y = rint((float32(x) * r) * w)`` with the f32 weight ``w`` [C] of the whole row."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
@@ -59,11 +60,16 @@ class HwRmsNorm:
         _act(x, "hw_rms_norm")
         if w.shape != (x.shape[1],) or w.dtype != F32:
             raise InferError("hw_rms_norm weight must be f32 [C]")
+        group = attrs["group"]
+        if group < 0 or (group and x.shape[1].is_static and x.shape[1].value % group):
+            raise InferError(f"hw_rms_norm group {group} does not divide the {x.shape[1]} columns")
         return [x]
 
     @staticmethod
     def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
-        x, w = ins[0].astype(np.int64), ins[1].astype(np.float32)
+        rows, cols = ins[0].shape
+        group = attrs["group"] or cols
+        x, w = ins[0].astype(np.int64).reshape(rows, cols // group, group), ins[1].astype(np.float32).reshape(-1, group)
         amax = np.abs(x).max(axis=-1, keepdims=True)
         bits = np.floor(np.log2(np.maximum(amax, 1))).astype(np.int64) + 1
         sh = np.maximum(0, bits - 19)
@@ -72,7 +78,7 @@ class HwRmsNorm:
         m = (m.astype(np.float32) / np.float32(x.shape[-1])).astype(np.float32)
         r = (np.float32(1) / np.sqrt((m + np.float32(attrs["eps"])).astype(np.float32))).astype(np.float32)
         y = ((x.astype(np.int32).astype(np.float32) * r).astype(np.float32) * w).astype(np.float32)
-        return [hm.to_fixed(y)]
+        return [hm.to_fixed(y).reshape(rows, cols)]
 
 
 @register("hw_quant8", inputs=1, results=2, attrs={"group": AttrSpec("int")})

@@ -402,7 +402,12 @@ extern "C" void llmc_accel(
       case NORM: {
         read_vec(w0, in.f[1], cols, raw);
         for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
-        for (int t = 0; t < rows; ++t) rms_norm_row(act[in.src0][t], vec, cols, bits_to_float(in.f[2]), act[in.dst][t]);
+        const int group = in.f[3] > 0 ? (int)in.f[3] : cols;  // a head at a time for QK-norm
+        for (int t = 0; t < rows; ++t) {
+          for (int g = 0; g < cols; g += group) {
+            rms_norm_row(&act[in.src0][t][g], &vec[g], group, bits_to_float(in.f[2]), &act[in.dst][t][g]);
+          }
+        }
         break;
       }
       case MM:
