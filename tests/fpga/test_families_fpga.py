@@ -1,7 +1,8 @@
 """Random-weight families on the accelerator: compiled for the U280 and run on the ISS and the
 C-simulation of the generated kernel, bit-exact with the lowered program in the interpreter, over
 a prompt and decode steps long enough for Mistral's 8-token sliding window to bite. Qwen3 normalises
-each head of q and k (QK-norm), OLMo-2 their whole rows."""
+each head of q and k (QK-norm), OLMo-2 their whole rows; Phi-3's fused projections are split into
+layers and Granite's multipliers folded into weights or scaled on the SFU."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from llmc.cli import main
 from llmc.sim.ladder import verify_project
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2")  # docs/models.md: what the others lack
-DEFAULT = ("mistral", "qwen3", "olmo2")  # window, per-head and whole-row QK-norm; make test-full runs the others
+ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite")  # docs/models.md: the others
+DEFAULT = ("mistral", "qwen3", "granite")  # window, per-head QK-norm, multipliers; make test-full runs the others
 PROMPT = [3, 17, 42, 8, 25, 61, 9, 4, 5, 6, 7]
 
 

@@ -9,7 +9,8 @@ from llmc.compiler.passes.fuse import fuse_module
 from llmc.compiler.passes.rewrite import Const, Graph, Rule, Var, op, rewrite
 from llmc.ir import Module, parse_module, print_module, run_function, verify_module
 
-HEADER = 'module "m" {} {\n  param "w" : tensor<8xf32>\n  param "inv" : tensor<2xf32>\n'
+HEADER = ('module "m" {} {\n  param "w" : tensor<8xf32>\n  param "inv" : tensor<2xf32>\n'
+          '  param "proj.weight" : tensor<6x4xf32>\n  param "proj.bias" : tensor<6xf32>\n')
 
 
 def module_of(body: str, inputs: str, outputs: str) -> Module:
@@ -191,3 +192,43 @@ def test_a_window_over_other_keys_is_left_alone() -> None:
     body = WINDOW_BEFORE.replace("start = 0, end = S", "start = 1, end = S+1")
     after = print_module(fused(module_of(body, WINDOW_INPUTS, "%y")))
     assert "sliding_window_mask" not in after and "%p4 = reshape(%pos) {shape = [1, 1, L, 1]}" in after
+
+
+PROJ = """\
+    %w = param() {name = "proj.weight"} : tensor<6x4xf32>
+    %b = param() {name = "proj.bias"} : tensor<6xf32>
+    %y = linear(%x, %w, %b) : tensor<1xLx6xf32>"""
+PROJ_INPUTS = "%x: tensor<1xLx4xf32>"
+
+
+def test_a_scalar_multiple_of_a_linear_layer_folds_into_its_weights() -> None:
+    before = with_data(module_of(PROJ + """
+    %c = constant() {value = 4.0, shape = [], dtype = f32} : tensor<f32>
+    %z = div(%y, %c) : tensor<1xLx6xf32>""", PROJ_INPUTS, "%z"))
+    x = {"x": np.random.default_rng(3).standard_normal((1, 2, 4)).astype(np.float32)}
+    want = run_function(before, "f", x)["z"]
+    text = print_module(fused(before))
+    assert "%z = linear(%x, %proj_weight_scaled, %proj_bias_scaled)" in text and "div(" not in text, text
+    np.testing.assert_allclose(run_function(before, "f", x)["z"], want, rtol=1e-6)
+
+
+def test_slices_of_a_fused_projection_become_layers_of_its_rows() -> None:
+    before = with_data(module_of(PROJ + """
+    %q = slice(%y) {axis = 2, start = 0, end = 4} : tensor<1xLx4xf32>
+    %k = slice(%y) {axis = 2, start = 4, end = 6} : tensor<1xLx2xf32>""", PROJ_INPUTS, "%q, %k"))
+    x = {"x": np.random.default_rng(4).standard_normal((1, 2, 4)).astype(np.float32)}
+    want = run_function(before, "f", x)
+    after = fused(before)
+    ops = [n.op for n in after.functions["f"].nodes]
+    assert ops.count("linear") == 2 and "slice" not in ops
+    assert {"proj.rows0_4.weight", "proj.rows4_6.bias"} <= set(after.params)
+    got = run_function(after, "f", x)
+    for name in ("q", "k"):
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_a_projection_also_used_whole_is_not_split() -> None:
+    text = PROJ + """
+    %q = slice(%y) {axis = 2, start = 0, end = 4} : tensor<1xLx4xf32>"""
+    after = print_module(fused(module_of(text, PROJ_INPUTS, "%q, %y")))
+    assert "slice(%y)" in after

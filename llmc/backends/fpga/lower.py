@@ -178,7 +178,22 @@ class Lowering:
                 name, data, t = self.param_data(y.of)
                 w = self.add_param(name, TensorType(t.shape, F32), None if data is None else data.astype(np.float32))
                 return Act(self.b.op("hw_scale", [x.value, w]))
+            if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "const" and not isinstance(y.of, list):
+                return self.scalar_scale(x, float(y.of))
         raise self.fail(node, "multiply of unsupported operands")
+
+    def op_div(self, node: Node, a: Value, b: Value) -> Act:
+        ga, gb = self.get(a), self.get(b)
+        if isinstance(ga, Act) and isinstance(gb, Pattern) and gb.kind == "const" and not isinstance(gb.of, list):
+            return self.scalar_scale(ga, 1.0 / float(gb.of))
+        raise self.fail(node, "division other than of an activation by a constant")
+
+    def scalar_scale(self, x: Act, factor: float) -> Act:
+        """``x * factor`` as ESCALE by a constant vector (Granite's and Gemma's multipliers)."""
+        cols = x.value.type.shape[1].value
+        name = f"scale.{len([p for p in self.out.params if p.startswith('scale.')])}"
+        w = self.add_param(name, TensorType((Dim.of(cols),), F32), np.full(cols, factor, np.float32))
+        return Act(self.b.op("hw_scale", [x.value, w]))
 
     def op_add(self, node: Node, a: Value, b: Value) -> Any:
         ga, gb = self.get(a), self.get(b)
@@ -366,5 +381,6 @@ def lower(module: Module) -> Module:
     if "decode" not in module.functions:
         raise LlmcError(f"{module.name}: the FPGA backend needs a decode function (import with a KV cache)")
     decode = copy.deepcopy(module.functions["decode"])
-    fuse_function(module, decode)  # a module saved before the import fused it
-    return Lowering(module, decode).run()
+    fused = Module(module.name, dict(module.attrs), dict(module.params), {"decode": decode})
+    fuse_function(fused, decode)  # a module saved before the import fused it (new params stay in the copy)
+    return Lowering(fused, decode).run()

@@ -10,13 +10,15 @@ reference computes what the primitives did in the same float32 order of operatio
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
+from llmc.compiler.passes.cleanup import prune_params
 from llmc.compiler.passes.rewrite import Const, Graph, Match, Op, Rule, Var, op, rewrite
 from llmc.compiler.pipeline import NoOptions, PassContext, register_pass
 from llmc.ir.builder import Builder
-from llmc.ir.graph import Function, Module, Value
+from llmc.ir.graph import Function, Module, Param, Value
 from llmc.ir.types import Dim
 
 X, W = Var("x"), Var("w")
@@ -83,7 +85,7 @@ def _rope(m: Match, b: Builder) -> Value | None:
 
 
 def _is_slice(attrs: dict, rank: int, start: int, end: int) -> bool:
-    return attrs["axis"] % rank == rank - 1 and attrs["start"] == start and attrs["end"] >= end and attrs["step"] == 1
+    return attrs["axis"] % rank == rank - 1 and attrs["start"] == start and attrs["end"] >= end and attrs.get("step", 1) == 1
 
 
 def _seq_axis(x: tuple[Dim, ...], cos: tuple[Dim, ...], tokens: Dim) -> int | None:
@@ -121,12 +123,78 @@ def _sliding_window_mask(m: Match, b: Builder) -> Value | None:
     return b.op("sliding_window_mask", [mask, positions], {"window": int(m.consts["window"])})
 
 
+# a scalar multiple of a linear layer's output: linear(x, w * c, b * c), the only use of the layer
+_LINEAR = (op("linear", X, W, bind="linear"), op("linear", X, W, Var("b"), bind="linear"))
+
+
+def _scaled_linear(factor: Callable[[float], float]) -> Callable[[Match, Builder], Value | None]:
+    def build(m: Match, b: Builder) -> Value | None:
+        if len(b.func.users().get(m["linear"].name, ())) != 1 or m["linear"] in b.func.outputs:
+            return None
+        c = factor(m.consts["c"])
+        params = [_scaled_param(b, m[name], c) for name in ("w", "b") if name in m.values]
+        if None in params:
+            return None
+        return b.op("linear", [m["x"], *params])  # type: ignore[list-item]
+
+    return build
+
+
+def _scaled_param(b: Builder, value: Value, c: float) -> Value | None:
+    """A new parameter ``c`` times the parameter behind ``value`` (None if it is not one)."""
+    node = b.func.producers().get(value.name)
+    if node is None or node.op != "param":
+        return None
+    source = b.module.params[node.attrs["name"]]
+    name = f"{source.name}.scaled"
+    while name in b.module.params:
+        name += "_"
+    data = None if source.data is None else (source.data * np.float32(c)).astype(source.data.dtype)
+    b.module.params[name] = Param(name, source.type, data)
+    return b.param(name)
+
+
+# a slice of a fused projection's columns (Phi-3's qkv_proj and gate_up_proj): the layer of those rows
+def _split_linear(m: Match, b: Builder) -> Value | None:
+    part = m.nodes["part"].attrs
+    rank = m["linear"].type.rank
+    users = b.func.users().get(m["linear"].name, ())
+    if m["linear"] in b.func.outputs:
+        return None
+    if (part["axis"] % rank != rank - 1 or part.get("step", 1) != 1 or any(u.op != "slice" for u in users)
+            or not all(isinstance(part[k], int) for k in ("start", "end"))):
+        return None
+    rows = slice(int(part["start"]), int(part["end"]))
+    params = [_param_rows(b, m[name], rows) for name in ("w", "b") if name in m.values]
+    if None in params:
+        return None
+    return b.op("linear", [m["x"], *params])  # type: ignore[list-item]
+
+
+def _param_rows(b: Builder, value: Value, rows: slice) -> Value | None:
+    """A new parameter of ``rows`` of the parameter behind ``value`` (None if it is not one)."""
+    node = b.func.producers().get(value.name)
+    if node is None or node.op != "param":
+        return None
+    source = b.module.params[node.attrs["name"]]
+    count = min(rows.stop, source.type.shape[0].value) - rows.start
+    base = source.name.removesuffix(".weight").removesuffix(".bias")
+    name = f"{base}.rows{rows.start}_{rows.start + count}{source.name[len(base):]}"
+    if name not in b.module.params:
+        data = None if source.data is None else np.ascontiguousarray(source.data[rows])
+        b.module.params[name] = Param(name, source.type.with_shape([count, *source.type.shape[1:]]), data)
+    return b.param(name)
+
+
 def _reshape_reshape(m: Match, b: Builder) -> Value:
     return b.op("reshape", [m["x"]], {"shape": list(m.nodes["outer"].attrs["shape"])})
 
 
 RULES = (
     Rule("reshape_reshape", op("reshape", op("reshape", X), bind="outer"), _reshape_reshape),
+    *(Rule("scaled_linear", op("mul", lin, Const("c")), _scaled_linear(lambda c: c)) for lin in _LINEAR),
+    *(Rule("scaled_linear", op("div", lin, Const("c")), _scaled_linear(lambda c: 1.0 / c)) for lin in _LINEAR),
+    *(Rule("split_linear", op("slice", lin, bind="part"), _split_linear) for lin in _LINEAR),
     Rule("rms_norm", op("mul", _NORMED, W), _rms_norm),
     Rule("rope", _ROPE, _rope),
     Rule("gelu_tanh", _GELU_TANH, _gelu_tanh),
@@ -152,4 +220,4 @@ def fuse_module(module: Module) -> dict[str, int]:
 def fuse(module: Module, options: NoOptions, context: PassContext) -> Module:
     """Fuse primitive ops into rms_norm, rope, gelu_tanh and sliding_window_mask (the import already does)."""
     context.reports["fuse"] = fuse_module(module)
-    return module
+    return prune_params(module)
