@@ -38,7 +38,7 @@ FAMILIES = {
     # QK-norm, local (4-token window) and global layers with their own RoPE bases
     "gemma3_text": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, head_dim=16, sliding_window=4,
-                        layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0),
+                        layer_types=["sliding_attention", "full_attention"]),
     # fused qkv and gate_up projections
     "phi3": dict(SMALL, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, pad_token_id=0),

@@ -26,7 +26,7 @@ from llmc.sim.image import ProjectImage, chunks
 from llmc.sim.timing import Cost, TimingModel
 
 ENGINE_NAMES = {0: "dsp", 1: "sparse", 2: "lut"}
-ACT_NAMES = {0: "silu", 1: "relu"}
+ACT_NAMES = {0: "silu", 1: "relu", 2: "gelu_tanh"}
 
 
 def _ref(op: str, ins: list[np.ndarray], **attrs: Any) -> list[np.ndarray]:

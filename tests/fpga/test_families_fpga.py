@@ -2,7 +2,8 @@
 C-simulation of the generated kernel, bit-exact with the lowered program in the interpreter, over
 a prompt and decode steps long enough for Mistral's 8-token sliding window to bite. Qwen3 normalises
 each head of q and k (QK-norm), OLMo-2 their whole rows; Phi-3's fused projections are split into
-layers and Granite's multipliers folded into weights or scaled on the SFU."""
+layers and Granite's multipliers folded into weights or scaled on the SFU; Gemma-3 adds a scaled
+embedding, 1 + w norm weights, GELU (tanh) and local layers with their own window and RoPE table."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from llmc.cli import main
 from llmc.sim.ladder import verify_project
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite")  # docs/models.md: the others
-DEFAULT = ("mistral", "qwen3", "granite")  # window, per-head QK-norm, multipliers; make test-full runs the others
+ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite", "gemma3_text")  # docs/models.md
+DEFAULT = ("qwen3", "granite", "gemma3_text")  # QK-norm, multipliers, windows and GELU; make test-full: the others
 PROMPT = [3, 17, 42, 8, 25, 61, 9, 4, 5, 6, 7]
 
 
@@ -29,8 +30,9 @@ def test_family_is_bit_exact_on_the_accelerator(arch: str, tmp_path: Path) -> No
     config.write_text(json.dumps(FAMILIES[arch]))
     project = tmp_path / "project"
     assert main(["compile", arch, "--config", str(config), "-o", str(project)]) == 0
-    if arch == "mistral":
-        assert "window=8" in (project / "program.txt").read_text()
+    program = (project / "program.txt").read_text()
+    if arch in ("mistral", "gemma3_text"):
+        assert f"window={FAMILIES[arch]['sliding_window']}" in program
     results = verify_project(project, PROMPT, 12, levels=("interpreter", "iss", "csim"))
     assert [r.mismatches for r in results] == [0, 0, 0], [r.to_json() for r in results]
     assert all(r.compared > 0 for r in results)

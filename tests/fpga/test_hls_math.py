@@ -282,7 +282,7 @@ def test_elementwise(driver: Path) -> None:
     rng = np.random.default_rng(8)
     near_zero = np.arange(-(1 << 22), 1 << 22, 997, dtype=np.int32)  # silu's curved part, |x| < 64
     x = np.concatenate([_random_i32(rng, 30000), near_zero])
-    for fn in ("silu", "relu"):
+    for fn in ("silu", "relu", "gelu_tanh"):
         expected = OPS["hw_act"].ref([x[None]], {"fn": fn}, CTX)[0][0]
         np.testing.assert_array_equal(_call(driver, fn, inputs=(x,), out=np.int32), expected)
 

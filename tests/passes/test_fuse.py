@@ -60,7 +60,7 @@ def test_gemma_rms_norm_keeps_its_unit_offset_weight() -> None:
         '%w = param() {name = "w"} : tensor<8xf32>\n    %one = constant() {value = 1.0, shape = [], dtype = f32} : '
         'tensor<f32>\n    %w1 = add(%w, %one) : tensor<8xf32>')
     after = print_module(fused(module_of(body, "%x: tensor<1xLx8xf32>", "%y")))
-    assert "%y = rms_norm(%x, %w1) {eps = 1e-06}" in after and "rsqrt" not in after
+    assert "%y = rms_norm(%x, %w1) {eps = 1e-06}" in after and "rsqrt" not in after and "w.offset" in after
 
 
 def test_rms_norm_of_another_value_is_left_alone() -> None:
@@ -232,3 +232,13 @@ def test_a_projection_also_used_whole_is_not_split() -> None:
     %q = slice(%y) {axis = 2, start = 0, end = 4} : tensor<1xLx4xf32>"""
     after = print_module(fused(module_of(text, PROJ_INPUTS, "%q, %y")))
     assert "slice(%y)" in after
+
+
+def test_a_parameter_plus_a_scalar_is_a_parameter() -> None:
+    before = with_data(module_of(RMS_BEFORE.replace("%y = mul(%w, %normed)", "%y = mul(%normed, %w1)").replace(
+        '%w = param() {name = "w"} : tensor<8xf32>',
+        '%w = param() {name = "w"} : tensor<8xf32>\n    %one = constant() {value = 1.0, shape = [], dtype = f32} : '
+        'tensor<f32>\n    %w1 = add(%w, %one) : tensor<8xf32>'), "%x: tensor<1xLx8xf32>", "%y"))
+    after = fused(before)
+    assert "%y = rms_norm(%x, %w1) {eps = 1e-06}" in print_module(after)
+    np.testing.assert_array_equal(after.params["w.offset"].data, after.params["w"].data + 1)

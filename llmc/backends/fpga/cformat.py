@@ -38,4 +38,5 @@ def render_tables() -> str:
     def spelled(x: np.float32) -> dict[str, str]:
         return {"literal": float_literal(x), "hex": hexfloat(x)}
 
-    return render("include/llmc_tables.h.j2", exp2=[spelled(v) for v in hm.exp2_table()], log2e=spelled(hm.LOG2E))
+    return render("include/llmc_tables.h.j2", exp2=[spelled(v) for v in hm.exp2_table()], log2e=spelled(hm.LOG2E),
+                  gelu_2u=spelled(hm.GELU_2U), gelu_cubic=spelled(hm.GELU_CUBIC))

@@ -45,7 +45,7 @@ FLOAT_FIELDS = {"eps", "scale"}
 LANE_STREAMS = ("MM", "ATTN", "KVAPP", "EMBED")  # opcodes that stream from the weight lanes' channels
 BY_NUMBER = {num: name for name, (num, _, _) in OPCODES.items()}
 ENGINES = {"dsp": 0, "sparse": 1, "lut": 2}
-ACT_FNS = {"silu": 0, "relu": 1}
+ACT_FNS = {"silu": 0, "relu": 1, "gelu_tanh": 2}
 
 # MM flags: bits 0-3 code width, 4-5 engine, 6 zero points, 7 bias, 8 unsigned codes,
 # 9 double-buffered weight loads, 10 output to io as float32, 12-15 sparse N, 16-20 sparse M

@@ -180,6 +180,9 @@ class Lowering:
                 return Act(self.b.op("hw_scale", [x.value, w]))
             if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "const" and not isinstance(y.of, list):
                 return self.scalar_scale(x, float(y.of))
+            if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "param" and y.of.type.rank == 0:
+                data = self.param_data(y.of)[1]  # Gemma's embedding scale, a buffer
+                return self.scalar_scale(x, None if data is None else float(data))
         raise self.fail(node, "multiply of unsupported operands")
 
     def op_div(self, node: Node, a: Value, b: Value) -> Act:
@@ -188,11 +191,13 @@ class Lowering:
             return self.scalar_scale(ga, 1.0 / float(gb.of))
         raise self.fail(node, "division other than of an activation by a constant")
 
-    def scalar_scale(self, x: Act, factor: float) -> Act:
-        """``x * factor`` as ESCALE by a constant vector (Granite's and Gemma's multipliers)."""
+    def scalar_scale(self, x: Act, factor: float | None) -> Act:
+        """``x * factor`` as ESCALE by a constant vector (Granite's and Gemma's multipliers);
+        ``factor`` None: a shapes-only model's."""
         cols = x.value.type.shape[1].value
         name = f"scale.{len([p for p in self.out.params if p.startswith('scale.')])}"
-        w = self.add_param(name, TensorType((Dim.of(cols),), F32), np.full(cols, factor, np.float32))
+        w = self.add_param(name, TensorType((Dim.of(cols),), F32),
+                           None if factor is None else np.full(cols, factor, np.float32))
         return Act(self.b.op("hw_scale", [x.value, w]))
 
     def op_add(self, node: Node, a: Value, b: Value) -> Any:
@@ -208,7 +213,7 @@ class Lowering:
         if not (isinstance(weight_of, Pattern) and weight_of.kind == "param"):
             raise self.fail(node, "the RMSNorm weight must be a parameter")
         name, data, t = self.param_data(w)
-        if isinstance(got, Heads) and not got.transposed and t.shape == (Dim.of(got.head_dim),):
+        if isinstance(got, Heads) and t.shape == (Dim.of(got.head_dim),):  # either layout: the rows are [T, H*D]
             repeat, group = got.heads, got.head_dim
             name = f"{name}.x{repeat}"
         elif isinstance(got, Act):
@@ -219,7 +224,7 @@ class Lowering:
         weight = self.add_param(name, TensorType((width,), F32),
                                 None if data is None else np.tile(data.astype(np.float32), repeat))
         y = self.b.op("hw_rms_norm", [got.value, weight], {"eps": node.attrs["eps"], "group": group})
-        return Heads(y, got.heads, got.head_dim, False) if isinstance(got, Heads) else Act(y)
+        return Heads(y, got.heads, got.head_dim, got.transposed) if isinstance(got, Heads) else Act(y)
 
     def op_rope(self, node: Node, x: Value, positions: Value, inv_freq: Value) -> Heads:
         got, pos = self.get(x), self.get(positions)
@@ -249,6 +254,9 @@ class Lowering:
 
     def op_relu(self, node: Node, x: Value) -> Act:
         return Act(self.b.op("hw_act", [self.act(node, x)], {"fn": "relu"}))
+
+    def op_gelu_tanh(self, node: Node, x: Value) -> Act:
+        return Act(self.b.op("hw_act", [self.act(node, x)], {"fn": "gelu_tanh"}))
 
     def op_fake_quant(self, node: Node, x: Value) -> Any:
         if node.attrs["bits"] < 8:

@@ -186,6 +186,19 @@ def _param_rows(b: Builder, value: Value, rows: slice) -> Value | None:
     return b.param(name)
 
 
+# a parameter plus a scalar (Gemma's RMSNorm weight 1 + w) is a parameter
+def _offset_param(m: Match, b: Builder) -> Value | None:
+    node = b.func.producers().get(m["w"].name)
+    if node is None or node.op != "param" or not m["w"].type.dtype.is_float:
+        return None
+    source = b.module.params[node.attrs["name"]]
+    name = f"{source.name}.offset"
+    if name not in b.module.params:
+        data = None if source.data is None else (source.data + np.float32(m.consts["c"])).astype(source.data.dtype)
+        b.module.params[name] = Param(name, source.type, data)
+    return b.param(name)
+
+
 def _reshape_reshape(m: Match, b: Builder) -> Value:
     return b.op("reshape", [m["x"]], {"shape": list(m.nodes["outer"].attrs["shape"])})
 
@@ -195,6 +208,7 @@ RULES = (
     *(Rule("scaled_linear", op("mul", lin, Const("c")), _scaled_linear(lambda c: c)) for lin in _LINEAR),
     *(Rule("scaled_linear", op("div", lin, Const("c")), _scaled_linear(lambda c: 1.0 / c)) for lin in _LINEAR),
     *(Rule("split_linear", op("slice", lin, bind="part"), _split_linear) for lin in _LINEAR),
+    Rule("offset_param", op("add", W, Const("c")), _offset_param),
     Rule("rms_norm", op("mul", _NORMED, W), _rms_norm),
     Rule("rope", _ROPE, _rope),
     Rule("gelu_tanh", _GELU_TANH, _gelu_tanh),

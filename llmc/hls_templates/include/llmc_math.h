@@ -249,6 +249,15 @@ inline int32_t silu_fixed(int32_t x) {
   return to_fixed((xf * sig) * FIXED_ONE);
 }
 
+// hw_act gelu_tanh: GELU's tanh form as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3).
+inline int32_t gelu_tanh_fixed(int32_t x) {
+  LLMC_HLS(HLS INLINE)
+  const float xf = fixed_to_f32(x);
+  const float z = (xf + (GELU_CUBIC * (xf * xf)) * xf) * GELU_2U;
+  const float sig = 1.0f / (1.0f + exp2_f32(-z * LOG2E));
+  return to_fixed((xf * sig) * FIXED_ONE);
+}
+
 inline int32_t relu_fixed(int32_t x) {
   LLMC_HLS(HLS INLINE)
   return x > 0 ? x : 0;

@@ -241,14 +241,16 @@ class HwAttention:
 
 @register("hw_act", inputs=1, attrs={"fn": AttrSpec("str")})
 class HwAct:
-    """Elementwise activation on Q15.16: ``silu``: ``xf = float32(x) * 2^-16``,
-    ``y = xf * (1 / (1 + exp2_f32(-xf * log2 e)))``; ``relu``: ``max(x, 0)``; result ``rint(y * 2^16)``."""
+    """Elementwise activation on Q15.16, ``xf = float32(x) * 2^-16``: ``silu``:
+    ``y = xf * (1 / (1 + exp2_f32(-xf * log2 e)))``; ``gelu_tanh`` (GELU's tanh form as
+    ``x * sigmoid(2u)``): ``z = (xf + (0.044715 * (xf * xf)) * xf) * (2 sqrt(2/pi))``,
+    ``y = xf * (1 / (1 + exp2_f32(-z * log2 e)))``; ``relu``: ``max(x, 0)``; result ``rint(y * 2^16)``."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         _act(ins[0], "hw_act")
-        if attrs["fn"] not in ("silu", "relu"):
-            raise InferError(f"hw_act supports silu and relu, not '{attrs['fn']}'")
+        if attrs["fn"] not in ("silu", "relu", "gelu_tanh"):
+            raise InferError(f"hw_act supports silu, relu and gelu_tanh, not '{attrs['fn']}'")
         return [ins[0]]
 
     @staticmethod
@@ -256,7 +258,11 @@ class HwAct:
         if attrs["fn"] == "relu":
             return [np.maximum(ins[0], 0).astype(np.int32)]
         xf = hm.fixed_to_f32(ins[0])
-        e = hm.exp2_f32((-xf * hm.LOG2E).astype(np.float32))
+        z = xf
+        if attrs["fn"] == "gelu_tanh":
+            cube = ((hm.GELU_CUBIC * (xf * xf).astype(np.float32)).astype(np.float32) * xf).astype(np.float32)
+            z = ((xf + cube).astype(np.float32) * hm.GELU_2U).astype(np.float32)
+        e = hm.exp2_f32((-z * hm.LOG2E).astype(np.float32))
         sig = (np.float32(1) / (np.float32(1) + e)).astype(np.float32)
         y = (xf * sig).astype(np.float32)
         return [hm.to_fixed(y * np.float32(1 << hm.ACT_FRAC))]

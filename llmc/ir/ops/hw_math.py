@@ -20,6 +20,8 @@ ACT_FRAC = 16
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 F32_INT32_MAX = np.float32(2147483520.0)  # the largest float32 below 2^31
 LOG2E = np.float32(1.4426950408889634)
+GELU_2U = np.float32(1.5957691216057308)  # 2 sqrt(2 / pi): gelu_tanh(x) = x * sigmoid(GELU_2U * (x + GELU_CUBIC x^3))
+GELU_CUBIC = np.float32(0.044715)
 EXP2_STEPS = 256  # table entries per octave
 QMAX8 = 127
 

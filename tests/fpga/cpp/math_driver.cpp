@@ -175,6 +175,8 @@ int main(int argc, char** argv) {
     attention(in, arg[0], arg[1], arg[2], arg[3], arg[4], arg[5]);
   } else if (fn == "silu") {
     map1<int32_t, int32_t>(in, llmc::silu_fixed);
+  } else if (fn == "gelu_tanh") {
+    map1<int32_t, int32_t>(in, llmc::gelu_tanh_fixed);
   } else if (fn == "relu") {
     map1<int32_t, int32_t>(in, llmc::relu_fixed);
   } else if (fn == "mul") {

@@ -437,7 +437,7 @@ extern "C" void llmc_accel(
           for (int c = 0; c < cols; ++c) {
 #pragma HLS PIPELINE II = 1
             const int32_t x = act[in.src0][t][c];
-            act[in.dst][t][c] = in.f[1] == 0 ? silu_fixed(x) : relu_fixed(x);
+            act[in.dst][t][c] = in.f[1] == 0 ? silu_fixed(x) : in.f[1] == 1 ? relu_fixed(x) : gelu_tanh_fixed(x);
           }
         }
         break;
