@@ -30,7 +30,7 @@ ACT_NAMES = {0: "silu", 1: "relu", 2: "gelu_tanh"}
 
 
 def _ref(op: str, ins: list[np.ndarray], **attrs: Any) -> list[np.ndarray]:
-    return OPS[op].ref(ins, attrs, RefContext({}))
+    return OPS[op].ref(ins, OPS[op].with_defaults(attrs), RefContext({}))
 
 
 class MatmulWeights:
@@ -144,10 +144,19 @@ class Iss:
     def _embed(self, ins: Instruction, rows: int, start_pos: int) -> None:
         cols, lanes = int(ins.fields["cols"]), len(self.lanes)
         row_bytes = pack.align(cols * 2)
-        ids = self.io[self.image.io["ids_offset"]:][:4 * rows].view("<i4")
+        if int(ins.fields["by_position"]):
+            ids = np.arange(start_pos, start_pos + rows) + int(ins.fields["offset"])
+        else:
+            ids = self.io[self.image.io["ids_offset"]:][:4 * rows].view("<i4") + int(ins.fields["offset"])
         table = np.stack([self._read(self.lanes[i % lanes], int(ins.fields["table_off"]) + (i // lanes) * row_bytes,
                                      cols, "<f2") for i in ids.tolist()])
         self.act[ins.dst] = _ref("hw_embed", [table, np.arange(rows)])[0]
+
+    def _lnorm(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        cols = int(ins.fields["cols"])
+        w = self._read(self.lanes[0], int(ins.fields["weight_off"]), cols, "<f4")
+        b = self._read(self.lanes[0], int(ins.fields["bias_off"]), cols, "<f4")
+        self.act[ins.dst] = _ref("hw_layer_norm", [self._src(ins.src0, rows), w, b], eps=ins.fields["eps"])[0]
 
     def _norm(self, ins: Instruction, rows: int, start_pos: int) -> None:
         w = self._read(self.lanes[0], int(ins.fields["weight_off"]), int(ins.fields["cols"]), "<f4")

@@ -153,10 +153,11 @@ class TimingModel:
             busiest = ceil(rows / lanes) * row_bytes
             return self._simple("EMBED", self._mem(busiest), self._sfu(rows * cols), rows * row_bytes,
                                 sfu_elements=rows * cols)
-        if ins.op in ("NORM", "ESCALE"):
-            passes = 2 if ins.op == "NORM" else 1
-            return self._simple(ins.op, self._mem(cols * 4), self._sfu(rows * cols, passes), cols * 4,
-                                sfu_elements=passes * rows * cols)
+        if ins.op in ("NORM", "LNORM", "ESCALE"):
+            passes = {"NORM": 2, "LNORM": 3, "ESCALE": 1}[ins.op]  # LayerNorm's mean takes one more pass
+            vectors = 2 if ins.op == "LNORM" else 1  # weights, and LayerNorm's biases
+            return self._simple(ins.op, self._mem(vectors * cols * 4), self._sfu(rows * cols, passes),
+                                vectors * cols * 4, sfu_elements=passes * rows * cols)
         if ins.op == "ROPE":
             nbytes = rows * int(f["head_dim"]) // 2 * 4 * 2
             return self._simple("ROPE", self._mem(nbytes), self._sfu(rows * cols), nbytes, sfu_elements=rows * cols)

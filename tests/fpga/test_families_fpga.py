@@ -3,7 +3,9 @@ C-simulation of the generated kernel, bit-exact with the lowered program in the 
 a prompt and decode steps long enough for Mistral's 8-token sliding window to bite. Qwen3 normalises
 each head of q and k (QK-norm), OLMo-2 their whole rows; Phi-3's fused projections are split into
 layers and Granite's multipliers folded into weights or scaled on the SFU; Gemma-3 adds a scaled
-embedding, 1 + w norm weights, GELU (tanh) and local layers with their own window and RoPE table."""
+embedding, 1 + w norm weights, GELU (tanh) and local layers with their own window and RoPE table;
+GPT-2 and OPT LayerNorm, learned positions (OPT's from 2), biases and GPT-2's fused Conv1D projection.
+make test-full runs the families outside DEFAULT."""
 
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from llmc.cli import main
 from llmc.sim.ladder import verify_project
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite", "gemma3_text")  # docs/models.md
-DEFAULT = ("qwen3", "granite", "gemma3_text")  # QK-norm, multipliers, windows and GELU; make test-full: the others
+ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite", "gemma3_text", "gpt2", "opt")
+DEFAULT = ("qwen3", "granite", "gemma3_text", "gpt2")  # QK-norm, multipliers, windows, GELU, LayerNorm, positions
 PROMPT = [3, 17, 42, 8, 25, 61, 9, 4, 5, 6, 7]
 
 

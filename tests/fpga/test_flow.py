@@ -82,10 +82,10 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tiny_llmc, tmp_path, caps
     out.mkdir()
     assert main(["compile", "llmc-tiny", "-o", str(out)]) == 2
     assert "output folder exists" in capsys.readouterr().err
-    small_gpt2 = tmp_path / "gpt2.json"
-    small_gpt2.write_text(json.dumps(FAMILIES["gpt2"]))
+    small_neox = tmp_path / "gpt_neox.json"
+    small_neox.write_text(json.dumps(FAMILIES["gpt_neox"]))
     for source, options, message in [
-        ("gpt2", ["--config", str(small_gpt2)], "op not supported by the FPGA accelerator"),
+        ("gpt_neox", ["--config", str(small_neox)], "slice: op not supported by the FPGA accelerator"),
         (str(tiny_llmc), ["-p", "kv-quant{bits=4}"], "4-bit KV cache is not supported"),
     ]:
         target = tmp_path / Path(source).stem

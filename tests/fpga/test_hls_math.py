@@ -229,6 +229,26 @@ def test_rms_norm(driver: Path, eps: float) -> None:
         np.testing.assert_array_equal(heads[:, h:h + 64], one)
 
 
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
+def test_layer_norm(driver: Path, eps: float) -> None:
+    rng = np.random.default_rng(9)
+    t, c = 64, 192
+    x = (rng.integers(-(1 << 31), 1 << 31, (t, c)) >> rng.integers(0, 32, (t, 1))).astype(np.int32)
+    x[:8] += rng.integers(-(1 << 28), 1 << 28, (8, 1)).astype(np.int32)  # rows far from zero mean
+    x[8] = hm.INT32_MAX  # a constant row: zero variance
+    x[9, ::2], x[9, 1::2] = hm.INT32_MIN, hm.INT32_MAX  # the widest deviations
+    x[10] = np.arange(c) - 7  # a mean that rounds
+    w = rng.normal(0, 2, c).astype(np.float32)
+    b = rng.normal(0, 3, c).astype(np.float32)
+    expected = OPS["hw_layer_norm"].ref([x, w, b], {"eps": eps}, CTX)[0]
+    got = _call(driver, "layer_norm", t, c, inputs=(np.float32([eps]), x, w, b), out=np.int32).reshape(t, c)
+    np.testing.assert_array_equal(got, expected)
+    real = x.astype(np.float64) / 65536
+    centred = (real - real.mean(axis=1, keepdims=True)) / np.sqrt(real.var(axis=1, keepdims=True) + max(eps, 1e-30))
+    want = centred[:8] * w + b
+    np.testing.assert_allclose(expected[:8] / 65536, want, atol=1e-3 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_rope(driver: Path, head_dim: int) -> None:
     rng = np.random.default_rng(head_dim)
@@ -307,6 +327,6 @@ def test_embed(driver: Path) -> None:
     ids = rng.integers(0, 500, 300)
     ids[0] = 0
     with np.errstate(invalid="ignore"):
-        expected = OPS["hw_embed"].ref([table, ids], {}, CTX)[0]
+        expected = OPS["hw_embed"].ref([table, ids], {"offset": 0}, CTX)[0]
     got = _call(driver, "embed", inputs=(table[ids].astype(np.float32),), out=np.int32)
     np.testing.assert_array_equal(got.reshape(expected.shape), expected)

@@ -196,4 +196,5 @@ def _add_hw_function(module: Module) -> None:
     att = b.op("hw_attention", [q, kc, ks, kc, ks], {"heads": 2, "kv_heads": 2, "head_dim": 4, "scale": 0.5})
     a = b.op("hw_act", [b.op("hw_act", [att], {"fn": "silu"})], {"fn": "relu"})
     a = b.op("hw_scale", [b.op("hw_add", [b.op("hw_mul", [a, m2]), m]), b.param("hw.smooth")])
+    a = b.op("hw_layer_norm", [a, b.param("hw.norm"), b.param("hw.smooth")], {"eps": 1e-5})
     b.ret(b.op("hw_to_float", [a], name="out"))

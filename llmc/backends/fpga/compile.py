@@ -118,7 +118,9 @@ class Compiler:
                 f16 = np.ascontiguousarray(arr, dtype="<f2")
                 for r in range(rows):
                     self.put_block(self.placed[name], r, row_bytes, f16[r].tobytes())
-        return {"cols": cols, "table_off": self.placed[name]}
+        by_position = node.inputs[1].name == "position_ids"
+        return {"cols": cols, "table_off": self.placed[name], "by_position": int(by_position),
+                "offset": node.attrs.get("offset", 0)}
 
     def matmul(self, node: Node, row_block: int, to_io: bool) -> dict:
         a = node.attrs
@@ -206,6 +208,9 @@ class Compiler:
         if node.op == "hw_rms_norm":
             return {"cols": cols, "weight_off": self.misc(node.inputs[1], "<f4"), "eps": float(np.float32(a["eps"])),
                     "group": a.get("group", 0)}, "NORM"
+        if node.op == "hw_layer_norm":
+            return {"cols": cols, "weight_off": self.misc(node.inputs[1], "<f4"),
+                    "bias_off": self.misc(node.inputs[2], "<f4"), "eps": float(np.float32(a["eps"]))}, "LNORM"
         if node.op == "hw_matmul":
             return self.matmul(node, bucket, node.outputs[0].name in self.to_io), "MM"
         if node.op == "hw_rope":

@@ -19,8 +19,9 @@ INSTR_BYTES = WORDS * 4
 
 # opcode -> (number, fields, what it does); buffers are dst/src0/src1 in slot 0
 OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
-    "EMBED": (1, ("cols", "table_off"),
-              "dst[t] = table row ids[t] (f16, rows striped over the weight channels) as Q15.16"),
+    "EMBED": (1, ("cols", "table_off", "by_position", "offset"),
+              "dst[t] = table row ids[t] + offset, or start_pos + t + offset with by_position = 1 (learned "
+              "positions), as Q15.16 (f16 rows striped over the weight channels)"),
     "NORM": (2, ("cols", "weight_off", "eps", "group"),
              "dst = RMSNorm(src0) with f32 weights at weight_off (channel 0); with group > 0 each group of columns "
              "(a head) is normalised on its own"),
@@ -39,6 +40,8 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "EMUL": (8, ("cols",), "dst = src0 * src1 (Q15.16)"),
     "EADD": (9, ("cols",), "dst = src0 + src1 (saturating)"),
     "ESCALE": (10, ("cols", "vec_off"), "dst = src0 * f32 vector at vec_off (channel 0)"),
+    "LNORM": (11, ("cols", "weight_off", "bias_off", "eps"),
+              "dst = LayerNorm(src0) with f32 weights at weight_off and biases at bias_off (channel 0)"),
     "HALT": (15, (), "end of program"),
 }
 FLOAT_FIELDS = {"eps", "scale"}

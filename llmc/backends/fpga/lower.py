@@ -133,9 +133,13 @@ class Lowering:
         return Pattern("const", node.attrs["value"])
 
     def op_embedding(self, node: Node, table: Value, ids: Value) -> Act:
+        """Token embeddings, or learned positions (``pos`` with OPT's offset)."""
         name, data, t = self.param_data(table)
         param = self.add_param(name, TensorType(t.shape, F16), None if data is None else data.astype(np.float16))
-        return Act(self.b.op("hw_embed", [param, self.get(ids).of]))
+        got = self.get(ids)
+        if not (isinstance(got, Pattern) and got.kind in ("ids", "pos")):
+            raise self.fail(node, "embedding of neither the token ids nor the positions")
+        return Act(self.b.op("hw_embed", [param, got.of], {"offset": got.extra or 0}))
 
     def op_reshape(self, node: Node, x: Value) -> Any:
         got, shape = self.get(x), node.outputs[0].type.shape
@@ -143,8 +147,10 @@ class Lowering:
             return got
         if isinstance(got, Act) and len(shape) == 4:
             return Heads(got.value, shape[2].value, shape[3].value, transposed=False)
-        if isinstance(got, Heads) and not got.transposed and len(shape) == 3:
+        if isinstance(got, Heads) and not got.transposed and len(shape) in (2, 3):
             return Act(got.value)
+        if isinstance(got, Act) and len(shape) in (2, 3) and shape[-1] == got.value.type.shape[1]:
+            return got  # the tokens flattened or not: rows of one activation either way
         if isinstance(got, Cache) and len(shape) == 5:
             return Pattern("gqa", got)
         if isinstance(got, Pattern) and got.kind == "gqa_expanded":
@@ -204,7 +210,24 @@ class Lowering:
         ga, gb = self.get(a), self.get(b)
         if isinstance(ga, Act) and isinstance(gb, Act):
             return Act(self.b.op("hw_add", [ga.value, gb.value]))
+        if isinstance(ga, Pattern) and ga.kind == "pos" and isinstance(gb, Pattern) and gb.kind == "const":
+            return Pattern("pos", ga.of, (ga.extra or 0) + int(gb.of))  # OPT's positions start at 2
         raise self.fail(node, "add of unsupported operands")
+
+    def op_layer_norm(self, node: Node, x: Value, w: Value | None = None, b: Value | None = None) -> Act:
+        value = self.act(node, x)
+        cols = value.type.shape[1].value
+        vectors = []
+        for v, fill, role in ((w, 1.0, "weight"), (b, 0.0, "bias")):
+            if v is None:
+                name = f"{node.outputs[0].name}.{role}"
+                vectors.append(self.add_param(name, TensorType((Dim.of(cols),), F32), np.full(cols, fill, np.float32)))
+                continue
+            if not (isinstance(self.get(v), Pattern) and self.get(v).kind == "param"):
+                raise self.fail(node, f"the LayerNorm {role} must be a parameter")
+            name, data, t = self.param_data(v)
+            vectors.append(self.add_param(name, TensorType(t.shape, F32), None if data is None else data.astype(np.float32)))
+        return Act(self.b.op("hw_layer_norm", [value, *vectors], {"eps": node.attrs["eps"]}))
 
     def op_rms_norm(self, node: Node, x: Value, w: Value) -> Act | Heads:
         """RMSNorm of an activation, or of each head of a per-head view (QK-norm: the weight of
@@ -228,7 +251,7 @@ class Lowering:
 
     def op_rope(self, node: Node, x: Value, positions: Value, inv_freq: Value) -> Heads:
         got, pos = self.get(x), self.get(positions)
-        if not (isinstance(got, Heads) and isinstance(pos, Pattern) and pos.kind == "pos"):
+        if not (isinstance(got, Heads) and isinstance(pos, Pattern) and pos.kind == "pos" and not pos.extra):
             raise self.fail(node, "RoPE must rotate attention heads at the step's positions")
         if node.attrs["seq_axis"] != (-2 if got.transposed else -3):
             raise self.fail(node, "RoPE over an axis other than the tokens")

@@ -199,6 +199,18 @@ def _offset_param(m: Match, b: Builder) -> Value | None:
     return b.param(name)
 
 
+# GPT-2's Conv1D flattens the tokens for its addmm and restores them: a linear layer of the tokens
+_FLATTENED = tuple(op("reshape", op("linear", op("reshape", X), *rest, bind="linear"), bind="restored")
+                   for rest in ((W,), (W, Var("b"))))
+
+
+def _flat_linear(m: Match, b: Builder) -> Value | None:
+    x, restored = m["x"], m["restored"]
+    if x.type.shape[:-1] != restored.type.shape[:-1] or len(b.func.users().get(m["linear"].name, ())) != 1:
+        return None
+    return b.op("linear", [x, *(m[name] for name in ("w", "b") if name in m.values)])
+
+
 def _reshape_reshape(m: Match, b: Builder) -> Value:
     return b.op("reshape", [m["x"]], {"shape": list(m.nodes["outer"].attrs["shape"])})
 
@@ -209,6 +221,7 @@ RULES = (
     *(Rule("scaled_linear", op("div", lin, Const("c")), _scaled_linear(lambda c: 1.0 / c)) for lin in _LINEAR),
     *(Rule("split_linear", op("slice", lin, bind="part"), _split_linear) for lin in _LINEAR),
     Rule("offset_param", op("add", W, Const("c")), _offset_param),
+    *(Rule("flat_linear", flattened, _flat_linear) for flattened in _FLATTENED),
     Rule("rms_norm", op("mul", _NORMED, W), _rms_norm),
     Rule("rope", _ROPE, _rope),
     Rule("gelu_tanh", _GELU_TANH, _gelu_tanh),

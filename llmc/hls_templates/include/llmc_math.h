@@ -192,6 +192,38 @@ inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, const in
   }
 }
 
+// hw_layer_norm of one row of c values: d = c x - sum x (exact: c times the deviation), hw_rms_norm's
+// scaling of d with eps' = (eps * c) * c, y = rint((d * r) * w + b * 2^16).
+inline void layer_norm_row(const int32_t* x, const float* w, const float* b, int c, float eps, int32_t* y) {
+  int64_t sum = 0;
+  for (int j = 0; j < c; ++j) {
+    LLMC_HLS(HLS PIPELINE II=1)
+    sum += x[j];
+  }
+  int64_t amax = 0;
+  for (int j = 0; j < c; ++j) {
+    LLMC_HLS(HLS PIPELINE II=1)
+    const int64_t d = static_cast<int64_t>(x[j]) * c - sum;
+    const int64_t a = d < 0 ? -d : d;
+    if (a > amax) amax = a;
+  }
+  const int bits = bit_length(amax);
+  const int sh = bits > 19 ? bits - 19 : 0;
+  int64_t ss = 0;
+  for (int j = 0; j < c; ++j) {
+    LLMC_HLS(HLS PIPELINE II=1)
+    const int64_t v = (static_cast<int64_t>(x[j]) * c - sum) >> sh;
+    ss += v * v;
+  }
+  const float m = (static_cast<float>(static_cast<double>(ss)) * std::ldexp(1.0f, 2 * sh - 32)) / static_cast<float>(c);
+  const float eps_d = (eps * static_cast<float>(c)) * static_cast<float>(c);
+  const float r = 1.0f / std::sqrt(m + eps_d);
+  for (int j = 0; j < c; ++j) {
+    LLMC_HLS(HLS PIPELINE II=1)
+    y[j] = to_fixed((static_cast<float>(static_cast<int64_t>(x[j]) * c - sum) * r) * w[j] + b[j] * FIXED_ONE);
+  }
+}
+
 // hw_attention for one query row and head: query codes qc [d] with scale qs (quant8 with group d) over the int8
 // cache kc / vc [S, kv_heads, d] with scales ks / vs [S, kv_heads], keys s_first..s_visible-1 visible, scale the
 // attribute as float32 (c = scale * 2^-32 is then float32(scale * 2^-32) exactly). Pass 1 stores

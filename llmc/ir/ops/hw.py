@@ -30,9 +30,10 @@ def _divides(dim: Dim, by: int, what: str) -> int:
     return dim.value // by
 
 
-@register("hw_embed", inputs=2)
+@register("hw_embed", inputs=2, attrs={"offset": AttrSpec("int", 0)})
 class HwEmbed:
-    """Rows ``ids`` [T] of an f16/f32 table [V, C] as Q15.16: ``rint(float32(row) * 2^16)``."""
+    """Rows ``ids + offset`` ([T]) of an f16/f32 table [V, C] as Q15.16: ``rint(float32(row) * 2^16)``
+    (token embeddings; learned positions, OPT's shifted by 2)."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
@@ -43,7 +44,7 @@ class HwEmbed:
 
     @staticmethod
     def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
-        rows = ins[0][ins[1].astype(np.int64)].astype(np.float32)
+        rows = ins[0][ins[1].astype(np.int64) + attrs["offset"]].astype(np.float32)
         return [hm.to_fixed(rows * np.float32(1 << hm.ACT_FRAC))]
 
 
@@ -70,15 +71,47 @@ class HwRmsNorm:
         rows, cols = ins[0].shape
         group = attrs["group"] or cols
         x, w = ins[0].astype(np.int64).reshape(rows, cols // group, group), ins[1].astype(np.float32).reshape(-1, group)
-        amax = np.abs(x).max(axis=-1, keepdims=True)
-        bits = np.floor(np.log2(np.maximum(amax, 1))).astype(np.int64) + 1
-        sh = np.maximum(0, bits - 19)
-        ss = ((x >> sh) ** 2).sum(axis=-1, keepdims=True)
-        m = ss.astype(np.float64).astype(np.float32) * np.ldexp(np.float32(1), (2 * sh - 32).astype(np.int32))
-        m = (m.astype(np.float32) / np.float32(x.shape[-1])).astype(np.float32)
-        r = (np.float32(1) / np.sqrt((m + np.float32(attrs["eps"])).astype(np.float32))).astype(np.float32)
-        y = ((x.astype(np.int32).astype(np.float32) * r).astype(np.float32) * w).astype(np.float32)
+        y = (_normalized(x, attrs["eps"]) * w).astype(np.float32)
         return [hm.to_fixed(y).reshape(rows, cols)]
+
+
+def _normalized(x: np.ndarray, eps: float) -> np.ndarray:
+    """``float32(x) * r`` per last axis of int64 ``x``, r = 1 / sqrt(mean(x^2) + eps) in real units,
+    the mean of squares from the exact sum of ``(x >> sh)^2``, ``sh = max(0, bitlen(max|x|) - 19)``."""
+    amax = np.abs(x).max(axis=-1, keepdims=True)
+    bits = np.floor(np.log2(np.maximum(amax, 1).astype(np.float64))).astype(np.int64) + 1
+    sh = np.maximum(0, bits - 19)
+    ss = ((x >> sh) ** 2).sum(axis=-1, keepdims=True)
+    m = ss.astype(np.float64).astype(np.float32) * np.ldexp(np.float32(1), (2 * sh - 32).astype(np.int32))
+    m = (m.astype(np.float32) / np.float32(x.shape[-1])).astype(np.float32)
+    r = (np.float32(1) / np.sqrt((m + np.float32(eps)).astype(np.float32))).astype(np.float32)
+    return (x.astype(np.float32) * r).astype(np.float32)
+
+
+@register("hw_layer_norm", inputs=3, attrs={"eps": AttrSpec("float")})
+class HwLayerNorm:
+    """Per row of C columns, without rounding the mean: ``d = C x - sum x`` (exact, C times the
+    deviation), then ``hw_rms_norm``'s scaling of ``d`` with ``eps' = (float32(eps) * C) * C`` (the
+    same epsilon in d's units), ``y = rint((float32(d) * r) * w + b * 2^16)`` with the f32 weight
+    and bias [C]."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x, w, b = ins
+        _act(x, "hw_layer_norm")
+        if w.shape != (x.shape[1],) or b.shape != (x.shape[1],) or w.dtype != F32 or b.dtype != F32:
+            raise InferError("hw_layer_norm weight and bias must be f32 [C]")
+        return [x]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        x = ins[0].astype(np.int64)
+        cols = x.shape[-1]
+        d = x * cols - x.sum(axis=-1, keepdims=True)
+        eps = (np.float32(attrs["eps"]) * np.float32(cols)).astype(np.float32) * np.float32(cols)
+        y = ((_normalized(d, eps) * ins[1].astype(np.float32)).astype(np.float32)
+             + (ins[2].astype(np.float32) * np.float32(1 << hm.ACT_FRAC)).astype(np.float32))
+        return [hm.to_fixed(y.astype(np.float32))]
 
 
 @register("hw_quant8", inputs=1, results=2, attrs={"group": AttrSpec("int")})

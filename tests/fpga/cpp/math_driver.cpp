@@ -161,6 +161,17 @@ int main(int argc, char** argv) {
     std::vector<int32_t> y(x.size());
     for (int r = 0; r < t; ++r) llmc::rms_norm_row(&x[static_cast<size_t>(r) * c], w.data(), c, eps, &y[r * c]);
     emit(y);
+  } else if (fn == "layer_norm") {  // t c; eps (f32), x [t, c], w [c], b [c]
+    const int t = arg[0], c = arg[1];
+    const float eps = in.take<float>(1)[0];
+    const std::vector<int32_t> x = in.take<int32_t>(static_cast<size_t>(t) * c);
+    const std::vector<float> w = in.take<float>(c);
+    const std::vector<float> b = in.take<float>(c);
+    std::vector<int32_t> y(x.size());
+    for (int r = 0; r < t; ++r) {
+      llmc::layer_norm_row(&x[static_cast<size_t>(r) * c], w.data(), b.data(), c, eps, &y[r * c]);
+    }
+    emit(y);
   } else if (fn == "rope") {  // t c head_dim; x [t, c], cos [t, head_dim / 2], sin (rows of each token's position)
     const int t = arg[0], c = arg[1], half = arg[2] / 2;
     std::vector<int32_t> x = in.take<int32_t>(static_cast<size_t>(t) * c);

@@ -23,6 +23,7 @@ enum Opcode {
   EMUL = 8,
   EADD = 9,
   ESCALE = 10,
+  LNORM = 11,
   HALT = 15,
 };
 
@@ -376,6 +377,7 @@ extern "C" void llmc_accel(
   static uint8_t io_buf[25088];
   static uint8_t raw[MAX_HIDDEN * 4 * 2];
   static float vec[MAX_HIDDEN];
+  static float bias[MAX_HIDDEN];
   static int32_t cs[MAX_HEAD_DIM], sn[MAX_HEAD_DIM];
   const int rows = seq_len;
   read_bytes(io, 0, io_buf, 512);
@@ -389,7 +391,7 @@ extern "C" void llmc_accel(
       case EMBED: {
         const int row_bytes = (cols * 2 + 63) / 64 * 64;
         for (int t = 0; t < rows; ++t) {
-          const int id = load_i32(io_buf + 0 + 4 * t);
+          const int id = (in.f[2] ? start_pos + t : load_i32(io_buf + 0 + 4 * t)) + (int)in.f[3];
           read_lane(id % LANES, in.f[1] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
                     w0, w1, w2, w3, w4, w5, w6, w7);
           for (int c = 0; c < cols; ++c) {
@@ -408,6 +410,14 @@ extern "C" void llmc_accel(
             rms_norm_row(&act[in.src0][t][g], &vec[g], group, bits_to_float(in.f[2]), &act[in.dst][t][g]);
           }
         }
+        break;
+      }
+      case LNORM: {
+        read_vec(w0, in.f[1], cols, raw);
+        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        read_vec(w0, in.f[2], cols, raw);
+        for (int c = 0; c < cols; ++c) bias[c] = bits_to_float(load_u32(raw + 4 * c));
+        for (int t = 0; t < rows; ++t) layer_norm_row(act[in.src0][t], vec, bias, cols, bits_to_float(in.f[3]), act[in.dst][t]);
         break;
       }
       case MM:
