@@ -26,7 +26,7 @@ from llmc.sim.image import ProjectImage, chunks
 from llmc.sim.timing import Cost, TimingModel
 
 ENGINE_NAMES = {0: "dsp", 1: "sparse", 2: "lut"}
-ACT_NAMES = {0: "silu", 1: "relu", 2: "gelu_tanh"}
+ACT_NAMES = {0: "silu", 1: "relu", 2: "gelu_tanh", 3: "gelu"}
 
 
 def _ref(op: str, ins: list[np.ndarray], **attrs: Any) -> list[np.ndarray]:
@@ -179,12 +179,12 @@ class Iss:
             self.act[ins.dst] = y
 
     def _rope(self, ins: Instruction, rows: int, start_pos: int) -> None:
-        half = int(ins.fields["head_dim"]) // 2
+        half = int(ins.fields["rotary_dim"]) // 2
         span = (start_pos + rows) * half
         cos = self._read(self.lanes[0], int(ins.fields["cos_off"]), span, "<i4").reshape(-1, half)[start_pos:]
         sin = self._read(self.lanes[0], int(ins.fields["sin_off"]), span, "<i4").reshape(-1, half)[start_pos:]
         self.act[ins.dst] = _ref("hw_rope", [self._src(ins.src0, rows), np.arange(rows), cos, sin],
-                                 head_dim=int(ins.fields["head_dim"]))[0]
+                                 head_dim=int(ins.fields["head_dim"]), rotary_dim=int(ins.fields["rotary_dim"]))[0]
 
     def _kvapp(self, ins: Instruction, rows: int, start_pos: int) -> None:
         f = ins.fields

@@ -159,7 +159,7 @@ class TimingModel:
             return self._simple(ins.op, self._mem(vectors * cols * 4), self._sfu(rows * cols, passes),
                                 vectors * cols * 4, sfu_elements=passes * rows * cols)
         if ins.op == "ROPE":
-            nbytes = rows * int(f["head_dim"]) // 2 * 4 * 2
+            nbytes = rows * int(f["rotary_dim"]) // 2 * 4 * 2
             return self._simple("ROPE", self._mem(nbytes), self._sfu(rows * cols), nbytes, sfu_elements=rows * cols)
         if ins.op in ("ACT", "EMUL", "EADD"):
             return self._simple(ins.op, 0.0, self._sfu(rows * cols), 0, sfu_elements=rows * cols)

@@ -54,7 +54,7 @@ def test_llmc_compile_measures_by_default_and_skips_on_request(tiny_llmc, tmp_pa
 
 
 def test_nothing_is_measured_without_weights_or_tokenizer(w4: llmc.Model) -> None:
-    hw = lower(w4.module)
+    hw = lower(w4.module, 64)
     assert lowering_accuracy(w4.module, hw, None, 2)["reason"] == "the model has no tokenizer"
     bare = clone(w4.module)
     for p in bare.params.values():

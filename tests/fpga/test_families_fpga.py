@@ -4,7 +4,8 @@ a prompt and decode steps long enough for Mistral's 8-token sliding window to bi
 each head of q and k (QK-norm), OLMo-2 their whole rows; Phi-3's fused projections are split into
 layers and Granite's multipliers folded into weights or scaled on the SFU; Gemma-3 adds a scaled
 embedding, 1 + w norm weights, GELU (tanh) and local layers with their own window and RoPE table;
-GPT-2 and OPT LayerNorm, learned positions (OPT's from 2), biases and GPT-2's fused Conv1D projection.
+GPT-2 and OPT LayerNorm, learned positions (OPT's from 2), biases and GPT-2's fused Conv1D projection;
+GPT-NeoX a per-head fused QKV projection, partial rotary, GELU (erf) and the parallel residual.
 make test-full runs the families outside DEFAULT."""
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from llmc.cli import main
 from llmc.sim.ladder import verify_project
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite", "gemma3_text", "gpt2", "opt")
-DEFAULT = ("qwen3", "granite", "gemma3_text", "gpt2")  # QK-norm, multipliers, windows, GELU, LayerNorm, positions
+ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite", "gemma3_text", "gpt2", "opt",
+                      "gpt_neox")
+DEFAULT = ("qwen3", "granite", "gemma3_text", "gpt2", "gpt_neox")  # every kind of block the others are made of
 PROMPT = [3, 17, 42, 8, 25, 61, 9, 4, 5, 6, 7]
 
 

@@ -82,10 +82,10 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tiny_llmc, tmp_path, caps
     out.mkdir()
     assert main(["compile", "llmc-tiny", "-o", str(out)]) == 2
     assert "output folder exists" in capsys.readouterr().err
-    small_neox = tmp_path / "gpt_neox.json"
-    small_neox.write_text(json.dumps(FAMILIES["gpt_neox"]))
+    small_moe = tmp_path / "mixtral.json"
+    small_moe.write_text(json.dumps(FAMILIES["mixtral"]))
     for source, options, message in [
-        ("gpt_neox", ["--config", str(small_neox)], "slice: op not supported by the FPGA accelerator"),
+        ("mixtral", ["--config", str(small_moe)], "a mixture-of-experts router) is not supported"),
         (str(tiny_llmc), ["-p", "kv-quant{bits=4}"], "4-bit KV cache is not supported"),
     ]:
         target = tmp_path / Path(source).stem

@@ -249,11 +249,11 @@ def test_layer_norm(driver: Path, eps: float) -> None:
     np.testing.assert_allclose(expected[:8] / 65536, want, atol=1e-3 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_rope(driver: Path, head_dim: int) -> None:
+@pytest.mark.parametrize("head_dim, rotary", [(64, 64), (128, 128), (64, 16)])  # GPT-NeoX: a quarter rotated
+def test_rope(driver: Path, head_dim: int, rotary: int) -> None:
     rng = np.random.default_rng(head_dim)
     t, c, positions = 32, 256, 100
-    angles = np.arange(positions)[:, None] * 10000.0 ** (-np.arange(head_dim // 2) / (head_dim // 2))
+    angles = np.arange(positions)[:, None] * 10000.0 ** (-np.arange(rotary // 2) / (rotary // 2))
     cos = np.rint(np.cos(angles) * 2.0**30).astype(np.int32)
     sin = np.rint(np.sin(angles) * 2.0**30).astype(np.int32)
     cos[1], sin[1] = 1 << 30, -(1 << 30)
@@ -261,9 +261,11 @@ def test_rope(driver: Path, head_dim: int) -> None:
     x = _random_i32(rng, t * c)[: t * c].reshape(t, c)
     pos = rng.integers(0, positions, t)
     pos[:3] = [1, 2, 0]
-    expected = OPS["hw_rope"].ref([x, pos, cos, sin], {"head_dim": head_dim}, CTX)[0]
-    got = _call(driver, "rope", t, c, head_dim, inputs=(x, cos[pos], sin[pos]), out=np.int32).reshape(t, c)
+    expected = OPS["hw_rope"].ref([x, pos, cos, sin], {"head_dim": head_dim, "rotary_dim": rotary}, CTX)[0]
+    got = _call(driver, "rope", t, c, head_dim, rotary, inputs=(x, cos[pos], sin[pos]), out=np.int32).reshape(t, c)
     np.testing.assert_array_equal(got, expected)
+    passed = np.arange(c) % head_dim >= rotary
+    np.testing.assert_array_equal(expected[:, passed], x[:, passed])
 
 
 @pytest.mark.parametrize("t, s, heads, kv_heads, d, scale, window", [
@@ -302,7 +304,7 @@ def test_elementwise(driver: Path) -> None:
     rng = np.random.default_rng(8)
     near_zero = np.arange(-(1 << 22), 1 << 22, 997, dtype=np.int32)  # silu's curved part, |x| < 64
     x = np.concatenate([_random_i32(rng, 30000), near_zero])
-    for fn in ("silu", "relu", "gelu_tanh"):
+    for fn in ("silu", "relu", "gelu_tanh", "gelu"):
         expected = OPS["hw_act"].ref([x[None]], {"fn": fn}, CTX)[0][0]
         np.testing.assert_array_equal(_call(driver, fn, inputs=(x,), out=np.int32), expected)
 

@@ -149,7 +149,9 @@ def test_parameters_keep_pytorch_names_and_layout(exported: Any) -> None:
     assert params["model.layers.0.self_attn.k_proj.weight"].type.static_shape() == (32, 64)
     assert params["model.embed_tokens.weight"].type.static_shape() == (128, 64)
     gpt2 = exported("gpt2").llmc.module.params  # Conv1D weights are stored [in, out]: linear needs [out, in]
-    assert gpt2["transformer.h.0.attn.c_attn.weight"].type.static_shape() == (192, 64)
+    assert gpt2["transformer.h.0.mlp.c_fc.weight"].type.static_shape() == (256, 64)
+    for part in ("rows0_64", "rows64_128", "rows128_192"):  # the fused q, k, v projection, split by fuse
+        assert gpt2[f"transformer.h.0.attn.c_attn.{part}.weight"].type.static_shape() == (64, 64)
 
 
 # -- hand-built step graphs --------------------------------------------------------------------------

@@ -242,3 +242,51 @@ def test_a_parameter_plus_a_scalar_is_a_parameter() -> None:
     after = fused(before)
     assert "%y = rms_norm(%x, %w1) {eps = 1e-06}" in print_module(after)
     np.testing.assert_array_equal(after.params["w.offset"].data, after.params["w"].data + 1)
+
+
+NEOX = """\
+    %w = param() {name = "qkv.weight"} : tensor<12x4xf32>
+    %inv = param() {name = "inv"} : tensor<1xf32>
+    %y = linear(%x, %w) : tensor<1xLx12xf32>
+    %heads = reshape(%y) {shape = [1, L, 2, 6]} : tensor<1xLx2x6xf32>
+    %t = transpose(%heads) {perm = [0, 2, 1, 3]} : tensor<1x2xLx6xf32>
+    %q = slice(%t) {axis = 3, start = 0, end = 2} : tensor<1x2xLx2xf32>
+    %k = slice(%t) {axis = 3, start = 2, end = 4} : tensor<1x2xLx2xf32>
+    %v = slice(%t) {axis = 3, start = 4, end = 6} : tensor<1x2xLx2xf32>
+    %qr = slice(%q) {axis = 3, start = 0, end = 2} : tensor<1x2xLx2xf32>"""
+
+
+def test_a_per_head_fused_projection_splits_into_one_layer_per_operand() -> None:
+    text = NEOX.replace('    %qr = slice(%q) {axis = 3, start = 0, end = 2} : tensor<1x2xLx2xf32>', '')
+    module = parse_module(text_module(text, "%x: tensor<1xLx4xf32>", "%q, %k, %v", ["qkv.weight : tensor<12x4xf32>",
+                                                                                    "inv : tensor<1xf32>"]))
+    with_data(module)
+    x = {"x": np.random.default_rng(5).standard_normal((1, 3, 4)).astype(np.float32)}
+    want = run_function(module, "f", x)
+    after = fused(module)
+    assert [n.op for n in after.functions["f"].nodes].count("linear") == 3
+    assert after.params["qkv.heads2_4.weight"].data.shape == (4, 4)  # rows 2, 3 of head 0 and 8, 9 of head 1
+    got = run_function(after, "f", x)
+    for name in ("q", "k", "v"):
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def text_module(body: str, inputs: str, outputs: str, params: list[str]) -> str:
+    declared = "".join(f'  param "{p.split(" : ")[0]}" : {p.split(" : ")[1]}\n' for p in params)
+    return f'module "m" {{}} {{\n{declared}  func @f({inputs}) {{\n{body}\n    return {outputs}\n  }}\n}}'
+
+
+def test_partial_rotary_is_one_rope_over_the_whole_head() -> None:
+    body = ROPE_BEFORE.replace("%x", "%xr").replace("%y = add(%xrc, %rs)", "%r = add(%xrc, %rs)")
+    body = body.replace('%inv = param() {name = "inv"} : tensor<2xf32>',
+                        '%inv = param() {name = "inv"} : tensor<2xf32>\n'
+                        '    %xr = slice(%x) {axis = 3, start = 0, end = 4, step = 1} : tensor<1x2xLx4xf32>\n'
+                        '    %xp = slice(%x) {axis = 3, start = 4, end = 12, step = 1} : tensor<1x2xLx8xf32>')
+    body += "\n    %y = concat(%r, %xp) {axis = 3} : tensor<1x2xLx12xf32>"
+    inputs = "%x: tensor<1x2xLx12xf32>, %pos: tensor<1xLxi64>"
+    before = with_data(module_of(body, inputs, "%y"))
+    data = {"x": np.random.default_rng(6).standard_normal((1, 2, 3, 12)).astype(np.float32), "pos": np.arange(3)[None]}
+    want = run_function(before, "f", data)["y"]
+    text = print_module(fused(before))
+    assert "%y = rope(%x, %pos, %inv) {seq_axis = -2, scale = 1.0, rotary_dim = 4}" in text, text
+    np.testing.assert_allclose(run_function(before, "f", data)["y"], want, rtol=1e-6, atol=1e-6)

@@ -215,7 +215,7 @@ class Compiler:
             return self.matmul(node, bucket, node.outputs[0].name in self.to_io), "MM"
         if node.op == "hw_rope":
             return {"cols": cols, "head_dim": a["head_dim"], "cos_off": self.misc(node.inputs[2], "<i4"),
-                    "sin_off": self.misc(node.inputs[3], "<i4")}, "ROPE"
+                    "sin_off": self.misc(node.inputs[3], "<i4"), "rotary_dim": a.get("rotary_dim", 0) or a["head_dim"]}, "ROPE"
         if node.op == "hw_quant8":
             return self.kv_cache(node), "KVAPP"
         if node.op == "hw_attention":

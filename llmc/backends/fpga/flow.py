@@ -88,11 +88,11 @@ def design(module: Module, target: str, *, name: str | None = None, max_context:
            max_rows: int = 64) -> Design:
     """Lower ``module`` and compile it for ``target`` (a bundled name or a board YAML)."""
     board = load_target(target)
-    hw = lower(module)
     context = int(module.attrs.get("max_position", 0) or 0)
     context = min(context, max_context) if max_context else context
     if context <= 0:
         raise LlmcError(f"{module.name}: unknown context length: pass --context")
+    hw = lower(module, context)
     needs = model_needs(hw, context)
     config, _ = explore(board, needs, max_rows=max_rows)
     compiled = compile_step(hw, config)

@@ -28,7 +28,8 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "MM": (3, ("n", "k", "group", "shift", "flags", "weight_off", "tile_bytes", "row_block", "tiles", "io_off"),
            "dst = src0 x W: tiles of tile_n rows round-robin over the lanes' channels at weight_off; "
            "with flag 10 the rows go to io at io_off as float32 (logits)"),
-    "ROPE": (4, ("cols", "head_dim", "cos_off", "sin_off"), "dst = RoPE(src0) at positions start_pos + t"),
+    "ROPE": (4, ("cols", "head_dim", "cos_off", "sin_off", "rotary_dim"),
+             "dst = RoPE(src0) at positions start_pos + t on the first rotary_dim columns of each head"),
     "KVAPP": (5, ("codes_off", "scales_off", "kv_heads", "head_dim"),
               "quantize src0 per head to int8 and write rows start_pos.. of a KV cache "
               "(row j on KV channel j mod C at row j div C)"),
@@ -48,7 +49,7 @@ FLOAT_FIELDS = {"eps", "scale"}
 LANE_STREAMS = ("MM", "ATTN", "KVAPP", "EMBED")  # opcodes that stream from the weight lanes' channels
 BY_NUMBER = {num: name for name, (num, _, _) in OPCODES.items()}
 ENGINES = {"dsp": 0, "sparse": 1, "lut": 2}
-ACT_FNS = {"silu": 0, "relu": 1, "gelu_tanh": 2}
+ACT_FNS = {"silu": 0, "relu": 1, "gelu_tanh": 2, "gelu": 3}
 
 # MM flags: bits 0-3 code width, 4-5 engine, 6 zero points, 7 bias, 8 unsigned codes,
 # 9 double-buffered weight loads, 10 output to io as float32, 12-15 sparse N, 16-20 sparse M

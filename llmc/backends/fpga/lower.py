@@ -59,8 +59,8 @@ class Pattern:
 
 
 class Lowering:
-    def __init__(self, source: Module, func: Function) -> None:
-        self.src, self.func = source, func
+    def __init__(self, source: Module, func: Function, positions: int) -> None:
+        self.src, self.func, self.positions = source, func, positions
         self.out = Module(source.name + ".hw", dict(source.attrs))
         self.step = Function("step")
         self.out.functions["step"] = self.step
@@ -257,8 +257,9 @@ class Lowering:
             raise self.fail(node, "RoPE over an axis other than the tokens")
         if node.attrs["scale"] != 1.0:
             raise self.fail(node, "RoPE attention scaling other than 1 is not supported")
-        cos, sin = self.rope(inv_freq, got.head_dim)
-        y = self.b.op("hw_rope", [got.value, self.pos, cos, sin], {"head_dim": got.head_dim})
+        cos, sin = self.rope(inv_freq)
+        y = self.b.op("hw_rope", [got.value, self.pos, cos, sin],
+                      {"head_dim": got.head_dim, "rotary_dim": node.attrs.get("rotary_dim", 0) or got.head_dim})
         return Heads(y, got.heads, got.head_dim, got.transposed)
 
     def op_concat(self, node: Node, *xs: Value) -> Any:
@@ -278,8 +279,15 @@ class Lowering:
     def op_relu(self, node: Node, x: Value) -> Act:
         return Act(self.b.op("hw_act", [self.act(node, x)], {"fn": "relu"}))
 
+    def op_gelu(self, node: Node, x: Value) -> Act:
+        return Act(self.b.op("hw_act", [self.act(node, x)], {"fn": "gelu"}))
+
     def op_gelu_tanh(self, node: Node, x: Value) -> Act:
         return Act(self.b.op("hw_act", [self.act(node, x)], {"fn": "gelu_tanh"}))
+
+    def op_softmax(self, node: Node, x: Value) -> None:
+        raise self.fail(node, "a softmax outside attention (a mixture-of-experts router) is not supported by the "
+                              "accelerator yet")
 
     def op_fake_quant(self, node: Node, x: Value) -> Any:
         if node.attrs["bits"] < 8:
@@ -384,34 +392,33 @@ class Lowering:
             attrs["sparse"] = f"{w.sparse[0]}:{w.sparse[1]}"
         return Act(self.b.op("hw_matmul", ins, attrs))
 
-    def rope(self, inv_freq: Value, head_dim: int) -> tuple[Value, Value]:
+    def rope(self, inv_freq: Value) -> tuple[Value, Value]:
         """The cos and sin tables (Q2.30, every position) of one ``inv_freq``: ``rope.cos`` and
         ``rope.sin`` for the first, ``rope<i>.*`` for a model's others (Gemma-3's local layers)."""
         name, data, _ = self.param_data(inv_freq)
         if name in self.rope_tables:
             return self.rope_tables[name]
-        positions = int(self.src.attrs.get("max_position", 0))
-        if positions <= 0:
-            raise LlmcError(f"{self.src.name}: the model does not state its maximum positions")
+        positions = self.positions
         cos = sin = None
         if data is not None:
             angles = np.arange(positions, dtype=np.float64)[:, None] * data.astype(np.float64)[None, :]
             cos = np.rint(np.cos(angles) * 2.0**30).astype(np.int32)
             sin = np.rint(np.sin(angles) * 2.0**30).astype(np.int32)
-        shape = TensorType((Dim.of(positions), Dim.of(head_dim // 2)), I32)
+        shape = TensorType((Dim.of(positions), inv_freq.type.shape[0]), I32)
         prefix = f"rope{len(self.rope_tables) or ''}"
         tables = (self.add_param(f"{prefix}.cos", shape, cos), self.add_param(f"{prefix}.sin", shape, sin))
         self.rope_tables[name] = tables
         return tables
 
 
-def lower(module: Module) -> Module:
-    """The accelerator program of ``module``: a ``step`` function over T new tokens and a cache
-    of P (inputs ``input_ids``, ``position_ids``, then codes and scales of each past K and V;
-    outputs ``logits`` [T, V] and the grown caches)."""
+def lower(module: Module, positions: int) -> Module:
+    """The accelerator program of ``module`` for contexts of up to ``positions`` tokens (RoPE tables
+    and learned positions cover as many): a ``step`` function over T new tokens and a cache of P
+    (inputs ``input_ids``, ``position_ids``, then codes and scales of each past K and V; outputs
+    ``logits`` [T, V] and the grown caches)."""
     if "decode" not in module.functions:
         raise LlmcError(f"{module.name}: the FPGA backend needs a decode function (import with a KV cache)")
     decode = copy.deepcopy(module.functions["decode"])
     fused = Module(module.name, dict(module.attrs), dict(module.params), {"decode": decode})
     fuse_function(fused, decode)  # a module saved before the import fused it (new params stay in the copy)
-    return Lowering(fused, decode).run()
+    return Lowering(fused, decode, positions).run()

@@ -191,9 +191,12 @@ def _attention(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
 @handles("rope")
 def _rope(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     """``x * cos + rotate_half(x) * sin``, the tables computed from the positions in the graph."""
-    x, positions, inv_freq = (lw.arg(node, i) for i in range(3))
+    full, positions, inv_freq = (lw.arg(node, i) for i in range(3))
     xt = node.inputs[0].type
-    rank, half = xt.rank, xt.shape[-1].value // 2
+    rank, width = xt.rank, xt.shape[-1].value
+    rotated_dim = node.attrs.get("rotary_dim", 0) or width
+    half = rotated_dim // 2
+    x = full if rotated_dim == width else lw.bb.emit(R.strided_slice(full, [rank - 1], [0], [rotated_dim]))
     seq_axis = node.attrs["seq_axis"] % rank
     dtype = tvm_dtype(xt.dtype)
     angles = lw.bb.emit(R.multiply(R.expand_dims(R.astype(positions, dtype), [-1]), inv_freq))
@@ -206,7 +209,11 @@ def _rope(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     lo = lw.bb.emit(R.strided_slice(x, [rank - 1], [0], [half]))
     hi = lw.bb.emit(R.strided_slice(x, [rank - 1], [half], [2 * half]))
     rotated = lw.bb.emit(R.concat([R.negative(hi), lo], -1))
-    return _emit(lw, R.add(R.multiply(x, cos), R.multiply(rotated, sin)))
+    y = R.add(R.multiply(x, cos), R.multiply(rotated, sin))
+    if rotated_dim == width:
+        return _emit(lw, y)
+    passed = lw.bb.emit(R.strided_slice(full, [rank - 1], [rotated_dim], [width]))
+    return _emit(lw, R.concat([lw.bb.emit(y), passed], -1))
 
 
 @handles("sliding_window_mask")

@@ -164,25 +164,27 @@ def _split_linear(m: Match, b: Builder) -> Value | None:
     if (part["axis"] % rank != rank - 1 or part.get("step", 1) != 1 or any(u.op != "slice" for u in users)
             or not all(isinstance(part[k], int) for k in ("start", "end"))):
         return None
-    rows = slice(int(part["start"]), int(part["end"]))
-    params = [_param_rows(b, m[name], rows) for name in ("w", "b") if name in m.values]
+    start = int(part["start"])
+    end = min(int(part["end"]), m["linear"].type.shape[-1].value)
+    params = [_param_rows(b, m[name], list(range(start, end)), f"rows{start}_{end}")
+              for name in ("w", "b") if name in m.values]
     if None in params:
         return None
     return b.op("linear", [m["x"], *params])  # type: ignore[list-item]
 
 
-def _param_rows(b: Builder, value: Value, rows: slice) -> Value | None:
-    """A new parameter of ``rows`` of the parameter behind ``value`` (None if it is not one)."""
+def _param_rows(b: Builder, value: Value, rows: list[int], label: str) -> Value | None:
+    """A new parameter ``<base>.<label>.weight`` of ``rows`` of the parameter behind ``value``
+    (None if it is not one)."""
     node = b.func.producers().get(value.name)
     if node is None or node.op != "param":
         return None
     source = b.module.params[node.attrs["name"]]
-    count = min(rows.stop, source.type.shape[0].value) - rows.start
     base = source.name.removesuffix(".weight").removesuffix(".bias")
-    name = f"{base}.rows{rows.start}_{rows.start + count}{source.name[len(base):]}"
+    name = f"{base}.{label}{source.name[len(base):]}"
     if name not in b.module.params:
         data = None if source.data is None else np.ascontiguousarray(source.data[rows])
-        b.module.params[name] = Param(name, source.type.with_shape([count, *source.type.shape[1:]]), data)
+        b.module.params[name] = Param(name, source.type.with_shape([len(rows), *source.type.shape[1:]]), data)
     return b.param(name)
 
 
@@ -211,27 +213,78 @@ def _flat_linear(m: Match, b: Builder) -> Value | None:
     return b.op("linear", [x, *(m[name] for name in ("w", "b") if name in m.values)])
 
 
+# GPT-NeoX's fused projection holds each head's q, k and v side by side: a slice of every head's
+# columns is the layer of those rows of every head
+_HEAD_VIEWS = tuple(op("slice", op("transpose", op("reshape", lin, bind="heads"), bind="perm"), bind="part")
+                    for lin in _LINEAR)
+
+
+def _split_heads(m: Match, b: Builder) -> Value | None:
+    heads, part, users = m["heads"], m.nodes["part"].attrs, b.func.users()
+    shape = heads.type.shape
+    if (heads.type.rank != 4 or not shape[3].is_static or part["axis"] % 4 != 3 or part.get("step", 1) != 1
+            or m.nodes["perm"].attrs["perm"] != [0, 2, 1, 3] or not shape[2].is_static
+            or len(users.get(m["linear"].name, ())) != 1 or len(users.get(heads.name, ())) != 1
+            or any(u.op != "slice" for u in users.get(m["perm"].name, ()))):
+        return None
+    width, count = shape[3].value, shape[2].value
+    start, end = int(part["start"]), min(int(part["end"]), width)
+    rows = [h * width + j for h in range(count) for j in range(start, end)]
+    params = [_param_rows(b, m[name], rows, f"heads{start}_{end}") for name in ("w", "b") if name in m.values]
+    if None in params:
+        return None
+    y = b.op("linear", [m["x"], *params])  # type: ignore[list-item]
+    y = b.op("reshape", [y], {"shape": [*shape[:3], end - start]})
+    return b.op("transpose", [y], {"perm": [0, 2, 1, 3]})
+
+
+# partial rotary (GPT-NeoX, Phi): the first r columns of each head rotated, the rest passed through
+_PARTIAL_ROPE = op("concat", op("rope", op("slice", X, bind="rotated"), Var("positions"), Var("inv_freq"), bind="rope"),
+                   op("slice", X, bind="passed"), bind="concat")
+
+
+def _partial_rope(m: Match, b: Builder) -> Value | None:
+    x, rope = m["x"], m.nodes["rope"].attrs
+    rank, width = x.type.rank, x.type.shape[-1]
+    rotated = m["rotated"].type.shape[-1]
+    if (rope.get("rotary_dim", 0) or not width.is_static or not rotated.is_static
+            or m.nodes["concat"].attrs["axis"] % rank != rank - 1
+            or not _is_slice(m.nodes["rotated"].attrs, rank, 0, rotated.value)
+            or not _is_slice(m.nodes["passed"].attrs, rank, rotated.value, width.value)
+            or m.nodes["passed"].attrs["start"] != rotated.value):
+        return None
+    return b.op("rope", [x, m["positions"], m["inv_freq"]],
+                {"seq_axis": rope["seq_axis"], "scale": rope.get("scale", 1.0), "rotary_dim": rotated.value})
+
+
 def _reshape_reshape(m: Match, b: Builder) -> Value:
     return b.op("reshape", [m["x"]], {"shape": list(m.nodes["outer"].attrs["shape"])})
 
 
-RULES = (
+FUSIONS = (  # one op per concept, and the canonical forms those patterns are written against
     Rule("reshape_reshape", op("reshape", op("reshape", X), bind="outer"), _reshape_reshape),
     *(Rule("scaled_linear", op("mul", lin, Const("c")), _scaled_linear(lambda c: c)) for lin in _LINEAR),
     *(Rule("scaled_linear", op("div", lin, Const("c")), _scaled_linear(lambda c: 1.0 / c)) for lin in _LINEAR),
-    *(Rule("split_linear", op("slice", lin, bind="part"), _split_linear) for lin in _LINEAR),
     Rule("offset_param", op("add", W, Const("c")), _offset_param),
-    *(Rule("flat_linear", flattened, _flat_linear) for flattened in _FLATTENED),
     Rule("rms_norm", op("mul", _NORMED, W), _rms_norm),
     Rule("rope", _ROPE, _rope),
+    Rule("partial_rope", _PARTIAL_ROPE, _partial_rope),
     Rule("gelu_tanh", _GELU_TANH, _gelu_tanh),
     Rule("sliding_window_mask", _WINDOWED, _sliding_window_mask),
 )
+SPLITS = (  # then fused projections become one layer per operand (after partial RoPE took its slices)
+    *(Rule("flat_linear", flattened, _flat_linear) for flattened in _FLATTENED),
+    *(Rule("split_linear", op("slice", lin, bind="part"), _split_linear) for lin in _LINEAR),
+    *(Rule("split_heads", view, _split_heads) for view in _HEAD_VIEWS),
+)
+RULES = FUSIONS + SPLITS
 
 
 def fuse_function(module: Module, func: Function) -> dict[str, int]:
-    """Fuse ``func`` of ``module`` in place; how often each rule fired."""
-    return rewrite(module, func, RULES)
+    """Fuse ``func`` of ``module`` in place (:data:`FUSIONS` to a fixpoint, then :data:`SPLITS`);
+    how often each rule fired."""
+    fired = rewrite(module, func, FUSIONS)
+    return {**fired, **rewrite(module, func, SPLITS)}
 
 
 def fuse_module(module: Module) -> dict[str, int]:

@@ -176,18 +176,22 @@ inline void rms_norm_row(const int32_t* x, const float* w, int c, float eps, int
   }
 }
 
-// hw_rope of one row of c values (heads of head_dim columns, halves rotated) with the Q2.30 table rows of the
-// token's position (head_dim / 2 entries): y1 = (x1 c - x2 s) >> 30, y2 = (x2 c + x1 s) >> 30, rounded half up,
-// saturated. x and y may be the same array.
-inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, const int32_t* cos_row,
+// hw_rope of one row of c values (heads of head_dim columns; the halves of the first rotary_dim rotated, the
+// rest passed through) with the Q2.30 table rows of the token's position (rotary_dim / 2 entries):
+// y1 = (x1 c - x2 s) >> 30, y2 = (x2 c + x1 s) >> 30, rounded half up, saturated. x and y may be the same array.
+inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, int rotary_dim, const int32_t* cos_row,
                      const int32_t* sin_row) {
-  const int half = head_dim / 2;
+  const int half = rotary_dim / 2;
   for (int h = 0; h < c; h += head_dim) {
     for (int j = 0; j < half; ++j) {
       LLMC_HLS(HLS PIPELINE II=1)
       const int64_t x1 = x[h + j], x2 = x[h + half + j], cs = cos_row[j], sn = sin_row[j];
       y[h + j] = saturate(shift_round(x1 * cs - x2 * sn, ROPE_FRAC));
       y[h + half + j] = saturate(shift_round(x2 * cs + x1 * sn, ROPE_FRAC));
+    }
+    for (int j = rotary_dim; j < head_dim; ++j) {
+      LLMC_HLS(HLS PIPELINE II=1)
+      y[h + j] = x[h + j];
     }
   }
 }
@@ -288,6 +292,26 @@ inline int32_t gelu_tanh_fixed(int32_t x) {
   const float z = (xf + (GELU_CUBIC * (xf * xf)) * xf) * GELU_2U;
   const float sig = 1.0f / (1.0f + exp2_f32(-z * LOG2E));
   return to_fixed((xf * sig) * FIXED_ONE);
+}
+
+// hw_math.erf_f32: Abramowitz & Stegun 7.1.26 in float32 steps.
+inline float erf_f32(float z) {
+  LLMC_HLS(HLS INLINE)
+  const float a = z < 0 ? -z : z;
+  const float t = 1.0f / (1.0f + ERF_P * a);
+  float poly = ERF_A[4];
+  for (int i = 3; i >= 0; --i) poly = poly * t + ERF_A[i];
+  poly = poly * t;
+  const float r = 1.0f - poly * exp2_f32(-(a * a) * LOG2E);
+  return z < 0 ? -r : r;
+}
+
+// hw_act gelu: GELU's erf form, x * (0.5 * (1 + erf(x / sqrt 2))).
+inline int32_t gelu_fixed(int32_t x) {
+  LLMC_HLS(HLS INLINE)
+  const float xf = fixed_to_f32(x);
+  const float half = 0.5f * (1.0f + erf_f32(xf * INV_SQRT2));
+  return to_fixed((xf * half) * FIXED_ONE);
 }
 
 inline int32_t relu_fixed(int32_t x) {

@@ -188,22 +188,26 @@ class HwMatmul:
         return [y]
 
 
-@register("hw_rope", inputs=4, attrs={"head_dim": AttrSpec("int")})
+@register("hw_rope", inputs=4, attrs={"head_dim": AttrSpec("int"), "rotary_dim": AttrSpec("int", 0)})
 class HwRope:
     """Rotary embedding on every head (column block of ``head_dim``) of ``x`` [T, C] at positions
-    ``pos`` [T], halves rotated: ``y1 = (x1 c - x2 s) >> 30``, ``y2 = (x2 c + x1 s) >> 30``
-    (rounded half up, exact int64), with Q2.30 tables ``cos``/``sin`` [positions, head_dim / 2]."""
+    ``pos`` [T]: the halves of its first R = ``rotary_dim`` columns (0: all) rotated,
+    ``y1 = (x1 c - x2 s) >> 30``, ``y2 = (x2 c + x1 s) >> 30`` (rounded half up, exact int64), with
+    Q2.30 tables ``cos``/``sin`` [positions, R / 2]; columns R.. of each head pass through."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, pos, cos, sin = ins
         _act(x, "hw_rope")
         d = attrs["head_dim"]
+        r = attrs["rotary_dim"] or d
         _divides(x.shape[1], d, "hw_rope head_dim")
+        if not 0 < r <= d or r % 2:
+            raise InferError(f"hw_rope rotary_dim {r} must be even and at most head_dim {d}")
         if pos.shape != (x.shape[0],) or not pos.dtype.is_int:
             raise InferError("hw_rope positions must be integers [T]")
-        if cos.rank != 2 or cos.shape[1] != Dim.of(d // 2) or sin.shape != cos.shape or cos.dtype != I32:
-            raise InferError(f"hw_rope tables must be i32 [positions, {d // 2}]")
+        if cos.rank != 2 or cos.shape[1] != Dim.of(r // 2) or sin.shape != cos.shape or cos.dtype != I32:
+            raise InferError(f"hw_rope tables must be i32 [positions, {r // 2}]")
         return [x]
 
     @staticmethod
@@ -212,10 +216,12 @@ class HwRope:
         if pos.size and (pos.min() < 0 or pos.max() >= ins[2].shape[0]):
             raise ValueError(f"hw_rope position {int(pos.max())} outside the table ({ins[2].shape[0]})")
         d, t = attrs["head_dim"], x.shape[0]
+        r = attrs["rotary_dim"] or d
         heads = x.reshape(t, -1, d)
         c, s = ins[2][pos].astype(np.int64)[:, None, :], ins[3][pos].astype(np.int64)[:, None, :]
-        x1, x2 = heads[..., : d // 2], heads[..., d // 2:]
-        y = np.concatenate([hm.shift_round(x1 * c - x2 * s, 30), hm.shift_round(x2 * c + x1 * s, 30)], axis=-1)
+        x1, x2 = heads[..., : r // 2], heads[..., r // 2:r]
+        y = np.concatenate([hm.shift_round(x1 * c - x2 * s, 30), hm.shift_round(x2 * c + x1 * s, 30), heads[..., r:]],
+                           axis=-1)
         return [hm.saturate(y.reshape(t, -1))]
 
 
@@ -277,13 +283,15 @@ class HwAct:
     """Elementwise activation on Q15.16, ``xf = float32(x) * 2^-16``: ``silu``:
     ``y = xf * (1 / (1 + exp2_f32(-xf * log2 e)))``; ``gelu_tanh`` (GELU's tanh form as
     ``x * sigmoid(2u)``): ``z = (xf + (0.044715 * (xf * xf)) * xf) * (2 sqrt(2/pi))``,
-    ``y = xf * (1 / (1 + exp2_f32(-z * log2 e)))``; ``relu``: ``max(x, 0)``; result ``rint(y * 2^16)``."""
+    ``y = xf * (1 / (1 + exp2_f32(-z * log2 e)))``; ``gelu`` (erf form): ``y = xf * (0.5 * (1 +
+    erf_f32(xf * (1 / sqrt 2))))`` (:func:`hw_math.erf_f32`); ``relu``: ``max(x, 0)``; result
+    ``rint(y * 2^16)``."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         _act(ins[0], "hw_act")
-        if attrs["fn"] not in ("silu", "relu", "gelu_tanh"):
-            raise InferError(f"hw_act supports silu, relu and gelu_tanh, not '{attrs['fn']}'")
+        if attrs["fn"] not in ("silu", "relu", "gelu_tanh", "gelu"):
+            raise InferError(f"hw_act supports silu, relu, gelu and gelu_tanh, not '{attrs['fn']}'")
         return [ins[0]]
 
     @staticmethod
@@ -291,6 +299,9 @@ class HwAct:
         if attrs["fn"] == "relu":
             return [np.maximum(ins[0], 0).astype(np.int32)]
         xf = hm.fixed_to_f32(ins[0])
+        if attrs["fn"] == "gelu":
+            half = (np.float32(0.5) * (np.float32(1) + hm.erf_f32((xf * hm.INV_SQRT2).astype(np.float32)))).astype(np.float32)
+            return [hm.to_fixed((xf * half).astype(np.float32) * np.float32(1 << hm.ACT_FRAC))]
         z = xf
         if attrs["fn"] == "gelu_tanh":
             cube = ((hm.GELU_CUBIC * (xf * xf).astype(np.float32)).astype(np.float32) * xf).astype(np.float32)

@@ -22,6 +22,26 @@ F32_INT32_MAX = np.float32(2147483520.0)  # the largest float32 below 2^31
 LOG2E = np.float32(1.4426950408889634)
 GELU_2U = np.float32(1.5957691216057308)  # 2 sqrt(2 / pi): gelu_tanh(x) = x * sigmoid(GELU_2U * (x + GELU_CUBIC x^3))
 GELU_CUBIC = np.float32(0.044715)
+# erf(a) ~ 1 - poly(t) exp(-a^2), t = 1 / (1 + ERF_P a), a >= 0: Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7
+ERF_P = np.float32(0.3275911)
+ERF_A = tuple(np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
+INV_SQRT2 = np.float32(0.7071067811865476)
+
+
+def erf_f32(z: np.ndarray) -> np.ndarray:
+    """erf of float32 ``z`` in float32 steps: ``a = |z|``, ``t = 1 / (1 + ERF_P a)``,
+    ``poly = ((((A5 t + A4) t + A3) t + A2) t + A1) t``, ``r = 1 - poly * exp2_f32(-(a a) log2 e)``,
+    the sign of ``z``."""
+    z = np.asarray(z, dtype=np.float32)
+    a = np.abs(z)
+    t = (np.float32(1) / (np.float32(1) + (ERF_P * a).astype(np.float32))).astype(np.float32)
+    poly = ERF_A[4]
+    for coefficient in ERF_A[3::-1]:
+        poly = ((poly * t).astype(np.float32) + coefficient).astype(np.float32)
+    poly = (poly * t).astype(np.float32)
+    e = exp2_f32((-(a * a).astype(np.float32) * LOG2E).astype(np.float32))
+    r = (np.float32(1) - (poly * e).astype(np.float32)).astype(np.float32)
+    return np.where(z < 0, -r, r).astype(np.float32)
 EXP2_STEPS = 256  # table entries per octave
 QMAX8 = 127
 

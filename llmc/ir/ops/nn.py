@@ -176,14 +176,16 @@ class RmsNorm:
         return [as_dtype(w * (x * inv), ctx.out_types[0].dtype)]
 
 
-@register("rope", inputs=3, attrs={"seq_axis": AttrSpec("int"), "scale": AttrSpec("float", 1.0)})
+@register("rope", inputs=3, attrs={"seq_axis": AttrSpec("int"), "scale": AttrSpec("float", 1.0),
+                                   "rotary_dim": AttrSpec("int", 0)})
 class Rope:
     """Rotary position embedding, rotate-half form: ``x * cos + rotate_half(x) * sin``.
 
-    x [..., D] float with the tokens on ``seq_axis``; positions [B, T] integer; inv_freq [D/2]
-    float. The angles ``float(position) * inv_freq`` are repeated to D, their cosine and sine
-    multiplied by ``scale`` and broadcast over x's other axes; ``rotate_half`` of x is
-    ``concat(-x[..., D/2:], x[..., :D/2])``.
+    x [..., D] float with the tokens on ``seq_axis``; positions [B, T] integer; inv_freq [R/2]
+    float, R = ``rotary_dim`` (0: D). The angles ``float(position) * inv_freq`` are repeated to R,
+    their cosine and sine multiplied by ``scale`` and broadcast over x's other axes;
+    ``rotate_half`` of the first R columns is ``concat(-x[..., R/2:R], x[..., :R/2])``; columns
+    R.. pass through (partial rotary).
     """
 
     @staticmethod
@@ -193,15 +195,19 @@ class Rope:
         axis = norm_axis(attrs["seq_axis"], x.rank)
         if not positions.dtype.is_int or positions.rank != 2:
             raise InferError(f"rope positions must be integers [B, T], got {positions}")
-        if inv_freq.rank != 1 or x.shape[-1] != inv_freq.shape[0] * 2:
-            raise InferError(f"rope inv_freq must have shape [{x.shape[-1]}/2], got {inv_freq}")
+        rotated = Dim.of(attrs["rotary_dim"]) if attrs["rotary_dim"] else x.shape[-1]
+        if inv_freq.rank != 1 or rotated != inv_freq.shape[0] * 2:
+            raise InferError(f"rope inv_freq must have shape [{rotated}/2], got {inv_freq}")
+        if attrs["rotary_dim"] and x.shape[-1].is_static and not 0 < attrs["rotary_dim"] <= x.shape[-1].value:
+            raise InferError(f"rope rotary_dim {attrs['rotary_dim']} outside the {x.shape[-1]} columns")
         if axis in (0, x.rank - 1) or x.shape[axis] != positions.shape[1]:
             raise InferError(f"rope seq_axis {attrs['seq_axis']} of {x} does not hold the {positions.shape[1]} tokens")
         return [x]
 
     @staticmethod
     def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
-        x, positions, inv_freq = _f32(ins[0]), ins[1], _f32(ins[2])
+        full, positions, inv_freq = _f32(ins[0]), ins[1], _f32(ins[2])
+        x = full[..., :attrs["rotary_dim"] or full.shape[-1]]
         angles = positions.astype(np.float32)[..., None] * inv_freq.astype(np.float32)
         angles = np.concatenate([angles, angles], axis=-1)
         axis = attrs["seq_axis"] % x.ndim
@@ -211,7 +217,8 @@ class Rope:
         sin = (np.sin(angles) * np.float32(attrs["scale"])).reshape(shape)
         half = x.shape[-1] // 2
         rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-        return [as_dtype(x * cos + rotated * sin, ctx.out_types[0].dtype)]
+        y = np.concatenate([x * cos + rotated * sin, full[..., x.shape[-1]:]], axis=-1)
+        return [as_dtype(y, ctx.out_types[0].dtype)]
 
 
 @register("sliding_window_mask", inputs=2, attrs={"window": AttrSpec("int")})

@@ -173,19 +173,21 @@ int main(int argc, char** argv) {
     }
     emit(y);
   } else if (fn == "rope") {  // t c head_dim; x [t, c], cos [t, head_dim / 2], sin (rows of each token's position)
-    const int t = arg[0], c = arg[1], half = arg[2] / 2;
+    const int t = arg[0], c = arg[1], half = arg[3] / 2;  // t c head_dim rotary_dim
     std::vector<int32_t> x = in.take<int32_t>(static_cast<size_t>(t) * c);
     const std::vector<int32_t> cs = in.take<int32_t>(static_cast<size_t>(t) * half);
     const std::vector<int32_t> sn = in.take<int32_t>(static_cast<size_t>(t) * half);
     for (int r = 0; r < t; ++r) {
       int32_t* row = &x[static_cast<size_t>(r) * c];
-      llmc::rope_row(row, row, c, arg[2], &cs[r * half], &sn[r * half]);
+      llmc::rope_row(row, row, c, arg[2], arg[3], &cs[r * half], &sn[r * half]);
     }
     emit(x);
   } else if (fn == "attention") {  // t s heads kv_heads d window
     attention(in, arg[0], arg[1], arg[2], arg[3], arg[4], arg[5]);
   } else if (fn == "silu") {
     map1<int32_t, int32_t>(in, llmc::silu_fixed);
+  } else if (fn == "gelu") {
+    map1<int32_t, int32_t>(in, llmc::gelu_fixed);
   } else if (fn == "gelu_tanh") {
     map1<int32_t, int32_t>(in, llmc::gelu_tanh_fixed);
   } else if (fn == "relu") {

@@ -425,14 +425,14 @@ extern "C" void llmc_accel(
         wrote_io = wrote_io || ((in.f[4] >> 10) & 1);
         break;
       case ROPE: {
-        const int half = in.f[1] / 2;
+        const int half = in.f[4] / 2;  // rotary_dim / 2 table entries per position
         for (int t = 0; t < rows; ++t) {
           const uint64_t at = (uint64_t)(start_pos + t) * half * 4;
           read_vec(w0, in.f[2] + at, half, raw);
           for (int i = 0; i < half; ++i) cs[i] = load_i32(raw + 4 * i);
           read_vec(w0, in.f[3] + at, half, raw);
           for (int i = 0; i < half; ++i) sn[i] = load_i32(raw + 4 * i);
-          rope_row(act[in.src0][t], act[in.dst][t], cols, in.f[1], cs, sn);
+          rope_row(act[in.src0][t], act[in.dst][t], cols, in.f[1], in.f[4], cs, sn);
         }
         break;
       }
@@ -447,7 +447,8 @@ extern "C" void llmc_accel(
           for (int c = 0; c < cols; ++c) {
 #pragma HLS PIPELINE II = 1
             const int32_t x = act[in.src0][t][c];
-            act[in.dst][t][c] = in.f[1] == 0 ? silu_fixed(x) : in.f[1] == 1 ? relu_fixed(x) : gelu_tanh_fixed(x);
+            act[in.dst][t][c] = in.f[1] == 0 ? silu_fixed(x) : in.f[1] == 1 ? relu_fixed(x)
+                                : in.f[1] == 2 ? gelu_tanh_fixed(x) : gelu_fixed(x);
           }
         }
         break;
