@@ -59,5 +59,5 @@ def test_nothing_is_measured_without_weights_or_tokenizer(w4: llmc.Model) -> Non
     bare = clone(w4.module)
     for p in bare.params.values():
         p.data = None
-    assert lowering_accuracy(bare, lower(bare), w4.tokenizer_json, 2)["reason"] == \
+    assert lowering_accuracy(bare, lower(bare, 64), w4.tokenizer_json, 2)["reason"] == \
         "the model has no weights (shapes only)"
