@@ -514,6 +514,15 @@ def test_attention_gqa(mask, scale, rng):
     close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_attention_softcap_matches_gemma2s_eager_form(rng):
+    q, k, v = (rng.standard_normal((1, 2, 3, 8)).astype(np.float32) * 4 for _ in range(3))
+    m = np.triu(np.full((3, 3), -np.inf, np.float32), k=1)[None, None]
+    got = run1("attention", [tt([1, 2, 3, 8])] * 3 + [tt([1, 1, 3, 3])], [q, k, v, m], {"scale": 0.25, "softcap": 2.0})
+    scores = torch.from_numpy(q) @ torch.from_numpy(k).transpose(2, 3) * 0.25
+    scores = torch.tanh(scores / 2.0) * 2.0 + torch.from_numpy(m)
+    close(got, torch.softmax(scores, -1) @ torch.from_numpy(v), rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Symbolic shapes and interpreter input checks
 # ---------------------------------------------------------------------------------------------

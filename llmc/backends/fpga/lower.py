@@ -308,6 +308,8 @@ class Lowering:
         got = None if mask is None else self.get(mask)
         if got is not None and not (isinstance(got, Pattern) and got.kind == "mask"):
             raise self.fail(node, "only the causal mask, or a sliding window over it, is supported")
+        if node.attrs.get("softcap") is not None:
+            raise self.fail(node, "attention soft-capping (Gemma-2) is not supported by the accelerator yet")
         scale = node.attrs["scale"] if node.attrs["scale"] is not None else gq.head_dim ** -0.5
         y = self.b.op("hw_attention", [gq.value, gk.codes, gk.scales, gv.codes, gv.scales],
                       {"heads": gq.heads, "kv_heads": gk.kv_heads, "head_dim": gq.head_dim, "scale": float(scale),

@@ -182,6 +182,9 @@ def _attention(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     dtype = tvm_dtype(qt.dtype)
     scores = lw.bb.emit(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])))
     scores = lw.bb.emit(R.multiply(scores, relax.const(scale, dtype)))
+    if node.attrs.get("softcap") is not None:
+        cap = relax.const(node.attrs["softcap"], dtype)
+        scores = lw.bb.emit(R.multiply(R.tanh(R.divide(scores, cap)), cap))
     if len(node.inputs) == 4:
         scores = lw.bb.emit(R.add(scores, lw.arg(node, 3)))
     return _emit(lw, R.matmul(R.nn.softmax(scores, -1), v))
@@ -226,3 +229,9 @@ def _sliding_window_mask(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     dtype = tvm_dtype(mt.dtype)
     lowest = relax.const(float(np.finfo(mt.dtype.numpy()).min), dtype)
     return _emit(lw, R.where(outside, lowest, mask))
+
+
+@handles("topk")
+def _topk(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    both = lw.bb.emit(R.topk(lw.arg(node, 0), node.attrs["k"], node.attrs["axis"], "both", True, "int64"))
+    return [lw.bb.emit(relax.TupleGetItem(both, 0)), lw.bb.emit(relax.TupleGetItem(both, 1))]

@@ -257,6 +257,21 @@ def _partial_rope(m: Match, b: Builder) -> Value | None:
                 {"seq_axis": rope["seq_axis"], "scale": rope.get("scale", 1.0), "rotary_dim": rotated.value})
 
 
+# eager attention: softmax(scores * scale [-> tanh(. / c) * c] + mask) v, scores = q k^T (Gemma-2)
+_SCORES = op("mul", op("matmul", Var("q"), op("transpose", Var("k"), perm=[0, 1, 3, 2])), Const("scale"))
+_CAPPED = op("mul", op("tanh", op("div", _SCORES, Const("cap"))), Const("cap_out"))
+_EAGER = tuple(op("matmul", op("softmax", op("add", scores, Var("mask")), axis=-1), Var("v"))
+               for scores in (_CAPPED, _SCORES))
+
+
+def _eager_attention(m: Match, b: Builder) -> Value | None:
+    q, k, v, mask = m["q"], m["k"], m["v"], m["mask"]
+    cap = m.consts.get("cap")
+    if q.type.rank != 4 or k.type != v.type or (cap is not None and cap != m.consts["cap_out"]):
+        return None
+    return b.op("attention", [q, k, v, mask], {"scale": m.consts["scale"], "softcap": cap})
+
+
 def _reshape_reshape(m: Match, b: Builder) -> Value:
     return b.op("reshape", [m["x"]], {"shape": list(m.nodes["outer"].attrs["shape"])})
 
@@ -271,6 +286,7 @@ FUSIONS = (  # one op per concept, and the canonical forms those patterns are wr
     Rule("partial_rope", _PARTIAL_ROPE, _partial_rope),
     Rule("gelu_tanh", _GELU_TANH, _gelu_tanh),
     Rule("sliding_window_mask", _WINDOWED, _sliding_window_mask),
+    *(Rule("attention", eager, _eager_attention) for eager in _EAGER),
 )
 SPLITS = (  # then fused projections become one layer per operand (after partial RoPE took its slices)
     *(Rule("flat_linear", flattened, _flat_linear) for flattened in _FLATTENED),

@@ -244,13 +244,15 @@ class SlidingWindowMask:
         return [np.where(distance >= attrs["window"], np.finfo(mask.dtype).min, mask).astype(mask.dtype)]
 
 
-@register("attention", inputs=(3, 4), attrs={"scale": AttrSpec("optional_float", None)})
+@register("attention", inputs=(3, 4), attrs={"scale": AttrSpec("optional_float", None),
+                                              "softcap": AttrSpec("optional_float", None)})
 class Attention:
     """Scaled dot-product attention with grouped KV heads.
 
     q [B, H, Lq, D], k and v [B, Hkv, Lk, D] with H a multiple of Hkv (query head h reads KV head
     h // (H / Hkv)), optional additive float mask broadcastable to [B, H, Lq, Lk]. ``scale``
-    defaults to 1/sqrt(D). Result [B, H, Lq, D].
+    defaults to 1/sqrt(D); with ``softcap`` c the scaled scores become ``tanh(s / c) * c`` before the
+    mask (Gemma-2). Result [B, H, Lq, D].
     """
 
     @staticmethod
@@ -280,6 +282,9 @@ class Attention:
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         scale = attrs["scale"] if attrs["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
         scores = np.matmul(q, np.swapaxes(k, -1, -2)) * np.float32(scale)
+        if attrs["softcap"] is not None:
+            cap = np.float32(attrs["softcap"])
+            scores = (np.tanh((scores / cap).astype(np.float32)) * cap).astype(np.float32)
         if len(ins) == 4:
             scores = scores + _f32(ins[3])
         return [as_dtype(np.matmul(softmax(scores, -1), v), ctx.out_types[0].dtype)]
