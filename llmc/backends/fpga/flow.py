@@ -84,6 +84,18 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
         act_buffers=activation_buffers(hw), matrices=tuple(matrices))
 
 
+def check_capacity(module: Module, board: Target) -> None:
+    """Refuse, before lowering, a model whose weights alone cannot fit the board's memory (a lower
+    bound: float weights at 8 bits, the narrowest the lowering stores them; codes at their width).
+    The exact check, KV cache included, follows the lowering."""
+    need = sum(p.type.numel().value * (8 if p.type.dtype.is_float else p.type.dtype.bits) // 8
+               for p in module.params.values())
+    have = board.memory.total_bytes
+    if need > have:
+        raise LlmcError(f"{module.name}: the weights need at least {need / 2**30:.1f} GiB; the {board.name} has "
+                        f"{have / 2**30:.1f} GiB of {board.memory.kind.upper()}")
+
+
 def design(module: Module, target: str, *, name: str | None = None, max_context: int | None = None,
            max_rows: int = 64) -> Design:
     """Lower ``module`` and compile it for ``target`` (a bundled name or a board YAML)."""
@@ -92,6 +104,7 @@ def design(module: Module, target: str, *, name: str | None = None, max_context:
     context = min(context, max_context) if max_context else context
     if context <= 0:
         raise LlmcError(f"{module.name}: unknown context length: pass --context")
+    check_capacity(module, board)
     hw = lower(module, context)
     needs = model_needs(hw, context)
     config, _ = explore(board, needs, max_rows=max_rows)
