@@ -151,13 +151,14 @@ inline void matmul_row(const int8_t* xq, int32_t xs, const W* codes, const int32
   }
 }
 
-// hw_rms_norm of one row of c values: sh = max(0, bit_length(max|x|) - 19), ss = sum((x >> sh)^2),
-// m = (float32(ss) * 2^(2 sh - 32)) / float32(c), r = 1 / sqrt(m + eps), y = rint((float32(x) * r) * w).
-inline void rms_norm_row(const int32_t* x, const float* w, int c, float eps, int32_t* y) {
+// r = 1 / sqrt(mean(d^2) + eps) over d_j = x_j * scale - offset (exact int64, |d| < 2^47): sh = max(0,
+// bit_length(max|d|) - 19), ss = sum((d >> sh)^2) (exact), m = (float32(ss) * 2^(2 sh - 32)) / float32(c).
+inline float inverse_rms(const int32_t* x, int c, int64_t scale, int64_t offset, float eps) {
   int64_t amax = 0;
   for (int j = 0; j < c; ++j) {
     LLMC_HLS(HLS PIPELINE II=1)
-    const int64_t a = x[j] < 0 ? -static_cast<int64_t>(x[j]) : x[j];
+    const int64_t d = static_cast<int64_t>(x[j]) * scale - offset;
+    const int64_t a = d < 0 ? -d : d;
     if (a > amax) amax = a;
   }
   const int bits = bit_length(amax);
@@ -165,11 +166,16 @@ inline void rms_norm_row(const int32_t* x, const float* w, int c, float eps, int
   int64_t ss = 0;
   for (int j = 0; j < c; ++j) {
     LLMC_HLS(HLS PIPELINE II=1)
-    const int64_t v = static_cast<int64_t>(x[j]) >> sh;
+    const int64_t v = (static_cast<int64_t>(x[j]) * scale - offset) >> sh;
     ss += v * v;
   }
   const float m = (static_cast<float>(static_cast<double>(ss)) * std::ldexp(1.0f, 2 * sh - 32)) / static_cast<float>(c);
-  const float r = 1.0f / std::sqrt(m + eps);
+  return 1.0f / std::sqrt(m + eps);
+}
+
+// hw_rms_norm of one row of c values: r = inverse_rms(x), y = rint((float32(x) * r) * w).
+inline void rms_norm_row(const int32_t* x, const float* w, int c, float eps, int32_t* y) {
+  const float r = inverse_rms(x, c, 1, 0, eps);
   for (int j = 0; j < c; ++j) {
     LLMC_HLS(HLS PIPELINE II=1)
     y[j] = to_fixed((static_cast<float>(x[j]) * r) * w[j]);
@@ -204,24 +210,7 @@ inline void layer_norm_row(const int32_t* x, const float* w, const float* b, int
     LLMC_HLS(HLS PIPELINE II=1)
     sum += x[j];
   }
-  int64_t amax = 0;
-  for (int j = 0; j < c; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
-    const int64_t d = static_cast<int64_t>(x[j]) * c - sum;
-    const int64_t a = d < 0 ? -d : d;
-    if (a > amax) amax = a;
-  }
-  const int bits = bit_length(amax);
-  const int sh = bits > 19 ? bits - 19 : 0;
-  int64_t ss = 0;
-  for (int j = 0; j < c; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
-    const int64_t v = (static_cast<int64_t>(x[j]) * c - sum) >> sh;
-    ss += v * v;
-  }
-  const float m = (static_cast<float>(static_cast<double>(ss)) * std::ldexp(1.0f, 2 * sh - 32)) / static_cast<float>(c);
-  const float eps_d = (eps * static_cast<float>(c)) * static_cast<float>(c);
-  const float r = 1.0f / std::sqrt(m + eps_d);
+  const float r = inverse_rms(x, c, c, sum, (eps * static_cast<float>(c)) * static_cast<float>(c));
   for (int j = 0; j < c; ++j) {
     LLMC_HLS(HLS PIPELINE II=1)
     y[j] = to_fixed((static_cast<float>(static_cast<int64_t>(x[j]) * c - sum) * r) * w[j] + b[j] * FIXED_ONE);
