@@ -174,7 +174,8 @@ class Iss:
         y = _ref("hw_matmul", [x, *w.inputs], **w.attrs)[0]
         if w.to_io:
             at = int(ins.fields["io_off"])
-            self.io[at:at + y.size * 4] = hm.fixed_to_f32(y).astype("<f4").reshape(-1).view(np.uint8)
+            logits = _ref("hw_to_float", [y], cap=float(ins.fields["cap"]))[0]
+            self.io[at:at + y.size * 4] = logits.astype("<f4").reshape(-1).view(np.uint8)
         else:
             self.act[ins.dst] = y
 
@@ -213,7 +214,8 @@ class Iss:
         kc, ks = self._cache(int(f["k_codes_off"]), int(f["k_scales_off"]), s, kvh, d)
         vc, vs = self._cache(int(f["v_codes_off"]), int(f["v_scales_off"]), s, kvh, d)
         self.act[ins.dst] = _ref("hw_attention", [self._src(ins.src0, rows), kc, ks, vc, vs], heads=int(f["heads"]),
-                                 kv_heads=kvh, head_dim=d, scale=float(f["scale"]), window=int(f["window"]))[0]
+                                 kv_heads=kvh, head_dim=d, scale=float(f["scale"]), window=int(f["window"]),
+                                 softcap=float(f["softcap"]))[0]
 
     def _act(self, ins: Instruction, rows: int, start_pos: int) -> None:
         self.act[ins.dst] = _ref("hw_act", [self._src(ins.src0, rows)], fn=ACT_NAMES[int(ins.fields["fn"])])[0]

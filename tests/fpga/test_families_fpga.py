@@ -5,7 +5,8 @@ each head of q and k (QK-norm), OLMo-2 their whole rows; Phi-3's fused projectio
 layers and Granite's multipliers folded into weights or scaled on the SFU; Gemma-3 adds a scaled
 embedding, 1 + w norm weights, GELU (tanh) and local layers with their own window and RoPE table;
 GPT-2 and OPT LayerNorm, learned positions (OPT's from 2), biases and GPT-2's fused Conv1D projection;
-GPT-NeoX a per-head fused QKV projection, partial rotary, GELU (erf) and the parallel residual.
+GPT-NeoX a per-head fused QKV projection, partial rotary, GELU (erf) and the parallel residual; Gemma-2
+soft-capped attention scores and logits.
 make test-full runs the families outside DEFAULT."""
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from llmc.cli import main
 from llmc.sim.ladder import verify_project
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite", "gemma3_text", "gpt2", "opt",
-                      "gpt_neox")
-DEFAULT = ("qwen3", "granite", "gemma3_text", "gpt2", "gpt_neox")  # every kind of block the others are made of
+ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite", "gemma2", "gemma3_text", "gpt2",
+                      "opt", "gpt_neox")
+DEFAULT = ("qwen3", "granite", "gemma2", "gemma3_text", "gpt2", "gpt_neox")  # every kind of block the others are made of
 PROMPT = [3, 17, 42, 8, 25, 61, 9, 4, 5, 6, 7]
 
 
@@ -35,7 +36,7 @@ def test_family_is_bit_exact_on_the_accelerator(arch: str, tmp_path: Path) -> No
     project = tmp_path / "project"
     assert main(["compile", arch, "--config", str(config), "-o", str(project)]) == 0
     program = (project / "program.txt").read_text()
-    if arch in ("mistral", "gemma3_text"):
+    if arch in ("mistral", "gemma2", "gemma3_text"):
         assert f"window={FAMILIES[arch]['sliding_window']}" in program
     results = verify_project(project, PROMPT, 12, levels=("interpreter", "iss", "csim"))
     assert [r.mismatches for r in results] == [0, 0, 0], [r.to_json() for r in results]

@@ -105,7 +105,13 @@ def test_conversions(driver: Path) -> None:
 
     x = _random_i32(rng, 20000)
     got = _call(driver, "fixed_to_f32", inputs=(x,), out=np.float32)
-    np.testing.assert_array_equal(_bits(got), _bits(OPS["hw_to_float"].ref([x[None]], {}, CTX)[0][0]))
+    np.testing.assert_array_equal(_bits(got), _bits(OPS["hw_to_float"].ref([x[None]], {"cap": 0.0}, CTX)[0][0]))
+
+    z = np.concatenate([np.float32([0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 100.0, np.inf, -np.inf]),
+                        rng.normal(0, 3, 20000).astype(np.float32)])
+    got = _call(driver, "tanh", inputs=(z,), out=np.float32)  # soft-capping's tanh
+    np.testing.assert_array_equal(_bits(got), _bits(hm.tanh_f32(z)))
+    np.testing.assert_allclose(got, np.tanh(z.astype(np.float64)), atol=3e-6)
 
     wide = np.concatenate([x.astype(np.int64) << rng.integers(0, 33, x.size),
                            np.int64([1 << 31, -(1 << 31) - 1, (1 << 63) - 1, -(1 << 63)])])
@@ -268,15 +274,16 @@ def test_rope(driver: Path, head_dim: int, rotary: int) -> None:
     np.testing.assert_array_equal(expected[:, passed], x[:, passed])
 
 
-@pytest.mark.parametrize("t, s, heads, kv_heads, d, scale, window", [
-    (64, 64, 4, 2, 64, 1 / math.sqrt(80), 0),  # every s_visible from 1 to S
-    (4, 300, 4, 2, 64, 1 / math.sqrt(128), 0),
-    (6, 24, 2, 1, 128, 1 / math.sqrt(96), 0),
-    (8, 5, 2, 2, 64, 0.125, 0),  # queries before the first key see none
-    (20, 40, 4, 2, 64, 0.125, 7),  # a sliding window: each query sees its last 7 rows
+@pytest.mark.parametrize("t, s, heads, kv_heads, d, scale, window, softcap", [
+    (64, 64, 4, 2, 64, 1 / math.sqrt(80), 0, 0.0),  # every s_visible from 1 to S
+    (4, 300, 4, 2, 64, 1 / math.sqrt(128), 0, 0.0),
+    (6, 24, 2, 1, 128, 1 / math.sqrt(96), 0, 0.0),
+    (8, 5, 2, 2, 64, 0.125, 0, 0.0),  # queries before the first key see none
+    (20, 40, 4, 2, 64, 0.125, 7, 0.0),  # a sliding window: each query sees its last 7 rows
+    (12, 30, 4, 2, 64, 0.125, 0, 50.0),  # Gemma-2's soft-capped scores
 ])
 def test_attention(driver: Path, t: int, s: int, heads: int, kv_heads: int, d: int, scale: float,
-                   window: int) -> None:
+                   window: int, softcap: float) -> None:
     rng = np.random.default_rng(t * s + d)
 
     def acts(rows: int, cols: int) -> np.ndarray:  # Q15.16 values of std 0.25 to 8 per head
@@ -291,10 +298,11 @@ def test_attention(driver: Path, t: int, s: int, heads: int, kv_heads: int, d: i
     v[2] = hm.INT32_MIN
     kc, ks = hm.quant8(k, d)
     vc, vs = hm.quant8(v, d)
-    attrs = {"heads": heads, "kv_heads": kv_heads, "head_dim": d, "scale": scale, "window": window}
+    attrs = {"heads": heads, "kv_heads": kv_heads, "head_dim": d, "scale": scale, "window": window,
+             "softcap": softcap}
     with np.errstate(invalid="ignore"):
         expected = OPS["hw_attention"].ref([q, kc, ks, vc, vs], attrs, CTX)[0]
-    inputs = (np.float32([scale]), q, kc, ks, vc, vs)
+    inputs = (np.float32([scale, softcap]), q, kc, ks, vc, vs)
     got = _call(driver, "attention", t, s, heads, kv_heads, d, window, inputs=inputs, out=np.int32).reshape(q.shape)
     np.testing.assert_array_equal(got, expected)
     assert np.count_nonzero(expected) > expected.size // 2

@@ -69,6 +69,7 @@ class Compiler:
         self.layers: list[dict] = []
         self.max_tile = 0
         self.to_io = logits_values(module)
+        self.logits_cap = next((float(n.attrs.get("cap", 0.0)) for n in self.step.nodes if n.op == "hw_to_float"), 0.0)
         self.buffer_of, self.buffers = allocate_buffers(self.step, self.to_io)
         if self.buffers > config.act_buffers:
             raise LlmcError(f"{module.name}: the program needs {self.buffers} activation buffers; the design has "
@@ -142,7 +143,7 @@ class Compiler:
         self.max_tile = max(self.max_tile, layout["size"])
         return {"n": n, "k": k, "group": group, "shift": a["shift"], "flags": flags, "weight_off": self.placed[name],
                 "tile_bytes": layout["size"], "row_block": row_block, "tiles": tiles,
-                "io_off": self.io_logits if to_io else 0}
+                "io_off": self.io_logits if to_io else 0, "cap": self.logits_cap if to_io else 0.0}
 
     @staticmethod
     def _sparse(node: Node) -> tuple[int, int] | None:
@@ -221,6 +222,7 @@ class Compiler:
         if node.op == "hw_attention":
             k, v = self.caches[node.inputs[1].name], self.caches[node.inputs[3].name]
             return {"heads": a["heads"], "kv_heads": a["kv_heads"], "head_dim": a["head_dim"], "scale": a["scale"],
+                    "softcap": a.get("softcap", 0.0),
                     "k_codes_off": k[0], "k_scales_off": k[1], "v_codes_off": v[0], "v_scales_off": v[1],
                     "window": a.get("window", 0)}, "ATTN"
         if node.op == "hw_act":

@@ -25,18 +25,19 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "NORM": (2, ("cols", "weight_off", "eps", "group"),
              "dst = RMSNorm(src0) with f32 weights at weight_off (channel 0); with group > 0 each group of columns "
              "(a head) is normalised on its own"),
-    "MM": (3, ("n", "k", "group", "shift", "flags", "weight_off", "tile_bytes", "row_block", "tiles", "io_off"),
+    "MM": (3, ("n", "k", "group", "shift", "flags", "weight_off", "tile_bytes", "row_block", "tiles", "io_off", "cap"),
            "dst = src0 x W: tiles of tile_n rows round-robin over the lanes' channels at weight_off; "
-           "with flag 10 the rows go to io at io_off as float32 (logits)"),
+           "with flag 10 the rows go to io at io_off as float32 (logits), as tanh(v) * cap when cap > 0"),
     "ROPE": (4, ("cols", "head_dim", "cos_off", "sin_off", "rotary_dim"),
              "dst = RoPE(src0) at positions start_pos + t on the first rotary_dim columns of each head"),
     "KVAPP": (5, ("codes_off", "scales_off", "kv_heads", "head_dim"),
               "quantize src0 per head to int8 and write rows start_pos.. of a KV cache "
               "(row j on KV channel j mod C at row j div C)"),
     "ATTN": (6, ("heads", "kv_heads", "head_dim", "scale", "k_codes_off", "k_scales_off", "v_codes_off",
-                 "v_scales_off", "window"),
+                 "v_scales_off", "window", "softcap"),
              "dst = causal attention of src0 over cache rows 0 .. start_pos + seq_len - 1, striped as KVAPP writes "
-             "them; with window > 0 row t sees only the last window rows up to its position (sliding window)"),
+             "them; with window > 0 row t sees only the last window rows up to its position (sliding window); "
+             "with softcap > 0 scores become tanh(s / softcap) * softcap"),
     "ACT": (7, ("cols", "fn"), "dst = fn(src0); fn 0 = SiLU, 1 = ReLU"),
     "EMUL": (8, ("cols",), "dst = src0 * src1 (Q15.16)"),
     "EADD": (9, ("cols",), "dst = src0 + src1 (saturating)"),
@@ -45,7 +46,7 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
               "dst = LayerNorm(src0) with f32 weights at weight_off and biases at bias_off (channel 0)"),
     "HALT": (15, (), "end of program"),
 }
-FLOAT_FIELDS = {"eps", "scale"}
+FLOAT_FIELDS = {"eps", "scale", "softcap", "cap"}
 LANE_STREAMS = ("MM", "ATTN", "KVAPP", "EMBED")  # opcodes that stream from the weight lanes' channels
 BY_NUMBER = {num: name for name, (num, _, _) in OPCODES.items()}
 ENGINES = {"dsp": 0, "sparse": 1, "lut": 2}

@@ -118,6 +118,8 @@ class Lowering:
             got = self.get(v)
             if isinstance(got, Act):
                 outs.append(self.b.op("hw_to_float", [got.value], name="logits"))
+            elif isinstance(got, Pattern) and got.kind == "capped":  # Gemma-2: tanh(logits / c) * c
+                outs.append(self.b.op("hw_to_float", [got.of], {"cap": got.extra}, name="logits"))
             elif isinstance(got, Cache):
                 outs += [got.codes, got.scales]
             else:
@@ -180,6 +182,8 @@ class Lowering:
         if isinstance(ga, Act) and isinstance(gb, Act):
             return Act(self.b.op("hw_mul", [ga.value, gb.value]))
         for x, y in ((ga, gb), (gb, ga)):
+            if isinstance(x, Pattern) and x.kind == "tanh" and isinstance(y, Pattern) and y.kind == "const":
+                return Pattern("capped", x.of, float(y.of))
             if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "param" and y.of.type.rank == 1:
                 name, data, t = self.param_data(y.of)
                 w = self.add_param(name, TensorType(t.shape, F32), None if data is None else data.astype(np.float32))
@@ -285,6 +289,10 @@ class Lowering:
     def op_gelu_tanh(self, node: Node, x: Value) -> Act:
         return Act(self.b.op("hw_act", [self.act(node, x)], {"fn": "gelu_tanh"}))
 
+    def op_tanh(self, node: Node, x: Value) -> Pattern:
+        """Only as the logits' soft-cap, ``tanh(v) * c`` on their way out (its 1 / c folded into the weights)."""
+        return Pattern("tanh", self.act(node, x))
+
     def op_softmax(self, node: Node, x: Value) -> None:
         raise self.fail(node, "a softmax outside attention (a mixture-of-experts router) is not supported by the "
                               "accelerator yet")
@@ -308,12 +316,10 @@ class Lowering:
         got = None if mask is None else self.get(mask)
         if got is not None and not (isinstance(got, Pattern) and got.kind == "mask"):
             raise self.fail(node, "only the causal mask, or a sliding window over it, is supported")
-        if node.attrs.get("softcap") is not None:
-            raise self.fail(node, "attention soft-capping (Gemma-2) is not supported by the accelerator yet")
         scale = node.attrs["scale"] if node.attrs["scale"] is not None else gq.head_dim ** -0.5
         y = self.b.op("hw_attention", [gq.value, gk.codes, gk.scales, gv.codes, gv.scales],
                       {"heads": gq.heads, "kv_heads": gk.kv_heads, "head_dim": gq.head_dim, "scale": float(scale),
-                       "window": (got.of or 0) if got is not None else 0})
+                       "window": (got.of or 0) if got is not None else 0, "softcap": node.attrs.get("softcap") or 0.0})
         return Heads(y, gq.heads, gq.head_dim, transposed=True)
 
     def act(self, node: Node, x: Value) -> Value:

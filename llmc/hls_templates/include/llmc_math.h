@@ -43,6 +43,14 @@ inline float exp2_f32(float y) {
   return std::ldexp(lo + (EXP2_TABLE[i + 1] - lo) * t, static_cast<int>(n));
 }
 
+// hw_math.tanh_f32: e = exp2_f32(-2 |a| log2 e), (1 - e) / (1 + e) with the sign of a.
+inline float tanh_f32(float a) {
+  LLMC_HLS(HLS INLINE)
+  const float e = exp2_f32(-2.0f * (a < 0 ? -a : a) * LOG2E);
+  const float r = (1.0f - e) / (1.0f + e);
+  return a < 0 ? -r : r;
+}
+
 // float32 in fixed-point units to int32: round half to even, NaN -> 0, saturated.
 inline int32_t to_fixed(float y) {
   LLMC_HLS(HLS INLINE)
@@ -226,7 +234,7 @@ inline void layer_norm_row(const int32_t* x, const float* w, const float* b, int
 template <int MAX_D = 256>
 inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const int32_t* ks, const int8_t* vc,
                           const int32_t* vs, int s_first, int s_visible, int kv_head, int kv_heads, int d,
-                          float scale, float* score_buf, int32_t* out) {
+                          float scale, float softcap, float* score_buf, int32_t* out) {
   const float c = scale * (1.0f / 4294967296.0f);
   const float qsf = static_cast<float>(qs);
   float peak = -INFINITY;
@@ -238,7 +246,8 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
       LLMC_HLS(HLS PIPELINE II=1)
       dot += static_cast<int64_t>(qc[j]) * key[j];
     }
-    const float score = static_cast<float>(dot) * ((qsf * static_cast<float>(ks[slot])) * c);
+    float score = static_cast<float>(dot) * ((qsf * static_cast<float>(ks[slot])) * c);
+    if (softcap != 0.0f) score = tanh_f32(score / softcap) * softcap;
     score_buf[s] = score;
     if (score > peak) peak = score;
   }

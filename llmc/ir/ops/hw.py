@@ -227,11 +227,12 @@ class HwRope:
 
 @register("hw_attention", inputs=5, attrs={
     "heads": AttrSpec("int"), "kv_heads": AttrSpec("int"), "head_dim": AttrSpec("int"), "scale": AttrSpec("float"),
-    "window": AttrSpec("int", 0)})
+    "window": AttrSpec("int", 0), "softcap": AttrSpec("float", 0.0)})
 class HwAttention:
     """Causal attention of queries ``q`` [T, H*D] over an int8 cache: ``kc``/``vc`` [S, KVH*D] codes
     with per-(token, head) scales ``ks``/``vs`` [S, KVH]; query t sits at position S - T + t and
     sees the rows up to it, only the last ``window`` of them when ``window`` > 0 (sliding window).
+    With ``softcap`` c > 0 each score becomes ``tanh_f32(score / c) * c`` (Gemma-2).
     Per head: ``qc, qs = quant8(q, D)``; ``dot`` exact; ``score = float32(dot) * ((float32(qs) *
     float32(ks)) * float32(scale * 2^-32))``; ``e = exp2_f32((score - max) * log2 e)``;
     ``ei = rint(e * 2^15)``; ``y = rint(float32(float64(sum ei (vc vs))) / float32(sum ei))``."""
@@ -267,6 +268,9 @@ class HwAttention:
             dot = (qc[:, head] @ kc3[:, kv].T).astype(np.float32)  # exact: |dot| < 2^24
             factor = ((qs[:, head].astype(np.float32)[:, None] * ks[:, kv].astype(np.float32)[None, :]) * c)
             score = (dot * factor.astype(np.float32)).astype(np.float32)
+            if attrs["softcap"]:
+                cap = np.float32(attrs["softcap"])
+                score = (hm.tanh_f32((score / cap).astype(np.float32)) * cap).astype(np.float32)
             score = np.where(visible, score, np.float32(-np.inf))
             peak = score.max(axis=1, keepdims=True)
             e = hm.exp2_f32(np.where(visible, (score - peak) * hm.LOG2E, np.float32(-1000)))
@@ -344,9 +348,11 @@ class HwAdd:
         return [hm.saturate(ins[0].astype(np.int64) + ins[1].astype(np.int64))]
 
 
-@register("hw_to_float", inputs=1)
+@register("hw_to_float", inputs=1, attrs={"cap": AttrSpec("float", 0.0)})
 class HwToFloat:
-    """Q15.16 to float32: ``float32(x) * 2^-16`` (logits leave the accelerator this way)."""
+    """Q15.16 to float32: ``v = float32(x) * 2^-16`` (logits leave the accelerator this way); with
+    ``cap`` c > 0, ``tanh_f32(v) * c`` (Gemma-2's logit soft-capping, its 1 / c folded into the
+    weights)."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
@@ -355,7 +361,8 @@ class HwToFloat:
 
     @staticmethod
     def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
-        return [hm.fixed_to_f32(ins[0])]
+        v = hm.fixed_to_f32(ins[0])
+        return [(hm.tanh_f32(v) * np.float32(attrs["cap"])).astype(np.float32) if attrs["cap"] else v]
 
 
 @register("hw_scale", inputs=2)

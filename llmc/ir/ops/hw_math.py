@@ -28,6 +28,15 @@ ERF_A = tuple(np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1
 INV_SQRT2 = np.float32(0.7071067811865476)
 
 
+def tanh_f32(a: np.ndarray) -> np.ndarray:
+    """tanh of float32 ``a`` in float32 steps: ``e = exp2_f32(-2 |a| log2 e)``,
+    ``r = (1 - e) / (1 + e)``, the sign of ``a`` (soft-capping)."""
+    a = np.asarray(a, dtype=np.float32)
+    e = exp2_f32((np.float32(-2) * np.abs(a) * LOG2E).astype(np.float32))
+    r = ((np.float32(1) - e).astype(np.float32) / (np.float32(1) + e).astype(np.float32)).astype(np.float32)
+    return np.where(a < 0, -r, r).astype(np.float32)
+
+
 def erf_f32(z: np.ndarray) -> np.ndarray:
     """erf of float32 ``z`` in float32 steps: ``a = |z|``, ``t = 1 / (1 + ERF_P a)``,
     ``poly = ((((A5 t + A4) t + A3) t + A2) t + A1) t``, ``r = 1 - poly * exp2_f32(-(a a) log2 e)``,

@@ -85,7 +85,8 @@ void matmul(Input& in, int t, int n, int k, int group, int shift, bool has_zero,
 
 // hw_attention: scale (f32), q [t, heads * d], kc [s, kv_heads * d], ks [s, kv_heads], vc, vs; window 0 = none.
 void attention(Input& in, int t, int s, int heads, int kv_heads, int d, int window) {
-  const float scale = in.take<float>(1)[0];
+  const std::vector<float> scalars = in.take<float>(2);  // scale, softcap
+  const float scale = scalars[0], softcap = scalars[1];
   const std::vector<int32_t> q = in.take<int32_t>(static_cast<size_t>(t) * heads * d);
   const std::vector<int8_t> kc = in.take<int8_t>(static_cast<size_t>(s) * kv_heads * d);
   const std::vector<int32_t> ks = in.take<int32_t>(static_cast<size_t>(s) * kv_heads);
@@ -102,7 +103,7 @@ void attention(Input& in, int t, int s, int heads, int kv_heads, int d, int wind
       const int visible = s - t + r + 1;
       const int first = window > 0 && visible > window ? visible - window : 0;
       llmc::attention_row(qc.data(), qs, kc.data(), ks.data(), vc.data(), vs.data(), first, visible,
-                          h / (heads / kv_heads), kv_heads, d, scale, scores.data(), &out[at]);
+                          h / (heads / kv_heads), kv_heads, d, scale, softcap, scores.data(), &out[at]);
     }
   }
   emit(out);
@@ -118,6 +119,8 @@ int main(int argc, char** argv) {
   Input in;
   if (fn == "exp2") {
     map1<float, float>(in, llmc::exp2_f32);
+  } else if (fn == "tanh") {
+    map1<float, float>(in, llmc::tanh_f32);
   } else if (fn == "to_fixed") {
     map1<float, int32_t>(in, llmc::to_fixed);
   } else if (fn == "fixed_to_f32") {

@@ -143,6 +143,7 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
   const uint64_t weight_off = in.f[5];
   const int tile_bytes = in.f[6], row_block = in.f[7], tiles = in.f[8];
   const uint64_t io_off = in.f[9];
+  const float cap = bits_to_float(in.f[10]);  // logits soft-capping: tanh(v) * cap (its 1 / cap is in the weights)
   const int bits = flags & 0xF, engine = (flags >> 4) & 3;
   const bool has_zero = (flags >> 6) & 1, has_bias = (flags >> 7) & 1, is_signed = !((flags >> 8) & 1);
   const bool to_io = (flags >> 10) & 1;
@@ -188,7 +189,8 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
           int32_t y = requantize(total, xs[r], shift);
           if (has_bias) y = saturate((int64_t)y + load_i32(cur + bias_at + j * 4));
           if (to_io) {
-            store_u32(io + io_off + ((uint64_t)r * n + col) * 4, float_to_bits(fixed_to_f32(y)));
+            const float v = fixed_to_f32(y);
+            store_u32(io + io_off + ((uint64_t)r * n + col) * 4, float_to_bits(cap != 0.0f ? tanh_f32(v) * cap : v));
           } else {
             act[in.dst][r][col] = y;
           }
@@ -241,6 +243,7 @@ static void attention(const Instr& in, int rows, int start_pos,
   const int heads = in.f[0], kv_heads = in.f[1], d = in.f[2];
   const float scale = bits_to_float(in.f[3]);
   const int window = in.f[8];  // 0: every row up to the query's position; else only the last window of them
+  const float softcap = bits_to_float(in.f[9]);  // 0: none; else scores become tanh(s / softcap) * softcap
   const int s = start_pos + rows;
   const int first = window > 0 && start_pos + 1 > window ? start_pos + 1 - window : 0;  // row 0's first key
   static int8_t kc[MAX_CONTEXT * MAX_HEAD_DIM], vc[MAX_CONTEXT * MAX_HEAD_DIM];
@@ -266,7 +269,7 @@ static void attention(const Instr& in, int rows, int start_pos,
       for (int qh = h * (heads / kv_heads); qh < (h + 1) * (heads / kv_heads); ++qh) {
         const int visible = start_pos + t + 1;
         const int from = window > 0 && visible > window ? visible - window : 0;
-        attention_row(&qc[qh * d], qs[qh], kc, ks, vc, vs, from, visible, 0, 1, d, scale, scores,
+        attention_row(&qc[qh * d], qs[qh], kc, ks, vc, vs, from, visible, 0, 1, d, scale, softcap, scores,
                       &act[in.dst][t][qh * d]);
       }
     }
