@@ -70,6 +70,7 @@ def assert_fused(module: llmc.ir.Module, rotary: bool) -> None:
     assert ops["rsqrt"] == ops["neg"] == ops["cos"] == ops["pow"] == 0, ops
     assert ops["rms_norm"] + ops["layer_norm"] > 0
     assert (ops["rope"] > 0) == rotary
+    assert ops["topk"] == ops["gather"] == 0 and ops["moe"] == (2 if "experts" in module.attrs["config"] else 0)
 
 
 def hf_generate(model: torch.nn.Module, prompt: list[int], steps: int) -> list[int]:

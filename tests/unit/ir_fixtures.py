@@ -147,6 +147,12 @@ def build_every_op_module() -> Module:
     h = b.op("add", [h, b.op("expand", [first], {"shape": [1, L, 8]})])
     idx = b.op("iota", [], {"start": 0, "end": 8, "step": 2, "dtype": I64})
     h = b.op("gather", [h, idx], {"axis": -1})  # [1, L, 4]
+    experts = b.constant([float(v % 5) / 10 for v in range(4 * 8)], F32, [4, 8])
+    mixed = b.op("moe", [b.op("reshape", [h], {"shape": [L, 4]}), b.constant([0.1] * 8, F32, [2, 4]),
+                         b.op("reshape", [experts], {"shape": [2, 4, 4]}),
+                         b.constant([float(v % 3) / 10 for v in range(16)], F32, [2, 4, 2])],
+                 {"top_k": 1, "normalize": True})
+    h = b.op("add", [h, b.op("reshape", [mixed], {"shape": [1, L, 4]})])
     top, top_idx = b.op_multi("topk", [h], {"k": 2, "axis": -1})  # a router's choice: [1, L, 2] twice
     h = b.op("add", [h, b.op("reduce_sum", [top], {"axes": [-1], "keepdim": True})])
     h = b.op("add", [h, b.op("cast", [b.op("reduce_sum", [top_idx], {"axes": [-1], "keepdim": True})], {"dtype": F32})])

@@ -514,6 +514,28 @@ def test_attention_gqa(mask, scale, rng):
     close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_moe_is_the_weighted_sum_of_the_chosen_experts(normalize, rng):
+    T, H, W, E, K = 3, 8, 5, 4, 2
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    router = rng.standard_normal((E, H)).astype(np.float32)
+    gate_up = rng.standard_normal((E, 2 * W, H)).astype(np.float32)
+    down = rng.standard_normal((E, H, W)).astype(np.float32)
+    got = run1("moe", [tt([T, H]), tt([E, H]), tt([E, 2 * W, H]), tt([E, H, W])], [x, router, gate_up, down],
+               {"top_k": K, "normalize": normalize})
+    p = torch.softmax(torch.from_numpy(x @ router.T), -1)
+    values, chosen = torch.topk(p, K)
+    if normalize:
+        values = values / values.sum(-1, keepdim=True)
+    want = torch.zeros(T, H)
+    for t in range(T):
+        for j in range(K):
+            e = int(chosen[t, j])
+            g, u = (torch.from_numpy(gate_up[e]) @ torch.from_numpy(x[t])).chunk(2)
+            want[t] += values[t, j] * (torch.from_numpy(down[e]) @ (F.silu(g) * u))
+    close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_attention_softcap_matches_gemma2s_eager_form(rng):
     q, k, v = (rng.standard_normal((1, 2, 3, 8)).astype(np.float32) * 4 for _ in range(3))
     m = np.triu(np.full((3, 3), -np.inf, np.float32), k=1)[None, None]

@@ -293,9 +293,8 @@ class Lowering:
         """Only as the logits' soft-cap, ``tanh(v) * c`` on their way out (its 1 / c folded into the weights)."""
         return Pattern("tanh", self.act(node, x))
 
-    def op_softmax(self, node: Node, x: Value) -> None:
-        raise self.fail(node, "a softmax outside attention (a mixture-of-experts router) is not supported by the "
-                              "accelerator yet")
+    def op_moe(self, node: Node, *ins: Value) -> None:
+        raise self.fail(node, "mixture-of-experts layers are not supported by the accelerator yet")
 
     def op_fake_quant(self, node: Node, x: Value) -> Any:
         if node.attrs["bits"] < 8:

@@ -235,3 +235,27 @@ def _sliding_window_mask(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
 def _topk(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     both = lw.bb.emit(R.topk(lw.arg(node, 0), node.attrs["k"], node.attrs["axis"], "both", True, "int64"))
     return [lw.bb.emit(relax.TupleGetItem(both, 0)), lw.bb.emit(relax.TupleGetItem(both, 1))]
+
+
+@handles("moe")
+def _moe(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    """The mixture of experts as the interpreter computes it: each token's top-k experts' weights
+    gathered, their gated MLPs as batched matrix products, the weighted sum over the k."""
+    x, router, gate_up, down = (lw.arg(node, i) for i in range(4))
+    k = node.attrs["top_k"]
+    hidden = node.inputs[0].type.shape[1].value
+    inner = node.inputs[3].type.shape[2].value
+    probs = lw.bb.emit(R.nn.softmax(R.matmul(x, R.permute_dims(router, [1, 0])), -1))
+    both = lw.bb.emit(R.topk(probs, k, -1, "both", True, "int64"))
+    weights = lw.bb.emit(relax.TupleGetItem(both, 0))
+    if node.attrs["normalize"]:
+        weights = lw.bb.emit(R.divide(weights, R.sum(weights, [-1], keepdims=True)))
+    experts = lw.bb.emit(R.reshape(relax.TupleGetItem(both, 1), [-1]))
+    tokens = lw.bb.emit(R.expand_dims(R.repeat(x, k, 0), [-1]))
+    h = lw.bb.emit(R.squeeze(R.matmul(R.take(gate_up, experts, 0), tokens), [-1]))
+    gate = lw.bb.emit(R.strided_slice(h, [1], [0], [inner]))
+    up = lw.bb.emit(R.strided_slice(h, [1], [inner], [2 * inner]))
+    act = lw.bb.emit(R.multiply(R.nn.silu(gate), up))
+    out = lw.bb.emit(R.squeeze(R.matmul(R.take(down, experts, 0), R.expand_dims(act, [-1])), [-1]))
+    out = lw.bb.emit(R.multiply(out, R.reshape(weights, [-1, 1])))
+    return _emit(lw, R.sum(R.reshape(out, [-1, k, hidden]), [1]))

@@ -272,6 +272,49 @@ def _eager_attention(m: Match, b: Builder) -> Value | None:
     return b.op("attention", [q, k, v, mask], {"scale": m.consts["scale"], "softcap": cap})
 
 
+# a mixture of experts in transformers' batched form (Mixtral, Qwen3-MoE): the weighted sum over the
+# router's top-k of down[e] (silu(g) * u), (g, u) = gate_up[e] x, the experts' weights gathered by id
+_MOE = op("reduce_sum", op("reshape", op("mul", op("reshape", Var("expert_out")), op("reshape", Var("weights")))),
+          bind="combined", axes=[1], keepdim=False)
+_EXPERT = op("matmul", op("gather", Var("table"), op("reshape", Var("ids")), axis=0), op("reshape", Var("input")))
+_GATED = op("mul", op("silu", op("slice", Var("hidden"), bind="gate")), op("slice", Var("hidden"), bind="up"))
+_ROUTER = op("topk", op("softmax", op("linear", Var("x"), Var("router")), axis=-1), bind="topk")
+_REPEATED_TOKENS = op("expand", op("reshape", Var("x")))  # repeat_interleave(x, k): a copy per chosen expert
+
+
+def _moe(m: Match, b: Builder) -> Value | None:
+    graph = Graph(b.func)
+    down = graph.match(_EXPERT, m["expert_out"])
+    gated = None if down is None else graph.match(_GATED, down["input"])
+    up = None if gated is None else graph.match(op("reshape", _EXPERT), gated["hidden"])
+    if up is None or up["ids"] is not down["ids"]:
+        return None
+    topk = b.func.producers().get(down["ids"].name)
+    if topk is None or topk.op != "topk" or down["ids"] is not topk.outputs[1]:
+        return None
+    router = graph.match(_ROUTER, topk.outputs[0])
+    tokens = graph.match(_REPEATED_TOKENS, up["input"])
+    if router is None or tokens is None or not _same_rows(graph, tokens["x"], router["x"]):
+        return None
+    values, weights = topk.outputs[0], m["weights"]
+    normalize = weights is not values
+    if normalize and graph.match(op("div", Var("v"), op("reduce_sum", Var("v"), axes=[-1], keepdim=True)),
+                                 weights) is None:
+        return None
+    inner = gated["hidden"].type.shape[-1]
+    if not (_is_slice(gated.nodes["gate"].attrs, 2, 0, inner.value // 2) and gated.nodes["up"].attrs["start"] ==
+            inner.value // 2 and router["x"].type.rank == 2):
+        return None
+    return b.op("moe", [router["x"], router["router"], up["table"], down["table"]],
+                {"top_k": topk.attrs["k"], "normalize": normalize})
+
+
+def _same_rows(graph: Graph, a: Value, b: Value) -> bool:
+    """``a`` and ``b`` are one value, or one is a reshape of the other."""
+    return a is b or any(graph.match(op("reshape", Var("v")), y) is not None and
+                         graph.match(op("reshape", Var("v")), y)["v"] is x for x, y in ((a, b), (b, a)))
+
+
 def _reshape_reshape(m: Match, b: Builder) -> Value:
     return b.op("reshape", [m["x"]], {"shape": list(m.nodes["outer"].attrs["shape"])})
 
@@ -287,6 +330,7 @@ FUSIONS = (  # one op per concept, and the canonical forms those patterns are wr
     Rule("gelu_tanh", _GELU_TANH, _gelu_tanh),
     Rule("sliding_window_mask", _WINDOWED, _sliding_window_mask),
     *(Rule("attention", eager, _eager_attention) for eager in _EAGER),
+    Rule("moe", _MOE, _moe),
 )
 SPLITS = (  # then fused projections become one layer per operand (after partial RoPE took its slices)
     *(Rule("flat_linear", flattened, _flat_linear) for flattened in _FLATTENED),

@@ -127,6 +127,47 @@ class TopK:
         return [np.take_along_axis(x, indices, axis=axis), indices.astype(np.int64)]
 
 
+@register("moe", inputs=4, attrs={"top_k": AttrSpec("int"), "normalize": AttrSpec("bool")})
+class Moe:
+    """A mixture-of-experts MLP over tokens x [T, H]: router [E, H], gate_up [E, 2I, H] (gate rows
+    first), down [E, H, I]. ``p = softmax(x router^T)``; its ``top_k`` largest (``topk``'s order)
+    are the token's experts, their probabilities the weights (divided by their sum when
+    ``normalize``); each chosen expert e gives ``down[e] (silu(g) * u)`` with ``(g, u)`` the halves
+    of ``gate_up[e] x``; the result is the weighted sum over the chosen experts, in their order."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x, router, gate_up, down = ins
+        same_dtype(ins)
+        float_only(x, "moe")
+        experts, hidden = router.shape if router.rank == 2 else (None, None)
+        if x.rank != 2 or hidden != x.shape[1] or gate_up.rank != 3 or down.rank != 3:
+            raise InferError(f"moe needs x [T, H], router [E, H], gate_up [E, 2I, H], down [E, H, I], got {ins}")
+        if gate_up.shape[0] != experts or down.shape[0] != experts or gate_up.shape[2] != hidden \
+                or down.shape[1] != hidden or gate_up.shape[1] != down.shape[2] * 2:
+            raise InferError(f"moe expert shapes disagree: {gate_up} and {down} for {experts} experts of width {hidden}")
+        if experts.is_static and not 1 <= attrs["top_k"] <= experts.value:
+            raise InferError(f"moe top_k {attrs['top_k']} is outside [1, {experts}]")
+        return [x]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        x, router, gate_up, down = (_f32(a) for a in ins)
+        k, tokens = attrs["top_k"], x.shape[0]
+        p = softmax(np.matmul(x, router.T).astype(np.float32), -1)
+        chosen = np.argsort(-p.astype(np.float64), axis=-1, kind="stable")[:, :k]
+        weights = np.take_along_axis(p, chosen, axis=-1)
+        if attrs["normalize"]:
+            weights = (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+        experts = chosen.reshape(-1)  # token-major pairs, as transformers' batched experts
+        h = np.matmul(gate_up[experts], np.repeat(x, k, axis=0)[:, :, None])[:, :, 0]
+        inner = h.shape[1] // 2
+        g = h[:, :inner]
+        a = (g / (np.float32(1) + np.exp(-g))).astype(np.float32) * h[:, inner:]  # silu as the silu op computes it
+        out = np.matmul(down[experts], a[:, :, None])[:, :, 0] * weights.reshape(-1, 1)
+        return [as_dtype(out.reshape(tokens, k, -1).sum(axis=1), ctx.out_types[0].dtype)]
+
+
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         e = np.exp(x - np.max(x, axis=axis, keepdims=True))
