@@ -290,3 +290,52 @@ def test_partial_rotary_is_one_rope_over_the_whole_head() -> None:
     text = print_module(fused(before))
     assert "%y = rope(%x, %pos, %inv) {seq_axis = -2, scale = 1.0, rotary_dim = 4}" in text, text
     np.testing.assert_allclose(run_function(before, "f", data)["y"], want, rtol=1e-6, atol=1e-6)
+
+
+MOE_PARAMS = ['router : tensor<4x8xf32>', 'gu : tensor<4x6x8xf32>', 'dn : tensor<4x8x3xf32>']
+MOE_WEIGHTS = """\
+    %router = param() {name = "router"} : tensor<4x8xf32>
+    %gu = param() {name = "gu"} : tensor<4x6x8xf32>
+    %dn = param() {name = "dn"} : tensor<4x8x3xf32>"""
+MOE_BEFORE = MOE_WEIGHTS + """
+    %logits = linear(%x, %router) : tensor<2x4xf32>
+    %p = softmax(%logits) {axis = -1} : tensor<2x4xf32>
+    %tv, %ti = topk(%p) {k = 2, axis = 1} : tensor<2x2xf32>, tensor<2x2xi64>
+    %s = reduce_sum(%tv) {axes = [-1], keepdim = true} : tensor<2x1xf32>
+    %w = div(%tv, %s) : tensor<2x2xf32>
+    %x3 = reshape(%x) {shape = [2, 1, 8]} : tensor<2x1x8xf32>
+    %xr = expand(%x3) {shape = [2, 2, 8]} : tensor<2x2x8xf32>
+    %ids = reshape(%ti) {shape = [4]} : tensor<4xi64>
+    %g1 = gather(%gu, %ids) {axis = 0} : tensor<4x6x8xf32>
+    %xc = reshape(%xr) {shape = [4, 8, 1]} : tensor<4x8x1xf32>
+    %h3 = matmul(%g1, %xc) : tensor<4x6x1xf32>
+    %h = reshape(%h3) {shape = [4, 6]} : tensor<4x6xf32>
+    %g = slice(%h) {axis = 1, start = 0, end = 3} : tensor<4x3xf32>
+    %u = slice(%h) {axis = 1, start = 3, end = 6} : tensor<4x3xf32>
+    %sg = silu(%g) : tensor<4x3xf32>
+    %a = mul(%sg, %u) : tensor<4x3xf32>
+    %d1 = gather(%dn, %ids) {axis = 0} : tensor<4x8x3xf32>
+    %ac = reshape(%a) {shape = [4, 3, 1]} : tensor<4x3x1xf32>
+    %o3 = matmul(%d1, %ac) : tensor<4x8x1xf32>
+    %o = reshape(%o3) {shape = [4, 8]} : tensor<4x8xf32>
+    %wc = reshape(%w) {shape = [4, 1]} : tensor<4x1xf32>
+    %ow = mul(%o, %wc) : tensor<4x8xf32>
+    %o2 = reshape(%ow) {shape = [2, 2, 8]} : tensor<2x2x8xf32>
+    %y = reduce_sum(%o2) {axes = [1], keepdim = false} : tensor<2x8xf32>"""
+MOE_EXPECTED = MOE_WEIGHTS + """
+    %y = moe(%x, %router, %gu, %dn) {top_k = 2, normalize = true} : tensor<2x8xf32>"""
+
+
+def test_a_batched_mixture_of_experts_is_one_moe_op() -> None:
+    before = with_data(parse_module(text_module(MOE_BEFORE, "%x: tensor<2x8xf32>", "%y", MOE_PARAMS)))
+    x = {"x": np.random.default_rng(7).standard_normal((2, 8)).astype(np.float32)}
+    want = run_function(before, "f", x)["y"]
+    expected = parse_module(text_module(MOE_EXPECTED, "%x: tensor<2x8xf32>", "%y", MOE_PARAMS))
+    assert print_module(fused(before)) == print_module(expected)
+    np.testing.assert_array_equal(run_function(before, "f", x)["y"], want)
+
+
+def test_experts_chosen_by_another_router_are_not_a_moe() -> None:
+    body = MOE_BEFORE.replace("%ids = reshape(%ti)", "%ids = reshape(%other)")
+    text = text_module(body, "%x: tensor<2x8xf32>, %other: tensor<2x2xi64>", "%y", MOE_PARAMS)
+    assert "moe(" not in print_module(fused(parse_module(text)))
