@@ -40,10 +40,21 @@ class CacheShape:
 
 
 def cache_shape(config: Any) -> CacheShape:
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return CacheShape(config.num_hidden_layers, kv_heads, head_dim)
+    """The KV cache a model of ``config`` keeps, read from a forward pass of it on the meta device
+    (no memory, no arithmetic), so that no family's names for its head counts need knowing (Falcon
+    has ``num_kv_heads`` and ``multi_query``)."""
+    model = build_model(copy.deepcopy(config), meta=True)
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.zeros(1, 2, dtype=torch.long, device="meta"), use_cache=True)
+        shapes = {tuple(layer.keys.shape) for layer in out.past_key_values.layers}
+        layers = len(out.past_key_values.layers)
+    except Exception as e:  # a model that cannot run on the meta device says why in its own words
+        raise FrontendError(f"{config.model_type}: cannot read the KV cache shape: {str(e).splitlines()[0]}") from None
+    if len(shapes) != 1:
+        raise FrontendError(f"{config.model_type}: layers keep KV caches of different shapes ({sorted(shapes)})")
+    (_, kv_heads, _, head_dim), = shapes
+    return CacheShape(layers, kv_heads, head_dim)
 
 
 def config_from_dict(values: dict[str, Any], where: str) -> Any:
