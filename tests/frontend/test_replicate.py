@@ -38,8 +38,8 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The depth of every model ``torch.export`` traces."""
     depths: list[int] = []
     export = hf.export_step
-    monkeypatch.setattr(hf, "export_step", lambda model, n: depths.append(model.config.num_hidden_layers)
-                        or export(model, n))
+    monkeypatch.setattr(hf, "export_step", lambda model, n, shape=None: depths.append(model.config.num_hidden_layers)
+                        or export(model, n, shape))
     return depths
 
 

@@ -171,9 +171,9 @@ def step_inputs(model: torch.nn.Module, shape: CacheShape, new: int, past: int, 
     return (ids, torch.from_numpy(causal_mask(new, past)).to(device), positions, *kv)
 
 
-def export_step(model: torch.nn.Module, max_length: int) -> torch.export.ExportedProgram:
+def export_step(model: torch.nn.Module, max_length: int, shape: CacheShape | None = None) -> torch.export.ExportedProgram:
     """``torch.export`` the step with symbolic ``L`` (new tokens) and ``P`` (cache length)."""
-    shape = cache_shape(model.config)
+    shape = shape or cache_shape(model.config)
     device = "meta" if next(model.parameters()).is_meta else "cpu"
     step = StepModule(model, shape.layers)
     new = torch.export.Dim(SEQ, min=2, max=max_length)
@@ -221,7 +221,7 @@ def import_model(model: torch.nn.Module, name: str, max_length: int = 4096) -> M
     module = Module(name, model_attrs(config, shape))
     step = _two_block_step(config, module, shape.layers, max_length) if _replicable(model, shape) else None
     if step is None:
-        step, _ = import_step(export_step(model, max_length), module, shape.layers)
+        step, _ = import_step(export_step(model, max_length, shape), module, shape.layers)
     fuse_function(module, step)
     module.functions["prefill"] = dce(specialize(step, {PAST: 0}, "prefill"))
     module.functions["decode"] = dce(specialize(step, {SEQ: 1}, "decode"))
@@ -242,7 +242,8 @@ def _two_block_step(config: Any, module: Module, layers: int, max_length: int) -
     if getattr(two, "layer_types", None):
         two.layer_types = two.layer_types[:TEMPLATE + 1]
     scratch = Module(module.name)
-    func, origins = import_step(export_step(build_model(two, meta=True), max_length), scratch, TEMPLATE + 1)
+    shape = cache_shape(two)
+    func, origins = import_step(export_step(build_model(two, meta=True), max_length, shape), scratch, shape.layers)
     try:
         step = replicate(scratch, func, origins, layers)
     except NotReplicable:
