@@ -9,12 +9,16 @@ from llmc.compiler.passes.fuse import fuse_module
 from llmc.compiler.passes.rewrite import Const, Graph, Rule, Var, op, rewrite
 from llmc.ir import Module, parse_module, print_module, run_function, verify_module
 
-HEADER = ('module "m" {} {\n  param "w" : tensor<8xf32>\n  param "inv" : tensor<2xf32>\n'
-          '  param "proj.weight" : tensor<6x4xf32>\n  param "proj.bias" : tensor<6xf32>\n')
+PARAMS = ["w : tensor<8xf32>", "inv : tensor<2xf32>", "proj.weight : tensor<6x4xf32>", "proj.bias : tensor<6xf32>"]
+
+
+def text_module(body: str, inputs: str, outputs: str, params: list[str]) -> str:
+    declared = "".join(f'  param "{p.split(" : ")[0]}" : {p.split(" : ")[1]}\n' for p in params)
+    return f'module "m" {{}} {{\n{declared}  func @f({inputs}) {{\n{body}\n    return {outputs}\n  }}\n}}'
 
 
 def module_of(body: str, inputs: str, outputs: str) -> Module:
-    return parse_module(f"{HEADER}  func @f({inputs}) {{\n{body}\n    return {outputs}\n  }}\n}}")
+    return parse_module(text_module(body, inputs, outputs, PARAMS))
 
 
 def fused(before: Module) -> Module:
@@ -269,11 +273,6 @@ def test_a_per_head_fused_projection_splits_into_one_layer_per_operand() -> None
     got = run_function(after, "f", x)
     for name in ("q", "k", "v"):
         np.testing.assert_array_equal(got[name], want[name])
-
-
-def text_module(body: str, inputs: str, outputs: str, params: list[str]) -> str:
-    declared = "".join(f'  param "{p.split(" : ")[0]}" : {p.split(" : ")[1]}\n' for p in params)
-    return f'module "m" {{}} {{\n{declared}  func @f({inputs}) {{\n{body}\n    return {outputs}\n  }}\n}}'
 
 
 def test_partial_rotary_is_one_rope_over_the_whole_head() -> None:

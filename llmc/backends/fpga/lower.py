@@ -185,9 +185,7 @@ class Lowering:
             if isinstance(x, Pattern) and x.kind == "tanh" and isinstance(y, Pattern) and y.kind == "const":
                 return Pattern("capped", x.of, float(y.of))
             if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "param" and y.of.type.rank == 1:
-                name, data, t = self.param_data(y.of)
-                w = self.add_param(name, TensorType(t.shape, F32), None if data is None else data.astype(np.float32))
-                return Act(self.b.op("hw_scale", [x.value, w]))
+                return Act(self.b.op("hw_scale", [x.value, self.f32_vector(y.of)]))
             if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "const" and not isinstance(y.of, list):
                 return self.scalar_scale(x, float(y.of))
             if isinstance(x, Act) and isinstance(y, Pattern) and y.kind == "param" and y.of.type.rank == 0:
@@ -204,11 +202,21 @@ class Lowering:
     def scalar_scale(self, x: Act, factor: float | None) -> Act:
         """``x * factor`` as ESCALE by a constant vector (Granite's and Gemma's multipliers);
         ``factor`` None: a shapes-only model's."""
-        cols = x.value.type.shape[1].value
         name = f"scale.{len([p for p in self.out.params if p.startswith('scale.')])}"
-        w = self.add_param(name, TensorType((Dim.of(cols),), F32),
-                           None if factor is None else np.full(cols, factor, np.float32))
-        return Act(self.b.op("hw_scale", [x.value, w]))
+        return Act(self.b.op("hw_scale", [x.value, self.constant_vector(name, x.value.type.shape[1].value, factor)]))
+
+    def constant_vector(self, name: str, cols: int, value: float | None) -> Value:
+        """An f32 [cols] parameter holding ``value`` everywhere (no data for None)."""
+        return self.add_param(name, TensorType((Dim.of(cols),), F32),
+                              None if value is None else np.full(cols, value, np.float32))
+
+    def f32_vector(self, v: Value, repeat: int = 1) -> Value:
+        """The parameter behind ``v`` as an f32 vector, ``repeat`` times over (``<name>.x<repeat>``)."""
+        name, data, t = self.param_data(v)
+        if repeat > 1:
+            name = f"{name}.x{repeat}"
+        return self.add_param(name, TensorType((Dim.of(t.shape[0].value * repeat),), F32),
+                              None if data is None else np.tile(data.astype(np.float32), repeat))
 
     def op_add(self, node: Node, a: Value, b: Value) -> Any:
         ga, gb = self.get(a), self.get(b)
@@ -224,13 +232,11 @@ class Lowering:
         vectors = []
         for v, fill, role in ((w, 1.0, "weight"), (b, 0.0, "bias")):
             if v is None:
-                name = f"{node.outputs[0].name}.{role}"
-                vectors.append(self.add_param(name, TensorType((Dim.of(cols),), F32), np.full(cols, fill, np.float32)))
+                vectors.append(self.constant_vector(f"{node.outputs[0].name}.{role}", cols, fill))
                 continue
             if not (isinstance(self.get(v), Pattern) and self.get(v).kind == "param"):
                 raise self.fail(node, f"the LayerNorm {role} must be a parameter")
-            name, data, t = self.param_data(v)
-            vectors.append(self.add_param(name, TensorType(t.shape, F32), None if data is None else data.astype(np.float32)))
+            vectors.append(self.f32_vector(v))
         return Act(self.b.op("hw_layer_norm", [value, *vectors], {"eps": node.attrs["eps"]}))
 
     def op_rms_norm(self, node: Node, x: Value, w: Value) -> Act | Heads:
@@ -239,18 +245,13 @@ class Lowering:
         got, weight_of = self.get(x), self.get(w)
         if not (isinstance(weight_of, Pattern) and weight_of.kind == "param"):
             raise self.fail(node, "the RMSNorm weight must be a parameter")
-        name, data, t = self.param_data(w)
-        if isinstance(got, Heads) and t.shape == (Dim.of(got.head_dim),):  # either layout: the rows are [T, H*D]
+        if isinstance(got, Heads) and w.type.shape == (Dim.of(got.head_dim),):  # either layout: rows are [T, H*D]
             repeat, group = got.heads, got.head_dim
-            name = f"{name}.x{repeat}"
         elif isinstance(got, Act):
             repeat, group = 1, 0
         else:
             raise self.fail(node, "RMSNorm of neither an activation nor its heads")
-        width = Dim.of(t.shape[0].value * repeat)
-        weight = self.add_param(name, TensorType((width,), F32),
-                                None if data is None else np.tile(data.astype(np.float32), repeat))
-        y = self.b.op("hw_rms_norm", [got.value, weight], {"eps": node.attrs["eps"], "group": group})
+        y = self.b.op("hw_rms_norm", [got.value, self.f32_vector(w, repeat)], {"eps": node.attrs["eps"], "group": group})
         return Heads(y, got.heads, got.head_dim, got.transposed) if isinstance(got, Heads) else Act(y)
 
     def op_rope(self, node: Node, x: Value, positions: Value, inv_freq: Value) -> Heads:
@@ -419,8 +420,8 @@ class Lowering:
 
 
 def lower(module: Module, positions: int) -> Module:
-    """The accelerator program of ``module`` for contexts of up to ``positions`` tokens (RoPE tables
-    and learned positions cover as many): a ``step`` function over T new tokens and a cache of P
+    """The accelerator program of ``module`` for contexts of up to ``positions`` tokens (its RoPE
+    tables cover as many): a ``step`` function over T new tokens and a cache of P
     (inputs ``input_ids``, ``position_ids``, then codes and scales of each past K and V; outputs
     ``logits`` [T, V] and the grown caches)."""
     if "decode" not in module.functions:

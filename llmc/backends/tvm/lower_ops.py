@@ -233,8 +233,13 @@ def _sliding_window_mask(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
 
 @handles("topk")
 def _topk(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
-    both = lw.bb.emit(R.topk(lw.arg(node, 0), node.attrs["k"], node.attrs["axis"], "both", True, "int64"))
-    return [lw.bb.emit(relax.TupleGetItem(both, 0)), lw.bb.emit(relax.TupleGetItem(both, 1))]
+    return list(_largest(lw, lw.arg(node, 0), node.attrs["k"], node.attrs["axis"]))
+
+
+def _largest(lw: FunctionLowering, x: relax.Expr, k: int, axis: int) -> tuple[relax.Expr, relax.Expr]:
+    """The ``k`` largest values of ``x`` along ``axis`` and their int64 indices (the ``topk`` op)."""
+    both = lw.bb.emit(R.topk(x, k, axis, "both", True, "int64"))
+    return lw.bb.emit(relax.TupleGetItem(both, 0)), lw.bb.emit(relax.TupleGetItem(both, 1))
 
 
 @handles("moe")
@@ -246,11 +251,10 @@ def _moe(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     hidden = node.inputs[0].type.shape[1].value
     inner = node.inputs[3].type.shape[2].value
     probs = lw.bb.emit(R.nn.softmax(R.matmul(x, R.permute_dims(router, [1, 0])), -1))
-    both = lw.bb.emit(R.topk(probs, k, -1, "both", True, "int64"))
-    weights = lw.bb.emit(relax.TupleGetItem(both, 0))
+    weights, chosen = _largest(lw, probs, k, -1)
     if node.attrs["normalize"]:
         weights = lw.bb.emit(R.divide(weights, R.sum(weights, [-1], keepdims=True)))
-    experts = lw.bb.emit(R.reshape(relax.TupleGetItem(both, 1), [-1]))
+    experts = lw.bb.emit(R.reshape(chosen, [-1]))
     tokens = lw.bb.emit(R.expand_dims(R.repeat(x, k, 0), [-1]))
     h = lw.bb.emit(R.squeeze(R.matmul(R.take(gate_up, experts, 0), tokens), [-1]))
     gate = lw.bb.emit(R.strided_slice(h, [1], [0], [inner]))

@@ -43,7 +43,12 @@ def cache_shape(config: Any) -> CacheShape:
     """The KV cache a model of ``config`` keeps, read from a forward pass of it on the meta device
     (no memory, no arithmetic), so that no family's names for its head counts need knowing (Falcon
     has ``num_kv_heads`` and ``multi_query``)."""
-    model = build_model(copy.deepcopy(config), meta=True)
+    return _meta_cache_shape(build_model(copy.deepcopy(config), meta=True))
+
+
+def _meta_cache_shape(model: torch.nn.Module) -> CacheShape:
+    """The KV cache of a model on the meta device, from a two-token forward pass of it."""
+    config = model.config
     try:
         with torch.no_grad():
             out = model(input_ids=torch.zeros(1, 2, dtype=torch.long, device="meta"), use_cache=True)
@@ -146,7 +151,6 @@ class StepModule(torch.nn.Module):
         present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)
 
-
     def layer_masks(self, mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """The additive mask each attention layer sees: ``mask`` for full attention, and ``mask``
         with the keys at or beyond ``sliding_window`` positions back masked out for sliding-window
@@ -217,7 +221,7 @@ def import_model(model: torch.nn.Module, name: str, max_length: int = 4096) -> M
     fraction of the time a deep model takes to trace.
     """
     config = model.config
-    shape = cache_shape(config)
+    shape = _meta_cache_shape(model) if next(model.parameters()).is_meta else cache_shape(config)
     module = Module(name, model_attrs(config, shape))
     step = _two_block_step(config, module, shape.layers, max_length) if _replicable(model, shape) else None
     if step is None:
@@ -242,8 +246,9 @@ def _two_block_step(config: Any, module: Module, layers: int, max_length: int) -
     if getattr(two, "layer_types", None):
         two.layer_types = two.layer_types[:TEMPLATE + 1]
     scratch = Module(module.name)
-    shape = cache_shape(two)
-    func, origins = import_step(export_step(build_model(two, meta=True), max_length, shape), scratch, shape.layers)
+    traced = build_model(two, meta=True)
+    shape = _meta_cache_shape(traced)
+    func, origins = import_step(export_step(traced, max_length, shape), scratch, shape.layers)
     try:
         step = replicate(scratch, func, origins, layers)
     except NotReplicable:

@@ -1,10 +1,11 @@
-"""``fuse``: the frontends' primitive ops become one op per concept, so that passes and backends
-see ``rms_norm``, ``rope``, ``gelu_tanh`` and ``sliding_window_mask`` whatever family or exporter
-wrote them.
+"""``fuse``: the frontends' primitive ops become one op per concept (``rms_norm``, ``rope``,
+``gelu_tanh``, ``sliding_window_mask``, ``attention``, ``moe``), so that passes and backends see
+them whatever family or exporter wrote them; fused projections become one layer per operand.
 
 Each rule is a pattern over the primitive form transformers' modules trace to (docs/ir.md lists
-them); :func:`fuse` runs the table to a fixpoint with :mod:`llmc.compiler.passes.rewrite`. A fused op's
-reference computes what the primitives did in the same float32 order of operations, to rounding.
+them); :func:`fuse_function` runs the tables to a fixpoint with :mod:`llmc.compiler.passes.rewrite`.
+A fused op's reference computes what the primitives did in the same float32 order of operations,
+to rounding.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from llmc.compiler.passes.rewrite import Const, Graph, Match, Op, Rule, Var, op,
 from llmc.compiler.pipeline import NoOptions, PassContext, register_pass
 from llmc.ir.builder import Builder
 from llmc.ir.graph import Function, Module, Param, Value
-from llmc.ir.types import Dim
+from llmc.ir.types import Dim, TensorType
 
 X, W = Var("x"), Var("w")
 
@@ -129,28 +130,35 @@ _LINEAR = (op("linear", X, W, bind="linear"), op("linear", X, W, Var("b"), bind=
 
 def _scaled_linear(factor: Callable[[float], float]) -> Callable[[Match, Builder], Value | None]:
     def build(m: Match, b: Builder) -> Value | None:
-        if len(b.func.users().get(m["linear"].name, ())) != 1 or m["linear"] in b.func.outputs:
+        if not _single_use(b, m["linear"]):
             return None
-        c = factor(m.consts["c"])
-        params = [_scaled_param(b, m[name], c) for name in ("w", "b") if name in m.values]
-        if None in params:
+        c = np.float32(factor(m.consts["c"]))
+        sources = [_param_behind(b, m[name]) for name in ("w", "b") if name in m.values]
+        if None in sources:
             return None
-        return b.op("linear", [m["x"], *params])  # type: ignore[list-item]
+        params = [_new_param(b, f"{p.name}.scaled", p.type, None if p.data is None else (p.data * c).astype(p.data.dtype))
+                  for p in sources]  # type: ignore[union-attr]
+        return b.op("linear", [m["x"], *params])
 
     return build
 
 
-def _scaled_param(b: Builder, value: Value, c: float) -> Value | None:
-    """A new parameter ``c`` times the parameter behind ``value`` (None if it is not one)."""
+def _single_use(b: Builder, value: Value) -> bool:
+    """``value`` has one user and is not a result of the function."""
+    return len(b.func.users().get(value.name, ())) == 1 and value not in b.func.outputs
+
+
+def _param_behind(b: Builder, value: Value) -> Param | None:
+    """The module parameter a ``param`` node gives as ``value``, else None."""
     node = b.func.producers().get(value.name)
-    if node is None or node.op != "param":
-        return None
-    source = b.module.params[node.attrs["name"]]
-    name = f"{source.name}.scaled"
+    return None if node is None or node.op != "param" else b.module.params[node.attrs["name"]]
+
+
+def _new_param(b: Builder, name: str, type_: TensorType, data: np.ndarray | None) -> Value:
+    """A new module parameter (``name``, with ``_`` appended while taken) read in the function."""
     while name in b.module.params:
         name += "_"
-    data = None if source.data is None else (source.data * np.float32(c)).astype(source.data.dtype)
-    b.module.params[name] = Param(name, source.type, data)
+    b.module.params[name] = Param(name, type_, data)
     return b.param(name)
 
 
@@ -174,31 +182,26 @@ def _split_linear(m: Match, b: Builder) -> Value | None:
 
 
 def _param_rows(b: Builder, value: Value, rows: list[int], label: str) -> Value | None:
-    """A new parameter ``<base>.<label>.weight`` of ``rows`` of the parameter behind ``value``
-    (None if it is not one)."""
-    node = b.func.producers().get(value.name)
-    if node is None or node.op != "param":
+    """The parameter ``<base>.<label>.weight`` of ``rows`` of the parameter behind ``value`` (made
+    once: the label names the rows), None if ``value`` is not a parameter."""
+    source = _param_behind(b, value)
+    if source is None:
         return None
-    source = b.module.params[node.attrs["name"]]
     base = source.name.removesuffix(".weight").removesuffix(".bias")
     name = f"{base}.{label}{source.name[len(base):]}"
-    if name not in b.module.params:
-        data = None if source.data is None else np.ascontiguousarray(source.data[rows])
-        b.module.params[name] = Param(name, source.type.with_shape([len(rows), *source.type.shape[1:]]), data)
-    return b.param(name)
+    if name in b.module.params:
+        return b.param(name)
+    data = None if source.data is None else np.ascontiguousarray(source.data[rows])
+    return _new_param(b, name, source.type.with_shape([len(rows), *source.type.shape[1:]]), data)
 
 
 # a parameter plus a scalar (Gemma's RMSNorm weight 1 + w) is a parameter
 def _offset_param(m: Match, b: Builder) -> Value | None:
-    node = b.func.producers().get(m["w"].name)
-    if node is None or node.op != "param" or not m["w"].type.dtype.is_float:
+    source = _param_behind(b, m["w"])
+    if source is None or not source.type.dtype.is_float:
         return None
-    source = b.module.params[node.attrs["name"]]
-    name = f"{source.name}.offset"
-    if name not in b.module.params:
-        data = None if source.data is None else (source.data + np.float32(m.consts["c"])).astype(source.data.dtype)
-        b.module.params[name] = Param(name, source.type, data)
-    return b.param(name)
+    data = None if source.data is None else (source.data + np.float32(m.consts["c"])).astype(source.data.dtype)
+    return _new_param(b, f"{source.name}.offset", source.type, data)
 
 
 # GPT-2's Conv1D flattens the tokens for its addmm and restores them: a linear layer of the tokens
@@ -208,7 +211,7 @@ _FLATTENED = tuple(op("reshape", op("linear", op("reshape", X), *rest, bind="lin
 
 def _flat_linear(m: Match, b: Builder) -> Value | None:
     x, restored = m["x"], m["restored"]
-    if x.type.shape[:-1] != restored.type.shape[:-1] or len(b.func.users().get(m["linear"].name, ())) != 1:
+    if x.type.shape[:-1] != restored.type.shape[:-1] or not _single_use(b, m["linear"]):
         return None
     return b.op("linear", [x, *(m[name] for name in ("w", "b") if name in m.values)])
 
@@ -220,12 +223,12 @@ _HEAD_VIEWS = tuple(op("slice", op("transpose", op("reshape", lin, bind="heads")
 
 
 def _split_heads(m: Match, b: Builder) -> Value | None:
-    heads, part, users = m["heads"], m.nodes["part"].attrs, b.func.users()
+    heads, part = m["heads"], m.nodes["part"].attrs
     shape = heads.type.shape
     if (heads.type.rank != 4 or not shape[3].is_static or part["axis"] % 4 != 3 or part.get("step", 1) != 1
             or m.nodes["perm"].attrs["perm"] != [0, 2, 1, 3] or not shape[2].is_static
-            or len(users.get(m["linear"].name, ())) != 1 or len(users.get(heads.name, ())) != 1
-            or any(u.op != "slice" for u in users.get(m["perm"].name, ()))):
+            or not _single_use(b, m["linear"]) or not _single_use(b, heads)
+            or any(u.op != "slice" for u in b.func.users().get(m["perm"].name, ()))):
         return None
     width, count = shape[3].value, shape[2].value
     start, end = int(part["start"]), min(int(part["end"]), width)
@@ -311,8 +314,8 @@ def _moe(m: Match, b: Builder) -> Value | None:
 
 def _same_rows(graph: Graph, a: Value, b: Value) -> bool:
     """``a`` and ``b`` are one value, or one is a reshape of the other."""
-    return a is b or any(graph.match(op("reshape", Var("v")), y) is not None and
-                         graph.match(op("reshape", Var("v")), y)["v"] is x for x, y in ((a, b), (b, a)))
+    return a is b or any((found := graph.match(op("reshape", Var("v")), y)) is not None and found["v"] is x
+                         for x, y in ((a, b), (b, a)))
 
 
 def _reshape_reshape(m: Match, b: Builder) -> Value:
@@ -358,6 +361,6 @@ def fuse_module(module: Module) -> dict[str, int]:
 
 @register_pass("fuse")
 def fuse(module: Module, options: NoOptions, context: PassContext) -> Module:
-    """Fuse primitive ops into rms_norm, rope, gelu_tanh and sliding_window_mask (the import already does)."""
+    """Fuse primitive ops into one op per concept and split fused projections (the import already does)."""
     context.reports["fuse"] = fuse_module(module)
     return prune_params(module)
