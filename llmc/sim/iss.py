@@ -179,6 +179,33 @@ class Iss:
         else:
             self.act[ins.dst] = y
 
+    def _xmm(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        """Each chosen expert's matrix decoded from its tiles (at ``weight_off + e * expert_stride``)
+        and applied to the rows that chose it."""
+        f = ins.fields
+        route = self._src(ins.src1, rows)
+        ids = route[:, 2 * int(f["slot"])].astype(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= int(f["experts"])):
+            raise LlmcError(f"XMM at weight_off {f['weight_off']}: route names expert {int(ids.max())} of "
+                            f"{int(f['experts'])}")
+        x = self._src(ins.src0, rows)
+        out = np.zeros((rows, int(f["n"])), dtype=np.int32)
+        for e in np.unique(ids).tolist():
+            key = int(f["weight_off"]) + e * int(f["expert_stride"])
+            if key not in self.weights:
+                self.weights[key] = MatmulWeights(self.lanes, {**f, "weight_off": key}, self.image.config.mm_tile_n)
+            w = self.weights[key]
+            out[ids == e] = _ref("hw_matmul", [x[ids == e], *w.inputs], **w.attrs)[0]
+        self.act[ins.dst] = out
+
+    def _route(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        self.act[ins.dst] = _ref("hw_route", [self._src(ins.src0, rows)], top_k=int(ins.fields["top_k"]),
+                                 normalize=bool(ins.fields["normalize"]))[0]
+
+    def _weigh(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        self.act[ins.dst] = _ref("hw_weigh", [self._src(ins.src0, rows), self._src(ins.src1, rows)],
+                                 slot=int(ins.fields["slot"]))[0]
+
     def _rope(self, ins: Instruction, rows: int, start_pos: int) -> None:
         half = int(ins.fields["rotary_dim"]) // 2
         span = (start_pos + rows) * half

@@ -140,6 +140,11 @@ class TimingModel:
         lanes = c.mm_lanes
         if ins.op == "MM":
             return self._matmul(f, rows, head_start)
+        if ins.op == "XMM":
+            return self._expert_matmul(f, rows)
+        if ins.op == "ROUTE":  # max, exponentials, their sum, then one pass per chosen expert
+            passes = 3 + int(f["top_k"])
+            return self._simple("ROUTE", 0.0, self._sfu(rows * cols, passes), 0, sfu_elements=passes * rows * cols)
         if ins.op == "ATTN":
             return self._attention(f, rows, start_pos)
         if ins.op == "KVAPP":  # rows go to consecutive KV channels
@@ -161,7 +166,7 @@ class TimingModel:
         if ins.op == "ROPE":
             nbytes = rows * int(f["rotary_dim"]) // 2 * 4 * 2
             return self._simple("ROPE", self._mem(nbytes), self._sfu(rows * cols), nbytes, sfu_elements=rows * cols)
-        if ins.op in ("ACT", "EMUL", "EADD"):
+        if ins.op in ("ACT", "EMUL", "EADD", "WEIGH"):
             return self._simple(ins.op, 0.0, self._sfu(rows * cols), 0, sfu_elements=rows * cols)
         raise LlmcError(f"timing: no model for opcode {ins.op}")
 
@@ -199,6 +204,17 @@ class TimingModel:
         return Cost("MM", busy + INSTR_OVERHEAD, memory, compute, passes * tiles * tile_bytes + out_bytes,
                     macs=round(rows * n * k * density), sfu_elements=2 * rows * k,
                     layer=self.layer_names.get(int(f["weight_off"]), ""), lanes_free=busy - loads_done)
+
+    def _expert_matmul(self, f: dict, rows: int) -> Cost:
+        """XMM: each expert some row chose streams once, one after another, for its rows; the
+        model charges ``min(experts, rows)`` experts with an even share of the rows each (exact for
+        a decode step, a bound for prefill). The loader cannot fetch ahead: the expert is data."""
+        streamed = min(int(f["experts"]), rows)
+        one = self._matmul(f, ceil(rows / streamed), 0.0)
+        return replace(one, op="XMM", cycles=streamed * (one.cycles - INSTR_OVERHEAD) + INSTR_OVERHEAD,
+                       memory_cycles=streamed * one.memory_cycles, compute_cycles=streamed * one.compute_cycles,
+                       hbm_bytes=streamed * one.hbm_bytes, macs=streamed * one.macs,
+                       sfu_elements=streamed * one.sfu_elements)
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
         heads, kvh, d, window = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"]), int(f["window"])
@@ -240,7 +256,7 @@ def _layer_names(image: object) -> dict[int, str]:
         return {}
     layers = [entry["name"] for entry in json.loads(report.read_text()).get("layers", [])]
     program = image.programs[min(image.programs)]  # type: ignore[attr-defined]
-    offsets = [int(i.fields["weight_off"]) for i in program if i.op == "MM"]
+    offsets = list(dict.fromkeys(int(i.fields["weight_off"]) for i in program if i.op in ("MM", "XMM")))
     return dict(zip(offsets, layers)) if len(offsets) == len(layers) else {}
 
 

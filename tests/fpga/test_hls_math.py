@@ -340,3 +340,17 @@ def test_embed(driver: Path) -> None:
         expected = OPS["hw_embed"].ref([table, ids], {"offset": 0}, CTX)[0]
     got = _call(driver, "embed", inputs=(table[ids].astype(np.float32),), out=np.int32)
     np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize("experts,top_k", [(8, 2), (4, 1), (64, 8), (3, 3)])
+def test_route(driver: Path, experts: int, top_k: int) -> None:
+    rng = np.random.default_rng(10)
+    x = (rng.normal(0, 1, (400, experts)) * 2.0 ** rng.integers(10, 22, (400, 1))).astype(np.int32)
+    x[:20] = x[:20] // (1 << 12)  # near ties
+    x[20, :] = 5  # every logit equal: the lower experts win
+    x[21, :] = [hm.INT32_MIN, hm.INT32_MAX, *rng.integers(-9, 9, experts - 2)][:experts]
+    for normalize in (True, False):
+        expected = OPS["hw_route"].ref([x], {"top_k": top_k, "normalize": normalize}, CTX)[0]
+        got = _call(driver, "route", *x.shape, top_k, int(normalize), inputs=(x,), out=np.int32)
+        np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+        assert list(expected[20, 0::2]) == list(range(top_k))

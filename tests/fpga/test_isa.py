@@ -6,14 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from llmc.backends.fpga.isa import OPCODES, Instruction, decode, decode_program, encode_program, markdown_table
+from llmc.backends.fpga.isa import (
+    FLOAT_FIELDS,
+    OPCODES,
+    Instruction,
+    decode,
+    decode_program,
+    encode_program,
+    markdown_table,
+)
 from llmc.errors import LlmcError
 
 
 def test_every_opcode_round_trips():
     program = []
     for i, (name, (_, fields, _)) in enumerate(OPCODES.items()):
-        values = {f: (0.125 if f in ("eps", "scale") else (7 * i + j) * 1000003 % (1 << 32)) for j, f in enumerate(fields)}
+        values = {f: (0.125 if f in FLOAT_FIELDS else (7 * i + j) * 1000003 % (1 << 32)) for j, f in enumerate(fields)}
         program.append(Instruction(name, i % 7, (i + 1) % 7, (i + 2) % 7, values))
     data = encode_program(program)
     assert len(data) == 64 * len(program)

@@ -185,6 +185,10 @@ def _add_hw_function(module: Module) -> None:
         ("hw.cos", I32, np.rint(np.cos(angles) * 2.0**30)),
         ("hw.sin", I32, np.rint(np.sin(angles) * 2.0**30)),
         ("hw.smooth", F32, 1 + 0.1 * rng.standard_normal(8)),
+        ("hw.router", i4, rng.integers(-7, 8, (3, 8))),
+        ("hw.rscales", I32, rng.integers(1, 1 << 12, (3, 2))),
+        ("hw.experts", i4, rng.integers(-7, 8, (3, 8, 8))),
+        ("hw.escales", I32, rng.integers(1, 1 << 12, (3, 8, 2))),
     ]:
         module.params[name] = Param(name, TensorType.of(list(data.shape), dtype), data.astype(dtype.numpy()))
     func = Function("hw")
@@ -203,4 +207,9 @@ def _add_hw_function(module: Module) -> None:
     a = b.op("hw_act", [b.op("hw_act", [att], {"fn": "silu"})], {"fn": "relu"})
     a = b.op("hw_scale", [b.op("hw_add", [b.op("hw_mul", [a, m2]), m]), b.param("hw.smooth")])
     a = b.op("hw_layer_norm", [a, b.param("hw.norm"), b.param("hw.smooth")], {"eps": 1e-5})
+    logits = b.op("hw_matmul", [a, b.param("hw.router"), b.param("hw.rscales")], {"group": 4, "shift": 16, "scale_bits": 20})
+    route = b.op("hw_route", [logits], {"top_k": 2, "normalize": True})
+    e = b.op("hw_expert_matmul", [a, route, b.param("hw.experts"), b.param("hw.escales")],
+             {"slot": 1, "group": 4, "shift": 16, "scale_bits": 20})
+    a = b.op("hw_add", [a, b.op("hw_weigh", [e, route], {"slot": 1})])
     b.ret(b.op("hw_to_float", [a], name="out"))

@@ -124,26 +124,40 @@ class Compiler:
                 "offset": node.attrs.get("offset", 0)}
 
     def matmul(self, node: Node, row_block: int, to_io: bool) -> dict:
+        """MM fields of a ``hw_matmul`` (placing its tiles on first use); with ``hw_expert_matmul``,
+        XMM's: each expert's tiles from lane 0, ``expert_stride`` bytes after the previous expert's."""
         a = node.attrs
-        codes_v = node.inputs[1]
-        n, k = codes_v.type.static_shape()
+        experts = node.op == "hw_expert_matmul"
+        codes_v = node.inputs[2 if experts else 1]
+        shape = codes_v.type.static_shape()
+        count, (n, k) = (shape[0], shape[1:]) if experts else (1, shape)
         group, bits, engine = a["group"], codes_v.type.dtype.bits, a["engine"]
         sparse = self._sparse(node)
         tile_n = self.config.mm_tile_n
         layout = pack.tile_layout(engine, bits, tile_n, k, k // group, a["has_zero"], a["has_bias"], sparse)
         tiles = -(-n // tile_n)
+        lane_tiles = -(-tiles // len(self.lanes))
+        stride = lane_tiles * layout["size"]  # one expert's bytes on each lane
         name = self.name(codes_v)
         if name not in self.placed:
-            self.placed[name] = self.striped(tiles, layout["size"])
-            self._pack_matmul(node, layout, tiles, sparse)
+            self.placed[name] = self.striped(count * lane_tiles * len(self.lanes), layout["size"])
+            weights = [self.data(v) for v in node.inputs[2 if experts else 1:]]
+            if all(w is not None for w in weights):
+                for e in range(count):
+                    self._pack_matmul(node, codes_v, [w[e] if experts else w for w in weights], layout, tiles,
+                                      self.placed[name] + e * stride, sparse)
             self.layers.append({"name": name.removesuffix(".hw_codes"), "n": n, "k": k, "bits": bits, "engine": engine,
                                 "sparse": f"{sparse[0]}:{sparse[1]}" if sparse else "", "tiles": tiles,
-                                "bytes": tiles * layout["size"], "offset": self.placed[name]})
+                                "bytes": count * tiles * layout["size"], "offset": self.placed[name],
+                                **({"experts": count} if experts else {})})
         flags = mm_flags(bits, engine, a["has_zero"], a["has_bias"], not codes_v.type.dtype.signed, sparse, to_io)
         self.max_tile = max(self.max_tile, layout["size"])
-        return {"n": n, "k": k, "group": group, "shift": a["shift"], "flags": flags, "weight_off": self.placed[name],
-                "tile_bytes": layout["size"], "row_block": row_block, "tiles": tiles,
-                "io_off": self.io_logits if to_io else 0, "cap": self.logits_cap if to_io else 0.0}
+        fields = {"n": n, "k": k, "group": group, "shift": a["shift"], "flags": flags,
+                  "weight_off": self.placed[name], "tile_bytes": layout["size"], "row_block": row_block,
+                  "tiles": tiles, "io_off": self.io_logits if to_io else 0, "cap": self.logits_cap if to_io else 0.0}
+        if experts:
+            fields.update(experts=count, expert_stride=stride, slot=a["slot"])
+        return fields
 
     @staticmethod
     def _sparse(node: Node) -> tuple[int, int] | None:
@@ -152,23 +166,21 @@ class Compiler:
         n, m = (int(x) for x in node.attrs.get("sparse", "").split(":"))
         return n, m
 
-    def _pack_matmul(self, node: Node, layout: dict[str, int], tiles: int, sparse: tuple[int, int] | None) -> None:
-        arrays = [self.data(v) for v in node.inputs[1:]]
-        if any(x is None for x in arrays):
-            return
+    def _pack_matmul(self, node: Node, codes_v: Value, arrays: list[np.ndarray], layout: dict[str, int], tiles: int,
+                     base: int, sparse: tuple[int, int] | None) -> None:
+        """Pack one matrix (codes, scales, zeros, bias) as ``tiles`` tiles dealt over the lanes from ``base``."""
         a, tile_n = node.attrs, self.config.mm_tile_n
         codes, scales = arrays[0].astype(np.int64), arrays[1]
         zeros = arrays[2] if a["has_zero"] else None
         bias = arrays[-1] if a["has_bias"] else None
-        n, bits = codes.shape[0], node.inputs[1].type.dtype.bits
-        base = self.placed[self.name(node.inputs[1])]
+        n, bits = codes.shape[0], codes_v.type.dtype.bits
         for t in range(tiles):
             rows = slice(t * tile_n, min(n, (t + 1) * tile_n))
             parts = [_pad_rows(x, rows, tile_n) for x in (codes, scales, zeros, bias)]
             try:
                 data = pack.pack_tile(*parts, layout, a["engine"], bits, sparse)
             except ValueError as e:
-                raise LlmcError(f"{self.name(node.inputs[1])}: {e}") from None
+                raise LlmcError(f"{self.name(codes_v)}: {e}") from None
             self.put_block(base, t, layout["size"], data)
 
     def kv_cache(self, node: Node) -> dict:
@@ -214,6 +226,12 @@ class Compiler:
                     "bias_off": self.misc(node.inputs[2], "<f4"), "eps": float(np.float32(a["eps"]))}, "LNORM"
         if node.op == "hw_matmul":
             return self.matmul(node, bucket, node.outputs[0].name in self.to_io), "MM"
+        if node.op == "hw_expert_matmul":
+            return self.matmul(node, bucket, False), "XMM"
+        if node.op == "hw_route":
+            return {"cols": cols, "top_k": a["top_k"], "normalize": int(a["normalize"])}, "ROUTE"
+        if node.op == "hw_weigh":
+            return {"cols": cols, "slot": a["slot"]}, "WEIGH"
         if node.op == "hw_rope":
             return {"cols": cols, "head_dim": a["head_dim"], "cos_off": self.misc(node.inputs[2], "<i4"),
                     "sin_off": self.misc(node.inputs[3], "<i4"), "rotary_dim": a.get("rotary_dim", 0) or a["head_dim"]}, "ROPE"

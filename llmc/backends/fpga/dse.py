@@ -37,7 +37,9 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class Matrix:
-    """One linear layer as the weight lanes store it (for placing its tiles)."""
+    """One matrix instruction's layer as the weight lanes store it (for placing its tiles): a decode
+    token streams one matrix of ``n`` rows; the lanes hold ``stored`` of them (a mixture of experts'
+    first slot stores every expert, its later slots read the same ones: 0)."""
 
     n: int
     k: int
@@ -47,6 +49,7 @@ class Matrix:
     has_zero: bool
     has_bias: bool
     sparse: tuple[int, int] | None
+    stored: int = 1
 
     def tile_bytes(self, tile_n: int) -> int:
         return pack.tile_layout(self.engine, self.bits, tile_n, self.k, self.groups, self.has_zero, self.has_bias,
@@ -346,8 +349,9 @@ def lane_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
     its share of the embedding rows and, when the cache shares the lanes, its stripe of the KV cache;
     without ``matrices``, an even share of the weights with headroom."""
     if needs.matrices:
-        weights = round(lane_stream_bytes(config, needs)) + ceil(needs.vocab / config.mm_lanes) * pack.align(
-            needs.hidden * 2)
+        tiles = sum(m.stored * ceil(ceil(m.n / config.mm_tile_n) / config.mm_lanes) * m.tile_bytes(config.mm_tile_n)
+                    for m in needs.matrices)
+        weights = tiles + ceil(needs.vocab / config.mm_lanes) * pack.align(needs.hidden * 2)
     else:
         weights = ceil(needs.weight_bytes * WEIGHT_HEADROOM / config.mm_lanes)
     shared = set(config.kv_channels) & set(config.weight_channels)

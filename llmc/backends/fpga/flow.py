@@ -49,21 +49,26 @@ class Design:
 
 def model_needs(hw: Module, max_context: int) -> ModelNeeds:
     step = hw.functions["step"]
-    mms = [n for n in step.nodes if n.op == "hw_matmul"]
+    mms = [n for n in step.nodes if n.op in ("hw_matmul", "hw_expert_matmul")]
     attn = next(n for n in step.nodes if n.op == "hw_attention")
     logits = {n.inputs[0].name for n in step.nodes if n.op == "hw_to_float"}
+    codes = {n.outputs[0].name: n.inputs[2 if n.op == "hw_expert_matmul" else 1] for n in mms}
     widths = ({n.outputs[0].type.shape[1].value for n in mms if n.outputs[0].name not in logits}
-              | {n.inputs[1].type.shape[1].value for n in mms})  # every activation row but the logits
+              | {n.inputs[0].type.shape[1].value for n in mms})  # every activation row but the logits
     weight_bytes = 0
     matrices = []
+    producers, stored = step.producers(), set()
     for n in mms:
-        rows, k = n.inputs[1].type.static_shape()
+        c = codes[n.outputs[0].name]
+        *experts, rows, k = c.type.static_shape()
         sparse = tuple(int(x) for x in n.attrs.get("sparse", "").split(":")) if n.attrs.get("sparse", "") else None
-        bits = n.inputs[1].type.dtype.bits
-        weight_bytes += pack.code_bytes(n.attrs["engine"], bits, rows, k, sparse)
-        weight_bytes += rows * (k // n.attrs["group"]) * (6 if n.attrs["has_zero"] else 4)
+        bits, param = c.type.dtype.bits, producers[c.name].attrs["name"]
+        count = 0 if param in stored else (experts[0] if experts else 1)
+        stored.add(param)
+        weight_bytes += count * pack.code_bytes(n.attrs["engine"], bits, rows, k, sparse)
+        weight_bytes += count * rows * (k // n.attrs["group"]) * (6 if n.attrs["has_zero"] else 4)
         matrices.append(Matrix(rows, k, n.attrs["engine"], bits, k // n.attrs["group"], n.attrs["has_zero"],
-                               n.attrs["has_bias"], sparse))
+                               n.attrs["has_bias"], sparse, count))
     embed = next(n for n in step.nodes if n.op == "hw_embed").inputs[0]
     vocab, model_dim = embed.type.static_shape()
     weight_bytes += vocab * model_dim * 2
@@ -76,10 +81,10 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
     return ModelNeeds(
         layers=layers, hidden=model_dim, intermediate=max(widths),
         heads=attn.attrs["heads"], kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_context=max_context,
-        weight_bits=tuple(sorted({n.inputs[1].type.dtype.bits for n in mms if n.attrs["engine"] != "lut"},
+        weight_bits=tuple(sorted({codes[n.outputs[0].name].type.dtype.bits for n in mms if n.attrs["engine"] != "lut"},
                                  reverse=True)),
         sparse=tuple(int(x) for x in sparse_pat.pop().split(":")) if sparse_pat else None,
-        lut_bits=tuple(sorted({n.inputs[1].type.dtype.bits for n in mms if n.attrs["engine"] == "lut"})),
+        lut_bits=tuple(sorted({codes[n.outputs[0].name].type.dtype.bits for n in mms if n.attrs["engine"] == "lut"})),
         weight_bytes=weight_bytes, kv_bytes_per_token=layers * 2 * kv_heads * (head_dim + 4),
         act_buffers=activation_buffers(hw), matrices=tuple(matrices))
 

@@ -17,6 +17,7 @@ from llmc.errors import LlmcError
 WORDS = 16
 INSTR_BYTES = WORDS * 4
 
+MM_FIELDS = ("n", "k", "group", "shift", "flags", "weight_off", "tile_bytes", "row_block", "tiles", "io_off", "cap")
 # opcode -> (number, fields, what it does); buffers are dst/src0/src1 in slot 0
 OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "EMBED": (1, ("cols", "table_off", "by_position", "offset"),
@@ -25,7 +26,7 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "NORM": (2, ("cols", "weight_off", "eps", "group"),
              "dst = RMSNorm(src0) with f32 weights at weight_off (channel 0); with group > 0 each group of columns "
              "(a head) is normalised on its own"),
-    "MM": (3, ("n", "k", "group", "shift", "flags", "weight_off", "tile_bytes", "row_block", "tiles", "io_off", "cap"),
+    "MM": (3, MM_FIELDS,
            "dst = src0 x W: tiles of tile_n rows round-robin over the lanes' channels at weight_off; "
            "with flag 10 the rows go to io at io_off as float32 (logits), as tanh(v) * cap when cap > 0"),
     "ROPE": (4, ("cols", "head_dim", "cos_off", "sin_off", "rotary_dim"),
@@ -44,10 +45,17 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "ESCALE": (10, ("cols", "vec_off"), "dst = src0 * f32 vector at vec_off (channel 0)"),
     "LNORM": (11, ("cols", "weight_off", "bias_off", "eps"),
               "dst = LayerNorm(src0) with f32 weights at weight_off and biases at bias_off (channel 0)"),
+    "ROUTE": (12, ("cols", "top_k", "normalize"),
+              "dst[t] = the top_k largest of the cols router logits src0[t] (ties to the lower expert) and their "
+              "softmax weights, over the chosen experts with normalize = 1, as Q15.16: [e0, w0, e1, w1, ...]"),
+    "XMM": (13, MM_FIELDS + ("experts", "expert_stride", "slot"),
+            "dst[t] = src0[t] x W[e], e = src1[t][2 slot]: MM on expert e's tiles at weight_off + e * expert_stride, "
+            "each chosen expert streamed once for all the rows that chose it"),
+    "WEIGH": (14, ("cols", "slot"), "dst[t] = src0[t] * src1[t][2 slot + 1] (Q15.16: the row's expert weight)"),
     "HALT": (15, (), "end of program"),
 }
 FLOAT_FIELDS = {"eps", "scale", "softcap", "cap"}
-LANE_STREAMS = ("MM", "ATTN", "KVAPP", "EMBED")  # opcodes that stream from the weight lanes' channels
+LANE_STREAMS = ("MM", "XMM", "ATTN", "KVAPP", "EMBED")  # opcodes that stream from the weight lanes' channels
 BY_NUMBER = {num: name for name, (num, _, _) in OPCODES.items()}
 ENGINES = {"dsp": 0, "sparse": 1, "lut": 2}
 ACT_FNS = {"silu": 0, "relu": 1, "gelu_tanh": 2, "gelu": 3}

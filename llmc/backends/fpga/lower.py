@@ -294,8 +294,55 @@ class Lowering:
         """Only as the logits' soft-cap, ``tanh(v) * c`` on their way out (its 1 / c folded into the weights)."""
         return Pattern("tanh", self.act(node, x))
 
-    def op_moe(self, node: Node, *ins: Value) -> None:
-        raise self.fail(node, "mixture-of-experts layers are not supported by the accelerator yet")
+    def op_moe(self, node: Node, x: Value, router: Value, gate_up: Value, down: Value) -> Act:
+        """The router's logits on the matrix engine and its choice on the SFU (``hw_route``); then per
+        chosen slot the expert's gated MLP on expert-indexed matrix products, weighted and summed."""
+        value, top_k = self.act(node, x), node.attrs["top_k"]
+        name, data, t = self.param_data(router)
+        if not t.dtype.is_float:
+            raise self.fail(node, "the router weight must be a float parameter")
+        logits = self.matmul(name, value, ew.from_float(data, *t.static_shape(), None, False)).value
+        route = self.b.op("hw_route", [logits], {"top_k": top_k, "normalize": node.attrs["normalize"]})
+        inner = down.type.shape[2].value
+        stacks = {"gate": self.experts(node, gate_up, slice(0, inner), ".gate"),
+                  "up": self.experts(node, gate_up, slice(inner, 2 * inner), ".up"),
+                  "down": self.experts(node, down, slice(None), "")}
+        total = None
+        for slot in range(top_k):
+            g, u = (self.expert_matmul(stacks[part], value, route, slot) for part in ("gate", "up"))
+            h = self.b.op("hw_mul", [self.b.op("hw_act", [g], {"fn": "silu"}), u])
+            y = self.b.op("hw_weigh", [self.expert_matmul(stacks["down"], h, route, slot), route], {"slot": slot})
+            total = y if total is None else self.b.op("hw_add", [total, y])
+        return Act(total)
+
+    def experts(self, node: Node, v: Value, rows: slice, part: str) -> tuple[list[Value], ew.EngineWeights]:
+        """Rows ``rows`` of every expert of a stacked weight [E, N, K] (float, or dequantized codes) as
+        engine parameters [E, ...] named ``<weight><part>.hw_*``, and their attributes (one scale
+        shift for all experts)."""
+        got = self.get(v)
+        if isinstance(got, Pattern) and got.kind == "param":
+            arrays, t, group = [self.param_data(v)[1]], v.type, 0
+        elif isinstance(got, Pattern) and got.kind == "dequant":
+            dq: Node = got.of
+            arrays, t, group = [self.param_data(i)[1] for i in dq.inputs], dq.inputs[0].type, dq.attrs["group"]
+        else:
+            raise self.fail(node, "expert weights are neither a parameter nor dequantized codes")
+        e, k = t.shape[0].value, t.shape[2].value
+        n = len(range(*rows.indices(t.shape[1].value)))
+        flat = [None if a is None else a[:, rows].reshape(e * n, -1) for a in arrays]
+        if got.kind == "param":
+            w = ew.from_float(flat[0], e * n, k, None, False)
+        else:
+            w = ew.from_codes(flat[0], flat[1], flat[2] if len(flat) == 3 else None, e * n, k, t.dtype.bits, group,
+                              None, False, len(flat) == 3, None)
+        base = self.param_data(v if got.kind == "param" else got.of.inputs[0])[0].removesuffix(".codes")
+        return self.engine_params(base + part, w, e), w
+
+    def expert_matmul(self, stack: tuple[list[Value], ew.EngineWeights], x: Value, route: Value, slot: int) -> Value:
+        params, w = stack
+        attrs = {"slot": slot, "group": w.group, "shift": w.shift, "scale_bits": w.scale_bits, "engine": w.engine,
+                 "has_zero": w.has_zero, "has_bias": False}
+        return self.b.op("hw_expert_matmul", [x, route, *params], attrs)
 
     def op_fake_quant(self, node: Node, x: Value) -> Any:
         if node.attrs["bits"] < 8:
@@ -383,22 +430,29 @@ class Lowering:
         return self.matmul(name.removesuffix(".planes"), got.of, weights)
 
     def matmul(self, name: str, x: Value, w: ew.EngineWeights) -> Act:
-        base = name.removesuffix(".codes")
-        codes = self.add_param(f"{base}.hw_codes", TensorType((Dim.of(w.n), Dim.of(w.k)), w.code_dtype),
-                               None if w.codes is None else w.codes.astype(w.code_dtype.numpy()))
-        groups = Dim.of(w.k // w.group)
-        ins = [x, codes, self.add_param(f"{base}.hw_scales", TensorType((Dim.of(w.n), groups), I32),
-                                        None if w.scales is None else w.scales.astype(np.int32))]
-        if w.has_zero:
-            ins.append(self.add_param(f"{base}.hw_zeros", TensorType((Dim.of(w.n), groups), DType("int", 16)),
-                                      None if w.zeros is None else w.zeros.astype(np.int16)))
-        if w.has_bias:
-            ins.append(self.add_param(f"{base}.hw_bias", TensorType((Dim.of(w.n),), I32), w.bias))
         attrs = {"group": w.group, "shift": w.shift, "scale_bits": w.scale_bits, "engine": w.engine,
                  "has_zero": w.has_zero, "has_bias": w.has_bias}
         if w.sparse:
             attrs["sparse"] = f"{w.sparse[0]}:{w.sparse[1]}"
-        return Act(self.b.op("hw_matmul", ins, attrs))
+        return Act(self.b.op("hw_matmul", [x, *self.engine_params(name.removesuffix(".codes"), w)], attrs))
+
+    def engine_params(self, base: str, w: ew.EngineWeights, experts: int = 0) -> list[Value]:
+        """The codes, scales, zeros and bias of ``w`` as parameters ``<base>.hw_*``; with ``experts``,
+        its rows split into that many stacked matrices [E, N / E, ...]."""
+        lead = (Dim.of(experts), Dim.of(w.n // experts)) if experts else (Dim.of(w.n),)
+
+        def param(suffix: str, cols: tuple[Dim, ...], dtype: DType, data: np.ndarray | None) -> Value:
+            shape = tuple(d.value for d in lead + cols)
+            return self.add_param(f"{base}.{suffix}", TensorType(lead + cols, dtype),
+                                  None if data is None else data.astype(dtype.numpy()).reshape(shape))
+
+        groups = (Dim.of(w.k // w.group),)
+        out = [param("hw_codes", (Dim.of(w.k),), w.code_dtype, w.codes), param("hw_scales", groups, I32, w.scales)]
+        if w.has_zero:
+            out.append(param("hw_zeros", groups, DType("int", 16), w.zeros))
+        if w.has_bias:
+            out.append(param("hw_bias", (), I32, w.bias))
+        return out
 
     def rope(self, inv_freq: Value) -> tuple[Value, Value]:
         """The cos and sin tables (Q2.30, every position) of one ``inv_freq``: ``rope.cos`` and

@@ -21,11 +21,18 @@ _LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
 
 @dataclass(frozen=True)
 class LinearLayer:
-    """A linear layer whose weight [N, K] is a float parameter (a compression candidate)."""
+    """A linear layer whose weight [N, K] is a float parameter (a compression candidate), or
+    ``experts`` such layers stacked [E, N, K] (a mixture of experts' projections)."""
 
     weight: str
     out_features: int
     in_features: int
+    experts: int = 0
+
+    @property
+    def shape(self) -> list[int]:
+        rows = [self.out_features, self.in_features]
+        return [self.experts, *rows] if self.experts else rows
 
     @property
     def block(self) -> int | None:
@@ -252,6 +259,21 @@ def require_data(pass_name: str, module: Module, layers: list[LinearLayer]) -> N
     for layer in layers:
         if module.params[layer.weight].data is None:
             raise PipelineError(f"pass {pass_name}: {layer.weight} has no weights (shapes-only module)")
+
+
+def expert_layers(module: Module) -> list[LinearLayer]:
+    """The float expert projections (``gate_up`` and ``down`` of every ``moe``), in parameter order."""
+    found: dict[str, LinearLayer] = {}
+    for func in module.functions.values():
+        params = {n.outputs[0].name: n.attrs["name"] for n in func.nodes if n.op == "param"}
+        for node in func.nodes:
+            for v in node.inputs[2:] if node.op == "moe" else ():
+                p = module.params.get(params.get(v.name, ""))
+                if p is not None and p.type.dtype.is_float:
+                    e, n, k = p.type.static_shape()
+                    found[p.name] = LinearLayer(p.name, n, k, e)
+    order = list(module.params)
+    return sorted(found.values(), key=lambda layer: order.index(layer.weight))
 
 
 def shapes_only_layers(pass_name: str, module: Module, weights: list[str]) -> bool:

@@ -28,6 +28,7 @@ from llmc.compiler.passes.linear import (
     LinearLayer,
     check_group_divides,
     clone,
+    expert_layers,
     fold_input_scale,
     linear_layers,
     replace_param,
@@ -106,24 +107,29 @@ CALIBRATED = {"gptq", "awq"}
 
 
 def check_quantize(module: Module, options: QuantizeOptions) -> None:
-    check_group_divides("quantize", linear_layers(module, exclude_head=not options.include_head), options.group)
+    layers = linear_layers(module, exclude_head=not options.include_head) + expert_layers(module)
+    check_group_divides("quantize", layers, options.group)
 
 
 @register_pass("quantize", QuantizeOptions, check=check_quantize)
 def quantize(module: Module, options: QuantizeOptions, context: PassContext) -> Module:
-    """Weight-only quantization (RTN, GPTQ, AWQ or ternary) of every linear layer."""
+    """Weight-only quantization (RTN, GPTQ, AWQ or ternary) of every linear layer and expert projection."""
     out = clone(module)
     layers = linear_layers(out, exclude_head=not options.include_head)
-    shapes_only = shapes_only_layers("quantize", out, [layer.weight for layer in layers])
+    experts = expert_layers(out)
+    shapes_only = shapes_only_layers("quantize", out, [layer.weight for layer in layers + experts])
     grid = options.grid
     report: dict[str, object] = {"layers": len(layers), "bits": grid.bits, "group": grid.group,
                                  "method": options.method, "shapes_only": shapes_only,
                                  "bits_per_weight": BITS_PER_WEIGHT if options.method == "ternary" else grid.bits}
+    if experts:
+        report["experts"] = {"projections": len(experts), "method": _expert_method(options)}
     if shapes_only:
-        for layer in layers:
+        for layer in layers + experts:
             install(out, layer, grid, None, _sparse_encodings(out.params[layer.weight]))
         context.reports["quantize"] = report
         return out
+    quantize_experts(out, experts, grid, options)
     stats = context.calibration(module) if options.method in CALIBRATED else {}
     missing = [layer.weight for layer in layers if options.method in CALIBRATED and layer.weight not in stats]
     if missing:
@@ -148,6 +154,24 @@ def quantize(module: Module, options: QuantizeOptions, context: PassContext) -> 
     return out
 
 
+def _expert_method(options: QuantizeOptions) -> str:
+    """How expert projections are rounded: as asked, but round to nearest where the method calibrates
+    (the inputs each expert sees depend on the router; their statistics are not gathered)."""
+    return "rtn" if options.method in CALIBRATED else options.method
+
+
+def quantize_experts(module: Module, experts: list[LinearLayer], grid: Grid, options: QuantizeOptions) -> None:
+    """Quantize stacked expert weights [E, N, K], every expert's rows with their own groups."""
+    quantizer = QUANTIZERS[_expert_method(options)]
+    for layer in experts:
+        data = np.asarray(module.params[layer.weight].data, dtype=np.float32)
+        try:
+            q = quantizer(data.reshape(-1, layer.in_features), grid, None, options)
+        except ValueError as e:
+            raise PipelineError(f"pass quantize: {layer.weight}: {e}") from None
+        install(module, layer, grid, q)
+
+
 def apply_awq(module: Module, layers: list[LinearLayer], stats: dict[str, LayerStats], grid: Grid) -> list[ScaleChoice]:
     """Search the AWQ scale of every input group of ``layers`` and fold it into ``module`` (in
     place; the function is unchanged). ``stats``: calibration of the module before any scaling."""
@@ -169,21 +193,21 @@ def install(module: Module, layer: LinearLayer, grid: Grid, q: Quantized | None,
     """Replace ``layer``'s float weight by the codes, scales (and zero points) of ``grid`` and a
     ``dequantize`` node; the data comes from ``q`` (None: shapes only). ``extra`` encodings
     (sparsity) go on the codes."""
-    n, k = layer.out_features, layer.in_features
+    shape, k = layer.shape, layer.in_features
     code_dtype = DType("int" if grid.symmetric else "uint", grid.bits)
     zero_dtype = None if grid.symmetric else DType("uint", grid.bits)
     encoding = QuantEncoding(grid.bits, grid.group, F16, grid.symmetric, zero_dtype)
-    groups = k // grid.span(k)
-    codes_type = TensorType.of([n, k], code_dtype, (encoding, *extra))
+    grouped = [*shape[:-1], k // grid.span(k)]
+    codes_type = TensorType.of(shape, code_dtype, (encoding, *extra))
     params = [
-        Param(f"{layer.weight}.codes", codes_type, None if q is None else as_dtype(q.codes, code_dtype)),
-        Param(f"{layer.weight}.scales", TensorType.of([n, groups], F16),
-              None if q is None else q.scales.astype(np.float16)),
+        Param(f"{layer.weight}.codes", codes_type, None if q is None else as_dtype(q.codes.reshape(shape), code_dtype)),
+        Param(f"{layer.weight}.scales", TensorType.of(grouped, F16),
+              None if q is None else q.scales.reshape(grouped).astype(np.float16)),
     ]
     if zero_dtype is not None:
-        zeros_type = TensorType.of([n, groups], zero_dtype)
+        zeros_type = TensorType.of(grouped, zero_dtype)
         params.append(Param(f"{layer.weight}.zeros", zeros_type,
-                            None if q is None or q.zeros is None else as_dtype(q.zeros, zero_dtype)))
+                            None if q is None or q.zeros is None else as_dtype(q.zeros.reshape(grouped), zero_dtype)))
 
     def expand(b: Builder, values: dict[str, Value]) -> Value:
         return b.op("dequantize", [values[p.name] for p in params], {"group": grid.group})

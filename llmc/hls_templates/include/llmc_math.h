@@ -335,6 +335,29 @@ inline int32_t scale_fixed(int32_t x, float w) {
   return to_fixed(static_cast<float>(x) * w);
 }
 
+// hw_route of one row of router logits x[0..experts): the top_k largest, ties to the lower expert, then
+// e_i = exp2_f32((lf_i - lf_max) * log2 e) with lf = fixed_to_f32(x), each chosen weight e_i / s with s the float32
+// sum, in order, of the chosen e (normalize) or of every e, as rint(w * 2^16): out = [e0, w0, e1, w1, ...].
+inline void route_row(const int32_t* x, int experts, int top_k, bool normalize, int32_t* out) {
+  for (int j = 0; j < top_k; ++j) {
+    int best = -1;
+    for (int i = 0; i < experts; ++i) {
+      bool taken = false;
+      for (int p = 0; p < j; ++p) taken = taken || out[2 * p] == i;
+      if (!taken && (best < 0 || x[i] > x[best])) best = i;
+    }
+    out[2 * j] = best;
+  }
+  const float peak = fixed_to_f32(x[out[0]]);
+  float total = 0.0f;
+  for (int i = 0; i < (normalize ? top_k : experts); ++i) {
+    total += exp2_f32((fixed_to_f32(x[normalize ? out[2 * i] : i]) - peak) * LOG2E);
+  }
+  for (int j = 0; j < top_k; ++j) {
+    out[2 * j + 1] = to_fixed(exp2_f32((fixed_to_f32(x[out[2 * j]]) - peak) * LOG2E) / total * FIXED_ONE);
+  }
+}
+
 // hw_embed of one table entry (f16 or f32, as float32): rint(v * 2^16).
 inline int32_t embed_fixed(float v) {
   LLMC_HLS(HLS INLINE)

@@ -19,7 +19,7 @@ from llmc.ir.types import F16, F32, Dim, DType, TensorType
 I8, I32 = DType("int", 8), DType("int", 32)
 
 
-def _act(t: TensorType, what: str) -> None:
+def check_act(t: TensorType, what: str) -> None:
     if t.rank != 2 or t.dtype != I32:
         raise InferError(f"{what} needs an i32 activation matrix [T, C], got {t}")
 
@@ -58,7 +58,7 @@ class HwRmsNorm:
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, w = ins
-        _act(x, "hw_rms_norm")
+        check_act(x, "hw_rms_norm")
         if w.shape != (x.shape[1],) or w.dtype != F32:
             raise InferError("hw_rms_norm weight must be f32 [C]")
         group = attrs["group"]
@@ -98,7 +98,7 @@ class HwLayerNorm:
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, w, b = ins
-        _act(x, "hw_layer_norm")
+        check_act(x, "hw_layer_norm")
         if w.shape != (x.shape[1],) or b.shape != (x.shape[1],) or w.dtype != F32 or b.dtype != F32:
             raise InferError("hw_layer_norm weight and bias must be f32 [C]")
         return [x]
@@ -121,7 +121,7 @@ class HwQuant8:
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-        _act(ins[0], "hw_quant8")
+        check_act(ins[0], "hw_quant8")
         t, c = ins[0].shape
         return [TensorType((t, c), I8), TensorType((t, Dim.of(_divides(c, attrs["group"], "hw_quant8"))), I32)]
 
@@ -144,7 +144,7 @@ class HwMatmul:
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, w, ws = ins[:3]
-        _act(x, "hw_matmul")
+        check_act(x, "hw_matmul")
         if w.rank != 2 or not w.dtype.is_int or w.shape[1] != x.shape[1]:
             raise InferError(f"hw_matmul weight codes must be integers [N, {x.shape[1]}], got {w}")
         groups = _divides(w.shape[1], attrs["group"], "hw_matmul group")
@@ -198,7 +198,7 @@ class HwRope:
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, pos, cos, sin = ins
-        _act(x, "hw_rope")
+        check_act(x, "hw_rope")
         d = attrs["head_dim"]
         r = attrs["rotary_dim"] or d
         _divides(x.shape[1], d, "hw_rope head_dim")
@@ -240,7 +240,7 @@ class HwAttention:
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         q, kc, ks, vc, vs = ins
-        _act(q, "hw_attention")
+        check_act(q, "hw_attention")
         h, kvh, d = attrs["heads"], attrs["kv_heads"], attrs["head_dim"]
         if h % kvh or q.shape[1] != Dim.of(h * d):
             raise InferError(f"hw_attention: {h} heads of {d} do not match q {q}")
@@ -293,7 +293,7 @@ class HwAct:
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-        _act(ins[0], "hw_act")
+        check_act(ins[0], "hw_act")
         if attrs["fn"] not in ("silu", "relu", "gelu_tanh", "gelu"):
             raise InferError(f"hw_act supports silu, relu, gelu and gelu_tanh, not '{attrs['fn']}'")
         return [ins[0]]
@@ -322,7 +322,7 @@ class HwMul:
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-        _act(ins[0], "hw_mul")
+        check_act(ins[0], "hw_mul")
         if ins[1] != ins[0]:
             raise InferError("hw_mul operands must have the same type")
         return [ins[0]]
@@ -338,7 +338,7 @@ class HwAdd:
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-        _act(ins[0], "hw_add")
+        check_act(ins[0], "hw_add")
         if ins[1] != ins[0]:
             raise InferError("hw_add operands must have the same type")
         return [ins[0]]
@@ -356,7 +356,7 @@ class HwToFloat:
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-        _act(ins[0], "hw_to_float")
+        check_act(ins[0], "hw_to_float")
         return [ins[0].with_dtype(F32)]
 
     @staticmethod
@@ -372,7 +372,7 @@ class HwScale:
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-        _act(ins[0], "hw_scale")
+        check_act(ins[0], "hw_scale")
         if ins[1].shape != (ins[0].shape[1],) or ins[1].dtype != F32:
             raise InferError("hw_scale factors must be f32 [C]")
         return [ins[0]]

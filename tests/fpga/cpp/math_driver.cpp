@@ -203,6 +203,13 @@ int main(int argc, char** argv) {
     map2<int32_t, float, int32_t>(in, llmc::scale_fixed);
   } else if (fn == "embed") {
     map1<float, int32_t>(in, llmc::embed_fixed);
+  } else if (fn == "route") {  // t experts top_k normalize; logits [t, experts]
+    const int t = arg[0], experts = arg[1], top_k = arg[2];
+    const std::vector<int32_t> x = in.take<int32_t>(static_cast<size_t>(t) * experts);
+    std::vector<int32_t> y(static_cast<size_t>(t) * 2 * top_k);
+    for (int r = 0; r < t; ++r) llmc::route_row(&x[static_cast<size_t>(r) * experts], experts, top_k, arg[3] != 0,
+                                                &y[static_cast<size_t>(r) * 2 * top_k]);
+    emit(y);
   } else {
     std::fprintf(stderr, "unknown function %s\n", fn.c_str());
     return 2;

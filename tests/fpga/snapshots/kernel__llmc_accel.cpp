@@ -24,6 +24,9 @@ enum Opcode {
   EADD = 9,
   ESCALE = 10,
   LNORM = 11,
+  ROUTE = 12,
+  XMM = 13,
+  WEIGH = 14,
   HALT = 15,
 };
 
@@ -117,7 +120,7 @@ static int first_half = 0;   // the half that holds (or will hold) the next MM's
 static int prefetched = -1;  // the pc of the MM whose first tile is already in tile[first_half]
 
 // Instructions that stream from the weight lanes' channels (the KV cache and the embedding rows share them).
-static bool streams_lanes(int op) { return op == MM || op == ATTN || op == KVAPP || op == EMBED; }
+static bool streams_lanes(int op) { return op == MM || op == XMM || op == ATTN || op == KVAPP || op == EMBED; }
 
 // DSP engine: the tile's codes (int8 bytes, or int4 nibbles low first) as one int8 per code.
 static void unpack_codes(const uint8_t* tile, int bits, bool is_signed, int k, int8_t codes[TILE_N][MAX_HIDDEN]) {
@@ -141,6 +144,9 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
                    const word_t* w7) {
   const int n = in.f[0], k = in.f[1], group = in.f[2], shift = in.f[3], flags = in.f[4];
   const uint64_t weight_off = in.f[5];
+  const bool by_expert = in.op == XMM;  // row r uses expert act[src1][r][2 slot], its tiles expert_stride apart
+  const int experts = by_expert ? (int)in.f[11] : 1, slot = in.f[13];
+  const uint64_t expert_stride = in.f[12];
   const int tile_bytes = in.f[6], row_block = in.f[7], tiles = in.f[8];
   const uint64_t io_off = in.f[9];
   const float cap = bits_to_float(in.f[10]);  // logits soft-capping: tanh(v) * cap (its 1 / cap is in the weights)
@@ -159,40 +165,49 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
   static int8_t xq[MAX_ROWS][MAX_HIDDEN];
   static int32_t xs[MAX_ROWS];
   static int8_t codes[TILE_N][MAX_HIDDEN];
+  static int chosen[MAX_ROWS];  // the rows of the current expert (every row for MM)
   for (int r = 0; r < rows; ++r) quant8(act[in.src0][r], k, k, xq[r], &xs[r]);
-  for (int r0 = 0; r0 < rows; r0 += row_block) {
-    const int r1 = r0 + row_block < rows ? r0 + row_block : rows;
-    const int half = first_half;
-    if (r0 > 0 || prefetched != pc) read_lane(0, weight_off, tile[half], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
-    first_half = (half + tiles) % 2;  // after this pass: the half its last tile does not use
-    for (int t = 0; t < tiles; ++t) {
-      const uint8_t* cur = tile[(half + t) % 2];
-      if (t + 1 < tiles) {
-        read_lane((t + 1) % LANES, weight_off + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(half + t + 1) % 2],
-                  tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
-      }
-      if (engine == 0) unpack_codes(cur, bits, is_signed, k, codes);
-      for (int j = 0; j < TILE_N; ++j) {
-        const int col = t * TILE_N + j;
-        if (col >= n) break;
-        for (int r = r0; r < r1; ++r) {
-          int64_t total = 0;
-          for (int g = 0; g < groups; ++g) {
-            const int zero = has_zero ? load_i16(cur + zeros_at + (j * groups + g) * 2) : 0;
-            const int64_t scale = load_i32(cur + scales_at + (j * groups + g) * 4);
-            int64_t dot = 0;
-            if (engine == 0) {
-              dot = group_dot(&xq[r][g * group], &codes[j][g * group], group, zero);
+  for (int e = 0; e < experts; ++e) {  // each chosen expert streams once, for all its rows
+    int picked = 0;
+    for (int r = 0; r < rows; ++r) {
+      if (!by_expert || act[in.src1][r][2 * slot] == e) chosen[picked++] = r;
+    }
+    const uint64_t base = weight_off + (uint64_t)e * expert_stride;
+    for (int r0 = 0; r0 < picked; r0 += row_block) {
+      const int r1 = r0 + row_block < picked ? r0 + row_block : picked;
+      const int half = first_half;
+      if (r0 > 0 || prefetched != pc) read_lane(0, base, tile[half], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
+      first_half = (half + tiles) % 2;  // after this pass: the half its last tile does not use
+      for (int t = 0; t < tiles; ++t) {
+        const uint8_t* cur = tile[(half + t) % 2];
+        if (t + 1 < tiles) {
+          read_lane((t + 1) % LANES, base + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(half + t + 1) % 2],
+                    tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
+        }
+        if (engine == 0) unpack_codes(cur, bits, is_signed, k, codes);
+        for (int j = 0; j < TILE_N; ++j) {
+          const int col = t * TILE_N + j;
+          if (col >= n) break;
+          for (int i = r0; i < r1; ++i) {
+            const int r = chosen[i];
+            int64_t total = 0;
+            for (int g = 0; g < groups; ++g) {
+              const int zero = has_zero ? load_i16(cur + zeros_at + (j * groups + g) * 2) : 0;
+              const int64_t scale = load_i32(cur + scales_at + (j * groups + g) * 4);
+              int64_t dot = 0;
+              if (engine == 0) {
+                dot = group_dot(&xq[r][g * group], &codes[j][g * group], group, zero);
+              }
+              total += dot * scale;
             }
-            total += dot * scale;
-          }
-          int32_t y = requantize(total, xs[r], shift);
-          if (has_bias) y = saturate((int64_t)y + load_i32(cur + bias_at + j * 4));
-          if (to_io) {
-            const float v = fixed_to_f32(y);
-            store_u32(io + io_off + ((uint64_t)r * n + col) * 4, float_to_bits(cap != 0.0f ? tanh_f32(v) * cap : v));
-          } else {
-            act[in.dst][r][col] = y;
+            int32_t y = requantize(total, xs[r], shift);
+            if (has_bias) y = saturate((int64_t)y + load_i32(cur + bias_at + j * 4));
+            if (to_io) {
+              const float v = fixed_to_f32(y);
+              store_u32(io + io_off + ((uint64_t)r * n + col) * 4, float_to_bits(cap != 0.0f ? tanh_f32(v) * cap : v));
+            } else {
+              act[in.dst][r][col] = y;
+            }
           }
         }
       }
@@ -424,8 +439,21 @@ extern "C" void llmc_accel(
         break;
       }
       case MM:
+      case XMM:
         matmul(in, pc, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7);
         wrote_io = wrote_io || ((in.f[4] >> 10) & 1);
+        break;
+      case ROUTE:
+        for (int t = 0; t < rows; ++t) route_row(act[in.src0][t], cols, in.f[1], in.f[2] != 0, act[in.dst][t]);
+        break;
+      case WEIGH:
+        for (int t = 0; t < rows; ++t) {
+          const int32_t w = act[in.src1][t][2 * in.f[1] + 1];
+          for (int c = 0; c < cols; ++c) {
+#pragma HLS PIPELINE II = 1
+            act[in.dst][t][c] = mul_fixed(act[in.src0][t][c], w);
+          }
+        }
         break;
       case ROPE: {
         const int half = in.f[4] / 2;  // rotary_dim / 2 table entries per position
