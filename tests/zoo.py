@@ -58,6 +58,10 @@ FAMILIES = {
     "qwen3_moe": dict(SMALL, hidden_size=64, intermediate_size=96, moe_intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
                       num_experts_per_tok=2),
+    # OLMoE: softmax weights not renormalised over the chosen experts, QK-norm over all heads
+    "olmoe": dict(SMALL, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
+                  pad_token_id=0, eos_token_id=0, bos_token_id=0),
 }
 # One layer, 2 heads over 1 KV head: the smallest model the FPGA flow compiles (snapshots, RTL projects).
 FPGA_SMALL = dict(vocab_size=96, max_position_embeddings=64, hidden_size=64, intermediate_size=128,

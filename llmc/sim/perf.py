@@ -78,11 +78,12 @@ def model_run(timing: TimingModel, programs: dict[int, list[Instruction]], prefi
 
 
 def layer_figures(timing: TimingModel, step: list[Cost]) -> list[LayerFigures]:
-    """Per linear layer (named MMs) and per block's attention, from one decode step."""
+    """Per linear layer (named MMs; an expert projection's slots together) and per block's attention,
+    from one decode step."""
     groups: dict[str, list[Cost]] = defaultdict(list)
     block = 0
     for c in step:
-        if c.op == "MM" and c.layer:
+        if c.op in ("MM", "XMM") and c.layer:
             block = block_of(c.layer) if block_of(c.layer) is not None else block
             groups[c.layer].append(c)
         elif c.op in ("ATTN", "KVAPP"):
@@ -92,7 +93,7 @@ def layer_figures(timing: TimingModel, step: list[Cost]) -> list[LayerFigures]:
     for name, costs in groups.items():
         seconds = timing.seconds(costs)
         nbytes, macs = sum(c.hbm_bytes for c in costs), sum(c.macs for c in costs)
-        channels = lanes if costs[0].op == "MM" else len(timing.config.kv_channels)
+        channels = lanes if costs[0].op in ("MM", "XMM") else len(timing.config.kv_channels)
         peak_bytes = channels * timing.channel_bytes_per_cycle / timing.efficiency * timing.hz * seconds
         peak_macs = timing.peak_macs_per_cycle * timing.hz * seconds
         out.append(LayerFigures(name, seconds, nbytes, macs, nbytes / peak_bytes if peak_bytes else 0.0,

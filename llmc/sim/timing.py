@@ -14,7 +14,8 @@ Per instruction, from the engine parameters of the design (``AcceleratorConfig``
   input's int8 quantisation on the SFU overlaps the first loads. Across instructions
   (:meth:`TimingModel.program`) the loader fetches the next matrix instruction's first tile as
   soon as the lanes' channels are free: during the last tile's compute and any instructions that
-  do not stream from them (all but ``MM``, ``ATTN``, ``KVAPP`` and ``EMBED``);
+  do not stream from them (all but ``MM``, ``XMM``, ``ATTN``, ``KVAPP`` and ``EMBED``); for an
+  expert-indexed ``XMM``, only once its route is written (its first expert's tile);
 - **LUT engine**: ``lut_lanes / mm_lanes`` tables per lane, each consuming ``lut_g`` one-bit weights
   per cycle, one pass per bit-plane;
 - **SFU**: ``sfu_lanes`` elements per cycle per pass (norms and softmax take two passes);
@@ -124,11 +125,16 @@ class TimingModel:
         what the weight loader fetched of its first tile while the lanes' channels were free."""
         out: list[Cost] = []
         free = 0.0
+        written: set[int] = set()  # buffers written since the last instruction that streamed from the lanes
         for ins in program:
             if ins.op == "HALT":
                 break
-            cost = self.cost(ins, rows, start_pos, head_start=free)
-            free = cost.lanes_free if ins.op in LANE_STREAMS else free + cost.cycles
+            known = ins.op != "XMM" or ins.src1 not in written  # an XMM's expert is known once its route is
+            cost = self.cost(ins, rows, start_pos, head_start=free if known else 0.0)
+            if ins.op in LANE_STREAMS:
+                free, written = cost.lanes_free, set()
+            else:
+                free, written = free + cost.cycles, written | {ins.dst}
             out.append(cost)
         return out
 
@@ -141,7 +147,7 @@ class TimingModel:
         if ins.op == "MM":
             return self._matmul(f, rows, head_start)
         if ins.op == "XMM":
-            return self._expert_matmul(f, rows)
+            return self._expert_matmul(f, rows, head_start)
         if ins.op == "ROUTE":  # max, exponentials, their sum, then one pass per chosen expert
             passes = 3 + int(f["top_k"])
             return self._simple("ROUTE", 0.0, self._sfu(rows * cols, passes), 0, sfu_elements=passes * rows * cols)
@@ -205,16 +211,20 @@ class TimingModel:
                     macs=round(rows * n * k * density), sfu_elements=2 * rows * k,
                     layer=self.layer_names.get(int(f["weight_off"]), ""), lanes_free=busy - loads_done)
 
-    def _expert_matmul(self, f: dict, rows: int) -> Cost:
+    def _expert_matmul(self, f: dict, rows: int, head_start: float) -> Cost:
         """XMM: each expert some row chose streams once, one after another, for its rows; the
         model charges ``min(experts, rows)`` experts with an even share of the rows each (exact for
-        a decode step, a bound for prefill). The loader cannot fetch ahead: the expert is data."""
+        a decode step, a bound for prefill). The loader may have fetched the first expert's first
+        tile (once the route is written), not the others'."""
         streamed = min(int(f["experts"]), rows)
-        one = self._matmul(f, ceil(rows / streamed), 0.0)
-        return replace(one, op="XMM", cycles=streamed * (one.cycles - INSTR_OVERHEAD) + INSTR_OVERHEAD,
-                       memory_cycles=streamed * one.memory_cycles, compute_cycles=streamed * one.compute_cycles,
-                       hbm_bytes=streamed * one.hbm_bytes, macs=streamed * one.macs,
-                       sfu_elements=streamed * one.sfu_elements)
+        share = ceil(rows / streamed)
+        first, rest = self._matmul(f, share, head_start), self._matmul(f, share, 0.0)
+        n = streamed - 1
+        return replace(first, op="XMM", cycles=first.cycles + n * (rest.cycles - INSTR_OVERHEAD),
+                       memory_cycles=first.memory_cycles + n * rest.memory_cycles,
+                       compute_cycles=first.compute_cycles + n * rest.compute_cycles,
+                       hbm_bytes=streamed * first.hbm_bytes, macs=streamed * first.macs,
+                       sfu_elements=streamed * first.sfu_elements, lanes_free=rest.lanes_free if n else first.lanes_free)
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
         heads, kvh, d, window = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"]), int(f["window"])

@@ -6,7 +6,8 @@ layers and Granite's multipliers folded into weights or scaled on the SFU; Gemma
 embedding, 1 + w norm weights, GELU (tanh) and local layers with their own window and RoPE table;
 GPT-2 and OPT LayerNorm, learned positions (OPT's from 2), biases and GPT-2's fused Conv1D projection;
 GPT-NeoX a per-head fused QKV projection, partial rotary, GELU (erf) and the parallel residual; Gemma-2
-soft-capped attention scores and logits; Mixtral and Qwen3-MoE route each token to 2 of 4 experts.
+soft-capped attention scores and logits; Mixtral, Qwen3-MoE and OLMoE route each token to 2 of 4 experts
+(OLMoE's weights are softmax probabilities, not renormalised over the two).
 make test-full runs the families outside DEFAULT."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from llmc.sim.ladder import verify_project
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
 ON_THE_ACCELERATOR = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite", "gemma2", "gemma3_text", "gpt2",
-                      "opt", "gpt_neox", "mixtral", "qwen3_moe")
+                      "opt", "gpt_neox", "mixtral", "qwen3_moe", "olmoe")
 # every kind of block the others are made of
 DEFAULT = ("qwen3", "granite", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "qwen3_moe")
 PROMPT = [3, 17, 42, 8, 25, 61, 9, 4, 5, 6, 7]

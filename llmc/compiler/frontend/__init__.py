@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2", "opt", "gpt_neox",
-            "olmo2", "granite", "mixtral", "qwen3_moe")
+            "olmo2", "granite", "mixtral", "qwen3_moe", "olmoe")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 

@@ -167,6 +167,7 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
   static int8_t codes[TILE_N][MAX_HIDDEN];
   static int chosen[MAX_ROWS];  // the rows of the current expert (every row for MM)
   for (int r = 0; r < rows; ++r) quant8(act[in.src0][r], k, k, xq[r], &xs[r]);
+  bool first_pass = true;  // the loader may have fetched the first tile of the first pass
   for (int e = 0; e < experts; ++e) {  // each chosen expert streams once, for all its rows
     int picked = 0;
     for (int r = 0; r < rows; ++r) {
@@ -176,7 +177,10 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
     for (int r0 = 0; r0 < picked; r0 += row_block) {
       const int r1 = r0 + row_block < picked ? r0 + row_block : picked;
       const int half = first_half;
-      if (r0 > 0 || prefetched != pc) read_lane(0, base, tile[half], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
+      if (r0 > 0 || !first_pass || prefetched != pc) {
+        read_lane(0, base, tile[half], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
+      }
+      first_pass = false;
       first_half = (half + tiles) % 2;  // after this pass: the half its last tile does not use
       for (int t = 0; t < tiles; ++t) {
         const uint8_t* cur = tile[(half + t) % 2];
@@ -215,9 +219,20 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
   }
 }
 
+// The first expert an XMM streams: the lowest one that a row's route names at its slot.
+static int first_expert(const Instr& in, int rows) {
+  int first = -1;
+  for (int r = 0; r < rows; ++r) {
+    const int e = act[in.src1][r][2 * in.f[13]];
+    if (first < 0 || e < first) first = e;
+  }
+  return first;
+}
+
 // The weight loader's lookahead: after an instruction that streams from the lanes' channels, the
-// first tile of the next MM (unless another such instruction comes first) goes to the free half.
-static void prefetch_next_tile(const word_t* program, int pc, int n_instr,
+// first tile of the next MM (unless another such instruction comes first) goes to the free half; that
+// of the next XMM too, unless an instruction before it writes its route (the expert is not known yet).
+static void prefetch_next_tile(const word_t* program, int pc, int n_instr, int rows,
                                const word_t* w0,
                                const word_t* w1,
                                const word_t* w2,
@@ -227,14 +242,17 @@ static void prefetch_next_tile(const word_t* program, int pc, int n_instr,
                                const word_t* w6,
                                const word_t* w7) {
   prefetched = -1;
+  bool written[N_BUFFERS] = {};
   for (int p = pc + 1; p < n_instr; ++p) {
     const Instr next = fetch(program, p);
-    if (next.op == MM) {
-      read_lane(0, next.f[5], tile[first_half], next.f[6], w0, w1, w2, w3, w4, w5, w6, w7);
+    if (next.op == MM || (next.op == XMM && !written[next.src1])) {
+      const uint64_t expert = next.op == XMM ? (uint64_t)first_expert(next, rows) * next.f[12] : 0;
+      read_lane(0, next.f[5] + expert, tile[first_half], next.f[6], w0, w1, w2, w3, w4, w5, w6, w7);
       prefetched = p;
       return;
     }
     if (next.op == HALT || streams_lanes(next.op)) return;
+    written[next.dst] = true;
   }
 }
 
@@ -503,7 +521,7 @@ extern "C" void llmc_accel(
       default:
         break;
     }
-    if (streams_lanes(in.op)) prefetch_next_tile(program, pc, n_instr, w0, w1, w2, w3, w4, w5, w6, w7);
+    if (streams_lanes(in.op)) prefetch_next_tile(program, pc, n_instr, rows, w0, w1, w2, w3, w4, w5, w6, w7);
   }
   if (wrote_io) write_bytes(io, 0, io_buf, 25088);
 }
