@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 
 setup: $(VENV)/.installed
 
-# llama-cpp-python (built from source for this CPU) and gguf, for benchmarks/llamacpp_decode.py
+# llama-cpp-python (built from source for this CPU), for benchmarks/llamacpp_decode.py
 bench-setup: setup
 	$(PY) -m pip install -q -e ".[bench]"
 

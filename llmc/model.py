@@ -1,7 +1,7 @@
 """The user-facing model: an IR module plus its tokenizer, loaded from any supported source.
 
-``llmc.load(source)`` accepts a Hugging Face model directory, an ``.onnx`` file, an ``.llmc``
-file, the bundled model's name ``llmc-tiny``, an architecture name with a config (random,
+``llmc.load(source)`` accepts a Hugging Face model directory, an ``.onnx`` file, a llama.cpp
+``.gguf`` file, an ``.llmc`` file, the bundled model's name ``llmc-tiny``, an architecture name with a config (random,
 seeded weights), or a ``torch.nn.Module``.
 """
 
@@ -164,7 +164,21 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
         from llmc.compiler.frontend.onnx import import_onnx
 
         return Model(import_onnx(path, name or path.stem), _sibling_tokenizer(path.parent), str(path))
-    raise LlmcError(f"{path}: unknown model format (expected a model directory, .onnx or .llmc)")
+    if path.suffix == ".gguf":
+        return _load_gguf(path, shapes_only, max_length, name or path.stem)
+    raise LlmcError(f"{path}: unknown model format (expected a model directory, .onnx, .gguf or .llmc)")
+
+
+def _load_gguf(path: Path, shapes_only: bool, max_length: int, name: str) -> Model:
+    """A llama.cpp file; its one note line (types dequantized to float, no tokenizer) goes to stderr."""
+    import sys
+
+    from llmc.compiler.frontend.gguf_import import import_gguf
+
+    imported = import_gguf(path, name, max_length, shapes_only)
+    if imported.note:
+        print(imported.note, file=sys.stderr)
+    return Model(imported.module, imported.tokenizer_json, str(path))
 
 
 def _load_hf_dir(path: Path, shapes_only: bool, max_length: int, name: str) -> Model:

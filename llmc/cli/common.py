@@ -45,7 +45,7 @@ def add_alias(parser: argparse.ArgumentParser, old: str, dest: str) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser, generates: bool = False) -> None:
     """MODEL, --config, --seed and (unless the command ``generates``, needing weights) --shapes-only."""
     parser.add_argument("model", metavar="MODEL",
-                        help="a Hugging Face model directory, .onnx or .llmc file, 'llmc-tiny', "
+                        help="a Hugging Face model directory, .onnx, .gguf or .llmc file, 'llmc-tiny', "
                              "or an architecture name (llama, qwen2, mistral, gpt2, opt) for random weights")
     parser.add_argument("--config", type=Path, metavar="JSON",
                         help="config overrides for an architecture name, as a JSON object file")

@@ -44,12 +44,15 @@ def window_nll(module: Module, window: np.ndarray) -> float:
     return logits_nll(prefill_logits(module, window), window)
 
 
-def corpus_windows(module: Module, tokenizer_json: str | None, max_windows: int | None = None) -> list[np.ndarray]:
-    """The evaluation windows: consecutive non-overlapping 256-token windows of the test split."""
+def corpus_windows(module: Module, tokenizer_json: str | None, max_windows: int | None = None,
+                   context: int | None = None) -> list[np.ndarray]:
+    """The evaluation windows: consecutive non-overlapping 256-token windows of the test split, or
+    of the context (``context``, else the model's) where it is shorter."""
     if tokenizer_json is None:
         raise LlmcError(f"model '{module.name}' has no tokenizer: perplexity on the corpus needs one")
     stream = token_stream(tokenizer_json, "test", int(module.attrs.get("eos_token_id", -1)))
-    return windows(stream, WINDOW, max_windows)
+    context = context or int(module.attrs.get("max_position", 0) or 0)
+    return windows(stream, min(WINDOW, context) if context else WINDOW, max_windows)
 
 
 def perplexity(module: Module, tokenizer_json: str | None, max_windows: int | None = None,

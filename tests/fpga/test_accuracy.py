@@ -55,9 +55,15 @@ def test_llmc_compile_measures_by_default_and_skips_on_request(tiny_llmc, tmp_pa
 
 def test_nothing_is_measured_without_weights_or_tokenizer(w4: llmc.Model) -> None:
     hw = lower(w4.module, 64)
-    assert lowering_accuracy(w4.module, hw, None, 2)["reason"] == "the model has no tokenizer"
+    assert lowering_accuracy(w4.module, hw, None, 2, 64)["reason"] == "the model has no tokenizer"
     bare = clone(w4.module)
     for p in bare.params.values():
         p.data = None
-    assert lowering_accuracy(bare, lower(bare, 64), w4.tokenizer_json, 2)["reason"] == \
+    assert lowering_accuracy(bare, lower(bare, 64), w4.tokenizer_json, 2, 64)["reason"] == \
         "the model has no weights (shapes only)"
+
+
+def test_a_context_shorter_than_a_window_is_measured_in_windows_of_the_context(w4: llmc.Model) -> None:
+    accuracy = lowering_accuracy(w4.module, lower(w4.module, 48), w4.tokenizer_json, 2, 48)
+    assert accuracy["measured"] and accuracy["tokens"] == 2 * 47
+    assert 0 < accuracy["greedy"]["tokens"] <= 32

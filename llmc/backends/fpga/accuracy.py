@@ -29,9 +29,11 @@ def skipped(reason: str) -> dict[str, Any]:
     return {"measured": False, "reason": reason}
 
 
-def lowering_accuracy(source: Module, lowered: Module, tokenizer_json: str | None, windows: int) -> dict[str, Any]:
-    """Perplexity of ``lowered`` and ``source`` on the first ``windows`` test windows, how often
-    their next-token predictions agree there, and their greedy tokens from :data:`PROMPT`."""
+def lowering_accuracy(source: Module, lowered: Module, tokenizer_json: str | None, windows: int,
+                      context: int) -> dict[str, Any]:
+    """Perplexity of ``lowered`` and ``source`` on the first ``windows`` test windows (at most
+    ``context``, the compiled context, tokens each), how often their next-token predictions agree
+    there, and their greedy tokens from :data:`PROMPT`."""
     if windows < 1:
         return skipped("not asked for (--eval-windows 0)")
     if not source.has_weights:
@@ -41,7 +43,7 @@ def lowering_accuracy(source: Module, lowered: Module, tokenizer_json: str | Non
     device = StepDevice(lowered)
     nll = {"unlowered": 0.0, "lowered": 0.0}
     agree = tokens = 0
-    parts = corpus_windows(source, tokenizer_json, windows)
+    parts = corpus_windows(source, tokenizer_json, windows, context)
     for window in parts:
         device.reset()
         want, got = prefill_logits(source, window), device.run(window.tolist())
@@ -49,13 +51,14 @@ def lowering_accuracy(source: Module, lowered: Module, tokenizer_json: str | Non
         nll["lowered"] += logits_nll(got, window)
         agree += int((want[:-1].argmax(-1) == got[:-1].argmax(-1)).sum())
         tokens += len(window) - 1
-    greedy = [Model(m, tokenizer_json).run(PROMPT, max_new_tokens=NEW_TOKENS, stop=False).tokens
+    new_tokens = min(NEW_TOKENS, context - len(Model(source, tokenizer_json).encode(PROMPT)))
+    greedy = [Model(m, tokenizer_json).run(PROMPT, max_new_tokens=new_tokens, stop=False).tokens
               for m in (source, lowered)]
     same = [a == b for a, b in zip(*greedy)]
     return {
         "measured": True, "windows": len(parts), "tokens": tokens,
         "perplexity": {k: math.exp(v / tokens) for k, v in nll.items()},
         "top1_agreement": agree / tokens,
-        "greedy": {"prompt": PROMPT, "tokens": NEW_TOKENS, "identical": int(np.sum(same)),
+        "greedy": {"prompt": PROMPT, "tokens": new_tokens, "identical": int(np.sum(same)),
                    "first_difference": same.index(False) if False in same else None},
     }

@@ -190,13 +190,13 @@ def compile_project(module: Module, target: str, out_dir: Path, *, tokenizer_jso
     """Compile ``module`` for ``target`` and write the project folder ``out_dir`` (all or nothing).
 
     ``eval_windows`` > 0 measures the lowered program against ``module`` on that many 256-token
-    windows of the corpus's test split (:mod:`.accuracy`) and writes the result into the report.
+    windows (at most the compiled context) of the corpus's test split (:mod:`.accuracy`) and writes the result into the report.
     """
     out_dir = Path(out_dir)
     check_output(out_dir, force=force, products=BUILD_PRODUCTS)
     if eval_windows < 0:
         raise LlmcError(f"eval_windows must be 0 or more, got {eval_windows}")
     d = design(module, target, name=name or out_dir.name, max_context=max_context)
-    accuracy = lowering_accuracy(module, d.lowered, tokenizer_json, eval_windows)
+    accuracy = lowering_accuracy(module, d.lowered, tokenizer_json, eval_windows, d.config.max_context)
     write_project(out_dir, project_files(d, tokenizer_json, accuracy), force=force)
     return d

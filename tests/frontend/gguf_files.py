@@ -1,0 +1,173 @@
+"""GGUF files written from a Hugging Face model the way llama.cpp's converter writes them (tensor
+names, the llama Q/K row permutation, quantized blocks from ``gguf.quants``), a small byte-level BPE
+vocabulary for them, and the block decoding the tests check llmc's codes against."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+Q = gguf.GGMLQuantizationType
+PARTS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+         "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+       "lm_head.weight": "output.weight"}
+CORPUS = ("the quick brown fox jumps over the lazy dog. a fine day, then the dog sleeps. "
+          "we compile models to hardware, and the hardware runs them fast. the fox and the dog are friends. ") * 3
+
+
+def gguf_name(hf_name: str) -> str:
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", hf_name)
+    return f"blk.{m[1]}.{PARTS[m[2]]}.{m[3]}" if m else TOP[hf_name]
+
+
+def permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's converter: each head's two RoPE halves interleaved, row by row."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@dataclass
+class Vocab:
+    """A byte-level BPE vocabulary: ``<s>``, ``</s>``, the characters of :data:`CORPUS`, then merges."""
+
+    tokens: list[str]
+    merges: list[str]
+    types: list[int] = field(default_factory=list)
+
+
+def train_bpe(size: int, text: str = CORPUS) -> Vocab:
+    """Greedy BPE on ``text`` (most frequent pair first, ties by the pair) to ``size`` tokens."""
+    words = Counter(w.replace(" ", "Ġ") for w in re.findall(r" ?[a-z]+| ?[^\sa-z]+|\s+", text))
+    split = {w: list(w) for w in words}
+    tokens = ["<s>", "</s>", *sorted({c for w in words for c in w})]
+    merges = []
+    while len(tokens) < size:
+        pairs: Counter = Counter()
+        for w, n in words.items():
+            for a, b in zip(split[w], split[w][1:]):
+                pairs[a, b] += n
+        (a, b), _ = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        merges.append(f"{a} {b}")
+        tokens.append(a + b)
+        for w, parts in split.items():
+            i, out = 0, []
+            while i < len(parts):
+                if i + 1 < len(parts) and parts[i] == a and parts[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(parts[i])
+                    i += 1
+            split[w] = out
+    types = [gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL] * (len(tokens) - 2)
+    return Vocab(tokens, merges, [int(t) for t in types])
+
+
+def write_gguf(path: Path, model: torch.nn.Module, types: Mapping[str, Q] | None = None, default: Q = Q.F32,
+               vocab: Vocab | None = None, arch: str | None = None, meta: Mapping[str, Any] | None = None,
+               drop: tuple[str, ...] = (), extra: Mapping[str, np.ndarray] | None = None) -> Path:
+    """``model`` as a GGUF file: 2-D weights in ``types[gguf name]`` (else ``default``), 1-D ones in F32.
+    ``meta`` overrides config values (``feed_forward_length=...``); ``drop`` leaves tensors out;
+    ``extra`` tensors are added in F32."""
+    cfg = model.config
+    arch = arch or cfg.model_type
+    values = dict(context_length=cfg.max_position_embeddings, embedding_length=cfg.hidden_size,
+                  block_count=cfg.num_hidden_layers, feed_forward_length=cfg.intermediate_size,
+                  head_count=cfg.num_attention_heads, head_count_kv=cfg.num_key_value_heads,
+                  layer_norm_rms_eps=cfg.rms_norm_eps, rope_freq_base=cfg.rope_parameters["rope_theta"],
+                  rope_dimension_count=cfg.hidden_size // cfg.num_attention_heads)
+    values.update(meta or {})
+    writer = gguf.GGUFWriter(str(path), arch)
+    for key, value in values.items():
+        getattr(writer, f"add_{key}")(value)
+    if vocab is not None:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_merges(vocab.merges)
+        writer.add_token_types(vocab.types)
+        writer.add_bos_token_id(0)
+        writer.add_eos_token_id(1)
+        writer.add_add_bos_token(True)
+    tied = cfg.tie_word_embeddings
+    for hf_name, tensor in model.state_dict().items():
+        name = gguf_name(hf_name)
+        if name in drop or (tied and hf_name == "lm_head.weight"):
+            continue
+        w = tensor.detach().numpy().astype(np.float32)
+        if arch == "llama" and name.split(".")[2:3] in (["attn_q"], ["attn_k"]):
+            w = permute(w, cfg.num_attention_heads if ".attn_q." in name else cfg.num_key_value_heads)
+        qtype = (types or {}).get(name, default) if w.ndim == 2 else Q.F32
+        if qtype == Q.F32:
+            writer.add_tensor(name, np.ascontiguousarray(w))
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
+    for name, w in (extra or {}).items():
+        writer.add_tensor(name, np.ascontiguousarray(w, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def llama3_rope_factors(cfg: Any) -> np.ndarray:
+    """``rope_freqs.weight`` as llama.cpp's converter computes it from a ``llama3`` RoPE config: the
+    divisor of each rotary frequency."""
+    rope = cfg.rope_parameters
+    dim = cfg.hidden_size // cfg.num_attention_heads
+    freqs = 1.0 / rope["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    old, low, high, factor = (rope["original_max_position_embeddings"], rope["low_freq_factor"],
+                              rope["high_freq_factor"], rope["factor"])
+    out = []
+    for wavelen in 2 * math.pi / freqs:
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
+def roundtrip(w: np.ndarray, qtype: Q) -> np.ndarray:
+    """``w`` as gguf stores it in ``qtype`` and reads it back (rows are independent, so permuting
+    rows before or after gives the same values)."""
+    return w if qtype == Q.F32 else gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype)
+
+
+def with_weights(model: torch.nn.Module, types: Mapping[str, Q], default: Q = Q.F32) -> torch.nn.Module:
+    """A copy of ``model`` holding the weights a GGUF file of these types gives back."""
+    import copy
+
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for hf_name, p in out.state_dict().items():
+            if p.ndim == 2:
+                qtype = types.get(gguf_name(hf_name), default)
+                p.copy_(torch.from_numpy(roundtrip(p.numpy().astype(np.float32), qtype)))
+    return out
+
+
+def block_codes(w: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, f16 scales) of ``w`` quantized by gguf: Q8_0's ``qs``; Q4_0's nibbles minus 8."""
+    raw = gguf.quants.quantize(w, qtype)
+    rows = w.shape[0]
+    blocks = raw.reshape(rows, w.shape[1] // 32, -1)
+    d = blocks[..., :2].copy().view(np.float16)[..., 0]
+    if qtype == Q.Q8_0:
+        return blocks[..., 2:].copy().view(np.int8).reshape(w.shape), d
+    qs = blocks[..., 2:].astype(np.int16)
+    codes = np.concatenate([qs % 16, qs // 16], axis=-1) - 8
+    return codes.reshape(w.shape), d
