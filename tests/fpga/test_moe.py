@@ -1,6 +1,7 @@
 """Mixtures of experts on the accelerator: the router's choice on the SFU (``hw_route``), expert-indexed
-matrix products that stream only the chosen experts (``XMM``), the experts quantized by the compression
-passes with their own codes, and the timing model counting only the chosen experts' bytes."""
+matrix products that stream only the chosen experts (``XMM``), the experts compressed by the passes
+(RTN, GPTQ and AWQ on each expert's routed tokens, N:M sparsity, LUT) and run on the matching engine,
+and the timing model counting only the chosen experts' bytes."""
 
 from __future__ import annotations
 
@@ -29,11 +30,20 @@ def _ref(op: str, ins: list[np.ndarray], **attrs: object) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def mixtral_w4(tmp_path_factory: pytest.TempPathFactory) -> llmc.Model:
-    model = llmc.load("mixtral", config=FAMILIES["mixtral"])
+def mixtral() -> llmc.Model:
+    return llmc.load("mixtral", config=FAMILIES["mixtral"])
+
+
+def compressed(model: llmc.Model, recipe: str) -> tuple[llmc.ir.Module, dict]:
     context = PassContext()
-    model.module = run_pipeline(model.module, parse_pipeline(W4), context)
-    model.reports = context.reports
+    return run_pipeline(model.module, parse_pipeline(recipe), context), context.reports
+
+
+@pytest.fixture(scope="module")
+def mixtral_w4(mixtral: llmc.Model) -> llmc.Model:
+    module, reports = compressed(mixtral, W4)
+    model = llmc.Model(module, None)
+    model.reports = reports
     return model
 
 
@@ -75,10 +85,10 @@ def test_expert_matmul_is_each_row_through_its_expert() -> None:
     np.testing.assert_array_equal(_ref("hw_weigh", [x, weights], slot=1), _ref("hw_mul", [x, np.full_like(x, 3 << 14)]))
 
 
-def test_experts_are_quantized_per_expert(mixtral_w4: llmc.Model) -> None:
+def test_experts_are_quantized_per_expert(mixtral: llmc.Model, mixtral_w4: llmc.Model) -> None:
     from llmc.compiler.quant.grid import Grid, quantize_rtn
 
-    source = llmc.load("mixtral", config=FAMILIES["mixtral"]).module
+    source = mixtral.module
     name = "model.layers.0.mlp.experts.down_proj"
     codes, scales = (mixtral_w4.module.params[f"{name}.{part}"] for part in ("codes", "scales"))
     experts, n, k = source.params[name].type.static_shape()
@@ -87,10 +97,45 @@ def test_experts_are_quantized_per_expert(mixtral_w4: llmc.Model) -> None:
         q = quantize_rtn(source.params[name].data[e].astype(np.float32), Grid(4, 32, True))
         np.testing.assert_array_equal(codes.data[e], q.codes)
         np.testing.assert_array_equal(scales.data[e], q.scales.astype(np.float16))
-    assert mixtral_w4.reports["quantize"]["experts"] == {"projections": 4, "method": "rtn"}
-    context = PassContext()
-    run_pipeline(source, parse_pipeline("quantize{bits=4,group=32,method=gptq}"), context)
-    assert context.reports["quantize"]["experts"]["method"] == "rtn"  # routed inputs are not calibrated
+    assert mixtral_w4.reports["quantize"]["experts"] == {"projections": 4, "method": "rtn", "rounded_to_nearest": 0}
+
+
+def test_gptq_rounds_each_expert_on_the_tokens_routed_to_it(mixtral: llmc.Model) -> None:
+    from llmc.compiler.calibrate import collect, expert_key
+    from llmc.compiler.quant.grid import Grid, quantize_rtn
+
+    stats = collect(mixtral.module, None)
+    name = "model.layers.1.mlp.experts.down_proj"
+    routed = [stats[expert_key(name, e)].rows for e in range(4) if expert_key(name, e) in stats]
+    assert len(routed) == 4 and sum(routed) == 2 * 32 * 128  # top-2 of every calibration token
+    module, reports = compressed(mixtral, "quantize{bits=4,group=32,method=gptq}")
+    assert reports["quantize"]["experts"] == {"projections": 4, "method": "gptq", "rounded_to_nearest": 0}
+    codes, scales = module.params[f"{name}.codes"].data, module.params[f"{name}.scales"].data
+    grid = Grid(4, 32, True)
+    for e in range(4):
+        w, x = mixtral.module.params[name].data[e], stats[expert_key(name, e)].samples
+        gptq = (codes[e].astype(np.float32).reshape(64, 3, 32) * scales[e][:, :, None].astype(np.float32)).reshape(64, 96)
+        rtn = quantize_rtn(w, grid).dequantize()
+        assert np.linalg.norm(x @ (gptq - w).T) < np.linalg.norm(x @ (rtn - w).T)  # the routed tokens' output error
+
+
+@pytest.mark.parametrize("recipe,engine,flags", [
+    ("sparsify{pattern=2:4,method=sparsegpt},quantize{bits=4,group=32,method=awq}", "sparse", 0x42214),
+    ("quantize{bits=2,group=32},lut-mpgemm", "lut", 0x362),
+])
+def test_compressed_experts_run_on_their_engine_bit_exact(mixtral: llmc.Model, recipe: str, engine: str, flags: int,
+                                                          tmp_path: Path) -> None:
+    module, reports = compressed(mixtral, recipe)
+    if engine == "sparse":
+        codes = module.params["model.layers.0.mlp.experts.gate_up_proj.codes"].data.reshape(4, 192, 16, 4)
+        assert ((codes == 0).sum(axis=-1) >= 2).all()  # 2:4 in every expert
+    else:
+        assert reports["lut-mpgemm"]["moe_layers"] == 4  # prefill's and decode's
+    compile_project(module, "u280", tmp_path / "p")
+    program = (tmp_path / "p" / "program.txt").read_text()
+    assert all(f"flags={flags}," in line for line in program.splitlines() if line.startswith("XMM"))
+    results = verify_project(tmp_path / "p", SMALL_PROMPT, 4, levels=("interpreter", "iss", "csim"))
+    assert [r.mismatches for r in results] == [0, 0, 0], [r.to_json() for r in results]
 
 
 def test_quantized_experts_keep_their_codes_and_run_bit_exact(w4_project: Path) -> None:

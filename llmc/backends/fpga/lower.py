@@ -333,8 +333,9 @@ class Lowering:
         if got.kind == "param":
             w = ew.from_float(flat[0], e * n, k, None, False)
         else:
+            sparse = next(((c.n, c.m) for c in t.encodings if isinstance(c, SparseEncoding) and c.m), None)
             w = ew.from_codes(flat[0], flat[1], flat[2] if len(flat) == 3 else None, e * n, k, t.dtype.bits, group,
-                              None, False, len(flat) == 3, None)
+                              None, False, len(flat) == 3, sparse, lut=node.attrs.get("lut_g", 0) > 0)
         base = self.param_data(v if got.kind == "param" else got.of.inputs[0])[0].removesuffix(".codes")
         return self.engine_params(base + part, w, e), w
 
@@ -342,6 +343,8 @@ class Lowering:
         params, w = stack
         attrs = {"slot": slot, "group": w.group, "shift": w.shift, "scale_bits": w.scale_bits, "engine": w.engine,
                  "has_zero": w.has_zero, "has_bias": False}
+        if w.sparse:
+            attrs["sparse"] = f"{w.sparse[0]}:{w.sparse[1]}"
         return self.b.op("hw_expert_matmul", [x, route, *params], attrs)
 
     def op_fake_quant(self, node: Node, x: Value) -> Any:

@@ -84,12 +84,19 @@ def from_float(w: np.ndarray | None, n: int, k: int, bias: np.ndarray | None, ha
 
 def from_codes(codes: np.ndarray | None, scales: np.ndarray | None, zeros: np.ndarray | None, n: int, k: int,
                bits: int, group: int, bias: np.ndarray | None, has_bias: bool, has_zero: bool,
-               sparse: tuple[int, int] | None) -> EngineWeights:
-    """Quantized codes (dequantize or qlinear weights); N:M sparse codes go to the sparse engine."""
+               sparse: tuple[int, int] | None, lut: bool = False) -> EngineWeights:
+    """Quantized codes (dequantize or qlinear weights); N:M sparse codes go to the sparse engine,
+    with ``lut`` the codes go to the LUT engine, which reads unsigned codes with zero points
+    (signed codes ``c`` become ``c + 2^(bits-1)`` with that zero point: the same products)."""
     group = group or k
     c = None if codes is None else codes.astype(np.int64)
     z = None if zeros is None else zeros.astype(np.int64)
-    engine = "sparse" if sparse else "dsp"
+    if lut and not has_zero:
+        offset = 1 << (bits - 1)
+        c = None if c is None else c + offset
+        z = None if scales is None else np.full(scales.shape, offset, dtype=np.int64)
+        has_zero = True
+    engine = "lut" if lut else "sparse" if sparse else "dsp"
     return _finish(n, k, bits, group, engine, c, scales, z, bias, has_bias, has_zero, sparse)
 
 
@@ -99,3 +106,4 @@ def from_planes(planes: np.ndarray | None, scales: np.ndarray | None, zeros: np.
     codes = None if planes is None else unpack_planes(planes, k, g).astype(np.int64)
     z = None if zeros is None else zeros.astype(np.int64)
     return _finish(n, k, bits, group or k, "lut", codes, scales, z, None, False, True)
+

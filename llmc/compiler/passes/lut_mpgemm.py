@@ -4,6 +4,8 @@ Every ``linear(x, dequantize(codes, scales[, zeros]))`` becomes ``lut_gemm`` ove
 packed bit-planes (``W.planes``) and integer zero points (``W.lut_zeros``), reading the tables of
 ``lut_precompute(x)``. Layers that read the same activations share one precompute, placed right
 after the op producing them (the norm or activation a hardware table builder fuses with).
+A ``moe`` whose experts are such codes gets ``lut_g``: its expert products run on the
+accelerator's LUT engine (exact tables; the CPU and GPU backends compute them densely).
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ def _lut_params(module: Module, site: _Site, options: LutOptions) -> tuple[str, 
 
 @register_pass("lut-mpgemm", LutOptions)
 def lut_mpgemm(module: Module, options: LutOptions, context: PassContext) -> Module:
-    """Rewrite quantized linear layers of 1..4 bits into LUT-mpGEMM form."""
+    """Rewrite quantized linear layers of 1..4 bits into LUT-mpGEMM form (and mark low-bit experts)."""
     out = clone(module)
     rewritten = set()
+    experts = 0
     for func in out.functions.values():
         sites = _sites(out, func, options)
         tables: dict[str, list[Value]] = {}
@@ -118,7 +121,33 @@ def lut_mpgemm(module: Module, options: LutOptions, context: PassContext) -> Mod
             rewritten.add(site.codes)
         func.nodes = nodes
         dce(func)
+        experts += _lut_experts(out, func, options)
     prune_params(out)
     context.reports["lut-mpgemm"] = {"layers": len(rewritten), "g": options.g, "symmetric": options.symmetric,
-                                     "table_bits": options.table_bits}
+                                     "table_bits": options.table_bits, "moe_layers": experts}
     return out
+
+
+def _lut_experts(module: Module, func: Function, options: LutOptions) -> int:
+    """Mark every ``moe`` whose experts are dequantized 1..4-bit dense codes (groups a multiple of
+    ``g``) for LUT products (``lut_g``); how many. Their tables are exact whatever ``table_bits``."""
+    producers, marked = func.producers(), 0
+    for node in func.nodes:
+        if node.op != "moe":
+            continue
+        found = [_expert_encoding(module, producers, v) for v in node.inputs[2:]]
+        if all(q is not None and q.bits <= 4 and q.group % options.g == 0 for q in found):
+            node.attrs["lut_g"] = options.g
+            marked += 1
+    return marked
+
+
+def _expert_encoding(module: Module, producers: dict[str, Node], v: Value) -> QuantEncoding | None:
+    """The quantization of dense expert codes read through ``dequantize`` (None otherwise)."""
+    deq = producers.get(v.name)
+    param = producers.get(deq.inputs[0].name) if deq is not None and deq.op == "dequantize" else None
+    if param is None or param.op != "param":
+        return None
+    encodings = module.params[param.attrs["name"]].type.encodings
+    quant = [e for e in encodings if isinstance(e, QuantEncoding)]
+    return quant[0] if quant and not any(isinstance(e, SparseEncoding) for e in encodings) else None

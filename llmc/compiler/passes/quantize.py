@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from llmc.compiler.calibrate import LayerStats
+from llmc.compiler.calibrate import LayerStats, expert_key
 from llmc.compiler.passes.linear import (
     LinearLayer,
     check_group_divides,
@@ -122,15 +122,14 @@ def quantize(module: Module, options: QuantizeOptions, context: PassContext) -> 
     report: dict[str, object] = {"layers": len(layers), "bits": grid.bits, "group": grid.group,
                                  "method": options.method, "shapes_only": shapes_only,
                                  "bits_per_weight": BITS_PER_WEIGHT if options.method == "ternary" else grid.bits}
-    if experts:
-        report["experts"] = {"projections": len(experts), "method": _expert_method(options)}
     if shapes_only:
         for layer in layers + experts:
             install(out, layer, grid, None, _sparse_encodings(out.params[layer.weight]))
         context.reports["quantize"] = report
         return out
-    quantize_experts(out, experts, grid, options)
     stats = context.calibration(module) if options.method in CALIBRATED else {}
+    if experts:
+        report["experts"] = quantize_experts(out, experts, grid, options, stats)
     missing = [layer.weight for layer in layers if options.method in CALIBRATED and layer.weight not in stats]
     if missing:
         raise PipelineError(f"pass quantize: calibration never reached {missing[0]}")
@@ -154,22 +153,31 @@ def quantize(module: Module, options: QuantizeOptions, context: PassContext) -> 
     return out
 
 
-def _expert_method(options: QuantizeOptions) -> str:
-    """How expert projections are rounded: as asked, but round to nearest where the method calibrates
-    (the inputs each expert sees depend on the router; their statistics are not gathered)."""
-    return "rtn" if options.method in CALIBRATED else options.method
-
-
-def quantize_experts(module: Module, experts: list[LinearLayer], grid: Grid, options: QuantizeOptions) -> None:
-    """Quantize stacked expert weights [E, N, K], every expert's rows with their own groups."""
-    quantizer = QUANTIZERS[_expert_method(options)]
+def quantize_experts(module: Module, experts: list[LinearLayer], grid: Grid, options: QuantizeOptions,
+                     stats: dict[str, LayerStats]) -> dict[str, object]:
+    """Quantize stacked expert weights [E, N, K] expert by expert, a calibrated method on the
+    statistics of the tokens routed to that expert (an expert no calibration token chose is rounded
+    to nearest; AWQ searches each expert's clipping but folds no input scales, the router sharing
+    the experts' input). Returns the report entry."""
+    uncalibrated = 0
     for layer in experts:
-        data = np.asarray(module.params[layer.weight].data, dtype=np.float32)
-        try:
-            q = quantizer(data.reshape(-1, layer.in_features), grid, None, options)
-        except ValueError as e:
-            raise PipelineError(f"pass quantize: {layer.weight}: {e}") from None
-        install(module, layer, grid, q)
+        p = module.params[layer.weight]
+        data = np.asarray(p.data, dtype=np.float32)
+        sparse = _sparse_encodings(p)
+        parts = []
+        for e in range(layer.experts):
+            stat = stats.get(expert_key(layer.weight, e))
+            method = "rtn" if options.method in CALIBRATED and stat is None else options.method
+            uncalibrated += method != options.method
+            try:
+                parts.append(QUANTIZERS[method](data[e], grid, stat, options, (data[e] == 0) if sparse else None))
+            except ValueError as err:
+                raise PipelineError(f"pass quantize: {layer.weight} expert {e}: {err}") from None
+        zeros = None if parts[0].zeros is None else np.concatenate([q.zeros for q in parts])
+        stacked = Quantized(np.concatenate([q.codes for q in parts]), np.concatenate([q.scales for q in parts]), zeros,
+                            parts[0].grid)
+        install(module, layer, grid, stacked, sparse)
+    return {"projections": len(experts), "method": options.method, "rounded_to_nearest": uncalibrated}
 
 
 def apply_awq(module: Module, layers: list[LinearLayer], stats: dict[str, LayerStats], grid: Grid) -> list[ScaleChoice]:

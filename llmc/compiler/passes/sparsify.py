@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmc.compiler.calibrate import LayerStats
-from llmc.compiler.passes.linear import LinearLayer, clone, linear_layers, set_param, shapes_only_layers
+from llmc.compiler.calibrate import LayerStats, expert_key
+from llmc.compiler.passes.linear import LinearLayer, clone, expert_layers, linear_layers, set_param, shapes_only_layers
 from llmc.compiler.pipeline import PassContext, PipelineError, register_pass
 from llmc.compiler.quant.sparse import Pattern, magnitude_mask, sparsegpt, wanda_mask
 from llmc.ir.graph import Module
@@ -94,7 +94,7 @@ class SparsifyOptions:
 
 
 def check_sparsify(module: Module, options: SparsifyOptions) -> None:
-    layers = linear_layers(module)
+    layers = linear_layers(module) + expert_layers(module)
     for rule in options.rules:
         if not any(rule.matches(layer) for layer in layers):
             raise PipelineError(f"pass sparsify: ratios entry '{rule.key}' matches no linear layer")
@@ -128,6 +128,10 @@ def encoding_of(pattern: Pattern, pruned: np.ndarray | None) -> SparseEncoding:
 
 def _pruned(layer: LinearLayer, data: np.ndarray, pattern: Pattern, options: SparsifyOptions,
             stats: dict[str, LayerStats]) -> np.ndarray:
+    """``data`` pruned; stacked experts one by one, each on the statistics of its routed tokens."""
+    if layer.experts:
+        return np.stack([_pruned(LinearLayer(expert_key(layer.weight, e), layer.out_features, layer.in_features),
+                                 data[e], pattern, options, stats) for e in range(layer.experts)])
     try:
         pruned = prune(data.astype(np.float32), pattern, options, stats.get(layer.weight))
     except ValueError as e:
@@ -137,16 +141,17 @@ def _pruned(layer: LinearLayer, data: np.ndarray, pattern: Pattern, options: Spa
 
 @register_pass("sparsify", SparsifyOptions, check=check_sparsify)
 def sparsify(module: Module, options: SparsifyOptions, context: PassContext) -> Module:
-    """Prune every linear weight (magnitude, Wanda or SparseGPT) to N:M or unstructured sparsity."""
+    """Prune every linear weight and expert projection (magnitude, Wanda or SparseGPT) to N:M or
+    unstructured sparsity."""
     out = clone(module)
-    layers = linear_layers(out)
+    layers = linear_layers(out) + expert_layers(out)
     shapes_only = shapes_only_layers("sparsify", out, [layer.weight for layer in layers])
     stats = context.calibration(out) if options.method in CALIBRATED and not shapes_only else {}
     zeros = total = 0.0
     for layer in layers:
         param = out.params[layer.weight]
         pattern = options.pattern_for(layer)
-        size = layer.out_features * layer.in_features
+        size = max(layer.experts, 1) * layer.out_features * layer.in_features
         pruned = None if shapes_only else _pruned(layer, param.data, pattern, options, stats)
         zeros += size * pattern.sparsity if pruned is None else size - int(np.count_nonzero(pruned))
         total += size

@@ -127,13 +127,16 @@ class TopK:
         return [np.take_along_axis(x, indices, axis=axis), indices.astype(np.int64)]
 
 
-@register("moe", inputs=4, attrs={"top_k": AttrSpec("int"), "normalize": AttrSpec("bool")})
+@register("moe", inputs=4, attrs={"top_k": AttrSpec("int"), "normalize": AttrSpec("bool"), "lut_g": AttrSpec("int", 0)})
 class Moe:
     """A mixture-of-experts MLP over tokens x [T, H]: router [E, H], gate_up [E, 2I, H] (gate rows
     first), down [E, H, I]. ``p = softmax(x router^T)``; its ``top_k`` largest (``topk``'s order)
     are the token's experts, their probabilities the weights (divided by their sum when
     ``normalize``); each chosen expert e gives ``down[e] (silu(g) * u)`` with ``(g, u)`` the halves
-    of ``gate_up[e] x``; the result is the weighted sum over the chosen experts, in their order."""
+    of ``gate_up[e] x``; the result is the weighted sum over the chosen experts, in their order.
+    ``lut_g`` > 0 (set by ``lut-mpgemm`` on low-bit experts) asks for the expert products as table
+    lookups over chunks of ``lut_g`` activations with exact tables: the same products, computed
+    here densely."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
@@ -154,18 +157,30 @@ class Moe:
     def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
         x, router, gate_up, down = (_f32(a) for a in ins)
         k, tokens = attrs["top_k"], x.shape[0]
-        p = softmax(np.matmul(x, router.T).astype(np.float32), -1)
-        chosen = np.argsort(-p.astype(np.float64), axis=-1, kind="stable")[:, :k]
-        weights = np.take_along_axis(p, chosen, axis=-1)
-        if attrs["normalize"]:
-            weights = (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+        chosen, weights = moe_route(x, router, k, attrs["normalize"])
         experts = chosen.reshape(-1)  # token-major pairs, as transformers' batched experts
-        h = np.matmul(gate_up[experts], np.repeat(x, k, axis=0)[:, :, None])[:, :, 0]
-        inner = h.shape[1] // 2
-        g = h[:, :inner]
-        a = (g / (np.float32(1) + np.exp(-g))).astype(np.float32) * h[:, inner:]  # silu as the silu op computes it
+        a = expert_hidden(np.repeat(x, k, axis=0), gate_up[experts])
         out = np.matmul(down[experts], a[:, :, None])[:, :, 0] * weights.reshape(-1, 1)
         return [as_dtype(out.reshape(tokens, k, -1).sum(axis=1), ctx.out_types[0].dtype)]
+
+
+def moe_route(x: np.ndarray, router: np.ndarray, top_k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The experts each row of ``x`` [T, H] chooses ([T, top_k], best first) and their weights."""
+    p = softmax(np.matmul(x, router.T).astype(np.float32), -1)
+    chosen = np.argsort(-p.astype(np.float64), axis=-1, kind="stable")[:, :top_k]
+    weights = np.take_along_axis(p, chosen, axis=-1)
+    if normalize:
+        weights = (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return chosen, weights
+
+
+def expert_hidden(x: np.ndarray, gate_up: np.ndarray) -> np.ndarray:
+    """``silu(g) * u`` of rows ``x`` [R, H] through their experts' ``gate_up`` [R, 2I, H] (or one
+    expert's [2I, H] for every row): the input of the down projection."""
+    h = np.matmul(gate_up, x[:, :, None])[:, :, 0] if gate_up.ndim == 3 else np.matmul(x, gate_up.T)
+    inner = h.shape[1] // 2
+    g = h[:, :inner]
+    return (g / (np.float32(1) + np.exp(-g))).astype(np.float32) * h[:, inner:]  # silu as the silu op computes it
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
