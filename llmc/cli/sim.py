@@ -19,8 +19,10 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
     _project_argument(parser)
     parser.add_argument("--timing-only", action="store_true",
                         help="model a run without data (works on projects compiled with --shapes-only)")
-    parser.add_argument("--prefill", type=int, default=128, metavar="L", help="--timing-only: prompt tokens (128)")
-    parser.add_argument("--decode", type=int, default=128, metavar="N", help="--timing-only: generated tokens (128)")
+    parser.add_argument("--prefill", type=int, metavar="L",
+                        help="--timing-only: prompt tokens (128, or half a shorter context: llmc compile's run)")
+    parser.add_argument("--decode", type=int, metavar="N",
+                        help="--timing-only: generated tokens (128, or what a shorter context leaves)")
     parser.add_argument("--roofline", type=Path, metavar="SVG", help="write the decode roofline plot here")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling (default 0)")
     add_generation_arguments(parser, required=False)
@@ -29,14 +31,19 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def simulate(args: argparse.Namespace) -> int:
     """Generate text on the instruction-set simulator and report modelled performance."""
+    from llmc.backends.fpga.timing import RUN_DECODE, RUN_PREFILL, TimingModel, run_lengths
     from llmc.sim.image import ProjectImage
     from llmc.sim.perf import model_run, roofline_svg
-    from llmc.sim.timing import TimingModel
 
     image = ProjectImage.load(args.project, weights=not args.timing_only)
     timing = TimingModel.for_image(image)
     if args.timing_only:
-        figures = model_run(timing, image.programs, args.prefill, args.decode)
+        if args.prefill is None and args.decode is None:
+            prefill, decode = run_lengths(image.config.max_context)
+        else:
+            prefill = RUN_PREFILL if args.prefill is None else args.prefill
+            decode = RUN_DECODE if args.decode is None else args.decode
+        figures = model_run(timing, image.programs, prefill, decode)
         _write_roofline(args.roofline, roofline_svg(timing, figures, image.name))
         if args.json:
             print(json.dumps({"modelled": figures.to_json()}, sort_keys=True))

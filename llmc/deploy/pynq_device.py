@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from llmc.backends.fpga.container import read_container
+from llmc.backends.fpga.design import chunks
 from llmc.backends.fpga.isa import INSTR_BYTES
 from llmc.deploy.layout import (
     COMPUTE_UNIT,
@@ -34,7 +35,7 @@ from llmc.deploy.layout import (
 )
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
-from llmc.sim.image import ProjectImage, chunks
+from llmc.sim.image import ProjectImage
 
 PYNQ_SERIES = "3.0."  # the last PYNQ series with Alveo (XRT) devices; 3.1 removed their probe
 PYNQ_PIN = "pynq==3.0.1"

@@ -8,34 +8,17 @@ the containers' checksums are verified and the weights must belong to the progra
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from llmc.backends.fpga.container import Container, read_container
-from llmc.backends.fpga.design import AcceleratorConfig
+from llmc.backends.fpga.design import AcceleratorConfig, bucket_for
 from llmc.backends.fpga.isa import Instruction, decode_program
 from llmc.backends.fpga.target import Target, load_target, target_from_json
 from llmc.errors import LlmcError
 from llmc.manifest import check_files
-
-
-def bucket_for(buckets: Sequence[int], rows: int) -> int:
-    """The smallest bucket holding ``rows`` rows, else the largest (the chunk is cut to it)."""
-    return next((b for b in sorted(buckets) if b >= rows), max(buckets))
-
-
-def chunks(total: int, bucket_for: Callable[[int], int]) -> Iterator[tuple[int, int, int]]:
-    """``(bucket, first row, rows)`` for a run of ``total`` rows, each chunk in the bucket
-    ``bucket_for(rows left)`` chooses (as the simulators, the PYNQ runtime and the XRT host cut a prefill)."""
-    done = 0
-    while done < total:
-        bucket = bucket_for(total - done)
-        rows = min(total - done, bucket)
-        yield bucket, done, rows
-        done += rows
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ bytes at the addresses the compiler assigned, and computes with the ``hw_*`` ops
 semantics (``llmc/ir/ops/hw.py``), vectorised over rows, so the ISS is bit-exact with the
 interpreter on the lowered program and with C-simulation. Decoded weight tiles are cached, so
 text generation on the bundled model is interactive. Each run also returns the modelled time of
-every instruction (:mod:`llmc.sim.timing`).
+every instruction (:mod:`llmc.backends.fpga.timing`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from llmc.backends.fpga import pack
+from llmc.backends.fpga.design import chunks
 from llmc.backends.fpga.isa import Instruction
+from llmc.backends.fpga.timing import Cost, TimingModel
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
 from llmc.ir.ops import hw_math as hm
 from llmc.ir.registry import OPS, RefContext
-from llmc.sim.image import ProjectImage, chunks
-from llmc.sim.timing import Cost, TimingModel
+from llmc.sim.image import ProjectImage
 
 ENGINE_NAMES = {0: "dsp", 1: "sparse", 2: "lut"}
 ACT_NAMES = {0: "silu", 1: "relu", 2: "gelu_tanh", 3: "gelu"}

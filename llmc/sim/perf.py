@@ -1,7 +1,7 @@
 """Modelled performance of a whole run: prefill latency, decode tokens/s, per-layer utilisation, energy, roofline.
 
 :func:`model_run` walks the programs a run executes (prefill chunked by bucket, then one decode
-step per token at its growing position) through :class:`~llmc.sim.timing.TimingModel` without
+step per token at its growing position) through :class:`~llmc.backends.fpga.timing.TimingModel` without
 computing any data, so it works on projects compiled with ``--shapes-only`` (a 7B model in
 about a second).
 """
@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from math import log10
 
 from llmc.backends.fpga.isa import Instruction
-from llmc.errors import LlmcError
-from llmc.sim.image import bucket_for, chunks
-from llmc.sim.timing import Cost, TimingModel, block_of
+from llmc.backends.fpga.timing import Cost, TimingModel, block_of
 from llmc.templating import render
 
 
@@ -63,14 +61,7 @@ class RunFigures:
 
 def model_run(timing: TimingModel, programs: dict[int, list[Instruction]], prefill: int, decode: int) -> RunFigures:
     """Model a prompt of ``prefill`` tokens followed by ``decode`` generated tokens."""
-    if prefill < 1 or decode < 1:
-        raise LlmcError("timing needs at least one prompt token and one decode token")
-    context = timing.config.max_context
-    if prefill + decode > context:
-        raise LlmcError(f"{prefill} + {decode} tokens exceed the compiled context of {context}")
-    pre = [c for b, first, rows in chunks(prefill, lambda rows: bucket_for(programs, rows))
-           for c in timing.program(programs[b], rows, first)]
-    steps = [timing.program(programs[bucket_for(programs, 1)], 1, prefill + i) for i in range(decode)]
+    pre, steps = timing.run(programs, prefill, decode)
     flat = [c for step in steps for c in step]
     return RunFigures(prefill, decode, timing.seconds(pre), timing.seconds(flat),
                       sum(c.hbm_bytes for c in flat) // decode, timing.hbm_utilisation(flat),

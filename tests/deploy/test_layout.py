@@ -10,6 +10,7 @@ import pytest
 from deploy_support import PROMPT
 
 from llmc.backends.fpga.container import read_container
+from llmc.backends.fpga.design import chunks
 from llmc.deploy.layout import (
     COMPUTE_UNIT,
     MIN_BUFFER_BYTES,
@@ -21,7 +22,7 @@ from llmc.deploy.layout import (
     register_map,
 )
 from llmc.errors import LlmcError
-from llmc.sim.image import ProjectImage, chunks
+from llmc.sim.image import ProjectImage
 from llmc.sim.iss import IssDevice
 
 

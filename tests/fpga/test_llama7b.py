@@ -59,6 +59,10 @@ def test_shapes_only_7b_compiles_to_a_project_that_fits(config_dir: Path, tmp_pa
     assert sorted(programs.sections) == ["bucket_1", "bucket_16", "bucket_64"]
     program = decode_program(bytes(programs.sections["bucket_64"]))
     assert sum(i.op == "ATTN" for i in program) == 32 and sum(i.op == "MM" for i in program) == 225
+    assert main(["simulate", str(out), "--timing-only", "--json"]) == 0  # one performance model
+    simulated = json.loads(capsys.readouterr().out)["modelled"]
+    assert report["modelled_decode"]["tokens_per_s"] == pytest.approx(simulated["decode_tokens_per_s"], rel=1e-12)
+    assert report["modelled_decode"]["decode_tokens"] == simulated["decode_tokens"] == 128
 
 
 def test_shapes_only_7b_at_int8_fits_with_the_cache_on_the_lanes(config_dir: Path, tmp_path: Path) -> None:

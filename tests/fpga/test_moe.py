@@ -14,12 +14,12 @@ from zoo import FAMILIES, SMALL_PROMPT, shared_folder
 import llmc
 import llmc.compiler.passes  # noqa: F401  (registers the passes)
 from llmc.backends.fpga.flow import compile_project, design
+from llmc.backends.fpga.timing import TimingModel
 from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
 from llmc.ir.ops import hw_math as hm
 from llmc.ir.registry import OPS, RefContext
 from llmc.sim.image import ProjectImage
 from llmc.sim.ladder import verify_project
-from llmc.sim.timing import TimingModel
 
 CTX = RefContext(env={})
 W4 = "quantize{bits=4,group=32}"

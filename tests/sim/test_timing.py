@@ -9,15 +9,14 @@ import time
 
 import pytest
 
-from llmc.backends.fpga.design import AcceleratorConfig
+from llmc.backends.fpga.design import AcceleratorConfig, bucket_for, chunks
 from llmc.backends.fpga.isa import Instruction, mm_flags
 from llmc.backends.fpga.target import load_target
+from llmc.backends.fpga.timing import TimingModel, run_lengths
 from llmc.cli import main
 from llmc.errors import LlmcError
-from llmc.sim.image import bucket_for, chunks
 from llmc.sim.ladder import Deadline
 from llmc.sim.perf import model_run
-from llmc.sim.timing import TimingModel
 
 CONFIG = AcceleratorConfig(
     target="u280", clock_mhz=250, mm_lanes=8, mm_tile_n=32, mm_tile_k=128, weight_bits=(8, 4), sparse_n=2,
@@ -130,6 +129,19 @@ def test_timing_only_on_a_project(engine_projects, capsys):
     assert modelled["decode_tokens_per_s"] > 0 and modelled["ttft_ms"] == modelled["prefill_ms"]
     assert any(x["name"].endswith("q_proj.weight") for x in modelled["layers"])
     assert main(["simulate", str(out), "--timing-only", "--prefill", "0"]) == 2
+    assert main(["simulate", str(out), "--timing-only", "--json"]) == 0  # the run llmc compile reports
+    default = json.loads(capsys.readouterr().out)["modelled"]
+    report = json.loads((out / "report.json").read_text())["modelled_decode"]
+    assert report["tokens_per_s"] == pytest.approx(default["decode_tokens_per_s"], rel=1e-12)
+    assert (report["prefill_tokens"], report["decode_tokens"]) == (default["prefill_tokens"], default["decode_tokens"])
+
+
+def test_a_run_is_cut_to_the_compiled_context():
+    assert run_lengths(4096) == (128, 128)
+    assert run_lengths(200) == (100, 100)
+    assert run_lengths(64) == (32, 32)
+    assert run_lengths(300, 250, 10) == (250, 10)
+    assert run_lengths(200, 250, 10) == (100, 10)
 
 
 def test_the_weight_loader_fetches_the_next_first_tile_while_the_lanes_are_free():

@@ -55,10 +55,10 @@ class Compiled:
 
 
 class Compiler:
-    def __init__(self, module: Module, config: AcceleratorConfig) -> None:
+    def __init__(self, module: Module, config: AcceleratorConfig, with_data: bool = True) -> None:
         self.module, self.config = module, config
         self.step = module.functions["step"]
-        with_data = module.has_weights
+        with_data = with_data and module.has_weights
         self.lanes = [Channel(with_data) for _ in config.weight_channels]
         self.kv_size = 0  # bytes used on every KV channel
         self.producers = self.step.producers()
@@ -321,8 +321,9 @@ def _pad_rows(x: np.ndarray | None, rows: slice, count: int) -> np.ndarray | Non
     return out
 
 
-def compile_step(module: Module, config: AcceleratorConfig) -> Compiled:
-    """Programs, weight channels and memory map of a lowered module."""
+def compile_step(module: Module, config: AcceleratorConfig, with_data: bool = True) -> Compiled:
+    """Programs, weight channels and memory map of a lowered module (``with_data`` False: the
+    channels' sizes without their bytes, as for a shapes-only module)."""
     if "step" not in module.functions:
         raise LlmcError(f"{module.name}: not lowered for the accelerator (no step function)")
-    return Compiler(module, config).run()
+    return Compiler(module, config, with_data).run()

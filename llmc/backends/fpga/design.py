@@ -7,6 +7,7 @@ simulators all read this one object. :class:`KernelPort` lists the top kernel's 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 WORD_BITS = 512  # width of every m_axi port (one HBM pseudo-channel beat)
@@ -87,3 +88,19 @@ def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
     ports.append(on(config.io_channel, "io"))
     ports += [KernelPort(name, "scalar") for name in ("n_instr", "seq_len", "start_pos")]
     return ports
+
+
+def bucket_for(buckets: Sequence[int], rows: int) -> int:
+    """The smallest bucket holding ``rows`` rows, else the largest (the chunk is cut to it)."""
+    return next((b for b in sorted(buckets) if b >= rows), max(buckets))
+
+
+def chunks(total: int, bucket_for: Callable[[int], int]) -> Iterator[tuple[int, int, int]]:
+    """``(bucket, first row, rows)`` for a run of ``total`` rows, each chunk in the bucket
+    ``bucket_for(rows left)`` chooses (as the simulators, the PYNQ runtime and the XRT host cut a prefill)."""
+    done = 0
+    while done < total:
+        bucket = bucket_for(total - done)
+        rows = min(total - done, bucket)
+        yield bucket, done, rows
+        done += rows

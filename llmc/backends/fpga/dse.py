@@ -9,6 +9,7 @@ memory channels as it can and just enough MAC lanes that compute never dominates
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product
 from math import ceil, log2
@@ -204,18 +205,23 @@ def first_tile_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
     return (7 * needs.layers + 1) * ceil(config.mm_tile_n * needs.hidden * widest / 8)
 
 
+SHORTLIST = 12  # designs the timing model ranks, the fastest by the first-order estimate
 WEIGHT_HEADROOM = 1.03  # tile padding and the embedding table's row striping
 
 
 def explore(
-    target: Target, needs: ModelNeeds, *, clock_mhz: float | None = None, max_rows: int = 64, budget: float = 0.8
+    target: Target, needs: ModelNeeds, *, clock_mhz: float | None = None, max_rows: int = 64, budget: float = 0.8,
+    decode_time: Callable[[AcceleratorConfig], float] | None = None,
 ) -> tuple[AcceleratorConfig, Utilisation]:
     """Choose the accelerator for ``needs`` on ``target`` within ``budget`` of every usable resource.
 
     Enumerates matrix lanes (one memory channel each), KV channel plans, tile sizes,
     LUT lanes (when the model has LUT layers) and SFU lanes. Among designs within ``TIME_TOLERANCE``
     of the fastest decode, it prefers those whose compute keeps up with the weight stream, then the
-    smallest (lowest peak fraction, then lowest sum of fractions). Channels: weights on
+    smallest (lowest peak fraction, then lowest sum of fractions). With ``decode_time`` (a decode
+    step's seconds from the timing model over the design's compiled program), the ``SHORTLIST``
+    designs :func:`estimate_decode` finds fastest are ranked by it instead: the figure the design
+    reports is the one it was chosen by. Channels: weights on
     ``0..mm_lanes-1``; the KV cache striped over those same channels (a decode step streams weights
     and cache at different times, so every channel serves both) or over channels of its own after
     them; io next; the program in DDR[0], or on the io channel when the board has no DDR. A model
@@ -273,7 +279,7 @@ def explore(
         if lane_bytes(config, needs) > target.memory.channel_bytes:
             continue  # its tiles (and its share of the cache) do not fit one channel per lane
         decode = estimate_decode(config, target, needs)
-        if decode.total_s > fastest * (1 + TIME_TOLERANCE):
+        if decode_time is None and decode.total_s > fastest * (1 + TIME_TOLERANCE):
             continue  # slower than a design that fits: never chosen
         used = estimate(config, target)
         if used.fits(budget):
@@ -292,7 +298,12 @@ def explore(
             f"no accelerator configuration fits {budget:.0%} of {target.name}'s usable resources: the smallest "
             f"needs {getattr(closest.total, name):,} {name} ({fraction:.0%} of {getattr(closest.usable, name):,}){hint}"
         )
-    near = [f for f in fitting if f[0].total_s <= fastest * (1 + TIME_TOLERANCE)]
+    if decode_time is None:
+        near = [f for f in fitting if f[0].total_s <= fastest * (1 + TIME_TOLERANCE)]
+    else:
+        timed = [(decode_time(f[2]), f) for f in sorted(fitting, key=lambda f: f[0].total_s)[:SHORTLIST]]
+        best = min(t for t, _ in timed)
+        near = [f for t, f in timed if t <= best * (1 + TIME_TOLERANCE)]
     _, used, config = min(
         near, key=lambda f: (not f[0].balanced, f[1].scarcest()[1], sum(f[1].fractions.values()), f[0].total_s)
     )

@@ -19,14 +19,15 @@ from llmc.backends.fpga.accuracy import lowering_accuracy
 from llmc.backends.fpga.codegen import KERNEL_SOURCES, kernel_files
 from llmc.backends.fpga.compile import Compiled, activation_buffers, compile_step
 from llmc.backends.fpga.container import container_bytes
-from llmc.backends.fpga.design import AcceleratorConfig
-from llmc.backends.fpga.dse import Matrix, ModelNeeds, check_fits, estimate_decode, explore
+from llmc.backends.fpga.design import AcceleratorConfig, bucket_for
+from llmc.backends.fpga.dse import Matrix, ModelNeeds, check_fits, explore
 from llmc.backends.fpga.isa import encode_program
 from llmc.backends.fpga.lower import lower
 from llmc.backends.fpga.project import BUILD_PRODUCTS, build_files, project_context, write_project
 from llmc.backends.fpga.report import render_report
 from llmc.backends.fpga.resources import Utilisation
 from llmc.backends.fpga.target import Target, load_target
+from llmc.backends.fpga.timing import TimingModel, run_lengths
 from llmc.errors import LlmcError
 from llmc.folders import check_output
 from llmc.io import weights_bytes
@@ -89,6 +90,14 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
         act_buffers=activation_buffers(hw), matrices=tuple(matrices))
 
 
+def decode_step_seconds(hw: Module, config: AcceleratorConfig, board: Target) -> float:
+    """The timing model's seconds for a decode step at half the compiled context (a whole
+    context's average position), on the program ``hw`` compiles to for ``config``."""
+    programs = compile_step(hw, config, with_data=False).programs
+    timing = TimingModel.for_design(config, board)
+    return timing.seconds(timing.program(programs[bucket_for(programs, 1)], 1, config.max_context // 2))
+
+
 def check_capacity(module: Module, board: Target) -> None:
     """Refuse, before lowering, a model whose weights alone cannot fit the board's memory (a lower
     bound: float weights at 8 bits, the narrowest the lowering stores them; codes at their width).
@@ -112,7 +121,7 @@ def design(module: Module, target: str, *, name: str | None = None, max_context:
     check_capacity(module, board)
     hw = lower(module, context)
     needs = model_needs(hw, context)
-    config, _ = explore(board, needs, max_rows=max_rows)
+    config, _ = explore(board, needs, max_rows=max_rows, decode_time=lambda c: decode_step_seconds(hw, c, board))
     compiled = compile_step(hw, config)
     utilisation = check_fits(config, board)
     if not utilisation.fits():
@@ -160,7 +169,10 @@ def project_files(d: Design, tokenizer_json: str | None, accuracy: dict[str, Any
         files["model.tokenizer.json"] = tokenizer_json
     files["program.txt"] = "".join(f"# bucket {b}\n" + "".join(i.text() + "\n" for i in p)
                                    for b, p in d.compiled.programs.items())
-    estimate = estimate_decode(d.config, d.target, d.needs)
+    timing = TimingModel.for_design(d.config, d.target)
+    prefill, decode = run_lengths(d.config.max_context)
+    pre, steps = timing.run(d.compiled.programs, prefill, decode)
+    flat = [c for step in steps for c in step]
     report = {"name": d.name, "target": d.target.name, "config": d.config.to_json(), "needs": {
         k: getattr(d.needs, k) for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim",
                                          "vocab", "max_context", "weight_bytes", "kv_bytes_per_token")},
@@ -170,9 +182,11 @@ def project_files(d: Design, tokenizer_json: str | None, accuracy: dict[str, Any
         "program_size": program_size(encoded, d.config.max_rows, d.config.max_context), "accuracy": accuracy,
         "weight_channel_bytes": [lane.size for lane in d.compiled.weights], "kv_channel_bytes": d.compiled.kv_bytes,
         "layers": d.compiled.layers, "has_weights": has_weights,
-        "modelled_decode": {"weights_ms": estimate.weights_s * 1e3, "compute_ms": estimate.compute_s * 1e3,
-                            "kv_ms": estimate.kv_s * 1e3, "sfu_ms": estimate.sfu_s * 1e3,
-                            "tokens_per_s": 1.0 / estimate.total_s}}
+        "modelled_decode": {"prefill_tokens": prefill, "decode_tokens": decode,
+                            "prefill_ms": timing.seconds(pre) * 1e3, "ms_per_token": timing.seconds(flat) / decode * 1e3,
+                            "hbm_bytes_per_token": sum(c.hbm_bytes for c in flat) // decode,
+                            "hbm_utilisation": timing.hbm_utilisation(flat),
+                            "tokens_per_s": decode / timing.seconds(flat)}}
     files["report.json"] = json.dumps(report, indent=2, sort_keys=True) + "\n"
     files["report.md"] = render_report(report, d.utilisation)
     files["design.json"] = json.dumps({"config": d.config.to_json(), "io": io, "buffers": d.compiled.buffers,

@@ -32,9 +32,10 @@ def render_report(report: dict, utilisation: Utilisation) -> str:
         "",
         "## Resources (estimated)",
         _table(utilisation.table()),
-        "## Modelled decode (first-order, full context)",
-        f"weights {d['weights_ms']:.3f} ms, compute {d['compute_ms']:.3f} ms, KV cache {d['kv_ms']:.3f} ms, "
-        f"SFU {d['sfu_ms']:.3f} ms: {d['tokens_per_s']:.1f} tokens/s.",
+        "## Modelled run (the timing model, as `llmc simulate --timing-only`)",
+        f"{d['prefill_tokens']}-token prompt in {d['prefill_ms']:.3f} ms; {d['decode_tokens']} generated tokens at "
+        f"{d['tokens_per_s']:.1f} tokens/s ({d['ms_per_token']:.3f} ms/token), {d['hbm_bytes_per_token'] / 2**20:.1f} MiB "
+        f"of HBM per token at {d['hbm_utilisation']:.1%} of the board's peak.",
         "",
         "## Program",
         _table([["bucket", "bytes"], *([k, f"{v:,}"] for k, v in report["program_bytes"].items())]),

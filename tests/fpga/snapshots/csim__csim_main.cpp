@@ -51,6 +51,13 @@ int main(int argc, char** argv) {
     std::vector<word_t> kv13 = to_words({}, 384);
     std::vector<word_t> kv14 = to_words({}, 384);
     std::vector<word_t> kv15 = to_words({}, 384);
+    std::vector<word_t> kv16 = to_words({}, 384);
+    std::vector<word_t> kv17 = to_words({}, 384);
+    std::vector<word_t> kv18 = to_words({}, 384);
+    std::vector<word_t> kv19 = to_words({}, 384);
+    std::vector<word_t> kv20 = to_words({}, 384);
+    std::vector<word_t> kv21 = to_words({}, 384);
+    std::vector<word_t> kv22 = to_words({}, 384);
     std::vector<word_t> io = to_words({}, 25088);
     const int buckets[] = { 1, 16, 64 };
     std::vector<std::vector<word_t>> programs;
@@ -84,7 +91,7 @@ int main(int argc, char** argv) {
           io[(4 * t) / 64].range(8 * ((4 * t) % 64) + 31, 8 * ((4 * t) % 64)) = (uint32_t)ids[done + t];
         }
         llmc_accel(programs[which].data(), w0.data(), w1.data(), w2.data(), w3.data(), w4.data(), w5.data(), w6.data(), w7.data(),
-                   kv0.data(), kv1.data(), kv2.data(), kv3.data(), kv4.data(), kv5.data(), kv6.data(), kv7.data(), kv8.data(), kv9.data(), kv10.data(), kv11.data(), kv12.data(), kv13.data(), kv14.data(), kv15.data(), io.data(), (int)programs[which].size(), rows,
+                   kv0.data(), kv1.data(), kv2.data(), kv3.data(), kv4.data(), kv5.data(), kv6.data(), kv7.data(), kv8.data(), kv9.data(), kv10.data(), kv11.data(), kv12.data(), kv13.data(), kv14.data(), kv15.data(), kv16.data(), kv17.data(), kv18.data(), kv19.data(), kv20.data(), kv21.data(), kv22.data(), io.data(), (int)programs[which].size(), rows,
                    start_pos);
         logits.resize((size_t)rows * 96);
         for (size_t i = 0; i < logits.size(); ++i) {

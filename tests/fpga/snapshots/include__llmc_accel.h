@@ -6,9 +6,9 @@
 
 namespace llmc {
 static const int LANES = 8;
-static const int KV_CHANNELS = 16;  // cache row j: channel j % KV_CHANNELS
+static const int KV_CHANNELS = 23;  // cache row j: channel j % KV_CHANNELS
 static const int TILE_N = 16;
-static const int TILE_K = 128;
+static const int TILE_K = 256;
 static const int MAX_ROWS = 64;
 static const int MAX_HIDDEN = 128;
 static const int MAX_CONTEXT = 64;
@@ -47,6 +47,13 @@ extern "C" void llmc_accel(
     llmc::word_t* kv13,
     llmc::word_t* kv14,
     llmc::word_t* kv15,
+    llmc::word_t* kv16,
+    llmc::word_t* kv17,
+    llmc::word_t* kv18,
+    llmc::word_t* kv19,
+    llmc::word_t* kv20,
+    llmc::word_t* kv21,
+    llmc::word_t* kv22,
     llmc::word_t* io,
     int n_instr,
     int seq_len,

@@ -89,7 +89,14 @@ static word_t* kv_port(int channel,
                        word_t* kv12,
                        word_t* kv13,
                        word_t* kv14,
-                       word_t* kv15) {
+                       word_t* kv15,
+                       word_t* kv16,
+                       word_t* kv17,
+                       word_t* kv18,
+                       word_t* kv19,
+                       word_t* kv20,
+                       word_t* kv21,
+                       word_t* kv22) {
   switch (channel) {
     case 1: return kv1;
     case 2: return kv2;
@@ -106,6 +113,13 @@ static word_t* kv_port(int channel,
     case 13: return kv13;
     case 14: return kv14;
     case 15: return kv15;
+    case 16: return kv16;
+    case 17: return kv17;
+    case 18: return kv18;
+    case 19: return kv19;
+    case 20: return kv20;
+    case 21: return kv21;
+    case 22: return kv22;
     default: return kv0;
   }
 }
@@ -272,7 +286,14 @@ static void attention(const Instr& in, int rows, int start_pos,
                       word_t* kv12,
                       word_t* kv13,
                       word_t* kv14,
-                      word_t* kv15) {
+                      word_t* kv15,
+                      word_t* kv16,
+                      word_t* kv17,
+                      word_t* kv18,
+                      word_t* kv19,
+                      word_t* kv20,
+                      word_t* kv21,
+                      word_t* kv22) {
   const int heads = in.f[0], kv_heads = in.f[1], d = in.f[2];
   const float scale = bits_to_float(in.f[3]);
   const int window = in.f[8];  // 0: every row up to the query's position; else only the last window of them
@@ -288,7 +309,7 @@ static void attention(const Instr& in, int rows, int start_pos,
   const int width = kv_heads * d;
   for (int h = 0; h < kv_heads; ++h) {
     for (int j = first; j < s; ++j) {  // this KV head's slice of the cache: row j on channel j % KV_CHANNELS
-      word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
+      word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
       const uint64_t at = j / KV_CHANNELS;
       read_bytes(port, in.f[4] + at * width + h * d, (uint8_t*)&kc[j * d], d);
       read_bytes(port, in.f[6] + at * width + h * d, (uint8_t*)&vc[j * d], d);
@@ -325,7 +346,14 @@ static void kv_append(const Instr& in, int rows, int start_pos,
                       word_t* kv12,
                       word_t* kv13,
                       word_t* kv14,
-                      word_t* kv15) {
+                      word_t* kv15,
+                      word_t* kv16,
+                      word_t* kv17,
+                      word_t* kv18,
+                      word_t* kv19,
+                      word_t* kv20,
+                      word_t* kv21,
+                      word_t* kv22) {
   const int kv_heads = in.f[2], d = in.f[3];
   const int width = kv_heads * d;
   static int8_t codes[MAX_HIDDEN];
@@ -333,7 +361,7 @@ static void kv_append(const Instr& in, int rows, int start_pos,
   static uint8_t bytes[MAX_HEADS * 4];
   for (int t = 0; t < rows; ++t) {
     const int j = start_pos + t;
-    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
+    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
     const uint64_t at = j / KV_CHANNELS;
     quant8(act[in.src0][t], width, d, codes, scales);
     write_bytes(port, in.f[0] + at * width, (const uint8_t*)codes, width);
@@ -374,6 +402,13 @@ extern "C" void llmc_accel(
     word_t* kv13,
     word_t* kv14,
     word_t* kv15,
+    word_t* kv16,
+    word_t* kv17,
+    word_t* kv18,
+    word_t* kv19,
+    word_t* kv20,
+    word_t* kv21,
+    word_t* kv22,
     word_t* io,
     int n_instr,
     int seq_len,
@@ -404,6 +439,13 @@ extern "C" void llmc_accel(
 #pragma HLS INTERFACE m_axi port = kv13 bundle = gmem_kv13 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = kv14 bundle = gmem_kv14 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = kv15 bundle = gmem_kv15 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv16 bundle = gmem_kv16 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv17 bundle = gmem_kv17 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv18 bundle = gmem_kv18 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv19 bundle = gmem_kv19 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv20 bundle = gmem_kv20 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv21 bundle = gmem_kv21 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv22 bundle = gmem_kv22 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = io bundle = gmem_io offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE s_axilite port = n_instr
 #pragma HLS INTERFACE s_axilite port = seq_len
@@ -486,10 +528,10 @@ extern "C" void llmc_accel(
         break;
       }
       case KVAPP:
-        kv_append(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
+        kv_append(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
         break;
       case ATTN:
-        attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15);
+        attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
         break;
       case ACT:
         for (int t = 0; t < rows; ++t) {

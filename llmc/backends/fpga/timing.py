@@ -35,12 +35,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from math import ceil, log2
 
-from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig
+from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig, bucket_for, chunks
 from llmc.backends.fpga.isa import LANE_STREAMS, Instruction
 from llmc.backends.fpga.pack import align
 from llmc.backends.fpga.target import Target
 from llmc.errors import LlmcError
 
+RUN_PREFILL, RUN_DECODE = 128, 128  # the run behind a design's decode figure (llmc simulate's defaults)
 HBM_LATENCY = 64  # cycles from an HBM read request to its first beat (AXI interconnect included)
 INSTR_OVERHEAD = 16  # fetch, decode and pipeline fill per instruction
 TILE_OVERHEAD = 8  # cycles a lane loses per tile besides its adder-tree depth (as in the DSE)
@@ -241,6 +242,27 @@ class TimingModel:
         return Cost("ATTN", cycles, memory, compute + softmax, 2 * side, macs=macs,
                     sfu_elements=2 * rows * heads * seen + rows * heads * d)
 
+    # --- runs --------------------------------------------------------------------------------------
+    def run(self, programs: dict[int, list[Instruction]], prefill: int, decode: int) -> tuple[list[Cost], list[list[Cost]]]:
+        """The costs of a prompt of ``prefill`` tokens (chunked by bucket as the runtimes cut it) and of
+        each of ``decode`` generated tokens after it, at its growing position."""
+        if prefill < 1 or decode < 1:
+            raise LlmcError("timing needs at least one prompt token and one decode token")
+        if prefill + decode > self.config.max_context:
+            raise LlmcError(f"{prefill} + {decode} tokens exceed the compiled context of {self.config.max_context}")
+        pre = [c for b, first, rows in chunks(prefill, lambda rows: bucket_for(programs, rows))
+               for c in self.program(programs[b], rows, first)]
+        one = programs[bucket_for(programs, 1)]
+        return pre, [self.program(one, 1, prefill + i) for i in range(decode)]
+
+    def decode_tokens_per_s(self, programs: dict[int, list[Instruction]], prefill: int = RUN_PREFILL,
+                            decode: int = RUN_DECODE) -> float:
+        """Decode tokens per second of :meth:`run` (the figure ``llmc compile`` and ``llmc simulate
+        --timing-only`` print), the run shortened to fit the compiled context."""
+        prefill, decode = run_lengths(self.config.max_context, prefill, decode)
+        steps = self.run(programs, prefill, decode)[1]
+        return decode / self.seconds([c for step in steps for c in step])
+
     # --- aggregates --------------------------------------------------------------------------------
     def seconds(self, costs: Sequence[Cost]) -> float:
         return sum(c.cycles for c in costs) / self.hz
@@ -255,6 +277,13 @@ class TimingModel:
         """Bytes moved over the time taken, as a fraction of the board's peak bandwidth."""
         seconds = self.seconds(costs)
         return sum(c.hbm_bytes for c in costs) / (seconds * self.board_gbs * 1e9) if seconds else 0.0
+
+
+def run_lengths(context: int, prefill: int = RUN_PREFILL, decode: int = RUN_DECODE) -> tuple[int, int]:
+    """``prefill`` and ``decode`` token counts cut to a context of ``context`` tokens (half each at most)."""
+    if prefill + decode <= context:
+        return prefill, decode
+    return max(1, min(prefill, context // 2)), max(1, min(decode, context - min(prefill, context // 2)))
 
 
 def _layer_names(image: object) -> dict[int, str]:
