@@ -18,7 +18,7 @@ import numpy as np
 
 from llmc.backends.fpga import pack
 from llmc.backends.fpga.design import chunks
-from llmc.backends.fpga.isa import Instruction
+from llmc.backends.fpga.isa import ACT_FNS, Instruction, MmFlags
 from llmc.backends.fpga.timing import Cost, TimingModel
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
@@ -26,8 +26,7 @@ from llmc.ir.ops import hw_math as hm
 from llmc.ir.registry import OPS, RefContext
 from llmc.sim.image import ProjectImage
 
-ENGINE_NAMES = {0: "dsp", 1: "sparse", 2: "lut"}
-ACT_NAMES = {0: "silu", 1: "relu", 2: "gelu_tanh", 3: "gelu"}
+ACT_NAMES = {number: name for name, number in ACT_FNS.items()}
 
 
 def _ref(op: str, ins: list[np.ndarray], **attrs: Any) -> list[np.ndarray]:
@@ -38,12 +37,9 @@ class MatmulWeights:
     """One layer's weights decoded from its tiles: codes [n, k], scales, zeros, bias and the op's attributes."""
 
     def __init__(self, lanes: list[np.ndarray], f: dict[str, Any], tile_n: int) -> None:
-        flags = int(f["flags"])
-        self.bits, engine = flags & 0xF, ENGINE_NAMES[(flags >> 4) & 3]
-        self.has_zero, self.has_bias = bool(flags >> 6 & 1), bool(flags >> 7 & 1)
-        self.signed, self.to_io = not flags >> 8 & 1, bool(flags >> 10 & 1)
-        sp_n, sp_m = flags >> 12 & 0xF, flags >> 16 & 0x1F
-        sparse = (sp_n, sp_m) if engine == "sparse" else None
+        flags = MmFlags.decode(int(f["flags"]))
+        self.bits, engine, sparse = flags.bits, flags.engine_name, flags.sparse
+        self.has_zero, self.has_bias, self.signed, self.to_io = flags.has_zero, flags.has_bias, not flags.unsigned, flags.to_io
         n, k, group = int(f["n"]), int(f["k"]), int(f["group"])
         groups = k // group
         layout = pack.tile_layout(engine, self.bits, tile_n, k, groups, self.has_zero, self.has_bias, sparse)
@@ -71,7 +67,7 @@ class MatmulWeights:
         if self.has_bias:
             self.inputs.append(np.concatenate(bias)[:n].astype(np.int32))
         self.attrs = {"group": group, "shift": int(f["shift"]), "scale_bits": 62, "engine": engine,
-                      "sparse": f"{sp_n}:{sp_m}" if sparse else "", "has_zero": self.has_zero,
+                      "sparse": f"{sparse[0]}:{sparse[1]}" if sparse else "", "has_zero": self.has_zero,
                       "has_bias": self.has_bias}
 
 

@@ -7,13 +7,18 @@ from pathlib import Path
 import pytest
 
 from llmc.backends.fpga.isa import (
+    ENGINES,
     FLOAT_FIELDS,
+    MM_FLAGS,
     OPCODES,
     Instruction,
+    MmFlags,
     decode,
     decode_program,
     encode_program,
+    kernel_constants,
     markdown_table,
+    mm_flags,
 )
 from llmc.errors import LlmcError
 
@@ -43,3 +48,24 @@ def test_bad_instructions_are_refused():
 def test_docs_show_the_current_table():
     doc = (Path(__file__).parents[2] / "docs" / "isa.md").read_text()
     assert "<!-- isa:begin -->\n" + markdown_table() + "<!-- isa:end -->" in doc
+
+
+def test_mm_flags_round_trip_through_the_one_table():
+    flags = MmFlags(4, ENGINES["sparse"], True, False, True, True, False, 2, 16)
+    assert MmFlags.decode(flags.encode()) == flags and flags.sparse == (2, 16) and flags.engine_name == "sparse"
+    assert mm_flags(2, "lut", True, False, True, None, True) == MmFlags(2, 2, True, False, True, True, True, 0, 0).encode()
+    with pytest.raises(LlmcError, match="sparse_m = 32 does not fit 5 bits"):
+        MmFlags(4, 1, False, False, False, True, False, 2, 32).encode()
+
+
+def test_the_kernel_reads_instruction_fields_by_their_names():
+    """The kernel names every slot it reads from the rendered constants (no field index written twice)."""
+    import re
+
+    import llmc
+
+    kernel = (Path(llmc.__file__).parent / "hls_templates" / "kernel" / "llmc_accel.cpp.j2").read_text()
+    assert not re.findall(r"\.f\[\d", kernel) and not re.findall(r"flags >> \d|engine == \d", kernel)
+    names = dict(kernel_constants())
+    assert names["MM_WEIGHT_OFF"] == OPCODES["MM"][1].index("weight_off") and names["XMM_SLOT"] == 13
+    assert names["MM_FLAG_TO_IO_LSB"] == MM_FLAGS["to_io"][0] and names["ACT_GELU"] == 3

@@ -40,4 +40,5 @@ def render_tables() -> str:
 
     return render("include/llmc_tables.h.j2", exp2=[spelled(v) for v in hm.exp2_table()], log2e=spelled(hm.LOG2E),
                   gelu_2u=spelled(hm.GELU_2U), gelu_cubic=spelled(hm.GELU_CUBIC), erf_p=spelled(hm.ERF_P),
-                  erf_a=[spelled(a) for a in hm.ERF_A], inv_sqrt2=spelled(hm.INV_SQRT2))
+                  erf_a=[spelled(a) for a in hm.ERF_A], inv_sqrt2=spelled(hm.INV_SQRT2), act_frac=hm.ACT_FRAC,
+                  qmax8=hm.QMAX8, f32_int32_max=spelled(hm.F32_INT32_MAX))

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from llmc.backends.fpga.cformat import render_tables
 from llmc.backends.fpga.compile import Compiled
 from llmc.backends.fpga.design import READ_BURST, READS_OUTSTANDING, WRITE_BURST, WRITES_OUTSTANDING, kernel_ports
-from llmc.backends.fpga.isa import LANE_STREAMS, OPCODES
+from llmc.backends.fpga.isa import LANE_STREAMS, OPCODES, kernel_constants
 from llmc.backends.fpga.units import design_units, rtl_files
 from llmc.ir.graph import Module
 from llmc.templating import render, static_file
@@ -40,6 +40,7 @@ def kernel_context(name: str, module: Module, compiled: Compiled) -> dict:
         "buckets": list(config.buckets),
         "units": design_units(config),
         "opcodes": {name: number for name, (number, _, _) in OPCODES.items()},
+        "constants": kernel_constants(),
         "lane_streams": LANE_STREAMS,
         "axi": {"read_burst": READ_BURST, "reads": READS_OUTSTANDING, "write_burst": WRITE_BURST,
                 "writes": WRITES_OUTSTANDING},

@@ -60,17 +60,77 @@ BY_NUMBER = {num: name for name, (num, _, _) in OPCODES.items()}
 ENGINES = {"dsp": 0, "sparse": 1, "lut": 2}
 ACT_FNS = {"silu": 0, "relu": 1, "gelu_tanh": 2, "gelu": 3}
 
-# MM flags: bits 0-3 code width, 4-5 engine, 6 zero points, 7 bias, 8 unsigned codes,
-# 9 double-buffered weight loads, 10 output to io as float32, 12-15 sparse N, 16-20 sparse M
+# The MM / XMM ``flags`` word: field -> (lowest bit, width). The compiler encodes it, and the ISS,
+# the timing model and the kernel (rendered constants) decode it, all from this table.
+MM_FLAGS: dict[str, tuple[int, int]] = {
+    "bits": (0, 4),  # code width
+    "engine": (4, 2),  # ENGINES
+    "has_zero": (6, 1),  # zero points in the tile
+    "has_bias": (7, 1),  # bias in the tile
+    "unsigned": (8, 1),  # unsigned codes
+    "double_buffer": (9, 1),  # double-buffered weight loads
+    "to_io": (10, 1),  # rows to io as float32 (the logits)
+    "sparse_n": (12, 4),  # N of the N:M pattern
+    "sparse_m": (16, 5),  # M of the N:M pattern (16 sets bit 20)
+}
 for _name, (_, _fields, _) in OPCODES.items():
     assert len(_fields) < WORDS, _name
+    assert "cols" not in _fields or _fields.index("cols") == 0, _name  # the kernel reads cols from slot 1
+
+
+@dataclass(frozen=True)
+class MmFlags:
+    """The decoded ``flags`` of a matrix instruction."""
+
+    bits: int
+    engine: int
+    has_zero: bool
+    has_bias: bool
+    unsigned: bool
+    double_buffer: bool
+    to_io: bool
+    sparse_n: int
+    sparse_m: int
+
+    @classmethod
+    def decode(cls, word: int) -> MmFlags:
+        values = {name: word >> lsb & ((1 << width) - 1) for name, (lsb, width) in MM_FLAGS.items()}
+        return cls(**{k: bool(v) if MM_FLAGS[k][1] == 1 else v for k, v in values.items()})
+
+    def encode(self) -> int:
+        word = 0
+        for name, (lsb, width) in MM_FLAGS.items():
+            value = int(getattr(self, name))
+            if not 0 <= value < 1 << width:
+                raise LlmcError(f"MM flag {name} = {value} does not fit {width} bits")
+            word |= value << lsb
+        return word
+
+    @property
+    def engine_name(self) -> str:
+        return next(name for name, number in ENGINES.items() if number == self.engine)
+
+    @property
+    def sparse(self) -> tuple[int, int] | None:
+        return (self.sparse_n, self.sparse_m) if self.engine == ENGINES["sparse"] else None
 
 
 def mm_flags(bits: int, engine: str, has_zero: bool, has_bias: bool, unsigned: bool,
              sparse: tuple[int, int] | None, to_io: bool, double_buffer: bool = True) -> int:
     n, m = sparse or (0, 0)
-    return (bits | ENGINES[engine] << 4 | int(has_zero) << 6 | int(has_bias) << 7 | int(unsigned) << 8
-            | int(double_buffer) << 9 | int(to_io) << 10 | n << 12 | m << 16)
+    return MmFlags(bits, ENGINES[engine], has_zero, has_bias, unsigned, double_buffer, to_io, n, m).encode()
+
+
+def kernel_constants() -> list[tuple[str, int]]:
+    """Named constants the kernel reads instructions with: each opcode's field slots
+    (``MM_WEIGHT_OFF`` = its index in ``Instr.f``), the flag fields' lowest bits and widths
+    (``MM_FLAG_TO_IO_LSB``/``_WIDTH``) and the activation functions (``ACT_SILU``)."""
+    out = [(f"{op}_{name}".upper(), i) for op, (_, names, _) in OPCODES.items() for i, name in enumerate(names)]
+    for name, (lsb, width) in MM_FLAGS.items():
+        out += [(f"MM_FLAG_{name}_LSB".upper(), lsb), (f"MM_FLAG_{name}_WIDTH".upper(), width)]
+    out += [(f"ACT_{name}".upper(), number) for name, number in ACT_FNS.items()]
+    out += [(f"ENGINE_{name}".upper(), number) for name, number in ENGINES.items()]
+    return out
 
 
 @dataclass(frozen=True)

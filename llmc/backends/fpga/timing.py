@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from math import ceil, log2
 
 from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig, bucket_for, chunks
-from llmc.backends.fpga.isa import LANE_STREAMS, Instruction
+from llmc.backends.fpga.isa import ENGINES, LANE_STREAMS, Instruction, MmFlags
 from llmc.backends.fpga.pack import align
 from llmc.backends.fpga.target import Target
 from llmc.errors import LlmcError
@@ -186,17 +186,17 @@ class TimingModel:
         c = self.config
         n, k, flags = int(f["n"]), int(f["k"]), int(f["flags"])
         tiles, tile_bytes, row_block = int(f["tiles"]), int(f["tile_bytes"]), max(1, int(f["row_block"]))
-        bits, engine = flags & 0xF, (flags >> 4) & 3
-        sp_n, sp_m = flags >> 12 & 0xF, flags >> 16 & 0x1F
+        decoded = MmFlags.decode(flags)
+        bits, engine, sp_n, sp_m = decoded.bits, decoded.engine, decoded.sparse_n, decoded.sparse_m
         passes = ceil(rows / row_block)
         lane_tiles = ceil(tiles / c.mm_lanes)
         memory = self._mem(passes * lane_tiles * tile_bytes)
         drain = log2(max(2, c.mm_tile_k)) + TILE_OVERHEAD
-        density = sp_n / sp_m if engine == 1 and sp_m else 1.0  # N:M sparse tiles skip the zeros
+        density = sp_n / sp_m if engine == ENGINES["sparse"] and sp_m else 1.0  # N:M sparse tiles skip the zeros
         compute = 0.0
         for p in range(passes):
             block = min(row_block, rows - p * row_block)
-            if engine == 2:  # LUT: one pass per bit-plane, lut_g weights per table lookup
+            if engine == ENGINES["lut"]:  # LUT: one pass per bit-plane, lut_g weights per table lookup
                 per_lane = max(1, c.lut_lanes // c.mm_lanes) * c.lut_g
                 per_tile = block * c.mm_tile_n * k * bits / per_lane
             else:
@@ -207,7 +207,7 @@ class TimingModel:
         loads_done = HBM_LATENCY + memory - ahead
         quant = self._sfu(rows * k, 2)  # per-row int8 quantisation of the input (max, then codes)
         busy = max(loads_done + compute / (passes * lane_tiles), max(quant, first - ahead) + compute)
-        out_bytes = rows * n * 4 if flags >> 10 & 1 else 0
+        out_bytes = rows * n * 4 if decoded.to_io else 0
         return Cost("MM", busy + INSTR_OVERHEAD, memory, compute, passes * tiles * tile_bytes + out_bytes,
                     macs=round(rows * n * k * density), sfu_elements=2 * rows * k,
                     layer=self.layer_names.get(int(f["weight_off"]), ""), lanes_free=busy - loads_done)

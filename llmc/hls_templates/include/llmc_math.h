@@ -18,12 +18,9 @@
 
 namespace llmc {
 
-constexpr int ACT_FRAC = 16;
-constexpr float FIXED_ONE = 65536.0f;        // 2^16
-constexpr float FIXED_STEP = 1.0f / 65536.0f;  // 2^-16
+constexpr float FIXED_ONE = static_cast<float>(1 << ACT_FRAC);  // 2^16
+constexpr float FIXED_STEP = 1.0f / FIXED_ONE;                    // 2^-16
 constexpr float F32_INT32_MIN = -2147483648.0f;
-constexpr float F32_INT32_MAX = 2147483520.0f;  // the largest float32 below 2^31
-constexpr int QMAX8 = 127;
 constexpr int ROPE_FRAC = 30;  // Q2.30 rotary tables
 constexpr float ATTN_ONE = 32768.0f;  // softmax weights in units of 2^-15
 

@@ -30,6 +30,103 @@ enum Opcode {
   HALT = 15,
 };
 
+// Each opcode's field slots in Instr.f, the MM flag fields and the function codes (llmc/backends/fpga/isa.py).
+constexpr int EMBED_COLS = 0;
+constexpr int EMBED_TABLE_OFF = 1;
+constexpr int EMBED_BY_POSITION = 2;
+constexpr int EMBED_OFFSET = 3;
+constexpr int NORM_COLS = 0;
+constexpr int NORM_WEIGHT_OFF = 1;
+constexpr int NORM_EPS = 2;
+constexpr int NORM_GROUP = 3;
+constexpr int MM_N = 0;
+constexpr int MM_K = 1;
+constexpr int MM_GROUP = 2;
+constexpr int MM_SHIFT = 3;
+constexpr int MM_FLAGS = 4;
+constexpr int MM_WEIGHT_OFF = 5;
+constexpr int MM_TILE_BYTES = 6;
+constexpr int MM_ROW_BLOCK = 7;
+constexpr int MM_TILES = 8;
+constexpr int MM_IO_OFF = 9;
+constexpr int MM_CAP = 10;
+constexpr int ROPE_COLS = 0;
+constexpr int ROPE_HEAD_DIM = 1;
+constexpr int ROPE_COS_OFF = 2;
+constexpr int ROPE_SIN_OFF = 3;
+constexpr int ROPE_ROTARY_DIM = 4;
+constexpr int KVAPP_CODES_OFF = 0;
+constexpr int KVAPP_SCALES_OFF = 1;
+constexpr int KVAPP_KV_HEADS = 2;
+constexpr int KVAPP_HEAD_DIM = 3;
+constexpr int ATTN_HEADS = 0;
+constexpr int ATTN_KV_HEADS = 1;
+constexpr int ATTN_HEAD_DIM = 2;
+constexpr int ATTN_SCALE = 3;
+constexpr int ATTN_K_CODES_OFF = 4;
+constexpr int ATTN_K_SCALES_OFF = 5;
+constexpr int ATTN_V_CODES_OFF = 6;
+constexpr int ATTN_V_SCALES_OFF = 7;
+constexpr int ATTN_WINDOW = 8;
+constexpr int ATTN_SOFTCAP = 9;
+constexpr int ACT_COLS = 0;
+constexpr int ACT_FN = 1;
+constexpr int EMUL_COLS = 0;
+constexpr int EADD_COLS = 0;
+constexpr int ESCALE_COLS = 0;
+constexpr int ESCALE_VEC_OFF = 1;
+constexpr int LNORM_COLS = 0;
+constexpr int LNORM_WEIGHT_OFF = 1;
+constexpr int LNORM_BIAS_OFF = 2;
+constexpr int LNORM_EPS = 3;
+constexpr int ROUTE_COLS = 0;
+constexpr int ROUTE_TOP_K = 1;
+constexpr int ROUTE_NORMALIZE = 2;
+constexpr int XMM_N = 0;
+constexpr int XMM_K = 1;
+constexpr int XMM_GROUP = 2;
+constexpr int XMM_SHIFT = 3;
+constexpr int XMM_FLAGS = 4;
+constexpr int XMM_WEIGHT_OFF = 5;
+constexpr int XMM_TILE_BYTES = 6;
+constexpr int XMM_ROW_BLOCK = 7;
+constexpr int XMM_TILES = 8;
+constexpr int XMM_IO_OFF = 9;
+constexpr int XMM_CAP = 10;
+constexpr int XMM_EXPERTS = 11;
+constexpr int XMM_EXPERT_STRIDE = 12;
+constexpr int XMM_SLOT = 13;
+constexpr int WEIGH_COLS = 0;
+constexpr int WEIGH_SLOT = 1;
+constexpr int MM_FLAG_BITS_LSB = 0;
+constexpr int MM_FLAG_BITS_WIDTH = 4;
+constexpr int MM_FLAG_ENGINE_LSB = 4;
+constexpr int MM_FLAG_ENGINE_WIDTH = 2;
+constexpr int MM_FLAG_HAS_ZERO_LSB = 6;
+constexpr int MM_FLAG_HAS_ZERO_WIDTH = 1;
+constexpr int MM_FLAG_HAS_BIAS_LSB = 7;
+constexpr int MM_FLAG_HAS_BIAS_WIDTH = 1;
+constexpr int MM_FLAG_UNSIGNED_LSB = 8;
+constexpr int MM_FLAG_UNSIGNED_WIDTH = 1;
+constexpr int MM_FLAG_DOUBLE_BUFFER_LSB = 9;
+constexpr int MM_FLAG_DOUBLE_BUFFER_WIDTH = 1;
+constexpr int MM_FLAG_TO_IO_LSB = 10;
+constexpr int MM_FLAG_TO_IO_WIDTH = 1;
+constexpr int MM_FLAG_SPARSE_N_LSB = 12;
+constexpr int MM_FLAG_SPARSE_N_WIDTH = 4;
+constexpr int MM_FLAG_SPARSE_M_LSB = 16;
+constexpr int MM_FLAG_SPARSE_M_WIDTH = 5;
+constexpr int ACT_SILU = 0;
+constexpr int ACT_RELU = 1;
+constexpr int ACT_GELU_TANH = 2;
+constexpr int ACT_GELU = 3;
+constexpr int ENGINE_DSP = 0;
+constexpr int ENGINE_SPARSE = 1;
+constexpr int ENGINE_LUT = 2;
+constexpr int COLS = 0;  // every opcode with a width has it first
+
+inline int flag_field(uint32_t flags, int lsb, int width) { return (int)((flags >> lsb) & ((1u << width) - 1u)); }
+
 struct Instr {
   int op, dst, src0, src1;
   uint32_t f[15];
@@ -156,22 +253,25 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
                    const word_t* w5,
                    const word_t* w6,
                    const word_t* w7) {
-  const int n = in.f[0], k = in.f[1], group = in.f[2], shift = in.f[3], flags = in.f[4];
-  const uint64_t weight_off = in.f[5];
+  const int n = in.f[MM_N], k = in.f[MM_K], group = in.f[MM_GROUP], shift = in.f[MM_SHIFT];
+  const uint32_t flags = in.f[MM_FLAGS];
+  const uint64_t weight_off = in.f[MM_WEIGHT_OFF];
   const bool by_expert = in.op == XMM;  // row r uses expert act[src1][r][2 slot], its tiles expert_stride apart
-  const int experts = by_expert ? (int)in.f[11] : 1, slot = in.f[13];
-  const uint64_t expert_stride = in.f[12];
-  const int tile_bytes = in.f[6], row_block = in.f[7], tiles = in.f[8];
-  const uint64_t io_off = in.f[9];
-  const float cap = bits_to_float(in.f[10]);  // logits soft-capping: tanh(v) * cap (its 1 / cap is in the weights)
-  const int bits = flags & 0xF, engine = (flags >> 4) & 3;
-  const bool has_zero = (flags >> 6) & 1, has_bias = (flags >> 7) & 1, is_signed = !((flags >> 8) & 1);
-  const bool to_io = (flags >> 10) & 1;
-  const int sp_n = (flags >> 12) & 0xF, sp_m = (flags >> 16) & 0x1F;  // M = 16 sets bit 20
+  const int experts = by_expert ? (int)in.f[XMM_EXPERTS] : 1, slot = in.f[XMM_SLOT];
+  const uint64_t expert_stride = in.f[XMM_EXPERT_STRIDE];
+  const int tile_bytes = in.f[MM_TILE_BYTES], row_block = in.f[MM_ROW_BLOCK], tiles = in.f[MM_TILES];
+  const uint64_t io_off = in.f[MM_IO_OFF];
+  const float cap = bits_to_float(in.f[MM_CAP]);  // logits soft-capping: tanh(v) * cap (its 1 / cap is in the weights)
+  const int bits = flag_field(flags, MM_FLAG_BITS_LSB, MM_FLAG_BITS_WIDTH);
+  const int engine = flag_field(flags, MM_FLAG_ENGINE_LSB, MM_FLAG_ENGINE_WIDTH);
+  const bool has_zero = flag_field(flags, MM_FLAG_HAS_ZERO_LSB, 1), has_bias = flag_field(flags, MM_FLAG_HAS_BIAS_LSB, 1);
+  const bool is_signed = !flag_field(flags, MM_FLAG_UNSIGNED_LSB, 1), to_io = flag_field(flags, MM_FLAG_TO_IO_LSB, 1);
+  const int sp_n = flag_field(flags, MM_FLAG_SPARSE_N_LSB, MM_FLAG_SPARSE_N_WIDTH);
+  const int sp_m = flag_field(flags, MM_FLAG_SPARSE_M_LSB, MM_FLAG_SPARSE_M_WIDTH);
   const int groups = k / group;
   const int stored = bits > 4 ? 8 : 4;
-  const int count = engine == 1 ? TILE_N * (k / sp_m) * sp_n : TILE_N * k;
-  const int code_bytes = engine == 2 ? bits * TILE_N * k / 8 : count * stored / 8 + (engine == 1 ? count / 2 : 0);
+  const int count = engine == ENGINE_SPARSE ? TILE_N * (k / sp_m) * sp_n : TILE_N * k;
+  const int code_bytes = engine == ENGINE_LUT ? bits * TILE_N * k / 8 : count * stored / 8 + (engine == ENGINE_SPARSE ? count / 2 : 0);
   const int scales_at = (code_bytes + 63) / 64 * 64;
   const int zeros_at = scales_at + (TILE_N * groups * 4 + 63) / 64 * 64;
   const int bias_at = zeros_at + (has_zero ? (TILE_N * groups * 2 + 63) / 64 * 64 : 0);
@@ -202,7 +302,7 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
           read_lane((t + 1) % LANES, base + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(half + t + 1) % 2],
                     tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
         }
-        if (engine == 0) unpack_codes(cur, bits, is_signed, k, codes);
+        if (engine == ENGINE_DSP) unpack_codes(cur, bits, is_signed, k, codes);
         for (int j = 0; j < TILE_N; ++j) {
           const int col = t * TILE_N + j;
           if (col >= n) break;
@@ -213,7 +313,7 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
               const int zero = has_zero ? load_i16(cur + zeros_at + (j * groups + g) * 2) : 0;
               const int64_t scale = load_i32(cur + scales_at + (j * groups + g) * 4);
               int64_t dot = 0;
-              if (engine == 0) {
+              if (engine == ENGINE_DSP) {
                 dot = group_dot(&xq[r][g * group], &codes[j][g * group], group, zero);
               }
               total += dot * scale;
@@ -237,7 +337,7 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
 static int first_expert(const Instr& in, int rows) {
   int first = -1;
   for (int r = 0; r < rows; ++r) {
-    const int e = act[in.src1][r][2 * in.f[13]];
+    const int e = act[in.src1][r][2 * in.f[XMM_SLOT]];
     if (first < 0 || e < first) first = e;
   }
   return first;
@@ -260,8 +360,8 @@ static void prefetch_next_tile(const word_t* program, int pc, int n_instr, int r
   for (int p = pc + 1; p < n_instr; ++p) {
     const Instr next = fetch(program, p);
     if (next.op == MM || (next.op == XMM && !written[next.src1])) {
-      const uint64_t expert = next.op == XMM ? (uint64_t)first_expert(next, rows) * next.f[12] : 0;
-      read_lane(0, next.f[5] + expert, tile[first_half], next.f[6], w0, w1, w2, w3, w4, w5, w6, w7);
+      const uint64_t expert = next.op == XMM ? (uint64_t)first_expert(next, rows) * next.f[XMM_EXPERT_STRIDE] : 0;
+      read_lane(0, next.f[MM_WEIGHT_OFF] + expert, tile[first_half], next.f[MM_TILE_BYTES], w0, w1, w2, w3, w4, w5, w6, w7);
       prefetched = p;
       return;
     }
@@ -294,10 +394,10 @@ static void attention(const Instr& in, int rows, int start_pos,
                       word_t* kv20,
                       word_t* kv21,
                       word_t* kv22) {
-  const int heads = in.f[0], kv_heads = in.f[1], d = in.f[2];
-  const float scale = bits_to_float(in.f[3]);
-  const int window = in.f[8];  // 0: every row up to the query's position; else only the last window of them
-  const float softcap = bits_to_float(in.f[9]);  // 0: none; else scores become tanh(s / softcap) * softcap
+  const int heads = in.f[ATTN_HEADS], kv_heads = in.f[ATTN_KV_HEADS], d = in.f[ATTN_HEAD_DIM];
+  const float scale = bits_to_float(in.f[ATTN_SCALE]);
+  const int window = in.f[ATTN_WINDOW];  // 0: every row up to the query's position; else only the last window of them
+  const float softcap = bits_to_float(in.f[ATTN_SOFTCAP]);  // 0: none; else scores become tanh(s / softcap) * softcap
   const int s = start_pos + rows;
   const int first = window > 0 && start_pos + 1 > window ? start_pos + 1 - window : 0;  // row 0's first key
   static int8_t kc[MAX_CONTEXT * MAX_HEAD_DIM], vc[MAX_CONTEXT * MAX_HEAD_DIM];
@@ -311,11 +411,11 @@ static void attention(const Instr& in, int rows, int start_pos,
     for (int j = first; j < s; ++j) {  // this KV head's slice of the cache: row j on channel j % KV_CHANNELS
       word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
       const uint64_t at = j / KV_CHANNELS;
-      read_bytes(port, in.f[4] + at * width + h * d, (uint8_t*)&kc[j * d], d);
-      read_bytes(port, in.f[6] + at * width + h * d, (uint8_t*)&vc[j * d], d);
-      read_bytes(port, in.f[5] + (at * kv_heads + h) * 4, row, 4);
+      read_bytes(port, in.f[ATTN_K_CODES_OFF] + at * width + h * d, (uint8_t*)&kc[j * d], d);
+      read_bytes(port, in.f[ATTN_V_CODES_OFF] + at * width + h * d, (uint8_t*)&vc[j * d], d);
+      read_bytes(port, in.f[ATTN_K_SCALES_OFF] + (at * kv_heads + h) * 4, row, 4);
       ks[j] = load_i32(row);
-      read_bytes(port, in.f[7] + (at * kv_heads + h) * 4, row, 4);
+      read_bytes(port, in.f[ATTN_V_SCALES_OFF] + (at * kv_heads + h) * 4, row, 4);
       vs[j] = load_i32(row);
     }
     for (int t = 0; t < rows; ++t) {
@@ -354,7 +454,7 @@ static void kv_append(const Instr& in, int rows, int start_pos,
                       word_t* kv20,
                       word_t* kv21,
                       word_t* kv22) {
-  const int kv_heads = in.f[2], d = in.f[3];
+  const int kv_heads = in.f[KVAPP_KV_HEADS], d = in.f[KVAPP_HEAD_DIM];
   const int width = kv_heads * d;
   static int8_t codes[MAX_HIDDEN];
   static int32_t scales[MAX_HEADS];
@@ -364,9 +464,9 @@ static void kv_append(const Instr& in, int rows, int start_pos,
     word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
     const uint64_t at = j / KV_CHANNELS;
     quant8(act[in.src0][t], width, d, codes, scales);
-    write_bytes(port, in.f[0] + at * width, (const uint8_t*)codes, width);
+    write_bytes(port, in.f[KVAPP_CODES_OFF] + at * width, (const uint8_t*)codes, width);
     for (int h = 0; h < kv_heads; ++h) store_u32(&bytes[h * 4], (uint32_t)scales[h]);
-    write_bytes(port, in.f[1] + at * kv_heads * 4, bytes, kv_heads * 4);
+    write_bytes(port, in.f[KVAPP_SCALES_OFF] + at * kv_heads * 4, bytes, kv_heads * 4);
   }
 }
 
@@ -464,13 +564,13 @@ extern "C" void llmc_accel(
   for (int pc = 0; pc < n_instr; ++pc) {
     const Instr in = fetch(program, pc);
     if (in.op == HALT) break;
-    const int cols = in.f[0];
+    const int cols = in.f[COLS];
     switch (in.op) {
       case EMBED: {
         const int row_bytes = (cols * 2 + 63) / 64 * 64;
         for (int t = 0; t < rows; ++t) {
-          const int id = (in.f[2] ? start_pos + t : load_i32(io_buf + 0 + 4 * t)) + (int)in.f[3];
-          read_lane(id % LANES, in.f[1] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
+          const int id = (in.f[EMBED_BY_POSITION] ? start_pos + t : load_i32(io_buf + 0 + 4 * t)) + (int)in.f[EMBED_OFFSET];
+          read_lane(id % LANES, in.f[EMBED_TABLE_OFF] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
                     w0, w1, w2, w3, w4, w5, w6, w7);
           for (int c = 0; c < cols; ++c) {
 #pragma HLS PIPELINE II = 1
@@ -480,35 +580,35 @@ extern "C" void llmc_accel(
         break;
       }
       case NORM: {
-        read_vec(w0, in.f[1], cols, raw);
+        read_vec(w0, in.f[NORM_WEIGHT_OFF], cols, raw);
         for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
-        const int group = in.f[3] > 0 ? (int)in.f[3] : cols;  // a head at a time for QK-norm
+        const int group = in.f[NORM_GROUP] > 0 ? (int)in.f[NORM_GROUP] : cols;  // a head at a time for QK-norm
         for (int t = 0; t < rows; ++t) {
           for (int g = 0; g < cols; g += group) {
-            rms_norm_row(&act[in.src0][t][g], &vec[g], group, bits_to_float(in.f[2]), &act[in.dst][t][g]);
+            rms_norm_row(&act[in.src0][t][g], &vec[g], group, bits_to_float(in.f[NORM_EPS]), &act[in.dst][t][g]);
           }
         }
         break;
       }
       case LNORM: {
-        read_vec(w0, in.f[1], cols, raw);
+        read_vec(w0, in.f[LNORM_WEIGHT_OFF], cols, raw);
         for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
-        read_vec(w0, in.f[2], cols, raw);
+        read_vec(w0, in.f[LNORM_BIAS_OFF], cols, raw);
         for (int c = 0; c < cols; ++c) bias[c] = bits_to_float(load_u32(raw + 4 * c));
-        for (int t = 0; t < rows; ++t) layer_norm_row(act[in.src0][t], vec, bias, cols, bits_to_float(in.f[3]), act[in.dst][t]);
+        for (int t = 0; t < rows; ++t) layer_norm_row(act[in.src0][t], vec, bias, cols, bits_to_float(in.f[LNORM_EPS]), act[in.dst][t]);
         break;
       }
       case MM:
       case XMM:
         matmul(in, pc, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7);
-        wrote_io = wrote_io || ((in.f[4] >> 10) & 1);
+        wrote_io = wrote_io || flag_field(in.f[MM_FLAGS], MM_FLAG_TO_IO_LSB, 1);
         break;
       case ROUTE:
-        for (int t = 0; t < rows; ++t) route_row(act[in.src0][t], cols, in.f[1], in.f[2] != 0, act[in.dst][t]);
+        for (int t = 0; t < rows; ++t) route_row(act[in.src0][t], cols, in.f[ROUTE_TOP_K], in.f[ROUTE_NORMALIZE] != 0, act[in.dst][t]);
         break;
       case WEIGH:
         for (int t = 0; t < rows; ++t) {
-          const int32_t w = act[in.src1][t][2 * in.f[1] + 1];
+          const int32_t w = act[in.src1][t][2 * in.f[WEIGH_SLOT] + 1];
           for (int c = 0; c < cols; ++c) {
 #pragma HLS PIPELINE II = 1
             act[in.dst][t][c] = mul_fixed(act[in.src0][t][c], w);
@@ -516,14 +616,14 @@ extern "C" void llmc_accel(
         }
         break;
       case ROPE: {
-        const int half = in.f[4] / 2;  // rotary_dim / 2 table entries per position
+        const int half = in.f[ROPE_ROTARY_DIM] / 2;  // rotary_dim / 2 table entries per position
         for (int t = 0; t < rows; ++t) {
           const uint64_t at = (uint64_t)(start_pos + t) * half * 4;
-          read_vec(w0, in.f[2] + at, half, raw);
+          read_vec(w0, in.f[ROPE_COS_OFF] + at, half, raw);
           for (int i = 0; i < half; ++i) cs[i] = load_i32(raw + 4 * i);
-          read_vec(w0, in.f[3] + at, half, raw);
+          read_vec(w0, in.f[ROPE_SIN_OFF] + at, half, raw);
           for (int i = 0; i < half; ++i) sn[i] = load_i32(raw + 4 * i);
-          rope_row(act[in.src0][t], act[in.dst][t], cols, in.f[1], in.f[4], cs, sn);
+          rope_row(act[in.src0][t], act[in.dst][t], cols, in.f[ROPE_HEAD_DIM], in.f[ROPE_ROTARY_DIM], cs, sn);
         }
         break;
       }
@@ -538,8 +638,9 @@ extern "C" void llmc_accel(
           for (int c = 0; c < cols; ++c) {
 #pragma HLS PIPELINE II = 1
             const int32_t x = act[in.src0][t][c];
-            act[in.dst][t][c] = in.f[1] == 0 ? silu_fixed(x) : in.f[1] == 1 ? relu_fixed(x)
-                                : in.f[1] == 2 ? gelu_tanh_fixed(x) : gelu_fixed(x);
+            const int fn = in.f[ACT_FN];
+            act[in.dst][t][c] = fn == ACT_SILU ? silu_fixed(x) : fn == ACT_RELU ? relu_fixed(x)
+                                : fn == ACT_GELU_TANH ? gelu_tanh_fixed(x) : gelu_fixed(x);
           }
         }
         break;
@@ -554,7 +655,7 @@ extern "C" void llmc_accel(
         }
         break;
       case ESCALE:
-        read_vec(w0, in.f[1], cols, raw);
+        read_vec(w0, in.f[ESCALE_VEC_OFF], cols, raw);
         for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
         for (int t = 0; t < rows; ++t) {
           for (int c = 0; c < cols; ++c) act[in.dst][t][c] = scale_fixed(act[in.src0][t][c], vec[c]);
