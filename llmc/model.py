@@ -36,6 +36,45 @@ class Model:
     def name(self) -> str:
         return self.module.name
 
+    @property
+    def is_language_model(self) -> bool:
+        """Whether the module holds a causal LM's programs (``prefill`` and ``decode``, or ``step``);
+        else its functions are plain ones (an ONNX graph's ``main``), run with :meth:`call`."""
+        return bool({"prefill", "decode", "step"} & set(self.module.functions))
+
+    def call(self, inputs: Mapping[str, Any], function: str | None = None) -> dict[str, Any]:
+        """Run a plain function (``function``, or the module's only one) through the interpreter on
+        NumPy ``inputs`` by name (an ONNX name or the IR name it became); the outputs by IR name.
+        Data of another dtype of the same kind is converted (float64 to f32, ...)."""
+        import numpy as np
+
+        from llmc.ir.builder import value_name
+        from llmc.ir.interpreter import run_function
+
+        if self.is_language_model:
+            raise LlmcError(f"model '{self.name}' is a language model: generate with a prompt, not inputs by name")
+        names = list(self.module.functions)
+        if function is None and len(names) != 1:
+            raise LlmcError(f"model '{self.name}' has functions {', '.join('@' + n for n in names)}: name one")
+        name = function or names[0]
+        if name not in self.module.functions:
+            raise LlmcError(f"model '{self.name}' has no function @{name}")
+        func = self.module.functions[name]
+        expected = {v.name: v for v in func.inputs}
+        given = {value_name(k): np.asarray(v) for k, v in inputs.items()}
+        unknown = sorted(set(given) - set(expected))
+        missing = [n for n in expected if n not in given]
+        if unknown or missing:
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+                ([f"unknown {', '.join(unknown)}"] if unknown else [])
+            raise LlmcError(f"@{name} takes inputs {', '.join(expected) or '(none)'}: {'; '.join(parts)}")
+        for key, array in given.items():
+            want = expected[key].type.dtype
+            kind = "b" if want.kind == "bool" else "f" if want.is_float else "iu"
+            if array.dtype.kind not in kind:
+                raise LlmcError(f"input {key} of @{name} is {expected[key].type}, got {array.dtype} data")
+        return run_function(self.module, name, given)
+
     def encode(self, text: str) -> list[int]:
         ids = self._tokenizer().encode(text).ids
         bos = int(self.module.attrs.get("bos_token_id", -1))
@@ -64,6 +103,8 @@ class Model:
         """Generate through the reference interpreter, yielding ``(token, seconds)`` as each
         token is sampled; stops after the end-of-sequence token when ``stop``. ``kernels`` run
         chosen ops on compiled kernels (e.g. :func:`llmc.backends.tvm.lut_runtime.lut_kernels`)."""
+        if not self.is_language_model:
+            raise LlmcError(f"model '{self.name}' is a plain function, not a language model: run it with call()")
         if (prompt is None) == (prompt_ids is None):
             raise LlmcError("give exactly one of a prompt text or prompt ids")
         ids = list(prompt_ids) if prompt_ids is not None else self.encode(prompt or "")

@@ -1,4 +1,5 @@
-"""``llmc import``, ``llmc show`` and ``llmc run``: a model in, its summary, text out."""
+"""``llmc import``, ``llmc show`` and ``llmc run``: a model in, its summary, text out (or, for a plain
+function, arrays in and out)."""
 
 from __future__ import annotations
 
@@ -100,7 +101,13 @@ def format_report(report: ModuleReport) -> list[str]:
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, generates=True)
-    add_generation_arguments(parser)
+    add_generation_arguments(parser, required=False)
+    parser.add_argument("--inputs", type=Path, metavar="FILE.npz",
+                        help="run a plain function (an ONNX graph that is not a language model) on the arrays of "
+                             "this .npz, by input name, instead of generating text")
+    parser.add_argument("--outputs", type=Path, metavar="FILE.npz",
+                        help="with --inputs: write the function's outputs to this .npz by name (default: list them)")
+    parser.set_defaults(usage_error=parser.error)
     parser.add_argument("--lut-kernels", choices=("interpreter", "tvm"), default="interpreter",
                         help="run LUT-mpGEMM layers on the reference interpreter or on TVM CPU kernels")
     parser.add_argument("--lut-variant", default="auto", metavar="NAME",
@@ -116,7 +123,14 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate text through the reference interpreter (a compiled project: its lowered program) or TVM (--tvm)."""
+    """Generate text through the reference interpreter (a compiled project: its lowered program) or TVM (--tvm), or run a plain function on --inputs."""
+    prompt = args.prompt is not None or args.prompt_ids is not None
+    if args.inputs is not None or args.outputs is not None:
+        if prompt:
+            raise LlmcError("give --prompt/--prompt-ids (a language model) or --inputs (a plain function), not both")
+        return run_plain(args)
+    if not prompt:
+        args.usage_error("one of the arguments --prompt --prompt-ids --inputs is required")
     if args.tvm is not None and args.device != "interpreter":
         raise LlmcError("give --device or --tvm, not both")
     if args.tvm is not None and args.lut_kernels != "interpreter":
@@ -126,7 +140,49 @@ def run(args: argparse.Namespace) -> int:
 
         return run_on_device(args)
     model = load_model(args)
+    if not model.is_language_model:
+        raise LlmcError(f"{args.model} is a plain function ({', '.join('@' + f for f in model.module.functions)}), "
+                        "not a language model: give its inputs with --inputs FILE.npz")
     return generate(args, model, lambda: tvm_device(args, model))
+
+
+def run_plain(args: argparse.Namespace) -> int:
+    """``llmc run MODEL --inputs in.npz [--outputs out.npz]``: a plain function through the interpreter."""
+    import io
+
+    import numpy as np
+
+    from llmc.io import atomic_write
+
+    if args.inputs is None:
+        raise LlmcError("--outputs needs --inputs FILE.npz")
+    if args.tvm is not None or args.device != "interpreter" or args.lut_kernels != "interpreter":
+        raise LlmcError("--inputs runs on the interpreter: --tvm, --device and --lut-kernels apply to language models")
+    try:
+        with np.load(args.inputs, allow_pickle=False) as npz:
+            inputs = {name: npz[name] for name in npz.files}
+    except (ValueError, EOFError, OSError) as e:  # not a zip, a pickled array, a truncated file
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise LlmcError(f"{args.inputs}: not a .npz file of arrays: {' '.join(str(e).split())}") from None
+    model = load_model(args)
+    if model.is_language_model:
+        raise LlmcError(f"{args.model} is a language model: generate with --prompt or --prompt-ids "
+                        "(--inputs and --outputs apply to plain functions)")
+    outputs = model.call(inputs)
+    if args.outputs is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **outputs)
+        atomic_write(args.outputs, buffer.getvalue())
+    if args.json:
+        print(json.dumps({"outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outputs.items()},
+                          "written": None if args.outputs is None else str(args.outputs)}))
+        return 0
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype}{list(value.shape)}")
+    if args.outputs is not None:
+        print(f"wrote {args.outputs}")
+    return 0
 
 
 def tvm_device(args: argparse.Namespace, model: Model) -> object | None:

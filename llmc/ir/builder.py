@@ -11,6 +11,12 @@ from llmc.ir.registry import OPS, InferError
 from llmc.ir.types import DimLike, DType, TensorType
 
 
+def value_name(hint: str) -> str:
+    """The value name a hint becomes (before any suffix that makes it unique): characters other
+    than letters, digits, ``_`` and ``.`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", hint)
+
+
 class Builder:
     """Appends nodes to ``func`` in ``module`` (or to the list ``into``, for rewrites that
     rebuild a node list); result types come from the op registry."""
@@ -25,13 +31,20 @@ class Builder:
 
     def fresh(self, hint: str | None = None) -> str:
         """A value name not used yet, derived from ``hint`` when given."""
-        base = re.sub(r"[^A-Za-z0-9_.]", "_", hint) if hint else ""
+        base = value_name(hint) if hint else ""
         name = base or str(self._counter)
         while name in self._names:
             self._counter += 1
             name = f"{base}_{self._counter}" if base else str(self._counter)
         self._names.add(name)
         return name
+
+    def rename(self, value: Value, hint: str) -> None:
+        """Name ``value`` (a result built here) after ``hint`` when that name is still free."""
+        name = value_name(hint)
+        if name not in self._names:
+            self._names.add(name)
+            value.name = name
 
     def input(self, name: str, type_: TensorType) -> Value:
         value = Value(self.fresh(name), type_)

@@ -1,6 +1,7 @@
 """The ONNX frontend: HF causal LMs exported with ``hf.export_onnx`` import into the IR and agree
 with onnxruntime on the same file, with PyTorch, and with the torch.export path; files that are
-not llmc ONNX step models are refused with their name in the message."""
+unreadable or malformed are refused with their name in the message; a file without llmc's
+metadata imports as a plain function (tests/frontend/test_onnx_ops.py tests those op by op)."""
 
 from __future__ import annotations
 
@@ -258,11 +259,26 @@ def test_unsupported_op_names_file_node_and_op(tmp_path: Path) -> None:
         llmc.load(path)
 
 
-def test_foreign_file_without_llmc_metadata_is_refused(tmp_path: Path) -> None:
+def test_foreign_file_without_llmc_metadata_imports_as_a_plain_function(tmp_path: Path) -> None:
+    """The same graph without llmc's metadata is no step model: one function @main over its own
+    symbols (L, P; S unused), which agrees with onnxruntime."""
     path = tmp_path / "foreign.onnx"
     onnx.save(contract_model(), path)
-    with pytest.raises(FrontendError, match=r"foreign\.onnx: not exported by llmc .*StepModule contract"):
-        llmc.load(path)
+    module = llmc.load(path).module
+    assert list(module.functions) == ["main"]
+    main = module.functions["main"]
+    assert [v.name for v in main.inputs] == ["input_ids", "mask", "position_ids", "past_k_0", "past_v_0"]
+    assert [v.name for v in main.outputs] == ["logits", "k_0", "v_0"]
+    assert str(main.outputs[1].type) == "tensor<1x1xL+Px4xf32>"
+    rng = np.random.default_rng(0)
+    past = 3
+    feeds = {"input_ids": np.asarray([[0, 3]], np.int64), "mask": np.zeros((1, 1, 2, 7), np.float32),
+             "position_ids": np.asarray([[3, 4]], np.int64),
+             **{name: rng.standard_normal((1, 1, past, 4)).astype(np.float32) for name in ("past_k_0", "past_v_0")}}
+    ours = run_function(module, "main", feeds)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for name, ref in zip(["logits", "k_0", "v_0"], session.run(None, feeds), strict=True):
+        np.testing.assert_array_equal(ours[name], ref, err_msg=name)
 
 
 def test_graph_outside_the_contract_is_refused(tmp_path: Path) -> None:
