@@ -20,6 +20,7 @@ from .design import (
     kernel_ports,
 )
 from .target import RESOURCE_KINDS, Resources, Target
+from .units import Unit, design_units
 
 BRAM36_BYTES = 4608  # 36 Kb
 BRAM36_WIDTH = 64  # data bits per port in the 512 x 72 configuration
@@ -77,6 +78,33 @@ def lut_engine(config: AcceleratorConfig) -> Resources:
     entries = 2 ** (config.lut_g - 1)
     lane = Resources(lut=16 * ceil(entries / LUTRAM_DEPTH) + 16 + 24, ff=24 + 16)
     return lane * config.lut_lanes + Resources(lut=2000, ff=2000)
+
+
+def rtl_unit(unit: Unit) -> Resources:
+    """One RTL unit (rtl/*.v), with constants fitted to Yosys's synthesis of the generated Verilog
+    (``synth_xilinx -family xcup``, out of context; :mod:`llmc.sim.synth`, docs/rtl.md).
+
+    Sparse chain, per kept-weight slot (``lanes x N``): 65 LUTs and 58 FFs at int8, 46 and 34 at
+    int4 (two slots per DSP), less the N:M multiplexer's 8 LUTs per 4 block positions when dense;
+    one DSP48E2 per slot (int8) or per two (int4); plus 20 LUTs and 60 FFs (int8) or 66 and 90
+    (int4). LUT unit, per lane (``g`` activations): ``160 + 130 x bits`` LUTs and ``215 + 12 x
+    bits`` FFs, plus 70 LUTs and 90 FFs.
+    """
+    if unit.kind == "sparse_mac":
+        slots = unit.lanes * unit.n
+        mux = 0 if unit.n == unit.m else 8 * ceil(unit.m / 4)
+        if unit.bits == 8:
+            return Resources(lut=20 + (57 + mux) * slots, ff=60 + 58 * slots, dsp=slots)
+        return Resources(lut=66 + (38 + mux) * slots, ff=90 + 34 * slots, dsp=ceil(slots / 2))
+    return Resources(lut=70 + (160 + 130 * unit.bits) * unit.lanes, ff=90 + (215 + 12 * unit.bits) * unit.lanes)
+
+
+def rtl_units(config: AcceleratorConfig) -> Resources:
+    """The RTL units the design instantiates (:func:`~.units.design_units`)."""
+    total = Resources()
+    for unit in design_units(config):
+        total += rtl_unit(unit)
+    return total
 
 
 def sfu(config: AcceleratorConfig) -> Resources:
@@ -178,6 +206,7 @@ def estimate(config: AcceleratorConfig, target: Target) -> Utilisation:
     units = {
         "matrix engine": matrix_engine(config),
         "LUT engine": lut_engine(config),
+        "RTL units": rtl_units(config),
         "SFU": sfu(config),
         "DMA": dma(config),
         "activation buffers": activation_buffers(config),

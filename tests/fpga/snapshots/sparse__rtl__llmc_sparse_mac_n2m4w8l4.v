@@ -69,7 +69,7 @@ module llmc_sparse_mac_n2m4w8l4 (
         assign pcin = slice[k-1].p_reg;
       end
       always @(posedge clk) begin
-        m_reg <= { {18{ad[26]}}, ad} * { {27{b[17]}}, b};
+        m_reg <= ad * b;  // signed 27 x 18: one DSP48E2 multiplier (the 45-bit result in context)
         p_reg <= pcin + term;
       end
     end
