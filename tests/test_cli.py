@@ -230,7 +230,8 @@ def test_activity_bar_appears_after_a_second(monkeypatch: pytest.MonkeyPatch) ->
     assert "slow 00:01" in stderr.getvalue()
 
 
-ALL_COMMANDS = ("import", "show", "run", "opt", "eval", "compile", "build", "csim", "simulate", "verify", "deploy")
+ALL_COMMANDS = ("import", "show", "run", "opt", "eval", "compile", "build", "csim", "simulate", "verify", "deploy",
+                "calibrate")
 
 
 def test_python_dash_m_lists_every_command() -> None:

@@ -34,7 +34,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     compress.OPT, compress.EVAL,
     fpga.COMPILE, fpga.BUILD, fpga.CSIM,
     sim.SIMULATE, sim.VERIFY,
-    deploy.DEPLOY,
+    deploy.DEPLOY, deploy.CALIBRATE,
 )}
 
 
