@@ -168,16 +168,7 @@ class ByteLevelBPE:
             ranked = [(self.ranks[p], p) for p in zip(parts, parts[1:]) if p in self.ranks]
             if not ranked:
                 break
-            first, second = min(ranked)[1]
-            merged, i = [], 0
-            while i < len(parts):
-                if i + 1 < len(parts) and parts[i] == first and parts[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
+            parts = merge_pair(parts, *min(ranked)[1])
         return parts
 
 
@@ -214,3 +205,16 @@ def _template(post: dict | None) -> list[list[int] | None] | None:
             _require(name in specials, "template token", name)
             parts.append([int(i) for i in specials[name]["ids"]])
     return parts
+
+
+def merge_pair(parts: list[str], first: str, second: str) -> list[str]:
+    """``parts`` with every adjacent ``first, second`` (left to right, not overlapping) merged into one."""
+    merged, i = [], 0
+    while i < len(parts):
+        if i + 1 < len(parts) and parts[i] == first and parts[i + 1] == second:
+            merged.append(first + second)
+            i += 2
+        else:
+            merged.append(parts[i])
+            i += 1
+    return merged

@@ -16,6 +16,8 @@ import gguf
 import numpy as np
 import torch
 
+from llmc.deploy.tokenizer import merge_pair
+
 Q = gguf.GGMLQuantizationType
 PARTS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
          "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -60,15 +62,7 @@ def train_bpe(size: int, text: str = CORPUS) -> Vocab:
         merges.append(f"{a} {b}")
         tokens.append(a + b)
         for w, parts in split.items():
-            i, out = 0, []
-            while i < len(parts):
-                if i + 1 < len(parts) and parts[i] == a and parts[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(parts[i])
-                    i += 1
-            split[w] = out
+            split[w] = merge_pair(parts, a, b)
     types = [gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL] * (len(tokens) - 2)
     return Vocab(tokens, merges, [int(t) for t in types])
 
