@@ -104,8 +104,10 @@ def _tick(bar: tqdm, done: threading.Event) -> None:
         bar.update(0)  # redraws once the bar's delay has passed
 
 
-def generate(args: argparse.Namespace, model: Model, device: Callable[[], object]) -> int:
-    """Stream generated text (or print ``--json``) on the device ``device()`` (None: the interpreter)."""
+def generate(args: argparse.Namespace, model: Model, device: Callable[[], object],
+             extra: Callable[[], dict] | None = None) -> int:
+    """Stream generated text (or print ``--json``, with ``extra()``'s entries) on the device ``device()``
+    (None: the interpreter)."""
     if args.max_new_tokens < 0:
         raise LlmcError("--max-new-tokens must be at least 0")
     sampling = sampling_options(args)
@@ -122,7 +124,7 @@ def generate(args: argparse.Namespace, model: Model, device: Callable[[], object
                 print(piece, end="", flush=True)
             bar.update(1)
     if args.json:
-        print(json.dumps({"tokens": text.ids, "text": text.text}))
+        print(json.dumps({"tokens": text.ids, "text": text.text, **(extra() if extra else {})}))
     else:
         print()
     return 0

@@ -111,7 +111,7 @@ def csim(args: argparse.Namespace) -> int:
         exe = build_csim(args.project)
     device = CsimDevice(args.project, exe)
     try:
-        return generate(args, model, lambda: device)
+        return generate(args, model, lambda: device, extra=lambda: {"cycles": device.cycle_report()})
     finally:
         device.close()
         sys.stdout.flush()

@@ -9,15 +9,18 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from llmc.backends.fpga.isa import OPCODES
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
 from llmc.manifest import check_files
 from llmc.sim.build_cache import cached_build
 
+ACCOUNT_BYTES = 8 * 17  # the cycle account after each run's logits: the total, then one count per opcode number
 CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-ffp-contract=off"]
 SOURCES = ["kernel/llmc_accel.cpp", "csim/csim_main.cpp"]
 
@@ -74,6 +77,15 @@ def build_csim(project: Path, out: Path | None = None, timeout: float = 600) -> 
     return exe
 
 
+@dataclass(frozen=True)
+class CycleAccount:
+    """The cycles one kernel call's pipelined loops take at their IIs (``llmc_cycles.h``), in all and by
+    opcode: what the generated code would take, counted by C-simulation as it runs."""
+
+    cycles: int
+    by_opcode: dict[str, int]
+
+
 class CsimDevice(AppendingDevice):
     """The compiled test bench as a device: ``run`` appends tokens and returns their logits."""
 
@@ -91,6 +103,7 @@ class CsimDevice(AppendingDevice):
         self.proc = subprocess.Popen([str(self.exe), str(project / "program.bin"), str(project / "weights.bin")],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.length = 0
+        self.accounts: list[CycleAccount] = []  # one per run call since the last reset
 
     def _send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -114,6 +127,7 @@ class CsimDevice(AppendingDevice):
     def reset(self) -> None:
         self._send("reset")
         self.length = 0
+        self.accounts = []
 
     def run(self, ids: Sequence[int]) -> np.ndarray:
         if self.length + len(ids) > self.max_context:
@@ -138,9 +152,26 @@ class CsimDevice(AppendingDevice):
             raise LlmcError(f"C-simulation ran past its time limit of {self.timeout:g} s")
         if len(data) != want:
             raise self._stopped()
+        account = self.proc.stdout.read(ACCOUNT_BYTES)
+        if len(account) != ACCOUNT_BYTES:
+            raise self._stopped()
+        counts = np.frombuffer(account, dtype="<u8")
+        self.accounts.append(CycleAccount(int(counts[0]), {name: int(counts[1 + number])
+                                                            for name, (number, _, _) in OPCODES.items()
+                                                            if counts[1 + number]}))
         self.length += len(ids)
         return np.frombuffer(data, dtype="<f4").reshape(len(ids), self.vocab).copy()
 
+
+    def cycle_report(self) -> dict:
+        """The cycle account of the sequence: its first call (the prompt), each later call (one decode
+        step each in generation) and the sum by opcode."""
+        by_opcode: dict[str, int] = {}
+        for account in self.accounts:
+            for name, cycles in account.by_opcode.items():
+                by_opcode[name] = by_opcode.get(name, 0) + cycles
+        return {"prefill": self.accounts[0].cycles if self.accounts else 0,
+                "decode": [a.cycles for a in self.accounts[1:]], "by_opcode": by_opcode}
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -13,7 +13,7 @@ from llmc.backends.fpga.units import design_units, rtl_files
 from llmc.ir.graph import Module
 from llmc.templating import render, static_file
 
-STATIC_HEADERS = ("llmc_math.h", "llmc_mem.h", "llmc_sparse_mac.h", "llmc_lut_mac.h")
+STATIC_HEADERS = ("llmc_cycles.h", "llmc_math.h", "llmc_mem.h", "llmc_sparse_mac.h", "llmc_lut_mac.h")
 KERNEL_SOURCES = ("kernel/llmc_accel.cpp",)
 
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "llmc_cycles.h"
 #include "llmc_tables.h"
 
 // HLS directives, emitted only for synthesis (g++ -Wall rejects unknown pragmas).
@@ -100,7 +101,7 @@ inline void quant8(const int32_t* x, int n, int group, int8_t* codes, int32_t* s
     const int32_t* xg = x + g * group;
     int64_t amax = 0;
     for (int j = 0; j < group; ++j) {
-      LLMC_HLS(HLS PIPELINE II=1)
+      LLMC_PIPELINE_II1;
       const int64_t a = xg[j] < 0 ? -static_cast<int64_t>(xg[j]) : xg[j];
       if (a > amax) amax = a;
     }
@@ -108,7 +109,7 @@ inline void quant8(const int32_t* x, int n, int group, int8_t* codes, int32_t* s
     if (s < 1) s = 1;
     scales[g] = static_cast<int32_t>(s);
     for (int j = 0; j < group; ++j) {
-      LLMC_HLS(HLS PIPELINE II=1)
+      LLMC_PIPELINE_II1;
       int64_t q = div_round(xg[j], s);
       if (q > QMAX8) q = QMAX8;
       if (q < -QMAX8) q = -QMAX8;
@@ -130,7 +131,7 @@ template <typename W>
 inline int64_t group_dot(const int8_t* xq, const W* w, int len, int zero) {
   int64_t acc = 0;
   for (int j = 0; j < len; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
+    LLMC_PIPELINE_II1;
     acc += static_cast<int64_t>(xq[j]) * (static_cast<int64_t>(w[j]) - zero);
   }
   return acc;
@@ -161,7 +162,7 @@ inline void matmul_row(const int8_t* xq, int32_t xs, const W* codes, const int32
 inline float inverse_rms(const int32_t* x, int c, int64_t scale, int64_t offset, float eps) {
   int64_t amax = 0;
   for (int j = 0; j < c; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
+    LLMC_PIPELINE_II1;
     const int64_t d = static_cast<int64_t>(x[j]) * scale - offset;
     const int64_t a = d < 0 ? -d : d;
     if (a > amax) amax = a;
@@ -170,7 +171,7 @@ inline float inverse_rms(const int32_t* x, int c, int64_t scale, int64_t offset,
   const int sh = bits > 19 ? bits - 19 : 0;
   int64_t ss = 0;
   for (int j = 0; j < c; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
+    LLMC_PIPELINE_II1;
     const int64_t v = (static_cast<int64_t>(x[j]) * scale - offset) >> sh;
     ss += v * v;
   }
@@ -182,7 +183,7 @@ inline float inverse_rms(const int32_t* x, int c, int64_t scale, int64_t offset,
 inline void rms_norm_row(const int32_t* x, const float* w, int c, float eps, int32_t* y) {
   const float r = inverse_rms(x, c, 1, 0, eps);
   for (int j = 0; j < c; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
+    LLMC_PIPELINE_II1;
     y[j] = to_fixed((static_cast<float>(x[j]) * r) * w[j]);
   }
 }
@@ -195,13 +196,13 @@ inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, int rota
   const int half = rotary_dim / 2;
   for (int h = 0; h < c; h += head_dim) {
     for (int j = 0; j < half; ++j) {
-      LLMC_HLS(HLS PIPELINE II=1)
+      LLMC_PIPELINE_II1;
       const int64_t x1 = x[h + j], x2 = x[h + half + j], cs = cos_row[j], sn = sin_row[j];
       y[h + j] = saturate(shift_round(x1 * cs - x2 * sn, ROPE_FRAC));
       y[h + half + j] = saturate(shift_round(x2 * cs + x1 * sn, ROPE_FRAC));
     }
     for (int j = rotary_dim; j < head_dim; ++j) {
-      LLMC_HLS(HLS PIPELINE II=1)
+      LLMC_PIPELINE_II1;
       y[h + j] = x[h + j];
     }
   }
@@ -212,12 +213,12 @@ inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, int rota
 inline void layer_norm_row(const int32_t* x, const float* w, const float* b, int c, float eps, int32_t* y) {
   int64_t sum = 0;
   for (int j = 0; j < c; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
+    LLMC_PIPELINE_II1;
     sum += x[j];
   }
   const float r = inverse_rms(x, c, c, sum, (eps * static_cast<float>(c)) * static_cast<float>(c));
   for (int j = 0; j < c; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
+    LLMC_PIPELINE_II1;
     y[j] = to_fixed((static_cast<float>(static_cast<int64_t>(x[j]) * c - sum) * r) * w[j] + b[j] * FIXED_ONE);
   }
 }
@@ -240,7 +241,7 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
     const int8_t* key = kc + slot * d;
     int64_t dot = 0;
     for (int j = 0; j < d; ++j) {
-      LLMC_HLS(HLS PIPELINE II=1)
+      LLMC_PIPELINE_II1;
       dot += static_cast<int64_t>(qc[j]) * key[j];
     }
     float score = static_cast<float>(dot) * ((qsf * static_cast<float>(ks[slot])) * c);
@@ -250,7 +251,7 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
   }
   int64_t acc[MAX_D];
   for (int j = 0; j < d; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
+    LLMC_PIPELINE_II1;
     acc[j] = 0;
   }
   int64_t den = 0;
@@ -262,12 +263,12 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
     const int8_t* value = vc + slot * d;
     const int64_t v_scale = vs[slot];
     for (int j = 0; j < d; ++j) {
-      LLMC_HLS(HLS PIPELINE II=1)
+      LLMC_PIPELINE_II1;
       acc[j] += ei * (value[j] * v_scale);
     }
   }
   for (int j = 0; j < d; ++j) {
-    LLMC_HLS(HLS PIPELINE II=1)
+    LLMC_PIPELINE_II1;
     out[j] = to_fixed(static_cast<float>(static_cast<double>(acc[j])) / static_cast<float>(den));
   }
 }
@@ -339,6 +340,7 @@ inline void route_row(const int32_t* x, int experts, int top_k, bool normalize, 
   for (int j = 0; j < top_k; ++j) {
     int best = -1;
     for (int i = 0; i < experts; ++i) {
+      LLMC_PIPELINE_II1;
       bool taken = false;
       for (int p = 0; p < j; ++p) taken = taken || out[2 * p] == i;
       if (!taken && (best < 0 || x[i] > x[best])) best = i;
@@ -348,9 +350,11 @@ inline void route_row(const int32_t* x, int experts, int top_k, bool normalize, 
   const float peak = fixed_to_f32(x[out[0]]);
   float total = 0.0f;
   for (int i = 0; i < (normalize ? top_k : experts); ++i) {
+    LLMC_PIPELINE_II1;
     total += exp2_f32((fixed_to_f32(x[normalize ? out[2 * i] : i]) - peak) * LOG2E);
   }
   for (int j = 0; j < top_k; ++j) {
+    LLMC_PIPELINE_II1;
     out[2 * j + 1] = to_fixed(exp2_f32((fixed_to_f32(x[out[2 * j]]) - peak) * LOG2E) / total * FIXED_ONE);
   }
 }

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "llmc_cycles.h"
+
 namespace llmc {
 
 typedef ap_uint<512> word_t;
@@ -24,7 +26,7 @@ inline void read_bytes(const word_t* port, uint64_t off, uint8_t* dst, int n) {
   uint64_t word = off / WORD_BYTES;
   int skip = (int)(off % WORD_BYTES);
   for (int i = 0; i < n; ++word) {
-#pragma HLS PIPELINE II = 1
+    LLMC_PIPELINE_II1;
     const word_t w = port[word];
     for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {
       dst[i] = (uint8_t)w.range(8 * b + 7, 8 * b);
@@ -38,7 +40,7 @@ inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n) {
   uint64_t word = off / WORD_BYTES;
   int skip = (int)(off % WORD_BYTES);
   for (int i = 0; i < n; ++word) {
-#pragma HLS PIPELINE II = 1
+    LLMC_PIPELINE_II1;
     word_t w = port[word];
     for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {
       w.range(8 * b + 7, 8 * b) = src[i];

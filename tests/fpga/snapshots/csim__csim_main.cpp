@@ -1,6 +1,8 @@
 // C-simulation test bench for "tiny": loads program.bin and weights.bin, then serves
 // commands on stdin: "run N id1 .. idN" appends N tokens and writes their logits (N x vocab
-// float32, little endian) to stdout; "reset" forgets the sequence; "quit" ends.
+// float32, little endian) then its cycle account (llmc_cycles.h: the total and one count per opcode
+// number, 17 uint64) to stdout; "reset" forgets the sequence; "quit" ends.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -82,6 +84,8 @@ int main(int argc, char** argv) {
         std::cerr << "sequence exceeds the compiled context of 64 tokens\n";
         return 3;
       }
+      llmc::cycle_account() = 0;
+      std::fill(llmc::opcode_cycles(), llmc::opcode_cycles() + llmc::OPCODE_SLOTS, 0);
       for (int done = 0; done < n;) {
         const int left = n - done;
         size_t which = 0;
@@ -103,6 +107,10 @@ int main(int argc, char** argv) {
         start_pos += rows;
         done += rows;
       }
+      // the call's cycle account: the total, then by opcode number (llmc_cycles.h)
+      const uint64_t total = llmc::cycle_account();
+      std::fwrite(&total, sizeof total, 1, stdout);
+      std::fwrite(llmc::opcode_cycles(), sizeof(uint64_t), llmc::OPCODE_SLOTS, stdout);
       std::fflush(stdout);
     }
   } catch (const std::exception& e) {

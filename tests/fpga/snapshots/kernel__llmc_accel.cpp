@@ -237,7 +237,7 @@ static bool streams_lanes(int op) { return op == MM || op == XMM || op == ATTN |
 static void unpack_codes(const uint8_t* tile, int bits, bool is_signed, int k, int8_t codes[TILE_N][MAX_HIDDEN]) {
   const int stored = bits > 4 ? 8 : 4;
   for (int i = 0; i < TILE_N * k; ++i) {
-#pragma HLS PIPELINE II = 1
+    LLMC_PIPELINE_II1;
     int v = stored == 8 ? tile[i] : (tile[i / 2] >> (4 * (i % 2))) & 0xF;
     if (is_signed && v >= (1 << (stored - 1))) v -= 1 << stored;
     codes[i / k][i % k] = (int8_t)v;
@@ -564,6 +564,9 @@ extern "C" void llmc_accel(
   for (int pc = 0; pc < n_instr; ++pc) {
     const Instr in = fetch(program, pc);
     if (in.op == HALT) break;
+#ifndef __SYNTHESIS__
+    const uint64_t account_before = cycle_account();
+#endif
     const int cols = in.f[COLS];
     switch (in.op) {
       case EMBED: {
@@ -573,7 +576,7 @@ extern "C" void llmc_accel(
           read_lane(id % LANES, in.f[EMBED_TABLE_OFF] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
                     w0, w1, w2, w3, w4, w5, w6, w7);
           for (int c = 0; c < cols; ++c) {
-#pragma HLS PIPELINE II = 1
+            LLMC_PIPELINE_II1;
             act[in.dst][t][c] = embed_fixed(half_to_float((uint16_t)(raw[2 * c] | raw[2 * c + 1] << 8)));
           }
         }
@@ -581,7 +584,10 @@ extern "C" void llmc_accel(
       }
       case NORM: {
         read_vec(w0, in.f[NORM_WEIGHT_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        for (int c = 0; c < cols; ++c) {
+          LLMC_PIPELINE_II1;
+          vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        }
         const int group = in.f[NORM_GROUP] > 0 ? (int)in.f[NORM_GROUP] : cols;  // a head at a time for QK-norm
         for (int t = 0; t < rows; ++t) {
           for (int g = 0; g < cols; g += group) {
@@ -592,9 +598,15 @@ extern "C" void llmc_accel(
       }
       case LNORM: {
         read_vec(w0, in.f[LNORM_WEIGHT_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        for (int c = 0; c < cols; ++c) {
+          LLMC_PIPELINE_II1;
+          vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        }
         read_vec(w0, in.f[LNORM_BIAS_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) bias[c] = bits_to_float(load_u32(raw + 4 * c));
+        for (int c = 0; c < cols; ++c) {
+          LLMC_PIPELINE_II1;
+          bias[c] = bits_to_float(load_u32(raw + 4 * c));
+        }
         for (int t = 0; t < rows; ++t) layer_norm_row(act[in.src0][t], vec, bias, cols, bits_to_float(in.f[LNORM_EPS]), act[in.dst][t]);
         break;
       }
@@ -610,7 +622,7 @@ extern "C" void llmc_accel(
         for (int t = 0; t < rows; ++t) {
           const int32_t w = act[in.src1][t][2 * in.f[WEIGH_SLOT] + 1];
           for (int c = 0; c < cols; ++c) {
-#pragma HLS PIPELINE II = 1
+            LLMC_PIPELINE_II1;
             act[in.dst][t][c] = mul_fixed(act[in.src0][t][c], w);
           }
         }
@@ -636,7 +648,7 @@ extern "C" void llmc_accel(
       case ACT:
         for (int t = 0; t < rows; ++t) {
           for (int c = 0; c < cols; ++c) {
-#pragma HLS PIPELINE II = 1
+            LLMC_PIPELINE_II1;
             const int32_t x = act[in.src0][t][c];
             const int fn = in.f[ACT_FN];
             act[in.dst][t][c] = fn == ACT_SILU ? silu_fixed(x) : fn == ACT_RELU ? relu_fixed(x)
@@ -648,7 +660,7 @@ extern "C" void llmc_accel(
       case EADD:
         for (int t = 0; t < rows; ++t) {
           for (int c = 0; c < cols; ++c) {
-#pragma HLS PIPELINE II = 1
+            LLMC_PIPELINE_II1;
             const int32_t a = act[in.src0][t][c], b = act[in.src1][t][c];
             act[in.dst][t][c] = in.op == EMUL ? mul_fixed(a, b) : add_sat(a, b);
           }
@@ -656,15 +668,24 @@ extern "C" void llmc_accel(
         break;
       case ESCALE:
         read_vec(w0, in.f[ESCALE_VEC_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        for (int c = 0; c < cols; ++c) {
+          LLMC_PIPELINE_II1;
+          vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        }
         for (int t = 0; t < rows; ++t) {
-          for (int c = 0; c < cols; ++c) act[in.dst][t][c] = scale_fixed(act[in.src0][t][c], vec[c]);
+          for (int c = 0; c < cols; ++c) {
+            LLMC_PIPELINE_II1;
+            act[in.dst][t][c] = scale_fixed(act[in.src0][t][c], vec[c]);
+          }
         }
         break;
       default:
         break;
     }
     if (streams_lanes(in.op)) prefetch_next_tile(program, pc, n_instr, rows, w0, w1, w2, w3, w4, w5, w6, w7);
+#ifndef __SYNTHESIS__
+    opcode_cycles()[in.op % OPCODE_SLOTS] += cycle_account() - account_before;
+#endif
   }
   if (wrote_io) write_bytes(io, 0, io_buf, 25088);
 }
