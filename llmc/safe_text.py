@@ -12,6 +12,8 @@ filters, chosen by where it lands. A value a filter cannot represent safely is r
   backslash) nor carry shell, Make or Tcl syntax.
 - ``memory_bank``: a v++ memory resource (``HBM[3]``, ``DDR[0]``, ``HBM[0:1]``) in a ``.cfg`` line.
 - ``xml``: text inside an SVG/XML element or attribute (``& < > " '`` escaped).
+- ``markdown``: text inside a Markdown paragraph or table cell: one line, with the characters that
+  Markdown or inline HTML would act on (``\\ ` * _ [ ] < > | # &``) backslash-escaped.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 WORD = re.compile(r"[A-Za-z0-9_.+/-]+")
 MEMORY_BANK = re.compile(r"(HBM|DDR|PLRAM|HOST)\[\d+(:\d+)?\]")
 COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:=+@%()/-]")
+MARKDOWN_ACTIVE = re.compile(r"([\\`*_\[\]<>|#&])")
 MAX_COMMENT = 200
 
 
@@ -57,4 +60,9 @@ def xml(value: object) -> str:
     return escape(str(value), {'"': "&quot;", "'": "&apos;"})
 
 
-FILTERS = {"identifier": identifier, "word": word, "memory_bank": memory_bank, "comment": comment, "xml": xml}
+def markdown(value: object) -> str:
+    return MARKDOWN_ACTIVE.sub(r"\\\1", " ".join(str(value).split()))
+
+
+FILTERS = {"identifier": identifier, "word": word, "memory_bank": memory_bank, "comment": comment, "xml": xml,
+           "markdown": markdown}

@@ -1,8 +1,9 @@
 """The one Jinja2 environment that renders every generated text file of llmc.
 
 Templates live in ``llmc/hls_templates`` (kernels, headers, RTL, build files, hosts),
-``llmc/sim/templates`` (reports), ``llmc/deploy/templates`` (the deployed folder) and
-``llmc/backends/tvm/templates`` (the cross-compiled kernels' harness), and are
+``llmc/sim/templates`` (reports), ``llmc/deploy/templates`` (the deployed folder),
+``llmc/backends/tvm/templates`` (the cross-compiled kernels' harness) and ``llmc/sweep/templates``
+(a sweep's report and plots), and are
 named relative to their folder. One set of rules for all: an undefined variable is an error,
 block tags take their line with them (``trim_blocks``, ``lstrip_blocks``), a file's last newline
 is kept, and nothing is escaped implicitly: every name or string a template writes goes through one
@@ -22,7 +23,7 @@ from llmc.safe_text import FILTERS
 PACKAGE = Path(__file__).parent
 HLS_TEMPLATES = PACKAGE / "hls_templates"
 TEMPLATE_FOLDERS = (HLS_TEMPLATES, PACKAGE / "sim" / "templates", PACKAGE / "deploy" / "templates",
-                    PACKAGE / "backends" / "tvm" / "templates")
+                    PACKAGE / "backends" / "tvm" / "templates", PACKAGE / "sweep" / "templates")
 
 
 @functools.cache

@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"llmc.compiler", "llmc.model"},
     {"llmc.backends"},
     {"llmc.sim"},
-    {"llmc.deploy"},
+    {"llmc.deploy", "llmc.sweep"},
     {"llmc.cli", "llmc"},
 ]
 LAYER_OF = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}

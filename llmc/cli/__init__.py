@@ -1,7 +1,7 @@
 """The ``llmc`` command line: the table :data:`COMMANDS` of subcommands, and :func:`main`.
 
 A subcommand is a :class:`~llmc.cli.common.Command` defined in the module of its group
-(``model``, ``compress``, ``fpga``, ``sim``, ``deploy``) and listed here. User errors
+(``model``, ``compress``, ``fpga``, ``sim``, ``deploy``, ``sweep``) and listed here. User errors
 (:class:`~llmc.errors.LlmcError` and the others in :data:`USER_ERRORS`) print one line
 ``llmc: error: ...`` and exit 2; ``--debug`` adds the traceback and library warnings.
 """
@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from llmc.cli import compress, deploy, fpga, model, sim
+from llmc.cli import compress, deploy, fpga, model, sim, sweep
 from llmc.cli.common import Command
 from llmc.errors import LlmcError
 from llmc.ir.interpreter import InterpreterError
@@ -35,6 +35,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     fpga.COMPILE, fpga.BUILD, fpga.CSIM,
     sim.SIMULATE, sim.VERIFY,
     deploy.DEPLOY, deploy.CALIBRATE,
+    sweep.SWEEP,
 )}
 
 
