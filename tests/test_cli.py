@@ -231,7 +231,7 @@ def test_activity_bar_appears_after_a_second(monkeypatch: pytest.MonkeyPatch) ->
 
 
 ALL_COMMANDS = ("import", "show", "run", "opt", "eval", "compile", "build", "csim", "simulate", "verify", "deploy",
-                "calibrate")
+                "calibrate", "sweep")
 
 
 def test_python_dash_m_lists_every_command() -> None:
