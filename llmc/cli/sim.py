@@ -119,7 +119,8 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt-ids", metavar="IDS", help="comma-separated token ids")
     parser.add_argument("--decode", type=int, default=8, metavar="N", help="greedy decode steps compared (8)")
     parser.add_argument("--levels", default=",".join(LEVELS), metavar="LIST",
-                        help=f"levels to run (default {','.join(LEVELS)})")
+                        help=f"levels to run (default {','.join(LEVELS)}; also cycles: C-simulation's cycle account "
+                             "within 10%% of the timing model)")
     parser.add_argument("--rtl-vectors", type=int, default=2000, metavar="N",
                         help="group dot products driven through each RTL unit and simulator (2000)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="time limit of each level (600 s)")

@@ -21,6 +21,8 @@ from llmc.errors import LlmcError
 from llmc.sim.iss import Iss
 
 LEVELS = ("interpreter", "iss", "csim", "rtl")
+CYCLES_TOLERANCE = 0.10  # the cycles level: C-simulation's account within 10% of the timing model, per call
+ALL_LEVELS = (*LEVELS, "cycles")  # cycles is asked for by name: the generated kernel does not pass it yet
 
 
 @dataclass
@@ -81,9 +83,9 @@ def verify_project(project: Path, prompt: Sequence[int], decode: int, *, levels:
     from llmc.io import load_module
     from llmc.sim.iss import IssDevice
 
-    unknown = [lv for lv in levels if lv not in LEVELS]
+    unknown = [lv for lv in levels if lv not in ALL_LEVELS]
     if unknown:
-        raise LlmcError(f"verify: unknown level '{unknown[0]}' (choose from {', '.join(LEVELS)})")
+        raise LlmcError(f"verify: unknown level '{unknown[0]}' (choose from {', '.join(ALL_LEVELS)})")
     project = Path(project)
     out: list[LevelResult] = []
     start = time.monotonic()
@@ -107,8 +109,12 @@ def verify_project(project: Path, prompt: Sequence[int], decode: int, *, levels:
         compared, bad = iss_trace.compare(ref_trace)
         if "iss" in levels:
             out.append(LevelResult("iss", compared, bad, "bit-exact", time.monotonic() - start, against="interpreter"))
-    if "csim" in levels:
-        out.append(_csim_level(project, prompt, tokens, ref_trace, iss_trace, timeout_s))
+    if "csim" in levels or "cycles" in levels:
+        level, accounts = _csim_level(project, prompt, tokens, ref_trace, iss_trace, timeout_s)
+        if "csim" in levels:
+            out.append(level)
+        if "cycles" in levels:
+            out.append(_cycles_level(project, len(prompt), accounts))
     if "rtl" in levels:
         assert iss is not None
         out.extend(_rtl_levels(iss.iss, timeout_s, rtl_vectors))
@@ -116,17 +122,41 @@ def verify_project(project: Path, prompt: Sequence[int], decode: int, *, levels:
 
 
 def _csim_level(project: Path, prompt: Sequence[int], tokens: Sequence[int], ref: Trace, iss: Trace | None,
-                timeout_s: float) -> LevelResult:
+                timeout_s: float) -> tuple[LevelResult, list]:
+    """The C-simulation's logits against the ISS's (or the interpreter's), and its cycle accounts per call."""
     from llmc.sim.csim import CsimDevice, build_csim
 
     start = time.monotonic()
     exe = build_csim(project, timeout=timeout_s)
     with CsimDevice(project, exe, timeout=timeout_s) as device:
         trace = run_trace(device.run, prompt, tokens, Deadline("csim", timeout_s))
+        accounts = list(device.accounts)
     against = iss if iss is not None else ref
     compared, bad = trace.compare(against)
     return LevelResult("csim", compared, bad, "bit-exact", time.monotonic() - start,
-                       against="iss" if iss is not None else "interpreter")
+                       against="iss" if iss is not None else "interpreter"), accounts
+
+
+def _cycles_level(project: Path, prompt: int, accounts: list) -> LevelResult:
+    """Each call's cycle account against the timing model's cycles for the same rows and position."""
+    from llmc.backends.fpga.design import chunks
+    from llmc.backends.fpga.timing import TimingModel
+    from llmc.sim.image import ProjectImage
+
+    start = time.monotonic()
+    image = ProjectImage.load(project, weights=False)
+    timing = TimingModel.for_image(image)
+    calls = [(prompt, 0)] + [(1, prompt + i) for i in range(len(accounts) - 1)]
+    ratios = []
+    for (rows, position), account in zip(calls, accounts):
+        costs = [c for b, first, n in chunks(rows, image.bucket_for)
+                 for c in timing.program(image.programs[b], n, position + first)]
+        ratios.append(account.cycles / sum(c.cycles for c in costs))
+    worst = max(range(len(ratios)), key=lambda i: abs(ratios[i] - 1))
+    bad = sum(abs(r - 1) > CYCLES_TOLERANCE for r in ratios)
+    name = "the prompt" if worst == 0 else f"decode step {worst}"
+    return LevelResult("cycles", len(ratios), bad, f"{CYCLES_TOLERANCE:.0%}", time.monotonic() - start,
+                       f"worst: {name}, C-sim account {ratios[worst]:.3g}x the timing model", against="timing model")
 
 
 def _rtl_levels(iss: Iss, timeout_s: float, vectors: int) -> list[LevelResult]:

@@ -36,3 +36,16 @@ def test_llmc_csim_reports_the_account(engine_projects, capsys: pytest.CaptureFi
     cycles = json.loads(capsys.readouterr().out)["cycles"]
     assert cycles["prefill"] > 0 and len(cycles["decode"]) >= 1 and all(c > 0 for c in cycles["decode"])
     assert cycles["by_opcode"]["MM"] > cycles["by_opcode"]["EADD"] > 0
+
+
+def test_the_cycles_level_holds_the_kernel_to_the_timing_model(engine_projects, capsys: pytest.CaptureFixture) -> None:
+    """Every call's account against the timing model within 10%: the functional kernel (one MAC per cycle)
+    fails it by orders of magnitude, which the level reports rather than hides."""
+    code = main(["verify", str(engine_projects["w4g128"]), "--prompt-ids", "1,72,271", "--decode", "2",
+                 "--levels", "interpreter,csim,cycles", "--json"])
+    results = {r["level"]: r for r in json.loads(capsys.readouterr().out)}
+    assert results["csim"]["mismatches"] == 0
+    cycles = results["cycles"]
+    assert cycles["compared"] == 3 and cycles["against"] == "timing model" and cycles["tolerance"] == "10%"
+    ratio = float(cycles["detail"].split("account ")[1].split("x")[0])
+    assert code == 1 and cycles["mismatches"] == 3 and ratio > 100
