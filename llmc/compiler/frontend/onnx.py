@@ -16,7 +16,9 @@ ops: initializers, ``Constant`` nodes and shape arithmetic (``Shape -> Gather ->
 Reshape``), whose int64 elements may be symbolic :class:`Dim` (held in NumPy object arrays).
 Those subgraphs fold into the static or symbolic attributes of the IR ops that use them. An
 initializer becomes a module parameter when a runtime op reads it; a ``MatMul`` or ``Gemm`` by a
-weight becomes ``linear`` with the weight in PyTorch's [N, K] layout.
+weight becomes ``linear`` with the weight in PyTorch's [N, K] layout. Quantized weights
+(``DequantizeLinear`` of constants, onnxruntime's ``com.microsoft.MatMulNBits``) keep the file's
+codes in llmc's ``dequantize`` form where that is exact (docs/onnx.md, "Quantized files").
 
 This module holds the file handling and the contract checks; the conversion state is
 :class:`~llmc.compiler.frontend.onnx_converter.Converter`, the op handlers are listed in

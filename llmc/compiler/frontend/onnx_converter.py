@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from llmc.compiler.frontend import onnx_index_ops, onnx_nn_ops, onnx_ops, onnx_shape_ops
-from llmc.compiler.frontend.onnx_registry import HANDLERS
+from llmc.compiler.frontend import onnx_index_ops, onnx_nbits, onnx_nn_ops, onnx_ops, onnx_quant_ops, onnx_shape_ops
+from llmc.compiler.frontend.onnx_quant_weights import quantized_weight
+from llmc.compiler.frontend.onnx_registry import CONTRIB_DOMAIN, CONTRIB_HANDLERS, HANDLERS
 from llmc.compiler.frontend.onnx_values import (
     CONST_LIMIT,
     FOLD_LIMIT,
@@ -35,7 +36,7 @@ from llmc.ir.graph import Function, Module, Param, Value, canonical_attr
 from llmc.ir.registry import OPS, InferError, RefContext
 from llmc.ir.types import Dim, DType, TensorType
 
-del onnx_index_ops, onnx_nn_ops, onnx_ops, onnx_shape_ops  # imported to fill HANDLERS
+del onnx_index_ops, onnx_nbits, onnx_nn_ops, onnx_ops, onnx_quant_ops, onnx_shape_ops  # imported to fill HANDLERS
 SEQ, PAST = "L", "P"
 _FAILURES = (InferError, ValueError, TypeError, IndexError, KeyError, ArithmeticError)
 
@@ -61,6 +62,8 @@ class Converter:
             self.uses[vi.name] = self.uses.get(vi.name, 0) + 1
         self.linears: dict[Value, tuple[Value, Value, str]] = {}  # bias-less linear -> x, weight, ONNX name
         self.param_names: dict[tuple[str, bool], str] = {}
+        self.producers = {name: node for node in self.graph.node for name in node.output if name}
+        self.quantized: dict[tuple[str, bool], Value | None] = {}  # (DequantizeLinear output, flip) -> weight
         self.node: onnx.NodeProto | None = None
         self._inferred: dict[str, onnx.ValueInfoProto] | None = None
 
@@ -93,7 +96,8 @@ class Converter:
             self.values[vi.name] = self.b.input(vi.name, self._input_type(vi))
         for node in self.graph.node:
             self.node = node
-            handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else \
+                CONTRIB_HANDLERS.get(node.op_type) if node.domain == CONTRIB_DOMAIN else None
             if handler is None:
                 domain = f" of domain {node.domain}" if node.domain not in ("", "ai.onnx") else ""
                 raise self.error(f"unsupported op{domain}")
@@ -301,7 +305,12 @@ class Converter:
         return self.b.param(name)
 
     def weight(self, name: str, flip: bool) -> Value | None:
-        """A 2-D float constant (transposed when ``flip``) as a [N, K] parameter for ``linear``."""
+        """A 2-D float constant (transposed when ``flip``) as a [N, K] parameter for ``linear``;
+        a DequantizeLinear of integer constants as llmc's codes read by ``dequantize`` when that
+        is exact (:func:`~llmc.compiler.frontend.onnx_quant_weights.quantized_weight`)."""
+        quantized = quantized_weight(self, name, flip)
+        if quantized is not None:
+            return quantized
         w = self.get(name)
         if not (isinstance(w, Const) and w.data.ndim == 2 and w.dtype.is_float and not w.symbolic):
             return None

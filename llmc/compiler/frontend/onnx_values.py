@@ -26,6 +26,8 @@ _DTYPES: dict[int, DType] = {
     TensorProto.INT64: I64, TensorProto.INT32: I32, TensorProto.INT16: int_dtype(16), TensorProto.INT8: I8,
     TensorProto.UINT8: int_dtype(8, signed=False), TensorProto.UINT16: int_dtype(16, signed=False),
     TensorProto.UINT32: int_dtype(32, signed=False), TensorProto.BOOL: BOOL,
+    TensorProto.INT4: int_dtype(4), TensorProto.UINT4: int_dtype(4, signed=False),
+    TensorProto.INT2: int_dtype(2), TensorProto.UINT2: int_dtype(2, signed=False),
 }
 
 
