@@ -105,7 +105,8 @@ def write_gguf(path: Path, model: torch.nn.Module, types: Mapping[str, Q] | None
         if qtype == Q.F32:
             writer.add_tensor(name, np.ascontiguousarray(w))
         else:
-            writer.add_tensor(name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
+            blocks = q6_k_blocks(w) if qtype == Q.Q6_K else gguf.quants.quantize(w, qtype)
+            writer.add_tensor(name, blocks, raw_dtype=qtype)
     for name, w in (extra or {}).items():
         writer.add_tensor(name, np.ascontiguousarray(w, dtype=np.float32))
     writer.write_header_to_file()
@@ -165,3 +166,26 @@ def block_codes(w: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
     qs = blocks[..., 2:].astype(np.int16)
     codes = np.concatenate([qs % 16, qs // 16], axis=-1) - 8
     return codes.reshape(w.shape), d
+
+
+def q6_k_blocks(w: np.ndarray) -> np.ndarray:
+    """Q6_K blocks of ``w`` [N, K] (K a multiple of 256), which the gguf package cannot write: per 16
+    weights an int8 scale of the block's f16 ``d``, 6-bit codes ``q - 32``, laid out as gguf reads them
+    (low nibbles in ``ql``, the two high bits in ``qh``, then the scales and ``d``)."""
+    rows, cols = w.shape
+    groups = w.reshape(rows, cols // 256, 16, 16).astype(np.float64)
+    amax = np.abs(groups).max(axis=-1)  # [N, B, 16]
+    d = (amax.max(axis=-1) / 31 / 127).astype(np.float16)  # the block scale, f16
+    d = np.where(d == 0, np.float16(1), d)
+    sc = np.clip(np.rint(amax / 31 / d.astype(np.float64)[..., None]), 1, 127).astype(np.int8)
+    step = d.astype(np.float32)[..., None] * sc.astype(np.float32)  # [N, B, 16]
+    q = np.clip(np.rint(groups / step[..., None]), -32, 31).astype(np.int64) + 32  # [N, B, 16, 16]
+    q = q.reshape(rows, cols // 256, 8, 32)  # chunk c, lane l: element c * 32 + l
+    ql = np.zeros((rows, cols // 256, 128), dtype=np.uint8)
+    qh = np.zeros((rows, cols // 256, 64), dtype=np.uint8)
+    for c in range(8):
+        half, shift, j = c // 4, (c % 4) // 2, (c % 2) * 32 + np.arange(32)
+        ql[..., half * 64 + j] |= ((q[:, :, c] & 0xF) << (4 * shift)).astype(np.uint8)
+        qh[..., half * 32 + np.arange(32)] |= ((q[:, :, c] >> 4) << (2 * (c % 4))).astype(np.uint8)
+    tail = np.concatenate([sc.view(np.uint8), d[..., None].view(np.uint8)], axis=-1)
+    return np.concatenate([ql, qh, tail], axis=-1).reshape(rows, -1)

@@ -122,8 +122,8 @@ def test_q8_0_and_q4_0_codes_are_the_files(llama, vocab, folder, capsys, qtype) 
     types = {"output.weight": Q.Q8_0}  # a Q4_0 file with an int8 head, as llama.cpp writes them
     path = write_gguf(folder / f"{qtype.name}.gguf", llama, types, default=qtype, vocab=vocab)
     model = llmc.load(path, max_length=128)
-    assert err_lines(capsys) == [f"note: {path}: 1 {qtype.name} tensor dequantized to float (llmc keeps Q8_0 and "
-                                 "Q4_0 codes of linear layers)"]  # the embedding
+    assert err_lines(capsys) == [f"note: {path}: 1 {qtype.name} tensor dequantized to float (llmc keeps Q8_0, Q4_0, "
+                                 "Q5_0 and Q6_K codes of linear layers)"]  # the embedding
     params = model.module.params
     state = llama.state_dict()
     weights = [f"model.layers.{i}.{part}.weight" for i in range(2) for part in LINEARS] + ["lm_head.weight"]
@@ -161,12 +161,36 @@ def test_a_q4_0_file_compiles_for_the_accelerator_with_its_codes(llama, vocab, f
     assert [r.mismatches for r in results] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("qtype,bits,group", [(Q.Q5_0, 5, 32), (Q.Q6_K, 6, 16)], ids=["Q5_0", "Q6_K"])
+def test_q5_0_and_q6_k_codes_are_kept_exactly(folder, capsys, qtype, bits, group) -> None:
+    """Q5_0's codes with their f16 block scale; Q6_K's 6-bit codes with the f32 scale d * sc of every 16
+    weights (exact in f32, not in f16): dequantize gives gguf's values bit for bit."""
+    import gguf
+    from gguf_files import q6_k_blocks
+
+    wide = hf_model("llama", hidden_size=256, intermediate_size=256)  # Q6_K blocks hold 256 weights
+    path = write_gguf(folder / f"{qtype.name}.gguf", wide, default=qtype)
+    model = llmc.load(path, max_length=128)
+    assert "1 " + qtype.name + " tensor dequantized" in err_lines(capsys)[0]  # the embedding only
+    name = "model.layers.1.mlp.down_proj.weight"
+    codes, scales = model.module.params[f"{name}.codes"], model.module.params[f"{name}.scales"]
+    scale_dtype = llmc.ir.types.F32 if qtype == Q.Q6_K else F16
+    assert codes.type.encodings == (QuantEncoding(bits, group, scale_dtype, True, None),)
+    assert str(codes.type.dtype) == f"i{bits}" and scales.type.dtype == scale_dtype
+    w = wide.state_dict()[name].numpy()
+    blocks = q6_k_blocks(w) if qtype == Q.Q6_K else gguf.quants.quantize(w, qtype)
+    got = OPS["dequantize"].ref([codes.data, scales.data], {"group": group, "dtype": llmc.ir.types.F32},
+                                RefContext({}))[0]
+    np.testing.assert_array_equal(got.view(np.uint32), gguf.quants.dequantize(blocks, qtype).view(np.uint32))
+    assert int(np.abs(codes.data.astype(np.int64)).max()) <= 1 << (bits - 1)
+
+
 def test_other_types_are_dequantized_with_one_note(llama, folder, capsys) -> None:
-    types = {f"blk.{i}.{part}.weight": t for i in range(2) for part, t in (("ffn_down", Q.Q4_1), ("attn_v", Q.Q5_0))}
+    types = {f"blk.{i}.{part}.weight": t for i in range(2) for part, t in (("ffn_down", Q.Q4_1), ("attn_v", Q.Q5_1))}
     path = write_gguf(folder / "mixed.gguf", llama, types)
     model = llmc.load(path, max_length=128)
-    assert err_lines(capsys) == [f"note: {path}: 2 Q4_1, 2 Q5_0 tensors dequantized to float (llmc keeps Q8_0 and "
-                                 "Q4_0 codes of linear layers); no tokenizer: the file has none"]
+    assert err_lines(capsys) == [f"note: {path}: 2 Q4_1, 2 Q5_1 tensors dequantized to float (llmc keeps Q8_0, Q4_0, "
+                                 "Q5_0 and Q6_K codes of linear layers); no tokenizer: the file has none"]
     assert not any(name.endswith(".codes") for name in model.module.params)
     assert model.module.params["model.layers.0.mlp.down_proj.weight"].type.dtype.is_float
     check_logits(with_weights(llama, types), model.module)

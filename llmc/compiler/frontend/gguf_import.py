@@ -27,9 +27,9 @@ from llmc.compiler.passes.quantize import install
 from llmc.compiler.quant.grid import Grid, Quantized
 from llmc.errors import FrontendError
 from llmc.ir.graph import Module
+from llmc.ir.types import F16, F32
 
 ARCHITECTURES = ("llama", "qwen2")
-GROUP = 32  # Q8_0 and Q4_0 blocks
 GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
           "lm_head.weight": "output.weight"}
 BLOCK = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -178,10 +178,11 @@ def keep_codes(module: Module, file: GgufFile, names: dict[str, str], heads: dic
         gguf_name = names.get(layer.weight)
         if gguf_name is None or gguf_name == GLOBAL["model.embed_tokens.weight"]:
             continue  # the embedding (also a tied head) stays float: a gather reads it
-        bits = file.kept_bits(gguf_name)
-        if bits is None:
+        form = file.kept(gguf_name)
+        if form is None:
             continue
-        grid = Grid(bits, GROUP, True)
+        bits, group, f32_scales = form
+        grid = Grid(bits, group, True)
         q = None
         if not shapes_only:
             codes, scales = file.codes(gguf_name)
@@ -189,7 +190,7 @@ def keep_codes(module: Module, file: GgufFile, names: dict[str, str], heads: dic
             if h:
                 codes, scales = unpermute(codes, h), unpermute(scales, h)
             q = Quantized(codes, scales, None, grid)
-        install(module, layer, grid, q)
+        install(module, layer, grid, q, scale_dtype=F32 if f32_scales else F16)
         kept.add(gguf_name)
     return kept
 
@@ -201,7 +202,7 @@ def note_line(path: Path, lost_types: list[str], tokenizer_reason: str) -> str |
         counts = {t: lost_types.count(t) for t in sorted(set(lost_types))}
         listed = ", ".join(f"{n} {t}" for t, n in counts.items())
         noun = "tensor" if len(lost_types) == 1 else "tensors"
-        parts.append(f"{listed} {noun} dequantized to float (llmc keeps Q8_0 and Q4_0 codes of linear layers)")
+        parts.append(f"{listed} {noun} dequantized to float (llmc keeps Q8_0, Q4_0, Q5_0 and Q6_K codes of linear layers)")
     if tokenizer_reason:
         parts.append(f"no tokenizer: {tokenizer_reason}")
     return f"note: {path}: {'; '.join(parts)}" if parts else None

@@ -14,7 +14,10 @@ import numpy as np
 from llmc.errors import FrontendError
 
 Q = gguf.GGMLQuantizationType
-KEPT_BITS = {Q.Q8_0: 8, Q.Q4_0: 4}  # block types whose codes llmc keeps (32 weights, one f16 scale)
+# block types whose codes llmc keeps: code width, weights per scale, and whether the scale is f32
+# (Q6_K's 16-weight scale d * sc, an f16 times an int8, is exact in f32 but not in f16)
+KEPT: dict[Q, tuple[int, int, bool]] = {Q.Q8_0: (8, 32, False), Q.Q4_0: (4, 32, False), Q.Q5_0: (5, 32, False),
+                                        Q.Q6_K: (6, 16, True)}
 FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16, Q.F64)
 _MISSING = object()
 
@@ -142,22 +145,46 @@ class GgufFile:
     def is_float(self, name: str) -> bool:
         return self.tensor(name).tensor_type in FLOAT_TYPES
 
-    def kept_bits(self, name: str) -> int | None:
-        """The code width llmc keeps for the tensor (8 for Q8_0, 4 for Q4_0), or None."""
-        return KEPT_BITS.get(self.tensor(name).tensor_type)
+    def kept(self, name: str) -> tuple[int, int, bool] | None:
+        """Code width, weights per scale and f32 scales of the tensor's codes llmc keeps, or None."""
+        return KEPT.get(self.tensor(name).tensor_type)
 
     def codes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Codes [N, K] (int8: Q8_0's ``qs``, Q4_0's ``q - 8``) and f16 scales [N, K/32] of a Q8_0 or
-        Q4_0 matrix; ``codes * float32(scales)`` per block is gguf's dequantization exactly."""
+        """Codes [N, K] (int8) and scales [N, K / group] of a kept block type, with ``codes *
+        float32(scales)`` per group exactly gguf's dequantization: Q8_0's ``qs`` and Q4_0's ``q - 8``
+        with the block's f16 ``d``; Q5_0's ``q - 16`` and Q6_K's ``q - 32`` (with the f32 scale ``d *
+        sc`` of every 16 weights) read back from gguf's own dequantization, and checked exact."""
         t = self.tensor(name)
         rows, cols = self.shape(name)
-        blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // 32, -1)
-        scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0]
-        qs = np.ascontiguousarray(blocks[..., 2:])
-        if t.tensor_type == Q.Q8_0:
-            codes = qs.view(np.int8)
-        elif t.tensor_type == Q.Q4_0:  # byte j holds element j (low nibble) and element j + 16 (high)
-            codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int8) - np.int8(8)
+        if t.tensor_type in (Q.Q8_0, Q.Q4_0):
+            blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // 32, -1)
+            scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0]
+            qs = np.ascontiguousarray(blocks[..., 2:])
+            if t.tensor_type == Q.Q8_0:
+                codes = qs.view(np.int8)
+            else:  # byte j holds element j (low nibble) and element j + 16 (high)
+                codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int8) - np.int8(8)
+            return codes.reshape(rows, cols), scales
+        if t.tensor_type == Q.Q5_0:
+            blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // 32, -1)
+            scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0]
+        elif t.tensor_type == Q.Q6_K:
+            blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // 256, -1)
+            sc = np.ascontiguousarray(blocks[..., 192:208]).view(np.int8).astype(np.float32)
+            d = np.ascontiguousarray(blocks[..., 208:210]).view(np.float16).astype(np.float32)
+            scales = (d * sc).reshape(rows, cols // 16)
         else:
             raise ValueError(f"{name}: {t.tensor_type.name} codes are not kept")
-        return codes.reshape(rows, cols), scales
+        return _codes_of(self.floats(name), scales, name)
+
+
+def _codes_of(values: np.ndarray, scales: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The integer codes of dequantized ``values`` [N, K] given their group ``scales`` [N, G]; refused
+    unless ``codes * scales`` gives back every value exactly."""
+    rows, groups = scales.shape
+    step = scales.astype(np.float32).reshape(rows, groups, 1)
+    grouped = values.reshape(rows, groups, -1)
+    codes = np.where(step != 0, np.rint(grouped / np.where(step != 0, step, np.float32(1))), 0)
+    if not np.array_equal((codes.astype(np.float32) * step).astype(np.float32), grouped):
+        raise FrontendError(f"{name}: the block codes do not give back the dequantized values")
+    return codes.astype(np.int8).reshape(values.shape), scales

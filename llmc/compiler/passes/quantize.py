@@ -197,20 +197,20 @@ def _sparse_encodings(p: Param) -> tuple[SparseEncoding, ...]:
 
 
 def install(module: Module, layer: LinearLayer, grid: Grid, q: Quantized | None,
-            extra: tuple[SparseEncoding, ...] = ()) -> None:
+            extra: tuple[SparseEncoding, ...] = (), scale_dtype: DType = F16) -> None:
     """Replace ``layer``'s float weight by the codes, scales (and zero points) of ``grid`` and a
     ``dequantize`` node; the data comes from ``q`` (None: shapes only). ``extra`` encodings
-    (sparsity) go on the codes."""
+    (sparsity) go on the codes; ``scale_dtype`` is the scales' type (f16, or f32 for GGUF's Q6_K)."""
     shape, k = layer.shape, layer.in_features
     code_dtype = DType("int" if grid.symmetric else "uint", grid.bits)
     zero_dtype = None if grid.symmetric else DType("uint", grid.bits)
-    encoding = QuantEncoding(grid.bits, grid.group, F16, grid.symmetric, zero_dtype)
+    encoding = QuantEncoding(grid.bits, grid.group, scale_dtype, grid.symmetric, zero_dtype)
     grouped = [*shape[:-1], k // grid.span(k)]
     codes_type = TensorType.of(shape, code_dtype, (encoding, *extra))
     params = [
         Param(f"{layer.weight}.codes", codes_type, None if q is None else as_dtype(q.codes.reshape(shape), code_dtype)),
-        Param(f"{layer.weight}.scales", TensorType.of(grouped, F16),
-              None if q is None else q.scales.reshape(grouped).astype(np.float16)),
+        Param(f"{layer.weight}.scales", TensorType.of(grouped, scale_dtype),
+              None if q is None else q.scales.reshape(grouped).astype(scale_dtype.numpy())),
     ]
     if zero_dtype is not None:
         zeros_type = TensorType.of(grouped, zero_dtype)
