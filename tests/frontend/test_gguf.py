@@ -145,14 +145,19 @@ def test_q8_0_and_q4_0_codes_are_the_files(llama, vocab, folder, capsys, qtype) 
     assert tokens == greedy(reference)
 
 
-def test_a_q4_0_file_compiles_for_the_accelerator_with_its_codes(llama, vocab, folder, capsys) -> None:
+@pytest.mark.parametrize("qtype,flags", [(Q.Q4_0, 516), pytest.param(Q.Q6_K, 518, marks=pytest.mark.slow)],
+                         ids=["Q4_0", "Q6_K"])
+def test_a_quantized_file_compiles_for_the_accelerator_with_its_codes(llama, vocab, folder, capsys, qtype,
+                                                                      flags) -> None:
     from llmc.sim.ladder import verify_project
 
-    path = write_gguf(folder / "compile-q4_0.gguf", llama, {"output.weight": Q.Q8_0}, default=Q.Q4_0, vocab=vocab)
-    project = folder / "q4_0-project"
+    model = llama if qtype == Q.Q4_0 else hf_model("llama", hidden_size=256, intermediate_size=256)
+    path = write_gguf(folder / f"compile-{qtype.name}.gguf", model, {"output.weight": Q.Q8_0}, default=qtype,
+                      vocab=vocab)
+    project = folder / f"{qtype.name}-project"
     assert main(["compile", str(path), "--eval-windows", "1", "-o", str(project)]) == 0
     program = (project / "program.txt").read_text()
-    assert "flags=516" in program  # 4-bit signed codes on the DSP engine (group 32: the file's blocks)
+    assert f"flags={flags}" in program  # 4- or 6-bit signed codes on the DSP engine, the file's groups
     lowered = llmc.load(project).module.params
     source = llmc.load(path, max_length=128).module.params
     name = "model.layers.0.mlp.down_proj.weight"
