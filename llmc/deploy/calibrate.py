@@ -12,7 +12,6 @@ fails in one line (the efficiency then stays the board file's stated figure).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from dataclasses import replace
@@ -26,8 +25,7 @@ from llmc.backends.fpga.target import Target
 from llmc.deploy.layout import pynq_memory
 from llmc.deploy.pynq_device import DeviceUnavailable, find_card, import_pynq
 from llmc.errors import LlmcError
-from llmc.sim.build_cache import cached_build
-from llmc.sim.csim import CXXFLAGS, ap_types_dir
+from llmc.sim.csim import build_cpp
 from llmc.sim.image import ProjectImage
 from llmc.templating import render
 
@@ -65,21 +63,8 @@ def expected_sums(ports: int, beats: int) -> list[int]:
 
 def csim(image: ProjectImage, beats: int, timeout: float = 600) -> list[int]:
     """Build and run the benchmark's C-simulation; its checksums, checked against the pattern's."""
-    cxx = shutil.which("g++")
-    if cxx is None:
-        raise LlmcError("the benchmark's C-simulation needs g++ on PATH")
-    headers = ap_types_dir()
     files = {name: text for name, text in bench_files(image).items() if name.endswith(".cpp")}
-
-    def build(folder: Path) -> None:
-        for name, text in files.items():
-            (folder / name).write_text(text)
-        cmd = [cxx, *CXXFLAGS, "-isystem", str(headers), *(str(folder / n) for n in files), "-o", str(folder / "bench")]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            raise LlmcError(f"{image.path}: the benchmark does not compile:\n{result.stderr.strip()[-4000:]}")
-
-    exe = cached_build("hbm-bench", {"cxx": cxx, "flags": CXXFLAGS, "files": files}, build) / "bench"
+    exe = build_cpp("hbm-bench", files, list(files), image.path, "the benchmark", timeout=timeout)
     result = subprocess.run([str(exe), str(beats)], capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise LlmcError(f"{image.path}: the benchmark's C-simulation failed: {result.stderr.strip()}")

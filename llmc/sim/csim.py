@@ -38,6 +38,34 @@ def ap_types_dir() -> Path:
     return path
 
 
+def build_cpp(kind: str, files: dict[str, str], sources: list[str], where: Path, what: str,
+              include: str | None = None, timeout: float = 600) -> Path:
+    """Compile ``sources`` of ``files`` (relative path -> text) with g++ against the ap_types headers
+    (and ``include``, a folder of ``files``); the executable, built once per machine for the same
+    inputs (:mod:`llmc.sim.build_cache`). Errors say ``what`` does not compile, naming ``where``'s files."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        raise LlmcError("C-simulation needs g++ on PATH")
+    headers = ap_types_dir()
+    key = {"cxx": cxx, "flags": CXXFLAGS, "ap_types": str(headers), "include": include, "files": files}
+
+    def build(folder: Path) -> None:
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        cmd = [cxx, *CXXFLAGS, "-isystem", str(headers), *(["-I", str(folder / include)] if include else []),
+               *(str(folder / s) for s in sources), "-o", str(folder / "program")]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise LlmcError(f"{where}: compiling {what} took longer than {timeout:g} s") from None
+        if result.returncode != 0:
+            errors = result.stderr.replace(str(folder), str(where)).strip()  # name the caller's files
+            raise LlmcError(f"{where}: {what} does not compile:\n{errors[-4000:]}")
+
+    return cached_build(kind, key, build) / "program"
+
+
 def build_csim(project: Path, out: Path | None = None, timeout: float = 600) -> Path:
     """Compile the project's kernel and test bench; returns the executable (``out``, by default
     ``csim/csim.bin`` in the project). The same sources are compiled once per machine
@@ -45,30 +73,10 @@ def build_csim(project: Path, out: Path | None = None, timeout: float = 600) -> 
     project = Path(project)
     if not (project / "kernel" / "llmc_accel.cpp").is_file():
         raise LlmcError(f"{project}: not an llmc project folder (kernel/llmc_accel.cpp missing)")
-    cxx = shutil.which("g++")
-    if cxx is None:
-        raise LlmcError("C-simulation needs g++ on PATH")
-    headers = ap_types_dir()
     sources = [*SOURCES, *(p.relative_to(project).as_posix() for p in sorted((project / "rtl").glob("*.cpp")))]
     included = sorted(p.relative_to(project).as_posix() for p in (project / "include").glob("*.h"))
-    key = {"cxx": cxx, "flags": CXXFLAGS, "ap_types": str(headers),
-           "files": {name: (project / name).read_text() for name in [*sources, *included]}}
-
-    def build(folder: Path) -> None:
-        for name, text in key["files"].items():  # type: ignore[index]
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_text(text)
-        cmd = [cxx, *CXXFLAGS, "-isystem", str(headers), "-I", str(folder / "include"),
-               *(str(folder / s) for s in sources), "-o", str(folder / "csim.bin")]
-        try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise LlmcError(f"{project}: compiling the C-simulation took longer than {timeout:g} s") from None
-        if result.returncode != 0:
-            errors = result.stderr.replace(str(folder), str(project)).strip()  # name the project's files
-            raise LlmcError(f"{project}: the generated C++ does not compile:\n{errors[-4000:]}")
-
-    built = cached_build("csim", key, build) / "csim.bin"
+    files = {name: (project / name).read_text() for name in [*sources, *included]}
+    built = build_cpp("csim", files, sources, project, "the generated C++", "include", timeout)
     exe = Path(out) if out else project / "csim" / "csim.bin"
     exe.parent.mkdir(parents=True, exist_ok=True)
     staged = exe.with_name(f".{exe.name}.{os.getpid()}.tmp")

@@ -160,11 +160,16 @@ class Iss:
         self.act[ins.dst] = _ref("hw_rms_norm", [self._src(ins.src0, rows), w], eps=ins.fields["eps"],
                                  group=int(ins.fields["group"]))[0]
 
+    def _matmul_weights(self, fields: dict[str, Any], weight_off: int) -> MatmulWeights:
+        """The matrix whose tiles start at ``weight_off``, decoded on first use."""
+        if weight_off not in self.weights:
+            self.weights[weight_off] = MatmulWeights(self.lanes, {**fields, "weight_off": weight_off},
+                                                     self.image.config.mm_tile_n)
+        return self.weights[weight_off]
+
     def _mm(self, ins: Instruction, rows: int, start_pos: int) -> None:
         key = int(ins.fields["weight_off"])
-        if key not in self.weights:
-            self.weights[key] = MatmulWeights(self.lanes, ins.fields, self.image.config.mm_tile_n)
-        w = self.weights[key]
+        w = self._matmul_weights(ins.fields, key)
         x = self._src(ins.src0, rows)
         if self.capture is not None:
             self.capture.setdefault(key, x.copy())
@@ -188,10 +193,7 @@ class Iss:
         x = self._src(ins.src0, rows)
         out = np.zeros((rows, int(f["n"])), dtype=np.int32)
         for e in np.unique(ids).tolist():
-            key = int(f["weight_off"]) + e * int(f["expert_stride"])
-            if key not in self.weights:
-                self.weights[key] = MatmulWeights(self.lanes, {**f, "weight_off": key}, self.image.config.mm_tile_n)
-            w = self.weights[key]
+            w = self._matmul_weights(f, int(f["weight_off"]) + e * int(f["expert_stride"]))
             out[ids == e] = _ref("hw_matmul", [x[ids == e], *w.inputs], **w.attrs)[0]
         self.act[ins.dst] = out
 

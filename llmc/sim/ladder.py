@@ -139,19 +139,14 @@ def _csim_level(project: Path, prompt: Sequence[int], tokens: Sequence[int], ref
 
 def _cycles_level(project: Path, prompt: int, accounts: list) -> LevelResult:
     """Each call's cycle account against the timing model's cycles for the same rows and position."""
-    from llmc.backends.fpga.design import chunks
     from llmc.backends.fpga.timing import TimingModel
     from llmc.sim.image import ProjectImage
 
     start = time.monotonic()
     image = ProjectImage.load(project, weights=False)
     timing = TimingModel.for_image(image)
-    calls = [(prompt, 0)] + [(1, prompt + i) for i in range(len(accounts) - 1)]
-    ratios = []
-    for (rows, position), account in zip(calls, accounts):
-        costs = [c for b, first, n in chunks(rows, image.bucket_for)
-                 for c in timing.program(image.programs[b], n, position + first)]
-        ratios.append(account.cycles / sum(c.cycles for c in costs))
+    pre, steps = timing.run(image.programs, prompt, len(accounts) - 1)
+    ratios = [account.cycles / sum(c.cycles for c in costs) for account, costs in zip(accounts, [pre, *steps])]
     worst = max(range(len(ratios)), key=lambda i: abs(ratios[i] - 1))
     bad = sum(abs(r - 1) > CYCLES_TOLERANCE for r in ratios)
     name = "the prompt" if worst == 0 else f"decode step {worst}"

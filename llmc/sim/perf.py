@@ -14,6 +14,7 @@ from math import log10
 
 from llmc.backends.fpga.isa import Instruction
 from llmc.backends.fpga.timing import Cost, TimingModel, block_of
+from llmc.errors import LlmcError
 from llmc.templating import render
 
 
@@ -61,6 +62,8 @@ class RunFigures:
 
 def model_run(timing: TimingModel, programs: dict[int, list[Instruction]], prefill: int, decode: int) -> RunFigures:
     """Model a prompt of ``prefill`` tokens followed by ``decode`` generated tokens."""
+    if prefill < 1 or decode < 1:
+        raise LlmcError("timing needs at least one prompt token and one decode token")
     pre, steps = timing.run(programs, prefill, decode)
     flat = [c for step in steps for c in step]
     return RunFigures(prefill, decode, timing.seconds(pre), timing.seconds(flat),

@@ -56,6 +56,10 @@ class Matrix:
         return pack.tile_layout(self.engine, self.bits, tile_n, self.k, self.groups, self.has_zero, self.has_bias,
                                 self.sparse)["size"]
 
+    def lane_bytes(self, config: AcceleratorConfig) -> int:
+        """What the busiest lane holds of one matrix: its tiles dealt round-robin, ``ceil(tiles / lanes)``."""
+        return ceil(ceil(self.n / config.mm_tile_n) / config.mm_lanes) * self.tile_bytes(config.mm_tile_n)
+
 
 @dataclass(frozen=True)
 class ModelNeeds:
@@ -351,8 +355,7 @@ def lane_stream_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> float:
     (``ceil(tiles / lanes)`` each); without ``matrices``, an even share of the weights."""
     if not needs.matrices:
         return needs.weight_bytes / config.mm_lanes
-    return sum(ceil(ceil(m.n / config.mm_tile_n) / config.mm_lanes) * m.tile_bytes(config.mm_tile_n)
-               for m in needs.matrices)
+    return sum(m.lane_bytes(config) for m in needs.matrices)
 
 
 def lane_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
@@ -360,9 +363,7 @@ def lane_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
     its share of the embedding rows and, when the cache shares the lanes, its stripe of the KV cache;
     without ``matrices``, an even share of the weights with headroom."""
     if needs.matrices:
-        tiles = sum(m.stored * ceil(ceil(m.n / config.mm_tile_n) / config.mm_lanes) * m.tile_bytes(config.mm_tile_n)
-                    for m in needs.matrices)
-        weights = tiles + ceil(needs.vocab / config.mm_lanes) * pack.align(needs.hidden * 2)
+        weights = sum(m.stored * m.lane_bytes(config) for m in needs.matrices) + ceil(needs.vocab / config.mm_lanes) * pack.align(needs.hidden * 2)
     else:
         weights = ceil(needs.weight_bytes * WEIGHT_HEADROOM / config.mm_lanes)
     shared = set(config.kv_channels) & set(config.weight_channels)

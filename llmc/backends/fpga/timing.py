@@ -245,23 +245,15 @@ class TimingModel:
     # --- runs --------------------------------------------------------------------------------------
     def run(self, programs: dict[int, list[Instruction]], prefill: int, decode: int) -> tuple[list[Cost], list[list[Cost]]]:
         """The costs of a prompt of ``prefill`` tokens (chunked by bucket as the runtimes cut it) and of
-        each of ``decode`` generated tokens after it, at its growing position."""
-        if prefill < 1 or decode < 1:
-            raise LlmcError("timing needs at least one prompt token and one decode token")
+        each of ``decode`` generated tokens after it (none or more), at its growing position."""
+        if prefill < 1 or decode < 0:
+            raise LlmcError("timing needs at least one prompt token")
         if prefill + decode > self.config.max_context:
             raise LlmcError(f"{prefill} + {decode} tokens exceed the compiled context of {self.config.max_context}")
         pre = [c for b, first, rows in chunks(prefill, lambda rows: bucket_for(programs, rows))
                for c in self.program(programs[b], rows, first)]
         one = programs[bucket_for(programs, 1)]
         return pre, [self.program(one, 1, prefill + i) for i in range(decode)]
-
-    def decode_tokens_per_s(self, programs: dict[int, list[Instruction]], prefill: int = RUN_PREFILL,
-                            decode: int = RUN_DECODE) -> float:
-        """Decode tokens per second of :meth:`run` (the figure ``llmc compile`` and ``llmc simulate
-        --timing-only`` print), the run shortened to fit the compiled context."""
-        prefill, decode = run_lengths(self.config.max_context, prefill, decode)
-        steps = self.run(programs, prefill, decode)[1]
-        return decode / self.seconds([c for step in steps for c in step])
 
     # --- aggregates --------------------------------------------------------------------------------
     def seconds(self, costs: Sequence[Cost]) -> float:

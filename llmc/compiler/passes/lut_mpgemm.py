@@ -58,14 +58,19 @@ def _sites(module: Module, func: Function, options: LutOptions) -> list[_Site]:
         names = [producers[v.name].attrs.get("name") if producers.get(v.name) is not None else None for v in deq.inputs]
         if None in names:
             continue
-        codes = module.params[names[0]]
-        quant = [e for e in codes.type.encodings if isinstance(e, QuantEncoding)]
-        if not quant or quant[0].bits > 4 or any(isinstance(e, SparseEncoding) for e in codes.type.encodings):
+        quant = _lut_encoding(module.params[names[0]].type, options)
+        if quant is None:
             continue
-        if quant[0].group % options.g:
-            continue
-        out.append(_Site(node, names[0], names[1], names[2] if len(names) == 3 else None, quant[0]))
+        out.append(_Site(node, names[0], names[1], names[2] if len(names) == 3 else None, quant))
     return out
+
+
+def _lut_encoding(codes: TensorType, options: LutOptions) -> QuantEncoding | None:
+    """The quantization of dense 1..4-bit codes whose groups hold whole chunks of ``g`` (None otherwise)."""
+    quant = [e for e in codes.encodings if isinstance(e, QuantEncoding)]
+    if not quant or quant[0].bits > 4 or quant[0].group % options.g:
+        return None
+    return None if any(isinstance(e, SparseEncoding) for e in codes.encodings) else quant[0]
 
 
 def _lut_params(module: Module, site: _Site, options: LutOptions) -> tuple[str, str]:
@@ -135,19 +140,15 @@ def _lut_experts(module: Module, func: Function, options: LutOptions) -> int:
     for node in func.nodes:
         if node.op != "moe":
             continue
-        found = [_expert_encoding(module, producers, v) for v in node.inputs[2:]]
-        if all(q is not None and q.bits <= 4 and q.group % options.g == 0 for q in found):
+        if all(_expert_codes(module, producers, v, options) for v in node.inputs[2:]):
             node.attrs["lut_g"] = options.g
             marked += 1
     return marked
 
 
-def _expert_encoding(module: Module, producers: dict[str, Node], v: Value) -> QuantEncoding | None:
-    """The quantization of dense expert codes read through ``dequantize`` (None otherwise)."""
+def _expert_codes(module: Module, producers: dict[str, Node], v: Value, options: LutOptions) -> bool:
+    """Whether ``v`` is ``dequantize`` of expert codes the LUT engine takes (:func:`_lut_encoding`)."""
     deq = producers.get(v.name)
     param = producers.get(deq.inputs[0].name) if deq is not None and deq.op == "dequantize" else None
-    if param is None or param.op != "param":
-        return None
-    encodings = module.params[param.attrs["name"]].type.encodings
-    quant = [e for e in encodings if isinstance(e, QuantEncoding)]
-    return quant[0] if quant and not any(isinstance(e, SparseEncoding) for e in encodings) else None
+    return param is not None and param.op == "param" and \
+        _lut_encoding(module.params[param.attrs["name"]].type, options) is not None
