@@ -7,7 +7,7 @@ implementation that disagrees with its own type inference fails loudly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 
 import numpy as np
 
@@ -79,6 +79,32 @@ def run_function(
     calibration). ``kernels`` maps op names to alternative implementations (compiled kernels run
     inside the reference program); their results are type-checked like the reference's.
     """
+    steps = evaluate(module, func_name, inputs, observe, kernels)
+    try:
+        node, _ = next(steps)
+        while True:
+            if node.op == "hw_recv":
+                raise InterpreterError(f"%{node.outputs[0].name} = hw_recv: slot {node.attrs['slot']} comes from "
+                                       "another card; run the cards with llmc.ir.cluster.run_cluster")
+            node, _ = steps.send(None)
+    except StopIteration as done:
+        return done.value
+
+
+# What :func:`evaluate` yields: a ``hw_recv`` node (send back its rows) or a ``hw_send`` node and its rows.
+Exchange = tuple[Node, "np.ndarray | None"]
+
+
+def evaluate(
+    module: Module,
+    func_name: str,
+    inputs: Mapping[str, np.ndarray],
+    observe: Observer | None = None,
+    kernels: Mapping[str, Kernel] | None = None,
+) -> Generator[Exchange, np.ndarray | None, dict[str, np.ndarray]]:
+    """:func:`run_function` as a generator that stops at the links between cards: at a
+    ``hw_recv`` it yields the node and resumes with the received rows; after a ``hw_send`` it
+    yields the node and the rows sent. It returns the outputs."""
     if func_name not in module.functions:
         raise InterpreterError(f"module '{module.name}' has no function @{func_name}")
     func = module.functions[func_name]
@@ -93,13 +119,19 @@ def run_function(
     keep = {v.name for v in func.outputs}
     for i, node in enumerate(func.nodes):
         args = [values[v.name] for v in node.inputs]
-        kernel = kernels.get(node.op) if kernels else None
-        results = kernel(node, args) if kernel is not None else None
-        if results is None:
-            results = _eval(module, node, args, env)
+        if node.op == "hw_recv":
+            received = yield node, None
+            results = [np.asarray(received)]
+        else:
+            kernel = kernels.get(node.op) if kernels else None
+            results = kernel(node, args) if kernel is not None else None
+            if results is None:
+                results = _eval(module, node, args, env)
         for value, array in zip(node.outputs, results):
             _check(node, value, array, env)
             values[value.name] = array
+        if node.op == "hw_send":
+            yield node, results[0]
         if observe is not None:
             observe(node, args, results)
         for v in node.inputs:

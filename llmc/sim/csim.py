@@ -20,7 +20,7 @@ from llmc.generate.loop import AppendingDevice
 from llmc.manifest import check_files
 from llmc.sim.build_cache import cached_build
 
-ACCOUNT_BYTES = 8 * 17  # the cycle account after each run's logits: the total, then one count per opcode number
+ACCOUNT_BYTES = 8 * 33  # the cycle account after each run's logits: the total, then one count per opcode number
 CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-ffp-contract=off"]
 SOURCES = ["kernel/llmc_accel.cpp", "csim/csim_main.cpp"]
 

@@ -86,7 +86,7 @@ class Iss:
         self.lanes = image.lanes
         self.timing = timing or TimingModel.for_image(image)
         self.kv = [np.zeros(n, dtype=np.uint8) for n in image.kv_bytes]
-        self.io = np.zeros(int(image.io["io_bytes"]), dtype=np.uint8)
+        self.io = np.zeros(int(image.io["io_bytes"]) + int(image.io.get("mail_bytes", 0)), dtype=np.uint8)
         self.act: dict[int, np.ndarray] = {}
         self.weights: dict[int, MatmulWeights] = {}
         self.capture: dict[int, np.ndarray] | None = None  # MM weight_off -> its input rows, when set
@@ -114,16 +114,32 @@ class Iss:
 
     def execute(self, bucket: int, ids: np.ndarray, start_pos: int, costs: list[Cost]) -> np.ndarray:
         """One kernel call: ``ids`` into io, the bucket's program, logits out of io."""
-        rows, io = len(ids), self.image.io
-        self.io[io["ids_offset"]:io["ids_offset"] + 4 * rows] = ids.astype("<i4").view(np.uint8)
+        self.put_ids(ids)
         program = self.image.programs[bucket]
-        for instr in program:
-            if instr.op == "HALT":
+        self.segment(bucket, 0, len(program), len(ids), start_pos)
+        costs += self.timing.program(program, len(ids), start_pos)
+        return self.logits(len(ids))
+
+    def put_ids(self, ids: np.ndarray) -> None:
+        at = self.image.io["ids_offset"]
+        self.io[at:at + 4 * len(ids)] = ids.astype("<i4").view(np.uint8)
+
+    def logits(self, rows: int) -> np.ndarray:
+        at, vocab = self.image.io["logits_offset"], self.image.vocab
+        return self.io[at:at + rows * vocab * 4].view("<f4").reshape(rows, vocab).copy()
+
+    def segment(self, bucket: int, first: int, end: int, rows: int, start_pos: int) -> int:
+        """Execute the bucket's instructions from ``first`` to its next SYNC, HALT or ``end``; the
+        index after the one it stopped at."""
+        program = self.image.programs[bucket]
+        pc = first
+        while pc < end:
+            instr = program[pc]
+            pc += 1
+            if instr.op in ("HALT", "SYNC"):
                 break
             getattr(self, f"_{instr.op.lower()}")(instr, rows, start_pos)
-        costs += self.timing.program(program, rows, start_pos)
-        at = io["logits_offset"]
-        return self.io[at:at + rows * self.image.vocab * 4].view("<f4").reshape(rows, self.image.vocab).copy()
+        return pc
 
     # --- memory ------------------------------------------------------------------------------------
     def _read(self, mem: np.ndarray, at: int, count: int, dtype: str) -> np.ndarray:
@@ -251,6 +267,14 @@ class Iss:
 
     def _eadd(self, ins: Instruction, rows: int, start_pos: int) -> None:
         self.act[ins.dst] = _ref("hw_add", [self._src(ins.src0, rows), self._src(ins.src1, rows)])[0]
+
+    def _send(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        at, data = int(ins.fields["io_off"]), self._src(ins.src0, rows)
+        self.io[at:at + data.size * 4] = data.astype("<i4").reshape(-1).view(np.uint8)
+
+    def _recv(self, ins: Instruction, rows: int, start_pos: int) -> None:
+        at, cols = int(ins.fields["io_off"]), int(ins.fields["cols"])
+        self.act[ins.dst] = self._read(self.io, at, rows * cols, "<i4").reshape(rows, cols).astype(np.int32)
 
     def _escale(self, ins: Instruction, rows: int, start_pos: int) -> None:
         vec = self._read(self.lanes[0], int(ins.fields["vec_off"]), int(ins.fields["cols"]), "<f4")

@@ -54,9 +54,22 @@ class Compiled:
     layers: list[dict] = field(default_factory=list)  # per MM: name, n, k, bits, engine, tiles, bytes, offset
 
 
+@dataclass(frozen=True)
+class Links:
+    """A card's part in a cluster: the segment of each instruction (by its node's first result),
+    how many segments every card's program has, and each slot's offset in the mail region."""
+
+    segment_of: dict[str, int]
+    segments: int
+    mail: dict[int, int]
+    mail_bytes: int
+
+
 class Compiler:
-    def __init__(self, module: Module, config: AcceleratorConfig, with_data: bool = True) -> None:
+    def __init__(self, module: Module, config: AcceleratorConfig, with_data: bool = True,
+                 links: Links | None = None) -> None:
         self.module, self.config = module, config
+        self.links = links
         self.step = module.functions["step"]
         with_data = with_data and module.has_weights
         self.lanes = [Channel(with_data) for _ in config.weight_channels]
@@ -200,13 +213,20 @@ class Compiler:
     def program(self, bucket: int) -> list[Instruction]:
         """The program for chunks of up to ``bucket`` rows."""
         out: list[Instruction] = []
+        segment = 0
         for node in self.step.nodes:
             fields, op = self._fields(node, bucket)
             if op is None:
                 continue
+            if self.links is not None:  # a card of a cluster: end segments until this node's
+                wanted = self.links.segment_of[node.outputs[0].name]
+                out += [Instruction("SYNC")] * (wanted - segment)
+                segment = max(segment, wanted)
             srcs = [self.buffer_of[v.name] for v in node.inputs if v.name in self.buffer_of] + [0, 0]
             dst = self.buffer_of.get(node.outputs[0].name, 0) if node.outputs else 0
             out.append(Instruction(op, dst, srcs[0], srcs[1], fields))
+        if self.links is not None:
+            out += [Instruction("SYNC")] * (self.links.segments - 1 - segment)
         out.append(Instruction("HALT"))
         return out
 
@@ -251,14 +271,25 @@ class Compiler:
             return {"cols": cols, "vec_off": self.misc(node.inputs[1], "<f4")}, "ESCALE"
         if node.op == "hw_to_float":  # fused into the matmul that produces the logits
             return {}, None
+        if node.op in ("hw_send", "hw_recv"):
+            if self.links is None:
+                raise LlmcError(f"{self.module.name}: %{node.outputs[0].name} = {node.op} outside a cluster")
+            cols = node.outputs[0].type.shape[1].value
+            return {"cols": cols, "io_off": self.io_mail + self.links.mail[node.attrs["slot"]]}, \
+                "SEND" if node.op == "hw_send" else "RECV"
         raise LlmcError(f"{self.module.name}: %{node.outputs[0].name} = {node.op} has no instruction")
 
     def run(self) -> Compiled:
-        vocab = next(n for n in self.step.nodes if n.op == "hw_to_float").inputs[0].type.shape[1].value
+        """Programs and memory map. io holds the ids and positions, the logits (on the card that
+        makes them: ``vocab`` > 0) and, after ``io_bytes``, a cluster card's mail region."""
+        vocab = next((n.inputs[0].type.shape[1].value for n in self.step.nodes if n.op == "hw_to_float"), 0)
         rows = self.config.max_rows
         self.io_logits = pack.align(8 * rows)
+        self.io_mail = self.io_logits + pack.align(rows * vocab * 4)
         io = {"ids_offset": 0, "pos_offset": 4 * rows, "logits_offset": self.io_logits,
-              "io_bytes": self.io_logits + pack.align(rows * vocab * 4), "vocab": vocab}
+              "io_bytes": self.io_mail, "vocab": vocab}
+        if self.links is not None:
+            io.update(mail_offset=self.io_mail, mail_bytes=self.links.mail_bytes)
         programs = {bucket: self.program(bucket) for bucket in self.config.buckets}
         kv_bytes = [self.kv_size] * len(self.config.kv_channels)
         return Compiled(self.config, programs, self.lanes, kv_bytes, io, self.buffers, self.max_tile, self.layers)
@@ -280,8 +311,8 @@ def _writes(node: Node, to_io: set[str]) -> bool | None:
     """Whether the instruction of ``node`` writes an activation buffer; None: it has none."""
     if node.op in ("param", "concat", "hw_to_float"):
         return None
-    if node.op == "hw_quant8":
-        return False  # appends to the KV cache
+    if node.op in ("hw_quant8", "hw_send"):
+        return False  # appends to the KV cache; writes io
     return node.outputs[0].name not in to_io
 
 
@@ -321,9 +352,11 @@ def _pad_rows(x: np.ndarray | None, rows: slice, count: int) -> np.ndarray | Non
     return out
 
 
-def compile_step(module: Module, config: AcceleratorConfig, with_data: bool = True) -> Compiled:
+def compile_step(module: Module, config: AcceleratorConfig, with_data: bool = True,
+                 links: Links | None = None) -> Compiled:
     """Programs, weight channels and memory map of a lowered module (``with_data`` False: the
-    channels' sizes without their bytes, as for a shapes-only module)."""
+    channels' sizes without their bytes, as for a shapes-only module); ``links`` for a card of a
+    cluster."""
     if "step" not in module.functions:
         raise LlmcError(f"{module.name}: not lowered for the accelerator (no step function)")
-    return Compiler(module, config, with_data).run()
+    return Compiler(module, config, with_data, links).run()

@@ -90,9 +90,10 @@ class ModelNeeds:
     matrices: tuple[Matrix, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "max_context",
-                     "act_buffers"):
+        for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "max_context", "act_buffers"):
             _positive(f"ModelNeeds.{name}", getattr(self, name))
+        if self.vocab < 0:  # embedding rows; 0 on a cluster's card that does not embed
+            raise LlmcError(f"ModelNeeds.vocab must be 0 or more, got {self.vocab}")
         _positive("ModelNeeds.weight_bytes", self.weight_bytes)
         _positive("ModelNeeds.kv_bytes_per_token", self.kv_bytes_per_token)
         if self.heads % self.kv_heads:

@@ -17,7 +17,7 @@ from typing import Any
 from llmc.backends.fpga import pack
 from llmc.backends.fpga.accuracy import lowering_accuracy
 from llmc.backends.fpga.codegen import KERNEL_SOURCES, kernel_files
-from llmc.backends.fpga.compile import Compiled, activation_buffers, compile_step
+from llmc.backends.fpga.compile import Compiled, Links, activation_buffers, compile_step
 from llmc.backends.fpga.container import container_bytes
 from llmc.backends.fpga.design import AcceleratorConfig, bucket_for
 from llmc.backends.fpga.dse import Matrix, ModelNeeds, check_fits, explore
@@ -70,8 +70,8 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
         weight_bytes += count * rows * (k // n.attrs["group"]) * (6 if n.attrs["has_zero"] else 4)
         matrices.append(Matrix(rows, k, n.attrs["engine"], bits, k // n.attrs["group"], n.attrs["has_zero"],
                                n.attrs["has_bias"], sparse, count))
-    embed = next(n for n in step.nodes if n.op == "hw_embed").inputs[0]
-    vocab, model_dim = embed.type.static_shape()
+    embed = next((n.inputs[0] for n in step.nodes if n.op == "hw_embed"), None)  # a cluster's card 0 only
+    vocab, model_dim = embed.type.static_shape() if embed is not None else (0, mms[0].inputs[0].type.shape[1].value)
     weight_bytes += vocab * model_dim * 2
     sparse_pat = {n.attrs.get("sparse", "") for n in mms if n.attrs.get("sparse", "")}
     if len(sparse_pat) > 1:
@@ -90,23 +90,24 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
         act_buffers=activation_buffers(hw), matrices=tuple(matrices))
 
 
-def decode_step_seconds(hw: Module, config: AcceleratorConfig, board: Target) -> float:
+def decode_step_seconds(hw: Module, config: AcceleratorConfig, board: Target, links: Links | None = None) -> float:
     """The timing model's seconds for a decode step at half the compiled context (a whole
     context's average position), on the program ``hw`` compiles to for ``config``."""
-    programs = compile_step(hw, config, with_data=False).programs
+    programs = compile_step(hw, config, with_data=False, links=links).programs
     timing = TimingModel.for_design(config, board)
     return timing.seconds(timing.program(programs[bucket_for(programs, 1)], 1, config.max_context // 2))
 
 
-def check_capacity(module: Module, board: Target) -> None:
-    """Refuse, before lowering, a model whose weights alone cannot fit the board's memory (a lower
-    bound: float weights at 8 bits, the narrowest the lowering stores them; codes at their width).
-    The exact check, KV cache included, follows the lowering."""
+def check_capacity(module: Module, board: Target, cards: int = 1) -> None:
+    """Refuse, before lowering, a model whose weights alone cannot fit the memory of ``cards``
+    boards (a lower bound: float weights at 8 bits, the narrowest the lowering stores them; codes
+    at their width). The exact check, KV cache included, follows the lowering."""
     need = sum(p.type.numel().value * (8 if p.type.dtype.is_float else p.type.dtype.bits) // 8
                for p in module.params.values())
-    have = board.memory.total_bytes
+    have = board.memory.total_bytes * cards
     if need > have:
-        raise LlmcError(f"{module.name}: the weights need at least {need / 2**30:.1f} GiB; the {board.name} has "
+        boards = f"the {board.name} has" if cards == 1 else f"{cards} {board.name} cards have"
+        raise LlmcError(f"{module.name}: the weights need at least {need / 2**30:.1f} GiB; {boards} "
                         f"{have / 2**30:.1f} GiB of {board.memory.kind.upper()}")
 
 
@@ -119,20 +120,26 @@ def design(module: Module, target: str, *, name: str | None = None, max_context:
     if context <= 0:
         raise LlmcError(f"{module.name}: unknown context length: pass --context")
     check_capacity(module, board)
-    hw = lower(module, context)
+    return design_lowered(lower(module, context), board, name or module.name, context, max_rows)
+
+
+def design_lowered(hw: Module, board: Target, name: str, context: int, max_rows: int,
+                   links: Links | None = None) -> Design:
+    """Explore and compile a lowered module (a cluster's card with its ``links``) for ``board``."""
     needs = model_needs(hw, context)
-    config, _ = explore(board, needs, max_rows=max_rows, decode_time=lambda c: decode_step_seconds(hw, c, board))
-    compiled = compile_step(hw, config)
+    config, _ = explore(board, needs, max_rows=max_rows,
+                        decode_time=lambda c: decode_step_seconds(hw, c, board, links))
+    compiled = compile_step(hw, config, links=links)
     utilisation = check_fits(config, board)
     if not utilisation.fits():
         kind, used = utilisation.scarcest()
-        raise LlmcError(f"{module.name}: the design needs {used:.0%} of {board.name}'s {kind}")
+        raise LlmcError(f"{hw.name}: the design needs {used:.0%} of {board.name}'s {kind}")
     capacity = board.memory.channel_bytes
     for i, lane in enumerate(compiled.weights):
         if lane.size > capacity:
-            raise LlmcError(f"{module.name}: weight channel {i} needs {lane.size / 2**20:.0f} MiB; a {board.name} "
+            raise LlmcError(f"{hw.name}: weight channel {i} needs {lane.size / 2**20:.0f} MiB; a {board.name} "
                             f"channel holds {capacity / 2**20:.0f} MiB")
-    return Design(name or module.name, board, hw, needs, config, utilisation, compiled)
+    return Design(name, board, hw, needs, config, utilisation, compiled)
 
 
 def program_size(programs: dict[int, bytes], max_rows: int, context: int) -> dict[str, float]:

@@ -53,6 +53,12 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
             "each chosen expert streamed once for all the rows that chose it"),
     "WEIGH": (14, ("cols", "slot"), "dst[t] = src0[t] * src1[t][2 slot + 1] (Q15.16: the row's expert weight)"),
     "HALT": (15, (), "end of program"),
+    "SEND": (16, ("cols", "io_off"),
+             "write src0's rows to io at io_off as int32 (a value another card of the cluster receives)"),
+    "RECV": (17, ("cols", "io_off"),
+             "dst = the int32 rows at io_off of io (a value another card sent, delivered by the host or link)"),
+    "SYNC": (18, (), "end of a segment: the kernel call returns so the cluster can move what the cards sent; "
+                     "the next call starts after it"),
 }
 FLOAT_FIELDS = {"eps", "scale", "softcap", "cap"}
 LANE_STREAMS = ("MM", "XMM", "ATTN", "KVAPP", "EMBED")  # opcodes that stream from the weight lanes' channels

@@ -132,7 +132,9 @@ class TimingModel:
                 break
             known = ins.op != "XMM" or ins.src1 not in written  # an XMM's expert is known once its route is
             cost = self.cost(ins, rows, start_pos, head_start=free if known else 0.0)
-            if ins.op in LANE_STREAMS:
+            if ins.op == "SYNC":  # the kernel call ends: the next one starts with nothing prefetched
+                free, written = 0.0, set()
+            elif ins.op in LANE_STREAMS:
                 free, written = cost.lanes_free, set()
             else:
                 free, written = free + cost.cycles, written | {ins.dst}
@@ -175,6 +177,10 @@ class TimingModel:
             return self._simple("ROPE", self._mem(nbytes), self._sfu(rows * cols), nbytes, sfu_elements=rows * cols)
         if ins.op in ("ACT", "EMUL", "EADD", "WEIGH"):
             return self._simple(ins.op, 0.0, self._sfu(rows * cols), 0, sfu_elements=rows * cols)
+        if ins.op in ("SEND", "RECV"):  # int32 rows between an activation buffer and io
+            return self._simple(ins.op, self._mem(rows * cols * 4), 0.0, rows * cols * 4)
+        if ins.op == "SYNC":  # the cluster's time between segments is the link model's
+            return Cost("SYNC", 0.0, 0.0, 0.0, 0)
         raise LlmcError(f"timing: no model for opcode {ins.op}")
 
     def _simple(self, op: str, memory: float, compute: float, nbytes: int, sfu_elements: int = 0) -> Cost:

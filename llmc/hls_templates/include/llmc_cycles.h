@@ -9,7 +9,7 @@
 
 namespace llmc {
 
-constexpr int OPCODE_SLOTS = 16;  // opcode numbers 0..15
+constexpr int OPCODE_SLOTS = 32;  // opcode numbers 0..31
 
 inline uint64_t& cycle_account() {
   static uint64_t cycles = 0;

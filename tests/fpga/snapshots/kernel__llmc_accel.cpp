@@ -28,6 +28,9 @@ enum Opcode {
   XMM = 13,
   WEIGH = 14,
   HALT = 15,
+  SEND = 16,
+  RECV = 17,
+  SYNC = 18,
 };
 
 // Each opcode's field slots in Instr.f, the MM flag fields and the function codes (llmc/backends/fpga/isa.py).
@@ -98,6 +101,10 @@ constexpr int XMM_EXPERT_STRIDE = 12;
 constexpr int XMM_SLOT = 13;
 constexpr int WEIGH_COLS = 0;
 constexpr int WEIGH_SLOT = 1;
+constexpr int SEND_COLS = 0;
+constexpr int SEND_IO_OFF = 1;
+constexpr int RECV_COLS = 0;
+constexpr int RECV_IO_OFF = 1;
 constexpr int MM_FLAG_BITS_LSB = 0;
 constexpr int MM_FLAG_BITS_WIDTH = 4;
 constexpr int MM_FLAG_ENGINE_LSB = 4;

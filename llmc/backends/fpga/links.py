@@ -1,0 +1,104 @@
+"""How a cluster's cards exchange activations, and the modelled time of a cluster run.
+
+Between two segments the host (XRT) waits for every card's kernel call, reads each value sent
+from its card's io and writes it into the io of every card that receives it, then starts the
+next calls: what the generated hosts and runtimes do. Its figures are public measurements:
+
+- a kernel call (``xrt::run`` start to ``wait``): 50 us, the low end of the 50-100 us measured
+  on a U55C with Vitis 2022.1 (Xilinx/XRT issue #8687; 16-56 us per start in #6601);
+- a buffer sync over PCIe: 19 us fixed (``xrt::bo::sync`` of a small buffer, XRT 2021.2,
+  Xilinx/XRT issue #6590) plus the bytes at 12.47 GB/s (the gen3x16 platform's host transfer
+  rate in Vitis_Accel_Examples host_memory_bandwidth_xrt, U250 gen3x16 xdma).
+
+The ``qsfp`` link is **modelled only** (the generated kernel does not drive the transceivers): a
+ring over the U280's two QSFP28 ports (100 Gb/s, DS963) with Aurora 64B/66B, 64/66 of the line
+rate as payload and 55 user-clock cycles per hop at 402.8 MHz (PG074's latency table; the user
+clock of a 25.78 Gb/s lane is its rate / 64), cut-through, the kernel waiting on the link
+instead of returning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from llmc.backends.fpga.design import chunks
+from llmc.backends.fpga.isa import Instruction
+from llmc.backends.fpga.timing import Cost, TimingModel
+
+
+@dataclass(frozen=True)
+class Link:
+    kind: str
+    call_s: float  # per segment: starting and waiting for the cards' kernel calls
+    fixed_s: float  # per copy (host) or per hop (ring)
+    gbs: float  # payload bandwidth
+    ring: bool
+    generated: bool  # whether the generated hosts and kernels use this link
+
+    def transfer_seconds(self, nbytes: int, sender: int, receivers: tuple[int, ...], cards: int) -> float:
+        if not receivers:
+            return 0.0
+        if self.ring:  # cut-through around the ring to the farthest receiver
+            hops = max((r - sender) % cards for r in receivers)
+            return hops * self.fixed_s + nbytes / (self.gbs * 1e9)
+        copies = 1 + len(receivers)  # one read from the sender, one write per receiver
+        return copies * (self.fixed_s + nbytes / (self.gbs * 1e9))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+LINKS = {
+    "host": Link("host", 50e-6, 19e-6, 12.47, ring=False, generated=True),
+    "qsfp": Link("qsfp", 0.0, 55 / 402.8e6, 100 * 64 / 66 / 8, ring=True, generated=False),
+}
+
+
+def segment_seconds(timing: TimingModel, costs: list[Cost]) -> list[float]:
+    """A card's modelled seconds per segment of one program run (its costs cut at each SYNC)."""
+    out = [0.0]
+    for cost in costs:
+        if cost.op == "SYNC":
+            out.append(0.0)
+        else:
+            out[-1] += cost.cycles / timing.hz
+    return out
+
+
+def step_seconds(cards: Sequence[tuple[TimingModel, list[Instruction]]], transfers: Sequence[Any], segments: int,
+                 link: Link, rows: int, start_pos: int) -> tuple[float, float]:
+    """One round of kernel calls of a cluster (each card's timing model and program, the
+    transfers after each segment) on ``rows`` rows at ``start_pos``: its seconds and the part of
+    them spent on the link."""
+    per_card = [segment_seconds(timing, timing.program(program, rows, start_pos)) for timing, program in cards]
+    compute = sum(max(card[s] for card in per_card) for s in range(segments))
+    moving = sum(link.transfer_seconds(rows * t.cols * 4, t.sender, t.receivers, len(cards))
+                 for t in transfers) + segments * link.call_s
+    return compute + moving, moving
+
+
+def _bucket(programs: dict[int, list[Instruction]], rows: int) -> int:
+    return next((b for b in sorted(programs) if b >= rows), max(programs))
+
+
+def cluster_run(cd: Any, link: Link, prefill: int, decode: int) -> dict[str, float | bool]:
+    """The modelled prompt and decode of the cluster on ``link``: ``prefill`` tokens (chunked as the
+    runtimes cut them) then ``decode`` tokens one at a time."""
+    timings = [TimingModel.for_design(d.config, d.target) for d in cd.cards]
+
+    def one(rows: int, start_pos: int) -> tuple[float, float]:
+        cards = [(t, d.compiled.programs[_bucket(d.compiled.programs, rows)]) for t, d in zip(timings, cd.cards)]
+        return step_seconds(cards, cd.transfers, cd.segments, link, rows, start_pos)
+
+    pre = 0.0
+    for _, first, rows in chunks(prefill, lambda rows: _bucket(cd.cards[0].compiled.programs, rows)):
+        pre += one(rows, first)[0]
+    total = moving = 0.0
+    for i in range(decode):
+        seconds, link_s = one(1, prefill + i)
+        total, moving = total + seconds, moving + link_s
+    return {"prefill_tokens": prefill, "decode_tokens": decode, "prefill_ms": pre * 1e3,
+            "ms_per_token": total / decode * 1e3, "tokens_per_s": decode / total, "link_share": moving / total,
+            "generated": link.generated}

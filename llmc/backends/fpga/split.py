@@ -1,0 +1,323 @@
+"""A lowered model split over several cards: one ``step`` module per card, joined by
+``hw_send``/``hw_recv`` (:mod:`llmc.ir.ops.hw_link`).
+
+- **pipeline**: consecutive decoder blocks per card, balanced by weight bytes; the residual
+  stream crosses at each cut (card 0 embeds, the last card computes the logits);
+- **tensor** (as DFX): every block on every card, attention heads and MLP columns split evenly.
+  A matrix whose input is whole (q, k, v, gate, up) keeps ``1/cards`` of its rows; one whose input
+  is split (o, down) keeps the matching columns and yields a partial sum, which every card sends
+  and then adds up in card order, so all cards hold the same residual stream. Card 0 embeds (and
+  sends the rows) and computes the logits; norms run on every card.
+
+The split modules are the reference of the cluster (:func:`llmc.ir.cluster.run_cluster`); the
+ISS and the C-simulation of the compiled cards are checked against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmc.errors import LlmcError
+from llmc.ir.graph import Function, Module, Node, Param, Value
+from llmc.ir.registry import OPS
+from llmc.ir.types import Dim, TensorType
+
+PARALLEL = ("pipeline", "tensor")
+ELEMENTWISE = ("hw_rope", "hw_act", "hw_mul", "hw_scale", "hw_quant8", "concat", "hw_rms_norm")
+
+
+def split(hw: Module, cards: int, parallel: str) -> list[Module]:
+    """The card modules of ``hw`` (a lowered module) split over ``cards`` cards."""
+    if parallel not in PARALLEL:
+        raise LlmcError(f"unknown split '{parallel}': choose {' or '.join(PARALLEL)}")
+    if cards < 2:
+        raise LlmcError(f"a split needs at least 2 cards, got {cards}")
+    step = hw.functions["step"]
+    if any(n.op in ("hw_route", "hw_expert_matmul") for n in step.nodes) and parallel == "tensor":
+        raise LlmcError(f"{hw.name}: a tensor split of mixture-of-experts layers is not supported; "
+                        "use --parallel pipeline")
+    return pipeline_split(hw, cards) if parallel == "pipeline" else tensor_split(hw, cards)
+
+
+# --- pipeline -------------------------------------------------------------------------------------
+def pipeline_split(hw: Module, cards: int) -> list[Module]:
+    step = hw.functions["step"]
+    cuts = _balanced_cuts(hw, step, cards)
+    bounds = [0, *cuts, len(step.nodes)]
+    crossing = [_crossing(step, cut)[0] for cut in cuts]
+    out = []
+    for c in range(cards):
+        builder = _CardBuilder(hw, c, cards, "pipeline")
+        positions = builder.positions()
+        if c > 0:
+            v = crossing[c - 1]
+            builder.emit("hw_recv", [positions], [v.name], {"slot": c - 1, "cols": v.type.shape[1].value})
+        for node in step.nodes[bounds[c]:bounds[c + 1]]:
+            if node.op != "param":
+                builder.copy(node)
+        if c < cards - 1:
+            v = crossing[c]
+            builder.emit("hw_send", [builder.values[v.name]], [f"{v.name}_sent"], {"slot": c})
+        out.append(builder.finish(step))
+    return out
+
+
+def _crossing(step: Function, cut: int) -> list[Value]:
+    """Activation values made before node ``cut`` and used from it on (parameters and the
+    function's inputs are available to every card)."""
+    made = {v.name: v for n in step.nodes[:cut] if n.op != "param" for v in n.outputs}
+    used = {v.name for n in step.nodes[cut:] for v in n.inputs}
+    return [v for name, v in made.items() if name in used]
+
+
+def _balanced_cuts(hw: Module, step: Function, cards: int) -> list[int]:
+    """Node indices where exactly one activation (the residual stream) crosses, chosen so that
+    the cards' weight bytes are as even as the blocks allow."""
+    producers = step.producers()
+    weight = [sum(_param_bytes(hw, producers[v.name]) for v in n.inputs if producers.get(v.name) is not None
+                  and producers[v.name].op == "param") if n.op != "param" else 0 for n in step.nodes]
+    candidates = [i for i in range(1, len(step.nodes)) if step.nodes[i].op in ("hw_rms_norm", "hw_layer_norm")
+                  and len(_crossing(step, i)) == 1]
+    total = sum(weight)
+    cumulative = np.cumsum([0, *weight])
+    cuts: list[int] = []
+    for k in range(1, cards):
+        left = [i for i in candidates if not cuts or i > cuts[-1]]
+        if len(left) < cards - k:
+            raise LlmcError(f"{hw.name}: {len(candidates) + 1} blocks cannot be split over {cards} cards")
+        usable = left[:len(left) - (cards - 1 - k)]
+        cuts.append(min(usable, key=lambda i: abs(cumulative[i] - total * k / cards)))
+    return cuts
+
+
+def _param_bytes(hw: Module, node: Node) -> int:
+    p = hw.params[node.attrs["name"]]
+    return p.type.numel().value * max(1, p.type.dtype.bits // 8)
+
+
+# --- tensor ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shard:
+    """A value split by columns: card c holds columns [c * width, (c + 1) * width) of ``full``."""
+
+    full: int
+    cards: int
+
+    @property
+    def width(self) -> int:
+        return self.full // self.cards
+
+    def columns(self, card: int) -> slice:
+        return slice(card * self.width, (card + 1) * self.width)
+
+
+def tensor_split(hw: Module, cards: int) -> list[Module]:
+    step = hw.functions["step"]
+    shards = _shards(hw, step, cards)
+    out = []
+    for c in range(cards):
+        builder = _CardBuilder(hw, c, cards, "tensor")
+        slot = 0
+        positions = builder.positions()
+        for node in step.nodes:
+            if node.op == "param":
+                continue
+            if node.op == "hw_embed":  # card 0 embeds and sends the rows; every card, card 0 too, receives them
+                name, cols = node.outputs[0].name, node.outputs[0].type.shape[1].value
+                if c == 0:  # (receiving its own rows keeps card 0 in step with the others)
+                    rows = builder.copy(node, rename=f"{name}_embedded")
+                    builder.emit("hw_send", [rows], [f"{name}_sent"], {"slot": slot})
+                builder.emit("hw_recv", [positions], [name], {"slot": slot, "cols": cols})
+                slot += 1
+            elif node.op == "hw_matmul" and shards.get(node.inputs[0].name) is not None:
+                _partial_sum(builder, node, shards[node.inputs[0].name], positions, slot)
+                slot += cards
+            else:
+                builder.copy(node, shards)
+        out.append(builder.finish(step, logits=c == 0))
+    return out
+
+
+def _shards(hw: Module, step: Function, cards: int) -> dict[str, Shard | None]:
+    """Which values are split by columns (a Shard) and which every card holds whole (None)."""
+    users = step.users()
+    shard: dict[str, Shard | None] = {v.name: None for v in step.inputs}
+    for v in step.inputs:
+        if v.name.startswith("past_"):
+            shard[v.name] = Shard(v.type.shape[1].value, cards)
+    for node in step.nodes:
+        if node.op == "param":
+            continue
+        where = f"{hw.name}: %{node.outputs[0].name} = {node.op}"
+        split_in = [shard.get(v.name) for v in node.inputs if shard.get(v.name) is not None]
+        if node.op == "hw_matmul":
+            logits = any(u.op == "hw_to_float" for u in users.get(node.outputs[0].name, []))
+            result = None if split_in or logits else Shard(node.outputs[0].type.shape[1].value, cards)
+        elif node.op == "hw_attention":
+            heads, kvh = node.attrs["heads"], node.attrs["kv_heads"]
+            if heads % cards or kvh % cards:
+                raise LlmcError(f"{where}: {heads} heads and {kvh} KV heads do not split over {cards} cards")
+            result = Shard(node.outputs[0].type.shape[1].value, cards)
+        elif node.op in ELEMENTWISE and split_in:
+            if node.op == "hw_rms_norm" and not node.attrs.get("group", 0):
+                raise LlmcError(f"{where}: a norm over a split row")
+            result = split_in[0]
+        elif split_in:
+            raise LlmcError(f"{where}: no tensor split of this op over split columns")
+        else:
+            result = None
+        for v in node.outputs:
+            if result is not None and (v.type.rank != 2 or v.type.shape[1].value % cards):
+                raise LlmcError(f"{where}: {v.type.shape[1]} columns do not split over {cards} cards")
+            shard[v.name] = None if result is None else Shard(v.type.shape[1].value, cards)
+    return shard
+
+
+def _partial_sum(builder: _CardBuilder, node: Node, shard: Shard, positions: Value, first_slot: int) -> None:
+    """A matrix over split columns: this card's partial product, sent, and the partials of every
+    card added in card order (the same sum on every card)."""
+    name, cols = node.outputs[0].name, node.outputs[0].type.shape[1].value
+    part = builder.copy(node, row_split=shard, rename=f"{name}_part{builder.card}")
+    builder.emit("hw_send", [part], [f"{name}_sent{builder.card}"], {"slot": first_slot + builder.card})
+    total: Value | None = None
+    for c in range(builder.cards):
+        term = part if c == builder.card else builder.emit(
+            "hw_recv", [positions], [f"{name}_part{c}"], {"slot": first_slot + c, "cols": cols})
+        last = c == builder.cards - 1
+        total = term if total is None else builder.emit("hw_add", [total, term], [name if last else f"{name}_sum{c}"])
+    assert total is not None and total.name == name
+
+
+# --- building a card's module ---------------------------------------------------------------------
+class _CardBuilder:
+    def __init__(self, hw: Module, card: int, cards: int, parallel: str) -> None:
+        self.hw, self.card, self.cards, self.parallel = hw, card, cards, parallel
+        self.step = hw.functions["step"]
+        self.producers = self.step.producers()
+        self.values: dict[str, Value] = {}
+        self.inputs: dict[str, Value] = {}
+        self.nodes: list[Node] = []
+        self.params: dict[str, Param] = {}
+        self.slices: dict[str, tuple[slice | None, slice | None]] = {}
+        self.shards: dict[str, Shard | None] = {}
+
+    def emit(self, op: str, inputs: list[Value], names: list[str], attrs: dict | None = None) -> Value:
+        attrs = dict(attrs or {})
+        types = OPS[op].infer([v.type for v in inputs], OPS[op].with_defaults(attrs))
+        outs = [Value(n, t) for n, t in zip(names, types)]
+        self.nodes.append(Node(op, list(inputs), outs, attrs))
+        for v in outs:
+            self.values[v.name] = v
+        return outs[0]
+
+    def copy(self, node: Node, shards: dict[str, Shard | None] | None = None, row_split: Shard | None = None,
+             rename: str | None = None) -> Value:
+        """``node`` on this card: its operands as this card holds them, weights sliced to its share."""
+        shards = shards or {}
+        attrs = dict(node.attrs)
+        out_shard = shards.get(node.outputs[0].name) if node.op != "hw_matmul" or row_split is None else None
+        ins: list[Value] = []
+        for i, v in enumerate(node.inputs):
+            producer = self.producers.get(v.name)
+            if producer is not None and producer.op == "param":
+                ins.append(self._param(node, i, producer, out_shard, row_split))
+            else:
+                ins.append(self.operand(v, shards))
+        if node.op == "hw_matmul" and row_split is not None:
+            k = node.inputs[0].type.shape[1].value
+            if attrs["group"] == k:
+                attrs["group"] = row_split.width
+            elif row_split.width % attrs["group"]:
+                raise LlmcError(f"{self.hw.name}: %{node.outputs[0].name}: {row_split.width} columns per card "
+                                f"are not whole groups of {attrs['group']}")
+            if attrs.get("has_bias") and self.card:  # the bias is added once, by card 0
+                attrs["has_bias"] = False
+                ins = ins[:-1]
+        if node.op == "hw_attention" and out_shard is not None:
+            attrs["heads"] //= self.cards
+            attrs["kv_heads"] //= self.cards
+        names = [rename or node.outputs[0].name] + [v.name for v in node.outputs[1:]]
+        return self.emit(node.op, ins, names, attrs)
+
+    def positions(self) -> Value:
+        """The step's ``position_ids`` input (its length is the row count of a received value)."""
+        return self.operand(next(v for v in self.step.inputs if v.name == "position_ids"), {})
+
+    def operand(self, v: Value, shards: dict[str, Shard | None]) -> Value:
+        if v.name in self.values:
+            return self.values[v.name]
+        if v.name not in self.inputs:  # a function input: past caches hold this card's heads
+            shard = shards.get(v.name)
+            t = v.type
+            if shard is not None:
+                t = TensorType((t.shape[0], Dim.of(shard.width)), t.dtype)
+            self.inputs[v.name] = Value(v.name, t)
+        return self.inputs[v.name]
+
+    def _param(self, node: Node, index: int, producer: Node, out_shard: Shard | None, row_split: Shard | None) -> Value:
+        """The weight operand ``index`` of ``node``, sliced to this card's share."""
+        name = producer.attrs["name"]
+        param = self.hw.params[name]
+        rows, cols = self._slices(node, index, param, out_shard, row_split)
+        if name in self.params:
+            if self.slices[name] != (rows, cols):
+                raise LlmcError(f"{self.hw.name}: parameter '{name}' would be split two ways")
+            return self.values[producer.outputs[0].name]
+        shape = list(param.type.static_shape())
+        data = param.data
+        if rows is not None:
+            shape[0] = rows.stop - rows.start
+            data = None if data is None else data[rows]
+        if cols is not None:
+            shape[1] = cols.stop - cols.start
+            data = None if data is None else data[:, cols]
+        self.slices[name] = (rows, cols)
+        self.params[name] = Param(name, TensorType(tuple(Dim.of(d) for d in shape), param.type.dtype),
+                                  None if data is None else np.ascontiguousarray(data))
+        value = Value(producer.outputs[0].name, self.params[name].type)
+        self.nodes.append(Node("param", [], [value], dict(producer.attrs)))
+        self.values[value.name] = value
+        return value
+
+    def _slices(self, node: Node, index: int, param: Param, out_shard: Shard | None,
+                row_split: Shard | None) -> tuple[slice | None, slice | None]:
+        """This card's rows and columns of a weight (None: all of them)."""
+        if node.op == "hw_matmul" and out_shard is not None:  # output columns split: the matrix's rows
+            return out_shard.columns(self.card), None
+        if node.op == "hw_matmul" and row_split is not None and param.type.rank == 2:  # input split: columns
+            width = param.type.shape[1].value
+            if index == 1:
+                return None, row_split.columns(self.card)
+            return None, (None if width == 1 else Shard(width, self.cards).columns(self.card))
+        if node.op in ("hw_rms_norm", "hw_scale") and out_shard is not None and \
+                param.type.shape[0].value == out_shard.full:  # a vector over the split columns
+            return out_shard.columns(self.card), None
+        return None, None
+
+    def finish(self, step: Function, logits: bool = True) -> Module:
+        """The card's module: its nodes, the inputs they read, the outputs it makes (logits when
+        ``logits`` and this card computes them), unused nodes removed."""
+        outputs = [self.values[v.name] for v in step.outputs if v.name in self.values
+                   and (logits or v.name != "logits")]
+        nodes = _live(self.nodes, {v.name for v in outputs})
+        used = {v.name for n in nodes for v in n.inputs}
+        ordered_inputs = [self.inputs.get(v.name) or Value(v.name, v.type) for v in step.inputs
+                          if v.name in used or v.name == "position_ids"]
+        nodes = sorted(nodes, key=lambda n: n.op != "param")  # stable: parameters first, then the program
+        params = {n.attrs["name"]: self.params[n.attrs["name"]] for n in nodes if n.op == "param"}
+        attrs = dict(self.hw.attrs, card=self.card, cards=self.cards, parallel=self.parallel)
+        return Module(f"{self.hw.name}.card{self.card}", attrs, params,
+                      {"step": Function("step", ordered_inputs, nodes, outputs)})
+
+
+def _live(nodes: list[Node], outputs: set[str]) -> list[Node]:
+    """``nodes`` without those whose results reach neither ``outputs`` nor a send."""
+    needed = set(outputs)
+    keep: list[Node] = []
+    for node in reversed(nodes):
+        if node.op == "hw_send" or any(v.name in needed for v in node.outputs):
+            keep.append(node)
+            needed |= {v.name for v in node.inputs}
+    return keep[::-1]
