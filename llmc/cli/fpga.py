@@ -36,6 +36,10 @@ def _compile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-windows", type=int, default=EVAL_WINDOWS, metavar="N",
                         help="measure the lowered program's perplexity against the unlowered one on N 256-token "
                              "windows of the corpus's test split, into the report (0: skip; default %(default)s)")
+    parser.add_argument("--cards", type=int, default=1, metavar="N",
+                        help="split the model over N boards: a folder of N card projects and cluster.json (default 1)")
+    parser.add_argument("--parallel", choices=("pipeline", "tensor"), default="pipeline",
+                        help="with --cards: split by layers (pipeline) or by heads and columns (tensor)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     add_json_argument(parser)
 
@@ -51,10 +55,14 @@ def compile_model(args: argparse.Namespace) -> int:
         raise LlmcError(f"--context must be at least 1 token, got {args.context}")
     if args.eval_windows < 0:
         raise LlmcError(f"--eval-windows must be 0 or more, got {args.eval_windows}")
+    if args.cards < 1:
+        raise LlmcError(f"--cards must be at least 1, got {args.cards}")
     calls = pipeline_calls(args)
     model = load_model(args)
     if calls:
         model, _ = compress(model, calls, args)
+    if args.cards > 1:
+        return _compile_cluster(args, model)
     with activity(f"compiling for {args.board}", progress_enabled(args)):
         design = compile_project(model.module, args.board, args.output, tokenizer_json=model.tokenizer_json,
                                  force=args.force, max_context=args.context, eval_windows=args.eval_windows)
@@ -68,13 +76,41 @@ def compile_model(args: argparse.Namespace) -> int:
               f"buckets {list(design.config.buckets)} ({size['ratio']:.3%} of one program per length), weights "
               f"{sum(report['weight_channel_bytes']):,} B over {len(design.config.weight_channels)} channels; "
               f"resources {fractions}; modelled decode {report['modelled_decode']['tokens_per_s']:.1f} tokens/s")
-        accuracy = report["accuracy"]
-        if accuracy["measured"]:
-            p = accuracy["perplexity"]
-            print(f"perplexity on {accuracy['windows']} windows: lowered {p['lowered']:.3f}, unlowered "
-                  f"{p['unlowered']:.3f}; greedy tokens identical: {accuracy['greedy']['identical']} of "
-                  f"{accuracy['greedy']['tokens']}")
+        _print_accuracy(report["accuracy"])
     return 0
+
+
+def _compile_cluster(args: argparse.Namespace, model: object) -> int:
+    from llmc.backends.fpga.cluster import CLUSTER_FILE, compile_cluster
+    from llmc.sizes import human_bytes
+
+    with activity(f"compiling for {args.cards} x {args.board}", progress_enabled(args)):
+        compile_cluster(model.module, args.board, args.output, args.cards, args.parallel,  # type: ignore[attr-defined]
+                        tokenizer_json=model.tokenizer_json, force=args.force,  # type: ignore[attr-defined]
+                        max_context=args.context, eval_windows=args.eval_windows)
+    report = json.loads((args.output / CLUSTER_FILE).read_text())
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+        return 0
+    runs = report["modelled"]
+    cards = ", ".join(f"card{c}: {card['layers']} blocks, {human_bytes(card['weight_bytes'])}"
+                      for c, card in enumerate(report["cards"]))
+    print(f"wrote {args.output}: {args.cards} x {args.board}, {args.parallel} split ({cards}); "
+          f"{report['segments']} segments and {len(report['transfers'])} transfers per step")
+    for kind, run in runs.items():
+        note = "" if run["generated"] else " (modelled only: the generated kernels move data through the host)"
+        print(f"modelled decode over the {kind} link: {run['tokens_per_s']:.1f} tokens/s, "
+              f"{run['link_share']:.0%} of the time on the link{note}")
+    _print_accuracy(report["accuracy"])
+    return 0
+
+
+def _print_accuracy(accuracy: dict) -> None:
+    if accuracy["measured"]:
+        p = accuracy["perplexity"]
+        print(f"perplexity on {accuracy['windows']} windows: lowered {p['lowered']:.3f}, unlowered "
+              f"{p['unlowered']:.3f}; greedy tokens identical: {accuracy['greedy']['identical']} of "
+              f"{accuracy['greedy']['tokens']}")
 
 
 def _build_arguments(parser: argparse.ArgumentParser) -> None:

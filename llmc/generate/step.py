@@ -9,6 +9,7 @@ import numpy as np
 
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
+from llmc.ir.cluster import run_cluster
 from llmc.ir.graph import Module
 from llmc.ir.interpreter import run_function
 
@@ -54,3 +55,33 @@ class StepDevice(AppendingDevice):
         self.cache = step_outputs_to_cache(self.module, outputs)
         self.length += len(ids)
         return outputs["logits"]
+
+
+class ClusterStepDevice(AppendingDevice):
+    """The cards' ``step`` functions of a model split over several cards, run as one cluster
+    (:func:`llmc.ir.cluster.run_cluster`): the golden model of the cards' ISS and C-simulation."""
+
+    def __init__(self, cards: Sequence[Module]) -> None:
+        if not all(card.has_weights for card in cards):
+            raise LlmcError("a card's module has no weights (compiled shapes-only); it cannot run")
+        self.cards = list(cards)
+        self.reset()
+
+    def reset(self) -> None:
+        self.caches = [empty_cache(card) for card in self.cards]
+        self.length = 0
+
+    def run(self, ids: Sequence[int]) -> np.ndarray:
+        """Append ``ids``; their logits [len(ids), vocab] from the card that computes them."""
+        positions = np.arange(self.length, self.length + len(ids), dtype=np.int32)
+        inputs = []
+        for card, cache in zip(self.cards, self.caches):
+            names = {v.name for v in card.functions["step"].inputs}
+            given = {"position_ids": positions, **cache}
+            if "input_ids" in names:
+                given["input_ids"] = np.asarray(ids, dtype=np.int32)
+            inputs.append(given)
+        outputs = run_cluster(self.cards, inputs)
+        self.caches = [step_outputs_to_cache(card, out) for card, out in zip(self.cards, outputs)]
+        self.length += len(ids)
+        return next(out["logits"] for out in outputs if "logits" in out)

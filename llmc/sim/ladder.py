@@ -121,6 +121,49 @@ def verify_project(project: Path, prompt: Sequence[int], decode: int, *, levels:
     return out
 
 
+CLUSTER_LEVELS = ("interpreter", "iss", "csim")
+
+
+def verify_cluster(folder: Path, prompt: Sequence[int], decode: int, *, levels: Sequence[str] = CLUSTER_LEVELS,
+                   timeout_s: float = 600.0) -> list[LevelResult]:
+    """The ladder of a cluster folder: the cards' modules run as one cluster (the reference), the
+    cards' ISSs and their C-simulations run segment by segment, all bit for bit."""
+    from llmc.generate.step import ClusterStepDevice
+    from llmc.io import load_module
+    from llmc.sim.cluster import ClusterImage, ClusterIssDevice
+
+    unknown = [lv for lv in levels if lv not in CLUSTER_LEVELS]
+    if unknown:
+        raise LlmcError(f"verify: level '{unknown[0]}' does not apply to a cluster (choose from "
+                        f"{', '.join(CLUSTER_LEVELS)})")
+    image = ClusterImage.load(folder)
+    start = time.monotonic()
+    reference = ClusterStepDevice([load_module(card.path / "model.llmc") for card in image.cards])
+    ref_trace = Trace([reference.run(prompt)])
+    tokens: list[int] = []
+    deadline = Deadline("interpreter", timeout_s)
+    for _ in range(decode):
+        deadline.check()
+        tokens.append(int(np.argmax(ref_trace.steps[-1][-1])))
+        ref_trace.steps.append(reference.run([tokens[-1]]))
+    out = [LevelResult("interpreter", sum(s.size for s in ref_trace.steps), 0, "reference", time.monotonic() - start,
+                       f"{len(image.cards)} cards ({image.parallel}), {len(prompt)} prompt tokens, {decode} decode steps")]
+    if "iss" in levels:
+        start = time.monotonic()
+        trace = run_trace(ClusterIssDevice(image).run, prompt, tokens, Deadline("iss", timeout_s))
+        out.append(LevelResult("iss", *trace.compare(ref_trace), "bit-exact", time.monotonic() - start,
+                               against="interpreter"))
+    if "csim" in levels:
+        from llmc.sim.cluster_csim import ClusterCsimDevice
+
+        start = time.monotonic()
+        with ClusterCsimDevice(folder, timeout=timeout_s) as device:
+            trace = run_trace(device.run, prompt, tokens, Deadline("csim", timeout_s))
+        out.append(LevelResult("csim", *trace.compare(ref_trace), "bit-exact", time.monotonic() - start,
+                               against="interpreter"))
+    return out
+
+
 def _csim_level(project: Path, prompt: Sequence[int], tokens: Sequence[int], ref: Trace, iss: Trace | None,
                 timeout_s: float) -> tuple[LevelResult, list]:
     """The C-simulation's logits against the ISS's (or the interpreter's), and its cycle accounts per call."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from llmc.compiler.evaluate import corpus_windows, logits_nll, prefill_logits
-from llmc.generate.step import StepDevice
+from llmc.generate.step import ClusterStepDevice, StepDevice
 from llmc.ir.graph import Module
 from llmc.model import Model
 
@@ -29,18 +29,18 @@ def skipped(reason: str) -> dict[str, Any]:
     return {"measured": False, "reason": reason}
 
 
-def lowering_accuracy(source: Module, lowered: Module, tokenizer_json: str | None, windows: int,
+def lowering_accuracy(source: Module, lowered: Module | list[Module], tokenizer_json: str | None, windows: int,
                       context: int) -> dict[str, Any]:
-    """Perplexity of ``lowered`` and ``source`` on the first ``windows`` test windows (at most
-    ``context``, the compiled context, tokens each), how often their next-token predictions agree
-    there, and their greedy tokens from :data:`PROMPT`."""
+    """Perplexity of ``lowered`` (a lowered module, or the cards of a split one) and ``source`` on
+    the first ``windows`` test windows (at most ``context``, the compiled context, tokens each),
+    how often their next-token predictions agree there, and their greedy tokens from :data:`PROMPT`."""
     if windows < 1:
         return skipped("not asked for (--eval-windows 0)")
     if not source.has_weights:
         return skipped("the model has no weights (shapes only)")
     if tokenizer_json is None:
         return skipped("the model has no tokenizer")
-    device = StepDevice(lowered)
+    device = ClusterStepDevice(lowered) if isinstance(lowered, list) else StepDevice(lowered)
     nll = {"unlowered": 0.0, "lowered": 0.0}
     agree = tokens = 0
     parts = corpus_windows(source, tokenizer_json, windows, context)
@@ -52,8 +52,9 @@ def lowering_accuracy(source: Module, lowered: Module, tokenizer_json: str | Non
         agree += int((want[:-1].argmax(-1) == got[:-1].argmax(-1)).sum())
         tokens += len(window) - 1
     new_tokens = min(NEW_TOKENS, context - len(Model(source, tokenizer_json).encode(PROMPT)))
-    greedy = [Model(m, tokenizer_json).run(PROMPT, max_new_tokens=new_tokens, stop=False).tokens
-              for m in (source, lowered)]
+    model = Model(source, tokenizer_json)
+    greedy = [[token for token, _ in model.stream(PROMPT, max_new_tokens=new_tokens, stop=False, device=d)]
+              for d in (None, device)]
     same = [a == b for a, b in zip(*greedy)]
     return {
         "measured": True, "windows": len(parts), "tokens": tokens,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc.backends.fpga import pack
-from llmc.backends.fpga.accuracy import skipped
+from llmc.backends.fpga.accuracy import lowering_accuracy
 from llmc.backends.fpga.compile import Links
 from llmc.backends.fpga.flow import Design, check_capacity, design_lowered, project_files
 from llmc.backends.fpga.links import LINKS, cluster_run
@@ -26,7 +26,7 @@ from llmc.backends.fpga.lower import lower
 from llmc.backends.fpga.project import BUILD_PRODUCTS
 from llmc.backends.fpga.split import split
 from llmc.backends.fpga.target import Target, load_target
-from llmc.backends.fpga.timing import run_lengths
+from llmc.backends.fpga.timing import TimingModel, run_lengths
 from llmc.errors import LlmcError
 from llmc.folders import check_output, write_folder
 from llmc.ir.graph import Module
@@ -144,7 +144,8 @@ def cluster_design(module: Module, target: str, cards: int, parallel: str, *, na
 def cluster_report(cd: ClusterDesign) -> dict[str, Any]:
     """The cluster manifest: cards, transfers and the modelled run on each kind of link."""
     prefill, decode = run_lengths(min(d.config.max_context for d in cd.cards))
-    runs = {kind: cluster_run(cd, LINKS[kind], prefill, decode) for kind in LINKS}
+    cards = [(TimingModel.for_design(d.config, d.target), d.compiled.programs) for d in cd.cards]
+    runs = {kind: cluster_run(cards, cd.transfers, cd.segments, LINKS[kind], prefill, decode) for kind in LINKS}
     return {"name": cd.name, "target": cd.target.name, "parallel": cd.parallel, "segments": cd.segments,
             "cards": [{"folder": f"card{c}", "name": d.name, "weight_bytes": d.needs.weight_bytes,
                        "layers": d.needs.layers, "logits": int(d.compiled.io["vocab"]) > 0}
@@ -161,18 +162,21 @@ def cluster_files(cd: ClusterDesign, tokenizer_json: str | None, accuracy: dict[
         card_files = project_files(d, tokenizer_json, accuracy)
         files.update({f"card{c}/{path}": data for path, data in card_files.items()})
         files[f"card{c}/{MANIFEST}"] = manifest_text(card_files, "project")
-    files[CLUSTER_FILE] = json.dumps(cluster_report(cd), indent=2, sort_keys=True) + "\n"
+    files[CLUSTER_FILE] = json.dumps({**cluster_report(cd), "accuracy": accuracy}, indent=2, sort_keys=True) + "\n"
     return files
 
 
 def compile_cluster(module: Module, target: str, out_dir: Path, cards: int, parallel: str, *,
                     tokenizer_json: str | None = None, force: bool = False, name: str | None = None,
-                    max_context: int | None = None) -> ClusterDesign:
-    """Compile ``module`` for ``cards`` boards and write the cluster folder ``out_dir`` (all or nothing)."""
+                    max_context: int | None = None, eval_windows: int = 0) -> ClusterDesign:
+    """Compile ``module`` for ``cards`` boards and write the cluster folder ``out_dir`` (all or
+    nothing); ``eval_windows`` > 0 measures the cards, run as one cluster, against ``module``
+    (:func:`.accuracy.lowering_accuracy`) into every card's report and cluster.json."""
     out_dir = Path(out_dir)
     check_output(out_dir, force=force, products=CLUSTER_PRODUCTS)
     cd = cluster_design(module, target, cards, parallel, name=name or out_dir.name, max_context=max_context)
-    accuracy = skipped("a cluster's accuracy is its cards' tokens against one card (llmc verify on the folder)")
+    accuracy = lowering_accuracy(module, [d.lowered for d in cd.cards], tokenizer_json, eval_windows,
+                                 min(d.config.max_context for d in cd.cards))
     write_folder(out_dir, cluster_files(cd, tokenizer_json, accuracy), kind="cluster", force=force,
                  products=CLUSTER_PRODUCTS)
     return cd

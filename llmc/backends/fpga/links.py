@@ -83,17 +83,18 @@ def _bucket(programs: dict[int, list[Instruction]], rows: int) -> int:
     return next((b for b in sorted(programs) if b >= rows), max(programs))
 
 
-def cluster_run(cd: Any, link: Link, prefill: int, decode: int) -> dict[str, float | bool]:
-    """The modelled prompt and decode of the cluster on ``link``: ``prefill`` tokens (chunked as the
-    runtimes cut them) then ``decode`` tokens one at a time."""
-    timings = [TimingModel.for_design(d.config, d.target) for d in cd.cards]
+def cluster_run(cards: Sequence[tuple[TimingModel, dict[int, list[Instruction]]]], transfers: Sequence[Any],
+                segments: int, link: Link, prefill: int, decode: int) -> dict[str, float | bool]:
+    """The modelled prompt and decode of a cluster (each card's timing model and programs) on
+    ``link``: ``prefill`` tokens (chunked as the runtimes cut them) then ``decode`` tokens one at a time."""
+    buckets = cards[0][1]
 
     def one(rows: int, start_pos: int) -> tuple[float, float]:
-        cards = [(t, d.compiled.programs[_bucket(d.compiled.programs, rows)]) for t, d in zip(timings, cd.cards)]
-        return step_seconds(cards, cd.transfers, cd.segments, link, rows, start_pos)
+        programs = [(timing, progs[_bucket(progs, rows)]) for timing, progs in cards]
+        return step_seconds(programs, transfers, segments, link, rows, start_pos)
 
     pre = 0.0
-    for _, first, rows in chunks(prefill, lambda rows: _bucket(cd.cards[0].compiled.programs, rows)):
+    for _, first, rows in chunks(prefill, lambda rows: _bucket(buckets, rows)):
         pre += one(rows, first)[0]
     total = moving = 0.0
     for i in range(decode):
