@@ -23,12 +23,15 @@ from pathlib import Path
 from llmc.cli import main as llmc
 
 LLAMA_2 = {"model_type": "llama", "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}
-# name -> public config.json fields, pipeline, card counts
+# name -> public config.json fields, pipeline, cards per split, rows per kernel call (70B's 28,672-wide
+# activation buffers outgrow the URAM at 64 rows)
 CASES = {
     "Llama-2-13B int8": ({**LLAMA_2, "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
-                          "num_attention_heads": 40, "num_key_value_heads": 40}, "quantize{bits=8,group=128}", 2),
+                          "num_attention_heads": 40, "num_key_value_heads": 40}, "quantize{bits=8,group=128}",
+                         [("pipeline", 2), ("tensor", 2)], 64),
     "Llama-2-70B W4g128": ({**LLAMA_2, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
-                            "num_attention_heads": 64, "num_key_value_heads": 8}, "quantize{bits=4,group=128}", 5),
+                            "num_attention_heads": 64, "num_key_value_heads": 8}, "quantize{bits=4,group=128}",
+                           [("pipeline", 5), ("tensor", 5), ("tensor", 8)], 32),
 }
 
 
@@ -40,15 +43,16 @@ def run_cli(args: list[str]) -> tuple[int, str, str]:
 
 
 def measure(name: str, folder: Path) -> list[dict]:
-    config, pipeline, cards = CASES[name]
+    config, pipeline, cards_of, max_rows = CASES[name]
     model = folder / name.replace(" ", "_")
     model.mkdir()
     (model / "config.json").write_text(json.dumps(config))
-    base = ["compile", str(model), "--shapes-only", "-p", pipeline, "--board", "u280", "--context", "4096"]
+    base = ["compile", str(model), "--shapes-only", "-p", pipeline, "--board", "u280", "--context", "4096",
+            "--max-rows", str(max_rows)]
     code, _, err = run_cli([*base, "-o", str(folder / "one")])
     rows = [{"model": name, "cards": 1, "parallel": "-", "refused": err if code else ""}]
-    for parallel in ("pipeline", "tensor"):
-        out = folder / f"{model.name}.{parallel}"
+    for parallel, cards in cards_of:
+        out = folder / f"{model.name}.{parallel}{cards}"
         start = time.perf_counter()
         code, _, err = run_cli([*base, "--cards", str(cards), "--parallel", parallel, "-o", str(out)])
         row: dict = {"model": name, "cards": cards, "parallel": parallel, "compile_s": time.perf_counter() - start}

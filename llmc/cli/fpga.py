@@ -36,6 +36,9 @@ def _compile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-windows", type=int, default=EVAL_WINDOWS, metavar="N",
                         help="measure the lowered program's perplexity against the unlowered one on N 256-token "
                              "windows of the corpus's test split, into the report (0: skip; default %(default)s)")
+    parser.add_argument("--max-rows", type=int, default=64, metavar="N",
+                        help="rows (prompt tokens) one kernel call serves, the largest length bucket (default 64; "
+                             "lower it when the activation buffers outgrow the on-chip memory)")
     parser.add_argument("--cards", type=int, default=1, metavar="N",
                         help="split the model over N boards: a folder of N card projects and cluster.json (default 1)")
     parser.add_argument("--parallel", choices=("pipeline", "tensor"), default="pipeline",
@@ -55,6 +58,8 @@ def compile_model(args: argparse.Namespace) -> int:
         raise LlmcError(f"--context must be at least 1 token, got {args.context}")
     if args.eval_windows < 0:
         raise LlmcError(f"--eval-windows must be 0 or more, got {args.eval_windows}")
+    if args.max_rows < 1:
+        raise LlmcError(f"--max-rows must be at least 1, got {args.max_rows}")
     if args.cards < 1:
         raise LlmcError(f"--cards must be at least 1, got {args.cards}")
     calls = pipeline_calls(args)
@@ -65,7 +70,8 @@ def compile_model(args: argparse.Namespace) -> int:
         return _compile_cluster(args, model)
     with activity(f"compiling for {args.board}", progress_enabled(args)):
         design = compile_project(model.module, args.board, args.output, tokenizer_json=model.tokenizer_json,
-                                 force=args.force, max_context=args.context, eval_windows=args.eval_windows)
+                                 force=args.force, max_context=args.context, eval_windows=args.eval_windows,
+                                 max_rows=args.max_rows)
     report = json.loads((args.output / "report.json").read_text())
     if args.json:
         print(json.dumps(report, sort_keys=True))
@@ -87,7 +93,7 @@ def _compile_cluster(args: argparse.Namespace, model: object) -> int:
     with activity(f"compiling for {args.cards} x {args.board}", progress_enabled(args)):
         compile_cluster(model.module, args.board, args.output, args.cards, args.parallel,  # type: ignore[attr-defined]
                         tokenizer_json=model.tokenizer_json, force=args.force,  # type: ignore[attr-defined]
-                        max_context=args.context, eval_windows=args.eval_windows)
+                        max_context=args.context, eval_windows=args.eval_windows, max_rows=args.max_rows)
     report = json.loads((args.output / CLUSTER_FILE).read_text())
     if args.json:
         print(json.dumps(report, sort_keys=True))

@@ -168,13 +168,14 @@ def cluster_files(cd: ClusterDesign, tokenizer_json: str | None, accuracy: dict[
 
 def compile_cluster(module: Module, target: str, out_dir: Path, cards: int, parallel: str, *,
                     tokenizer_json: str | None = None, force: bool = False, name: str | None = None,
-                    max_context: int | None = None, eval_windows: int = 0) -> ClusterDesign:
+                    max_context: int | None = None, eval_windows: int = 0, max_rows: int = 64) -> ClusterDesign:
     """Compile ``module`` for ``cards`` boards and write the cluster folder ``out_dir`` (all or
     nothing); ``eval_windows`` > 0 measures the cards, run as one cluster, against ``module``
     (:func:`.accuracy.lowering_accuracy`) into every card's report and cluster.json."""
     out_dir = Path(out_dir)
     check_output(out_dir, force=force, products=CLUSTER_PRODUCTS)
-    cd = cluster_design(module, target, cards, parallel, name=name or out_dir.name, max_context=max_context)
+    cd = cluster_design(module, target, cards, parallel, name=name or out_dir.name, max_context=max_context,
+                        max_rows=max_rows)
     accuracy = lowering_accuracy(module, [d.lowered for d in cd.cards], tokenizer_json, eval_windows,
                                  min(d.config.max_context for d in cd.cards))
     write_folder(out_dir, cluster_files(cd, tokenizer_json, accuracy), kind="cluster", force=force,

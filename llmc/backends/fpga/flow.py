@@ -207,7 +207,7 @@ def project_files(d: Design, tokenizer_json: str | None, accuracy: dict[str, Any
 
 def compile_project(module: Module, target: str, out_dir: Path, *, tokenizer_json: str | None = None,
                     force: bool = False, name: str | None = None, max_context: int | None = None,
-                    eval_windows: int = 0) -> Design:
+                    eval_windows: int = 0, max_rows: int = 64) -> Design:
     """Compile ``module`` for ``target`` and write the project folder ``out_dir`` (all or nothing).
 
     ``eval_windows`` > 0 measures the lowered program against ``module`` on that many 256-token
@@ -217,7 +217,7 @@ def compile_project(module: Module, target: str, out_dir: Path, *, tokenizer_jso
     check_output(out_dir, force=force, products=BUILD_PRODUCTS)
     if eval_windows < 0:
         raise LlmcError(f"eval_windows must be 0 or more, got {eval_windows}")
-    d = design(module, target, name=name or out_dir.name, max_context=max_context)
+    d = design(module, target, name=name or out_dir.name, max_context=max_context, max_rows=max_rows)
     accuracy = lowering_accuracy(module, d.lowered, tokenizer_json, eval_windows, d.config.max_context)
     write_project(out_dir, project_files(d, tokenizer_json, accuracy), force=force)
     return d

@@ -38,7 +38,21 @@ def split(hw: Module, cards: int, parallel: str) -> list[Module]:
     if any(n.op in ("hw_route", "hw_expert_matmul") for n in step.nodes) and parallel == "tensor":
         raise LlmcError(f"{hw.name}: a tensor split of mixture-of-experts layers is not supported; "
                         "use --parallel pipeline")
-    return pipeline_split(hw, cards) if parallel == "pipeline" else tensor_split(hw, cards)
+    modules = pipeline_split(hw, cards) if parallel == "pipeline" else tensor_split(hw, cards)
+    return _drop_unreceived(modules)
+
+
+def _drop_unreceived(modules: list[Module]) -> list[Module]:
+    """Without the sends no card receives (a card that does not compute the logits skips the last
+    block's sum), and what only they used."""
+    received = {n.attrs["slot"] for m in modules for n in m.functions["step"].nodes if n.op == "hw_recv"}
+    for m in modules:
+        step = m.functions["step"]
+        kept = [n for n in step.nodes if n.op != "hw_send" or n.attrs["slot"] in received]
+        step.nodes = _live(kept, {v.name for v in step.outputs})
+        used = {n.attrs["name"] for n in step.nodes if n.op == "param"}
+        m.params = {name: p for name, p in m.params.items() if name in used}
+    return modules
 
 
 # --- pipeline -------------------------------------------------------------------------------------
@@ -73,8 +87,9 @@ def _crossing(step: Function, cut: int) -> list[Value]:
 
 
 def _balanced_cuts(hw: Module, step: Function, cards: int) -> list[int]:
-    """Node indices where exactly one activation (the residual stream) crosses, chosen so that
-    the cards' weight bytes are as even as the blocks allow."""
+    """Node indices before a norm where exactly one activation (the residual stream) crosses
+    (between blocks, or between a block's attention and its MLP), chosen so that the cards'
+    weight bytes are as even as the cuts allow."""
     producers = step.producers()
     weight = [sum(_param_bytes(hw, producers[v.name]) for v in n.inputs if producers.get(v.name) is not None
                   and producers[v.name].op == "param") if n.op != "param" else 0 for n in step.nodes]
@@ -86,7 +101,8 @@ def _balanced_cuts(hw: Module, step: Function, cards: int) -> list[int]:
     for k in range(1, cards):
         left = [i for i in candidates if not cuts or i > cuts[-1]]
         if len(left) < cards - k:
-            raise LlmcError(f"{hw.name}: {len(candidates) + 1} blocks cannot be split over {cards} cards")
+            raise LlmcError(f"{hw.name}: the program has {len(candidates)} places to cut (before a norm, where only "
+                            f"the residual stream crosses): it cannot be split over {cards} cards")
         usable = left[:len(left) - (cards - 1 - k)]
         cuts.append(min(usable, key=lambda i: abs(cumulative[i] - total * k / cards)))
     return cuts
