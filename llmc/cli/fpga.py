@@ -53,7 +53,10 @@ def compile_model(args: argparse.Namespace) -> int:
     from llmc.backends.fpga.project import BUILD_PRODUCTS
     from llmc.folders import check_output
 
-    check_output(args.output, force=args.force, products=BUILD_PRODUCTS)  # refused now, not after compiling
+    from llmc.backends.fpga.cluster import CLUSTER_PRODUCTS
+
+    products = CLUSTER_PRODUCTS if args.cards > 1 else BUILD_PRODUCTS
+    check_output(args.output, force=args.force, products=products)  # refused now, not after compiling
     if args.context is not None and args.context < 1:
         raise LlmcError(f"--context must be at least 1 token, got {args.context}")
     if args.eval_windows < 0:

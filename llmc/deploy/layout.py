@@ -120,10 +120,10 @@ def io_regions(io: Mapping[str, int], rows: int) -> dict[str, slice]:
 
 
 def kernel_arguments(registers: list[Register], buffers: Mapping[str, T], program: T, n_instr: int, seq_len: int,
-                     start_pos: int) -> list[T | int]:
+                     start_pos: int, first_instr: int) -> list[T | int]:
     """The values of one call in register order: ``program`` for the program port, ``buffers`` by
-    port name for the other pointers, then the scalars."""
-    scalars = {"n_instr": n_instr, "seq_len": seq_len, "start_pos": start_pos}
+    port name for the other pointers, then the scalars (``first_instr``: the instruction the call starts at)."""
+    scalars = {"n_instr": n_instr, "seq_len": seq_len, "start_pos": start_pos, "first_instr": first_instr}
     values: list[T | int] = []
     for r in registers:
         if r.kind == "m_axi":

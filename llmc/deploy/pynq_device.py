@@ -161,7 +161,7 @@ class PynqDevice(AppendingDevice):
             io[at["ids"]].sync_to_device()
             io[at["positions"]].sync_to_device()
             args = kernel_arguments(self.registers, self.buffers, self.buffers[f"program.bucket_{bucket}"],
-                                    self.n_instr[bucket], rows, self.length + first)
+                                    self.n_instr[bucket], rows, self.length + first, first_instr=0)
             seconds += self._call(args)
             io[at["logits"]].sync_from_device()
             out.append(np.array(io[at["logits"]]).view("<f4").reshape(rows, vocab))

@@ -8,9 +8,11 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,9 +22,10 @@ from llmc.generate.loop import AppendingDevice
 from llmc.manifest import check_files
 from llmc.sim.build_cache import cached_build
 
-ACCOUNT_BYTES = 8 * 33  # the cycle account after each run's logits: the total, then one count per opcode number
+ACCOUNT_BYTES = 8 * 33  # a cycle account (after logits, or a segment's pc): the total, then one per opcode number
 CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-ffp-contract=off"]
 SOURCES = ["kernel/llmc_accel.cpp", "csim/csim_main.cpp"]
+P = TypeVar("P", bound="CsimProcess")
 
 
 def ap_types_dir() -> Path:
@@ -93,9 +96,23 @@ class CycleAccount:
     cycles: int
     by_opcode: dict[str, int]
 
+    @classmethod
+    def decode(cls, data: bytes) -> CycleAccount:
+        """The account as the test bench writes it: the total, then one count per opcode number."""
+        counts = np.frombuffer(data, dtype="<u8")
+        return cls(int(counts[0]), {name: int(counts[1 + number]) for name, (number, _, _) in OPCODES.items()
+                                    if counts[1 + number]})
 
-class CsimDevice(AppendingDevice):
-    """The compiled test bench as a device: ``run`` appends tokens and returns their logits."""
+    def __add__(self, other: CycleAccount) -> CycleAccount:
+        names = self.by_opcode.keys() | other.by_opcode.keys()
+        return CycleAccount(self.cycles + other.cycles,
+                            {n: self.by_opcode.get(n, 0) + other.by_opcode.get(n, 0) for n in sorted(names)})
+
+
+class CsimProcess:
+    """A project's test bench as a running process (its protocol: ``csim/csim_main.cpp``): commands
+    to its stdin, answers read from its stdout; what a :meth:`watchdog` block waits for is bounded by
+    ``timeout`` seconds, so a hung simulation fails rather than hanging its caller."""
 
     def __init__(self, project: Path, exe: Path | None = None, timeout: float = 600) -> None:
         project = Path(project)
@@ -103,23 +120,49 @@ class CsimDevice(AppendingDevice):
             if not (project / name).is_file():
                 raise LlmcError(f"{project}: {name} missing (C-simulation needs a project compiled with weights)")
         check_files(project, ["design.json", "program.bin", "weights.bin"])
-        design = json.loads((project / "design.json").read_text())
-        self.vocab = int(design["io"]["vocab"])
-        self.max_context = int(design["config"]["max_context"])
+        self.design = json.loads((project / "design.json").read_text())
         self.timeout = timeout
         self.exe = exe or build_csim(project)
         self.proc = subprocess.Popen([str(self.exe), str(project / "program.bin"), str(project / "weights.bin")],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.length = 0
-        self.accounts: list[CycleAccount] = []  # one per run call since the last reset
 
-    def _send(self, line: str) -> None:
+    def command(self, line: str, payload: bytes = b"") -> None:
+        """Send one command line, then ``payload`` (the bytes of ``put``)."""
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.write(line.encode() + b"\n" + payload)
             self.proc.stdin.flush()
         except BrokenPipeError:  # the test bench has exited: say why, never end silently like a closed pipe
             raise self._stopped() from None
+
+    def receive(self, nbytes: int) -> bytes:
+        """The next ``nbytes`` of the answers; an error naming why the test bench stopped if they do not come."""
+        assert self.proc.stdout is not None
+        data = self.proc.stdout.read(nbytes)
+        if len(data) != nbytes:
+            raise self._stopped()
+        return data
+
+    def account(self) -> CycleAccount:
+        return CycleAccount.decode(self.receive(ACCOUNT_BYTES))
+
+    @contextmanager
+    def watchdog(self) -> Iterator[None]:
+        """Kill the test bench if the block takes longer than ``timeout`` seconds, and say so."""
+        fired = threading.Event()
+
+        def kill() -> None:
+            fired.set()
+            self.proc.kill()
+
+        timer = threading.Timer(self.timeout, kill)
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            if fired.is_set():
+                raise LlmcError(f"C-simulation ran past its time limit of {self.timeout:g} s") from None
 
     def _stopped(self) -> LlmcError:
         """The error for a test bench that stopped answering: its exit status and what it printed."""
@@ -132,8 +175,37 @@ class CsimDevice(AppendingDevice):
                                                        else f"exit status {status}")
         return LlmcError(f"C-simulation stopped ({how}): {' '.join(err.split())[-500:] or 'no output'}")
 
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.command("quit")
+                self.proc.wait(timeout=10)
+            except (LlmcError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def __enter__(self: P) -> P:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CsimDevice(CsimProcess, AppendingDevice):
+    """The compiled test bench as a device: ``run`` appends tokens and returns their logits."""
+
+    def __init__(self, project: Path, exe: Path | None = None, timeout: float = 600) -> None:
+        super().__init__(project, exe, timeout)
+        self.vocab = int(self.design["io"]["vocab"])
+        self.max_context = int(self.design["config"]["max_context"])
+        self.length = 0
+        self.accounts: list[CycleAccount] = []  # one per run call since the last reset
+
     def reset(self) -> None:
-        self._send("reset")
+        self.command("reset")
         self.length = 0
         self.accounts = []
 
@@ -141,35 +213,12 @@ class CsimDevice(AppendingDevice):
         if self.length + len(ids) > self.max_context:
             raise LlmcError(f"sequence of {self.length + len(ids)} tokens exceeds the compiled context of "
                             f"{self.max_context}")
-        self._send(f"run {len(ids)} " + " ".join(str(int(i)) for i in ids))
-        assert self.proc.stdout is not None
-        want = 4 * self.vocab * len(ids)
-        fired = threading.Event()
-
-        def kill() -> None:  # a hung simulation fails, it does not hang its caller
-            fired.set()
-            self.proc.kill()
-
-        watchdog = threading.Timer(self.timeout, kill)
-        watchdog.start()
-        try:
-            data = self.proc.stdout.read(want)
-        finally:
-            watchdog.cancel()
-        if fired.is_set():
-            raise LlmcError(f"C-simulation ran past its time limit of {self.timeout:g} s")
-        if len(data) != want:
-            raise self._stopped()
-        account = self.proc.stdout.read(ACCOUNT_BYTES)
-        if len(account) != ACCOUNT_BYTES:
-            raise self._stopped()
-        counts = np.frombuffer(account, dtype="<u8")
-        self.accounts.append(CycleAccount(int(counts[0]), {name: int(counts[1 + number])
-                                                            for name, (number, _, _) in OPCODES.items()
-                                                            if counts[1 + number]}))
+        with self.watchdog():
+            self.command(f"run {len(ids)} " + " ".join(str(int(i)) for i in ids))
+            data = self.receive(4 * self.vocab * len(ids))
+            self.accounts.append(self.account())
         self.length += len(ids)
         return np.frombuffer(data, dtype="<f4").reshape(len(ids), self.vocab).copy()
-
 
     def cycle_report(self) -> dict:
         """The cycle account of the sequence: its first call (the prompt), each later call (one decode
@@ -180,21 +229,3 @@ class CsimDevice(AppendingDevice):
                 by_opcode[name] = by_opcode.get(name, 0) + cycles
         return {"prefill": self.accounts[0].cycles if self.accounts else 0,
                 "decode": [a.cycles for a in self.accounts[1:]], "by_opcode": by_opcode}
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self._send("quit")
-                self.proc.wait(timeout=10)
-            except (LlmcError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-    def __enter__(self) -> CsimDevice:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

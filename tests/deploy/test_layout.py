@@ -107,9 +107,9 @@ def test_chunks_follow_the_buckets(image):
 def test_kernel_arguments_in_register_order(image):
     registers = register_map(image.config)
     buffers = {r.name: f"buf:{r.name}" for r in registers if r.kind == "m_axi"}
-    args = kernel_arguments(registers, buffers, "prog16", n_instr=120, seq_len=13, start_pos=7)
-    assert args[0] == "prog16" and args[1:-3] == [buffers[r.name] for r in registers[1:-3]]
-    assert args[-3:] == [120, 13, 7]
+    args = kernel_arguments(registers, buffers, "prog16", n_instr=120, seq_len=13, start_pos=7, first_instr=5)
+    assert args[0] == "prog16" and args[1:-4] == [buffers[r.name] for r in registers[1:-4]]
+    assert args[-4:] == [120, 13, 7, 5]
 
 
 def xclbin_registers(image: ProjectImage) -> dict[str, dict]:

@@ -36,6 +36,7 @@ def kernel_context(name: str, module: Module, compiled: Compiled) -> dict:
         "max_heads": max((n.attrs["heads"] for n in attn), default=1),
         "io": compiled.io,
         "io_head_bytes": compiled.io["logits_offset"],
+        "io_memory_bytes": compiled.io["io_bytes"] + compiled.io.get("mail_bytes", 0),  # a cluster card's mail after io
         "kv_bytes": compiled.kv_bytes,
         "buckets": list(config.buckets),
         "units": design_units(config),

@@ -71,7 +71,8 @@ class KernelPort:
 
 
 def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
-    """The top kernel's arguments in order: program, weight channels, KV channels, io, scalars.
+    """The top kernel's arguments in order: program, weight channels, KV channels, io, scalars
+    (``first_instr``: the instruction a call starts at, 0 but for the later segments of a cluster card).
 
     A KV (or io) channel that is also a weight channel shares that lane's AXI master (its bundle):
     weights, the cache and io are never moved by the same instruction, so one master serves them all.
@@ -86,7 +87,7 @@ def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
 
     ports += [on(ch, f"kv{i}") for i, ch in enumerate(config.kv_channels)]
     ports.append(on(config.io_channel, "io"))
-    ports += [KernelPort(name, "scalar") for name in ("n_instr", "seq_len", "start_pos")]
+    ports += [KernelPort(name, "scalar") for name in ("n_instr", "seq_len", "start_pos", "first_instr")]
     return ports
 
 

@@ -57,7 +57,8 @@ extern "C" void llmc_accel(
     llmc::word_t* io,
     int n_instr,
     int seq_len,
-    int start_pos
+    int start_pos,
+    int first_instr
 );
 
 #endif

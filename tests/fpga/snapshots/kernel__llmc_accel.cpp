@@ -351,8 +351,9 @@ static int first_expert(const Instr& in, int rows) {
 }
 
 // The weight loader's lookahead: after an instruction that streams from the lanes' channels, the
-// first tile of the next MM (unless another such instruction comes first) goes to the free half; that
-// of the next XMM too, unless an instruction before it writes its route (the expert is not known yet).
+// first tile of the next MM (unless another such instruction, or the end of the call, comes first) goes
+// to the free half; that of the next XMM too, unless an instruction before it writes its route (the
+// expert is not known yet).
 static void prefetch_next_tile(const word_t* program, int pc, int n_instr, int rows,
                                const word_t* w0,
                                const word_t* w1,
@@ -372,7 +373,7 @@ static void prefetch_next_tile(const word_t* program, int pc, int n_instr, int r
       prefetched = p;
       return;
     }
-    if (next.op == HALT || streams_lanes(next.op)) return;
+    if (next.op == HALT || next.op == SYNC || streams_lanes(next.op)) return;
     written[next.dst] = true;
   }
 }
@@ -519,7 +520,8 @@ extern "C" void llmc_accel(
     word_t* io,
     int n_instr,
     int seq_len,
-    int start_pos
+    int start_pos,
+    int first_instr
 ) {
 #pragma HLS INTERFACE m_axi port = program bundle = gmem_prog offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = w0 bundle = gmem_w0 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
@@ -557,6 +559,7 @@ extern "C" void llmc_accel(
 #pragma HLS INTERFACE s_axilite port = n_instr
 #pragma HLS INTERFACE s_axilite port = seq_len
 #pragma HLS INTERFACE s_axilite port = start_pos
+#pragma HLS INTERFACE s_axilite port = first_instr
 #pragma HLS INTERFACE s_axilite port = return
 #pragma HLS BIND_STORAGE variable = act type = ram_2p impl = uram
   static uint8_t io_buf[25088];
@@ -566,11 +569,13 @@ extern "C" void llmc_accel(
   static int32_t cs[MAX_HEAD_DIM], sn[MAX_HEAD_DIM];
   const int rows = seq_len;
   read_bytes(io, 0, io_buf, 512);
-  prefetched = -1;  // a tile left by the previous call belongs to another program
+  prefetched = -1;  // a tile left by the previous call belongs to another program or segment
   bool wrote_io = false;
-  for (int pc = 0; pc < n_instr; ++pc) {
+  // A call runs from first_instr to HALT, or to SYNC: the end of a cluster card's segment, after which
+  // the host moves what the cards sent and calls again from the instruction after the SYNC.
+  for (int pc = first_instr; pc < n_instr; ++pc) {
     const Instr in = fetch(program, pc);
-    if (in.op == HALT) break;
+    if (in.op == HALT || in.op == SYNC) break;
 #ifndef __SYNTHESIS__
     const uint64_t account_before = cycle_account();
 #endif
@@ -683,6 +688,24 @@ extern "C" void llmc_accel(
           for (int c = 0; c < cols; ++c) {
             LLMC_PIPELINE_II1;
             act[in.dst][t][c] = scale_fixed(act[in.src0][t][c], vec[c]);
+          }
+        }
+        break;
+      case SEND:  // src0's rows to io at io_off as int32, row-major (past io_buf: a cluster card's mail)
+        for (int t = 0; t < rows; ++t) {
+          for (int c = 0; c < cols; ++c) {
+            LLMC_PIPELINE_II1;
+            store_u32(raw + 4 * c, (uint32_t)act[in.src0][t][c]);
+          }
+          write_bytes(io, in.f[SEND_IO_OFF] + (uint64_t)t * cols * 4, raw, cols * 4);
+        }
+        break;
+      case RECV:  // the int32 rows another card sent, delivered to io at io_off
+        for (int t = 0; t < rows; ++t) {
+          read_bytes(io, in.f[RECV_IO_OFF] + (uint64_t)t * cols * 4, raw, cols * 4);
+          for (int c = 0; c < cols; ++c) {
+            LLMC_PIPELINE_II1;
+            act[in.dst][t][c] = load_i32(raw + 4 * c);
           }
         }
         break;

@@ -1,0 +1,56 @@
+"""A cluster's cards C-simulated segment by segment give the logits of their ISSs bit for bit (the
+bundled model over 2 cards, pipeline and tensor parallel), and their test benches refuse bad commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from zoo import PROMPT, shared_folder
+
+from llmc.errors import LlmcError
+from llmc.sim.cluster import ClusterImage, ClusterIssDevice
+from llmc.sim.cluster_csim import ClusterCsimDevice
+from llmc.sim.csim import CsimProcess
+
+
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_llmc: Path, parallel: str) -> Path:
+    """llmc-tiny compiled for 2 U280s, ``parallel``, with a context of 256; once per test run."""
+
+    def make(out: Path) -> None:
+        import llmc
+        from llmc.backends.fpga.cluster import compile_cluster
+
+        compile_cluster(llmc.load(tiny_llmc).module, "u280", out, 2, parallel, max_context=256)
+
+    return shared_folder(tmp_path_factory, f"clusters/{parallel}", make)
+
+
+@pytest.mark.parametrize("parallel", ["pipeline", "tensor"])
+def test_cluster_csim_is_bit_exact_with_the_iss(tmp_path_factory, tiny_llmc, gxx_ap_types, parallel):
+    folder = cluster(tmp_path_factory, tiny_llmc, parallel)
+    iss = ClusterIssDevice(ClusterImage.load(folder))
+    with ClusterCsimDevice(folder) as csim:
+        want, got = [iss.run(PROMPT[:6])], [csim.run(PROMPT[:6])]
+        for _ in range(2):
+            token = int(np.argmax(want[-1][-1]))
+            want.append(iss.run([token]))
+            got.append(csim.run([token]))
+        assert [len(accounts) for accounts in csim.accounts] == [2, 2, 2]
+        assert all(sum(a.by_opcode.get(op, 0) for a in csim.accounts[0]) > 0 for op in ("SEND", "RECV"))
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [("get 0 99999999", "get: N missing or outside 0.."), ("seg 5 1 0 0", "seg: no program for bucket 5"),
+     ("seg 16 17 0 0", "seg: R missing or outside 1..16"), ("put 0 8", "put: fewer than N bytes"),
+     ("logits 1 2", "logits: unexpected '2'"), ("bogus", "unknown command 'bogus'")],
+)  # fmt: skip
+def test_cluster_test_bench_refuses_bad_commands(tmp_path_factory, tiny_llmc, gxx_ap_types, command, message):
+    with CsimProcess(cluster(tmp_path_factory, tiny_llmc, "pipeline") / "card0", timeout=60) as card:
+        card.command(command)
+        card.proc.stdin.close()  # the end of input: put finds fewer bytes than it was promised
+        with pytest.raises(LlmcError, match=rf"C-simulation stopped \(exit status 3\): {message}"):
+            card.receive(1)
