@@ -31,7 +31,7 @@ CASES = {
                          [("pipeline", 2), ("tensor", 2)], 64),
     "Llama-2-70B W4g128": ({**LLAMA_2, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
                             "num_attention_heads": 64, "num_key_value_heads": 8}, "quantize{bits=4,group=128}",
-                           [("pipeline", 5), ("tensor", 5), ("tensor", 8)], 32),
+                           [("pipeline", 5), ("tensor", 5)], 32),
 }
 
 

@@ -236,7 +236,8 @@ def front(folder: Path) -> list[dict]:
 BAD_SPECS = [
     ("recipes: ['']\nboards: [u280]\n", "model: missing"),
     ("model: {model}\nrecipes: ['']\nboards: [u280]\nboard: u55c\n", "board: unknown key"),
-    ("model: {model}\nrecipes: ['']\nboards: [u280]\ncards: [1, 2]\n", "cards: 2 cards: multi-card compile"),
+    ("model: {model}\nrecipes: ['']\nboards: [u280]\ncards: [1, 2]\nparallel: [diagonal]\n",
+     "parallel: expected pipeline or tensor, got 'diagonal'"),
     ("model: {model}\nrecipes: ['quantize{{bits=99}}']\nboards: [u280]\n", "recipes[0]: "),
     ("model: {model}\nrecipes: ['', '']\nboards: [u280]\n", "recipes: '' is listed twice"),
     ("model: {model}\nrecipes: ['']\nboards: [u280, u999]\n", "boards[1]: 'u999' is not a bundled board"),
@@ -263,6 +264,27 @@ def test_a_bad_spec_is_one_line_and_exit_2(text: str, message: str, tiny_llmc: P
     assert err.startswith("llmc: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert message in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("parallel", ["pipeline", "tensor"])
+def test_a_point_of_two_cards_is_the_clusters_timing_model(tiny_llmc: Path, tmp_path: Path, parallel: str) -> None:
+    """A point with cards: 2 is the cluster compile's run over the host link (llmc simulate --timing-only
+    on the folder llmc compile --cards 2 writes); its resources are the busiest card's."""
+    from llmc.io import load_module
+    from llmc.sweep.point import Job, evaluate_point
+    from llmc.sweep.spec import Point
+
+    module = load_module(tiny_llmc)
+    record = evaluate_point(module, None, Job("k", Point("", "u280", 2, 128, (), parallel), 0, 16, 8))
+    assert record["status"] == "ok", record["error"]
+    assert record["cards"] == 2 and record["parallel"] == parallel
+    assert main(["compile", str(tiny_llmc), "--cards", "2", "--parallel", parallel, "--context", "128",
+                 "--eval-windows", "0", "-o", str(tmp_path / "c")]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["simulate", str(tmp_path / "c"), "--timing-only", "--prefill", "16", "--decode", "8", "--json"]) == 0
+    assert record["decode_tokens_per_s"] == pytest.approx(json.loads(out.getvalue())["modelled"]["host"]["tokens_per_s"])
+    assert 0 < record["resource_fraction"] < 1 and record["joules_per_token"] > 0
 
 
 def test_workers_and_address_exclude_each_other(spec: Path, tmp_path: Path) -> None:

@@ -49,11 +49,10 @@ def _compile_arguments(parser: argparse.ArgumentParser) -> None:
 
 def compile_model(args: argparse.Namespace) -> int:
     """Compile a model (and a compression pipeline) into an FPGA project: kernels, program, weights."""
+    from llmc.backends.fpga.cluster import CLUSTER_PRODUCTS
     from llmc.backends.fpga.flow import compile_project
     from llmc.backends.fpga.project import BUILD_PRODUCTS
     from llmc.folders import check_output
-
-    from llmc.backends.fpga.cluster import CLUSTER_PRODUCTS
 
     products = CLUSTER_PRODUCTS if args.cards > 1 else BUILD_PRODUCTS
     check_output(args.output, force=args.force, products=products)  # refused now, not after compiling
@@ -90,7 +89,8 @@ def compile_model(args: argparse.Namespace) -> int:
 
 
 def _compile_cluster(args: argparse.Namespace, model: object) -> int:
-    from llmc.backends.fpga.cluster import CLUSTER_FILE, compile_cluster
+    from llmc.backends.fpga.cluster import compile_cluster
+    from llmc.backends.fpga.links import CLUSTER_FILE
     from llmc.sizes import human_bytes
 
     with activity(f"compiling for {args.cards} x {args.board}", progress_enabled(args)):

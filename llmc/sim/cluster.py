@@ -7,12 +7,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from llmc.backends.fpga.cluster import CLUSTER_FILE, Transfer
 from llmc.backends.fpga.design import chunks
-from llmc.backends.fpga.links import LINKS, Link, step_seconds
+from llmc.backends.fpga.isa import Instruction
+from llmc.backends.fpga.links import CLUSTER_FILE, LINKS, Link, Transfer, step_seconds
 from llmc.backends.fpga.timing import TimingModel
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
@@ -66,18 +67,77 @@ class ClusterImage:
         return min(card.config.max_context for card in self.cards)
 
 
-def deliver(ios: Sequence[np.ndarray], images: Sequence[ProjectImage], transfers: Sequence[Transfer], segment: int,
-            rows: int) -> None:
-    """Copy what the cards sent in ``segment`` from the sender's io to each receiver's."""
-    for t in transfers:
-        if t.segment != segment:
-            continue
-        nbytes = rows * t.cols * 4
-        at = int(images[t.sender].io["mail_offset"]) + t.offset
-        data = ios[t.sender][at:at + nbytes]
-        for r in t.receivers:
-            to = int(images[r].io["mail_offset"]) + t.offset
-            ios[r][to:to + nbytes] = data
+class Card(Protocol):
+    """One card of a cluster as the host drives it (a simulator, or a board through PYNQ)."""
+
+    def put_ids(self, ids: np.ndarray) -> None: ...
+
+    def start_segment(self, bucket: int, rows: int, start_pos: int, pc: int) -> None:
+        """Start the kernel call that runs the bucket's program from instruction ``pc`` to its next SYNC."""
+
+    def finish_segment(self) -> int:
+        """Wait for the call; the instruction the next call starts at."""
+
+    def read_io(self, at: int, nbytes: int) -> bytes: ...
+
+    def write_io(self, at: int, data: bytes) -> None: ...
+
+    def logits(self, rows: int) -> np.ndarray: ...
+
+
+def run_chunk(image: ClusterImage, cards: Sequence[Card], bucket: int, ids: np.ndarray, start_pos: int) -> np.ndarray:
+    """One chunk of rows through the cluster, as the host runs it: every card's segment ``s`` (all
+    started, then all waited for), then the values sent in it copied from the sender's io to each
+    receiver's, then segment ``s + 1``; the logits [rows, vocab] from the card that makes them."""
+    rows = len(ids)
+    for card in cards:
+        card.put_ids(ids)
+    pcs = [0] * len(cards)
+    for segment in range(image.segments):
+        for c, card in enumerate(cards):
+            card.start_segment(bucket, rows, start_pos, pcs[c])
+        pcs = [card.finish_segment() for card in cards]
+        for t in image.transfers:
+            if t.segment != segment or not t.receivers:
+                continue
+            data = cards[t.sender].read_io(int(image.cards[t.sender].io["mail_offset"]) + t.offset, rows * t.cols * 4)
+            for r in t.receivers:
+                cards[r].write_io(int(image.cards[r].io["mail_offset"]) + t.offset, data)
+    return cards[image.logits_card].logits(rows)
+
+
+def next_segment(program: Sequence[Instruction], pc: int) -> int:
+    """The instruction after the SYNC or HALT that a call started at ``pc`` stops at."""
+    while pc < len(program):
+        pc += 1
+        if program[pc - 1].op in ("SYNC", "HALT"):
+            break
+    return pc
+
+
+class IssCard:
+    """A card's ISS as a :class:`Card`."""
+
+    def __init__(self, iss: Iss) -> None:
+        self.iss, self.pc = iss, 0
+
+    def put_ids(self, ids: np.ndarray) -> None:
+        self.iss.put_ids(ids)
+
+    def start_segment(self, bucket: int, rows: int, start_pos: int, pc: int) -> None:
+        self.pc = self.iss.segment(bucket, pc, len(self.iss.image.programs[bucket]), rows, start_pos)
+
+    def finish_segment(self) -> int:
+        return self.pc
+
+    def read_io(self, at: int, nbytes: int) -> bytes:
+        return self.iss.io[at:at + nbytes].tobytes()
+
+    def write_io(self, at: int, data: bytes) -> None:
+        self.iss.io[at:at + len(data)] = np.frombuffer(data, dtype=np.uint8)
+
+    def logits(self, rows: int) -> np.ndarray:
+        return self.iss.logits(rows)
 
 
 class ClusterIssDevice(AppendingDevice):
@@ -104,17 +164,10 @@ class ClusterIssDevice(AppendingDevice):
         if any(not 0 <= int(i) < self.image.vocab for i in ids):
             raise LlmcError(f"token id outside the vocabulary of {self.image.vocab}")
         images, out, seconds = self.image.cards, [], 0.0
+        cards = [IssCard(iss) for iss in self.iss]
         for bucket, first, rows in chunks(len(ids), images[0].bucket_for):
-            chunk = np.asarray(ids[first:first + rows], dtype=np.int32)
             start = self.length + first
-            for iss in self.iss:
-                iss.put_ids(chunk)
-            pcs = [0] * len(self.iss)
-            for s in range(self.image.segments):
-                for c, iss in enumerate(self.iss):
-                    pcs[c] = iss.segment(bucket, pcs[c], len(images[c].programs[bucket]), rows, start)
-                deliver([iss.io for iss in self.iss], images, self.image.transfers, s, rows)
-            out.append(self.iss[self.image.logits_card].logits(rows))
+            out.append(run_chunk(self.image, cards, bucket, np.asarray(ids[first:first + rows], dtype=np.int32), start))
             cards = [(t, card.programs[bucket]) for t, card in zip(self.timings, images)]
             seconds += step_seconds(cards, self.image.transfers, self.image.segments, self.link, rows, start)[0]
         self.length += len(ids)

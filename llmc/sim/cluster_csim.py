@@ -14,10 +14,41 @@ import numpy as np
 from llmc.backends.fpga.design import chunks
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
-from llmc.sim.cluster import ClusterImage
+from llmc.sim.cluster import ClusterImage, run_chunk
 from llmc.sim.csim import CsimProcess, CycleAccount, build_csim
 
 PC_BYTES = 8  # ``seg`` answers the instruction to go on from as one uint64, then the call's cycle account
+
+
+class CsimCard:
+    """A card's test bench as a :class:`~llmc.sim.cluster.Card`; ``account`` sums its calls' cycle accounts."""
+
+    def __init__(self, process: CsimProcess, vocab: int) -> None:
+        self.process, self.vocab = process, vocab
+        self.account = CycleAccount(0, {})
+
+    def put_ids(self, ids: np.ndarray) -> None:
+        self.process.command(f"ids {len(ids)} " + " ".join(str(int(i)) for i in ids))
+
+    def start_segment(self, bucket: int, rows: int, start_pos: int, pc: int) -> None:
+        self.process.command(f"seg {bucket} {rows} {start_pos} {pc}")  # runs while the other cards are started
+
+    def finish_segment(self) -> int:
+        pc = int.from_bytes(self.process.receive(PC_BYTES), "little")
+        self.account += self.process.account()
+        return pc
+
+    def read_io(self, at: int, nbytes: int) -> bytes:
+        self.process.command(f"get {at} {nbytes}")
+        return self.process.receive(nbytes)
+
+    def write_io(self, at: int, data: bytes) -> None:
+        self.process.command(f"put {at} {len(data)}", data)
+
+    def logits(self, rows: int) -> np.ndarray:
+        self.process.command(f"logits {rows}")
+        data = self.process.receive(rows * self.vocab * 4)
+        return np.frombuffer(data, dtype="<f4").reshape(rows, self.vocab).copy()
 
 
 class ClusterCsimDevice(AppendingDevice):
@@ -53,43 +84,17 @@ class ClusterCsimDevice(AppendingDevice):
                             f"{self.image.max_context}")
         if any(not 0 <= int(i) < self.image.vocab for i in ids):
             raise LlmcError(f"token id outside the vocabulary of {self.image.vocab}")
-        images, out = self.image.cards, []
-        accounts = [CycleAccount(0, {}) for _ in self.cards]
+        cards = [CsimCard(card, self.image.vocab) for card in self.cards]
+        out = []
         with ExitStack() as stack:
             for card in self.cards:
                 stack.enter_context(card.watchdog())
-            for bucket, first, rows in chunks(len(ids), images[0].bucket_for):
-                line = f"ids {rows} " + " ".join(str(int(i)) for i in ids[first:first + rows])
-                for card in self.cards:
-                    card.command(line)
-                pcs = [0] * len(self.cards)
-                for s in range(self.image.segments):
-                    for c, card in enumerate(self.cards):  # every card's segment runs before any answer is read
-                        card.command(f"seg {bucket} {rows} {self.length + first} {pcs[c]}")
-                    for c, card in enumerate(self.cards):
-                        pcs[c] = int.from_bytes(card.receive(PC_BYTES), "little")
-                        accounts[c] += card.account()
-                    self._deliver(s, rows)
-                logits = self.cards[self.image.logits_card]
-                logits.command(f"logits {rows}")
-                data = logits.receive(rows * self.image.vocab * 4)
-                out.append(np.frombuffer(data, dtype="<f4").reshape(rows, self.image.vocab))
+            for bucket, first, rows in chunks(len(ids), self.image.cards[0].bucket_for):
+                chunk = np.asarray(ids[first:first + rows], dtype=np.int32)
+                out.append(run_chunk(self.image, cards, bucket, chunk, self.length + first))
         self.length += len(ids)
-        self.accounts.append(accounts)
+        self.accounts.append([card.account for card in cards])
         return np.concatenate(out)
-
-    def _deliver(self, segment: int, rows: int) -> None:
-        """Copy what the cards sent in ``segment`` from the sender's io to each receiver's (as
-        :func:`llmc.sim.cluster.deliver`)."""
-        for t in self.image.transfers:
-            if t.segment != segment or not t.receivers:
-                continue
-            nbytes = rows * t.cols * 4
-            sender = self.cards[t.sender]
-            sender.command(f"get {int(self.image.cards[t.sender].io['mail_offset']) + t.offset} {nbytes}")
-            data = sender.receive(nbytes)
-            for r in t.receivers:
-                self.cards[r].command(f"put {int(self.image.cards[r].io['mail_offset']) + t.offset} {nbytes}", data)
 
     def close(self) -> None:
         for card in self.cards:

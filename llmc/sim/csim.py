@@ -3,6 +3,7 @@ run as a device (``prefill``/``decode`` like every other) over a pipe to its tes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -185,7 +186,8 @@ class CsimProcess:
                 self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
-                pipe.close()
+                with contextlib.suppress(BrokenPipeError):  # unsent input of a bench that has died
+                    pipe.close()
 
     def __enter__(self: P) -> P:
         return self

@@ -92,6 +92,8 @@ def point_key(identity: dict[str, Any], spec: SweepSpec, point: Point) -> str:
               "board": load_target(point.board).to_json(), "cards": point.cards, "context": point.context,
               "engine": dict(point.engine), "eval_windows": spec.eval_windows, "prefill": spec.prefill,
               "decode": spec.decode, "llmc": __version__}
+    if point.cards > 1:
+        values["parallel"] = point.parallel
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 

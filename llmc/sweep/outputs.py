@@ -37,7 +37,7 @@ PLOTS = (
     Plot("tokens_vs_lut.svg", "Decode speed against LUT use", "LUT fraction of the board's usable LUTs",
          "decode tokens/s (modelled)", lambda p: p["resources"]["lut"], lambda p: p["decode_tokens_per_s"], True),
 )
-CSV_FIELDS = ("key", "recipe", "board", "cards", "context", "engine", "status", "error", "decode_tokens_per_s",
+CSV_FIELDS = ("key", "recipe", "board", "cards", "parallel", "context", "engine", "status", "error", "decode_tokens_per_s",
               "prefill_ms", "hbm_bytes_per_token", *RESOURCES, "resource_fraction", "perplexity",
               "perplexity_note", "pareto", "seconds")
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 640, 440, 80, 24, 48, 64
@@ -80,7 +80,8 @@ def _row(index: int, p: dict[str, Any], pareto: bool) -> dict[str, Any]:
     def number(value: float | None, form: str) -> str:
         return "-" if value is None else form.format(value)
 
-    return {"index": index, "recipe": p["recipe"] or "(none)", "board": p["board"], "cards": p["cards"],
+    return {"index": index, "recipe": p["recipe"] or "(none)", "board": p["board"],
+            "cards": p["cards"] if p["cards"] == 1 else f"{p['cards']} {p.get('parallel', 'pipeline')}",
             "context": p.get("compiled_context") or p["context"] or "max", "status": p["status"],
             "engine": ", ".join(f"{k}={v}" for k, v in p["engine"].items()) or "-", "error": p["error"],
             "tokens": number(p.get("decode_tokens_per_s"), "{:,.1f}"), "prefill": number(p.get("prefill_ms"), "{:.3f}"),

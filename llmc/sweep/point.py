@@ -44,7 +44,7 @@ def evaluate_point(module: Module, tokenizer_json: str | None, job: Job) -> dict
     """The record of ``job``'s point on ``module``; never raises for a point that fails."""
     start = time.perf_counter()
     p = job.point
-    record: dict[str, Any] = {"key": job.key, "recipe": p.recipe, "board": p.board, "cards": p.cards,
+    record: dict[str, Any] = {"key": job.key, "recipe": p.recipe, "board": p.board, "cards": p.cards, "parallel": p.parallel,
                               "context": p.context, "engine": dict(p.engine), "status": "ok", "error": None}
     try:
         record.update(_measure(module, tokenizer_json, job))
@@ -61,28 +61,46 @@ def one_line(e: BaseException) -> str:
 
 
 def _measure(module: Module, tokenizer_json: str | None, job: Job) -> dict[str, Any]:
+    from llmc.backends.fpga.cluster import cluster_design
     from llmc.backends.fpga.flow import design
     from llmc.backends.fpga.isa import decode_program, encode_program
+    from llmc.backends.fpga.links import LINKS, cluster_run
     from llmc.backends.fpga.timing import TimingModel
     from llmc.sim.perf import model_run
 
-    module = apply_recipe(module, tokenizer_json, job.point.recipe)
-    d = design(module, job.point.board, max_context=job.point.context, **dict(job.point.engine))
+    p = job.point
+    module = apply_recipe(module, tokenizer_json, p.recipe)
+    if p.cards > 1:
+        cluster = cluster_design(module, p.board, p.cards, p.parallel, max_context=p.context, **dict(p.engine))
+        designs = cluster.cards
+    else:
+        designs = [design(module, p.board, max_context=p.context, **dict(p.engine))]
     # the programs as program.bin holds them, which is what llmc simulate --timing-only reads
-    programs = {b: decode_program(encode_program(p)) for b, p in d.compiled.programs.items()}
-    figures = model_run(TimingModel.for_design(d.config, d.target), programs, job.prefill, job.decode)
-    fractions = {k: float(d.utilisation.fractions[k]) for k in RESOURCES}
+    cards = [(TimingModel.for_design(d.config, d.target),
+              {b: decode_program(encode_program(prog)) for b, prog in d.compiled.programs.items()}) for d in designs]
+    per_card = [model_run(timing, programs, job.prefill, job.decode) for timing, programs in cards]
+    if p.cards > 1:  # the cards take turns (and wait on the host link): time from the cluster's run
+        run = cluster_run(cards, cluster.transfers, cluster.segments, LINKS["host"], job.prefill, job.decode)
+        tokens_per_s, prefill_ms = float(run["tokens_per_s"]), float(run["prefill_ms"])
+    else:
+        tokens_per_s, prefill_ms = per_card[0].decode_tokens_per_s, per_card[0].prefill_s * 1e3
+    static = cards[0][0].power.static_w
+    hbm = sum(f.hbm_bytes for f in per_card)
+    # each card's dynamic energy, and every card's static power over the cluster's time per token
+    joules = sum(f.joules_per_token - static * f.decode_s / f.decode_tokens for f in per_card) + \
+        len(cards) * static / tokens_per_s
+    fractions = {k: max(float(d.utilisation.fractions[k]) for d in designs) for k in RESOURCES}
     scarcest = max(fractions, key=lambda k: fractions[k])
-    config = asdict(d.config)
+    config = asdict(designs[0].config)
     out: dict[str, Any] = {
-        "compiled_context": d.config.max_context, "has_weights": module.has_weights,
-        "decode_tokens_per_s": figures.decode_tokens_per_s, "prefill_ms": figures.prefill_s * 1e3,
-        "prefill_tokens": figures.prefill_tokens, "decode_tokens": figures.decode_tokens,
-        "hbm_bytes_per_token": figures.hbm_bytes, "hbm_utilisation": figures.hbm_utilisation,
-        "joules_per_token": figures.joules_per_token, "resources": fractions,
+        "compiled_context": designs[0].config.max_context, "has_weights": module.has_weights,
+        "decode_tokens_per_s": tokens_per_s, "prefill_ms": prefill_ms,
+        "prefill_tokens": job.prefill, "decode_tokens": job.decode, "hbm_bytes_per_token": hbm,
+        "hbm_utilisation": hbm * tokens_per_s / (len(cards) * cards[0][0].board_gbs * 1e9),
+        "joules_per_token": joules, "resources": fractions,
         "resource_fraction": fractions[scarcest], "scarcest_resource": scarcest,
         "design": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k in CONFIG_FIELDS}}
-    out.update(perplexity(module, tokenizer_json, job.eval_windows, d.config.max_context))
+    out.update(perplexity(module, tokenizer_json, job.eval_windows, designs[0].config.max_context))
     return out
 
 

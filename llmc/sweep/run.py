@@ -112,7 +112,7 @@ def run_tasks(model: Model, jobs: list[Job]) -> Iterator[dict]:
             yield ray.get(done[0])
         except ray.exceptions.RayError as e:  # the worker died (killed, out of memory): not cached
             p = job.point
-            yield {"key": job.key, "recipe": p.recipe, "board": p.board, "cards": p.cards, "context": p.context,
+            yield {"key": job.key, "recipe": p.recipe, "board": p.board, "cards": p.cards, "parallel": p.parallel, "context": p.context,
                    "engine": dict(p.engine), "status": "error", "error": f"Ray task lost: {one_line(e)[:300]}",
                    "seconds": None, "node": None}
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from llmc.errors import LlmcError
 
-AXES = ("recipes", "boards", "cards", "context", "engines")
+AXES = ("recipes", "boards", "cards", "parallel", "context", "engines")
+PARALLEL = ("pipeline", "tensor")  # how a point of several cards splits the model
 KEYS = ("model", "config", "shapes_only", "seed", *AXES, "eval_windows", "prefill", "decode")
 ENGINE_OPTIONS = ("max_rows",)  # what ``design()`` lets a caller choose of the DSE
-SUPPORTED_CARDS = (1,)  # until multi-card compile exists
 EVAL_WINDOWS, PREFILL, DECODE = 4, 128, 256
 
 
@@ -36,9 +36,11 @@ class Point:
     cards: int
     context: int | None  # None: the model's maximum
     engine: tuple[tuple[str, int], ...] = ()
+    parallel: str = "pipeline"  # with cards > 1: the split
 
     def label(self) -> str:
-        parts = [self.recipe or "(none)", self.board, f"context {self.context or 'max'}"]
+        cards = [] if self.cards == 1 else [f"{self.cards} cards {self.parallel}"]
+        parts = [self.recipe or "(none)", self.board, *cards, f"context {self.context or 'max'}"]
         parts += [f"{k}={v}" for k, v in self.engine]
         return ", ".join(parts)
 
@@ -52,6 +54,7 @@ class SweepSpec:
     recipes: tuple[str, ...]
     boards: tuple[str, ...]
     cards: tuple[int, ...]
+    parallel: tuple[str, ...]
     contexts: tuple[int | None, ...]
     engines: tuple[tuple[tuple[str, int], ...], ...]
     eval_windows: int
@@ -60,13 +63,15 @@ class SweepSpec:
     folder: Path  # the spec file's folder: relative model paths start there
 
     def points(self) -> list[Point]:
-        return [Point(r, b, c, n, e) for r, b, c, n, e in
-                itertools.product(self.recipes, self.boards, self.cards, self.contexts, self.engines)]
+        """Every combination; one card has no split, so it is one point whatever ``parallel`` lists."""
+        return [Point(r, b, c, n, e, s) for r, b, c, s, n, e in
+                itertools.product(self.recipes, self.boards, self.cards, self.parallel, self.contexts, self.engines)
+                if c > 1 or s == self.parallel[0]]
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "config": self.config, "shapes_only": self.shapes_only, "seed": self.seed,
                 "recipes": list(self.recipes), "boards": list(self.boards), "cards": list(self.cards),
-                "context": list(self.contexts), "engines": [dict(e) for e in self.engines],
+                "parallel": list(self.parallel), "context": list(self.contexts), "engines": [dict(e) for e in self.engines],
                 "eval_windows": self.eval_windows, "prefill": self.prefill, "decode": self.decode}
 
     def digest(self) -> str:
@@ -111,7 +116,8 @@ def parse_spec(data: object, path: Path) -> SweepSpec:
     spec = SweepSpec(
         model=model, config=config, shapes_only=shapes_only, seed=_integer(data, "seed", 0, 0, fail),
         recipes=_recipes(data["recipes"], fail), boards=_boards(data["boards"], fail),
-        cards=_cards(data.get("cards", [1]), fail), contexts=_contexts(data.get("context"), fail),
+        cards=_cards(data.get("cards", [1]), fail), parallel=_parallel(data.get("parallel", ["pipeline"]), fail),
+        contexts=_contexts(data.get("context"), fail),
         engines=_engines(data.get("engines", [{}]), fail),
         eval_windows=_integer(data, "eval_windows", EVAL_WINDOWS, 0, fail),
         prefill=_integer(data, "prefill", PREFILL, 1, fail), decode=_integer(data, "decode", DECODE, 1, fail),
@@ -182,9 +188,16 @@ def _cards(value: object, fail: Any) -> tuple[int, ...]:
     for n in _list(items, "cards", fail):
         if not _is_int(n) or n < 1:
             raise fail("cards", f"expected card counts of at least 1, got {n!r}")
-        if n not in SUPPORTED_CARDS:
-            raise fail("cards", f"{n} cards: multi-card compile does not exist yet; only 1 is supported")
     _unique(items, items, "cards", fail)
+    return tuple(items)
+
+
+def _parallel(value: object, fail: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    for s in _list(items, "parallel", fail):
+        if s not in PARALLEL:
+            raise fail("parallel", f"expected {' or '.join(PARALLEL)}, got {s!r}")
+    _unique(items, items, "parallel", fail)
     return tuple(items)
 
 

@@ -12,8 +12,8 @@ import pytest
 from zoo import FAMILIES
 
 import llmc
-from llmc.backends.fpga.cluster import CLUSTER_FILE, compile_cluster, link_schedule
-from llmc.backends.fpga.links import LINKS
+from llmc.backends.fpga.cluster import compile_cluster, link_schedule
+from llmc.backends.fpga.links import CLUSTER_FILE, LINKS
 from llmc.backends.fpga.lower import lower
 from llmc.backends.fpga.split import split
 from llmc.cli import main as cli
@@ -94,6 +94,31 @@ def test_tensor_split_shares_heads_and_columns(lowered: llmc.ir.graph.Module) ->
     assert np.abs(want - got).max() < 0.05 * np.abs(want).max()
 
 
+@pytest.mark.parametrize(("family", "cards", "heads"), [("llama", 2, [(4, 2), (2, 1)]), ("llama", 3, [(2, 1)] * 3),
+                                                      ("qwen3", 2, [(2, 1)] * 2), ("opt", 2, [(2, 2)] * 2)])
+def test_tensor_split_families_and_uneven_heads(family: str, cards: int, heads: list[tuple[int, int]]) -> None:
+    """Uneven splits deal whole KV-head groups and whole scale groups (6 heads and 3 KV heads over
+    2 cards: 4 + 2); QK-norm (Qwen3), LayerNorm and biases (OPT) split too. Each card's module
+    verifies and the cluster predicts the one-card program's tokens on the prompt."""
+    from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
+
+    config = dict(FAMILIES[family])
+    if family == "llama":
+        config.update(hidden_size=96, intermediate_size=320, num_attention_heads=6, num_key_value_heads=3, head_dim=16)
+    module = llmc.load(family, config=config).module
+    if family == "llama":
+        module = run_pipeline(module, parse_pipeline("quantize{bits=4,group=32}"), PassContext())
+    hw = lower(module, 64)
+    modules = split(hw, cards, "tensor")
+    for m in modules:
+        verify_module(m)
+    got = [next(n.attrs for n in m.functions["step"].nodes if n.op == "hw_attention") for m in modules]
+    assert [(a["heads"], a["kv_heads"]) for a in got] == heads
+    want, have = StepDevice(hw).run(PROMPT[:5]), ClusterStepDevice(modules).run(PROMPT[:5])
+    assert np.array_equal(want.argmax(-1), have.argmax(-1))
+    assert np.abs(want - have).max() < 0.05 * np.abs(want).max()
+
+
 def test_link_schedule(lowered: llmc.ir.graph.Module) -> None:
     """Pipeline: one segment per card, one transfer per cut. Tensor: the embedded rows, then two
     partial sums per block, each sent to every other card (but card 0's last, which card 1 does not
@@ -154,7 +179,7 @@ def test_refusals(lowered: llmc.ir.graph.Module) -> None:
         split(lowered, 1, "pipeline")
     with pytest.raises(LlmcError, match="unknown split"):
         split(lowered, 2, "diagonal")
-    with pytest.raises(LlmcError, match="256 columns do not split over 3 cards"):
+    with pytest.raises(LlmcError, match="256 columns in units of 128 do not split over 3 cards"):
         split(lowered, 3, "tensor")
     with pytest.raises(LlmcError, match="9 places to cut .* cannot be split over 11 cards"):
         split(lowered, 11, "pipeline")

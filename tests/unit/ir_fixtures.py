@@ -212,4 +212,10 @@ def _add_hw_function(module: Module) -> None:
     e = b.op("hw_expert_matmul", [a, route, b.param("hw.experts"), b.param("hw.escales")],
              {"slot": 1, "group": 4, "shift": 16, "scale_bits": 20})
     a = b.op("hw_add", [a, b.op("hw_weigh", [e, route], {"slot": 1})])
+    a = b.op("hw_send", [a], {"slot": 0})  # to @hw_card (llmc.ir.cluster.run_cluster runs the two)
     b.ret(b.op("hw_to_float", [a], name="out"))
+    card = Function("hw_card")
+    module.functions[card.name] = card
+    b = Builder(module, card)
+    pos = b.input("pos", TensorType.of([T], I32))
+    b.ret(b.op("hw_to_float", [b.op("hw_recv", [pos], {"slot": 0, "cols": 8})], name="received"))

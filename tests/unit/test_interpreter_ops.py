@@ -26,6 +26,7 @@ from llmc.ir import (
     TensorType,
     run_function,
 )
+from llmc.ir.cluster import run_cluster
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -611,7 +612,22 @@ def test_every_op_module_runs_and_matches_types(rng):
         out = run_function(module, "hw", {"ids": rng.integers(0, 16, t), "pos": np.arange(t)},
                            observe=lambda n, *_: seen.add(n.op))
         assert out["out"].shape == (t, 8) and np.isfinite(out["out"]).all()
+        cards = [Module(f"card{i}", {}, module.params, {"step": module.functions[f]})
+                 for i, f in enumerate(["hw", "hw_card"])]
+        inputs = [{"ids": rng.integers(0, 16, t), "pos": np.arange(t)}, {"pos": np.arange(t)}]
+        sender, receiver = run_cluster(cards, inputs)
+        exact(receiver["received"], sender["out"])
+        seen.add("hw_recv")
     assert seen == set(OPS)
+
+
+def test_a_received_value_needs_a_cluster():
+    module = build_every_op_module()
+    with pytest.raises(InterpreterError, match="slot 0 comes from another card"):
+        run_function(module, "hw_card", {"pos": np.arange(2)})
+    lone = Module("card", {}, module.params, {"step": module.functions["hw_card"]})
+    with pytest.raises(InterpreterError, match="the cards wait for slots nobody sends: card 0 at slot 0"):
+        run_cluster([lone], [{"pos": np.arange(2)}])
 
 
 def test_shapes_only_module_cannot_run():

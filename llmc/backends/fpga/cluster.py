@@ -21,7 +21,7 @@ from llmc.backends.fpga import pack
 from llmc.backends.fpga.accuracy import lowering_accuracy
 from llmc.backends.fpga.compile import Links
 from llmc.backends.fpga.flow import Design, check_capacity, design_lowered, project_files
-from llmc.backends.fpga.links import LINKS, cluster_run
+from llmc.backends.fpga.links import CLUSTER_FILE, LINKS, Transfer, cluster_run
 from llmc.backends.fpga.lower import lower
 from llmc.backends.fpga.project import BUILD_PRODUCTS
 from llmc.backends.fpga.split import split
@@ -32,31 +32,8 @@ from llmc.folders import check_output, write_folder
 from llmc.ir.graph import Module
 from llmc.manifest import MANIFEST, manifest_text
 
-CLUSTER_FILE = "cluster.json"
 # What building the card projects makes inside a cluster folder (--force may replace these).
 CLUSTER_PRODUCTS = tuple(f"card*/{p}" for p in BUILD_PRODUCTS) + tuple(f"card*/{p}/*" for p in BUILD_PRODUCTS)
-
-
-@dataclass(frozen=True)
-class Transfer:
-    """Slot ``slot`` (``cols`` int32 per row) sent by card ``sender`` in ``segment``, copied after that
-    segment to the same place (``offset`` in the mail region) in the io of each receiver."""
-
-    slot: int
-    sender: int
-    receivers: tuple[int, ...]
-    segment: int
-    offset: int
-    cols: int
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Transfer:
-        return cls(int(d["slot"]), int(d["sender"]), tuple(int(r) for r in d["receivers"]), int(d["segment"]),
-                   int(d["offset"]), int(d["cols"]))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"slot": self.slot, "sender": self.sender, "receivers": list(self.receivers), "segment": self.segment,
-                "offset": self.offset, "cols": self.cols}
 
 
 @dataclass

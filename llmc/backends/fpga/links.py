@@ -27,6 +27,30 @@ from llmc.backends.fpga.design import chunks
 from llmc.backends.fpga.isa import Instruction
 from llmc.backends.fpga.timing import Cost, TimingModel
 
+CLUSTER_FILE = "cluster.json"  # a cluster folder's manifest: cards, segments, transfers, modelled runs
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Slot ``slot`` (``cols`` int32 per row) sent by card ``sender`` in ``segment``, copied after that
+    segment to the same place (``offset`` in the mail region) in the io of each receiver."""
+
+    slot: int
+    sender: int
+    receivers: tuple[int, ...]
+    segment: int
+    offset: int
+    cols: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Transfer:
+        return cls(int(d["slot"]), int(d["sender"]), tuple(int(r) for r in d["receivers"]), int(d["segment"]),
+                   int(d["offset"]), int(d["cols"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"slot": self.slot, "sender": self.sender, "receivers": list(self.receivers), "segment": self.segment,
+                "offset": self.offset, "cols": self.cols}
+
 
 @dataclass(frozen=True)
 class Link:

@@ -116,17 +116,24 @@ def _param_bytes(hw: Module, node: Node) -> int:
 # --- tensor ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shard:
-    """A value split by columns: card c holds columns [c * width, (c + 1) * width) of ``full``."""
+    """A value split by columns in whole units of ``unit`` columns (a head, a scale group): its
+    ``full // unit`` units dealt to the cards as evenly as they go, the first cards taking one more."""
 
     full: int
     cards: int
-
-    @property
-    def width(self) -> int:
-        return self.full // self.cards
+    unit: int
 
     def columns(self, card: int) -> slice:
-        return slice(card * self.width, (card + 1) * self.width)
+        base, extra = divmod(self.full // self.unit, self.cards)
+        start = card * base + min(card, extra)
+        return slice(start * self.unit, (start + base + (card < extra)) * self.unit)
+
+    def width(self, card: int) -> int:
+        return self.columns(card).stop - self.columns(card).start
+
+    def per(self, columns: int) -> Shard:
+        """The same split of a value with one column per ``columns`` of this one (scales per group)."""
+        return Shard(self.full // columns, self.cards, self.unit // columns)
 
 
 def tensor_split(hw: Module, cards: int) -> list[Module]:
@@ -160,35 +167,63 @@ def _shards(hw: Module, step: Function, cards: int) -> dict[str, Shard | None]:
     """Which values are split by columns (a Shard) and which every card holds whole (None)."""
     users = step.users()
     shard: dict[str, Shard | None] = {v.name: None for v in step.inputs}
-    for v in step.inputs:
-        if v.name.startswith("past_"):
-            shard[v.name] = Shard(v.type.shape[1].value, cards)
     for node in step.nodes:
         if node.op == "param":
             continue
         where = f"{hw.name}: %{node.outputs[0].name} = {node.op}"
-        split_in = [shard.get(v.name) for v in node.inputs if shard.get(v.name) is not None]
+        ins = [shard.get(v.name) for v in node.inputs]
+        split_in = [x for x in ins if x is not None]
+        outs: list[Shard | None] = [None] * len(node.outputs)
         if node.op == "hw_matmul":
             logits = any(u.op == "hw_to_float" for u in users.get(node.outputs[0].name, []))
-            result = None if split_in or logits else Shard(node.outputs[0].type.shape[1].value, cards)
+            if not split_in and not logits:  # whole input: this card's rows
+                full = node.outputs[0].type.shape[1].value
+                outs = [Shard(full, cards, _unit(hw, node, users, full, cards))]
         elif node.op == "hw_attention":
-            heads, kvh = node.attrs["heads"], node.attrs["kv_heads"]
-            if heads % cards or kvh % cards:
-                raise LlmcError(f"{where}: {heads} heads and {kvh} KV heads do not split over {cards} cards")
-            result = Shard(node.outputs[0].type.shape[1].value, cards)
+            if ins[0] is None or ins[1] is None:
+                raise LlmcError(f"{where}: queries and keys must both be split by heads")
+            outs = [ins[0]]
+        elif node.op == "concat" and split_in:  # the past cache holds this card's heads
+            shard[node.inputs[0].name] = outs[0] = ins[1]
+        elif node.op == "hw_quant8" and split_in:
+            outs = [split_in[0], split_in[0].per(node.attrs["group"])]
         elif node.op in ELEMENTWISE and split_in:
             if node.op == "hw_rms_norm" and not node.attrs.get("group", 0):
                 raise LlmcError(f"{where}: a norm over a split row")
-            result = split_in[0]
+            outs = [split_in[0]]
         elif split_in:
             raise LlmcError(f"{where}: no tensor split of this op over split columns")
-        else:
-            result = None
-        for v in node.outputs:
-            if result is not None and (v.type.rank != 2 or v.type.shape[1].value % cards):
-                raise LlmcError(f"{where}: {v.type.shape[1]} columns do not split over {cards} cards")
-            shard[v.name] = None if result is None else Shard(v.type.shape[1].value, cards)
+        for v, x in zip(node.outputs, outs):
+            if x is not None and (x.full % x.unit or x.full // x.unit < cards):
+                raise LlmcError(f"{where}: {x.full} columns in units of {x.unit} do not split over {cards} cards")
+            shard[v.name] = x
     return shard
+
+
+def _unit(hw: Module, node: Node, users: dict[str, list[Node]], full: int, cards: int) -> int:
+    """The columns a card takes whole of a matrix's split output: what the split value reaches
+    first decides: the queries of a head group (a KV head's queries), a KV head, or the scale
+    group of the matrix that reads it (with one scale per row: 64, 32 or 16 columns, the widest
+    that gives every card some; 16 keeps N:M blocks whole)."""
+    frontier = [node.outputs[0].name]
+    seen: set[str] = set()
+    while frontier:
+        name = frontier.pop()
+        for user in users.get(name, []):
+            if user.op == "hw_attention":
+                a = user.attrs
+                index = [v.name for v in user.inputs].index(name)
+                return a["head_dim"] * (a["heads"] // a["kv_heads"] if index == 0 else 1)
+            if user.op == "hw_matmul":
+                k, group = user.inputs[0].type.shape[1].value, user.attrs["group"]
+                if group < k:
+                    return group
+                return next((u for u in (64, 32, 16) if full % u == 0 and full // u >= cards), 64)
+            if user.op in ELEMENTWISE and user.outputs[0].name not in seen:
+                seen.add(user.outputs[0].name)
+                frontier += [v.name for v in user.outputs]
+    raise LlmcError(f"{hw.name}: %{node.outputs[0].name} = hw_matmul: its split output reaches no attention or "
+                    "matrix; no tensor split")
 
 
 def _partial_sum(builder: _CardBuilder, node: Node, shard: Shard, positions: Value, first_slot: int) -> None:
@@ -242,18 +277,18 @@ class _CardBuilder:
             else:
                 ins.append(self.operand(v, shards))
         if node.op == "hw_matmul" and row_split is not None:
-            k = node.inputs[0].type.shape[1].value
+            k, width = node.inputs[0].type.shape[1].value, row_split.width(self.card)
             if attrs["group"] == k:
-                attrs["group"] = row_split.width
-            elif row_split.width % attrs["group"]:
-                raise LlmcError(f"{self.hw.name}: %{node.outputs[0].name}: {row_split.width} columns per card "
+                attrs["group"] = width
+            elif width % attrs["group"]:
+                raise LlmcError(f"{self.hw.name}: %{node.outputs[0].name}: {width} columns per card "
                                 f"are not whole groups of {attrs['group']}")
             if attrs.get("has_bias") and self.card:  # the bias is added once, by card 0
                 attrs["has_bias"] = False
                 ins = ins[:-1]
-        if node.op == "hw_attention" and out_shard is not None:
-            attrs["heads"] //= self.cards
-            attrs["kv_heads"] //= self.cards
+        if node.op == "hw_attention" and out_shard is not None:  # this card's heads
+            attrs["heads"] = out_shard.width(self.card) // attrs["head_dim"]
+            attrs["kv_heads"] = ins[1].type.shape[1].value // attrs["head_dim"]
         names = [rename or node.outputs[0].name] + [v.name for v in node.outputs[1:]]
         return self.emit(node.op, ins, names, attrs)
 
@@ -268,7 +303,7 @@ class _CardBuilder:
             shard = shards.get(v.name)
             t = v.type
             if shard is not None:
-                t = TensorType((t.shape[0], Dim.of(shard.width)), t.dtype)
+                t = TensorType((t.shape[0], Dim.of(shard.width(self.card))), t.dtype)
             self.inputs[v.name] = Value(v.name, t)
         return self.inputs[v.name]
 
@@ -306,7 +341,8 @@ class _CardBuilder:
             width = param.type.shape[1].value
             if index == 1:
                 return None, row_split.columns(self.card)
-            return None, (None if width == 1 else Shard(width, self.cards).columns(self.card))
+            k = node.inputs[0].type.shape[1].value
+            return None, (None if width == 1 else row_split.per(k // width).columns(self.card))
         if node.op in ("hw_rms_norm", "hw_scale") and out_shard is not None and \
                 param.type.shape[0].value == out_shard.full:  # a vector over the split columns
             return out_shard.columns(self.card), None
