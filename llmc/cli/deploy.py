@@ -1,4 +1,5 @@
-"""``llmc deploy`` and ``llmc run build/NAME --device sim|pynq``: a compiled design on the card's runtime."""
+"""``llmc deploy`` and ``llmc run build/NAME --device sim|pynq``: a compiled design (one card's or a
+cluster's) on the card's runtime."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from llmc.errors import LlmcError
 
 
 def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("project", type=Path, metavar="DIR", help="a project folder written by llmc compile")
+    parser.add_argument("project", type=Path, metavar="DIR",
+                        help="a project or cluster (--cards N) folder written by llmc compile")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                         help="the folder to write (copy it to the card's host)")
     parser.add_argument("--xclbin", type=Path, metavar="FILE",
-                        help="the bitstream to ship (default: the project's llmc_accel.hw.xclbin, when built)")
+                        help="the bitstream to ship (default: the project's llmc_accel.hw.xclbin, when built; a "
+                        "cluster ships each card's own)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     add_json_argument(parser)
 
@@ -24,6 +27,7 @@ def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
 def deploy(args: argparse.Namespace) -> int:
     """Write a self-contained folder that runs a compiled project on an Alveo card (PYNQ) or the simulator."""
     from llmc.deploy.bundle import deploy as write_deployment
+    from llmc.deploy.runtime import ClusterDeployment
 
     deployment, tokenizer_note = write_deployment(_project(args.project), args.output, xclbin=args.xclbin,
                                                   force=args.force)
@@ -31,7 +35,12 @@ def deploy(args: argparse.Namespace) -> int:
         print(json.dumps({"output": str(args.output), **deployment.to_json()}, sort_keys=True))
         return 0
     print(f"wrote {args.output}: run it with {args.output / 'run.py'} --device pynq|sim --prompt TEXT")
-    if deployment.xclbin is None:
+    if isinstance(deployment, ClusterDeployment):
+        unbuilt = [card.folder for card in deployment.cards if card.xclbin is None]
+        if unbuilt:
+            print(f"note: no xclbin for {', '.join(unbuilt)} (llmc build each card's project, then deploy again): "
+                  "--device pynq needs them", file=sys.stderr)
+    elif deployment.xclbin is None:
         print("note: no xclbin (llmc build the project, then deploy with --xclbin): --device pynq needs one",
               file=sys.stderr)
     if tokenizer_note:
@@ -40,7 +49,7 @@ def deploy(args: argparse.Namespace) -> int:
 
 
 def run_on_device(args: argparse.Namespace) -> int:
-    """``llmc run build/NAME --device sim|pynq``: the deployed runtime, on the project folder in place."""
+    """``llmc run build/NAME --device sim|pynq``: the deployed runtime, on the project or cluster folder in place."""
     from llmc.deploy.bundle import project_deployment
     from llmc.deploy.runtime import generate_on
 
@@ -48,7 +57,10 @@ def run_on_device(args: argparse.Namespace) -> int:
 
 
 def _project(path: Path) -> Path:
-    if not (path / "design.json").is_file():
+    """A compiled project (design.json) or cluster (cluster.json) folder."""
+    from llmc.sim.cluster import is_cluster
+
+    if not (path / "design.json").is_file() and not is_cluster(path):
         raise LlmcError(f"{path}: not a compiled project (design.json missing; write one with llmc compile MODEL -o DIR)")
     return path
 

@@ -114,7 +114,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the TVM LUT kernels' instruction set (--lut-kernels tvm, --tvm cpu): auto (the best "
                              "this CPU has), avx512, avx2, neon-dotprod, neon or portable")
     parser.add_argument("--device", choices=("interpreter", "sim", "pynq"), default="interpreter",
-                        help="a compiled project on the instruction-set simulator or an Alveo card (PYNQ), "
+                        help="a compiled project (or cluster) on the instruction-set simulator or Alveo cards (PYNQ), "
                              "through the deployed runtime (default: the interpreter)")
     parser.add_argument("--tvm", choices=("cpu", "cuda", "opencl"), default=None, metavar="TARGET",
                         help="compile the model with TVM and generate on cpu, cuda or opencl (default: the interpreter)")

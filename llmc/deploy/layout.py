@@ -2,7 +2,7 @@
 
 Both come from :func:`llmc.backends.fpga.design.kernel_ports`, the list the kernel signature and
 ``connectivity.cfg`` are rendered from, and from the program's metadata (bucket programs, weight
-channels, KV bytes per channel, io bytes). The PYNQ device allocates and fills what
+channels, KV bytes per channel, io and mail bytes). The PYNQ device allocates and fills what
 :func:`plan_buffers` lists and checks the xclbin's registers against :func:`register_map`.
 """
 
@@ -63,7 +63,8 @@ def register_map(config: AcceleratorConfig) -> list[Register]:
 def plan_buffers(config: AcceleratorConfig, program_bytes: Mapping[int, int], weight_bytes: list[int],
                  kv_bytes: list[int], io_bytes: int) -> list[Buffer]:
     """Every buffer the card needs: one program per bucket (all passed as ``program``, one at a
-    time), the weight channels' sections, the KV channels (zeroed) and the io buffer."""
+    time), the weight channels' sections, the KV channels (zeroed) and the io buffer of ``io_bytes``
+    (:func:`io_buffer_bytes`: a cluster card's mail region included)."""
     memory = {p.name: p.memory for p in kernel_ports(config)}
     if len(weight_bytes) != len(config.weight_channels) or len(kv_bytes) != len(config.kv_channels):
         raise LlmcError(f"the program has {len(weight_bytes)} weight and {len(kv_bytes)} KV channels, the design "
@@ -105,6 +106,19 @@ def check_registers(found: Mapping[str, Mapping], expected: list[Register], wher
 
 def _brief(names: list[str]) -> str:
     return ", ".join(names) if len(names) <= 6 else ", ".join([*names[:3], "...", *names[-3:]]) + f"; {len(names)}"
+
+
+def io_buffer_bytes(io: Mapping[str, int]) -> int:
+    """The io buffer's size: the bytes the kernel keeps on chip, then a cluster card's mail region."""
+    return int(io["io_bytes"]) + int(io.get("mail_bytes", 0))
+
+
+def io_span(io: Mapping[str, int], at: int, nbytes: int) -> slice:
+    """The bytes ``at``..``at + nbytes`` of the io buffer, checked to lie inside it."""
+    size = io_buffer_bytes(io)
+    if at < 0 or nbytes < 0 or at + nbytes > size:
+        raise LlmcError(f"io: {nbytes} bytes at byte {at} are outside the {size}-byte buffer")
+    return slice(at, at + nbytes)
 
 
 def io_regions(io: Mapping[str, int], rows: int) -> dict[str, slice]:

@@ -27,7 +27,9 @@ from llmc.deploy.layout import (
     COMPUTE_UNIT,
     Buffer,
     check_registers,
+    io_buffer_bytes,
     io_regions,
+    io_span,
     kernel_arguments,
     plan_buffers,
     pynq_memory,
@@ -63,11 +65,16 @@ def import_pynq() -> ModuleType:
     return pynq
 
 
-def find_card(pynq: ModuleType, index: int) -> Any:
-    """The ``index``-th Alveo card PYNQ finds through XRT."""
+def alveo_cards(pynq: ModuleType) -> list[Any]:
+    """The Alveo cards PYNQ finds through XRT."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PYNQ warns "No devices found" itself
-        cards = [d for d in pynq.Device.devices if type(d).__name__ == "XrtDevice"]
+        return [d for d in pynq.Device.devices if type(d).__name__ == "XrtDevice"]
+
+
+def find_card(pynq: ModuleType, index: int) -> Any:
+    """The ``index``-th Alveo card PYNQ finds through XRT."""
+    cards = alveo_cards(pynq)
     if not cards:
         raise DeviceUnavailable(f"pynq: no Alveo card found ({xrt_state()})")
     if not 0 <= index < len(cards):
@@ -98,7 +105,7 @@ class PynqDevice(AppendingDevice):
         self.cu = getattr(overlay, COMPUTE_UNIT)
         self.n_instr = {b: len(p) // INSTR_BYTES for b, p in programs.items()}
         plan = plan_buffers(image.config, {b: len(p) for b, p in programs.items()}, [len(w) for w in lanes],
-                            image.kv_bytes, int(image.io["io_bytes"]))
+                            image.kv_bytes, io_buffer_bytes(image.io))
         contents: dict[str, Any] = {f"program.bucket_{b}": p for b, p in programs.items()}
         contents |= {f"w{i}": lane for i, lane in enumerate(lanes)}
         self.buffers: dict[str, Any] = {}
@@ -147,44 +154,73 @@ class PynqDevice(AppendingDevice):
         self.length = 0
 
     def run(self, ids: Sequence[int]) -> np.ndarray:
-        """Append ``ids``; their logits [len(ids), vocab]."""
+        """Append ``ids``; their logits [len(ids), vocab]. A failed or interrupted call leaves the
+        sequence to be started again."""
         context, vocab = self.image.config.max_context, self.image.vocab
         if self.length + len(ids) > context:
             raise LlmcError(f"sequence of {self.length + len(ids)} tokens exceeds the compiled context of {context}")
         if any(not 0 <= int(i) < vocab for i in ids):
             raise LlmcError(f"token id outside the vocabulary of {vocab}")
-        out, seconds, io = [], 0.0, self.buffers["io"]
-        for bucket, first, rows in chunks(len(ids), self.image.bucket_for):
-            at = io_regions(self.image.io, rows)
-            io[at["ids"]] = np.asarray(ids[first:first + rows], dtype="<i4").view(np.uint8)
-            io[at["positions"]] = np.arange(self.length + first, self.length + first + rows, dtype="<i4").view(np.uint8)
-            io[at["ids"]].sync_to_device()
-            io[at["positions"]].sync_to_device()
-            args = kernel_arguments(self.registers, self.buffers, self.buffers[f"program.bucket_{bucket}"],
-                                    self.n_instr[bucket], rows, self.length + first, first_instr=0)
-            seconds += self._call(args)
-            io[at["logits"]].sync_from_device()
-            out.append(np.array(io[at["logits"]]).view("<f4").reshape(rows, vocab))
+        out, seconds = [], 0.0
+        try:
+            for bucket, first, rows in chunks(len(ids), self.image.bucket_for):
+                start_pos = self.length + first
+                self.put_ids(np.asarray(ids[first:first + rows], dtype=np.int32))
+                self.put_positions(start_pos, rows)
+                started = time.perf_counter()
+                self.wait(self.start(bucket, rows, start_pos, first_instr=0))
+                seconds += time.perf_counter() - started
+                out.append(self.logits(rows))
+        except BaseException:
+            self.length = 0
+            raise
         self.length += len(ids)
         self.last_seconds = seconds
         return np.concatenate(out)
 
-    def _call(self, args: list[Any]) -> float:
-        """One kernel run; its seconds. An interrupt waits for the kernel to finish (so no buffer is
-        freed under it) and leaves the sequence to be started again."""
-        start = time.perf_counter()
-        handle = self.cu.start(*args)
+    def put_ids(self, ids: np.ndarray) -> None:
+        """A chunk's token ids into io, synced to the card."""
+        self.write_io(io_regions(self.image.io, len(ids))["ids"].start, ids.astype("<i4").tobytes())
+
+    def put_positions(self, start_pos: int, rows: int) -> None:
+        """A chunk's positions into io, synced to the card."""
+        at = io_regions(self.image.io, rows)["positions"].start
+        self.write_io(at, np.arange(start_pos, start_pos + rows, dtype="<i4").tobytes())
+
+    def logits(self, rows: int) -> np.ndarray:
+        """The logits [rows, vocab] of the last call, synced from the card."""
+        at = io_regions(self.image.io, rows)["logits"]
+        return self.read_io(at.start, at.stop - at.start).view("<f4").reshape(rows, self.image.vocab)
+
+    def write_io(self, at: int, data: bytes) -> None:
+        """``data`` into io from byte ``at``; exactly those bytes are synced to the card."""
+        span, io = io_span(self.image.io, at, len(data)), self.buffers["io"]
+        io[span] = np.frombuffer(data, dtype=np.uint8)
+        io[span].sync_to_device()
+
+    def read_io(self, at: int, nbytes: int) -> np.ndarray:
+        """A copy of ``nbytes`` of io from byte ``at``; exactly those bytes are synced from the card."""
+        span, io = io_span(self.image.io, at, nbytes), self.buffers["io"]
+        io[span].sync_from_device()
+        return np.array(io[span])
+
+    def start(self, bucket: int, rows: int, start_pos: int, first_instr: int) -> Any:
+        """Start the compute unit on the bucket's program at instruction ``first_instr``; the call's handle."""
+        args = kernel_arguments(self.registers, self.buffers, self.buffers[f"program.bucket_{bucket}"],
+                                self.n_instr[bucket], rows, start_pos, first_instr)
+        return self.cu.start(*args)
+
+    @staticmethod
+    def wait(handle: Any) -> None:
+        """Wait for a started call. An interrupt first waits for the kernel to finish, so that no
+        buffer is freed under it."""
         try:
             handle.wait()
         except KeyboardInterrupt:
-            self.length = 0
             handle.wait()
             raise
         except RuntimeError as e:
-            self.length = 0
             raise LlmcError(f"{COMPUTE_UNIT} failed: {e}") from None
-        return time.perf_counter() - start
-
 
     def close(self) -> None:
         """Free the buffers and the card."""

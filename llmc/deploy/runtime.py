@@ -2,10 +2,11 @@
 instruction-set simulator, through the one generation loop.
 
 A deployment is a folder with ``design.json``, ``program.bin``, ``weights.bin`` and the facts
-the generation loop needs (:class:`Deployment`: token ids, tokenizer and xclbin files);
-``llmc deploy`` writes one with a ``deploy.json`` and a ``run.py`` that calls :func:`main`, and
-``llmc run build/NAME --device`` reads a compiled project the same way. Needs only NumPy, plus
-``pynq`` for the card.
+the generation loop needs (:class:`Deployment`: token ids, tokenizer and xclbin files), or a
+cluster's: ``cluster.json`` and one such design folder per card (:class:`ClusterDeployment`, run
+on N cards or N simulators). ``llmc deploy`` writes one with a ``deploy.json`` and a ``run.py`` that
+calls :func:`main`, and ``llmc run build/NAME --device`` reads a compiled project or cluster the
+same way. Needs only NumPy, plus ``pynq`` for the cards.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
+from llmc.backends.fpga.links import CLUSTER_FILE
 from llmc.deploy.console import TextStream, add_generation_arguments, parse_ids, sampling_options
+from llmc.deploy.pynq_cluster import PynqClusterDevice
 from llmc.deploy.pynq_device import PynqDevice
 from llmc.deploy.tokenizer import ByteLevelBPE, UnsupportedTokenizer
 from llmc.errors import LlmcError
 from llmc.generate.loop import ReportedTime, TimedDevice, generate_stream
+from llmc.sim.cluster import ClusterImage, ClusterIssDevice
 from llmc.sim.image import ProjectImage
 from llmc.sim.iss import IssDevice
 
@@ -39,19 +43,18 @@ EXIT_BROKEN_PIPE = 141
 
 
 @dataclass(frozen=True)
-class Deployment:
-    """A compiled design ready to run from ``folder``: its size limits, the token ids that frame
-    text, and its tokenizer and xclbin files (relative to ``folder``; None when absent)."""
+class DeployedModel:
+    """What the generation loop needs of a deployed model, on one card or split over several: its
+    size limits, the token ids that frame text and its tokenizer file (relative to ``folder``; None
+    when absent)."""
 
     folder: Path
     name: str
-    program_digest: str
     vocab: int
     max_context: int
     bos_token_id: int
     eos_token_id: int
     tokenizer: str | None
-    xclbin: str | None
 
     def to_json(self) -> dict:
         values = asdict(self)
@@ -59,8 +62,8 @@ class Deployment:
         return {"format": FORMAT, **values}
 
     @classmethod
-    def read(cls, folder: Path) -> Deployment:
-        """The deployment ``llmc deploy`` wrote to ``folder``."""
+    def read(cls, folder: Path) -> Deployment | ClusterDeployment:
+        """The deployment ``llmc deploy`` wrote to ``folder``: a cluster's when it lists ``cards``."""
         path = Path(folder) / MANIFEST
         try:
             values = json.loads(path.read_text())
@@ -72,9 +75,14 @@ class Deployment:
             raise LlmcError(f"{path}: format {values.get('format') if isinstance(values, dict) else '?'} is not "
                             f"this runtime's ({FORMAT}): deploy again with this llmc")
         try:
-            return cls(Path(folder), str(values["name"]), str(values["program_digest"]), int(values["vocab"]),
-                       int(values["max_context"]), int(values["bos_token_id"]), int(values["eos_token_id"]),
-                       values["tokenizer"], values["xclbin"])
+            common = {"folder": Path(folder), "name": str(values["name"]), "vocab": int(values["vocab"]),
+                      "max_context": int(values["max_context"]), "bos_token_id": int(values["bos_token_id"]),
+                      "eos_token_id": int(values["eos_token_id"]), "tokenizer": values["tokenizer"]}
+            if "cards" in values:
+                cards = tuple(DeployedCard(str(c["folder"]), str(c["program_digest"]), c["xclbin"])
+                              for c in values["cards"])
+                return ClusterDeployment(**common, parallel=str(values["parallel"]), cards=cards)
+            return Deployment(**common, program_digest=str(values["program_digest"]), xclbin=values["xclbin"])
         except (KeyError, TypeError, ValueError) as e:
             raise LlmcError(f"{path}: corrupt: {e!r}") from None
 
@@ -89,16 +97,6 @@ class Deployment:
             return None, f"a byte-level BPE tokenizer ({e})"
         except OSError as e:
             raise LlmcError(f"{path}: cannot read: {e.strerror}") from None
-
-    def load_image(self) -> ProjectImage:
-        """The program and weights, checked against the folder's manifest, each other and this deployment."""
-        image = ProjectImage.load(self.folder)
-        if image.program_digest != self.program_digest:
-            raise LlmcError(f"{self.folder / 'program.bin'}: not the program this folder was deployed with "
-                            "(program_digest differs): deploy again")
-        if not image.has_weights:
-            raise LlmcError(f"{self.folder / 'weights.bin'}: missing (the design was compiled without weights?)")
-        return image
 
     def prompt_ids(self, prompt: str | None, ids_text: str | None, tokenizer: ByteLevelBPE | None,
                    reason: str) -> list[int]:
@@ -131,27 +129,104 @@ class Deployment:
                             f"{self.max_context - prompt + 1})")
 
 
+@dataclass(frozen=True)
+class Deployment(DeployedModel):
+    """A design for one card: ``design.json``, ``program.bin`` and ``weights.bin`` in ``folder``, the
+    program's digest and the xclbin file (relative to ``folder``; None when not built)."""
+
+    program_digest: str
+    xclbin: str | None
+
+    def load_image(self) -> ProjectImage:
+        """The program and weights, checked against the folder's manifest, each other and this deployment."""
+        image = ProjectImage.load(self.folder)
+        if image.program_digest != self.program_digest:
+            raise LlmcError(f"{self.folder / 'program.bin'}: not the program this folder was deployed with "
+                            "(program_digest differs): deploy again")
+        if not image.has_weights:
+            raise LlmcError(f"{self.folder / 'weights.bin'}: missing (the design was compiled without weights?)")
+        return image
+
+    def simulator(self) -> IssDevice:
+        return IssDevice(self.load_image())
+
+    def open_pynq(self, xclbin: Path | None, card: int) -> PynqDevice:
+        """Alveo card ``card`` programmed with ``xclbin`` (default: the deployed one)."""
+        image = self.load_image()
+        path = xclbin or (self.folder / self.xclbin if self.xclbin else None)
+        if path is None:
+            raise LlmcError(f"{self.folder}: no xclbin deployed: build one (llmc build PROJECT writes "
+                            "llmc_accel.hw.xclbin), then deploy it (llmc deploy --xclbin), or pass run.py --xclbin FILE")
+        return PynqDevice.open(image, path, card)
+
+
+@dataclass(frozen=True)
+class DeployedCard:
+    """One card of a deployed cluster: its folder, its program's digest and its xclbin (relative to
+    the deployment's folder; None when not built)."""
+
+    folder: str
+    program_digest: str
+    xclbin: str | None
+
+
+@dataclass(frozen=True)
+class ClusterDeployment(DeployedModel):
+    """A model split over cards (``llmc compile --cards N``): ``cluster.json`` in ``folder`` and one
+    design folder per card, run segment by segment with the transfers through the host."""
+
+    parallel: str
+    cards: tuple[DeployedCard, ...]
+
+    def load_image(self) -> ClusterImage:
+        """Every card's program and weights, checked against the manifests, each other and this deployment."""
+        image = ClusterImage.load(self.folder)
+        if len(image.cards) != len(self.cards):
+            raise LlmcError(f"{self.folder / CLUSTER_FILE}: {len(image.cards)} cards, deployed with {len(self.cards)}: "
+                            "deploy again")
+        for card, deployed in zip(image.cards, self.cards):
+            if card.program_digest != deployed.program_digest:
+                raise LlmcError(f"{card.path / 'program.bin'}: not the program this folder was deployed with "
+                                "(program_digest differs): deploy again")
+            if not card.has_weights:
+                raise LlmcError(f"{card.path / 'weights.bin'}: missing (the design was compiled without weights?)")
+        return image
+
+    def simulator(self) -> ClusterIssDevice:
+        return ClusterIssDevice(self.load_image())
+
+    def open_pynq(self, xclbin: Path | None, card: int) -> PynqClusterDevice:
+        """Card ``i`` of the cluster on Alveo card ``card + i``, programmed with its deployed xclbin."""
+        if xclbin is not None:
+            raise LlmcError(f"{self.name} is split over {len(self.cards)} cards, each with its own xclbin: "
+                            "--xclbin applies to one-card designs")
+        image, xclbins = self.load_image(), []
+        for c, deployed in enumerate(self.cards):
+            if deployed.xclbin is None:
+                raise LlmcError(f"card {c}: no xclbin deployed: build each card's project (llmc build "
+                                f"CLUSTER/{deployed.folder}), then llmc deploy CLUSTER again")
+            xclbins.append(self.folder / deployed.xclbin)
+        return PynqClusterDevice.open(image, xclbins, card)
+
+
 @contextmanager
-def open_device(deployment: Deployment, kind: str, xclbin: Path | None = None, card: int = 0) -> Iterator[TimedDevice]:
-    """The simulator, or card ``card`` programmed with ``xclbin`` (default: the deployed one)."""
+def open_device(deployment: Deployment | ClusterDeployment, kind: str, xclbin: Path | None = None,
+                card: int = 0) -> Iterator[TimedDevice]:
+    """The simulator, or the Alveo card(s) from card ``card`` on (``xclbin``: a one-card design's
+    other build)."""
     if kind not in DEVICES:
         raise LlmcError(f"unknown device '{kind}' (choose from {', '.join(DEVICES)})")
-    image = deployment.load_image()
     if kind == "sim":
-        yield IssDevice(image)
+        yield deployment.simulator()
         return
-    path = xclbin or (deployment.folder / deployment.xclbin if deployment.xclbin else None)
-    if path is None:
-        raise LlmcError(f"{deployment.folder}: no xclbin deployed: build one (llmc build PROJECT writes "
-                        "llmc_accel.hw.xclbin), then deploy it (llmc deploy --xclbin), or pass run.py --xclbin FILE")
-    device = PynqDevice.open(image, path, card)
+    device = deployment.open_pynq(xclbin, card)
     try:
         yield device
     finally:
         device.close()
 
 
-def generate_on(deployment: Deployment, kind: str, args: argparse.Namespace, out: TextIO,
+def generate_on(deployment: Deployment | ClusterDeployment, kind: str, args: argparse.Namespace, out: TextIO,
                 xclbin: Path | None = None, card: int = 0) -> int:
     """Answer the prompt of ``args`` (generation arguments, ``--seed``, ``--json``) on device
     ``kind``: text streams to ``out``, then a timing line to stderr; or one JSON object."""
@@ -195,8 +270,10 @@ def build_parser(name: str) -> argparse.ArgumentParser:
                         help="pynq: the card; sim: the instruction-set simulator (modelled timing)")
     add_generation_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling (default 0)")
-    parser.add_argument("--xclbin", type=Path, metavar="FILE", help="--device pynq: this xclbin, not the deployed one")
-    parser.add_argument("--card", type=int, default=0, metavar="N", help="--device pynq: the N-th Alveo card (0)")
+    parser.add_argument("--xclbin", type=Path, metavar="FILE",
+                        help="--device pynq: this xclbin, not the deployed one (a one-card design)")
+    parser.add_argument("--card", type=int, default=0, metavar="N",
+                        help="--device pynq: the N-th Alveo card (0); a cluster's card i runs on Alveo card N + i")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser

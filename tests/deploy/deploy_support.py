@@ -1,4 +1,5 @@
-"""Helpers of the deployment tests: the recipes, running a deployed run.py, folder snapshots."""
+"""Helpers of the deployment tests: the recipes, running a deployed run.py and checking its refusals,
+folder snapshots."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ def run_py(folder: Path, *args: str, python: str = sys.executable, timeout: floa
     """``python FOLDER/run.py ARGS`` from another working directory."""
     return subprocess.run([python, str(folder / "run.py"), *args], capture_output=True, text=True, timeout=timeout,
                           cwd=folder.parent)
+
+
+def one_error_line(result: subprocess.CompletedProcess, match: str) -> None:
+    """run.py failed with exit code 2 and one line on stderr that holds ``match``."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run.py: error: ") and match in lines[0], result.stderr
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -14,18 +14,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from deploy_support import PROMPT, ids_text, run_py, snapshot
+from deploy_support import PROMPT, ids_text, one_error_line, run_py, snapshot
 from zoo import reseal
 
 from llmc.cli import main
 from llmc.deploy.runtime import Deployment, open_device
 from llmc.generate.loop import generate
-
-
-def one_error_line(result: subprocess.CompletedProcess, match: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("run.py: error: ") and match in lines[0], result.stderr
 
 
 @pytest.fixture

@@ -117,7 +117,8 @@ def _param_bytes(hw: Module, node: Node) -> int:
 @dataclass(frozen=True)
 class Shard:
     """A value split by columns in whole units of ``unit`` columns (a head, a scale group): its
-    ``full // unit`` units dealt to the cards as evenly as they go, the first cards taking one more."""
+    ``full // unit`` units dealt to the cards as evenly as they go, the last cards taking one more
+    (card 0 also holds the embedding and the logits' matrix)."""
 
     full: int
     cards: int
@@ -125,8 +126,9 @@ class Shard:
 
     def columns(self, card: int) -> slice:
         base, extra = divmod(self.full // self.unit, self.cards)
-        start = card * base + min(card, extra)
-        return slice(start * self.unit, (start + base + (card < extra)) * self.unit)
+        first_more = self.cards - extra  # the first card that takes base + 1 units
+        start = card * base + max(0, card - first_more)
+        return slice(start * self.unit, (start + base + (card >= first_more)) * self.unit)
 
     def width(self, card: int) -> int:
         return self.columns(card).stop - self.columns(card).start
