@@ -68,17 +68,8 @@ def _generate_on_iss(args: argparse.Namespace, image: object, timing: object) ->
     if not image.has_weights:  # type: ignore[attr-defined]
         raise LlmcError(f"{args.project}: compiled without weights (--shapes-only); use --timing-only")
     model = load(args.project)
-    sampling = sampling_options(args)
     ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else model.encode(args.prompt)
-    device = IssDevice(image, timing)  # type: ignore[arg-type]
-    text = TextStream(model)
-    seconds: list[float] = []
-    for token, _ in model.stream(prompt_ids=ids, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                                 device=device):
-        seconds.append(device.last_seconds)
-        piece = text.push(token)
-        if not args.json:
-            print(piece, end="", flush=True)
+    text, seconds = _stream(args, model, ids, IssDevice(image, timing))  # type: ignore[arg-type]
     decode = seconds[1:]
     modelled = {"prefill_ms": seconds[0] * 1e3 if seconds else 0.0,
                 "decode_tokens_per_s": len(decode) / sum(decode) if decode else 0.0,
@@ -127,15 +118,7 @@ def _simulate_cluster(args: argparse.Namespace) -> int:
         raise LlmcError(f"{args.project}: compiled without weights (--shapes-only); use --timing-only")
     model = load(image.cards[0].path)  # the tokenizer
     ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else model.encode(args.prompt)
-    device = ClusterIssDevice(image)
-    text = TextStream(model)
-    seconds: list[float] = []
-    for token, _ in model.stream(prompt_ids=ids, max_new_tokens=args.max_new_tokens,
-                                 sampling=sampling_options(args), device=device):
-        seconds.append(device.last_seconds)
-        piece = text.push(token)
-        if not args.json:
-            print(piece, end="", flush=True)
+    text, seconds = _stream(args, model, ids, ClusterIssDevice(image))
     decode_s = seconds[1:]
     modelled = {"prefill_ms": seconds[0] * 1e3 if seconds else 0.0,
                 "decode_tokens_per_s": len(decode_s) / sum(decode_s) if decode_s else 0.0}
@@ -146,6 +129,20 @@ def _simulate_cluster(args: argparse.Namespace) -> int:
         print(f"modelled over the host link: prefill {modelled['prefill_ms']:.3f} ms, decode "
               f"{modelled['decode_tokens_per_s']:.1f} tokens/s")
     return 0
+
+
+def _stream(args: argparse.Namespace, model: object, ids: list[int], device: object) -> tuple[TextStream, list[float]]:
+    """Generate on a simulator device, printing the text as it comes unless ``--json``; the text and
+    each token's modelled seconds."""
+    text = TextStream(model)
+    seconds: list[float] = []
+    for token, _ in model.stream(prompt_ids=ids, max_new_tokens=args.max_new_tokens,  # type: ignore[attr-defined]
+                                 sampling=sampling_options(args), device=device):
+        seconds.append(device.last_seconds)  # type: ignore[attr-defined]
+        piece = text.push(token)
+        if not args.json:
+            print(piece, end="", flush=True)
+    return text, seconds
 
 
 def _write_roofline(path: Path | None, svg: str) -> None:

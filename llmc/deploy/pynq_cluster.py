@@ -108,11 +108,7 @@ class PynqClusterDevice(AppendingDevice):
     def run(self, ids: Sequence[int]) -> np.ndarray:
         """Append ``ids``; their logits [len(ids), vocab]. A failed or interrupted call leaves the
         sequence to be started again."""
-        if self.length + len(ids) > self.image.max_context:
-            raise LlmcError(f"sequence of {self.length + len(ids)} tokens exceeds the compiled context of "
-                            f"{self.image.max_context}")
-        if any(not 0 <= int(i) < self.image.vocab for i in ids):
-            raise LlmcError(f"token id outside the vocabulary of {self.image.vocab}")
+        self.image.check_run(self.length, ids)
         cards, out = [PynqCard(device) for device in self.devices], []
         started = time.perf_counter()
         try:

@@ -140,11 +140,7 @@ class Deployment(DeployedModel):
     def load_image(self) -> ProjectImage:
         """The program and weights, checked against the folder's manifest, each other and this deployment."""
         image = ProjectImage.load(self.folder)
-        if image.program_digest != self.program_digest:
-            raise LlmcError(f"{self.folder / 'program.bin'}: not the program this folder was deployed with "
-                            "(program_digest differs): deploy again")
-        if not image.has_weights:
-            raise LlmcError(f"{self.folder / 'weights.bin'}: missing (the design was compiled without weights?)")
+        check_deployed(image, self.program_digest)
         return image
 
     def simulator(self) -> IssDevice:
@@ -185,11 +181,7 @@ class ClusterDeployment(DeployedModel):
             raise LlmcError(f"{self.folder / CLUSTER_FILE}: {len(image.cards)} cards, deployed with {len(self.cards)}: "
                             "deploy again")
         for card, deployed in zip(image.cards, self.cards):
-            if card.program_digest != deployed.program_digest:
-                raise LlmcError(f"{card.path / 'program.bin'}: not the program this folder was deployed with "
-                                "(program_digest differs): deploy again")
-            if not card.has_weights:
-                raise LlmcError(f"{card.path / 'weights.bin'}: missing (the design was compiled without weights?)")
+            check_deployed(card, deployed.program_digest)
         return image
 
     def simulator(self) -> ClusterIssDevice:
@@ -207,6 +199,15 @@ class ClusterDeployment(DeployedModel):
                                 f"CLUSTER/{deployed.folder}), then llmc deploy CLUSTER again")
             xclbins.append(self.folder / deployed.xclbin)
         return PynqClusterDevice.open(image, xclbins, card)
+
+
+def check_deployed(image: ProjectImage, program_digest: str) -> None:
+    """Refuse a design that is not the one deployed, or has no weights."""
+    if image.program_digest != program_digest:
+        raise LlmcError(f"{image.path / 'program.bin'}: not the program this folder was deployed with "
+                        "(program_digest differs): deploy again")
+    if not image.has_weights:
+        raise LlmcError(f"{image.path / 'weights.bin'}: missing (the design was compiled without weights?)")
 
 
 @contextmanager

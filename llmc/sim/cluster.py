@@ -66,6 +66,13 @@ class ClusterImage:
     def max_context(self) -> int:
         return min(card.config.max_context for card in self.cards)
 
+    def check_run(self, length: int, ids: Sequence[int]) -> None:
+        """Refuse appending ``ids`` to a sequence of ``length`` tokens past the context or the vocabulary."""
+        if length + len(ids) > self.max_context:
+            raise LlmcError(f"sequence of {length + len(ids)} tokens exceeds the compiled context of {self.max_context}")
+        if any(not 0 <= int(i) < self.vocab for i in ids):
+            raise LlmcError(f"token id outside the vocabulary of {self.vocab}")
+
 
 class Card(Protocol):
     """One card of a cluster as the host drives it (a simulator, or a board through PYNQ)."""
@@ -158,11 +165,7 @@ class ClusterIssDevice(AppendingDevice):
 
     def run(self, ids: Sequence[int]) -> np.ndarray:
         """Append ``ids``; their logits [len(ids), vocab]."""
-        if self.length + len(ids) > self.image.max_context:
-            raise LlmcError(f"sequence of {self.length + len(ids)} tokens exceeds the compiled context of "
-                            f"{self.image.max_context}")
-        if any(not 0 <= int(i) < self.image.vocab for i in ids):
-            raise LlmcError(f"token id outside the vocabulary of {self.image.vocab}")
+        self.image.check_run(self.length, ids)
         images, out, seconds = self.image.cards, [], 0.0
         cards = [IssCard(iss) for iss in self.iss]
         for bucket, first, rows in chunks(len(ids), images[0].bucket_for):

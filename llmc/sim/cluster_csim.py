@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from llmc.backends.fpga.design import chunks
-from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
 from llmc.sim.cluster import ClusterImage, run_chunk
 from llmc.sim.csim import CsimProcess, CycleAccount, build_csim
@@ -79,11 +78,7 @@ class ClusterCsimDevice(AppendingDevice):
 
     def run(self, ids: Sequence[int]) -> np.ndarray:
         """Append ``ids``; their logits [len(ids), vocab]."""
-        if self.length + len(ids) > self.image.max_context:
-            raise LlmcError(f"sequence of {self.length + len(ids)} tokens exceeds the compiled context of "
-                            f"{self.image.max_context}")
-        if any(not 0 <= int(i) < self.image.vocab for i in ids):
-            raise LlmcError(f"token id outside the vocabulary of {self.image.vocab}")
+        self.image.check_run(self.length, ids)
         cards = [CsimCard(card, self.image.vocab) for card in self.cards]
         out = []
         with ExitStack() as stack:
