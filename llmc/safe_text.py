@@ -10,7 +10,7 @@ filters, chosen by where it lands. A value a filter cannot represent safely is r
   character outside printable ASCII letters, digits, space and ``_ . , : = + @ % ( ) / -`` becomes
   ``?``, so a comment can neither end its line nor its comment (``*/``, ``-->``, a trailing
   backslash) nor carry shell, Make or Tcl syntax.
-- ``memory_bank``: a v++ memory resource (``HBM[3]``, ``DDR[0]``, ``HBM[0:1]``) in a ``.cfg`` line.
+- ``memory_bank``: a v++ memory resource (``HBM[3]``, ``DDR[0]``, ``HBM[0:1]``, ``HP0``) in a ``.cfg`` line.
 - ``xml``: text inside an SVG/XML element or attribute (``& < > " '`` escaped).
 - ``markdown``: text inside a Markdown paragraph or table cell: one line, with the characters that
   Markdown or inline HTML would act on (``\\ ` * _ [ ] < > | # &``) backslash-escaped.
@@ -25,7 +25,7 @@ from llmc.errors import LlmcError
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 WORD = re.compile(r"[A-Za-z0-9_.+/-]+")
-MEMORY_BANK = re.compile(r"(HBM|DDR|PLRAM|HOST)\[\d+(:\d+)?\]")
+MEMORY_BANK = re.compile(r"(HBM|DDR|PLRAM|HOST)\[\d+(:\d+)?\]|HPC?\d")  # HP0, HPC1: Zynq MPSoC ports
 COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:=+@%()/-]")
 MARKDOWN_ACTIVE = re.compile(r"([\\`*_\[\]<>|#&])")
 MAX_COMMENT = 200
@@ -48,7 +48,7 @@ def word(value: object) -> str:
 
 
 def memory_bank(value: object) -> str:
-    return _checked(value, MEMORY_BANK, "is not a memory bank v++ knows (HBM[i], DDR[i], PLRAM[i], HOST[i])")
+    return _checked(value, MEMORY_BANK, "is not a memory bank v++ knows (HBM[i], DDR[i], PLRAM[i], HOST[i], HPi, HPCi)")
 
 
 def comment(value: object) -> str:

@@ -106,7 +106,7 @@ def test_tiny_model_fits(name):
     assert used.fits(0.8)
     _check_plan(config, target, TINY)
     assert config.max_hidden == 768 and config.clock_mhz == target.clock_mhz
-    assert config.program_memory == ("HBM[31]" if name == "u55c" else "DDR[0]")
+    assert config.program_memory == {"u55c": "HBM[31]", "kv260": "HP0"}.get(name, "DDR[0]")
 
 
 def test_budget_too_small_names_the_resource():

@@ -106,6 +106,23 @@ def _set(data: dict, dotted: str, value: object) -> None:
         data[key] = value
 
 
+def test_kv260_connects_its_ports_to_the_ps_hp_ports(tmp_path):
+    """A Zynq MPSoC board names its DDR ports as its platform does (HP0..HP3), never HBM[...], and
+    has no SLR to place the kernel in."""
+    from llmc.backends.fpga.design import kernel_ports
+    from llmc.backends.fpga.dse import ModelNeeds, explore
+
+    board = load_target("kv260")
+    needs = ModelNeeds(layers=2, hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64, vocab=1024,
+                       max_context=256, weight_bits=(8,), sparse=None, lut_bits=(), weight_bytes=1 << 20,
+                       kv_bytes_per_token=1024)
+    config, _ = explore(board, needs)
+    banks = {p.memory for p in kernel_ports(config) if p.kind == "m_axi"}
+    assert banks <= {"HP0", "HP1", "HP2", "HP3"} and config.program_memory == "HP0"
+    assert all(p.memory.startswith("HBM[") for p in kernel_ports(explore(load_target("u280"), needs)[0])[1:]
+               if p.kind == "m_axi")
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [
@@ -124,10 +141,14 @@ def _set(data: dict, dotted: str, value: object) -> None:
         ("shell.uram", -1, "shell.uram must be a non-negative integer"),
         ("shell.lut", 2_000_000, "shell.lut must be smaller than resources.lut"),
         ("ddr.bandwidth_gbs", 0, "ddr.bandwidth_gbs must be positive when ddr.banks > 0"),
+        ("memory.bank", "SRAM{}", "memory.bank 'SRAM{}' must name a memory bank with {} for the channel number "
+                                  "(e.g. HBM[{}], DDR[{}], HP{})"),
+        ("ddr.bank", "DDR[{0}", "ddr.bank 'DDR[{0}' must name a memory bank with {} for the channel number "
+                                "(e.g. HBM[{}], DDR[{}], HP{})"),
         (
             "memory.chanels",
             32,
-            "memory.chanels is not a known field (expected: kind, channels, channel_bytes, bandwidth_gbs, efficiency)",
+            "memory.chanels is not a known field (expected: kind, channels, channel_bytes, bandwidth_gbs, efficiency, bank)",
         ),
     ],
 )

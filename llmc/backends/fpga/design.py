@@ -48,6 +48,7 @@ class AcceleratorConfig:
     kv_channels: tuple[int, ...]  # HBM pseudo-channels holding the KV cache (may be the weight channels)
     io_channel: int  # HBM pseudo-channel for token ids in / logits out
     program_memory: str = "DDR[0]"  # where instructions live
+    memory_bank: str = "HBM[{}]"  # connectivity name of main-memory channel {} (the board's)
     buckets: tuple[int, ...] = field(default=(1,))  # compiled chunk lengths (1 = decode)
 
     def to_json(self) -> dict:
@@ -78,12 +79,13 @@ def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
     weights, the cache and io are never moved by the same instruction, so one master serves them all.
     """
     ports = [KernelPort("program", "m_axi", "gmem_prog", config.program_memory)]
-    ports += [KernelPort(f"w{i}", "m_axi", f"gmem_w{i}", f"HBM[{ch}]") for i, ch in enumerate(config.weight_channels)]
+    bank = config.memory_bank.format
+    ports += [KernelPort(f"w{i}", "m_axi", f"gmem_w{i}", bank(ch)) for i, ch in enumerate(config.weight_channels)]
     lane_of = {ch: i for i, ch in enumerate(config.weight_channels)}
 
     def on(channel: int, name: str) -> KernelPort:  # in the lane's bundle when the channel is a lane's
         bundle = f"gmem_w{lane_of[channel]}" if channel in lane_of else f"gmem_{name}"
-        return KernelPort(name, "m_axi", bundle, f"HBM[{channel}]")
+        return KernelPort(name, "m_axi", bundle, bank(channel))
 
     ports += [on(ch, f"kv{i}") for i, ch in enumerate(config.kv_channels)]
     ports.append(on(config.io_channel, "io"))

@@ -279,7 +279,8 @@ def explore(
             weight_channels=weights,
             kv_channels=weights if shared else tuple(range(lanes, io)),
             io_channel=io,
-            program_memory="DDR[0]" if target.ddr.banks else f"HBM[{io}]",
+            program_memory=target.ddr.bank_format.format(0) if target.ddr.banks else target.memory.bank_format.format(io),
+            memory_bank=target.memory.bank_format,
         )
         if lane_bytes(config, needs) > target.memory.channel_bytes:
             continue  # its tiles (and its share of the cache) do not fit one channel per lane
@@ -339,7 +340,7 @@ def check_fits(config: AcceleratorConfig, target: Target, *, budget: float = 1.0
     if len(set(distinct)) != len(distinct) or len(set(config.kv_channels)) != len(config.kv_channels):
         raise LlmcError(f"{where}: a memory channel is assigned twice (weight_channels, kv_channels, io_channel; "
                         "only the KV cache and io may share the weight channels)")
-    if config.program_memory.startswith("DDR") and not target.ddr.banks:
+    if config.program_memory == target.ddr.bank_format.format(0) and not target.ddr.banks:
         raise LlmcError(f"{where}: program_memory is {config.program_memory} but {target.name} has no DDR")
     used = estimate(config, target)
     if not used.fits(budget):

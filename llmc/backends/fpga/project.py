@@ -33,7 +33,7 @@ def project_context(name: str, target: Target, config: AcceleratorConfig, kernel
     files relative to the project folder, ``blackboxes`` the RTL units' black-box descriptions."""
     return {
         "name": name,
-        "target": {"name": target.name, "part": target.part, "platform": target.platform},
+        "target": {"name": target.name, "part": target.part, "platform": target.platform, "slrs": target.slrs},
         "config": config.to_json(),
         "ports": [asdict(port) for port in kernel_ports(config)],
         "kernel_sources": list(kernel_sources),

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from llmc.errors import LlmcError
-from llmc.safe_text import word
+from llmc.safe_text import memory_bank, word
 
 TARGETS_DIR = Path(__file__).parent / "targets"
 RESOURCE_KINDS = ("lut", "ff", "dsp", "bram36", "uram")
 MEMORY_KINDS = ("hbm", "ddr")
+DEFAULT_BANKS = {"hbm": "HBM[{}]", "ddr": "DDR[{}]"}  # connectivity names of a kind's channels
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,16 @@ class Memory:
     channel_bytes: int
     bandwidth_gbs: float  # aggregate peak, GB/s
     efficiency: float  # fraction of the peak a streaming kernel achieves
+    bank: str = ""  # v++ connectivity name of channel {} ("HBM[{}]", "DDR[{}]", "HP{}"); "" for the kind's
 
     @property
     def total_bytes(self) -> int:
         return self.channels * self.channel_bytes
+
+    @property
+    def bank_format(self) -> str:
+        """How connectivity names channel ``i``: ``bank_format.format(i)``."""
+        return self.bank or DEFAULT_BANKS[self.kind]
 
     @property
     def channel_gbs(self) -> float:
@@ -70,6 +77,11 @@ class Ddr:
 
     banks: int
     bandwidth_gbs: float
+    bank: str = ""  # v++ connectivity name of bank {} (default "DDR[{}]")
+
+    @property
+    def bank_format(self) -> str:
+        return self.bank or DEFAULT_BANKS["ddr"]
 
 
 @dataclass(frozen=True)
@@ -149,9 +161,11 @@ def _parse(top: _Fields) -> Target:
             channel_bytes=memory.integer("channel_bytes"),
             bandwidth_gbs=memory.number("bandwidth_gbs"),
             efficiency=memory.number("efficiency", at_most=1.0),
+            bank=memory.bank(),
         ),
         ddr=Ddr(
-            banks=ddr.integer("banks", allow_zero=True), bandwidth_gbs=ddr.number("bandwidth_gbs", allow_zero=True)
+            banks=ddr.integer("banks", allow_zero=True), bandwidth_gbs=ddr.number("bandwidth_gbs", allow_zero=True),
+            bank=ddr.bank(),
         ),
         resources=_resources(top.section("resources", RESOURCE_KINDS), allow_zero=False),
         slrs=top.integer("slrs"),
@@ -209,6 +223,18 @@ class _Fields:
             except LlmcError:
                 raise self.error(key, f"{value!r} may hold only letters, digits and _ . + - /") from None
         return value
+
+    def bank(self) -> str:
+        """The optional ``bank`` field: a connectivity name with ``{}`` for the channel number."""
+        value = self.values.get("bank", "")
+        if value == "":
+            return ""
+        try:
+            memory_bank(str(value).format(0))
+        except (LlmcError, ValueError, IndexError, KeyError):
+            raise self.error("bank", f"{value!r} must name a memory bank with {{}} for the channel number "
+                                     "(e.g. HBM[{}], DDR[{}], HP{})") from None
+        return str(value)
 
     def integer(self, key: str, *, allow_zero: bool = False) -> int:
         value = self._get(key)
