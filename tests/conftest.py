@@ -4,7 +4,7 @@ shared by every test and every pytest-xdist worker of a run."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,26 @@ class EngineProjects(Mapping[str, Path]):
 def engine_projects(tmp_path_factory: pytest.TempPathFactory, tiny_llmc: Path) -> EngineProjects:
     """``compile_project`` of llmc-tiny under each of :data:`zoo.ENGINE_RECIPES`, on first use."""
     return EngineProjects(tmp_path_factory, tiny_llmc)
+
+
+CLUSTER_CONTEXT = 256
+
+
+@pytest.fixture(scope="session")
+def tiny_clusters(tmp_path_factory: pytest.TempPathFactory, tiny_llmc: Path) -> Mapping[str, Path]:
+    """The bundled model compiled for 2 U280s (context 256), split each way, once per test run and
+    shared by every worker: ``{"pipeline": folder, "tensor": folder}``."""
+    import llmc
+    from llmc.backends.fpga.cluster import compile_cluster
+
+    def make(parallel: str) -> Callable[[Path], None]:
+        def compile_split(out: Path) -> None:
+            model = llmc.load(tiny_llmc)
+            compile_cluster(model.module, "u280", out, 2, parallel, tokenizer_json=model.tokenizer_json,
+                            max_context=CLUSTER_CONTEXT)
+        return compile_split
+
+    return {p: shared_folder(tmp_path_factory, f"clusters/{p}", make(p)) for p in ("pipeline", "tensor")}
 
 
 @pytest.fixture(scope="session")

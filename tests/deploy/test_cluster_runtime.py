@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -29,14 +29,9 @@ SPLITS = ("pipeline", "tensor")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+def cluster(tiny_clusters: Mapping[str, Path]) -> Callable[[str], Path]:
     """The bundled model compiled for 2 U280s, split ``parallel`` ways (once per test run)."""
-    def compile_split(parallel: str) -> Path:
-        return shared_folder(tmp_path_factory, f"cluster/{parallel}", lambda out: _check(main([
-            "compile", "llmc-tiny", "--board", "u280", "--cards", "2", "--parallel", parallel, "--context", str(CONTEXT),
-            "--eval-windows", "0", "-o", str(out)])))
-
-    return compile_split
+    return tiny_clusters.__getitem__
 
 
 @pytest.fixture(scope="module")

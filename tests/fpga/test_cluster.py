@@ -12,7 +12,7 @@ import pytest
 from zoo import FAMILIES
 
 import llmc
-from llmc.backends.fpga.cluster import compile_cluster, link_schedule
+from llmc.backends.fpga.cluster import link_schedule
 from llmc.backends.fpga.links import CLUSTER_FILE, LINKS
 from llmc.backends.fpga.lower import lower
 from llmc.backends.fpga.split import split
@@ -40,18 +40,9 @@ def lowered(bundled: llmc.Model) -> llmc.ir.graph.Module:
 
 
 @pytest.fixture(scope="module")
-def clusters(tmp_path_factory: pytest.TempPathFactory, bundled: llmc.Model) -> dict[str, Path]:
+def clusters(tiny_clusters: dict[str, Path], engine_projects: object) -> dict[str, Path]:
     """The bundled model on 2 U280s, split each way, and on one (the reference)."""
-    from llmc.backends.fpga.flow import compile_project
-
-    root = tmp_path_factory.mktemp("clusters")
-    out = {p: root / p for p in ("pipeline", "tensor")}
-    for parallel, folder in out.items():
-        compile_cluster(bundled.module, "u280", folder, 2, parallel, tokenizer_json=bundled.tokenizer_json,
-                        max_context=CONTEXT)
-    out["one"] = root / "one"
-    compile_project(bundled.module, "u280", out["one"], tokenizer_json=bundled.tokenizer_json, max_context=CONTEXT)
-    return out
+    return {**tiny_clusters, "one": engine_projects["int8"]}  # type: ignore[index]
 
 
 def greedy(device: object, prompt: list[int], steps: int) -> list[int]:

@@ -3,11 +3,9 @@ bundled model over 2 cards, pipeline and tensor parallel), and their test benche
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from zoo import PROMPT, shared_folder
+from zoo import PROMPT
 
 from llmc.errors import LlmcError
 from llmc.sim.cluster import ClusterImage, ClusterIssDevice
@@ -15,21 +13,9 @@ from llmc.sim.cluster_csim import ClusterCsimDevice
 from llmc.sim.csim import CsimProcess
 
 
-def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_llmc: Path, parallel: str) -> Path:
-    """llmc-tiny compiled for 2 U280s, ``parallel``, with a context of 256; once per test run."""
-
-    def make(out: Path) -> None:
-        import llmc
-        from llmc.backends.fpga.cluster import compile_cluster
-
-        compile_cluster(llmc.load(tiny_llmc).module, "u280", out, 2, parallel, max_context=256)
-
-    return shared_folder(tmp_path_factory, f"clusters/{parallel}", make)
-
-
 @pytest.mark.parametrize("parallel", ["pipeline", "tensor"])
-def test_cluster_csim_is_bit_exact_with_the_iss(tmp_path_factory, tiny_llmc, gxx_ap_types, parallel):
-    folder = cluster(tmp_path_factory, tiny_llmc, parallel)
+def test_cluster_csim_is_bit_exact_with_the_iss(tiny_clusters, gxx_ap_types, parallel):
+    folder = tiny_clusters[parallel]
     iss = ClusterIssDevice(ClusterImage.load(folder))
     with ClusterCsimDevice(folder) as csim:
         want, got = [iss.run(PROMPT[:6])], [csim.run(PROMPT[:6])]
@@ -48,8 +34,8 @@ def test_cluster_csim_is_bit_exact_with_the_iss(tmp_path_factory, tiny_llmc, gxx
      ("seg 16 17 0 0", "seg: R missing or outside 1..16"), ("put 0 8", "put: fewer than N bytes"),
      ("logits 1 2", "logits: unexpected '2'"), ("bogus", "unknown command 'bogus'")],
 )  # fmt: skip
-def test_cluster_test_bench_refuses_bad_commands(tmp_path_factory, tiny_llmc, gxx_ap_types, command, message):
-    with CsimProcess(cluster(tmp_path_factory, tiny_llmc, "pipeline") / "card0", timeout=60) as card:
+def test_cluster_test_bench_refuses_bad_commands(tiny_clusters, gxx_ap_types, command, message):
+    with CsimProcess(tiny_clusters["pipeline"] / "card0", timeout=60) as card:
         card.command(command)
         card.proc.stdin.close()  # the end of input: put finds fewer bytes than it was promised
         with pytest.raises(LlmcError, match=rf"C-simulation stopped \(exit status 3\): {message}"):
