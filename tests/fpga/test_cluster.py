@@ -12,7 +12,7 @@ import pytest
 from zoo import FAMILIES
 
 import llmc
-from llmc.backends.fpga.cluster import link_schedule
+from llmc.backends.fpga.cluster import compile_cluster, link_schedule
 from llmc.backends.fpga.links import CLUSTER_FILE, LINKS
 from llmc.backends.fpga.lower import lower
 from llmc.backends.fpga.split import split
@@ -129,6 +129,23 @@ def test_cluster_iss_is_the_cluster_interpreter(clusters: dict[str, Path], paral
     results = verify_cluster(clusters[parallel], PROMPT, 3, levels=("interpreter", "iss"))
     assert [r.level for r in results] == ["interpreter", "iss"]
     assert results[1].compared > 0 and results[1].mismatches == 0
+
+
+CLUSTER_FAMILIES = ["gpt2", "opt", "qwen2", "gemma2", "gemma3_text", "phi3", "gpt_neox", "olmoe", "mixtral", "qwen3_moe"]
+MOE = {"olmoe", "mixtral", "qwen3_moe"}
+
+
+@pytest.mark.parametrize(("family", "parallel"), [
+    pytest.param(f, p, marks=[] if (f, p) in {("gpt2", "tensor"), ("olmoe", "pipeline")} else [pytest.mark.slow])
+    for f in CLUSTER_FAMILIES for p in ("pipeline", "tensor") if not (f in MOE and p == "tensor")])
+def test_family_on_two_cards(family: str, parallel: str, tmp_path: Path) -> None:
+    """Every family the accelerator runs compiles for two cards and its cards' ISSs are bit-exact with
+    the cluster interpreter (GPT-2's learned positions and LayerNorm, Gemma's soft-capping and sliding
+    windows, mixtures of experts on a pipeline)."""
+    module = llmc.load(family, config=FAMILIES[family]).module
+    compile_cluster(module, "u280", tmp_path / "c", 2, parallel, max_context=64)
+    _, iss = verify_cluster(tmp_path / "c", [1, 5, 9, 3], 3, levels=("interpreter", "iss"))
+    assert iss.compared > 0 and iss.mismatches == 0
 
 
 def test_pipeline_cluster_tokens_are_one_cards(clusters: dict[str, Path]) -> None:
