@@ -3,8 +3,9 @@
 
 - **pipeline**: consecutive decoder blocks per card, balanced by weight bytes; the residual
   stream crosses at each cut (card 0 embeds, the last card computes the logits);
-- **tensor** (as DFX): every block on every card, attention heads and MLP columns split evenly.
-  A matrix whose input is whole (q, k, v, gate, up) keeps ``1/cards`` of its rows; one whose input
+- **tensor** (as DFX): every block on every card, attention heads and MLP columns split as evenly
+  as whole units allow (:class:`Shard`). A matrix whose input is whole (q, k, v, gate, up) keeps its
+  card's share of its rows; one whose input
   is split (o, down) keeps the matching columns and yields a partial sum, which every card sends
   and then adds up in card order, so all cards hold the same residual stream. Card 0 embeds (and
   sends the rows) and computes the logits; norms run on every card.
@@ -110,7 +111,7 @@ def _balanced_cuts(hw: Module, step: Function, cards: int) -> list[int]:
 
 def _param_bytes(hw: Module, node: Node) -> int:
     p = hw.params[node.attrs["name"]]
-    return p.type.numel().value * max(1, p.type.dtype.bits // 8)
+    return p.type.numel().value * p.type.dtype.bits // 8
 
 
 # --- tensor ---------------------------------------------------------------------------------------
