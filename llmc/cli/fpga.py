@@ -138,7 +138,8 @@ def build(args: argparse.Namespace) -> int:
 
 
 def _csim_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("project", type=Path, metavar="DIR", help="a project folder written by llmc compile")
+    parser.add_argument("project", type=Path, metavar="DIR",
+                        help="a project folder written by llmc compile (or a cluster folder: --cards)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling (default 0)")
     add_generation_arguments(parser)
     add_json_argument(parser)
@@ -147,14 +148,22 @@ def _csim_arguments(parser: argparse.ArgumentParser) -> None:
 def csim(args: argparse.Namespace) -> int:
     """Generate text on the C-simulation of the project's kernel (g++ with the ap_types headers)."""
     from llmc.model import load
+    from llmc.sim.cluster import is_cluster
+    from llmc.sim.cluster_csim import ClusterCsimDevice
     from llmc.sim.csim import CsimDevice, build_csim
 
-    if not (args.project / "design.json").is_file():
-        raise LlmcError(f"{args.project}: not an llmc project folder (design.json missing)")
-    model = load(args.project)
-    with activity("compiling the C-simulation", progress_enabled(args)):
-        exe = build_csim(args.project)
-    device = CsimDevice(args.project, exe)
+    device: CsimDevice | ClusterCsimDevice
+    if is_cluster(args.project):  # every card's C-simulation, run segment by segment
+        model = load(args.project / "card0")  # the tokenizer
+        with activity("compiling the cards' C-simulations", progress_enabled(args)):
+            device = ClusterCsimDevice(args.project)
+    else:
+        if not (args.project / "design.json").is_file():
+            raise LlmcError(f"{args.project}: not an llmc project folder (design.json missing)")
+        model = load(args.project)
+        with activity("compiling the C-simulation", progress_enabled(args)):
+            exe = build_csim(args.project)
+        device = CsimDevice(args.project, exe)
     try:
         return generate(args, model, lambda: device, extra=lambda: {"cycles": device.cycle_report()})
     finally:

@@ -14,7 +14,7 @@ import numpy as np
 from llmc.backends.fpga.design import chunks
 from llmc.generate.loop import AppendingDevice
 from llmc.sim.cluster import ClusterImage, run_chunk
-from llmc.sim.csim import CsimProcess, CycleAccount, build_csim
+from llmc.sim.csim import CsimProcess, CycleAccount, build_csim, cycle_summary
 
 PC_BYTES = 8  # ``seg`` answers the instruction to go on from as one uint64, then the call's cycle account
 
@@ -90,6 +90,11 @@ class ClusterCsimDevice(AppendingDevice):
         self.length += len(ids)
         self.accounts.append([card.account for card in cards])
         return np.concatenate(out)
+
+    def cycle_report(self) -> dict:
+        """Each card's cycle account of the sequence, its kernel calls summed per run call
+        (:func:`llmc.sim.csim.cycle_summary`)."""
+        return {"cards": [cycle_summary([accounts[c] for accounts in self.accounts]) for c in range(len(self.cards))]}
 
     def close(self) -> None:
         for card in self.cards:

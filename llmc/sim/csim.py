@@ -110,6 +110,17 @@ class CycleAccount:
                             {n: self.by_opcode.get(n, 0) + other.by_opcode.get(n, 0) for n in sorted(names)})
 
 
+def cycle_summary(accounts: list[CycleAccount]) -> dict:
+    """A sequence's cycle accounts: its first call (the prompt), each later call (one decode step
+    each in generation) and the sum by opcode."""
+    by_opcode: dict[str, int] = {}
+    for account in accounts:
+        for name, cycles in account.by_opcode.items():
+            by_opcode[name] = by_opcode.get(name, 0) + cycles
+    return {"prefill": accounts[0].cycles if accounts else 0, "decode": [a.cycles for a in accounts[1:]],
+            "by_opcode": by_opcode}
+
+
 class CsimProcess:
     """A project's test bench as a running process (its protocol: ``csim/csim_main.cpp``): commands
     to its stdin, answers read from its stdout; what a :meth:`watchdog` block waits for is bounded by
@@ -223,11 +234,5 @@ class CsimDevice(CsimProcess, AppendingDevice):
         return np.frombuffer(data, dtype="<f4").reshape(len(ids), self.vocab).copy()
 
     def cycle_report(self) -> dict:
-        """The cycle account of the sequence: its first call (the prompt), each later call (one decode
-        step each in generation) and the sum by opcode."""
-        by_opcode: dict[str, int] = {}
-        for account in self.accounts:
-            for name, cycles in account.by_opcode.items():
-                by_opcode[name] = by_opcode.get(name, 0) + cycles
-        return {"prefill": self.accounts[0].cycles if self.accounts else 0,
-                "decode": [a.cycles for a in self.accounts[1:]], "by_opcode": by_opcode}
+        """The cycle account of the sequence (:func:`cycle_summary`)."""
+        return cycle_summary(self.accounts)

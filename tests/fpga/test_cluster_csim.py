@@ -3,6 +3,8 @@ bundled model over 2 cards, pipeline and tensor parallel), and their test benche
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from zoo import PROMPT
@@ -26,6 +28,24 @@ def test_cluster_csim_is_bit_exact_with_the_iss(tiny_clusters, gxx_ap_types, par
         assert [len(accounts) for accounts in csim.accounts] == [2, 2, 2]
         assert all(sum(a.by_opcode.get(op, 0) for a in csim.accounts[0]) > 0 for op in ("SEND", "RECV"))
     assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def test_llmc_csim_runs_a_cluster(tiny_clusters, gxx_ap_types, capsys):
+    """llmc csim on a cluster folder generates the cards' ISS tokens and reports each card's cycles,
+    its SEND and RECV among them."""
+    from llmc.cli import main
+
+    iss = ClusterIssDevice(ClusterImage.load(tiny_clusters["pipeline"]))
+    logits, want = iss.run(PROMPT[:6]), []
+    for _ in range(3):
+        want.append(int(np.argmax(logits[-1])))
+        logits = iss.run([want[-1]])
+    ids = ",".join(map(str, PROMPT[:6]))
+    assert main(["csim", str(tiny_clusters["pipeline"]), "--prompt-ids", ids, "--max-new-tokens", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokens"] == want
+    first, last = out["cycles"]["cards"]
+    assert first["by_opcode"]["SEND"] > 0 and last["by_opcode"]["RECV"] > 0 and last["prefill"] > 0 and last["decode"]
 
 
 @pytest.mark.parametrize(
