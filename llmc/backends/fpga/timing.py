@@ -177,8 +177,9 @@ class TimingModel:
             return self._simple("ROPE", self._mem(nbytes), self._sfu(rows * cols), nbytes, sfu_elements=rows * cols)
         if ins.op in ("ACT", "EMUL", "EADD", "WEIGH"):
             return self._simple(ins.op, 0.0, self._sfu(rows * cols), 0, sfu_elements=rows * cols)
-        if ins.op in ("SEND", "RECV"):  # int32 rows between an activation buffer and io
-            return self._simple(ins.op, self._mem(rows * cols * 4), 0.0, rows * cols * 4)
+        if ins.op in ("SEND", "RECV"):  # int32 rows between an activation buffer and io, element-wise on the SFU
+            return self._simple(ins.op, self._mem(rows * cols * 4), self._sfu(rows * cols), rows * cols * 4,
+                                sfu_elements=rows * cols)
         if ins.op == "SYNC":  # the cluster's time between segments is the link model's
             return Cost("SYNC", 0.0, 0.0, 0.0, 0)
         raise LlmcError(f"timing: no model for opcode {ins.op}")
