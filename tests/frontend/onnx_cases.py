@@ -48,9 +48,10 @@ class Case:
     rtol: float = RTOL
 
 
-def node(op: str, inputs: Sequence[str], outputs: str | Sequence[str] = "y", **attrs: Any) -> onnx.NodeProto:
+def node(op: str, inputs: Sequence[str], outputs: str | Sequence[str] = "y", domain: str = "",
+         **attrs: Any) -> onnx.NodeProto:
     outs = [outputs] if isinstance(outputs, str) else list(outputs)
-    return helper.make_node(op, list(inputs), outs, name=f"{op.lower()}_{outs[0]}", **attrs)
+    return helper.make_node(op, list(inputs), outs, name=f"{op.lower()}_{outs[0]}", domain=domain, **attrs)
 
 
 def build(case: Case) -> onnx.ModelProto:
@@ -61,7 +62,10 @@ def build(case: Case) -> onnx.ModelProto:
     outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in case.outputs]
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in case.inits.items()]
     graph = helper.make_graph(case.nodes, case.id.replace("/", "_"), inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)], ir_version=10)
+    opsets = [helper.make_opsetid("", case.opset)]
+    if any(n.domain == "com.microsoft" for n in case.nodes):
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=10)
     return onnx.shape_inference.infer_shapes(model)
 
 

@@ -17,7 +17,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from llmc.compiler.frontend import onnx_index_ops, onnx_nbits, onnx_nn_ops, onnx_ops, onnx_quant_ops, onnx_shape_ops
+from llmc.compiler.frontend import (
+    onnx_gqa,
+    onnx_index_ops,
+    onnx_nbits,
+    onnx_nn_ops,
+    onnx_norm_ops,
+    onnx_ops,
+    onnx_quant_ops,
+    onnx_rotary,
+    onnx_shape_ops,
+)
 from llmc.compiler.frontend.onnx_quant_weights import quantized_weight
 from llmc.compiler.frontend.onnx_registry import CONTRIB_DOMAIN, CONTRIB_HANDLERS, HANDLERS
 from llmc.compiler.frontend.onnx_values import (
@@ -36,7 +46,8 @@ from llmc.ir.graph import Function, Module, Param, Value, canonical_attr
 from llmc.ir.registry import OPS, InferError, RefContext
 from llmc.ir.types import Dim, DType, TensorType
 
-del onnx_index_ops, onnx_nbits, onnx_nn_ops, onnx_ops, onnx_quant_ops, onnx_shape_ops  # imported to fill HANDLERS
+del (onnx_gqa, onnx_index_ops, onnx_nbits, onnx_nn_ops, onnx_norm_ops, onnx_ops,  # imported to fill HANDLERS
+     onnx_quant_ops, onnx_rotary, onnx_shape_ops)
 SEQ, PAST = "L", "P"
 _FAILURES = (InferError, ValueError, TypeError, IndexError, KeyError, ArithmeticError)
 

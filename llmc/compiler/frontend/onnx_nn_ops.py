@@ -1,5 +1,5 @@
-"""ONNX handlers of reductions, softmax, normalisation, matrix products, CumSum, Trilu, ArgMax,
-ArgMin and TopK."""
+"""ONNX handlers of reductions, softmax, matrix products, CumSum, Trilu, ArgMax, ArgMin and TopK
+(normalisation is in ``onnx_norm_ops``)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _reduce(c: Converter, n: Node, attrs: Attrs) -> list[Operand]:
     return [c.op("sqrt", [out]) if n.op_type == "ReduceL2" else out]
 
 
-# -- softmax and normalisation ---------------------------------------------------------------------
+# -- softmax ---------------------------------------------------------------------------------------
 @handles("Softmax", "LogSoftmax")
 def _softmax(c: Converter, n: Node, attrs: Attrs) -> list[Operand]:
     """LogSoftmax: ``(x - max) - log(sum(exp(x - max)))``."""
@@ -92,41 +92,6 @@ def _softmax(c: Converter, n: Node, attrs: Attrs) -> list[Operand]:
     shifted = c.op("sub", [x, c.op("reduce_max", [x], {"axes": [axis], "keepdim": True})])
     total = c.op("reduce_sum", [c.op("exp", [shifted])], {"axes": [axis], "keepdim": True})
     return [c.op("sub", [shifted, c.op("log", [total])])]
-
-
-def _vector(c: Converter, name: str, width: Dim) -> Value | None:
-    """A scale or bias operand as a [width] vector when it is one (up to leading 1s), else None."""
-    v = c.tensor(name)
-    if v.type.shape[-1:] != (width,) or any(d != Dim.of(1) for d in v.type.shape[:-1]):
-        return None
-    return v if v.type.rank == 1 else c.op("reshape", [v], {"shape": [width]})
-
-
-@handles("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization")
-def _layer_norm(c: Converter, n: Node, attrs: Attrs) -> list[Operand]:
-    """``layer_norm`` / ``rms_norm`` over the last axis with [C] scale and bias; any other form,
-    or a use of the Mean / InvStdDev outputs, as primitives: ``(x - mean) / sqrt(var + eps) * scale + bias``."""
-    x = c.tensor(n.input[0])
-    rank, dtype = x.type.rank, x.type.dtype
-    axis = attrs.get("axis", -1) % rank
-    eps = float(attrs.get("epsilon", 1e-5))
-    rms = n.op_type != "LayerNormalization"
-    extras = [name for name in n.input[1:3 if not rms else 2] if name]
-    extras_used = any(c.uses.get(name) for name in n.output[1:] if name)
-    if axis == rank - 1 and not extras_used:
-        vectors = [_vector(c, name, x.type.shape[-1]) for name in extras]
-        if all(v is not None for v in vectors) and (not rms or len(vectors) == 1):
-            return [c.emit("rms_norm" if rms else "layer_norm", [x, *vectors], {"eps": eps})]  # type: ignore[list-item]
-    axes = list(range(axis, rank))
-    mean = None if rms else c.op("reduce_mean", [x], {"axes": axes, "keepdim": True})
-    centred = x if mean is None else c.op("sub", [x, mean])
-    var = c.op("reduce_mean", [c.op("mul", [centred, centred])], {"axes": axes, "keepdim": True})
-    std = c.op("sqrt", [c.op("add", [var, c.scalar(eps, dtype, rank)])])
-    y = c.op("div", [centred, std])
-    for name, op in zip(extras, ("mul", "add")):
-        y = c.op(op, [y, c.tensor(name)])
-    inv = c.op("reciprocal", [std])
-    return [y, inv] if rms else [y, mean, inv]  # type: ignore[list-item]
 
 
 # -- matrix products -------------------------------------------------------------------------------

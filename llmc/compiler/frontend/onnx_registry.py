@@ -1,9 +1,11 @@
 """The table of ONNX op handlers: :data:`HANDLERS` maps an ONNX op type to the function that
 converts one node of it (:func:`handles` registers one). The handlers live in ``onnx_ops``
-(elementwise), ``onnx_shape_ops`` (shapes and data movement), ``onnx_nn_ops`` (reductions,
-normalisation, matrix products), ``onnx_index_ops`` (gathers and scatters) and ``onnx_quant_ops``
-(QuantizeLinear, DequantizeLinear). Ops of onnxruntime's ``com.microsoft`` domain are in
-:data:`CONTRIB_HANDLERS` (``onnx_nbits``: MatMulNBits)."""
+(elementwise), ``onnx_shape_ops`` (shapes and data movement), ``onnx_nn_ops`` (reductions, matrix
+products), ``onnx_norm_ops`` (normalisation), ``onnx_index_ops`` (gathers and scatters) and
+``onnx_quant_ops`` (QuantizeLinear, DequantizeLinear). Ops of onnxruntime's ``com.microsoft``
+domain are in :data:`CONTRIB_HANDLERS` (``onnx_nbits``: MatMulNBits; ``onnx_norm_ops``:
+SkipLayerNormalization, SkipSimplifiedLayerNormalization; ``onnx_rotary``: RotaryEmbedding;
+``onnx_gqa``: GroupQueryAttention)."""
 
 from __future__ import annotations
 
