@@ -172,6 +172,23 @@ def test_cluster_programs_and_manifest(clusters: dict[str, Path]) -> None:
     assert 0 < runs["host"]["link_share"] < 1 and manifest["parallel"] == "tensor"
 
 
+def test_a_changed_cluster_file_is_named(clusters: dict[str, Path], tmp_path: Path) -> None:
+    """Readers check the cluster folder's manifest: an edited cluster.json, or a card's program from
+    another compile, is refused with the file named."""
+    import shutil
+
+    folder = tmp_path / "c"
+    shutil.copytree(clusters["pipeline"], folder)
+    manifest = json.loads((folder / CLUSTER_FILE).read_text())
+    (folder / CLUSTER_FILE).write_text(json.dumps({**manifest, "segments": 1}))
+    with pytest.raises(LlmcError, match=CLUSTER_FILE):
+        ClusterImage.load(folder)
+    shutil.copytree(clusters["pipeline"], folder, dirs_exist_ok=True)
+    shutil.copy(clusters["tensor"] / "card1" / "program.bin", folder / "card1" / "program.bin")
+    with pytest.raises(LlmcError, match="card1/program.bin"):
+        ClusterImage.load(folder)
+
+
 def test_link_model_figures() -> None:
     """The host link: a kernel call per segment plus a PCIe copy out of the sender and into each
     receiver; the ring: hops to the farthest receiver plus the bytes once."""
