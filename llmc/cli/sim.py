@@ -78,13 +78,8 @@ def _generate_on_iss(args: argparse.Namespace, image: object, timing: object) ->
     modelled["hbm_utilisation"] = figures.hbm_utilisation
     modelled["joules_per_token"] = figures.joules_per_token
     _write_roofline(args.roofline, roofline_svg(timing, figures, image.name))  # type: ignore[arg-type, attr-defined]
-    if args.json:
-        print(json.dumps({"tokens": text.ids, "text": text.text, "modelled": modelled}, sort_keys=True))
-    else:
-        print()
-        print(f"modelled: prefill {modelled['prefill_ms']:.3f} ms, decode {modelled['decode_tokens_per_s']:.1f} "
-              f"tokens/s, HBM utilisation {modelled['hbm_utilisation']:.1%}")
-    return 0
+    return _report(args, text, modelled, f"modelled: prefill {modelled['prefill_ms']:.3f} ms, decode "
+                   f"{modelled['decode_tokens_per_s']:.1f} tokens/s, HBM utilisation {modelled['hbm_utilisation']:.1%}")
 
 
 def _simulate_cluster(args: argparse.Namespace) -> int:
@@ -122,12 +117,17 @@ def _simulate_cluster(args: argparse.Namespace) -> int:
     decode_s = seconds[1:]
     modelled = {"prefill_ms": seconds[0] * 1e3 if seconds else 0.0,
                 "decode_tokens_per_s": len(decode_s) / sum(decode_s) if decode_s else 0.0}
+    return _report(args, text, modelled, f"modelled over the host link: prefill {modelled['prefill_ms']:.3f} ms, "
+                   f"decode {modelled['decode_tokens_per_s']:.1f} tokens/s")
+
+
+def _report(args: argparse.Namespace, text: TextStream, modelled: dict, summary: str) -> int:
+    """The generated tokens and modelled figures as JSON, or the summary line after the streamed text."""
     if args.json:
         print(json.dumps({"tokens": text.ids, "text": text.text, "modelled": modelled}, sort_keys=True))
     else:
         print()
-        print(f"modelled over the host link: prefill {modelled['prefill_ms']:.3f} ms, decode "
-              f"{modelled['decode_tokens_per_s']:.1f} tokens/s")
+        print(summary)
     return 0
 
 
