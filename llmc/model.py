@@ -204,7 +204,7 @@ def _load(source: Any, config: dict[str, Any] | None, seed: int, shapes_only: bo
     if path.suffix == ".onnx":
         from llmc.compiler.frontend.onnx import import_onnx
 
-        return Model(import_onnx(path, name or path.stem), _sibling_tokenizer(path.parent), str(path))
+        return Model(import_onnx(path, name or path.stem, max_length), _sibling_tokenizer(path.parent), str(path))
     if path.suffix == ".gguf":
         return _load_gguf(path, shapes_only, max_length, name or path.stem)
     raise LlmcError(f"{path}: unknown model format (expected a model directory, .onnx, .gguf or .llmc)")

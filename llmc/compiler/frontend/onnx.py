@@ -35,6 +35,7 @@ from typing import Any
 import onnx
 
 from llmc.compiler.frontend.onnx_converter import PAST, SEQ, Converter
+from llmc.compiler.frontend.onnx_llm import as_step_contract
 from llmc.compiler.passes.cleanup import dce, prune_params
 from llmc.compiler.passes.fuse import fuse_function
 from llmc.compiler.passes.specialize import specialize
@@ -48,7 +49,7 @@ CONTRIB_OPS = {"SimplifiedLayerNormalization"}  # onnxruntime's ops of the defau
 PLAIN_FUNCTION = "main"
 
 
-def import_onnx(path: Path, name: str) -> Module:
+def import_onnx(path: Path, name: str, max_position: int = 4096) -> Module:
     """Import an ONNX file: a step model of llmc's contract as a module with ``prefill`` and
     ``decode``, any other model as a module with one function ``main``."""
     path = Path(path)
@@ -64,15 +65,22 @@ def import_onnx(path: Path, name: str) -> Module:
         unregistered = re.match(r"No Op registered for (\w+) with domain_version", str(e))
         if unregistered is None or unregistered[1] not in CONTRIB_OPS:
             raise FrontendError(f"{path}: malformed ONNX model: {_first_line(e)}") from None
-    return import_model(model, path, name)
+    return import_model(model, path, name, max_position)
 
 
-def import_model(model: onnx.ModelProto, path: Path, name: str) -> Module:
-    """Import a checked model (``path`` names it in messages), as :func:`import_onnx` does."""
+def import_model(model: onnx.ModelProto, path: Path, name: str, max_position: int = 4096) -> Module:
+    """Import a checked model (``path`` names it in messages), as :func:`import_onnx` does; a causal
+    LM exported by another tool (:mod:`.onnx_llm`) becomes a step model with a context of
+    ``max_position`` tokens."""
     model = _normalized(model, path)
-    if ATTRS_KEY not in {p.key for p in model.metadata_props}:
-        return import_plain(model, path, name)
-    module = Module(name, _contract_attrs(model, path))
+    if ATTRS_KEY in {p.key for p in model.metadata_props}:
+        attrs = _contract_attrs(model, path)
+    else:
+        rewritten = as_step_contract(model, max_position)
+        if rewritten is None:
+            return import_plain(model, path, name)
+        model, attrs = rewritten
+    module = Module(name, attrs)
     step = Function("step")
     Converter(path, model, module, step, contract=True).run()
     fuse_function(module, step)

@@ -1,0 +1,118 @@
+"""Causal-LM exports of other tools rewritten onto llmc's step contract before conversion.
+
+A graph with inputs ``input_ids``, ``attention_mask``, optionally ``position_ids``, and
+``past_key_values.N.key`` / ``.value`` per layer, whose outputs are ``logits`` then
+``present.N.key`` / ``.value`` (the layout of ``optimum`` exports and of ``torch.onnx.export`` of
+a transformers model with its cache), becomes a step model: ``attention_mask`` is computed from
+the contract's additive ``mask`` (a key is attended where some query's mask is 0), the caches and
+outputs are renamed, the batch is 1, and the module attributes are read from the shapes. The
+converted program is then the file's own graph, checked against onnxruntime in the tests.
+"""
+
+from __future__ import annotations
+
+import re
+
+import onnx
+from onnx import TensorProto, helper
+
+PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+PRESENT = "present.{}.{}"
+
+
+def as_step_contract(model: onnx.ModelProto, max_position: int) -> tuple[onnx.ModelProto, dict] | None:
+    """``model`` rewritten onto the step contract and its module attributes, when it has a causal
+    LM's layout; else None."""
+    g = model.graph
+    initializers = {t.name for t in g.initializer}
+    inputs = {vi.name: vi for vi in g.input if vi.name not in initializers}
+    pasts = sorted((int(m[1]), m[2]) for name in inputs if (m := PAST.fullmatch(name)))
+    layers = len(pasts) // 2
+    outputs = [vi.name for vi in g.output]
+    expected = ["logits", *(PRESENT.format(i, kv) for i in range(layers) for kv in ("key", "value"))]
+    if not layers or pasts != [(i, kv) for i in range(layers) for kv in ("key", "value")] or outputs != expected \
+            or not {"input_ids", "attention_mask"} <= set(inputs) \
+            or set(inputs) - {"input_ids", "attention_mask", "position_ids"} - {f"past_key_values.{i}.{kv}" for i, kv in pasts}:
+        return None
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    ids, mask = _dims(inputs["input_ids"]), _dims(inputs["attention_mask"])
+    past = _dims(inputs["past_key_values.0.key"])
+    if len(ids) != 2 or len(mask) != 2 or len(past) != 4 or not all(isinstance(d, int) for d in (past[1], past[3])):
+        return None
+    batch = {d for d in (ids[0], mask[0], past[0]) if isinstance(d, str)}
+    seq, total, past_len = ids[1], mask[1], past[2]
+    if not all(isinstance(d, str) for d in (seq, total, past_len)):
+        return None
+    _fix_batch(g, batch)
+    renames = {f"past_key_values.{i}.{kv}": f"past_{kv[0]}_{i}" for i, kv in pasts}
+    for node in g.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    nodes = [*_attention_mask_nodes(opset), *g.node]  # attention_mask from the contract's mask first
+    del g.node[:]
+    g.node.extend(nodes)
+    cache_inputs = [vi for vi in g.input if vi.name in renames]
+    for vi in cache_inputs:
+        vi.name = renames[vi.name]
+    kept = [vi for vi in g.input if vi.name in initializers]
+    del g.input[:]
+    g.input.extend([_input("input_ids", inputs["input_ids"], [1, seq]),
+                    helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, seq, total]),
+                    helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, seq]),  # unread without one
+                    *cache_inputs, *kept])
+    contract_outputs = ["logits", *(f"{kv}_{i}" for i in range(layers) for kv in "kv")]
+    for vi, name in zip(list(g.output)[1:], contract_outputs[1:]):
+        g.node.append(helper.make_node("Identity", [vi.name], [name]))
+    new_outputs = [g.output[0], *(_renamed(vi, name) for vi, name in zip(list(g.output)[1:], contract_outputs[1:]))]
+    del g.output[:]
+    g.output.extend(new_outputs)
+    vocab = _dims(g.output[0])[-1]
+    attrs = {"arch": "onnx", "layers": layers, "kv_heads": past[1], "head_dim": past[3], "max_position": max_position,
+             "bos_token_id": -1, "eos_token_id": -1, **({"vocab_size": vocab} if isinstance(vocab, int) else {})}
+    _bind(g, {seq: "L", past_len: "P", total: "P+L"})
+    return model, attrs
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+
+
+def _fix_batch(g: onnx.GraphProto, names: set[str]) -> None:
+    """Every dim named like the batch becomes 1."""
+    for vi in [*g.input, *g.output, *g.value_info]:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in names:
+                d.dim_value = 1
+
+
+def _bind(g: onnx.GraphProto, names: dict[str, str]) -> None:
+    """The export's dim names replaced by the contract's symbols."""
+    for vi in [*g.input, *g.output, *g.value_info]:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in names:
+                d.dim_param = names[d.dim_param]
+
+
+def _input(name: str, like: onnx.ValueInfoProto, shape: list[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, like.type.tensor_type.elem_type, shape)
+
+
+def _renamed(vi: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto.FromString(vi.SerializeToString())
+    out.name = name
+    return out
+
+
+def _attention_mask_nodes(opset: int) -> list[onnx.NodeProto]:
+    """``attention_mask`` [1, P+L] (int64) = 1 where any row of ``mask`` [1, 1, L, P+L] is 0."""
+    zero = helper.make_node("Constant", [], ["llmc_mask_zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0]))
+    seen = helper.make_node("Equal", ["mask", "llmc_mask_zero"], ["llmc_mask_seen"])
+    as_int = helper.make_node("Cast", ["llmc_mask_seen"], ["llmc_mask_int"], to=TensorProto.INT64)
+    if opset >= 18:
+        axes = helper.make_node("Constant", [], ["llmc_mask_axes"],
+                                value=helper.make_tensor("a", TensorProto.INT64, [2], [1, 2]))
+        reduce = helper.make_node("ReduceMax", ["llmc_mask_int", "llmc_mask_axes"], ["attention_mask"], keepdims=0)
+        return [zero, seen, as_int, axes, reduce]
+    reduce = helper.make_node("ReduceMax", ["llmc_mask_int"], ["attention_mask"], axes=[1, 2], keepdims=0)
+    return [zero, seen, as_int, reduce]

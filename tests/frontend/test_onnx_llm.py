@@ -1,0 +1,97 @@
+"""Causal LMs exported by ``torch.onnx.export`` (dynamo) with their KV cache, in the layout optimum
+exports too (``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.N.key/value`` ->
+``logits``, ``present.N.key/value``), import as step models: a prompt and 32 decode steps in the
+reference interpreter match onnxruntime on the file, with the same greedy tokens."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from zoo import FAMILIES
+
+import llmc
+from llmc.cli import main
+from llmc.generate.interpreter import InterpreterDevice
+
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+PROMPT = [1, 5, 9, 33, 70]
+STEPS = 32
+
+
+def export(family: str, path: Path) -> tuple[int, int, int]:
+    """The family's random-weight model exported with a cache input and output per layer; its
+    layers, KV heads and head size."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.cache_utils import DynamicCache
+
+    config = AutoConfig.for_model(family, **FAMILIES[family])
+    model = AutoModelForCausalLM.from_config(config).eval()
+    layers = config.num_hidden_layers
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    class WithCache(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):  # noqa: ANN001, ANN201
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=cache, use_cache=True)
+            return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
+
+    past = [torch.randn(1, heads, 2, head_dim) for _ in range(2 * layers)]
+    args = (torch.randint(0, 90, (1, 3)), torch.ones(1, 5, dtype=torch.int64), torch.arange(2, 5)[None], *past)
+    names = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(WithCache(), args, str(path), dynamo=True, verbose=False,
+                          input_names=["input_ids", "attention_mask", "position_ids", *names],
+                          output_names=["logits", *(n.replace("past_key_values", "present") for n in names)],
+                          dynamic_shapes=({1: "S"}, {1: "T"}, {1: "S"}, tuple({2: "P"} for _ in names)))
+    return layers, heads, head_dim
+
+
+@pytest.mark.parametrize("family", ["llama", pytest.param("qwen2", marks=pytest.mark.slow),
+                                    pytest.param("gpt2", marks=pytest.mark.slow)])
+def test_an_exported_lm_is_a_step_model(family: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{family}.onnx"
+    layers, heads, head_dim = export(family, path)
+    model = llmc.load(path, max_length=64)
+    assert model.is_language_model and model.module.attrs["layers"] == layers
+    session = ort.InferenceSession(str(path))
+    past = {f"past_key_values.{i}.{kv}": np.zeros((1, heads, 0, head_dim), np.float32)
+            for i in range(layers) for kv in ("key", "value")}
+
+    def reference(tokens: list[int], position: int) -> np.ndarray:
+        nonlocal past
+        out = session.run(None, {"input_ids": np.array([tokens], np.int64),
+                                 "attention_mask": np.ones((1, position + len(tokens)), np.int64),
+                                 "position_ids": np.arange(position, position + len(tokens))[None], **past})
+        past = {name: out[1 + j] for j, name in enumerate(past)}
+        return out[0][0, -1]
+
+    device = InterpreterDevice(model.module)
+    want, got = reference(PROMPT, 0), device.prefill(PROMPT)
+    errors, same = [np.abs(want - got).max() / np.abs(want).max()], True
+    for step in range(STEPS):
+        token = int(np.argmax(want))
+        same = same and token == int(np.argmax(got))
+        want, got = reference([token], len(PROMPT) + step), device.decode(token)
+        errors.append(np.abs(want - got).max() / np.abs(want).max())
+    assert max(errors) < 1e-5 and same
+
+
+def test_the_accelerator_names_what_it_cannot_run_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its ops are the export's, unfused: the FPGA compile refuses the first one it has no unit for."""
+    export("llama", tmp_path / "m.onnx")
+    code = main(["compile", str(tmp_path / "m.onnx"), "--context", "64", "-o", str(tmp_path / "out")])
+    assert code == 2 and "op not supported by the FPGA accelerator" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
