@@ -1,7 +1,7 @@
 """Causal LMs exported by ``torch.onnx.export`` (dynamo) with their KV cache, in the layout optimum
 exports too (``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.N.key/value`` ->
 ``logits``, ``present.N.key/value``), import as step models: a prompt and 32 decode steps in the
-reference interpreter match onnxruntime on the file, with the same greedy tokens."""
+reference interpreter match onnxruntime on the file, with the same greedy tokens; TVM runs them."""
 
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ def export(family: str, path: Path) -> tuple[int, int, int]:
     return layers, heads, head_dim
 
 
+@pytest.fixture(scope="module")
+def llama_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Llama family's export, once for this file's tests."""
+    path = tmp_path_factory.mktemp("export") / "llama.onnx"
+    export("llama", path)
+    return path
+
+
 @pytest.mark.parametrize("family", ["llama", pytest.param("qwen2", marks=pytest.mark.slow),
                                     pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_an_exported_lm_is_a_step_model(family: str, tmp_path: Path) -> None:
@@ -89,9 +97,24 @@ def test_an_exported_lm_is_a_step_model(family: str, tmp_path: Path) -> None:
     assert max(errors) < 1e-5 and same
 
 
-def test_the_accelerator_names_what_it_cannot_run_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_exported_lm_runs_on_tvm(llama_export: Path) -> None:
+    """TVM compiles the export's step programs, unfused, for the CPU: its logits follow the
+    interpreter's and its greedy tokens are the same."""
+    compile_model = pytest.importorskip("llmc.backends.tvm.compile").compile_model
+    module = llmc.load(llama_export, max_length=64).module
+    reference, device = InterpreterDevice(module), compile_model(module, "cpu")
+    want, got = [reference.prefill(PROMPT)], [device.prefill(PROMPT)]
+    for _ in range(8):
+        token = int(np.argmax(want[-1]))
+        assert token == int(np.argmax(got[-1]))
+        want.append(reference.decode(token))
+        got.append(device.decode(token))
+    assert max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(want, got)) < 2e-5
+
+
+def test_the_accelerator_names_what_it_cannot_run_yet(llama_export: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """Its ops are the export's, unfused: the FPGA compile refuses the first one it has no unit for."""
-    export("llama", tmp_path / "m.onnx")
-    code = main(["compile", str(tmp_path / "m.onnx"), "--context", "64", "-o", str(tmp_path / "out")])
+    code = main(["compile", str(llama_export), "--context", "64", "-o", str(tmp_path / "out")])
     assert code == 2 and "op not supported by the FPGA accelerator" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

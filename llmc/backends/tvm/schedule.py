@@ -39,6 +39,8 @@ class CpuReduction(dl.ScheduleRule):
         loops = sch.get_loops(block)
         spatial = [loop for loop, k in zip(loops, kinds) if k == "S"]
         reduce = [loop for loop, k in zip(loops, kinds) if k == "R"]
+        if not reduce:  # its reduction axes are of extent 1 and folded away: the default rules take it
+            return None
         sch.reorder(*spatial, *reduce)
         outer = sch.fuse(*spatial)
         sch.parallel(outer)
