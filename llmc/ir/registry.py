@@ -62,6 +62,7 @@ class OpDef:
     ref: RefFn
     doc: str
     num_results: int = 1
+    side_effect: bool = False  # its node stays when no result is used (a send to another card)
 
     def with_defaults(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         out = {k: s.default for k, s in self.attrs.items() if not s.required}
@@ -78,6 +79,7 @@ def register(
     inputs: int | tuple[int, int],
     attrs: Mapping[str, AttrSpec] | None = None,
     results: int = 1,
+    side_effect: bool = False,
 ) -> Callable[[type], type]:
     """Class decorator: the class holds ``infer`` and ``ref`` static methods and a docstring."""
 
@@ -95,6 +97,7 @@ def register(
             ref=cls.ref,  # type: ignore[attr-defined]
             doc=(cls.__doc__ or "").strip(),
             num_results=results,
+            side_effect=side_effect,
         )
         return cls
 

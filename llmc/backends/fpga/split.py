@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmc.compiler.passes.cleanup import dce, prune_params
 from llmc.errors import LlmcError
 from llmc.ir.graph import Function, Module, Node, Param, Value
 from llmc.ir.registry import OPS
@@ -49,10 +50,9 @@ def _drop_unreceived(modules: list[Module]) -> list[Module]:
     received = {n.attrs["slot"] for m in modules for n in m.functions["step"].nodes if n.op == "hw_recv"}
     for m in modules:
         step = m.functions["step"]
-        kept = [n for n in step.nodes if n.op != "hw_send" or n.attrs["slot"] in received]
-        step.nodes = _live(kept, {v.name for v in step.outputs})
-        used = {n.attrs["name"] for n in step.nodes if n.op == "param"}
-        m.params = {name: p for name, p in m.params.items() if name in used}
+        step.nodes = [n for n in step.nodes if n.op != "hw_send" or n.attrs["slot"] in received]
+        dce(step)
+        prune_params(m)
     return modules
 
 
@@ -75,7 +75,7 @@ def pipeline_split(hw: Module, cards: int) -> list[Module]:
         if c < cards - 1:
             v = crossing[c]
             builder.emit("hw_send", [builder.values[v.name]], [f"{v.name}_sent"], {"slot": c})
-        out.append(builder.finish(step))
+        out.append(builder.finish())
     return out
 
 
@@ -132,7 +132,8 @@ class Shard:
         return slice(start * self.unit, (start + base + (card >= first_more)) * self.unit)
 
     def width(self, card: int) -> int:
-        return self.columns(card).stop - self.columns(card).start
+        columns = self.columns(card)
+        return columns.stop - columns.start
 
     def per(self, columns: int) -> Shard:
         """The same split of a value with one column per ``columns`` of this one (scales per group)."""
@@ -162,7 +163,7 @@ def tensor_split(hw: Module, cards: int) -> list[Module]:
                 slot += cards
             else:
                 builder.copy(node, shards)
-        out.append(builder.finish(step, logits=c == 0))
+        out.append(builder.finish(logits=c == 0))
     return out
 
 
@@ -255,7 +256,6 @@ class _CardBuilder:
         self.nodes: list[Node] = []
         self.params: dict[str, Param] = {}
         self.slices: dict[str, tuple[slice | None, slice | None]] = {}
-        self.shards: dict[str, Shard | None] = {}
 
     def emit(self, op: str, inputs: list[Value], names: list[str], attrs: dict | None = None) -> Value:
         attrs = dict(attrs or {})
@@ -351,28 +351,15 @@ class _CardBuilder:
             return out_shard.columns(self.card), None
         return None, None
 
-    def finish(self, step: Function, logits: bool = True) -> Module:
+    def finish(self, logits: bool = True) -> Module:
         """The card's module: its nodes, the inputs they read, the outputs it makes (logits when
         ``logits`` and this card computes them), unused nodes removed."""
-        outputs = [self.values[v.name] for v in step.outputs if v.name in self.values
+        outputs = [self.values[v.name] for v in self.step.outputs if v.name in self.values
                    and (logits or v.name != "logits")]
-        nodes = _live(self.nodes, {v.name for v in outputs})
-        used = {v.name for n in nodes for v in n.inputs}
-        ordered_inputs = [self.inputs.get(v.name) or Value(v.name, v.type) for v in step.inputs
-                          if v.name in used or v.name == "position_ids"]
-        nodes = sorted(nodes, key=lambda n: n.op != "param")  # stable: parameters first, then the program
-        params = {n.attrs["name"]: self.params[n.attrs["name"]] for n in nodes if n.op == "param"}
+        func = dce(Function("step", [], list(self.nodes), outputs))
+        used = {v.name for n in func.nodes for v in n.inputs}
+        func.inputs = [self.inputs[v.name] for v in self.step.inputs if v.name in used or v.name == "position_ids"]
+        func.nodes.sort(key=lambda n: n.op != "param")  # stable: parameters first, then the program
+        params = {n.attrs["name"]: self.params[n.attrs["name"]] for n in func.nodes if n.op == "param"}
         attrs = dict(self.hw.attrs, card=self.card, cards=self.cards, parallel=self.parallel)
-        return Module(f"{self.hw.name}.card{self.card}", attrs, params,
-                      {"step": Function("step", ordered_inputs, nodes, outputs)})
-
-
-def _live(nodes: list[Node], outputs: set[str]) -> list[Node]:
-    """``nodes`` without those whose results reach neither ``outputs`` nor a send."""
-    needed = set(outputs)
-    keep: list[Node] = []
-    for node in reversed(nodes):
-        if node.op == "hw_send" or any(v.name in needed for v in node.outputs):
-            keep.append(node)
-            needed |= {v.name for v in node.inputs}
-    return keep[::-1]
+        return Module(f"{self.hw.name}.card{self.card}", attrs, params, {"step": func})

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from llmc.ir.graph import Function, Module
+from llmc.ir.registry import OPS
 
 
 def dce(func: Function) -> Function:
-    """Remove nodes none of whose results is used (IR ops have no side effects). In place."""
+    """Remove nodes none of whose results is used, but those of ops with a side effect
+    (``hw_send``). In place."""
     live = {v.name for v in func.outputs}
     kept = []
     for node in reversed(func.nodes):
-        if any(v.name in live for v in node.outputs):
+        if any(v.name in live for v in node.outputs) or (node.op in OPS and OPS[node.op].side_effect):
             kept.append(node)
             live.update(v.name for v in node.inputs)
     func.nodes = kept[::-1]

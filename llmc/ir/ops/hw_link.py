@@ -18,7 +18,7 @@ from llmc.ir.registry import AttrSpec, InferError, RefContext, register
 from llmc.ir.types import Dim, TensorType
 
 
-@register("hw_send", inputs=1, attrs={"slot": AttrSpec("int")})
+@register("hw_send", inputs=1, attrs={"slot": AttrSpec("int")}, side_effect=True)
 class HwSend:
     """Send the activation rows ``x`` [T, C] as slot ``slot``; the result is ``x`` itself."""
 
