@@ -84,7 +84,7 @@ def _generate_on_iss(args: argparse.Namespace, image: object, timing: object) ->
 
 def _simulate_cluster(args: argparse.Namespace) -> int:
     """A cluster folder: its modelled run over each link, or text generated on the cards' ISSs."""
-    from llmc.backends.fpga.links import LINKS, cluster_run
+    from llmc.backends.fpga.links import LINKS, cluster_runs
     from llmc.backends.fpga.timing import RUN_DECODE, RUN_PREFILL, TimingModel, run_lengths
     from llmc.model import load
     from llmc.sim.cluster import ClusterImage, ClusterIssDevice
@@ -97,8 +97,7 @@ def _simulate_cluster(args: argparse.Namespace) -> int:
             prefill = RUN_PREFILL if args.prefill is None else args.prefill
             decode = RUN_DECODE if args.decode is None else args.decode
         cards = [(TimingModel.for_image(card), card.programs) for card in image.cards]
-        runs = {kind: cluster_run(cards, image.transfers, image.segments, link, prefill, decode)
-                for kind, link in LINKS.items()}
+        runs = cluster_runs(cards, image.transfers, image.segments, LINKS, prefill, decode)
         if args.json:
             print(json.dumps({"modelled": runs}, sort_keys=True))
         else:

@@ -13,7 +13,7 @@ import numpy as np
 
 from llmc.backends.fpga.design import chunks
 from llmc.backends.fpga.isa import Instruction
-from llmc.backends.fpga.links import CLUSTER_FILE, LINKS, Link, Transfer, step_seconds
+from llmc.backends.fpga.links import CLUSTER_FILE, LINKS, Link, Transfer, compute_seconds, link_seconds
 from llmc.backends.fpga.timing import TimingModel
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
@@ -172,7 +172,8 @@ class ClusterIssDevice(AppendingDevice):
             start = self.length + first
             out.append(run_chunk(self.image, cards, bucket, np.asarray(ids[first:first + rows], dtype=np.int32), start))
             cards = [(t, card.programs[bucket]) for t, card in zip(self.timings, images)]
-            seconds += step_seconds(cards, self.image.transfers, self.image.segments, self.link, rows, start)[0]
+            seconds += compute_seconds(cards, self.image.segments, rows, start) + \
+                link_seconds(self.link, self.image.transfers, self.image.segments, len(cards), rows)
         self.length += len(ids)
         self.last_seconds = seconds
         return np.concatenate(out)

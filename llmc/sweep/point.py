@@ -64,7 +64,7 @@ def _measure(module: Module, tokenizer_json: str | None, job: Job) -> dict[str, 
     from llmc.backends.fpga.cluster import cluster_design
     from llmc.backends.fpga.flow import design
     from llmc.backends.fpga.isa import decode_program, encode_program
-    from llmc.backends.fpga.links import LINKS, cluster_run
+    from llmc.backends.fpga.links import LINKS, cluster_runs
     from llmc.backends.fpga.timing import TimingModel
     from llmc.sim.perf import model_run
 
@@ -80,7 +80,8 @@ def _measure(module: Module, tokenizer_json: str | None, job: Job) -> dict[str, 
               {b: decode_program(encode_program(prog)) for b, prog in d.compiled.programs.items()}) for d in designs]
     per_card = [model_run(timing, programs, job.prefill, job.decode) for timing, programs in cards]
     if p.cards > 1:  # the cards take turns (and wait on the host link): time from the cluster's run
-        run = cluster_run(cards, cluster.transfers, cluster.segments, LINKS["host"], job.prefill, job.decode)
+        run = cluster_runs(cards, cluster.transfers, cluster.segments, {"host": LINKS["host"]}, job.prefill,
+                           job.decode)["host"]
         tokens_per_s, prefill_ms = float(run["tokens_per_s"]), float(run["prefill_ms"])
     else:
         tokens_per_s, prefill_ms = per_card[0].decode_tokens_per_s, per_card[0].prefill_s * 1e3

@@ -20,8 +20,8 @@ from typing import Any
 from llmc.backends.fpga import pack
 from llmc.backends.fpga.accuracy import lowering_accuracy
 from llmc.backends.fpga.compile import Links
-from llmc.backends.fpga.flow import Design, check_capacity, design_lowered, project_files
-from llmc.backends.fpga.links import CLUSTER_FILE, LINKS, Transfer, cluster_run
+from llmc.backends.fpga.flow import Design, check_capacity, compiled_context, design_lowered, project_files
+from llmc.backends.fpga.links import CLUSTER_FILE, LINKS, Transfer, cluster_runs
 from llmc.backends.fpga.lower import lower
 from llmc.backends.fpga.project import BUILD_PRODUCTS
 from llmc.backends.fpga.split import split
@@ -101,10 +101,7 @@ def cluster_design(module: Module, target: str, cards: int, parallel: str, *, na
                    max_context: int | None = None, max_rows: int = 64) -> ClusterDesign:
     """Lower ``module``, split it over ``cards`` boards of ``target`` and compile every card."""
     board = load_target(target)
-    context = int(module.attrs.get("max_position", 0) or 0)
-    context = min(context, max_context) if max_context else context
-    if context <= 0:
-        raise LlmcError(f"{module.name}: unknown context length: pass --context")
+    context = compiled_context(module, max_context)
     check_capacity(module, board, cards)
     card_modules = split(lower(module, context), cards, parallel)
     links, transfers, segments = link_schedule(card_modules, max_rows)
@@ -122,7 +119,7 @@ def cluster_report(cd: ClusterDesign) -> dict[str, Any]:
     """The cluster manifest: cards, transfers and the modelled run on each kind of link."""
     prefill, decode = run_lengths(min(d.config.max_context for d in cd.cards))
     cards = [(TimingModel.for_design(d.config, d.target), d.compiled.programs) for d in cd.cards]
-    runs = {kind: cluster_run(cards, cd.transfers, cd.segments, LINKS[kind], prefill, decode) for kind in LINKS}
+    runs = cluster_runs(cards, cd.transfers, cd.segments, LINKS, prefill, decode)
     return {"name": cd.name, "target": cd.target.name, "parallel": cd.parallel, "segments": cd.segments,
             "cards": [{"folder": f"card{c}", "name": d.name, "weight_bytes": d.needs.weight_bytes,
                        "layers": d.needs.layers, "logits": int(d.compiled.io["vocab"]) > 0}

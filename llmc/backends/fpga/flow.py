@@ -111,14 +111,20 @@ def check_capacity(module: Module, board: Target, cards: int = 1) -> None:
                         f"{have / 2**30:.1f} GiB of {board.memory.kind.upper()}")
 
 
-def design(module: Module, target: str, *, name: str | None = None, max_context: int | None = None,
-           max_rows: int = 64) -> Design:
-    """Lower ``module`` and compile it for ``target`` (a bundled name or a board YAML)."""
-    board = load_target(target)
+def compiled_context(module: Module, max_context: int | None) -> int:
+    """The KV-cache length to compile for: the model's, cut to ``max_context`` when given."""
     context = int(module.attrs.get("max_position", 0) or 0)
     context = min(context, max_context) if max_context else context
     if context <= 0:
         raise LlmcError(f"{module.name}: unknown context length: pass --context")
+    return context
+
+
+def design(module: Module, target: str, *, name: str | None = None, max_context: int | None = None,
+           max_rows: int = 64) -> Design:
+    """Lower ``module`` and compile it for ``target`` (a bundled name or a board YAML)."""
+    board = load_target(target)
+    context = compiled_context(module, max_context)
     check_capacity(module, board)
     return design_lowered(lower(module, context), board, name or module.name, context, max_rows)
 

@@ -19,11 +19,11 @@ instead of returning.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llmc.backends.fpga.design import chunks
+from llmc.backends.fpga.design import bucket_for, chunks
 from llmc.backends.fpga.isa import Instruction
 from llmc.backends.fpga.timing import Cost, TimingModel
 
@@ -91,39 +91,40 @@ def segment_seconds(timing: TimingModel, costs: list[Cost]) -> list[float]:
     return out
 
 
-def step_seconds(cards: Sequence[tuple[TimingModel, list[Instruction]]], transfers: Sequence[Any], segments: int,
-                 link: Link, rows: int, start_pos: int) -> tuple[float, float]:
-    """One round of kernel calls of a cluster (each card's timing model and program, the
-    transfers after each segment) on ``rows`` rows at ``start_pos``: its seconds and the part of
-    them spent on the link."""
+def compute_seconds(cards: Sequence[tuple[TimingModel, list[Instruction]]], segments: int, rows: int,
+                    start_pos: int) -> float:
+    """One round of kernel calls of a cluster's cards (each card's timing model and program) on
+    ``rows`` rows at ``start_pos``, each segment as long as its slowest card, the link left out."""
     per_card = [segment_seconds(timing, timing.program(program, rows, start_pos)) for timing, program in cards]
-    compute = sum(max(card[s] for card in per_card) for s in range(segments))
-    moving = sum(link.transfer_seconds(rows * t.cols * 4, t.sender, t.receivers, len(cards))
-                 for t in transfers) + segments * link.call_s
-    return compute + moving, moving
+    return sum(max(card[s] for card in per_card) for s in range(segments))
 
 
-def _bucket(programs: dict[int, list[Instruction]], rows: int) -> int:
-    return next((b for b in sorted(programs) if b >= rows), max(programs))
+def link_seconds(link: Link, transfers: Sequence[Transfer], segments: int, cards: int, rows: int) -> float:
+    """What a round of ``rows`` rows spends on ``link``: a kernel call per segment and every transfer."""
+    return sum(link.transfer_seconds(rows * t.cols * 4, t.sender, t.receivers, cards) for t in transfers) + \
+        segments * link.call_s
 
 
-def cluster_run(cards: Sequence[tuple[TimingModel, dict[int, list[Instruction]]]], transfers: Sequence[Any],
-                segments: int, link: Link, prefill: int, decode: int) -> dict[str, float | bool]:
-    """The modelled prompt and decode of a cluster (each card's timing model and programs) on
-    ``link``: ``prefill`` tokens (chunked as the runtimes cut them) then ``decode`` tokens one at a time."""
-    buckets = cards[0][1]
+def cluster_runs(cards: Sequence[tuple[TimingModel, dict[int, list[Instruction]]]], transfers: Sequence[Transfer],
+                 segments: int, links: Mapping[str, Link], prefill: int, decode: int) -> dict[str, dict[str, float | bool]]:
+    """The modelled prompt and decode of a cluster (each card's timing model and programs) over
+    each of ``links``: ``prefill`` tokens (chunked as the runtimes cut them) then ``decode`` tokens
+    one at a time. The cards' time is modelled once, the links' added to it."""
 
-    def one(rows: int, start_pos: int) -> tuple[float, float]:
-        programs = [(timing, progs[_bucket(progs, rows)]) for timing, progs in cards]
-        return step_seconds(programs, transfers, segments, link, rows, start_pos)
+    def rounds(total: int, first: int, one_at_a_time: bool) -> list[tuple[int, float]]:
+        cuts = [(first + i, 1) for i in range(total)] if one_at_a_time else \
+            [(first + start, rows) for _, start, rows in chunks(total, lambda rows: bucket_for(cards[0][1], rows))]
+        return [(rows, compute_seconds([(t, p[bucket_for(p, rows)]) for t, p in cards], segments, rows, start))
+                for start, rows in cuts]
 
-    pre = 0.0
-    for _, first, rows in chunks(prefill, lambda rows: _bucket(buckets, rows)):
-        pre += one(rows, first)[0]
-    total = moving = 0.0
-    for i in range(decode):
-        seconds, link_s = one(1, prefill + i)
-        total, moving = total + seconds, moving + link_s
-    return {"prefill_tokens": prefill, "decode_tokens": decode, "prefill_ms": pre * 1e3,
-            "ms_per_token": total / decode * 1e3, "tokens_per_s": decode / total, "link_share": moving / total,
-            "generated": link.generated}
+    pre, steps = rounds(prefill, 0, False), rounds(decode, prefill, True)
+    out = {}
+    for kind, link in links.items():
+        moving = [link_seconds(link, transfers, segments, len(cards), rows) for rows, _ in steps]
+        total = sum(c for _, c in steps) + sum(moving)
+        out[kind] = {"prefill_tokens": prefill, "decode_tokens": decode,
+                     "prefill_ms": sum(c + link_seconds(link, transfers, segments, len(cards), rows)
+                                       for rows, c in pre) * 1e3,
+                     "ms_per_token": total / decode * 1e3, "tokens_per_s": decode / total,
+                     "link_share": sum(moving) / total, "generated": link.generated}
+    return out
