@@ -156,11 +156,7 @@ class PynqDevice(AppendingDevice):
     def run(self, ids: Sequence[int]) -> np.ndarray:
         """Append ``ids``; their logits [len(ids), vocab]. A failed or interrupted call leaves the
         sequence to be started again."""
-        context, vocab = self.image.config.max_context, self.image.vocab
-        if self.length + len(ids) > context:
-            raise LlmcError(f"sequence of {self.length + len(ids)} tokens exceeds the compiled context of {context}")
-        if any(not 0 <= int(i) < vocab for i in ids):
-            raise LlmcError(f"token id outside the vocabulary of {vocab}")
+        self.image.check_run(self.length, ids)
         out, seconds = [], 0.0
         try:
             for bucket, first, rows in chunks(len(ids), self.image.bucket_for):

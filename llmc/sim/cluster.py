@@ -18,7 +18,7 @@ from llmc.backends.fpga.timing import TimingModel
 from llmc.errors import LlmcError
 from llmc.generate.loop import AppendingDevice
 from llmc.manifest import check_files
-from llmc.sim.image import ProjectImage
+from llmc.sim.image import ProjectImage, check_run
 from llmc.sim.iss import Iss
 
 
@@ -68,10 +68,7 @@ class ClusterImage:
 
     def check_run(self, length: int, ids: Sequence[int]) -> None:
         """Refuse appending ``ids`` to a sequence of ``length`` tokens past the context or the vocabulary."""
-        if length + len(ids) > self.max_context:
-            raise LlmcError(f"sequence of {length + len(ids)} tokens exceeds the compiled context of {self.max_context}")
-        if any(not 0 <= int(i) < self.vocab for i in ids):
-            raise LlmcError(f"token id outside the vocabulary of {self.vocab}")
+        check_run(length, ids, self.max_context, self.vocab)
 
 
 class Card(Protocol):

@@ -8,6 +8,7 @@ the containers' checksums are verified and the weights must belong to the progra
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,10 @@ class ProjectImage:
     def bucket_for(self, rows: int) -> int:
         return bucket_for(self.config.buckets, rows)
 
+    def check_run(self, length: int, ids: Sequence[int]) -> None:
+        """Refuse appending ``ids`` to a sequence of ``length`` tokens (:func:`check_run`)."""
+        check_run(length, ids, self.config.max_context, self.vocab)
+
     @classmethod
     def load(cls, project: Path | str, *, weights: bool = True) -> ProjectImage:
         """Read ``project``; ``weights=False`` skips ``weights.bin`` (timing only)."""
@@ -79,6 +84,14 @@ class ProjectImage:
             lanes = _lanes(project / "weights.bin", digest, len(config.weight_channels))
         return cls(project, str(program.metadata.get("name", project.name)), config, programs, lanes,
                    [int(x) for x in program.metadata["kv_bytes_per_channel"]], dict(design["io"]), digest, target)
+
+
+def check_run(length: int, ids: Sequence[int], max_context: int, vocab: int) -> None:
+    """Refuse appending ``ids`` to a sequence of ``length`` tokens past the compiled context or the vocabulary."""
+    if length + len(ids) > max_context:
+        raise LlmcError(f"sequence of {length + len(ids)} tokens exceeds the compiled context of {max_context}")
+    if any(not 0 <= int(i) < vocab for i in ids):
+        raise LlmcError(f"token id outside the vocabulary of {vocab}")
 
 
 def _lanes(path: Path, digest: str, count: int) -> list[np.ndarray]:

@@ -99,12 +99,7 @@ class Iss:
     def run(self, ids: Sequence[int], start_pos: int) -> tuple[np.ndarray, list[Cost]]:
         """Run ``ids`` at positions ``start_pos..``, chunked by bucket; logits [len(ids), vocab] and the
         modelled cost of every instruction executed."""
-        if start_pos + len(ids) > self.image.config.max_context:
-            raise LlmcError(f"sequence of {start_pos + len(ids)} tokens exceeds the compiled context of "
-                            f"{self.image.config.max_context}")
-        vocab = self.image.vocab
-        if any(not 0 <= int(i) < vocab for i in ids):
-            raise LlmcError(f"token id outside the vocabulary of {vocab}")
+        self.image.check_run(start_pos, ids)
         out: list[np.ndarray] = []
         costs: list[Cost] = []
         for bucket, first, rows in chunks(len(ids), self.image.bucket_for):
