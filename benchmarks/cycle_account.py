@@ -48,12 +48,12 @@ def main() -> None:
     print(f"{'call':<10} {'C-sim':>12} {'model':>10} {'ratio':>8}")
     for name, account, costs in calls:
         model = sum(c.cycles for c in costs)
-        print(f"{name:<10} {account.cycles:>12,} {model:>10,.0f} {account.cycles / model:>8.1f}")
+        print(f"{name:<10} {account.cycles:>12,} {model:>10,.0f} {account.cycles / model:>8.3f}")
     print(f"\n{'opcode':<8} {'C-sim (decode 0)':>17} {'model':>10} {'ratio':>8}")
     account, costs = accounts[1], steps[0]
     for op, cycles in sorted(account.by_opcode.items(), key=lambda kv: -kv[1]):
         model = sum(c.cycles for c in costs if c.op == op)
-        print(f"{op:<8} {cycles:>17,} {model:>10,.0f} {cycles / model if model else float('inf'):>8.1f}")
+        print(f"{op:<8} {cycles:>17,} {model:>10,.0f} {cycles / model if model else float('inf'):>8.3f}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,16 @@ from dataclasses import asdict
 
 from llmc.backends.fpga.cformat import render_tables
 from llmc.backends.fpga.compile import Compiled
-from llmc.backends.fpga.design import READ_BURST, READS_OUTSTANDING, WRITE_BURST, WRITES_OUTSTANDING, kernel_ports
-from llmc.backends.fpga.isa import LANE_STREAMS, OPCODES, kernel_constants
+from llmc.backends.fpga.design import (
+    READ_BURST,
+    READS_OUTSTANDING,
+    WORD_BITS,
+    WRITE_BURST,
+    WRITES_OUTSTANDING,
+    kernel_ports,
+)
+from llmc.backends.fpga.isa import OPCODES, kernel_constants
+from llmc.backends.fpga.timing import HBM_LATENCY, INSTR_OVERHEAD, TimingModel
 from llmc.backends.fpga.units import design_units, rtl_files
 from llmc.ir.graph import Module
 from llmc.templating import render, static_file
@@ -17,7 +25,7 @@ STATIC_HEADERS = ("llmc_cycles.h", "llmc_math.h", "llmc_mem.h", "llmc_sparse_mac
 KERNEL_SOURCES = ("kernel/llmc_accel.cpp",)
 
 
-def kernel_context(name: str, module: Module, compiled: Compiled) -> dict:
+def kernel_context(name: str, module: Module, compiled: Compiled, timing: TimingModel) -> dict:
     config = compiled.config
     ports = kernel_ports(config)
     step = module.functions["step"]
@@ -35,22 +43,30 @@ def kernel_context(name: str, module: Module, compiled: Compiled) -> dict:
         "max_head_dim": max((n.attrs["head_dim"] for n in attn), default=1),
         "max_heads": max((n.attrs["heads"] for n in attn), default=1),
         "io": compiled.io,
-        "io_head_bytes": compiled.io["logits_offset"],
         "io_memory_bytes": compiled.io["io_bytes"] + compiled.io.get("mail_bytes", 0),  # a cluster card's mail after io
         "kv_bytes": compiled.kv_bytes,
         "buckets": list(config.buckets),
         "units": design_units(config),
         "opcodes": {name: number for name, (number, _, _) in OPCODES.items()},
         "constants": kernel_constants(),
-        "lane_streams": LANE_STREAMS,
+        "account": cycle_account_constants(timing),
         "axi": {"read_burst": READ_BURST, "reads": READS_OUTSTANDING, "write_burst": WRITE_BURST,
                 "writes": WRITES_OUTSTANDING},
     }
 
 
-def kernel_files(name: str, module: Module, compiled: Compiled) -> dict[str, str]:
+def cycle_account_constants(timing: TimingModel) -> dict:
+    """What C-simulation's cycle account charges for memory and control: the timing model's port rate,
+    first-request latency and per-instruction fetch and decode."""
+    word_cycles = max(1.0, WORD_BITS / 8 / timing.channel_bytes_per_cycle)
+    return {"word_cycles": word_cycles, "word_bytes": timing.channel_bytes_per_cycle,
+            "word_extra_q16": round((word_cycles - 1.0) * 65536), "latency": HBM_LATENCY,
+            "instr_depth": INSTR_OVERHEAD}
+
+
+def kernel_files(name: str, module: Module, compiled: Compiled, timing: TimingModel) -> dict[str, str]:
     """Project-relative path -> text of every kernel, RTL and test-bench source."""
-    ctx = kernel_context(name, module, compiled)
+    ctx = kernel_context(name, module, compiled, timing)
     files = {f"include/{h}": static_file(f"include/{h}") for h in STATIC_HEADERS}
     files["include/llmc_tables.h"] = render_tables()
     files["include/llmc_accel.h"] = render("kernel/llmc_accel.h.j2", **ctx)

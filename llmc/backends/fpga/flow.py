@@ -207,7 +207,7 @@ def project_files(d: Design, tokenizer_json: str | None, accuracy: dict[str, Any
                                       indent=2, sort_keys=True) + "\n"
     context = project_context(d.name, d.target, d.config, KERNEL_SOURCES)
     files.update(build_files(context))
-    files.update(kernel_files(d.name, d.lowered, d.compiled))
+    files.update(kernel_files(d.name, d.lowered, d.compiled, timing))
     return files
 
 

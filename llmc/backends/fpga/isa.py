@@ -61,7 +61,6 @@ OPCODES: dict[str, tuple[int, tuple[str, ...], str]] = {
                      "the next call starts after it"),
 }
 FLOAT_FIELDS = {"eps", "scale", "softcap", "cap"}
-LANE_STREAMS = ("MM", "XMM", "ATTN", "KVAPP", "EMBED")  # opcodes that stream from the weight lanes' channels
 BY_NUMBER = {num: name for name, (num, _, _) in OPCODES.items()}
 ENGINES = {"dsp": 0, "sparse": 1, "lut": 2}
 ACT_FNS = {"silu": 0, "relu": 1, "gelu_tanh": 2, "gelu": 3}

@@ -1,28 +1,27 @@
-"""The timing model: modelled cycles, memory traffic and energy of every instruction.
+"""The timing model: the cycles of every instruction as the generated kernel spends them, with its memory
+traffic and energy.
 
-Per instruction, from the engine parameters of the design (``AcceleratorConfig``) and the board:
+The model is the closed form of the kernel's own structure (``kernel/llmc_accel.cpp``); C-simulation counts
+the same loops as it runs (``include/llmc_cycles.h``) and ``llmc verify --levels cycles`` holds the two within
+10% of each other per call. Per instruction:
 
-- **memory**: each HBM pseudo-channel delivers ``min(port bytes, channel peak / clock)`` bytes per
-  cycle times the calibrated ``efficiency`` (the fraction of peak a streaming kernel reaches;
-  FlightLLM measures 65.9% on the U280, the bundled targets use 0.65); an instruction that reads
-  HBM pays ``HBM_LATENCY`` cycles once, later tiles are prefetched (ping-pong buffers);
-- **matrix engine**: a lane does ``mm_tile_k`` MACs per cycle (N:M sparse tiles skip the zeros:
-  ``k * N / M`` per row), loses ``log2(mm_tile_k) + TILE_OVERHEAD`` cycles per tile draining its
-  adder tree, and re-reads its tiles once per block of ``row_block`` rows. The weight loader runs
-  ahead of the lanes: a matrix instruction ends one tile's compute after its last tile arrives
-  (memory bound) or one tile's arrival plus its compute after it starts (compute bound), and the
-  input's int8 quantisation on the SFU overlaps the first loads. Across instructions
-  (:meth:`TimingModel.program`) the loader fetches the next matrix instruction's first tile as
-  soon as the lanes' channels are free: during the last tile's compute and any instructions that
-  do not stream from them (all but ``MM``, ``XMM``, ``ATTN``, ``KVAPP`` and ``EMBED``); for an
-  expert-indexed ``XMM``, only once its route is written (its first expert's tile);
-- **LUT engine**: ``lut_lanes / mm_lanes`` tables per lane, each consuming ``lut_g`` one-bit weights
-  per cycle, one pass per bit-plane;
-- **SFU**: ``sfu_lanes`` elements per cycle per pass (norms and softmax take two passes);
-- **attention**: the KV cache streams from the KV channels it is striped over (by position);
-  scores and the weighted sum run on the matrix lanes; the softmax on the SFU;
-- every instruction pays ``INSTR_OVERHEAD`` cycles (fetch from the DDR prefetch queue, decode,
-  pipeline fill).
+- **memory**: a channel delivers one 512-bit word every ``word_cycles`` = 64 / (``min(port bytes, channel
+  peak / clock)`` x ``efficiency``) cycles (the board's memory model); an instruction's first request waits
+  ``HBM_LATENCY`` cycles, later bursts are outstanding reads;
+- **matrix engine** (``MM``, ``XMM``): the input rows are quantised on the SFU (two passes), then each pass of
+  ``row_block`` rows is a dataflow region: every lane's loader streams its tiles (lane ``l`` takes tiles
+  ``l, l + lanes, ...``; scales first, then codes) from its own channel while the lane's MAC array consumes
+  them: per tile, one cycle per word of scales, then one cycle per (chunk, row), a chunk being ``mm_tile_k``
+  codes of one column, at most one word (so int8 weights go 64 per cycle). The sparse chain and the LUT
+  engine buffer a tile's codes (one cycle per word), then take one beat per cycle per group and row;
+- **attention** (``ATTN``): the query rows quantised on the SFU; per KV head, the KV channels' loaders read
+  their rows (K and V codes, then a word for each scale), then per query row and head the lanes score their
+  keys (``key = lane mod lanes``, ``head_dim / mm_tile_k`` cycles a key) and, a second pass, weigh them; the
+  SFU adds the lanes' sums;
+- **SFU**: ``sfu_lanes`` elements per cycle per pass over a row (RMSNorm three passes, LayerNorm four, the
+  int8 quantisation two); the router's top-k and its float sums one element per cycle;
+- every instruction pays ``INSTR_OVERHEAD`` cycles (fetch, decode, pipeline fill), and a call reads its
+  token ids and writes its logits through the io channel (``IO``).
 
 Energy is ``static power x time + HBM bits x pJ/bit + MACs x pJ/MAC + SFU operations x pJ/op``
 (:class:`PowerModel`, stated constants). docs/simulation.md records the calibration and its error.
@@ -33,18 +32,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from math import ceil, log2
+from math import ceil
 
-from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig, bucket_for, chunks
-from llmc.backends.fpga.isa import ENGINES, LANE_STREAMS, Instruction, MmFlags
-from llmc.backends.fpga.pack import align
+from llmc.backends.fpga.design import BEAT_ACTIVATIONS, WORD_BITS, AcceleratorConfig, bucket_for, chunks
+from llmc.backends.fpga.isa import ENGINES, Instruction, MmFlags
+from llmc.backends.fpga.pack import align, code_bytes, stored_bits
 from llmc.backends.fpga.target import Target
 from llmc.errors import LlmcError
 
 RUN_PREFILL, RUN_DECODE = 128, 128  # the run behind a design's decode figure (llmc simulate's defaults)
 HBM_LATENCY = 64  # cycles from an HBM read request to its first beat (AXI interconnect included)
 INSTR_OVERHEAD = 16  # fetch, decode and pipeline fill per instruction
-TILE_OVERHEAD = 8  # cycles a lane loses per tile besides its adder-tree depth (as in the DSE)
+WORD_BYTES = WORD_BITS // 8
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,6 @@ class Cost:
     macs: int = 0  # executed: N:M sparse layers skip their zeros
     sfu_elements: int = 0
     layer: str = ""
-    lanes_free: float = 0.0  # cycles at its end during which the weight lanes' channels are idle
 
 
 @dataclass(frozen=True)
@@ -111,143 +109,165 @@ class TimingModel:
         return min(self.port_bits / 8, self.channel_gbs * 1e9 / self.hz) * self.efficiency
 
     @property
+    def word_cycles(self) -> float:
+        """Cycles a port spends on one 512-bit word (at least one: a loop moves a word per cycle at most)."""
+        return max(1.0, WORD_BYTES / self.channel_bytes_per_cycle)
+
+    @property
     def peak_macs_per_cycle(self) -> int:
         return self.config.mm_lanes * self.config.mm_tile_k
 
-    def _mem(self, busiest_channel_bytes: float) -> float:
-        return busiest_channel_bytes / self.channel_bytes_per_cycle
+    def _move(self, nbytes: float) -> float:
+        """Cycles of one burst of ``nbytes`` through a port (whole words)."""
+        return ceil(nbytes / WORD_BYTES) * self.word_cycles
 
-    def _sfu(self, elements: float, passes: int = 1) -> float:
-        return passes * elements / self.config.sfu_lanes
+    def _pass(self, elements: int) -> int:
+        """Cycles of one SFU pass over ``elements`` elements."""
+        return ceil(elements / self.config.sfu_lanes)
+
+    def _quant8(self, n: int, group: int) -> int:
+        """int8 codes of ``n`` values per group: two SFU passes over each group."""
+        return n // group * 2 * self._pass(group)
 
     # --- instructions ------------------------------------------------------------------------------
     def program(self, program: Sequence[Instruction], rows: int, start_pos: int) -> list[Cost]:
-        """The costs of one run of ``program`` up to its HALT, each matrix instruction starting with
-        what the weight loader fetched of its first tile while the lanes' channels were free."""
-        out: list[Cost] = []
-        free = 0.0
-        written: set[int] = set()  # buffers written since the last instruction that streamed from the lanes
+        """The costs of one run of ``program`` up to its HALT: each kernel call (a cluster card's segment
+        ends at a SYNC) reads its token ids, and the call that computes the logits writes them."""
+        out: list[Cost] = [self._ids(rows)]
         for ins in program:
             if ins.op == "HALT":
                 break
-            known = ins.op != "XMM" or ins.src1 not in written  # an XMM's expert is known once its route is
-            cost = self.cost(ins, rows, start_pos, head_start=free if known else 0.0)
-            if ins.op == "SYNC":  # the kernel call ends: the next one starts with nothing prefetched
-                free, written = 0.0, set()
-            elif ins.op in LANE_STREAMS:
-                free, written = cost.lanes_free, set()
-            else:
-                free, written = free + cost.cycles, written | {ins.dst}
-            out.append(cost)
+            out.append(self.cost(ins, rows, start_pos))
+            if ins.op == "SYNC":
+                out.append(self._ids(rows))
+            elif ins.op in ("MM", "XMM") and MmFlags.decode(int(ins.fields["flags"])).to_io:
+                nbytes = rows * int(ins.fields["n"]) * 4
+                out.append(Cost("IO", HBM_LATENCY + self._move(nbytes), self._move(nbytes), 0.0, nbytes))
         return out
 
-    def cost(self, ins: Instruction, rows: int, start_pos: int, head_start: float = 0.0) -> Cost:
-        """The modelled cost of ``ins`` on ``rows`` rows at position ``start_pos``; a matrix
-        instruction's first tile may have been loading for ``head_start`` cycles before it."""
-        f, c = ins.fields, self.config
+    def _ids(self, rows: int) -> Cost:
+        return Cost("IO", HBM_LATENCY + self._move(4 * rows), self._move(4 * rows), 0.0, 4 * rows)
+
+    def cost(self, ins: Instruction, rows: int, start_pos: int) -> Cost:
+        """The modelled cost of ``ins`` on ``rows`` rows at position ``start_pos``."""
+        f = ins.fields
         cols = int(f.get("cols", 0))
-        lanes = c.mm_lanes
         if ins.op == "MM":
-            return self._matmul(f, rows, head_start)
-        if ins.op == "XMM":
-            return self._expert_matmul(f, rows, head_start)
-        if ins.op == "ROUTE":  # max, exponentials, their sum, then one pass per chosen expert
-            passes = 3 + int(f["top_k"])
-            return self._simple("ROUTE", 0.0, self._sfu(rows * cols, passes), 0, sfu_elements=passes * rows * cols)
+            return self._matmul(f, [rows], rows)
+        if ins.op == "XMM":  # each expert some row chose streams once, for its rows (min(experts, rows) even shares)
+            streamed = min(int(f["experts"]), rows)
+            shares = [rows // streamed + (1 if e < rows % streamed else 0) for e in range(streamed)]
+            return replace(self._matmul(f, shares, rows), op="XMM")
         if ins.op == "ATTN":
             return self._attention(f, rows, start_pos)
-        if ins.op == "KVAPP":  # rows go to consecutive KV channels
-            width = int(f["kv_heads"]) * int(f["head_dim"])
-            row_bytes = width + 4 * int(f["kv_heads"])
-            busiest = ceil(rows / len(c.kv_channels)) * row_bytes
-            sfu = self._sfu(rows * width, 2)
-            return self._simple("KVAPP", self._mem(busiest), sfu, rows * row_bytes, sfu_elements=2 * rows * width)
-        if ins.op == "EMBED":
-            row_bytes = align(cols * 2)
-            busiest = ceil(rows / lanes) * row_bytes
-            return self._simple("EMBED", self._mem(busiest), self._sfu(rows * cols), rows * row_bytes,
-                                sfu_elements=rows * cols)
-        if ins.op in ("NORM", "LNORM", "ESCALE"):
-            passes = {"NORM": 2, "LNORM": 3, "ESCALE": 1}[ins.op]  # LayerNorm's mean takes one more pass
-            vectors = 2 if ins.op == "LNORM" else 1  # weights, and LayerNorm's biases
-            return self._simple(ins.op, self._mem(vectors * cols * 4), self._sfu(rows * cols, passes),
-                                vectors * cols * 4, sfu_elements=passes * rows * cols)
-        if ins.op == "ROPE":
-            nbytes = rows * int(f["rotary_dim"]) // 2 * 4 * 2
-            return self._simple("ROPE", self._mem(nbytes), self._sfu(rows * cols), nbytes, sfu_elements=rows * cols)
+        if ins.op == "ROUTE":  # top_k scans of the experts, the float sum, the weights: one element per cycle
+            top_k, normalize = int(f["top_k"]), int(f["normalize"])
+            per_row = top_k * cols + (top_k if normalize else cols) + top_k
+            return self._simple("ROUTE", 0.0, rows * per_row, 0, sfu_elements=rows * per_row)
+        if ins.op == "KVAPP":  # per row: int8 codes per head, then its codes and scales written to its channel
+            kvh, d = int(f["kv_heads"]), int(f["head_dim"])
+            memory = rows * (self._move(kvh * d) + self._move(kvh * 4))
+            sfu = rows * self._quant8(kvh * d, d)
+            return self._simple("KVAPP", memory, sfu, rows * (kvh * d + 4 * kvh), sfu_elements=2 * rows * kvh * d,
+                                serial=True)
+        if ins.op == "EMBED":  # per row: its table entry, then converted on the SFU
+            nbytes = align(cols * 2)
+            return self._simple("EMBED", rows * self._move(cols * 2), rows * self._pass(cols), rows * nbytes,
+                                sfu_elements=rows * cols, serial=True)
+        if ins.op == "NORM":  # the weights, then per row (per head for QK-norm) three passes
+            group = int(f.get("group", 0)) or cols
+            sfu = rows * (cols // group) * 3 * self._pass(group)
+            return self._simple("NORM", self._move(cols * 4), sfu, cols * 4, sfu_elements=3 * rows * cols, serial=True)
+        if ins.op == "LNORM":  # weights and biases, then per row four passes (the sum first)
+            sfu = rows * 4 * self._pass(cols)
+            return self._simple("LNORM", 2 * self._move(cols * 4), sfu, 2 * cols * 4, sfu_elements=4 * rows * cols,
+                                serial=True)
+        if ins.op == "ESCALE":
+            return self._simple("ESCALE", self._move(cols * 4), self._pass(rows * cols), cols * 4,
+                                sfu_elements=rows * cols, serial=True)
+        if ins.op == "ROPE":  # per row: its cos and sin table rows, then the pairs (and any pass-through columns)
+            half, head_dim = int(f["rotary_dim"]) // 2, int(f["head_dim"])
+            sfu = self._pass(cols // head_dim * half) + (self._pass(cols) if 2 * half < head_dim else 0)
+            return self._simple("ROPE", rows * 2 * self._move(half * 4), rows * sfu, rows * half * 4 * 2,
+                                sfu_elements=rows * cols, serial=True)
         if ins.op in ("ACT", "EMUL", "EADD", "WEIGH"):
-            return self._simple(ins.op, 0.0, self._sfu(rows * cols), 0, sfu_elements=rows * cols)
-        if ins.op in ("SEND", "RECV"):  # int32 rows between an activation buffer and io, element-wise on the SFU
-            return self._simple(ins.op, self._mem(rows * cols * 4), self._sfu(rows * cols), rows * cols * 4,
-                                sfu_elements=rows * cols)
+            return self._simple(ins.op, 0.0, self._pass(rows * cols), 0, sfu_elements=rows * cols)
+        if ins.op in ("SEND", "RECV"):  # int32 rows between an activation buffer and io, a row per burst
+            return self._simple(ins.op, rows * self._move(cols * 4), 0.0, rows * cols * 4, serial=True)
         if ins.op == "SYNC":  # the cluster's time between segments is the link model's
             return Cost("SYNC", 0.0, 0.0, 0.0, 0)
         raise LlmcError(f"timing: no model for opcode {ins.op}")
 
-    def _simple(self, op: str, memory: float, compute: float, nbytes: int, sfu_elements: int = 0) -> Cost:
+    def _simple(self, op: str, memory: float, compute: float, nbytes: int, sfu_elements: int = 0,
+                serial: bool = False) -> Cost:
+        """An instruction that moves ``memory`` cycles of words and computes ``compute`` cycles, one after
+        the other (``serial``: the kernel's loops do both in turn) or without memory."""
         latency = HBM_LATENCY if nbytes else 0
-        return Cost(op, max(memory, compute) + latency + INSTR_OVERHEAD, memory, compute, nbytes,
-                    sfu_elements=sfu_elements)
+        busy = memory + compute if serial else max(memory, compute)
+        return Cost(op, busy + latency + INSTR_OVERHEAD, memory, compute, nbytes, sfu_elements=sfu_elements)
 
-    def _matmul(self, f: dict, rows: int, head_start: float) -> Cost:
+    def _matmul(self, f: dict, shares: list[int], rows: int) -> Cost:
+        """An MM (one share of every row) or XMM (a share of rows per expert streamed): the input rows'
+        quantisation, then one dataflow region per pass of ``row_block`` rows of a share."""
         c = self.config
-        n, k, flags = int(f["n"]), int(f["k"]), int(f["flags"])
+        n, k, group, flags = int(f["n"]), int(f["k"]), int(f["group"]), int(f["flags"])
         tiles, tile_bytes, row_block = int(f["tiles"]), int(f["tile_bytes"]), max(1, int(f["row_block"]))
         decoded = MmFlags.decode(flags)
-        bits, engine, sp_n, sp_m = decoded.bits, decoded.engine, decoded.sparse_n, decoded.sparse_m
-        passes = ceil(rows / row_block)
+        engine, sp_n, sp_m = decoded.engine, decoded.sparse_n, decoded.sparse_m
+        name = {number: key for key, number in ENGINES.items()}[engine]
+        sparse = (sp_n, sp_m) if name == "sparse" else None
+        code_words = align(code_bytes(name, decoded.bits, c.mm_tile_n, k, sparse)) // WORD_BYTES
+        part_words = tile_bytes // WORD_BYTES - code_words
         lane_tiles = ceil(tiles / c.mm_lanes)
-        memory = self._mem(passes * lane_tiles * tile_bytes)
-        drain = log2(max(2, c.mm_tile_k)) + TILE_OVERHEAD
-        density = sp_n / sp_m if engine == ENGINES["sparse"] and sp_m else 1.0  # N:M sparse tiles skip the zeros
-        compute = 0.0
-        for p in range(passes):
-            block = min(row_block, rows - p * row_block)
-            if engine == ENGINES["lut"]:  # LUT: one pass per bit-plane, lut_g weights per table lookup
-                per_lane = max(1, c.lut_lanes // c.mm_lanes) * c.lut_g
-                per_tile = block * c.mm_tile_n * k * bits / per_lane
-            else:
-                per_tile = block * c.mm_tile_n * k * density / c.mm_tile_k
-            compute += lane_tiles * (per_tile + drain)
-        first = HBM_LATENCY + tile_bytes / self.channel_bytes_per_cycle  # until the first tile is in
-        ahead = min(head_start, first)  # what the loader fetched before this instruction
-        loads_done = HBM_LATENCY + memory - ahead
-        quant = self._sfu(rows * k, 2)  # per-row int8 quantisation of the input (max, then codes)
-        busy = max(loads_done + compute / (passes * lane_tiles), max(quant, first - ahead) + compute)
-        out_bytes = rows * n * 4 if decoded.to_io else 0
-        return Cost("MM", busy + INSTR_OVERHEAD, memory, compute, passes * tiles * tile_bytes + out_bytes,
+        chunk = min(c.mm_tile_k, WORD_BITS // stored_bits(decoded.bits))
+        if name == "sparse":  # the chain takes BEAT_ACTIVATIONS activations a beat
+            beats = ceil(group // sp_m / max(1, BEAT_ACTIVATIONS // sp_m)) * (k // group)
+        elif name == "lut":
+            beats = ceil(group // c.lut_g / max(1, BEAT_ACTIVATIONS // c.lut_g)) * (k // group)
+        quant = rows * self._quant8(k, k)
+        cycles = compute = memory = 0.0
+        ready = float(quant)  # the first pass's lanes wait for the quantised rows, its loaders do not
+        for share in shares:
+            for first in range(0, share, row_block):
+                block = min(row_block, share - first)
+                if name == "dsp":  # the MAC array consumes the words as they come
+                    streamed, after = part_words + c.mm_tile_n * ceil(k / chunk) * block, 0
+                else:  # the unit starts once the tile is in the lane's buffer
+                    streamed, after = part_words + code_words, c.mm_tile_n * block * beats
+                per_tile = streamed + after
+                done = ready
+                for t in range(lane_tiles):  # a lane's tile ends after its compute and after its last word
+                    arrived = HBM_LATENCY + (t + 1) * (tile_bytes // WORD_BYTES) * self.word_cycles + 1
+                    done = max(done + streamed, arrived) + after
+                cycles += done
+                compute += lane_tiles * per_tile
+                memory += lane_tiles * (tile_bytes // WORD_BYTES) * self.word_cycles
+                ready = 0.0
+        cycles = max(cycles, quant)
+        density = sp_n / sp_m if sparse else 1.0  # N:M sparse tiles skip the zeros
+        passes = sum(ceil(share / row_block) for share in shares)
+        return Cost("MM", cycles + INSTR_OVERHEAD, memory, compute, passes * tiles * tile_bytes,
                     macs=round(rows * n * k * density), sfu_elements=2 * rows * k,
-                    layer=self.layer_names.get(int(f["weight_off"]), ""), lanes_free=busy - loads_done)
-
-    def _expert_matmul(self, f: dict, rows: int, head_start: float) -> Cost:
-        """XMM: each expert some row chose streams once, one after another, for its rows; the
-        model charges ``min(experts, rows)`` experts with an even share of the rows each (exact for
-        a decode step, a bound for prefill). The loader may have fetched the first expert's first
-        tile (once the route is written), not the others'."""
-        streamed = min(int(f["experts"]), rows)
-        share = ceil(rows / streamed)
-        first, rest = self._matmul(f, share, head_start), self._matmul(f, share, 0.0)
-        n = streamed - 1
-        return replace(first, op="XMM", cycles=first.cycles + n * (rest.cycles - INSTR_OVERHEAD),
-                       memory_cycles=first.memory_cycles + n * rest.memory_cycles,
-                       compute_cycles=first.compute_cycles + n * rest.compute_cycles,
-                       hbm_bytes=streamed * first.hbm_bytes, macs=streamed * first.macs,
-                       sfu_elements=streamed * first.sfu_elements, lanes_free=rest.lanes_free if n else first.lanes_free)
+                    layer=self.layer_names.get(int(f["weight_off"]), ""))
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
+        """The query rows' int8 codes; per KV head, its cache rows from the busiest KV channel, then per query
+        row and head the lanes' two passes over its visible keys and the SFU's sum over the lanes."""
+        c = self.config
         heads, kvh, d, window = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"]), int(f["window"])
         s = start_pos + rows
         first = max(0, start_pos + 1 - window) if window else 0  # a sliding window reads only its rows
-        read, seen = s - first, min(s, window) if window else s  # rows read; keys each query row scores
-        side = read * kvh * (d + 4)  # codes and scales of K (or V)
-        busiest = 2 * ceil(read / len(self.config.kv_channels)) * kvh * (d + 4)  # K and V striped over the channels
-        memory = self._mem(busiest)
-        macs = 2 * rows * heads * seen * d  # scores and weighted sum
-        compute = macs / self.peak_macs_per_cycle
-        softmax = self._sfu(rows * heads * seen, 2) + self._sfu(rows * heads * d)
-        cycles = max(memory, compute) + softmax + HBM_LATENCY + INSTR_OVERHEAD
-        return Cost("ATTN", cycles, memory, compute + softmax, 2 * side, macs=macs,
-                    sfu_elements=2 * rows * heads * seen + rows * heads * d)
+        busiest = ceil((s - first) / len(c.kv_channels))  # rows on the fullest KV channel
+        row_words = 2 * ceil(d / WORD_BYTES) + 2  # K and V codes, then a word for each scale
+        memory = kvh * (HBM_LATENCY + busiest * row_words * self.word_cycles)
+        steps = ceil(d / c.mm_tile_k)
+        seen = [min(start_pos + t + 1, window) if window else start_pos + t + 1 for t in range(rows)]
+        lanes = sum(2 * ceil(keys / c.mm_lanes) * steps for keys in seen) * heads
+        sfu = rows * self._quant8(heads * d, d) + rows * heads * self._pass(d)
+        macs = 2 * heads * d * sum(seen)  # scores and weighted sum
+        nbytes = 2 * (s - first) * kvh * (d + 4)
+        return Cost("ATTN", memory + lanes + sfu + INSTR_OVERHEAD, memory, lanes + sfu, nbytes, macs=macs,
+                    sfu_elements=2 * rows * heads * d + 2 * heads * sum(seen))
 
     # --- runs --------------------------------------------------------------------------------------
     def run(self, programs: dict[int, list[Instruction]], prefill: int, decode: int) -> tuple[list[Cost], list[list[Cost]]]:

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.backends.fpga import pack
-from llmc.backends.fpga.design import AcceleratorConfig
+from llmc.backends.fpga.design import BEAT_ACTIVATIONS, AcceleratorConfig
 from llmc.templating import render, static_file
 
 UNITS = ("sparse_mac", "lut_mac")
-BEAT_ACTIVATIONS = 16  # activations per beat of the units a project instantiates (groups are multiples of it)
 OUT_BITS = 32
 
 

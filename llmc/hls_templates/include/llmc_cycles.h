@@ -1,11 +1,25 @@
-// The cycle account of C-simulation. LLMC_PIPELINE_II1 stands where a loop is pipelined with II = 1: under
-// synthesis it is that pragma; in C-simulation it adds one cycle per iteration to llmc::cycle_account(), so a
-// run's account is the cycles its pipelined loops take at that II (pipeline fill and the statements outside
-// pipelined loops are not counted), and a loop that runs inside another sequentially counts every iteration.
+// The cycle account of C-simulation: what the kernel's own loops take, counted as it runs.
+//
+// - LLMC_PIPELINE_II1 stands where a loop is pipelined with II = 1: under synthesis it is that pragma; in
+//   C-simulation it adds one cycle per iteration to llmc::cycle_account(). A loop that runs inside another
+//   sequentially counts every iteration; an unrolled loop (LLMC_UNROLL) counts nothing of its own.
+// - loop_depth(n) adds a pipeline's fill once (a stated depth, not an iteration).
+// - Dataflow regions (Region): their processes start together and the region ends with the slowest. C-simulation
+//   runs the processes one after another, producers first; each starts at the region's start and a process
+//   that reads a timed_stream waits for each element's write (one cycle of FIFO latency after it).
+// - Memory: an HBM port delivers one 512-bit word per word_cycles() (the board's memory model, set by the
+//   kernel); the first request of an instruction waits hbm_latency() cycles, later bursts are outstanding reads.
 #ifndef LLMC_CYCLES_H
 #define LLMC_CYCLES_H
 
 #include <cstdint>
+
+#ifdef __SYNTHESIS__
+#include <hls_stream.h>
+#else
+#include <deque>
+#include <utility>
+#endif
 
 namespace llmc {
 
@@ -22,12 +36,90 @@ inline uint64_t* opcode_cycles() {
   return cycles;
 }
 
+// The memory model of the account: extra cycles per port word in 1/65536ths, and the first request's latency.
+struct PortModel {
+  uint32_t extra_q16 = 0;
+  uint32_t latency = 0;
+  uint32_t owed_q16 = 0;  // the stall fractions not yet charged (kept across bursts: the rate holds over them)
+};
+
+inline PortModel& port_model() {
+  static PortModel model;
+  return model;
+}
+
+#ifdef __SYNTHESIS__
+template <typename T>
+using timed_stream = hls::stream<T>;
+
+inline void loop_depth(int) {}
+inline void hbm_latency() {}
+
+class PortClock {
+ public:
+  void beat() {}
+};
+
+class Region {
+ public:
+  void begin() {}
+  void end() {}
+};
+#else
+// A FIFO between dataflow processes whose elements carry the cycle they were written at.
+template <typename T>
+class timed_stream {
+ public:
+  void write(const T& value) { fifo_.emplace_back(value, cycle_account()); }
+  T read() {
+    const std::pair<T, uint64_t> front = fifo_.front();
+    fifo_.pop_front();
+    if (cycle_account() < front.second + 1) cycle_account() = front.second + 1;
+    return front.first;
+  }
+  bool empty() const { return fifo_.empty(); }
+
+ private:
+  std::deque<std::pair<T, uint64_t> > fifo_;
+};
+
+inline void loop_depth(int cycles) { cycle_account() += (uint64_t)cycles; }
+inline void hbm_latency() { cycle_account() += port_model().latency; }
+
+// Words at the memory's rate: each beat() of a pipelined loop that moves a port word adds the word's stall.
+class PortClock {
+ public:
+  void beat() {
+    PortModel& m = port_model();
+    m.owed_q16 += m.extra_q16;
+    cycle_account() += m.owed_q16 >> 16;
+    m.owed_q16 &= 0xFFFFu;
+  }
+};
+
+// A dataflow region: begin() and end() around each process, in the order C-simulation runs them.
+class Region {
+ public:
+  Region() : start_(cycle_account()), end_(start_) {}
+  ~Region() { cycle_account() = end_; }
+  void begin() { cycle_account() = start_; }
+  void end() {
+    if (cycle_account() > end_) end_ = cycle_account();
+  }
+
+ private:
+  uint64_t start_, end_;
+};
+#endif
+
 }  // namespace llmc
 
 #ifdef __SYNTHESIS__
 #define LLMC_PIPELINE_II1 _Pragma("HLS PIPELINE II = 1")
+#define LLMC_UNROLL _Pragma("HLS UNROLL")
 #else
 #define LLMC_PIPELINE_II1 (++llmc::cycle_account())
+#define LLMC_UNROLL
 #endif
 
 #endif  // LLMC_CYCLES_H

@@ -17,8 +17,14 @@
 #define LLMC_HLS(directive)
 #endif
 
+// The SFU's width: elements per cycle of a pass over a row (the kernel defines it from its design).
+#ifndef LLMC_SFU_LANES
+#define LLMC_SFU_LANES 1
+#endif
+
 namespace llmc {
 
+constexpr int SFU_WIDTH = LLMC_SFU_LANES;
 constexpr float FIXED_ONE = static_cast<float>(1 << ACT_FRAC);  // 2^16
 constexpr float FIXED_STEP = 1.0f / FIXED_ONE;                    // 2^-16
 constexpr float F32_INT32_MIN = -2147483648.0f;
@@ -100,20 +106,26 @@ inline void quant8(const int32_t* x, int n, int group, int8_t* codes, int32_t* s
   for (int g = 0; g < n / group; ++g) {
     const int32_t* xg = x + g * group;
     int64_t amax = 0;
-    for (int j = 0; j < group; ++j) {
+    for (int j0 = 0; j0 < group; j0 += SFU_WIDTH) {
       LLMC_PIPELINE_II1;
-      const int64_t a = xg[j] < 0 ? -static_cast<int64_t>(xg[j]) : xg[j];
-      if (a > amax) amax = a;
+      for (int j = j0; j < j0 + SFU_WIDTH && j < group; ++j) {
+        LLMC_UNROLL;
+        const int64_t a = xg[j] < 0 ? -static_cast<int64_t>(xg[j]) : xg[j];
+        if (a > amax) amax = a;
+      }
     }
     int64_t s = (amax + QMAX8 - 1) / QMAX8;
     if (s < 1) s = 1;
     scales[g] = static_cast<int32_t>(s);
-    for (int j = 0; j < group; ++j) {
+    for (int j0 = 0; j0 < group; j0 += SFU_WIDTH) {
       LLMC_PIPELINE_II1;
-      int64_t q = div_round(xg[j], s);
-      if (q > QMAX8) q = QMAX8;
-      if (q < -QMAX8) q = -QMAX8;
-      codes[g * group + j] = static_cast<int8_t>(q);
+      for (int j = j0; j < j0 + SFU_WIDTH && j < group; ++j) {
+        LLMC_UNROLL;
+        int64_t q = div_round(xg[j], s);
+        if (q > QMAX8) q = QMAX8;
+        if (q < -QMAX8) q = -QMAX8;
+        codes[g * group + j] = static_cast<int8_t>(q);
+      }
     }
   }
 }
@@ -161,19 +173,25 @@ inline void matmul_row(const int8_t* xq, int32_t xs, const W* codes, const int32
 // bit_length(max|d|) - 19), ss = sum((d >> sh)^2) (exact), m = (float32(ss) * 2^(2 sh - 32)) / float32(c).
 inline float inverse_rms(const int32_t* x, int c, int64_t scale, int64_t offset, float eps) {
   int64_t amax = 0;
-  for (int j = 0; j < c; ++j) {
+  for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
     LLMC_PIPELINE_II1;
-    const int64_t d = static_cast<int64_t>(x[j]) * scale - offset;
-    const int64_t a = d < 0 ? -d : d;
-    if (a > amax) amax = a;
+    for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
+      LLMC_UNROLL;
+      const int64_t d = static_cast<int64_t>(x[j]) * scale - offset;
+      const int64_t a = d < 0 ? -d : d;
+      if (a > amax) amax = a;
+    }
   }
   const int bits = bit_length(amax);
   const int sh = bits > 19 ? bits - 19 : 0;
   int64_t ss = 0;
-  for (int j = 0; j < c; ++j) {
+  for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
     LLMC_PIPELINE_II1;
-    const int64_t v = (static_cast<int64_t>(x[j]) * scale - offset) >> sh;
-    ss += v * v;
+    for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
+      LLMC_UNROLL;
+      const int64_t v = (static_cast<int64_t>(x[j]) * scale - offset) >> sh;
+      ss += v * v;
+    }
   }
   const float m = (static_cast<float>(static_cast<double>(ss)) * std::ldexp(1.0f, 2 * sh - 32)) / static_cast<float>(c);
   return 1.0f / std::sqrt(m + eps);
@@ -182,9 +200,12 @@ inline float inverse_rms(const int32_t* x, int c, int64_t scale, int64_t offset,
 // hw_rms_norm of one row of c values: r = inverse_rms(x), y = rint((float32(x) * r) * w).
 inline void rms_norm_row(const int32_t* x, const float* w, int c, float eps, int32_t* y) {
   const float r = inverse_rms(x, c, 1, 0, eps);
-  for (int j = 0; j < c; ++j) {
+  for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
     LLMC_PIPELINE_II1;
-    y[j] = to_fixed((static_cast<float>(x[j]) * r) * w[j]);
+    for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
+      LLMC_UNROLL;
+      y[j] = to_fixed((static_cast<float>(x[j]) * r) * w[j]);
+    }
   }
 }
 
@@ -194,16 +215,24 @@ inline void rms_norm_row(const int32_t* x, const float* w, int c, float eps, int
 inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, int rotary_dim, const int32_t* cos_row,
                      const int32_t* sin_row) {
   const int half = rotary_dim / 2;
-  for (int h = 0; h < c; h += head_dim) {
-    for (int j = 0; j < half; ++j) {
-      LLMC_PIPELINE_II1;
+  const int pairs = c / head_dim * half;  // rotated pairs of the row; one SFU lane rotates a pair
+  for (int i0 = 0; i0 < pairs; i0 += SFU_WIDTH) {
+    LLMC_PIPELINE_II1;
+    for (int i = i0; i < i0 + SFU_WIDTH && i < pairs; ++i) {
+      LLMC_UNROLL;
+      const int h = i / half * head_dim, j = i % half;
       const int64_t x1 = x[h + j], x2 = x[h + half + j], cs = cos_row[j], sn = sin_row[j];
       y[h + j] = saturate(shift_round(x1 * cs - x2 * sn, ROPE_FRAC));
       y[h + half + j] = saturate(shift_round(x2 * cs + x1 * sn, ROPE_FRAC));
     }
-    for (int j = rotary_dim; j < head_dim; ++j) {
+  }
+  if (rotary_dim < head_dim) {  // the columns past rotary_dim of every head pass through
+    for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
       LLMC_PIPELINE_II1;
-      y[h + j] = x[h + j];
+      for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
+        LLMC_UNROLL;
+        if (j % head_dim >= rotary_dim) y[j] = x[j];
+      }
     }
   }
 }
@@ -212,15 +241,37 @@ inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, int rota
 // scaling of d with eps' = (eps * c) * c, y = rint((d * r) * w + b * 2^16).
 inline void layer_norm_row(const int32_t* x, const float* w, const float* b, int c, float eps, int32_t* y) {
   int64_t sum = 0;
-  for (int j = 0; j < c; ++j) {
+  for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
     LLMC_PIPELINE_II1;
-    sum += x[j];
+    for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
+      LLMC_UNROLL;
+      sum += x[j];
+    }
   }
   const float r = inverse_rms(x, c, c, sum, (eps * static_cast<float>(c)) * static_cast<float>(c));
-  for (int j = 0; j < c; ++j) {
+  for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
     LLMC_PIPELINE_II1;
-    y[j] = to_fixed((static_cast<float>(static_cast<int64_t>(x[j]) * c - sum) * r) * w[j] + b[j] * FIXED_ONE);
+    for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
+      LLMC_UNROLL;
+      y[j] = to_fixed((static_cast<float>(static_cast<int64_t>(x[j]) * c - sum) * r) * w[j] + b[j] * FIXED_ONE);
+    }
   }
+}
+
+// A key's attention score: float32(dot) * ((float32(qs) * float32(ks)) * c), soft-capped when softcap != 0.
+inline float attention_score(int64_t dot, int32_t qs, int32_t ks, float c, float softcap) {
+  const float score = static_cast<float>(dot) * ((static_cast<float>(qs) * static_cast<float>(ks)) * c);
+  return softcap != 0.0f ? tanh_f32(score / softcap) * softcap : score;
+}
+
+// A key's softmax weight in units of 2^-15: rint(exp2_f32((score - peak) * log2 e) * 2^15).
+inline int64_t attention_weight(float score, float peak) {
+  return static_cast<int64_t>(std::nearbyint(exp2_f32((score - peak) * LOG2E) * ATTN_ONE));
+}
+
+// An output column: rint(float32(float64(sum ei vc vs)) / float32(sum ei)).
+inline int32_t attention_output(int64_t acc, int64_t den) {
+  return to_fixed(static_cast<float>(static_cast<double>(acc)) / static_cast<float>(den));
 }
 
 // hw_attention for one query row and head: query codes qc [d] with scale qs (quant8 with group d) over the int8
@@ -234,7 +285,6 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
                           const int32_t* vs, int s_first, int s_visible, int kv_head, int kv_heads, int d,
                           float scale, float softcap, float* score_buf, int32_t* out) {
   const float c = scale * (1.0f / 4294967296.0f);
-  const float qsf = static_cast<float>(qs);
   float peak = -INFINITY;
   for (int s = s_first; s < s_visible; ++s) {
     const int64_t slot = static_cast<int64_t>(s) * kv_heads + kv_head;
@@ -244,8 +294,7 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
       LLMC_PIPELINE_II1;
       dot += static_cast<int64_t>(qc[j]) * key[j];
     }
-    float score = static_cast<float>(dot) * ((qsf * static_cast<float>(ks[slot])) * c);
-    if (softcap != 0.0f) score = tanh_f32(score / softcap) * softcap;
+    const float score = attention_score(dot, qs, ks[slot], c, softcap);
     score_buf[s] = score;
     if (score > peak) peak = score;
   }
@@ -257,8 +306,7 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
   int64_t den = 0;
   for (int s = s_first; s < s_visible; ++s) {
     const int64_t slot = static_cast<int64_t>(s) * kv_heads + kv_head;
-    const float e = exp2_f32((score_buf[s] - peak) * LOG2E);
-    const int64_t ei = static_cast<int64_t>(std::nearbyint(e * ATTN_ONE));
+    const int64_t ei = attention_weight(score_buf[s], peak);
     den += ei;
     const int8_t* value = vc + slot * d;
     const int64_t v_scale = vs[slot];
@@ -269,7 +317,7 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
   }
   for (int j = 0; j < d; ++j) {
     LLMC_PIPELINE_II1;
-    out[j] = to_fixed(static_cast<float>(static_cast<double>(acc[j])) / static_cast<float>(den));
+    out[j] = attention_output(acc[j], den);
   }
 }
 

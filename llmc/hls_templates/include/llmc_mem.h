@@ -21,12 +21,14 @@ namespace llmc {
 typedef ap_uint<512> word_t;
 static const int WORD_BYTES = 64;
 
-// Copy n bytes starting at byte offset off of a port into dst (burst over whole words).
+// Copy n bytes starting at byte offset off of a port into dst (burst over whole words, at the memory's rate).
 inline void read_bytes(const word_t* port, uint64_t off, uint8_t* dst, int n) {
   uint64_t word = off / WORD_BYTES;
   int skip = (int)(off % WORD_BYTES);
+  PortClock clock;
   for (int i = 0; i < n; ++word) {
     LLMC_PIPELINE_II1;
+    clock.beat();
     const word_t w = port[word];
     for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {
       dst[i] = (uint8_t)w.range(8 * b + 7, 8 * b);
@@ -39,8 +41,10 @@ inline void read_bytes(const word_t* port, uint64_t off, uint8_t* dst, int n) {
 inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n) {
   uint64_t word = off / WORD_BYTES;
   int skip = (int)(off % WORD_BYTES);
+  PortClock clock;
   for (int i = 0; i < n; ++word) {
     LLMC_PIPELINE_II1;
+    clock.beat();
     word_t w = port[word];
     for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {
       w.range(8 * b + 7, 8 * b) = src[i];

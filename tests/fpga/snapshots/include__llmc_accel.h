@@ -2,6 +2,8 @@
 #ifndef LLMC_ACCEL_H
 #define LLMC_ACCEL_H
 
+#define LLMC_SFU_LANES 64  // llmc_math.h's passes over a row: SFU_LANES elements per cycle
+
 #include "llmc_mem.h"
 
 namespace llmc {
@@ -19,6 +21,12 @@ static const int MAX_HEAD_DIM = 32;
 static const int MAX_HEADS = 2;
 static const int SFU_LANES = 64;
 static const int LUT_G = 4;
+// The cycle account's memory and control (llmc_cycles.h; the timing model's constants, llmc/backends/fpga/timing.py):
+// a port word costs 1.7124 cycles (37.38 bytes per cycle per channel at 250.0 MHz),
+// an instruction's first memory request 64 cycles, an instruction's fetch and decode 16.
+static const uint32_t WORD_EXTRA_Q16 = 46686;
+static const int HBM_LATENCY = 64;
+static const int INSTR_DEPTH = 16;
 }  // namespace llmc
 
 extern "C" void llmc_accel(

@@ -228,30 +228,252 @@ static word_t* kv_port(int channel,
   }
 }
 
-// Activation buffers, kept on chip between instructions.
+// Activation buffers, kept on chip between instructions (banked by column: the matrix lanes write their
+// tiles' columns in parallel, the SFU reads SFU_LANES columns per cycle).
 static int32_t act[N_BUFFERS][MAX_ROWS][MAX_HIDDEN];
 
-// The lanes' weight tiles, ping-pong: tile t+1 loads while tile t computes, and the weight loader
-// fetches the next MM's first tile into the free half once the lanes' channels are idle.
-static uint8_t tile[2][MAX_TILE_BYTES];
-static int first_half = 0;   // the half that holds (or will hold) the next MM's first tile
-static int prefetched = -1;  // the pc of the MM whose first tile is already in tile[first_half]
+// The matrix engine's input: each row's int8 codes and scale (quantised once per MM, read by every lane).
+static int8_t xq[MAX_ROWS][MAX_HIDDEN];
+static int32_t xs[MAX_ROWS];
 
-// Instructions that stream from the weight lanes' channels (the KV cache and the embedding rows share them).
-static bool streams_lanes(int op) { return op == MM || op == XMM || op == ATTN || op == KVAPP || op == EMBED; }
+// One MM or XMM pass as its lanes see it: the tile layout, the output and the weights of this pass.
+struct MmPass {
+  int n, k, group, groups, shift, bits, engine, sp_n, sp_m, stored, count, chunk;
+  int tile_bytes, tiles, code_words, part_words, zeros_at, bias_at;
+  bool has_zero, has_bias, is_signed, to_io;
+  float cap;
+  int dst;
+  uint64_t io_off, base;  // base: byte offset of the pass's first tile on every lane's channel
+};
 
-// DSP engine: the tile's codes (int8 bytes, or int4 nibbles low first) as one int8 per code.
-static void unpack_codes(const uint8_t* tile, int bits, bool is_signed, int k, int8_t codes[TILE_N][MAX_HIDDEN]) {
-  const int stored = bits > 4 ? 8 : 4;
-  for (int i = 0; i < TILE_N * k; ++i) {
-    LLMC_PIPELINE_II1;
-    int v = stored == 8 ? tile[i] : (tile[i / 2] >> (4 * (i % 2))) & 0xF;
-    if (is_signed && v >= (1 << (stored - 1))) v -= 1 << stored;
-    codes[i / k][i % k] = (int8_t)v;
+static MmPass mm_pass_of(const Instr& in) {
+  MmPass p;
+  const uint32_t flags = in.f[MM_FLAGS];
+  p.n = in.f[MM_N];
+  p.k = in.f[MM_K];
+  p.group = in.f[MM_GROUP];
+  p.groups = p.k / p.group;
+  p.shift = in.f[MM_SHIFT];
+  p.bits = flag_field(flags, MM_FLAG_BITS_LSB, MM_FLAG_BITS_WIDTH);
+  p.engine = flag_field(flags, MM_FLAG_ENGINE_LSB, MM_FLAG_ENGINE_WIDTH);
+  p.has_zero = flag_field(flags, MM_FLAG_HAS_ZERO_LSB, 1);
+  p.has_bias = flag_field(flags, MM_FLAG_HAS_BIAS_LSB, 1);
+  p.is_signed = !flag_field(flags, MM_FLAG_UNSIGNED_LSB, 1);
+  p.to_io = flag_field(flags, MM_FLAG_TO_IO_LSB, 1);
+  p.sp_n = flag_field(flags, MM_FLAG_SPARSE_N_LSB, MM_FLAG_SPARSE_N_WIDTH);
+  p.sp_m = flag_field(flags, MM_FLAG_SPARSE_M_LSB, MM_FLAG_SPARSE_M_WIDTH);
+  p.stored = p.bits > 4 ? 8 : 4;
+  p.chunk = TILE_K < 512 / p.stored ? TILE_K : 512 / p.stored;  // codes a lane multiplies per cycle: one word at most
+  p.count = p.engine == ENGINE_SPARSE ? TILE_N * (p.k / p.sp_m) * p.sp_n : TILE_N * p.k;
+  const int code_bytes = p.engine == ENGINE_LUT ? p.bits * TILE_N * p.k / 8
+                         : p.count * p.stored / 8 + (p.engine == ENGINE_SPARSE ? p.count / 2 : 0);
+  const int scales_at = (code_bytes + 63) / 64 * 64;
+  p.zeros_at = scales_at + (TILE_N * p.groups * 4 + 63) / 64 * 64;
+  p.bias_at = p.zeros_at + (p.has_zero ? (TILE_N * p.groups * 2 + 63) / 64 * 64 : 0);
+  p.tile_bytes = in.f[MM_TILE_BYTES];
+  p.tiles = in.f[MM_TILES];
+  p.code_words = scales_at / WORD_BYTES;
+  p.part_words = (p.tile_bytes - scales_at) / WORD_BYTES;
+  p.zeros_at -= scales_at;  // from here on: offsets into the tile's parts (scales first)
+  p.bias_at -= scales_at;
+  p.cap = bits_to_float(in.f[MM_CAP]);  // logits soft-capping: tanh(v) * cap (its 1 / cap is in the weights)
+  p.dst = in.dst;
+  p.io_off = in.f[MM_IO_OFF];
+  p.base = in.f[MM_WEIGHT_OFF];
+  return p;
+}
+
+// A lane's weight loader: its tiles (t = lane, lane + LANES, ...) from its own channel, each as two bursts, the
+// scales (zeros, bias) first and then the codes, one word per beat into the lane's FIFO.
+static void load_lane(const word_t* port, const MmPass& p, int lane, timed_stream<word_t>& words) {
+  hbm_latency();
+  PortClock clock;
+  for (int t = lane; t < p.tiles; t += LANES) {
+    const uint64_t tile_word = (p.base + (uint64_t)(t / LANES) * p.tile_bytes) / WORD_BYTES;
+    for (int w = 0; w < p.part_words; ++w) {
+      LLMC_PIPELINE_II1;
+      clock.beat();
+      words.write(port[tile_word + p.code_words + w]);
+    }
+    for (int w = 0; w < p.code_words; ++w) {
+      LLMC_PIPELINE_II1;
+      clock.beat();
+      words.write(port[tile_word + w]);
+    }
   }
 }
 
-static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
+// A column's result for row r: requantised, biased, to its activation buffer or (logits) to io as float32.
+static void finish_column(const MmPass& p, const uint8_t* parts, int j, int col, int r, int64_t total, uint8_t* io) {
+  int32_t y = requantize(total, xs[r], p.shift);
+  if (p.has_bias) y = saturate((int64_t)y + load_i32(parts + p.bias_at + j * 4));
+  if (p.to_io) {
+    const float v = fixed_to_f32(y);
+    store_u32(io + p.io_off + ((uint64_t)r * p.n + col) * 4, float_to_bits(p.cap != 0.0f ? tanh_f32(v) * p.cap : v));
+  } else {
+    act[p.dst][r][col] = y;
+  }
+}
+
+// A tile's parts (scales, zeros, bias) from the lane's FIFO into its register file.
+static void read_parts(const MmPass& p, timed_stream<word_t>& words, uint8_t* parts) {
+  for (int w = 0; w < p.part_words; ++w) {
+    LLMC_PIPELINE_II1;
+    const word_t word = words.read();
+    for (int b = 0; b < WORD_BYTES; ++b) {
+      LLMC_UNROLL;
+      parts[w * WORD_BYTES + b] = (uint8_t)word.range(8 * b + 7, 8 * b);
+    }
+  }
+}
+
+// Code q of the DSP layout (int8 bytes, or int4 nibbles low first) from the word that holds it.
+static int code_at(const word_t& word, int q, int stored, bool is_signed) {
+  const int bit = (q * stored) % 512;
+  int v = (int)word.range(bit + stored - 1, bit);
+  if (is_signed && v >= (1 << (stored - 1))) v -= 1 << stored;
+  return v;
+}
+
+// A lane's DSP MAC array: per cycle, `chunk` codes of one column (at most TILE_K, at most one word) against one
+// row's activation codes, split at group boundaries, each group's sum times its scale. The codes stream in the
+// order they are stored; a chunk's word is read once and used for every row of the block.
+static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r1, timed_stream<word_t>& words,
+                     uint8_t* io) {
+  static uint8_t parts[MAX_TILE_BYTES];
+  static int64_t total[MAX_ROWS];
+  for (int t = lane; t < p.tiles; t += LANES) {
+    read_parts(p, words, parts);
+    word_t held = 0, prev = 0;  // the newest word read and the one before it (a chunk spans at most two)
+    int held_index = -1;
+    for (int j = 0; j < TILE_N; ++j) {
+      const int col = t * TILE_N + j;
+      for (int pos = 0; pos < p.k; pos += p.chunk) {
+        const int len = p.chunk < p.k - pos ? p.chunk : p.k - pos;
+        const int64_t first = (int64_t)j * p.k + pos;  // the chunk's first code in the tile
+        int8_t codes[TILE_K];
+        for (int i = r0; i < r1; ++i) {
+          LLMC_PIPELINE_II1;
+          if (i == r0) {
+            const int last_word = (int)(((first + len) * p.stored / 8 - 1) / WORD_BYTES);
+            if (last_word > held_index) {
+              prev = held;
+              held = words.read();
+              ++held_index;
+            }
+            for (int c = 0; c < TILE_K; ++c) {
+              LLMC_UNROLL;
+              if (c < len) {
+                const int64_t q = first + c;
+                const bool in_held = (int)(q * p.stored / 8 / WORD_BYTES) == held_index;
+                codes[c] = (int8_t)code_at(in_held ? held : prev, (int)(q % (512 / p.stored)), p.stored, p.is_signed);
+              }
+            }
+          }
+          const int r = chosen[i];
+          if (pos == 0) total[i] = 0;
+          int64_t sum = 0, segment = 0;
+          int g = pos / p.group;
+          for (int c = 0; c < TILE_K; ++c) {
+            LLMC_UNROLL;
+            if (c < len) {
+              if ((pos + c) / p.group != g) {  // a group ends inside the chunk: its sum times its scale
+                sum += segment * load_i32(parts + (j * p.groups + g) * 4);
+                segment = 0;
+                g = (pos + c) / p.group;
+              }
+              const int zero = p.has_zero ? load_i16(parts + p.zeros_at + (j * p.groups + g) * 2) : 0;
+              segment += (int64_t)xq[r][pos + c] * ((int64_t)codes[c] - zero);
+            }
+          }
+          total[i] += sum + segment * load_i32(parts + (j * p.groups + g) * 4);
+          if (pos + len == p.k && col < p.n) finish_column(p, parts, j, col, r, total[i], io);
+        }
+      }
+    }
+  }
+}
+
+// One pass of an MM over the rows chosen[r0..r1) as a dataflow region: every lane's loader streams its tiles
+// from its channel while the lane's MAC array (or RTL unit) consumes them; the lanes start once the rows'
+// activation codes are ready.
+static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t inputs_ready, uint8_t* io,
+                    const word_t* w0,
+                    const word_t* w1,
+                    const word_t* w2,
+                    const word_t* w3,
+                    const word_t* w4,
+                    const word_t* w5,
+                    const word_t* w6,
+                    const word_t* w7) {
+#pragma HLS DATAFLOW
+  static timed_stream<word_t> words[LANES];
+  Region region;
+  region.begin();
+  load_lane(w0, p, 0, words[0]);
+  region.end();
+  region.begin();
+  load_lane(w1, p, 1, words[1]);
+  region.end();
+  region.begin();
+  load_lane(w2, p, 2, words[2]);
+  region.end();
+  region.begin();
+  load_lane(w3, p, 3, words[3]);
+  region.end();
+  region.begin();
+  load_lane(w4, p, 4, words[4]);
+  region.end();
+  region.begin();
+  load_lane(w5, p, 5, words[5]);
+  region.end();
+  region.begin();
+  load_lane(w6, p, 6, words[6]);
+  region.end();
+  region.begin();
+  load_lane(w7, p, 7, words[7]);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 0, chosen, r0, r1, words[0], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 1, chosen, r0, r1, words[1], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 2, chosen, r0, r1, words[2], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 3, chosen, r0, r1, words[3], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 4, chosen, r0, r1, words[4], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 5, chosen, r0, r1, words[5], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 6, chosen, r0, r1, words[6], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 7, chosen, r0, r1, words[7], io);
+  region.end();
+}
+
+// Each row's input as int8 codes with one scale (quant8 over the row), on the SFU: two passes of SFU_LANES
+// elements per cycle (the maximum, then the codes).
+static void quantise_rows(const int32_t x[MAX_ROWS][MAX_HIDDEN], int rows, int k) {
+  for (int r = 0; r < rows; ++r) quant8(x[r], k, k, xq[r], &xs[r]);
+}
+
+static void matmul(const Instr& in, int rows, uint8_t* io,
                    const word_t* w0,
                    const word_t* w1,
                    const word_t* w2,
@@ -260,121 +482,119 @@ static void matmul(const Instr& in, int pc, int rows, uint8_t* io,
                    const word_t* w5,
                    const word_t* w6,
                    const word_t* w7) {
-  const int n = in.f[MM_N], k = in.f[MM_K], group = in.f[MM_GROUP], shift = in.f[MM_SHIFT];
-  const uint32_t flags = in.f[MM_FLAGS];
-  const uint64_t weight_off = in.f[MM_WEIGHT_OFF];
+  MmPass p = mm_pass_of(in);
   const bool by_expert = in.op == XMM;  // row r uses expert act[src1][r][2 slot], its tiles expert_stride apart
   const int experts = by_expert ? (int)in.f[XMM_EXPERTS] : 1, slot = in.f[XMM_SLOT];
   const uint64_t expert_stride = in.f[XMM_EXPERT_STRIDE];
-  const int tile_bytes = in.f[MM_TILE_BYTES], row_block = in.f[MM_ROW_BLOCK], tiles = in.f[MM_TILES];
-  const uint64_t io_off = in.f[MM_IO_OFF];
-  const float cap = bits_to_float(in.f[MM_CAP]);  // logits soft-capping: tanh(v) * cap (its 1 / cap is in the weights)
-  const int bits = flag_field(flags, MM_FLAG_BITS_LSB, MM_FLAG_BITS_WIDTH);
-  const int engine = flag_field(flags, MM_FLAG_ENGINE_LSB, MM_FLAG_ENGINE_WIDTH);
-  const bool has_zero = flag_field(flags, MM_FLAG_HAS_ZERO_LSB, 1), has_bias = flag_field(flags, MM_FLAG_HAS_BIAS_LSB, 1);
-  const bool is_signed = !flag_field(flags, MM_FLAG_UNSIGNED_LSB, 1), to_io = flag_field(flags, MM_FLAG_TO_IO_LSB, 1);
-  const int sp_n = flag_field(flags, MM_FLAG_SPARSE_N_LSB, MM_FLAG_SPARSE_N_WIDTH);
-  const int sp_m = flag_field(flags, MM_FLAG_SPARSE_M_LSB, MM_FLAG_SPARSE_M_WIDTH);
-  const int groups = k / group;
-  const int stored = bits > 4 ? 8 : 4;
-  const int count = engine == ENGINE_SPARSE ? TILE_N * (k / sp_m) * sp_n : TILE_N * k;
-  const int code_bytes = engine == ENGINE_LUT ? bits * TILE_N * k / 8 : count * stored / 8 + (engine == ENGINE_SPARSE ? count / 2 : 0);
-  const int scales_at = (code_bytes + 63) / 64 * 64;
-  const int zeros_at = scales_at + (TILE_N * groups * 4 + 63) / 64 * 64;
-  const int bias_at = zeros_at + (has_zero ? (TILE_N * groups * 2 + 63) / 64 * 64 : 0);
-
-  static int8_t xq[MAX_ROWS][MAX_HIDDEN];
-  static int32_t xs[MAX_ROWS];
-  static int8_t codes[TILE_N][MAX_HIDDEN];
+  const int row_block = in.f[MM_ROW_BLOCK];
+  const uint64_t weight_off = p.base;
   static int chosen[MAX_ROWS];  // the rows of the current expert (every row for MM)
-  for (int r = 0; r < rows; ++r) quant8(act[in.src0][r], k, k, xq[r], &xs[r]);
-  bool first_pass = true;  // the loader may have fetched the first tile of the first pass
+  const uint64_t start = cycle_account();
+  quantise_rows(act[in.src0], rows, p.k);
+  const uint64_t inputs_ready = cycle_account();
+  cycle_account() = start;  // the loaders start with the quantisation, in the same dataflow region
   for (int e = 0; e < experts; ++e) {  // each chosen expert streams once, for all its rows
     int picked = 0;
     for (int r = 0; r < rows; ++r) {
       if (!by_expert || act[in.src1][r][2 * slot] == e) chosen[picked++] = r;
     }
-    const uint64_t base = weight_off + (uint64_t)e * expert_stride;
+    p.base = weight_off + (uint64_t)e * expert_stride;
     for (int r0 = 0; r0 < picked; r0 += row_block) {
       const int r1 = r0 + row_block < picked ? r0 + row_block : picked;
-      const int half = first_half;
-      if (r0 > 0 || !first_pass || prefetched != pc) {
-        read_lane(0, base, tile[half], tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
-      }
-      first_pass = false;
-      first_half = (half + tiles) % 2;  // after this pass: the half its last tile does not use
-      for (int t = 0; t < tiles; ++t) {
-        const uint8_t* cur = tile[(half + t) % 2];
-        if (t + 1 < tiles) {
-          read_lane((t + 1) % LANES, base + (uint64_t)((t + 1) / LANES) * tile_bytes, tile[(half + t + 1) % 2],
-                    tile_bytes, w0, w1, w2, w3, w4, w5, w6, w7);
-        }
-        if (engine == ENGINE_DSP) unpack_codes(cur, bits, is_signed, k, codes);
-        for (int j = 0; j < TILE_N; ++j) {
-          const int col = t * TILE_N + j;
-          if (col >= n) break;
-          for (int i = r0; i < r1; ++i) {
-            const int r = chosen[i];
-            int64_t total = 0;
-            for (int g = 0; g < groups; ++g) {
-              const int zero = has_zero ? load_i16(cur + zeros_at + (j * groups + g) * 2) : 0;
-              const int64_t scale = load_i32(cur + scales_at + (j * groups + g) * 4);
-              int64_t dot = 0;
-              if (engine == ENGINE_DSP) {
-                dot = group_dot(&xq[r][g * group], &codes[j][g * group], group, zero);
-              }
-              total += dot * scale;
-            }
-            int32_t y = requantize(total, xs[r], shift);
-            if (has_bias) y = saturate((int64_t)y + load_i32(cur + bias_at + j * 4));
-            if (to_io) {
-              const float v = fixed_to_f32(y);
-              store_u32(io + io_off + ((uint64_t)r * n + col) * 4, float_to_bits(cap != 0.0f ? tanh_f32(v) * cap : v));
-            } else {
-              act[in.dst][r][col] = y;
-            }
-          }
-        }
-      }
+      mm_pass(p, chosen, r0, r1, inputs_ready, io, w0, w1, w2, w3, w4, w5, w6, w7);
     }
+  }
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+}
+
+// One KV channel's share of a KV head's cache rows first..s-1 (row j lives on channel j % KV_CHANNELS, at row
+// j / KV_CHANNELS there): codes and scales of K and V, read as the channel's loader streams them.
+static void load_kv_channel(word_t* port, const Instr& in, int channel, int h, int first, int s, int8_t* kc,
+                            int8_t* vc, int32_t* ks, int32_t* vs) {
+  const int kv_heads = in.f[ATTN_KV_HEADS], d = in.f[ATTN_HEAD_DIM];
+  const int width = kv_heads * d;
+  uint8_t scale[4];
+  hbm_latency();
+  const int from = first + ((channel - first % KV_CHANNELS) + KV_CHANNELS) % KV_CHANNELS;  // first row on the channel
+  for (int j = from; j < s; j += KV_CHANNELS) {
+    const uint64_t at = j / KV_CHANNELS;
+    read_bytes(port, in.f[ATTN_K_CODES_OFF] + at * width + h * d, (uint8_t*)&kc[j * d], d);
+    read_bytes(port, in.f[ATTN_V_CODES_OFF] + at * width + h * d, (uint8_t*)&vc[j * d], d);
+    read_bytes(port, in.f[ATTN_K_SCALES_OFF] + (at * kv_heads + h) * 4, scale, 4);
+    ks[j] = load_i32(scale);
+    read_bytes(port, in.f[ATTN_V_SCALES_OFF] + (at * kv_heads + h) * 4, scale, 4);
+    vs[j] = load_i32(scale);
   }
 }
 
-// The first expert an XMM streams: the lowest one that a row's route names at its slot.
-static int first_expert(const Instr& in, int rows) {
-  int first = -1;
-  for (int r = 0; r < rows; ++r) {
-    const int e = act[in.src1][r][2 * in.f[XMM_SLOT]];
-    if (first < 0 || e < first) first = e;
-  }
-  return first;
-}
-
-// The weight loader's lookahead: after an instruction that streams from the lanes' channels, the
-// first tile of the next MM (unless another such instruction, or the end of the call, comes first) goes
-// to the free half; that of the next XMM too, unless an instruction before it writes its route (the
-// expert is not known yet).
-static void prefetch_next_tile(const word_t* program, int pc, int n_instr, int rows,
-                               const word_t* w0,
-                               const word_t* w1,
-                               const word_t* w2,
-                               const word_t* w3,
-                               const word_t* w4,
-                               const word_t* w5,
-                               const word_t* w6,
-                               const word_t* w7) {
-  prefetched = -1;
-  bool written[N_BUFFERS] = {};
-  for (int p = pc + 1; p < n_instr; ++p) {
-    const Instr next = fetch(program, p);
-    if (next.op == MM || (next.op == XMM && !written[next.src1])) {
-      const uint64_t expert = next.op == XMM ? (uint64_t)first_expert(next, rows) * next.f[XMM_EXPERT_STRIDE] : 0;
-      read_lane(0, next.f[MM_WEIGHT_OFF] + expert, tile[first_half], next.f[MM_TILE_BYTES], w0, w1, w2, w3, w4, w5, w6, w7);
-      prefetched = p;
-      return;
+// Attention of one query row and head on the matrix lanes: lane l takes the keys j = l (mod LANES) of from..visible-1.
+// Pass 1 (a region of LANES processes): each key's score, d MACs (TILE_K per cycle); the maximum over the lanes.
+// Pass 2: each key's weight and its d-wide weighted value, summed per lane, then over the lanes (exact integers).
+static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const int32_t* ks, const int8_t* vc,
+                           const int32_t* vs, int from, int visible, int d, float scale, float softcap, int32_t* out) {
+  static float scores[MAX_CONTEXT];
+  static int64_t acc[LANES][MAX_HEAD_DIM];
+  static int64_t den[LANES];
+  const float c = scale * (1.0f / 4294967296.0f);
+  const int steps = (d + TILE_K - 1) / TILE_K;  // cycles per key: d MACs, TILE_K per cycle
+  float peak = -INFINITY;
+  {
+    Region region;
+    for (int lane = 0; lane < LANES; ++lane) {
+      region.begin();
+      const int first = from + ((lane - from % LANES) + LANES) % LANES;
+      for (int j = first; j < visible; j += LANES) {
+        for (int step = 0; step < steps; ++step) {
+          LLMC_PIPELINE_II1;
+        }
+        int64_t dot = 0;
+        for (int i = 0; i < d; ++i) {
+          LLMC_UNROLL;
+          dot += (int64_t)qc[i] * kc[j * d + i];
+        }
+        scores[j] = attention_score(dot, qs, ks[j], c, softcap);
+        if (scores[j] > peak) peak = scores[j];
+      }
+      region.end();
     }
-    if (next.op == HALT || next.op == SYNC || streams_lanes(next.op)) return;
-    written[next.dst] = true;
+  }
+  {
+    Region region;
+    for (int lane = 0; lane < LANES; ++lane) {
+      region.begin();
+      den[lane] = 0;
+      for (int i = 0; i < d; ++i) {
+        LLMC_UNROLL;
+        acc[lane][i] = 0;
+      }
+      const int first = from + ((lane - from % LANES) + LANES) % LANES;
+      for (int j = first; j < visible; j += LANES) {
+        for (int step = 0; step < steps; ++step) {
+          LLMC_PIPELINE_II1;
+        }
+        const int64_t ei = attention_weight(scores[j], peak);
+        den[lane] += ei;
+        for (int i = 0; i < d; ++i) {
+          LLMC_UNROLL;
+          acc[lane][i] += ei * ((int64_t)vc[j * d + i] * vs[j]);
+        }
+      }
+      region.end();
+    }
+  }
+  int64_t total_den = 0;
+  for (int lane = 0; lane < LANES; ++lane) {
+    LLMC_UNROLL;
+    total_den += den[lane];
+  }
+  for (int i0 = 0; i0 < d; i0 += SFU_LANES) {  // the lanes' sums added and divided, SFU_LANES columns per cycle
+    LLMC_PIPELINE_II1;
+    for (int i = i0; i < i0 + SFU_LANES && i < d; ++i) {
+      LLMC_UNROLL;
+      int64_t sum = 0;
+      for (int lane = 0; lane < LANES; ++lane) sum += acc[lane][i];
+      out[i] = attention_output(sum, total_den);
+    }
   }
 }
 
@@ -410,29 +630,88 @@ static void attention(const Instr& in, int rows, int start_pos,
   const int first = window > 0 && start_pos + 1 > window ? start_pos + 1 - window : 0;  // row 0's first key
   static int8_t kc[MAX_CONTEXT * MAX_HEAD_DIM], vc[MAX_CONTEXT * MAX_HEAD_DIM];
   static int32_t ks[MAX_CONTEXT], vs[MAX_CONTEXT];
-  static float scores[MAX_CONTEXT];
-  static int8_t qc[MAX_HEADS * MAX_HEAD_DIM];
-  static int32_t qs[MAX_HEADS];
-  static uint8_t row[MAX_HEADS * MAX_HEAD_DIM * 4];
-  const int width = kv_heads * d;
+  static int8_t qc[MAX_ROWS][MAX_HEADS * MAX_HEAD_DIM];
+  static int32_t qs[MAX_ROWS][MAX_HEADS];
+  for (int t = 0; t < rows; ++t) quant8(act[in.src0][t], heads * d, d, qc[t], qs[t]);  // per head, on the SFU
   for (int h = 0; h < kv_heads; ++h) {
-    for (int j = first; j < s; ++j) {  // this KV head's slice of the cache: row j on channel j % KV_CHANNELS
-      word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
-      const uint64_t at = j / KV_CHANNELS;
-      read_bytes(port, in.f[ATTN_K_CODES_OFF] + at * width + h * d, (uint8_t*)&kc[j * d], d);
-      read_bytes(port, in.f[ATTN_V_CODES_OFF] + at * width + h * d, (uint8_t*)&vc[j * d], d);
-      read_bytes(port, in.f[ATTN_K_SCALES_OFF] + (at * kv_heads + h) * 4, row, 4);
-      ks[j] = load_i32(row);
-      read_bytes(port, in.f[ATTN_V_SCALES_OFF] + (at * kv_heads + h) * 4, row, 4);
-      vs[j] = load_i32(row);
+    {  // this KV head's slice of the cache, every KV channel's loader at once
+      Region region;
+      region.begin();
+      load_kv_channel(kv0, in, 0, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv1, in, 1, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv2, in, 2, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv3, in, 3, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv4, in, 4, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv5, in, 5, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv6, in, 6, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv7, in, 7, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv8, in, 8, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv9, in, 9, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv10, in, 10, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv11, in, 11, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv12, in, 12, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv13, in, 13, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv14, in, 14, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv15, in, 15, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv16, in, 16, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv17, in, 17, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv18, in, 18, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv19, in, 19, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv20, in, 20, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv21, in, 21, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv22, in, 22, h, first, s, kc, vc, ks, vs);
+      region.end();
     }
     for (int t = 0; t < rows; ++t) {
-      quant8(act[in.src0][t], heads * d, d, qc, qs);
       for (int qh = h * (heads / kv_heads); qh < (h + 1) * (heads / kv_heads); ++qh) {
         const int visible = start_pos + t + 1;
         const int from = window > 0 && visible > window ? visible - window : 0;
-        attention_row(&qc[qh * d], qs[qh], kc, ks, vc, vs, from, visible, 0, 1, d, scale, softcap, scores,
-                      &act[in.dst][t][qh * d]);
+        attention_head(&qc[t][qh * d], qs[t][qh], kc, ks, vc, vs, from, visible, d, scale, softcap,
+                       &act[in.dst][t][qh * d]);
       }
     }
   }
@@ -467,6 +746,7 @@ static void kv_append(const Instr& in, int rows, int start_pos,
   static int8_t codes[MAX_HIDDEN];
   static int32_t scales[MAX_HEADS];
   static uint8_t bytes[MAX_HEADS * 4];
+  hbm_latency();
   for (int t = 0; t < rows; ++t) {
     const int j = start_pos + t;
     word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
@@ -568,9 +848,13 @@ extern "C" void llmc_accel(
   static float bias[MAX_HIDDEN];
   static int32_t cs[MAX_HEAD_DIM], sn[MAX_HEAD_DIM];
   const int rows = seq_len;
-  read_bytes(io, 0, io_buf, 512);
-  prefetched = -1;  // a tile left by the previous call belongs to another program or segment
-  bool wrote_io = false;
+#ifndef __SYNTHESIS__
+  port_model().extra_q16 = WORD_EXTRA_Q16;
+  port_model().latency = HBM_LATENCY;
+#endif
+  hbm_latency();
+  read_bytes(io, 0, io_buf + 0, 4 * rows);  // the rows' token ids
+  uint64_t io_from = 0, io_to = 0;  // the logits the call wrote into io_buf
   // A call runs from first_instr to HALT, or to SYNC: the end of a cluster card's segment, after which
   // the host moves what the cards sent and calls again from the instruction after the SYNC.
   for (int pc = first_instr; pc < n_instr; ++pc) {
@@ -579,27 +863,31 @@ extern "C" void llmc_accel(
 #ifndef __SYNTHESIS__
     const uint64_t account_before = cycle_account();
 #endif
+    loop_depth(INSTR_DEPTH);
     const int cols = in.f[COLS];
+    const int elements = rows * cols;  // the SFU's instructions: SFU_LANES of a row-major rows x cols per cycle
     switch (in.op) {
       case EMBED: {
         const int row_bytes = (cols * 2 + 63) / 64 * 64;
+        hbm_latency();
         for (int t = 0; t < rows; ++t) {
           const int id = (in.f[EMBED_BY_POSITION] ? start_pos + t : load_i32(io_buf + 0 + 4 * t)) + (int)in.f[EMBED_OFFSET];
           read_lane(id % LANES, in.f[EMBED_TABLE_OFF] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
                     w0, w1, w2, w3, w4, w5, w6, w7);
-          for (int c = 0; c < cols; ++c) {
+          for (int c0 = 0; c0 < cols; c0 += SFU_LANES) {
             LLMC_PIPELINE_II1;
-            act[in.dst][t][c] = embed_fixed(half_to_float((uint16_t)(raw[2 * c] | raw[2 * c + 1] << 8)));
+            for (int c = c0; c < c0 + SFU_LANES && c < cols; ++c) {
+              LLMC_UNROLL;
+              act[in.dst][t][c] = embed_fixed(half_to_float((uint16_t)(raw[2 * c] | raw[2 * c + 1] << 8)));
+            }
           }
         }
         break;
       }
       case NORM: {
+        hbm_latency();
         read_vec(w0, in.f[NORM_WEIGHT_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) {
-          LLMC_PIPELINE_II1;
-          vec[c] = bits_to_float(load_u32(raw + 4 * c));
-        }
+        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));  // as the words arrive
         const int group = in.f[NORM_GROUP] > 0 ? (int)in.f[NORM_GROUP] : cols;  // a head at a time for QK-norm
         for (int t = 0; t < rows; ++t) {
           for (int g = 0; g < cols; g += group) {
@@ -609,38 +897,38 @@ extern "C" void llmc_accel(
         break;
       }
       case LNORM: {
+        hbm_latency();
         read_vec(w0, in.f[LNORM_WEIGHT_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) {
-          LLMC_PIPELINE_II1;
-          vec[c] = bits_to_float(load_u32(raw + 4 * c));
-        }
+        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
         read_vec(w0, in.f[LNORM_BIAS_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) {
-          LLMC_PIPELINE_II1;
-          bias[c] = bits_to_float(load_u32(raw + 4 * c));
-        }
+        for (int c = 0; c < cols; ++c) bias[c] = bits_to_float(load_u32(raw + 4 * c));
         for (int t = 0; t < rows; ++t) layer_norm_row(act[in.src0][t], vec, bias, cols, bits_to_float(in.f[LNORM_EPS]), act[in.dst][t]);
         break;
       }
       case MM:
       case XMM:
-        matmul(in, pc, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7);
-        wrote_io = wrote_io || flag_field(in.f[MM_FLAGS], MM_FLAG_TO_IO_LSB, 1);
+        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7);
+        if (flag_field(in.f[MM_FLAGS], MM_FLAG_TO_IO_LSB, 1)) {
+          io_from = in.f[MM_IO_OFF];
+          io_to = io_from + (uint64_t)rows * in.f[MM_N] * 4;
+        }
         break;
       case ROUTE:
         for (int t = 0; t < rows; ++t) route_row(act[in.src0][t], cols, in.f[ROUTE_TOP_K], in.f[ROUTE_NORMALIZE] != 0, act[in.dst][t]);
         break;
       case WEIGH:
-        for (int t = 0; t < rows; ++t) {
-          const int32_t w = act[in.src1][t][2 * in.f[WEIGH_SLOT] + 1];
-          for (int c = 0; c < cols; ++c) {
-            LLMC_PIPELINE_II1;
-            act[in.dst][t][c] = mul_fixed(act[in.src0][t][c], w);
+        for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
+          LLMC_PIPELINE_II1;
+          for (int i = i0; i < i0 + SFU_LANES && i < elements; ++i) {
+            LLMC_UNROLL;
+            const int t = i / cols, c = i % cols;
+            act[in.dst][t][c] = mul_fixed(act[in.src0][t][c], act[in.src1][t][2 * in.f[WEIGH_SLOT] + 1]);
           }
         }
         break;
       case ROPE: {
         const int half = in.f[ROPE_ROTARY_DIM] / 2;  // rotary_dim / 2 table entries per position
+        hbm_latency();
         for (int t = 0; t < rows; ++t) {
           const uint64_t at = (uint64_t)(start_pos + t) * half * 4;
           read_vec(w0, in.f[ROPE_COS_OFF] + at, half, raw);
@@ -658,9 +946,11 @@ extern "C" void llmc_accel(
         attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
         break;
       case ACT:
-        for (int t = 0; t < rows; ++t) {
-          for (int c = 0; c < cols; ++c) {
-            LLMC_PIPELINE_II1;
+        for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
+          LLMC_PIPELINE_II1;
+          for (int i = i0; i < i0 + SFU_LANES && i < elements; ++i) {
+            LLMC_UNROLL;
+            const int t = i / cols, c = i % cols;
             const int32_t x = act[in.src0][t][c];
             const int fn = in.f[ACT_FN];
             act[in.dst][t][c] = fn == ACT_SILU ? silu_fixed(x) : fn == ACT_RELU ? relu_fixed(x)
@@ -670,52 +960,52 @@ extern "C" void llmc_accel(
         break;
       case EMUL:
       case EADD:
-        for (int t = 0; t < rows; ++t) {
-          for (int c = 0; c < cols; ++c) {
-            LLMC_PIPELINE_II1;
+        for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
+          LLMC_PIPELINE_II1;
+          for (int i = i0; i < i0 + SFU_LANES && i < elements; ++i) {
+            LLMC_UNROLL;
+            const int t = i / cols, c = i % cols;
             const int32_t a = act[in.src0][t][c], b = act[in.src1][t][c];
             act[in.dst][t][c] = in.op == EMUL ? mul_fixed(a, b) : add_sat(a, b);
           }
         }
         break;
       case ESCALE:
+        hbm_latency();
         read_vec(w0, in.f[ESCALE_VEC_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) {
+        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
+        for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
           LLMC_PIPELINE_II1;
-          vec[c] = bits_to_float(load_u32(raw + 4 * c));
-        }
-        for (int t = 0; t < rows; ++t) {
-          for (int c = 0; c < cols; ++c) {
-            LLMC_PIPELINE_II1;
+          for (int i = i0; i < i0 + SFU_LANES && i < elements; ++i) {
+            LLMC_UNROLL;
+            const int t = i / cols, c = i % cols;
             act[in.dst][t][c] = scale_fixed(act[in.src0][t][c], vec[c]);
           }
         }
         break;
       case SEND:  // src0's rows to io at io_off as int32, row-major (past io_buf: a cluster card's mail)
+        hbm_latency();
         for (int t = 0; t < rows; ++t) {
-          for (int c = 0; c < cols; ++c) {
-            LLMC_PIPELINE_II1;
-            store_u32(raw + 4 * c, (uint32_t)act[in.src0][t][c]);
-          }
+          for (int c = 0; c < cols; ++c) store_u32(raw + 4 * c, (uint32_t)act[in.src0][t][c]);  // as the words leave
           write_bytes(io, in.f[SEND_IO_OFF] + (uint64_t)t * cols * 4, raw, cols * 4);
         }
         break;
       case RECV:  // the int32 rows another card sent, delivered to io at io_off
+        hbm_latency();
         for (int t = 0; t < rows; ++t) {
           read_bytes(io, in.f[RECV_IO_OFF] + (uint64_t)t * cols * 4, raw, cols * 4);
-          for (int c = 0; c < cols; ++c) {
-            LLMC_PIPELINE_II1;
-            act[in.dst][t][c] = load_i32(raw + 4 * c);
-          }
+          for (int c = 0; c < cols; ++c) act[in.dst][t][c] = load_i32(raw + 4 * c);
         }
         break;
       default:
         break;
     }
-    if (streams_lanes(in.op)) prefetch_next_tile(program, pc, n_instr, rows, w0, w1, w2, w3, w4, w5, w6, w7);
 #ifndef __SYNTHESIS__
     opcode_cycles()[in.op % OPCODE_SLOTS] += cycle_account() - account_before;
 #endif
   }
-  if (wrote_io) write_bytes(io, 0, io_buf, 25088);
+  if (io_to > io_from) {
+    hbm_latency();
+    write_bytes(io, io_from, io_buf + io_from, (int)(io_to - io_from));
+  }
 }
