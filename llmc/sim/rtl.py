@@ -68,8 +68,8 @@ def random_vectors(unit: str, config: dict, count: int, seed: int) -> tuple[np.n
     accumulation of either sign, kept values at the ends of their blocks, codes equal to the zero point."""
     u = units.make_unit(unit, config)
     length = int(config.get("group", max(DEFAULT_GROUP, u.beat_activations)))
-    if length % u.beat_activations:
-        raise ValueError(f"{u.name}: group {length} is not a multiple of {u.beat_activations} activations")
+    if length % u.block:
+        raise ValueError(f"{u.name}: group {length} is not a multiple of {u.block} activations")
     rng = np.random.default_rng(seed)
     x = rng.integers(-128, 128, (count, length), dtype=np.int64)
     lo, hi = u.code_range

@@ -66,7 +66,7 @@ def test_the_cycles_level_holds_the_kernel_to_the_timing_model(engine_projects, 
 
 def test_a_sequential_engine_loop_fails_the_cycles_level(engine_projects, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
-    """The MAC array's unrolled loop pipelined instead (one MAC per cycle): still bit-exact, and caught."""
+    """The MAC array's unrolled loop pipelined instead (one DSP pair per cycle): still bit-exact, and caught."""
     project = tmp_path / "sequential"
     shutil.copytree(engine_projects["w4g128"], project)
     kernel = project / "kernel" / "llmc_accel.cpp"

@@ -59,7 +59,7 @@ def test_hls_config(clock_mhz: float, period: str) -> None:
     assert lines == [
         f"part={TARGET.part}", "[hls]", "flow_target=vitis", f"clock={period}ns", "syn.top=llmc_accel",
         "syn.file=kernel/llmc_accel.cpp", "syn.file=kernel/engines.cpp", "syn.cflags=-I include",
-        "syn.blackbox.file=rtl/llmc_lut_mac_g4b2l4z.json", "package.output.format=xo",
+        "syn.blackbox.file=rtl/llmc_lut_mac_g4b2l16z.json", "package.output.format=xo",
         "package.output.file=build/hls/llmc_accel.xo",
     ]  # fmt: skip
 
@@ -69,7 +69,7 @@ def test_run_hls_tcl(project: dict) -> None:
     assert "set_top llmc_accel" in lines and "open_solution -reset -flow_target vitis solution" in lines
     assert [line for line in lines if line.startswith("add_files")] == [
         *(f'add_files {source} -cflags "-I$root/include"' for source in SOURCES),
-        "add_files -blackbox rtl/llmc_lut_mac_g4b2l4z.json",
+        "add_files -blackbox rtl/llmc_lut_mac_g4b2l16z.json",
     ]
     assert f"set_part {TARGET.part}" in lines and "create_clock -period 3.333 -name default" in lines
     assert lines.index("csynth_design") < lines.index(

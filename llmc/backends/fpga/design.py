@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 WORD_BITS = 512  # width of every m_axi port (one HBM pseudo-channel beat)
-BEAT_ACTIVATIONS = 16  # activations per beat of the RTL units a project instantiates (groups are multiples of it)
 READ_BURST, READS_OUTSTANDING = 64, 8  # m_axi read bursts (beats) and bursts in flight per master
 WRITE_BURST, WRITES_OUTSTANDING = 16, 2  # m_axi write bursts: KV and io rows are short
 INSTR_BITS = 512  # one instruction (one program-memory beat)

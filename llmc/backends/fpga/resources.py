@@ -100,11 +100,11 @@ def rtl_unit(unit: Unit) -> Resources:
 
 
 def rtl_units(config: AcceleratorConfig) -> Resources:
-    """The RTL units the design instantiates (:func:`~.units.design_units`)."""
+    """The RTL units the design instantiates (:func:`~.units.design_units`), one of each per matrix lane."""
     total = Resources()
     for unit in design_units(config):
         total += rtl_unit(unit)
-    return total
+    return total * config.mm_lanes
 
 
 def sfu(config: AcceleratorConfig) -> Resources:

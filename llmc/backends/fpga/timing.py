@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from math import ceil
 
-from llmc.backends.fpga.design import BEAT_ACTIVATIONS, WORD_BITS, AcceleratorConfig, bucket_for, chunks
+from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig, bucket_for, chunks
 from llmc.backends.fpga.isa import ENGINES, Instruction, MmFlags
 from llmc.backends.fpga.pack import align, code_bytes, stored_bits
 from llmc.backends.fpga.target import Target
@@ -220,10 +220,10 @@ class TimingModel:
         part_words = tile_bytes // WORD_BYTES - code_words
         lane_tiles = ceil(tiles / c.mm_lanes)
         chunk = min(c.mm_tile_k, WORD_BITS // stored_bits(decoded.bits))
-        if name == "sparse":  # the chain takes BEAT_ACTIVATIONS activations a beat
-            beats = ceil(group // sp_m / max(1, BEAT_ACTIVATIONS // sp_m)) * (k // group)
+        if name == "sparse":  # a lane's unit takes mm_tile_k activations a beat, a group's last beat part full
+            beats = ceil(group // sp_m / max(1, c.mm_tile_k // sp_m)) * (k // group)
         elif name == "lut":
-            beats = ceil(group // c.lut_g / max(1, BEAT_ACTIVATIONS // c.lut_g)) * (k // group)
+            beats = ceil(group // c.lut_g / max(1, c.mm_tile_k // c.lut_g)) * (k // group)
         quant = rows * self._quant8(k, k)
         cycles = compute = memory = 0.0
         ready = float(quant)  # the first pass's lanes wait for the quantised rows, its loaders do not

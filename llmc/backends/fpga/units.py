@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.backends.fpga import pack
-from llmc.backends.fpga.design import BEAT_ACTIVATIONS, AcceleratorConfig
+from llmc.backends.fpga.design import AcceleratorConfig
 from llmc.templating import render, static_file
 
 UNITS = ("sparse_mac", "lut_mac")
@@ -119,15 +119,15 @@ def make_unit(kind: str, config: dict) -> Unit:
 
 
 def design_units(config: AcceleratorConfig) -> list[Unit]:
-    """The units a design instantiates: the sparse chain for each stored weight width, the LUT unit for each
-    code width, each taking ``BEAT_ACTIVATIONS`` activations per beat."""
+    """The units a design instantiates in each matrix lane: the sparse chain for each stored weight width,
+    the LUT unit for each code width, each taking ``mm_tile_k`` activations a beat (the lane's MAC width)."""
     units = []
     if config.sparse_n:
         for bits in sorted({pack.stored_bits(b) for b in config.weight_bits}, reverse=True):
-            units.append(Unit("sparse_mac", bits, max(1, BEAT_ACTIVATIONS // config.sparse_m),
+            units.append(Unit("sparse_mac", bits, max(1, config.mm_tile_k // config.sparse_m),
                               n=config.sparse_n, m=config.sparse_m))
     for bits in config.lut_bits:
-        units.append(Unit("lut_mac", bits, max(1, BEAT_ACTIVATIONS // config.lut_g), g=config.lut_g, zero=True))
+        units.append(Unit("lut_mac", bits, max(1, config.mm_tile_k // config.lut_g), g=config.lut_g, zero=True))
     return units
 
 
@@ -140,11 +140,15 @@ def _bit_fields(values: np.ndarray, width: int) -> np.ndarray:
 def beats(unit: Unit, x: np.ndarray, w: np.ndarray, zeros: np.ndarray | None) -> list[int]:
     """The beats that feed ``unit`` vectors ``x`` (int8 [V, L]) times codes ``w`` [V, L] (an N:M pattern for
     the sparse chain, unsigned codes for the LUT unit) with zero points ``zeros`` [V] (LUT unit with ``zero``),
-    each vector one group of ``L / beat_activations`` beats."""
+    each vector one group of ``ceil(L / beat_activations)`` beats."""
     vectors, length = x.shape
     per = unit.beat_activations
-    if w.shape != x.shape or length % per or length == 0:
-        raise ValueError(f"{unit.name}: x and w must be [V, L] with L a multiple of {per}, got {x.shape}, {w.shape}")
+    if w.shape != x.shape or length % unit.block or length == 0:
+        raise ValueError(f"{unit.name}: x and w must be [V, L] with L a multiple of {unit.block}, got {x.shape}, "
+                         f"{w.shape}")
+    if length % per:  # the last beat of a group carries zero activations and zero codes past its end
+        pad = ((0, 0), (0, per - length % per))
+        x, w, length = np.pad(x, pad), np.pad(w, pad), length + per - length % per
     count = vectors * length // per
     fields = [_bit_fields(x.reshape(count, per), 8)]
     if unit.kind == "sparse_mac":

@@ -336,8 +336,8 @@ static int code_at(const word_t& word, int q, int stored, bool is_signed) {
 }
 
 // A lane's DSP MAC array: per cycle, `chunk` codes of one column (at most TILE_K, at most one word) against one
-// row's activation codes, split at group boundaries, each group's sum times its scale. The codes stream in the
-// order they are stored; a chunk's word is read once and used for every row of the block.
+// row's activation codes, split at group boundaries, each group's sum times its scale; int4 codes two per DSP.
+// The codes stream in the order they are stored; a chunk's word is read once and used for every row of the block.
 static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r1, timed_stream<word_t>& words,
                      uint8_t* io) {
   static uint8_t parts[MAX_TILE_BYTES];
@@ -374,7 +374,7 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
           if (pos == 0) total[i] = 0;
           int64_t sum = 0, segment = 0;
           int g = pos / p.group;
-          for (int c = 0; c < TILE_K; ++c) {
+          for (int c = 0; c < TILE_K; c += 2) {  // a pair of products per DSP48E2 slice (groups are even)
             LLMC_UNROLL;
             if (c < len) {
               if ((pos + c) / p.group != g) {  // a group ends inside the chunk: its sum times its scale
@@ -383,7 +383,10 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
                 g = (pos + c) / p.group;
               }
               const int zero = p.has_zero ? load_i16(parts + p.zeros_at + (j * p.groups + g) * 2) : 0;
-              segment += (int64_t)xq[r][pos + c] * ((int64_t)codes[c] - zero);
+              const int32_t xa = xq[r][pos + c], wa = codes[c] - zero;
+              const int32_t xb = c + 1 < len ? xq[r][pos + c + 1] : 0, wb = c + 1 < len ? codes[c + 1] - zero : 0;
+              // int4 codes (less a 4-bit zero point): both products from one 27x18 multiply, as the sparse chain
+              segment += p.stored == 4 ? (int64_t)dsp_pair(xa, wa, xb, wb) : (int64_t)xa * wa + (int64_t)xb * wb;
             }
           }
           total[i] += sum + segment * load_i32(parts + (j * p.groups + g) * 4);
