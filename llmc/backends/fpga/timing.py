@@ -232,13 +232,17 @@ class TimingModel:
                 block = min(row_block, share - first)
                 if name == "dsp":  # the MAC array consumes the words as they come
                     streamed, after = part_words + c.mm_tile_n * ceil(k / chunk) * block, 0
-                else:  # the unit starts once the tile is in the lane's buffer
+                else:  # the buffer fills as the words come; the unit starts once a tile is in (ping-pong)
                     streamed, after = part_words + code_words, c.mm_tile_n * block * beats
-                per_tile = streamed + after
-                done = ready
+                per_tile = streamed + after if name == "dsp" else after
+                done, filled = ready, 0.0
                 for t in range(lane_tiles):  # a lane's tile ends after its compute and after its last word
                     arrived = HBM_LATENCY + (t + 1) * (tile_bytes // WORD_BYTES) * self.word_cycles + 1
-                    done = max(done + streamed, arrived) + after
+                    if name == "dsp":
+                        done = max(done + streamed, arrived)
+                    else:
+                        filled = max(filled + streamed, arrived)
+                        done = max(done, filled + 1) + after
                 cycles += done
                 compute += lane_tiles * per_tile
                 memory += lane_tiles * (tile_bytes // WORD_BYTES) * self.word_cycles

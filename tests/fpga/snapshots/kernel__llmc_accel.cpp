@@ -5,6 +5,9 @@
 #include "llmc_accel.h"  // first: llmc_mem.h sets the diagnostics for the ap_types headers
 
 #include <hls_stream.h>
+#ifndef __SYNTHESIS__
+#include <vector>
+#endif
 
 #include "llmc_lut_mac.h"
 #include "llmc_math.h"
@@ -398,8 +401,8 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
 }
 
 // One pass of an MM over the rows chosen[r0..r1) as a dataflow region: every lane's loader streams its tiles
-// from its channel while the lane's MAC array (or RTL unit) consumes them; the lanes start once the rows'
-// activation codes are ready.
+// from its channel while the lane's MAC array (or its tile buffer, then its RTL unit) consumes them; the MAC
+// arrays and units start once the rows' activation codes are ready.
 static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t inputs_ready, uint8_t* io,
                     const word_t* w0,
                     const word_t* w1,
