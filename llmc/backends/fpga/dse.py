@@ -18,7 +18,7 @@ from llmc.backends.fpga import pack
 from llmc.errors import LlmcError
 from llmc.sizes import human_bytes
 
-from .design import AcceleratorConfig
+from .design import WORD_BITS, AcceleratorConfig
 from .resources import Utilisation, estimate
 from .target import Target
 
@@ -190,15 +190,15 @@ def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds
 
 
 def matrix_cycles(config: AcceleratorConfig, m: Matrix) -> float:
-    """Cycles the busiest lane computes one decode row of ``m`` on its engine (as the simulator's
-    timing model counts them): its tiles, each ``tile_n x k`` MACs (N:M tiles skip their zeros) plus
-    the adder tree's drain, or on the LUT engine ``lut_g`` one-bit weights per table and cycle."""
+    """Cycles the busiest lane computes one decode row of ``m`` on its engine, as the kernel's lanes do (the
+    timing model's first order): per column of its tiles, one cycle per chunk of ``mm_tile_k`` codes that fit
+    a 512-bit word on the MAC array, or per beat of ``mm_tile_k`` activations on the lane's sparse chain or
+    LUT unit (which do not skip the zeros' cycles)."""
     lane_tiles = ceil(ceil(m.n / config.mm_tile_n) / config.mm_lanes)
-    if m.engine == "lut":
-        tables = max(1, config.lut_lanes // config.mm_lanes)
-        return lane_tiles * config.mm_tile_n * m.k * m.bits / (tables * config.lut_g)
-    density = m.sparse[0] / m.sparse[1] if m.sparse else 1.0
-    return lane_tiles * (config.mm_tile_n * m.k * density / config.mm_tile_k + log2(config.mm_tile_k) + TILE_OVERHEAD)
+    width = config.mm_tile_k
+    if m.engine == "dsp":
+        width = min(width, WORD_BITS // (8 if m.bits > 4 else 4))
+    return lane_tiles * config.mm_tile_n * ceil(m.k / width)
 
 
 def first_tile_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
