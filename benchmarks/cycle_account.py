@@ -22,7 +22,6 @@ from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
 from llmc.sim.csim import CsimDevice
 from llmc.sim.image import ProjectImage
 
-
 LAYER_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 1, "num_attention_heads": 32,
             "num_key_value_heads": 32, "vocab_size": 1024, "max_position_embeddings": 512, "rms_norm_eps": 1e-5}
 
