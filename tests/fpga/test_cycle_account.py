@@ -53,7 +53,8 @@ def _cycles_level(project: Path, capsys: pytest.CaptureFixture) -> tuple[int, di
     return code, {r["level"]: r for r in json.loads(capsys.readouterr().out)}
 
 
-@pytest.mark.parametrize("recipe", list(ENGINE_RECIPES))
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[] if r in ("w4g128", "w4-2of4") else pytest.mark.slow)
+                                    for r in ENGINE_RECIPES])  # the DSP lanes and the unit lanes by default
 def test_the_cycles_level_holds_the_kernel_to_the_timing_model(engine_projects, recipe: str,
                                                                capsys: pytest.CaptureFixture) -> None:
     """The prefill (a 20-token prompt, two chunks) and two decode steps each within 10%, on every engine."""

@@ -7,10 +7,10 @@
 #include "llmc_mem.h"
 
 namespace llmc {
-static const int LANES = 8;
-static const int KV_CHANNELS = 23;  // cache row j: channel j % KV_CHANNELS
+static const int LANES = 20;
+static const int KV_CHANNELS = 20;  // cache row j: channel j % KV_CHANNELS
 static const int TILE_N = 16;
-static const int TILE_K = 256;
+static const int TILE_K = 64;
 static const int MAX_ROWS = 64;
 static const int MAX_HIDDEN = 128;
 static const int MAX_CONTEXT = 64;
@@ -39,6 +39,18 @@ extern "C" void llmc_accel(
     const llmc::word_t* w5,
     const llmc::word_t* w6,
     const llmc::word_t* w7,
+    const llmc::word_t* w8,
+    const llmc::word_t* w9,
+    const llmc::word_t* w10,
+    const llmc::word_t* w11,
+    const llmc::word_t* w12,
+    const llmc::word_t* w13,
+    const llmc::word_t* w14,
+    const llmc::word_t* w15,
+    const llmc::word_t* w16,
+    const llmc::word_t* w17,
+    const llmc::word_t* w18,
+    const llmc::word_t* w19,
     llmc::word_t* kv0,
     llmc::word_t* kv1,
     llmc::word_t* kv2,
@@ -59,9 +71,6 @@ extern "C" void llmc_accel(
     llmc::word_t* kv17,
     llmc::word_t* kv18,
     llmc::word_t* kv19,
-    llmc::word_t* kv20,
-    llmc::word_t* kv21,
-    llmc::word_t* kv22,
     llmc::word_t* io,
     int n_instr,
     int seq_len,

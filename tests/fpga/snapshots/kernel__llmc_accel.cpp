@@ -166,7 +166,19 @@ static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
                       const word_t* w4,
                       const word_t* w5,
                       const word_t* w6,
-                      const word_t* w7) {
+                      const word_t* w7,
+                      const word_t* w8,
+                      const word_t* w9,
+                      const word_t* w10,
+                      const word_t* w11,
+                      const word_t* w12,
+                      const word_t* w13,
+                      const word_t* w14,
+                      const word_t* w15,
+                      const word_t* w16,
+                      const word_t* w17,
+                      const word_t* w18,
+                      const word_t* w19) {
   switch (lane) {
     case 0: read_bytes(w0, off, dst, n); break;
     case 1: read_bytes(w1, off, dst, n); break;
@@ -176,6 +188,18 @@ static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
     case 5: read_bytes(w5, off, dst, n); break;
     case 6: read_bytes(w6, off, dst, n); break;
     case 7: read_bytes(w7, off, dst, n); break;
+    case 8: read_bytes(w8, off, dst, n); break;
+    case 9: read_bytes(w9, off, dst, n); break;
+    case 10: read_bytes(w10, off, dst, n); break;
+    case 11: read_bytes(w11, off, dst, n); break;
+    case 12: read_bytes(w12, off, dst, n); break;
+    case 13: read_bytes(w13, off, dst, n); break;
+    case 14: read_bytes(w14, off, dst, n); break;
+    case 15: read_bytes(w15, off, dst, n); break;
+    case 16: read_bytes(w16, off, dst, n); break;
+    case 17: read_bytes(w17, off, dst, n); break;
+    case 18: read_bytes(w18, off, dst, n); break;
+    case 19: read_bytes(w19, off, dst, n); break;
     default: break;
   }
 }
@@ -200,10 +224,7 @@ static word_t* kv_port(int channel,
                        word_t* kv16,
                        word_t* kv17,
                        word_t* kv18,
-                       word_t* kv19,
-                       word_t* kv20,
-                       word_t* kv21,
-                       word_t* kv22) {
+                       word_t* kv19) {
   switch (channel) {
     case 1: return kv1;
     case 2: return kv2;
@@ -224,9 +245,6 @@ static word_t* kv_port(int channel,
     case 17: return kv17;
     case 18: return kv18;
     case 19: return kv19;
-    case 20: return kv20;
-    case 21: return kv21;
-    case 22: return kv22;
     default: return kv0;
   }
 }
@@ -411,7 +429,19 @@ static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t
                     const word_t* w4,
                     const word_t* w5,
                     const word_t* w6,
-                    const word_t* w7) {
+                    const word_t* w7,
+                    const word_t* w8,
+                    const word_t* w9,
+                    const word_t* w10,
+                    const word_t* w11,
+                    const word_t* w12,
+                    const word_t* w13,
+                    const word_t* w14,
+                    const word_t* w15,
+                    const word_t* w16,
+                    const word_t* w17,
+                    const word_t* w18,
+                    const word_t* w19) {
 #pragma HLS DATAFLOW
   static timed_stream<word_t> words[LANES];
   Region region;
@@ -438,6 +468,42 @@ static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t
   region.end();
   region.begin();
   load_lane(w7, p, 7, words[7]);
+  region.end();
+  region.begin();
+  load_lane(w8, p, 8, words[8]);
+  region.end();
+  region.begin();
+  load_lane(w9, p, 9, words[9]);
+  region.end();
+  region.begin();
+  load_lane(w10, p, 10, words[10]);
+  region.end();
+  region.begin();
+  load_lane(w11, p, 11, words[11]);
+  region.end();
+  region.begin();
+  load_lane(w12, p, 12, words[12]);
+  region.end();
+  region.begin();
+  load_lane(w13, p, 13, words[13]);
+  region.end();
+  region.begin();
+  load_lane(w14, p, 14, words[14]);
+  region.end();
+  region.begin();
+  load_lane(w15, p, 15, words[15]);
+  region.end();
+  region.begin();
+  load_lane(w16, p, 16, words[16]);
+  region.end();
+  region.begin();
+  load_lane(w17, p, 17, words[17]);
+  region.end();
+  region.begin();
+  load_lane(w18, p, 18, words[18]);
+  region.end();
+  region.begin();
+  load_lane(w19, p, 19, words[19]);
   region.end();
   region.begin();
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
@@ -471,6 +537,54 @@ static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
   mac_lane(p, 7, chosen, r0, r1, words[7], io);
   region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 8, chosen, r0, r1, words[8], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 9, chosen, r0, r1, words[9], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 10, chosen, r0, r1, words[10], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 11, chosen, r0, r1, words[11], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 12, chosen, r0, r1, words[12], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 13, chosen, r0, r1, words[13], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 14, chosen, r0, r1, words[14], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 15, chosen, r0, r1, words[15], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 16, chosen, r0, r1, words[16], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 17, chosen, r0, r1, words[17], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 18, chosen, r0, r1, words[18], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 19, chosen, r0, r1, words[19], io);
+  region.end();
 }
 
 // Each row's input as int8 codes with one scale (quant8 over the row), on the SFU: two passes of SFU_LANES
@@ -487,7 +601,19 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
                    const word_t* w4,
                    const word_t* w5,
                    const word_t* w6,
-                   const word_t* w7) {
+                   const word_t* w7,
+                   const word_t* w8,
+                   const word_t* w9,
+                   const word_t* w10,
+                   const word_t* w11,
+                   const word_t* w12,
+                   const word_t* w13,
+                   const word_t* w14,
+                   const word_t* w15,
+                   const word_t* w16,
+                   const word_t* w17,
+                   const word_t* w18,
+                   const word_t* w19) {
   MmPass p = mm_pass_of(in);
   const bool by_expert = in.op == XMM;  // row r uses expert act[src1][r][2 slot], its tiles expert_stride apart
   const int experts = by_expert ? (int)in.f[XMM_EXPERTS] : 1, slot = in.f[XMM_SLOT];
@@ -507,7 +633,7 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
     p.base = weight_off + (uint64_t)e * expert_stride;
     for (int r0 = 0; r0 < picked; r0 += row_block) {
       const int r1 = r0 + row_block < picked ? r0 + row_block : picked;
-      mm_pass(p, chosen, r0, r1, inputs_ready, io, w0, w1, w2, w3, w4, w5, w6, w7);
+      mm_pass(p, chosen, r0, r1, inputs_ready, io, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
     }
   }
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
@@ -624,10 +750,7 @@ static void attention(const Instr& in, int rows, int start_pos,
                       word_t* kv16,
                       word_t* kv17,
                       word_t* kv18,
-                      word_t* kv19,
-                      word_t* kv20,
-                      word_t* kv21,
-                      word_t* kv22) {
+                      word_t* kv19) {
   const int heads = in.f[ATTN_HEADS], kv_heads = in.f[ATTN_KV_HEADS], d = in.f[ATTN_HEAD_DIM];
   const float scale = bits_to_float(in.f[ATTN_SCALE]);
   const int window = in.f[ATTN_WINDOW];  // 0: every row up to the query's position; else only the last window of them
@@ -702,15 +825,6 @@ static void attention(const Instr& in, int rows, int start_pos,
       region.begin();
       load_kv_channel(kv19, in, 19, h, first, s, kc, vc, ks, vs);
       region.end();
-      region.begin();
-      load_kv_channel(kv20, in, 20, h, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv21, in, 21, h, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv22, in, 22, h, first, s, kc, vc, ks, vs);
-      region.end();
     }
     for (int t = 0; t < rows; ++t) {
       for (int qh = h * (heads / kv_heads); qh < (h + 1) * (heads / kv_heads); ++qh) {
@@ -743,10 +857,7 @@ static void kv_append(const Instr& in, int rows, int start_pos,
                       word_t* kv16,
                       word_t* kv17,
                       word_t* kv18,
-                      word_t* kv19,
-                      word_t* kv20,
-                      word_t* kv21,
-                      word_t* kv22) {
+                      word_t* kv19) {
   const int kv_heads = in.f[KVAPP_KV_HEADS], d = in.f[KVAPP_HEAD_DIM];
   const int width = kv_heads * d;
   static int8_t codes[MAX_HIDDEN];
@@ -755,7 +866,7 @@ static void kv_append(const Instr& in, int rows, int start_pos,
   hbm_latency();
   for (int t = 0; t < rows; ++t) {
     const int j = start_pos + t;
-    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
+    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19);
     const uint64_t at = j / KV_CHANNELS;
     quant8(act[in.src0][t], width, d, codes, scales);
     write_bytes(port, in.f[KVAPP_CODES_OFF] + at * width, (const uint8_t*)codes, width);
@@ -780,6 +891,18 @@ extern "C" void llmc_accel(
     const word_t* w5,
     const word_t* w6,
     const word_t* w7,
+    const word_t* w8,
+    const word_t* w9,
+    const word_t* w10,
+    const word_t* w11,
+    const word_t* w12,
+    const word_t* w13,
+    const word_t* w14,
+    const word_t* w15,
+    const word_t* w16,
+    const word_t* w17,
+    const word_t* w18,
+    const word_t* w19,
     word_t* kv0,
     word_t* kv1,
     word_t* kv2,
@@ -800,9 +923,6 @@ extern "C" void llmc_accel(
     word_t* kv17,
     word_t* kv18,
     word_t* kv19,
-    word_t* kv20,
-    word_t* kv21,
-    word_t* kv22,
     word_t* io,
     int n_instr,
     int seq_len,
@@ -818,29 +938,38 @@ extern "C" void llmc_accel(
 #pragma HLS INTERFACE m_axi port = w5 bundle = gmem_w5 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = w6 bundle = gmem_w6 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = w7 bundle = gmem_w7 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_kv0 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_kv1 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_kv2 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv3 bundle = gmem_kv3 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv4 bundle = gmem_kv4 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv5 bundle = gmem_kv5 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv6 bundle = gmem_kv6 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv7 bundle = gmem_kv7 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv8 bundle = gmem_kv8 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv9 bundle = gmem_kv9 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv10 bundle = gmem_kv10 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv11 bundle = gmem_kv11 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv12 bundle = gmem_kv12 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv13 bundle = gmem_kv13 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv14 bundle = gmem_kv14 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv15 bundle = gmem_kv15 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv16 bundle = gmem_kv16 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv17 bundle = gmem_kv17 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv18 bundle = gmem_kv18 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv19 bundle = gmem_kv19 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv20 bundle = gmem_kv20 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv21 bundle = gmem_kv21 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv22 bundle = gmem_kv22 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w8 bundle = gmem_w8 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w9 bundle = gmem_w9 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w10 bundle = gmem_w10 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w11 bundle = gmem_w11 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w12 bundle = gmem_w12 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w13 bundle = gmem_w13 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w14 bundle = gmem_w14 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w15 bundle = gmem_w15 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w16 bundle = gmem_w16 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w17 bundle = gmem_w17 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w18 bundle = gmem_w18 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w19 bundle = gmem_w19 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_w0 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_w1 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_w2 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv3 bundle = gmem_w3 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv4 bundle = gmem_w4 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv5 bundle = gmem_w5 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv6 bundle = gmem_w6 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv7 bundle = gmem_w7 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv8 bundle = gmem_w8 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv9 bundle = gmem_w9 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv10 bundle = gmem_w10 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv11 bundle = gmem_w11 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv12 bundle = gmem_w12 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv13 bundle = gmem_w13 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv14 bundle = gmem_w14 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv15 bundle = gmem_w15 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv16 bundle = gmem_w16 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv17 bundle = gmem_w17 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv18 bundle = gmem_w18 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv19 bundle = gmem_w19 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = io bundle = gmem_io offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE s_axilite port = n_instr
 #pragma HLS INTERFACE s_axilite port = seq_len
@@ -879,7 +1008,7 @@ extern "C" void llmc_accel(
         for (int t = 0; t < rows; ++t) {
           const int id = (in.f[EMBED_BY_POSITION] ? start_pos + t : load_i32(io_buf + 0 + 4 * t)) + (int)in.f[EMBED_OFFSET];
           read_lane(id % LANES, in.f[EMBED_TABLE_OFF] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
-                    w0, w1, w2, w3, w4, w5, w6, w7);
+                    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
           for (int c0 = 0; c0 < cols; c0 += SFU_LANES) {
             LLMC_PIPELINE_II1;
             for (int c = c0; c < c0 + SFU_LANES && c < cols; ++c) {
@@ -913,7 +1042,7 @@ extern "C" void llmc_accel(
       }
       case MM:
       case XMM:
-        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7);
+        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
         if (flag_field(in.f[MM_FLAGS], MM_FLAG_TO_IO_LSB, 1)) {
           io_from = in.f[MM_IO_OFF];
           io_to = io_from + (uint64_t)rows * in.f[MM_N] * 4;
@@ -946,10 +1075,10 @@ extern "C" void llmc_accel(
         break;
       }
       case KVAPP:
-        kv_append(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
+        kv_append(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19);
         break;
       case ATTN:
-        attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22);
+        attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19);
         break;
       case ACT:
         for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
