@@ -158,3 +158,15 @@ def test_a_call_reads_its_ids_and_writes_its_logits():
     assert [c.op for c in costs] == ["IO", "MM", "MM", "IO"]
     assert costs[0].hbm_bytes == 3 * 4 and costs[-1].hbm_bytes == 3 * 1024 * 4
     assert costs[1].cycles == t.cost(mm(), 3, 0).cycles  # nothing carries over between instructions
+
+
+def test_the_loaders_read_the_next_matmuls_first_tiles_ahead():
+    t = model()
+    alone = t.cost(mm(), 1, 0)
+    _, first, second = t.program([mm(), mm(), Instruction("HALT")], 1, 0)
+    assert first.cycles == alone.cycles and second.cycles < alone.cycles  # read while the lanes finished
+    act = Instruction("ACT", 1, 0, 0, {"cols": 4096, "fn": 0})
+    *_, after_sfu = t.program([mm(), act, mm()], 1, 0)
+    assert after_sfu.cycles < second.cycles  # the SFU's work hides more of it
+    *_, after_attention = t.program([mm(), ATTN, mm()], 1, 0)
+    assert after_attention.cycles == alone.cycles  # attention streams the cache over the same channels

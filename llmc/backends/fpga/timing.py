@@ -68,6 +68,7 @@ class Cost:
     macs: int = 0  # executed: N:M sparse layers skip their zeros
     sfu_elements: int = 0
     layer: str = ""
+    ahead: float = 0.0  # MM: when, from its start, its loaders had read the next MM's first tiles
 
 
 @dataclass(frozen=True)
@@ -132,17 +133,29 @@ class TimingModel:
     # --- instructions ------------------------------------------------------------------------------
     def program(self, program: Sequence[Instruction], rows: int, start_pos: int) -> list[Cost]:
         """The costs of one run of ``program`` up to its HALT: each kernel call (a cluster card's segment
-        ends at a SYNC) reads its token ids, and the call that computes the logits writes them."""
+        ends at a SYNC) reads its token ids, and the call that computes the logits writes them. The weight
+        loaders read an MM's first tiles during the MM before it when only SFU instructions lie between."""
         out: list[Cost] = [self._ids(rows)]
-        for ins in program:
+        now, ahead = out[0].cycles, None  # the cycle the loaders had read the next MM's first tiles
+        for i, ins in enumerate(program):
             if ins.op == "HALT":
                 break
-            out.append(self.cost(ins, rows, start_pos))
+            if ins.op == "MM":
+                following = next_matmul(program, i)
+                words = int(following.fields["tile_bytes"]) // WORD_BYTES if following else 0
+                cost = self._matmul(ins.fields, [rows], rows, None if ahead is None else ahead - now, words)
+                ahead = now + cost.ahead if following else None
+            else:
+                cost = self.cost(ins, rows, start_pos)
+            out.append(cost)
+            now += cost.cycles
             if ins.op == "SYNC":
                 out.append(self._ids(rows))
+                now, ahead = now + out[-1].cycles, None
             elif ins.op in ("MM", "XMM") and MmFlags.decode(int(ins.fields["flags"])).to_io:
                 nbytes = rows * int(ins.fields["n"]) * 4
                 out.append(Cost("IO", HBM_LATENCY + self._move(nbytes), self._move(nbytes), 0.0, nbytes))
+                now += out[-1].cycles
         return out
 
     def _ids(self, rows: int) -> Cost:
@@ -206,9 +219,11 @@ class TimingModel:
         busy = memory + compute if serial else max(memory, compute)
         return Cost(op, busy + latency + INSTR_OVERHEAD, memory, compute, nbytes, sfu_elements=sfu_elements)
 
-    def _matmul(self, f: dict, shares: list[int], rows: int) -> Cost:
+    def _matmul(self, f: dict, shares: list[int], rows: int, ahead: float | None = None, next_words: int = 0) -> Cost:
         """An MM (one share of every row) or XMM (a share of rows per expert streamed): the input rows'
-        quantisation, then one dataflow region per pass of ``row_block`` rows of a share."""
+        quantisation, then one dataflow region per pass of ``row_block`` rows of a share. ``ahead``: when
+        (from the instruction's start) the loaders had read this MM's first tiles during the one before;
+        ``next_words``: the words of the next MM's first tile, read once the last pass's own tiles are."""
         c = self.config
         n, k, group, flags = int(f["n"]), int(f["k"]), int(f["group"]), int(f["flags"])
         tiles, tile_bytes, row_block = int(f["tiles"]), int(f["tile_bytes"]), max(1, int(f["row_block"]))
@@ -225,7 +240,8 @@ class TimingModel:
         elif name == "lut":
             beats = ceil(group // c.lut_g / max(1, c.mm_tile_k // c.lut_g)) * (k // group)
         quant = rows * self._quant8(k, k)
-        cycles = compute = memory = 0.0
+        tile_cycles = tile_bytes // WORD_BYTES * self.word_cycles
+        cycles = compute = memory = loads_end = 0.0
         ready = float(quant)  # the first pass's lanes wait for the quantised rows, its loaders do not
         for share in shares:
             for first in range(0, share, row_block):
@@ -235,9 +251,17 @@ class TimingModel:
                 else:  # the buffer fills as the words come; the unit starts once a tile is in (ping-pong)
                     streamed, after = part_words + code_words, c.mm_tile_n * block * beats
                 per_tile = streamed + after if name == "dsp" else after
+                start = INSTR_OVERHEAD + cycles  # the pass's region, from the instruction's start
+                if ahead is None:  # tile t's last word, from the region's start
+                    arrivals = [HBM_LATENCY + (t + 1) * tile_cycles + 1 for t in range(lane_tiles)]
+                    loads_end = start + HBM_LATENCY + lane_tiles * tile_cycles
+                else:  # the first tile read during the MM before; the rest once the port is free
+                    # a port still reading the tile ahead queues the next requests behind it
+                    port = ahead - start if ahead > start else (HBM_LATENCY if lane_tiles > 1 else 0)
+                    arrivals = [ahead - start + 1] + [port + t * tile_cycles + 1 for t in range(1, lane_tiles)]
+                    loads_end = start + port + (lane_tiles - 1) * tile_cycles
                 done, filled = ready, 0.0
-                for t in range(lane_tiles):  # a lane's tile ends after its compute and after its last word
-                    arrived = HBM_LATENCY + (t + 1) * (tile_bytes // WORD_BYTES) * self.word_cycles + 1
+                for arrived in arrivals:  # a lane's tile ends after its compute and after its last word
                     if name == "dsp":
                         done = max(done + streamed, arrived)
                     else:
@@ -245,14 +269,15 @@ class TimingModel:
                         done = max(done, filled + 1) + after
                 cycles += done
                 compute += lane_tiles * per_tile
-                memory += lane_tiles * (tile_bytes // WORD_BYTES) * self.word_cycles
-                ready = 0.0
+                memory += lane_tiles * tile_cycles
+                ready, ahead = 0.0, None
         cycles = max(cycles, quant)
+        read_ahead = loads_end + HBM_LATENCY + next_words * self.word_cycles if next_words else 0.0
         density = sp_n / sp_m if sparse else 1.0  # N:M sparse tiles skip the zeros
         passes = sum(ceil(share / row_block) for share in shares)
         return Cost("MM", cycles + INSTR_OVERHEAD, memory, compute, passes * tiles * tile_bytes,
                     macs=round(rows * n * k * density), sfu_elements=2 * rows * k,
-                    layer=self.layer_names.get(int(f["weight_off"]), ""))
+                    layer=self.layer_names.get(int(f["weight_off"]), ""), ahead=read_ahead)
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
         """The query rows' int8 codes; per KV head, its cache rows from the busiest KV channel, then per query
@@ -300,6 +325,20 @@ class TimingModel:
         """Bytes moved over the time taken, as a fraction of the board's peak bandwidth."""
         seconds = self.seconds(costs)
         return sum(c.hbm_bytes for c in costs) / (seconds * self.board_gbs * 1e9) if seconds else 0.0
+
+
+SFU_ONLY = ("ACT", "EMUL", "EADD", "WEIGH", "ROUTE")  # instructions that leave the weight channels free
+
+
+def next_matmul(program: Sequence[Instruction], at: int) -> Instruction | None:
+    """The MM the weight loaders read ahead for after the instruction at ``at``: the next one, when only SFU
+    instructions lie between (the kernel's ``next_matmul``)."""
+    for ins in program[at + 1:]:
+        if ins.op == "MM":
+            return ins
+        if ins.op not in SFU_ONLY:
+            return None
+    return None
 
 
 def run_lengths(context: int, prefill: int = RUN_PREFILL, decode: int = RUN_DECODE) -> tuple[int, int]:

@@ -71,6 +71,7 @@ template <typename T>
 class timed_stream {
  public:
   void write(const T& value) { fifo_.emplace_back(value, cycle_account()); }
+  void write_at(const T& value, uint64_t cycle) { fifo_.emplace_back(value, cycle); }  // written earlier
   T read() {
     const std::pair<T, uint64_t> front = fifo_.front();
     fifo_.pop_front();

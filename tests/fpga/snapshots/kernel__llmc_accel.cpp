@@ -304,12 +304,41 @@ static MmPass mm_pass_of(const Instr& in) {
   return p;
 }
 
+// The weight loaders run ahead of the control: once a lane's loader has streamed its tiles of an MM, it reads its
+// first tile of the next MM into ahead[lane] when only SFU instructions lie between (they leave the channels
+// free); that MM's lane takes the tile from there.
+static const int MAX_TILE_WORDS = MAX_TILE_BYTES / WORD_BYTES;
+static word_t ahead[LANES][MAX_TILE_WORDS];
+static int ahead_pc = -1;  // the MM whose first tiles the loaders hold
+#ifndef __SYNTHESIS__
+static uint64_t ahead_at[LANES][MAX_TILE_WORDS];  // C-simulation: the cycle each word came in
+static uint64_t ahead_done[LANES];                 // and the cycle the lane's port was free again
+#endif
+
 // A lane's weight loader: its tiles (t = lane, lane + LANES, ...) from its own channel, each as two bursts, the
-// scales (zeros, bias) first and then the codes, one word per beat into the lane's FIFO.
-static void load_lane(const word_t* port, const MmPass& p, int lane, timed_stream<word_t>& words) {
-  hbm_latency();
+// scales (zeros, bias) first and then the codes, one word per beat into the lane's FIFO; the first from
+// ahead[lane] when the loader read it during the previous MM, and then on into the next MM's (`next`).
+static void load_lane(const word_t* port, const MmPass& p, int lane, timed_stream<word_t>& words, bool from_ahead,
+                      const MmPass* next) {
+  int first = lane;
+  bool streaming = false;  // the port is still reading the tile ahead: the next requests queue behind it
+  if (from_ahead && lane < p.tiles) {
+    for (int w = 0; w < p.part_words + p.code_words; ++w) {
+#ifndef __SYNTHESIS__
+      words.write_at(ahead[lane][w], ahead_at[lane][w]);
+#else
+      words.write(ahead[lane][w]);
+#endif
+    }
+#ifndef __SYNTHESIS__
+    streaming = cycle_account() < ahead_done[lane];
+    if (streaming) cycle_account() = ahead_done[lane];
+#endif
+    first += LANES;
+  }
+  if (first < p.tiles && !streaming) hbm_latency();
   PortClock clock;
-  for (int t = lane; t < p.tiles; t += LANES) {
+  for (int t = first; t < p.tiles; t += LANES) {
     const uint64_t tile_word = (p.base + (uint64_t)(t / LANES) * p.tile_bytes) / WORD_BYTES;
     for (int w = 0; w < p.part_words; ++w) {
       LLMC_PIPELINE_II1;
@@ -321,6 +350,25 @@ static void load_lane(const word_t* port, const MmPass& p, int lane, timed_strea
       clock.beat();
       words.write(port[tile_word + w]);
     }
+  }
+  if (next != nullptr && lane < next->tiles) {
+#ifndef __SYNTHESIS__
+    const uint64_t own_end = cycle_account();  // the region ends with the loader's own tiles
+#endif
+    hbm_latency();
+    const uint64_t tile_word = next->base / WORD_BYTES;
+    for (int w = 0; w < next->part_words + next->code_words; ++w) {
+      LLMC_PIPELINE_II1;
+      clock.beat();
+      ahead[lane][w] = port[tile_word + (w < next->part_words ? next->code_words + w : w - next->part_words)];
+#ifndef __SYNTHESIS__
+      ahead_at[lane][w] = cycle_account();
+#endif
+    }
+#ifndef __SYNTHESIS__
+    ahead_done[lane] = cycle_account();
+    cycle_account() = own_end;
+#endif
   }
 }
 
@@ -421,7 +469,8 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
 // One pass of an MM over the rows chosen[r0..r1) as a dataflow region: every lane's loader streams its tiles
 // from its channel while the lane's MAC array (or its tile buffer, then its RTL unit) consumes them; the MAC
 // arrays and units start once the rows' activation codes are ready.
-static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t inputs_ready, uint8_t* io,
+static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t inputs_ready, bool from_ahead,
+                    const MmPass* next, uint8_t* io,
                     const word_t* w0,
                     const word_t* w1,
                     const word_t* w2,
@@ -446,64 +495,64 @@ static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t
   static timed_stream<word_t> words[LANES];
   Region region;
   region.begin();
-  load_lane(w0, p, 0, words[0]);
+  load_lane(w0, p, 0, words[0], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w1, p, 1, words[1]);
+  load_lane(w1, p, 1, words[1], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w2, p, 2, words[2]);
+  load_lane(w2, p, 2, words[2], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w3, p, 3, words[3]);
+  load_lane(w3, p, 3, words[3], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w4, p, 4, words[4]);
+  load_lane(w4, p, 4, words[4], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w5, p, 5, words[5]);
+  load_lane(w5, p, 5, words[5], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w6, p, 6, words[6]);
+  load_lane(w6, p, 6, words[6], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w7, p, 7, words[7]);
+  load_lane(w7, p, 7, words[7], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w8, p, 8, words[8]);
+  load_lane(w8, p, 8, words[8], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w9, p, 9, words[9]);
+  load_lane(w9, p, 9, words[9], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w10, p, 10, words[10]);
+  load_lane(w10, p, 10, words[10], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w11, p, 11, words[11]);
+  load_lane(w11, p, 11, words[11], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w12, p, 12, words[12]);
+  load_lane(w12, p, 12, words[12], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w13, p, 13, words[13]);
+  load_lane(w13, p, 13, words[13], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w14, p, 14, words[14]);
+  load_lane(w14, p, 14, words[14], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w15, p, 15, words[15]);
+  load_lane(w15, p, 15, words[15], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w16, p, 16, words[16]);
+  load_lane(w16, p, 16, words[16], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w17, p, 17, words[17]);
+  load_lane(w17, p, 17, words[17], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w18, p, 18, words[18]);
+  load_lane(w18, p, 18, words[18], from_ahead, next);
   region.end();
   region.begin();
-  load_lane(w19, p, 19, words[19]);
+  load_lane(w19, p, 19, words[19], from_ahead, next);
   region.end();
   region.begin();
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
@@ -593,7 +642,18 @@ static void quantise_rows(const int32_t x[MAX_ROWS][MAX_HIDDEN], int rows, int k
   for (int r = 0; r < rows; ++r) quant8(x[r], k, k, xq[r], &xs[r]);
 }
 
-static void matmul(const Instr& in, int rows, uint8_t* io,
+// The MM the weight loaders may read ahead for after the instruction at pc: the next one, when only SFU
+// instructions lie between (-1: none).
+static int next_matmul(const word_t* program, int pc, int n_instr) {
+  for (int q = pc + 1; q < n_instr; ++q) {
+    const int op = fetch(program, q).op;
+    if (op == MM) return q;
+    if (op != ACT && op != EMUL && op != EADD && op != WEIGH && op != ROUTE) return -1;
+  }
+  return -1;
+}
+
+static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, int rows, uint8_t* io,
                    const word_t* w0,
                    const word_t* w1,
                    const word_t* w2,
@@ -615,6 +675,9 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
                    const word_t* w18,
                    const word_t* w19) {
   MmPass p = mm_pass_of(in);
+  MmPass next_pass;
+  if (next_pc >= 0) next_pass = mm_pass_of(fetch(program, next_pc));
+  bool from_ahead = ahead_pc == pc;
   const bool by_expert = in.op == XMM;  // row r uses expert act[src1][r][2 slot], its tiles expert_stride apart
   const int experts = by_expert ? (int)in.f[XMM_EXPERTS] : 1, slot = in.f[XMM_SLOT];
   const uint64_t expert_stride = in.f[XMM_EXPERT_STRIDE];
@@ -633,9 +696,13 @@ static void matmul(const Instr& in, int rows, uint8_t* io,
     p.base = weight_off + (uint64_t)e * expert_stride;
     for (int r0 = 0; r0 < picked; r0 += row_block) {
       const int r1 = r0 + row_block < picked ? r0 + row_block : picked;
-      mm_pass(p, chosen, r0, r1, inputs_ready, io, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
+      const bool last = e == experts - 1 && r1 == picked;
+      mm_pass(p, chosen, r0, r1, inputs_ready, from_ahead, last && next_pc >= 0 ? &next_pass : nullptr, io,
+              w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
+      from_ahead = false;
     }
   }
+  ahead_pc = next_pc;
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
 }
 
@@ -990,6 +1057,7 @@ extern "C" void llmc_accel(
   hbm_latency();
   read_bytes(io, 0, io_buf + 0, 4 * rows);  // the rows' token ids
   uint64_t io_from = 0, io_to = 0;  // the logits the call wrote into io_buf
+  ahead_pc = -1;  // tiles read ahead in the previous call belong to another program or segment
   // A call runs from first_instr to HALT, or to SYNC: the end of a cluster card's segment, after which
   // the host moves what the cards sent and calls again from the instruction after the SYNC.
   for (int pc = first_instr; pc < n_instr; ++pc) {
@@ -1042,7 +1110,8 @@ extern "C" void llmc_accel(
       }
       case MM:
       case XMM:
-        matmul(in, rows, io_buf, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
+        matmul(in, pc, in.op == MM ? next_matmul(program, pc, n_instr) : -1, program, rows, io_buf,
+               w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
         if (flag_field(in.f[MM_FLAGS], MM_FLAG_TO_IO_LSB, 1)) {
           io_from = in.f[MM_IO_OFF];
           io_to = io_from + (uint64_t)rows * in.f[MM_N] * 4;
