@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product
-from math import ceil, log2
+from math import ceil
 
 from llmc.backends.fpga import pack
 from llmc.errors import LlmcError
@@ -25,7 +25,6 @@ from .target import Target
 SPARSE_M = (4, 8, 16)  # N:M group sizes the sparse DSP chain selects from
 ACT_BUFFERS = 4  # a typical decoder block's need: residual stream, normalised input, projection, MLP gate/up
 LUT_G = 4  # activations per LUT-engine table
-TILE_OVERHEAD = 8  # cycles a lane loses per weight tile besides its adder-tree depth
 TIME_TOLERANCE = 0.01  # designs this close to the fastest count as equally fast
 COMPUTE_HEADROOM = 0.75  # a balanced design's MACs take at most this share of its weight stream
 # engine sizes tried, largest first so that fast designs come early and slower ones are skipped
@@ -160,25 +159,18 @@ def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds
     """Model one decode token of ``needs`` on ``config``.
 
     With ``matrices``, each layer's compute is :func:`matrix_cycles` on its own engine. Without them,
-    a lane does ``mm_tile_k`` MACs per cycle (times M/N when N:M sparse, as zeros are skipped) and
-    loses ``log2(mm_tile_k) + TILE_OVERHEAD`` cycles per tile of ``mm_tile_n`` rows of ``hidden``
-    inputs draining its adder tree, the LUT engine handles ``lut_g`` weights of one bit per lane and
-    cycle, and each engine is charged as if it carried every weight. Each linear layer waits for its
-    first tile (the simulator's timing model lets the weight loader fetch some of it ahead; charging
-    all of it keeps tiles small). Attention streams the cache at half the context, or is bound by
-    its MACs on the lanes. Channels deliver their share of the peak bandwidth.
+    a lane does ``mm_tile_k`` MACs per cycle on every engine (the sparse chain and the LUT unit take
+    ``mm_tile_k`` activations a beat, zeros included). Each linear layer waits for its first tile (the
+    kernel's loaders read some of them ahead; charging all of it keeps tiles small). Attention streams
+    the cache at half the context, or is bound by its MACs on the lanes. Channels deliver their share of
+    the peak bandwidth.
     """
     hz = config.clock_mhz * 1e6
     channel = target.memory.channel_gbs * 1e9
     if needs.matrices:
         compute = sum(matrix_cycles(config, m) for m in needs.matrices) / hz
     else:
-        tile_cycles = config.mm_tile_n * needs.hidden / config.mm_tile_k
-        efficiency = tile_cycles / (tile_cycles + log2(config.mm_tile_k) + TILE_OVERHEAD)
-        sparse_gain = config.sparse_m / config.sparse_n if config.sparse_m else 1.0
-        compute = needs.macs_per_token / (config.mm_lanes * config.mm_tile_k * hz * efficiency * sparse_gain)
-        if config.lut_lanes:
-            compute = max(compute, needs.macs_per_token * max(config.lut_bits) / (config.lut_lanes * config.lut_g * hz))
+        compute = needs.macs_per_token / (config.mm_lanes * config.mm_tile_k * hz)
     return DecodeEstimate(
         weights_s=lane_stream_bytes(config, needs) / channel,
         compute_s=compute,
