@@ -80,3 +80,23 @@ def test_a_sequential_engine_loop_fails_the_cycles_level(engine_projects, tmp_pa
     assert results["csim"]["mismatches"] == 0
     assert code == 1 and results["cycles"]["mismatches"] == results["cycles"]["compared"]
     assert float(results["cycles"]["detail"].split("account ")[1].split("x")[0]) > 5
+
+
+@pytest.mark.slow
+def test_a_7b_shaped_layer_holds_the_cycles_level(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One decoder layer of Llama-2-7B's widths (random weights, W4g128): C-sim against the timing model at
+    the sizes the figures in docs/fpga.md are for (benchmarks/cycle_account.py --layer-7b)."""
+    import llmc
+    import llmc.compiler.passes  # noqa: F401  (registers the passes)
+    from llmc.backends.fpga.flow import compile_project
+    from llmc.compiler.pipeline import PassContext, parse_pipeline, run_pipeline
+
+    layer = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 1, "num_attention_heads": 32,
+             "num_key_value_heads": 32, "vocab_size": 1024, "max_position_embeddings": 512, "rms_norm_eps": 1e-5}
+    module = run_pipeline(llmc.load("llama", config=layer, max_length=512).module,
+                          parse_pipeline("quantize{bits=4,group=128}"), PassContext())
+    compile_project(module, "u280", tmp_path / "layer")
+    code = main(["verify", str(tmp_path / "layer"), "--prompt-ids", "1,2,3,4", "--decode", "2",
+                 "--levels", "csim,cycles", "--json"])
+    results = {r["level"]: r for r in json.loads(capsys.readouterr().out)}
+    assert code == 0 and results["cycles"]["mismatches"] == 0, results["cycles"]["detail"]
