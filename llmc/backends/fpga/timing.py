@@ -147,6 +147,8 @@ class TimingModel:
                 ahead = now + cost.ahead if following else None
             else:
                 cost = self.cost(ins, rows, start_pos)
+                if ahead is not None and ins.op in READS_LANE0:  # its read queues behind lane 0's read-ahead
+                    cost = replace(cost, cycles=cost.cycles + max(0.0, ahead - now - INSTR_OVERHEAD))
             out.append(cost)
             now += cost.cycles
             if ins.op == "SYNC":
@@ -328,15 +330,16 @@ class TimingModel:
 
 
 SFU_ONLY = ("ACT", "EMUL", "EADD", "WEIGH", "ROUTE")  # instructions that leave the weight channels free
+READS_LANE0 = ("NORM", "LNORM", "ESCALE", "ROPE")  # they read a vector or table from lane 0's channel
 
 
 def next_matmul(program: Sequence[Instruction], at: int) -> Instruction | None:
     """The MM the weight loaders read ahead for after the instruction at ``at``: the next one, when only SFU
-    instructions lie between (the kernel's ``next_matmul``)."""
+    instructions and readers of lane 0's channel lie between (the kernel's ``next_matmul``)."""
     for ins in program[at + 1:]:
         if ins.op == "MM":
             return ins
-        if ins.op not in SFU_ONLY:
+        if ins.op not in SFU_ONLY + READS_LANE0:
             return None
     return None
 

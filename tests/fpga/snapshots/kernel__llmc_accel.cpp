@@ -305,8 +305,8 @@ static MmPass mm_pass_of(const Instr& in) {
 }
 
 // The weight loaders run ahead of the control: once a lane's loader has streamed its tiles of an MM, it reads its
-// first tile of the next MM into ahead[lane] when only SFU instructions lie between (they leave the channels
-// free); that MM's lane takes the tile from there.
+// first tile of the next MM into ahead[lane] when only SFU instructions (which leave the channels free) and
+// readers of lane 0's channel (which wait for it) lie between; that MM's lane takes the tile from there.
 static const int MAX_TILE_WORDS = MAX_TILE_BYTES / WORD_BYTES;
 static word_t ahead[LANES][MAX_TILE_WORDS];
 static int ahead_pc = -1;  // the MM whose first tiles the loaders hold
@@ -642,13 +642,16 @@ static void quantise_rows(const int32_t x[MAX_ROWS][MAX_HIDDEN], int rows, int k
   for (int r = 0; r < rows; ++r) quant8(x[r], k, k, xq[r], &xs[r]);
 }
 
+// Instructions that read lane 0's channel (a weight vector or a table): they wait for lane 0's read-ahead.
+static bool reads_lane0(int op) { return op == NORM || op == LNORM || op == ESCALE || op == ROPE; }
+
 // The MM the weight loaders may read ahead for after the instruction at pc: the next one, when only SFU
-// instructions lie between (-1: none).
+// instructions and readers of lane 0's channel lie between (-1: none).
 static int next_matmul(const word_t* program, int pc, int n_instr) {
   for (int q = pc + 1; q < n_instr; ++q) {
     const int op = fetch(program, q).op;
     if (op == MM) return q;
-    if (op != ACT && op != EMUL && op != EADD && op != WEIGH && op != ROUTE) return -1;
+    if (op != ACT && op != EMUL && op != EADD && op != WEIGH && op != ROUTE && !reads_lane0(op)) return -1;
   }
   return -1;
 }
@@ -1067,6 +1070,11 @@ extern "C" void llmc_accel(
     const uint64_t account_before = cycle_account();
 #endif
     loop_depth(INSTR_DEPTH);
+#ifndef __SYNTHESIS__
+    if (ahead_pc >= 0 && reads_lane0(in.op) && cycle_account() < ahead_done[0]) {
+      cycle_account() = ahead_done[0];  // lane 0's port is still reading ahead: this read queues behind it
+    }
+#endif
     const int cols = in.f[COLS];
     const int elements = rows * cols;  // the SFU's instructions: SFU_LANES of a row-major rows x cols per cycle
     switch (in.op) {
