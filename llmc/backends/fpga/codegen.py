@@ -16,7 +16,7 @@ from llmc.backends.fpga.design import (
     kernel_ports,
 )
 from llmc.backends.fpga.isa import OPCODES, kernel_constants
-from llmc.backends.fpga.timing import HBM_LATENCY, INSTR_OVERHEAD, TimingModel
+from llmc.backends.fpga.timing import HBM_LATENCY, INSTR_OVERHEAD, READS_LANE0, SFU_ONLY, TimingModel
 from llmc.backends.fpga.units import design_units, rtl_files
 from llmc.ir.graph import Module
 from llmc.templating import render, static_file
@@ -50,6 +50,8 @@ def kernel_context(name: str, module: Module, compiled: Compiled, timing: Timing
         "opcodes": {name: number for name, (number, _, _) in OPCODES.items()},
         "constants": kernel_constants(),
         "account": cycle_account_constants(timing),
+        "sfu_only": SFU_ONLY,
+        "reads_lane0": READS_LANE0,
         "axi": {"read_burst": READ_BURST, "reads": READS_OUTSTANDING, "write_burst": WRITE_BURST,
                 "writes": WRITES_OUTSTANDING},
     }

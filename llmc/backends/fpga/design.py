@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
+from llmc.backends.fpga.pack import stored_bits
+
 WORD_BITS = 512  # width of every m_axi port (one HBM pseudo-channel beat)
 READ_BURST, READS_OUTSTANDING = 64, 8  # m_axi read bursts (beats) and bursts in flight per master
 WRITE_BURST, WRITES_OUTSTANDING = 16, 2  # m_axi write bursts: KV and io rows are short
@@ -58,6 +60,14 @@ class AcceleratorConfig:
     def from_json(cls, values: dict) -> AcceleratorConfig:
         tuples = {"weight_bits", "lut_bits", "weight_channels", "kv_channels", "buckets"}
         return cls(**{k: tuple(v) if k in tuples else v for k, v in values.items()})
+
+    def mac_chunk(self, bits: int) -> int:
+        """Codes of width ``bits`` a lane's MAC array multiplies per cycle: ``mm_tile_k``, at most a port word."""
+        return min(self.mm_tile_k, WORD_BITS // stored_bits(bits))
+
+    def unit_lanes(self, block: int) -> int:
+        """Blocks of ``block`` activations a lane's RTL unit takes per beat: the lane's width, ``mm_tile_k``."""
+        return max(1, self.mm_tile_k // block)
 
 
 @dataclass(frozen=True)

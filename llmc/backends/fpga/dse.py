@@ -18,7 +18,7 @@ from llmc.backends.fpga import pack
 from llmc.errors import LlmcError
 from llmc.sizes import human_bytes
 
-from .design import WORD_BITS, AcceleratorConfig
+from .design import AcceleratorConfig
 from .resources import Utilisation, estimate
 from .target import Target
 
@@ -187,9 +187,7 @@ def matrix_cycles(config: AcceleratorConfig, m: Matrix) -> float:
     a 512-bit word on the MAC array, or per beat of ``mm_tile_k`` activations on the lane's sparse chain or
     LUT unit (which do not skip the zeros' cycles)."""
     lane_tiles = ceil(ceil(m.n / config.mm_tile_n) / config.mm_lanes)
-    width = config.mm_tile_k
-    if m.engine == "dsp":
-        width = min(width, WORD_BITS // (8 if m.bits > 4 else 4))
+    width = config.mac_chunk(m.bits) if m.engine == "dsp" else config.mm_tile_k
     return lane_tiles * config.mm_tile_n * ceil(m.k / width)
 
 

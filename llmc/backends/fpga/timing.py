@@ -13,7 +13,9 @@ the same loops as it runs (``include/llmc_cycles.h``) and ``llmc verify --levels
   ``l, l + lanes, ...``; scales first, then codes) from its own channel while the lane's MAC array consumes
   them: per tile, one cycle per word of scales, then one cycle per (chunk, row), a chunk being ``mm_tile_k``
   codes of one column, at most one word (so int8 weights go 64 per cycle). The sparse chain and the LUT
-  engine buffer a tile's codes (one cycle per word), then take one beat per cycle per group and row;
+  engine fill a ping-pong tile buffer (one cycle per word), then take one beat of ``mm_tile_k``
+  activations per cycle per group and row; when only SFU instructions and readers of lane 0's channel lie
+  between two ``MM``s, each loader reads the second's first tile once its own tiles of the first are read;
 - **attention** (``ATTN``): the query rows quantised on the SFU; per KV head, the KV channels' loaders read
   their rows (K and V codes, then a word for each scale), then per query row and head the lanes score their
   keys (``key = lane mod lanes``, ``head_dim / mm_tile_k`` cycles a key) and, a second pass, weigh them; the
@@ -35,8 +37,8 @@ from dataclasses import dataclass, field, replace
 from math import ceil
 
 from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig, bucket_for, chunks
-from llmc.backends.fpga.isa import ENGINES, Instruction, MmFlags
-from llmc.backends.fpga.pack import align, code_bytes, stored_bits
+from llmc.backends.fpga.isa import Instruction, MmFlags
+from llmc.backends.fpga.pack import align, code_bytes
 from llmc.backends.fpga.target import Target
 from llmc.errors import LlmcError
 
@@ -134,8 +136,9 @@ class TimingModel:
     def program(self, program: Sequence[Instruction], rows: int, start_pos: int) -> list[Cost]:
         """The costs of one run of ``program`` up to its HALT: each kernel call (a cluster card's segment
         ends at a SYNC) reads its token ids, and the call that computes the logits writes them. The weight
-        loaders read an MM's first tiles during the MM before it when only SFU instructions lie between."""
-        out: list[Cost] = [self._ids(rows)]
+        loaders read an MM's first tiles during the MM before it (:func:`next_matmul`); an instruction that
+        reads lane 0's channel meanwhile waits for that read."""
+        out: list[Cost] = [self._io(4 * rows)]  # the token ids
         now, ahead = out[0].cycles, None  # the cycle the loaders had read the next MM's first tiles
         for i, ins in enumerate(program):
             if ins.op == "HALT":
@@ -152,16 +155,16 @@ class TimingModel:
             out.append(cost)
             now += cost.cycles
             if ins.op == "SYNC":
-                out.append(self._ids(rows))
+                out.append(self._io(4 * rows))
                 now, ahead = now + out[-1].cycles, None
             elif ins.op in ("MM", "XMM") and MmFlags.decode(int(ins.fields["flags"])).to_io:
-                nbytes = rows * int(ins.fields["n"]) * 4
-                out.append(Cost("IO", HBM_LATENCY + self._move(nbytes), self._move(nbytes), 0.0, nbytes))
+                out.append(self._io(rows * int(ins.fields["n"]) * 4))  # the logits
                 now += out[-1].cycles
         return out
 
-    def _ids(self, rows: int) -> Cost:
-        return Cost("IO", HBM_LATENCY + self._move(4 * rows), self._move(4 * rows), 0.0, 4 * rows)
+    def _io(self, nbytes: int) -> Cost:
+        """One burst between io and the kernel's buffer: a call's token ids or its logits."""
+        return Cost("IO", HBM_LATENCY + self._move(nbytes), self._move(nbytes), 0.0, nbytes)
 
     def cost(self, ins: Instruction, rows: int, start_pos: int) -> Cost:
         """The modelled cost of ``ins`` on ``rows`` rows at position ``start_pos``."""
@@ -230,17 +233,14 @@ class TimingModel:
         n, k, group, flags = int(f["n"]), int(f["k"]), int(f["group"]), int(f["flags"])
         tiles, tile_bytes, row_block = int(f["tiles"]), int(f["tile_bytes"]), max(1, int(f["row_block"]))
         decoded = MmFlags.decode(flags)
-        engine, sp_n, sp_m = decoded.engine, decoded.sparse_n, decoded.sparse_m
-        name = {number: key for key, number in ENGINES.items()}[engine]
-        sparse = (sp_n, sp_m) if name == "sparse" else None
+        name, sparse = decoded.engine_name, decoded.sparse
         code_words = align(code_bytes(name, decoded.bits, c.mm_tile_n, k, sparse)) // WORD_BYTES
         part_words = tile_bytes // WORD_BYTES - code_words
         lane_tiles = ceil(tiles / c.mm_lanes)
-        chunk = min(c.mm_tile_k, WORD_BITS // stored_bits(decoded.bits))
-        if name == "sparse":  # a lane's unit takes mm_tile_k activations a beat, a group's last beat part full
-            beats = ceil(group // sp_m / max(1, c.mm_tile_k // sp_m)) * (k // group)
-        elif name == "lut":
-            beats = ceil(group // c.lut_g / max(1, c.mm_tile_k // c.lut_g)) * (k // group)
+        chunk = c.mac_chunk(decoded.bits)
+        if name != "dsp":  # a lane's unit takes unit_lanes blocks a beat, a group's last beat part full
+            block = sparse[1] if sparse else c.lut_g
+            beats = ceil(group // block / c.unit_lanes(block)) * (k // group)
         quant = rows * self._quant8(k, k)
         tile_cycles = tile_bytes // WORD_BYTES * self.word_cycles
         cycles = compute = memory = loads_end = 0.0
@@ -275,7 +275,7 @@ class TimingModel:
                 ready, ahead = 0.0, None
         cycles = max(cycles, quant)
         read_ahead = loads_end + HBM_LATENCY + next_words * self.word_cycles if next_words else 0.0
-        density = sp_n / sp_m if sparse else 1.0  # N:M sparse tiles skip the zeros
+        density = sparse[0] / sparse[1] if sparse else 1.0  # N:M sparse tiles skip the zeros
         passes = sum(ceil(share / row_block) for share in shares)
         return Cost("MM", cycles + INSTR_OVERHEAD, memory, compute, passes * tiles * tile_bytes,
                     macs=round(rows * n * k * density), sfu_elements=2 * rows * k,

@@ -124,10 +124,10 @@ def design_units(config: AcceleratorConfig) -> list[Unit]:
     units = []
     if config.sparse_n:
         for bits in sorted({pack.stored_bits(b) for b in config.weight_bits}, reverse=True):
-            units.append(Unit("sparse_mac", bits, max(1, config.mm_tile_k // config.sparse_m),
+            units.append(Unit("sparse_mac", bits, config.unit_lanes(config.sparse_m),
                               n=config.sparse_n, m=config.sparse_m))
     for bits in config.lut_bits:
-        units.append(Unit("lut_mac", bits, max(1, config.mm_tile_k // config.lut_g), g=config.lut_g, zero=True))
+        units.append(Unit("lut_mac", bits, config.unit_lanes(config.lut_g), g=config.lut_g, zero=True))
     return units
 
 

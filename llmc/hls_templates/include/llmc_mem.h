@@ -37,6 +37,14 @@ inline void read_bytes(const word_t* port, uint64_t off, uint8_t* dst, int n) {
   }
 }
 
+// The 64 bytes of a word, least significant first (wiring under synthesis).
+inline void word_bytes(const word_t& word, uint8_t* out) {
+  for (int b = 0; b < WORD_BYTES; ++b) {
+    LLMC_UNROLL;
+    out[b] = (uint8_t)word.range(8 * b + 7, 8 * b);
+  }
+}
+
 // Write n bytes from src at byte offset off of a port (read-modify-write of partial words).
 inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n) {
   uint64_t word = off / WORD_BYTES;

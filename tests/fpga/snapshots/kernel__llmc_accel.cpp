@@ -315,6 +315,12 @@ static uint64_t ahead_at[LANES][MAX_TILE_WORDS];  // C-simulation: the cycle eac
 static uint64_t ahead_done[LANES];                 // and the cycle the lane's port was free again
 #endif
 
+// The tile word a lane streams w-th: the scales (zeros, bias) first, then the codes (stored first in the tile).
+static int streamed_word(const MmPass& p, int w) { return w < p.part_words ? p.code_words + w : w - p.part_words; }
+
+// The first of from, from + 1, ... that is `lane` modulo `lanes`: where lane (or channel) `lane` starts.
+static int first_of_lane(int from, int lane, int lanes) { return from + ((lane - from % lanes) + lanes) % lanes; }
+
 // A lane's weight loader: its tiles (t = lane, lane + LANES, ...) from its own channel, each as two bursts, the
 // scales (zeros, bias) first and then the codes, one word per beat into the lane's FIFO; the first from
 // ahead[lane] when the loader read it during the previous MM, and then on into the next MM's (`next`).
@@ -340,15 +346,10 @@ static void load_lane(const word_t* port, const MmPass& p, int lane, timed_strea
   PortClock clock;
   for (int t = first; t < p.tiles; t += LANES) {
     const uint64_t tile_word = (p.base + (uint64_t)(t / LANES) * p.tile_bytes) / WORD_BYTES;
-    for (int w = 0; w < p.part_words; ++w) {
+    for (int w = 0; w < p.part_words + p.code_words; ++w) {
       LLMC_PIPELINE_II1;
       clock.beat();
-      words.write(port[tile_word + p.code_words + w]);
-    }
-    for (int w = 0; w < p.code_words; ++w) {
-      LLMC_PIPELINE_II1;
-      clock.beat();
-      words.write(port[tile_word + w]);
+      words.write(port[tile_word + streamed_word(p, w)]);
     }
   }
   if (next != nullptr && lane < next->tiles) {
@@ -360,7 +361,7 @@ static void load_lane(const word_t* port, const MmPass& p, int lane, timed_strea
     for (int w = 0; w < next->part_words + next->code_words; ++w) {
       LLMC_PIPELINE_II1;
       clock.beat();
-      ahead[lane][w] = port[tile_word + (w < next->part_words ? next->code_words + w : w - next->part_words)];
+      ahead[lane][w] = port[tile_word + streamed_word(*next, w)];
 #ifndef __SYNTHESIS__
       ahead_at[lane][w] = cycle_account();
 #endif
@@ -388,11 +389,7 @@ static void finish_column(const MmPass& p, const uint8_t* parts, int j, int col,
 static void read_parts(const MmPass& p, timed_stream<word_t>& words, uint8_t* parts) {
   for (int w = 0; w < p.part_words; ++w) {
     LLMC_PIPELINE_II1;
-    const word_t word = words.read();
-    for (int b = 0; b < WORD_BYTES; ++b) {
-      LLMC_UNROLL;
-      parts[w * WORD_BYTES + b] = (uint8_t)word.range(8 * b + 7, 8 * b);
-    }
+    word_bytes(words.read(), parts + w * WORD_BYTES);
   }
 }
 
@@ -642,7 +639,9 @@ static void quantise_rows(const int32_t x[MAX_ROWS][MAX_HIDDEN], int rows, int k
   for (int r = 0; r < rows; ++r) quant8(x[r], k, k, xq[r], &xs[r]);
 }
 
-// Instructions that read lane 0's channel (a weight vector or a table): they wait for lane 0's read-ahead.
+// Instructions that leave the weight channels free, and those that read lane 0's channel (a weight vector or a
+// table: they wait for lane 0's read-ahead); llmc/backends/fpga/timing.py lists both.
+static bool sfu_only(int op) { return op == ACT || op == EMUL || op == EADD || op == WEIGH || op == ROUTE; }
 static bool reads_lane0(int op) { return op == NORM || op == LNORM || op == ESCALE || op == ROPE; }
 
 // The MM the weight loaders may read ahead for after the instruction at pc: the next one, when only SFU
@@ -651,7 +650,7 @@ static int next_matmul(const word_t* program, int pc, int n_instr) {
   for (int q = pc + 1; q < n_instr; ++q) {
     const int op = fetch(program, q).op;
     if (op == MM) return q;
-    if (op != ACT && op != EMUL && op != EADD && op != WEIGH && op != ROUTE && !reads_lane0(op)) return -1;
+    if (!sfu_only(op) && !reads_lane0(op)) return -1;
   }
   return -1;
 }
@@ -717,8 +716,7 @@ static void load_kv_channel(word_t* port, const Instr& in, int channel, int h, i
   const int width = kv_heads * d;
   uint8_t scale[4];
   hbm_latency();
-  const int from = first + ((channel - first % KV_CHANNELS) + KV_CHANNELS) % KV_CHANNELS;  // first row on the channel
-  for (int j = from; j < s; j += KV_CHANNELS) {
+  for (int j = first_of_lane(first, channel, KV_CHANNELS); j < s; j += KV_CHANNELS) {
     const uint64_t at = j / KV_CHANNELS;
     read_bytes(port, in.f[ATTN_K_CODES_OFF] + at * width + h * d, (uint8_t*)&kc[j * d], d);
     read_bytes(port, in.f[ATTN_V_CODES_OFF] + at * width + h * d, (uint8_t*)&vc[j * d], d);
@@ -738,21 +736,19 @@ static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const
   static int64_t acc[LANES][MAX_HEAD_DIM];
   static int64_t den[LANES];
   const float c = scale * (1.0f / 4294967296.0f);
-  const int steps = (d + TILE_K - 1) / TILE_K;  // cycles per key: d MACs, TILE_K per cycle
   float peak = -INFINITY;
   {
     Region region;
     for (int lane = 0; lane < LANES; ++lane) {
       region.begin();
-      const int first = from + ((lane - from % LANES) + LANES) % LANES;
-      for (int j = first; j < visible; j += LANES) {
-        for (int step = 0; step < steps; ++step) {
-          LLMC_PIPELINE_II1;
-        }
+      for (int j = first_of_lane(from, lane, LANES); j < visible; j += LANES) {
         int64_t dot = 0;
-        for (int i = 0; i < d; ++i) {
-          LLMC_UNROLL;
-          dot += (int64_t)qc[i] * kc[j * d + i];
+        for (int i0 = 0; i0 < d; i0 += TILE_K) {  // TILE_K MACs a cycle
+          LLMC_PIPELINE_II1;
+          for (int i = i0; i < i0 + TILE_K && i < d; ++i) {
+            LLMC_UNROLL;
+            dot += (int64_t)qc[i] * kc[j * d + i];
+          }
         }
         scores[j] = attention_score(dot, qs, ks[j], c, softcap);
         if (scores[j] > peak) peak = scores[j];
@@ -769,16 +765,15 @@ static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const
         LLMC_UNROLL;
         acc[lane][i] = 0;
       }
-      const int first = from + ((lane - from % LANES) + LANES) % LANES;
-      for (int j = first; j < visible; j += LANES) {
-        for (int step = 0; step < steps; ++step) {
-          LLMC_PIPELINE_II1;
-        }
+      for (int j = first_of_lane(from, lane, LANES); j < visible; j += LANES) {
         const int64_t ei = attention_weight(scores[j], peak);
         den[lane] += ei;
-        for (int i = 0; i < d; ++i) {
-          LLMC_UNROLL;
-          acc[lane][i] += ei * ((int64_t)vc[j * d + i] * vs[j]);
+        for (int i0 = 0; i0 < d; i0 += TILE_K) {  // TILE_K MACs a cycle
+          LLMC_PIPELINE_II1;
+          for (int i = i0; i < i0 + TILE_K && i < d; ++i) {
+            LLMC_UNROLL;
+            acc[lane][i] += ei * ((int64_t)vc[j * d + i] * vs[j]);
+          }
         }
       }
       region.end();
