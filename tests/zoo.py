@@ -134,6 +134,22 @@ def reseal(folder: Path) -> None:
     (folder / MANIFEST).write_text(manifest_text(files, "project"))
 
 
+def refused_in_one_line(path: Path, message: str, prefix: str, out: Path, capsys: pytest.CaptureFixture) -> None:
+    """``llmc.load(path)`` refuses with an error matching ``message`` on one line starting with ``prefix``, and
+    ``llmc import path -o out`` prints one ``llmc: error:`` line and exits with 2."""
+    import llmc
+    from llmc.cli import main
+    from llmc.errors import LlmcError
+
+    with pytest.raises(LlmcError, match=message) as info:
+        llmc.load(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(prefix)
+    capsys.readouterr()
+    assert main(["import", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llmc: error: ") and err.count("\n") == 1
+
+
 def config_file(folder: Path, values: dict) -> Path:
     """``folder/config.json`` holding ``values``, for ``--config``."""
     import json

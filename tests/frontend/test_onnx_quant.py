@@ -20,9 +20,8 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx_cases import ONNX_TYPE, Case, build, compare, imported, node  # noqa: E402
+from zoo import refused_in_one_line  # noqa: E402
 
-from llmc.cli import main  # noqa: E402
-from llmc.errors import LlmcError  # noqa: E402
 from llmc.ir.builder import value_name  # noqa: E402
 from llmc.ir.graph import Module  # noqa: E402
 from llmc.ir.interpreter import run_function  # noqa: E402
@@ -439,18 +438,10 @@ def bad_models() -> dict[str, tuple[onnx.ModelProto, str]]:
 
 @pytest.mark.parametrize("what", ["scale shape", "bits", "B shape"])
 def test_malformed_nodes_refused(what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import llmc
-
     model, message = bad_models()[what]
     path = tmp_path / "bad.onnx"
     onnx.save(model, path)
-    with pytest.raises(LlmcError, match=message) as info:
-        llmc.load(path)
-    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: ")
-    capsys.readouterr()
-    assert main(["import", str(path), "-o", str(tmp_path / "out.llmc")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("llmc: error: ") and err.count("\n") == 1
+    refused_in_one_line(path, message, f"{path}: ", tmp_path / "out.llmc", capsys)
 
 
 # -- files written by onnxruntime's quantizers -----------------------------------------------------
