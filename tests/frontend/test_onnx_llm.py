@@ -1,10 +1,12 @@
 """Causal LMs exported by ``torch.onnx.export`` (dynamo) with their KV cache, in the layout optimum
 exports too (``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.N.key/value`` ->
 ``logits``, ``present.N.key/value``), import as step models: a prompt and 32 decode steps in the
-reference interpreter match onnxruntime on the file, with the same greedy tokens; TVM runs them."""
+reference interpreter match onnxruntime on the file, with the same greedy tokens; TVM runs them, and
+fused at import they compile for the accelerator."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from zoo import FAMILIES
 import llmc
 from llmc.cli import main
 from llmc.generate.interpreter import InterpreterDevice
+from llmc.sim.ladder import verify_project
 
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
@@ -98,7 +101,7 @@ def test_an_exported_lm_is_a_step_model(family: str, tmp_path: Path) -> None:
 
 
 def test_an_exported_lm_runs_on_tvm(llama_export: Path) -> None:
-    """TVM compiles the export's step programs, unfused, for the CPU: its logits follow the
+    """TVM compiles the export's step programs for the CPU: its logits follow the
     interpreter's and its greedy tokens are the same."""
     compile_model = pytest.importorskip("llmc.backends.tvm.compile").compile_model
     module = llmc.load(llama_export, max_length=64).module
@@ -112,9 +115,14 @@ def test_an_exported_lm_runs_on_tvm(llama_export: Path) -> None:
     assert max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(want, got)) < 2e-5
 
 
-def test_the_accelerator_names_what_it_cannot_run_yet(llama_export: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """Its ops are the export's, unfused: the FPGA compile refuses the first one it has no unit for."""
-    code = main(["compile", str(llama_export), "--context", "64", "-o", str(tmp_path / "out")])
-    assert code == 2 and "op not supported by the FPGA accelerator" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+@pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
+def test_an_exported_lm_compiles_for_the_accelerator(llama_export: Path, tmp_path: Path) -> None:
+    """Fused at import (RMSNorm, SiLU, RoPE, attention over the step's causal mask), the export
+    compiles for the U280, and its C-simulation is bit-exact with the interpreter and the ISS."""
+    model = llmc.load(llama_export, max_length=64).module
+    ops = {n.op for func in model.functions.values() for n in func.nodes}
+    assert {"rms_norm", "silu", "rope", "attention"} <= ops and not ops & {"softmax", "sigmoid", "where", "pow"}
+    project = tmp_path / "project"
+    assert main(["compile", str(llama_export), "--context", "64", "-o", str(project)]) == 0
+    results = verify_project(project, PROMPT, 4, levels=("interpreter", "iss", "csim"))
+    assert [r.mismatches for r in results] == [0, 0, 0] and all(r.compared > 0 for r in results)

@@ -63,7 +63,7 @@ def as_step_contract(model: onnx.ModelProto, max_position: int) -> tuple[onnx.Mo
                     *cache_inputs, *kept])
     contract_outputs = ["logits", *(f"{kv}_{i}" for i in range(layers) for kv in "kv")]
     for vi, name in zip(list(g.output)[1:], contract_outputs[1:]):
-        g.node.append(helper.make_node("Identity", [vi.name], [name]))
+        _rename_output(g, vi.name, name)
     new_outputs = [g.output[0], *(_renamed(vi, name) for vi, name in zip(list(g.output)[1:], contract_outputs[1:]))]
     del g.output[:]
     g.output.extend(new_outputs)
@@ -92,6 +92,23 @@ def _bind(g: onnx.GraphProto, names: dict[str, str]) -> None:
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param in names:
                 d.dim_param = names[d.dim_param]
+
+
+def _rename_output(g: onnx.GraphProto, old: str, new: str) -> None:
+    """The node computing graph output ``old`` computes ``new`` instead (an Identity to ``new`` where
+    no node computes ``old`` or ``new`` names another value), so that the cache outputs are the
+    values themselves, not copies of them."""
+    taken = {name for node in g.node for name in (*node.input, *node.output)} | {vi.name for vi in g.input} \
+        | {t.name for t in g.initializer}
+    if new in taken or not any(old in node.output for node in g.node):
+        g.node.append(helper.make_node("Identity", [old], [new]))
+        return
+    for node in g.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for vi in g.value_info:
+        if vi.name == old:
+            vi.name = new
 
 
 def _input(name: str, like: onnx.ValueInfoProto, shape: list[int | str]) -> onnx.ValueInfoProto:

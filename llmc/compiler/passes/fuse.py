@@ -1,6 +1,7 @@
 """``fuse``: the frontends' primitive ops become one op per concept (``rms_norm``, ``rope``,
-``gelu_tanh``, ``sliding_window_mask``, ``attention``, ``moe``), so that passes and backends see
-them whatever family or exporter wrote them; fused projections become one layer per operand.
+``silu``, ``gelu_tanh``, ``sliding_window_mask``, ``attention``, ``moe``), so that passes and
+backends see them whatever family or exporter wrote them; fused projections become one layer per
+operand.
 
 Each rule is a pattern over the primitive form transformers' modules trace to (docs/ir.md lists
 them); :func:`fuse_function` runs the tables to a fixpoint with :mod:`llmc.compiler.passes.rewrite`.
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from llmc.compiler.passes.causal_mask import contract_mask, is_causal
 from llmc.compiler.passes.cleanup import prune_params
 from llmc.compiler.passes.rewrite import Const, Graph, Match, Op, Rule, Var, op, rewrite
 from llmc.compiler.pipeline import NoOptions, PassContext, register_pass
@@ -24,16 +26,29 @@ from llmc.ir.types import Dim, TensorType
 
 X, W = Var("x"), Var("w")
 
-# RMSNorm: w * (x * rsqrt(mean(x^2) + eps)); Gemma's w is (1 + weight), any vector of x's width
-_NORMED = op("mul", X, op("rsqrt", op("add", op("reduce_mean", op("pow", X, Const(value=2.0)), axes=[-1], keepdim=True),
-                                          Const("eps"))))
+# RMSNorm: w * (x * rsqrt(mean(x^2) + eps)), the inverse square root also as reciprocal(sqrt(.)) (ONNX
+# exports) or 1 / sqrt(.); Gemma's w is (1 + weight), any vector of x's width
+_VARIANCE = op("add", op("reduce_mean", op("pow", X, Const(value=2.0)), bind="mean"), Const("eps"))
+_NORMED = tuple(op("mul", X, inverse) for inverse in (
+    op("rsqrt", _VARIANCE), op("reciprocal", op("sqrt", _VARIANCE)), op("div", Const(value=1.0), op("sqrt", _VARIANCE))))
 
 
 def _rms_norm(m: Match, b: Builder) -> Value | None:
-    x, w = m["x"], m["w"]
-    if w.type.shape != (x.type.shape[-1],) or w.type.dtype != x.type.dtype:
+    x, w, mean = m["x"], m["w"], m.nodes["mean"].attrs
+    if (w.type.shape != (x.type.shape[-1],) or w.type.dtype != x.type.dtype or not mean["keepdim"]
+            or [a % x.type.rank for a in mean["axes"]] != [x.type.rank - 1]):
         return None
-    return b.op("rms_norm", [x, w], {"eps": m.consts["eps"]})
+    return b.op("rms_norm", [x, w], {"eps": _f32_literal(m.consts["eps"])})
+
+
+def _f32_literal(value: float) -> float:
+    """The shortest number that rounds to ``value``'s float32 (ops compute in float32): an exporter's
+    ``float32(1e-6)`` is ``1e-06`` again."""
+    return float(str(np.float32(value)))
+
+
+def _silu(m: Match, b: Builder) -> Value:
+    return b.op("silu", [m["x"]])
 
 
 # RoPE, rotate-half form: x * cos + concat(-x_hi, x_lo) * sin, with cos and sin of the angles
@@ -318,6 +333,44 @@ def _same_rows(graph: Graph, a: Value, b: Value) -> bool:
                          for x, y in ((a, b), (b, a)))
 
 
+# attention as torch.onnx writes scaled_dot_product_attention: softmax((q * c) (k^T * c) + bias),
+# probabilities that are NaN (rows with no key) zeroed, times v; bias = where(keep, 0, lowest) with
+# keep the step's causal mask (causal_mask.py); k^T a transpose, or for GQA-expanded keys a
+# reshape to [B*H, S, D], a transpose and a reshape to [B, H, D, S]
+_SDPA_PROBS = op("softmax", op("add", op("matmul", Var("qs"), Var("kts")), Var("bias")), bind="probs")
+_SDPA = tuple(op("matmul", probs, Var("v")) for probs in (
+    op("where", op("ne", _SDPA_PROBS, _SDPA_PROBS), Const(value=0.0), _SDPA_PROBS), _SDPA_PROBS))
+_BIAS = op("where", Var("keep"), Const(value=0.0), Const("fill"))
+_SCALED = op("mul", Var("x"), Const("c"))
+_KEYS_T = (op("transpose", Var("k"), perm=[0, 1, 3, 2]),
+           op("reshape", op("transpose", op("reshape", Var("k"), bind="flat"), perm=[0, 2, 1])))
+
+
+def _sdpa(m: Match, b: Builder) -> Value | None:
+    graph, v, mask = Graph(b.func), m["v"], contract_mask(b.func)
+    (q, q_scale), (kt, k_scale) = (_scaled(graph, m[name]) for name in ("qs", "kts"))
+    bias = graph.match(_BIAS, m["bias"])
+    if (mask is None or bias is None or q.type.rank != 4 or kt.type.rank != 4 or m.nodes["probs"].attrs["axis"] % 4 != 3
+            or mask.type.dtype != q.type.dtype or m["bias"].type.shape != mask.type.shape
+            or bias.consts["fill"] not in (-math.inf, float(np.finfo(mask.type.dtype.numpy()).min))):
+        return None
+    batch, heads, width, keys = kt.type.shape
+    k = next((found for p in _KEYS_T if (found := graph.match(p, kt)) is not None), None)
+    if (k is None or v.type.shape != (batch, heads, keys, width) or q.type.shape[:2] != (batch, heads)
+            or ("flat" in k.values and k["flat"].type.shape != (batch * heads, keys, width))
+            or not is_causal(b.func, bias["keep"], mask)):
+        return None
+    keys_value = k["k"] if k["k"].type.shape == v.type.shape else b.op("reshape", [k["k"]], {"shape": list(v.type.shape)})
+    scale = _f32_literal(np.float32(q_scale) * np.float32(k_scale))
+    return b.op("attention", [q, keys_value, v, mask], {"scale": scale})
+
+
+def _scaled(graph: Graph, value: Value) -> tuple[Value, float]:
+    """``x`` and ``c`` where ``value`` is ``x * c`` by a scalar constant, else ``value`` and 1."""
+    found = graph.match(_SCALED, value)
+    return (value, 1.0) if found is None else (found["x"], found.consts["c"])
+
+
 def _reshape_reshape(m: Match, b: Builder) -> Value:
     return b.op("reshape", [m["x"]], {"shape": list(m.nodes["outer"].attrs["shape"])})
 
@@ -327,12 +380,14 @@ FUSIONS = (  # one op per concept, and the canonical forms those patterns are wr
     *(Rule("scaled_linear", op("mul", lin, Const("c")), _scaled_linear(lambda c: c)) for lin in _LINEAR),
     *(Rule("scaled_linear", op("div", lin, Const("c")), _scaled_linear(lambda c: 1.0 / c)) for lin in _LINEAR),
     Rule("offset_param", op("add", W, Const("c")), _offset_param),
-    Rule("rms_norm", op("mul", _NORMED, W), _rms_norm),
+    *(Rule("rms_norm", op("mul", normed, W), _rms_norm) for normed in _NORMED),
+    Rule("silu", op("mul", X, op("sigmoid", X)), _silu),
     Rule("rope", _ROPE, _rope),
     Rule("partial_rope", _PARTIAL_ROPE, _partial_rope),
     Rule("gelu_tanh", _GELU_TANH, _gelu_tanh),
     Rule("sliding_window_mask", _WINDOWED, _sliding_window_mask),
     *(Rule("attention", eager, _eager_attention) for eager in _EAGER),
+    *(Rule("attention", sdpa, _sdpa) for sdpa in _SDPA),
     Rule("moe", _MOE, _moe),
 )
 SPLITS = (  # then fused projections become one layer per operand (after partial RoPE took its slices)

@@ -1,10 +1,11 @@
 """Local rewrites: patterns over a function's SSA graph, and one driver that applies a table of
 rules until none matches (a fixpoint).
 
-A pattern is a tree of :class:`Op` (an op name, operand patterns, required attributes),
-:class:`Var` (any value; a name used twice must match one value) and :class:`Const` (a scalar
-``constant`` node, bound by name or required to equal a value). ``add`` and ``mul`` match their
-operands in either order. A :class:`Rule` pairs a pattern rooted at an op with ``build``, which
+A pattern is a tree of :class:`Op` (an op name, operand patterns, required attributes, a name
+binding the matched value), :class:`Var` (any value) and :class:`Const` (a scalar ``constant``
+node, bound by name or required to equal a value); a name used twice, by a :class:`Var` or a
+named :class:`Op`, must match one value. ``add`` and ``mul`` match their operands in either
+order. A :class:`Rule` pairs a pattern rooted at an op with ``build``, which
 appends the replacement through a :class:`~llmc.ir.builder.Builder` and returns its value, or
 returns None to decline (a condition the pattern cannot state). The replacement takes the root's
 name, so function outputs keep theirs; the nodes it made dead are removed.
@@ -109,6 +110,8 @@ class Graph:
         if any(node.attrs.get(k) != v for k, v in pattern.attrs):
             return
         if pattern.name is not None:
+            if bound.values.get(pattern.name, value) is not value:  # one name, one value, as for Var
+                return
             bound = bound.copy()
             bound.values[pattern.name] = value
             bound.nodes[pattern.name] = node

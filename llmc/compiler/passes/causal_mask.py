@@ -1,0 +1,126 @@
+"""Whether a boolean attention mask built inside a step program is the step's own causal mask.
+
+``torch.onnx.export`` of a transformers model builds its mask from the cache positions and the
+``attention_mask`` input: ``keys <= queries`` over keys ``0 .. S-1`` and queries ``S-L .. S-1``,
+and-ed with ``attention_mask`` gathered at the keys. An export imported as a step model computes
+``attention_mask`` from the contract's ``mask`` (a key is attended where some query's mask is 0;
+:mod:`llmc.compiler.frontend.onnx_llm`). That mask is causal, so the last query sees every key:
+``attention_mask`` is all ones and any gather of it is true, and the conjunction is ``mask == 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmc.compiler.passes.rewrite import Const, Graph, Var, op, scalar_constant
+from llmc.ir.graph import Function, Node, Value
+from llmc.ir.types import BOOL, Dim
+
+STEP_PROGRAMS = frozenset({"step", "prefill", "decode"})
+CONTRACT_MASK = "mask"  # the step's additive causal mask [1, 1, L, S] (docs/architecture.md)
+
+# attention_mask from the contract's mask: where any query's mask is 0, as a boolean vector
+_SEEN = op("cast", op("reduce_max", op("cast", op("eq", Var("mask"), Const(value=0.0))), bind="any"))
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """An integer tensor equal to ``start + i`` along ``axis`` (counted from the end) and constant
+    along its other axes, which are 1; ``axis`` None: a single element, ``start``."""
+
+    start: Dim
+    axis: int | None
+
+
+def contract_mask(func: Function) -> Value | None:
+    """The step contract's additive mask input of ``func``, if ``func`` is a step program."""
+    if func.name not in STEP_PROGRAMS:
+        return None
+    return next((v for v in func.inputs if v.name == CONTRACT_MASK and v.type.rank == 4 and v.type.dtype.is_float), None)
+
+
+def is_causal(func: Function, cond: Value, mask: Value) -> bool:
+    """``cond`` (true where a query attends a key) is ``mask == 0`` for the contract's causal
+    ``mask``: a conjunction of ``keys <= queries``, constant trues and gathers of the
+    ``attention_mask`` computed from ``mask``."""
+    if cond.type.shape != mask.type.shape:
+        return False
+    graph = Graph(func)
+    terms = _conjuncts(graph.producers, cond)
+    queries, keys = mask.type.shape[-2], mask.type.shape[-1]
+    causal = [t for t in terms if _keys_up_to_queries(graph.producers, t, queries, keys)]
+    return bool(causal) and all(t in causal or _is_true(graph.producers, t) or _sees_all_keys(graph, t, mask)
+                                for t in terms)
+
+
+def _conjuncts(producers: dict[str, Node], value: Value) -> list[Value]:
+    node = producers.get(value.name)
+    if node is None or node.op != "logical_and":
+        return [value]
+    return [t for v in node.inputs for t in _conjuncts(producers, v)]
+
+
+def _is_true(producers: dict[str, Node], value: Value) -> bool:
+    return value.type.dtype == BOOL and scalar_constant(producers.get(value.name)) == 1.0
+
+
+def _keys_up_to_queries(producers: dict[str, Node], value: Value, queries: Dim, keys: Dim) -> bool:
+    """``value`` is ``k <= q`` (or ``q >= k``) with keys ``k`` 0 .. S-1 on the last axis and
+    queries ``q`` S-L .. S-1 on the one before (one query: any axis)."""
+    node = producers.get(value.name)
+    if node is None or node.op not in ("le", "ge"):
+        return False
+    k_value, q_value = node.inputs if node.op == "le" else node.inputs[::-1]
+    k, q = _ramp(producers, k_value), _ramp(producers, q_value)
+    if k is None or q is None or k.axis != -1 or k.start != Dim.of(0) or k_value.type.shape[-1] != keys:
+        return False
+    placed = q.axis == -2 and q_value.type.shape[-2] == queries or q.axis is None and queries == Dim.of(1)
+    return placed and q.start == keys - queries
+
+
+def _ramp(producers: dict[str, Node], value: Value) -> Ramp | None:
+    """``value`` as a :class:`Ramp`: an ``iota`` of step 1, reshaped to unit axes around it, plus
+    single elements (an ``iota`` of one, a scalar constant)."""
+    node = producers.get(value.name)
+    if node is None or not value.type.dtype.is_int:
+        return None
+    if node.op == "iota":
+        if node.attrs.get("step", 1) != 1:
+            return None
+        return Ramp(Dim.of(node.attrs["start"]), None if value.type.shape[0] == Dim.of(1) else -1)
+    if node.op == "constant":
+        number = scalar_constant(node)
+        return None if number is None or value.type.numel() != Dim.of(1) else Ramp(Dim.of(int(number)), None)
+    if node.op == "reshape":
+        inner = _ramp(producers, node.inputs[0])
+        if inner is None or inner.axis is None:
+            return inner
+        length = node.inputs[0].type.shape[inner.axis]
+        if length == Dim.of(1):
+            return Ramp(inner.start, None)
+        spread = [a for a, d in enumerate(value.type.shape) if d != Dim.of(1)]
+        if [value.type.shape[a] for a in spread] != [length]:
+            return None
+        return Ramp(inner.start, spread[0] - value.type.rank)
+    if node.op == "add":
+        a, b = (_ramp(producers, v) for v in node.inputs)
+        if a is None or b is None or (a.axis is not None and b.axis is not None):
+            return None
+        return Ramp(a.start + b.start, b.axis if a.axis is None else a.axis)
+    return None
+
+
+def _sees_all_keys(graph: Graph, value: Value, mask: Value) -> bool:
+    """``value`` is a gather of the keys some query of ``mask`` attends (through reshapes): all
+    true for a causal ``mask``."""
+    node = graph.producers.get(value.name)
+    if node is None or node.op != "gather":
+        return False
+    source = node.inputs[0]
+    while (inner := graph.producers.get(source.name)) is not None and inner.op == "reshape":
+        source = inner.inputs[0]
+    seen = graph.match(_SEEN, source)
+    if seen is None or seen["mask"] is not mask or source.type.dtype != BOOL:
+        return False
+    axes = {a % mask.type.rank for a in seen.nodes["any"].attrs["axes"]}
+    return mask.type.rank - 2 in axes and mask.type.rank - 1 not in axes
