@@ -4,6 +4,7 @@ matching. tests/frontend/test_families.py checks that every family imports fused
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from llmc.compiler.passes.fuse import fuse_module
 from llmc.compiler.passes.rewrite import Const, Graph, Rule, Var, op, rewrite
@@ -12,13 +13,13 @@ from llmc.ir import Module, parse_module, print_module, run_function, verify_mod
 PARAMS = ["w : tensor<8xf32>", "inv : tensor<2xf32>", "proj.weight : tensor<6x4xf32>", "proj.bias : tensor<6xf32>"]
 
 
-def text_module(body: str, inputs: str, outputs: str, params: list[str]) -> str:
+def text_module(body: str, inputs: str, outputs: str, params: list[str], func: str = "f") -> str:
     declared = "".join(f'  param "{p.split(" : ")[0]}" : {p.split(" : ")[1]}\n' for p in params)
-    return f'module "m" {{}} {{\n{declared}  func @f({inputs}) {{\n{body}\n    return {outputs}\n  }}\n}}'
+    return f'module "m" {{}} {{\n{declared}  func @{func}({inputs}) {{\n{body}\n    return {outputs}\n  }}\n}}'
 
 
-def module_of(body: str, inputs: str, outputs: str) -> Module:
-    return parse_module(text_module(body, inputs, outputs, PARAMS))
+def module_of(body: str, inputs: str, outputs: str, func: str = "f") -> Module:
+    return parse_module(text_module(body, inputs, outputs, PARAMS, func))
 
 
 def fused(before: Module) -> Module:
@@ -71,6 +72,55 @@ def test_rms_norm_of_another_value_is_left_alone() -> None:
     body = RMS_BEFORE.replace("%normed = mul(%x, %inv)", "%normed = mul(%z, %inv)")
     before = module_of(body, "%x: tensor<1xLx8xf32>, %z: tensor<1xLx8xf32>", "%y")
     assert print_module(fused(before)) == print_module(module_of(body, "%x: tensor<1xLx8xf32>, %z: tensor<1xLx8xf32>", "%y"))
+
+
+# torch.onnx's RMSNorm: the mean over axis 2, eps rounded to float32, 1 / sqrt as reciprocal or div
+ONNX_RMS_FORMS = {
+    "reciprocal": "%root = sqrt(%var) : tensor<1xLx1xf32>\n    %inv = reciprocal(%root) : tensor<1xLx1xf32>",
+    "div": "%root = sqrt(%var) : tensor<1xLx1xf32>\n    %one = constant() {value = 1.0, shape = [], dtype = f32} : "
+           "tensor<f32>\n    %inv = div(%one, %root) : tensor<1xLx1xf32>",
+}
+
+
+def onnx_rms(form: str) -> str:
+    return (RMS_BEFORE.replace("axes = [-1]", "axes = [2]").replace("value = 1e-06", "value = 9.999999974752427e-07")
+            .replace("%inv = rsqrt(%var) : tensor<1xLx1xf32>", ONNX_RMS_FORMS[form]))
+
+
+@pytest.mark.parametrize("form", list(ONNX_RMS_FORMS))
+def test_rms_norm_rule_takes_the_onnx_export_forms(form: str) -> None:
+    x = "%x: tensor<1xLx8xf32>"
+    before = with_data(module_of(onnx_rms(form), x, "%y"))
+    data = {"x": np.random.default_rng(8).standard_normal((1, 3, 8)).astype(np.float32)}
+    want = run_function(before, "f", data)["y"]
+    assert print_module(fused(before)) == print_module(module_of(RMS_EXPECTED, x, "%y"))
+    np.testing.assert_array_equal(run_function(before, "f", data)["y"], want)
+
+
+def test_a_mean_over_the_tokens_is_not_rms_norm() -> None:
+    body = onnx_rms("reciprocal").replace("axes = [2]", "axes = [1]").replace("tensor<1xLx1xf32>", "tensor<1x1x8xf32>")
+    x = "%x: tensor<1xLx8xf32>"
+    assert print_module(fused(module_of(body, x, "%y"))) == print_module(module_of(body, x, "%y"))
+
+
+SILU_BEFORE = """\
+    %s = sigmoid(%x) : tensor<1xLx8xf32>
+    %y = mul(%x, %s) : tensor<1xLx8xf32>"""
+
+
+def test_silu_rule() -> None:
+    x = "%x: tensor<1xLx8xf32>"
+    before = module_of(SILU_BEFORE, x, "%y")
+    data = {"x": np.linspace(-6, 6, 24, dtype=np.float32).reshape(1, 3, 8)}
+    want = run_function(before, "f", data)["y"]
+    assert print_module(fused(before)) == print_module(module_of("    %y = silu(%x) : tensor<1xLx8xf32>", x, "%y"))
+    np.testing.assert_allclose(run_function(before, "f", data)["y"], want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_sigmoid_gating_another_value_is_not_silu() -> None:
+    body = SILU_BEFORE.replace("mul(%x, %s)", "mul(%z, %s)")
+    inputs = "%x: tensor<1xLx8xf32>, %z: tensor<1xLx8xf32>"
+    assert print_module(fused(module_of(body, inputs, "%y"))) == print_module(module_of(body, inputs, "%y"))
 
 
 ROPE_BEFORE = """\
@@ -164,6 +214,20 @@ def test_driver_runs_to_a_fixpoint_and_keeps_output_names() -> None:
     rewrite(module, module.functions["f"], [times_one])
     assert [n.op for n in module.functions["f"].nodes] == ["neg"] * 6
     assert module.functions["f"].outputs[0].name == "out"
+
+
+def test_a_named_op_used_twice_matches_one_value() -> None:
+    module = module_of("""\
+    %a = neg(%x) : tensor<4xf32>
+    %b = neg(%x) : tensor<4xf32>
+    %c = add(%a, %b) : tensor<4xf32>
+    %d = add(%a, %a) : tensor<4xf32>""", "%x: tensor<4xf32>", "%c, %d")
+    negated = op("neg", Var("v"), bind="n")
+    graph = Graph(module.functions["f"])
+    c, d = module.functions["f"].outputs
+    assert graph.match(op("add", negated, negated), c) is None
+    found = graph.match(op("add", negated, negated), d)
+    assert found is not None and found["n"].name == "a"
 
 
 WINDOW_BEFORE = """\
@@ -338,3 +402,91 @@ def test_experts_chosen_by_another_router_are_not_a_moe() -> None:
     body = MOE_BEFORE.replace("%ids = reshape(%ti)", "%ids = reshape(%other)")
     text = text_module(body, "%x: tensor<2x8xf32>, %other: tensor<2x2xi64>", "%y", MOE_PARAMS)
     assert "moe(" not in print_module(fused(parse_module(text)))
+
+
+# torch.onnx's scaled_dot_product_attention in a step program: keys of a grouped KV head expanded, the
+# mask built from the cache positions and the attention_mask the import computes from the step's mask
+SDPA_BEFORE = """\
+    %zero = constant() {value = 0.0, shape = [], dtype = f32} : tensor<f32>
+    %seen = eq(%mask, %zero) : tensor<1x1xLxL+Pxbool>
+    %seen_int = cast(%seen) {dtype = i64} : tensor<1x1xLxL+Pxi64>
+    %attention_mask = reduce_max(%seen_int) {axes = [1, 2], keepdim = false} : tensor<1xL+Pxi64>
+    %attended = cast(%attention_mask) {dtype = bool} : tensor<1xL+Pxbool>
+    %flat = reshape(%attended) {shape = [L+P]} : tensor<L+Pxbool>
+    %steps = iota() {start = 0, end = L, step = 1, dtype = i64} : tensor<Lxi64>
+    %past = iota() {start = P, end = P+1, dtype = i64} : tensor<1xi64>
+    %past0 = reshape(%past) {shape = []} : tensor<i64>
+    %positions = add(%steps, %past0) : tensor<Lxi64>
+    %queries = reshape(%positions) {shape = [1, 1, L, 1]} : tensor<1x1xLx1xi64>
+    %keys = iota() {start = 0, end = L+P, step = 1, dtype = i64} : tensor<L+Pxi64>
+    %keys4 = reshape(%keys) {shape = [1, 1, 1, L+P]} : tensor<1x1x1xL+Pxi64>
+    %causal = le(%keys4, %queries) : tensor<1x1xLxL+Pxbool>
+    %true = constant() {value = 1, shape = [], dtype = bool} : tensor<bool>
+    %causal1 = logical_and(%true, %causal) : tensor<1x1xLxL+Pxbool>
+    %padded = gather(%flat, %keys4) {axis = 0} : tensor<1x1x1xL+Pxbool>
+    %keep = logical_and(%causal1, %padded) : tensor<1x1xLxL+Pxbool>
+    %lowest = constant() {value = -3.4028234663852886e+38, shape = [], dtype = f32} : tensor<f32>
+    %bias = where(%keep, %zero, %lowest) : tensor<1x1xLxL+Pxf32>
+    %k = concat(%past_k, %new_k) {axis = 2} : tensor<1x1xL+Px4xf32>
+    %v = concat(%past_v, %new_v) {axis = 2} : tensor<1x1xL+Px4xf32>
+    %k5 = reshape(%k) {shape = [1, 1, 1, L+P, 4]} : tensor<1x1x1xL+Px4xf32>
+    %kx = expand(%k5) {shape = [1, 1, 2, L+P, 4]} : tensor<1x1x2xL+Px4xf32>
+    %v5 = reshape(%v) {shape = [1, 1, 1, L+P, 4]} : tensor<1x1x1xL+Px4xf32>
+    %vx5 = expand(%v5) {shape = [1, 1, 2, L+P, 4]} : tensor<1x1x2xL+Px4xf32>
+    %vx = reshape(%vx5) {shape = [1, 2, L+P, 4]} : tensor<1x2xL+Px4xf32>
+    %k3 = reshape(%kx) {shape = [2, L+P, 4]} : tensor<2xL+Px4xf32>
+    %kt3 = transpose(%k3) {perm = [0, 2, 1]} : tensor<2x4xL+Pxf32>
+    %kt = reshape(%kt3) {shape = [1, 2, 4, L+P]} : tensor<1x2x4xL+Pxf32>
+    %c = constant() {value = 0.7071067690849304, shape = [], dtype = f32} : tensor<f32>
+    %qs = mul(%q, %c) : tensor<1x2xLx4xf32>
+    %kts = mul(%kt, %c) : tensor<1x2x4xL+Pxf32>
+    %scores = matmul(%qs, %kts) : tensor<1x2xLxL+Pxf32>
+    %biased = add(%scores, %bias) : tensor<1x2xLxL+Pxf32>
+    %p = softmax(%biased) {axis = 3} : tensor<1x2xLxL+Pxf32>
+    %nan = ne(%p, %p) : tensor<1x2xLxL+Pxbool>
+    %p0 = where(%nan, %zero, %p) : tensor<1x2xLxL+Pxf32>
+    %y = matmul(%p0, %vx) : tensor<1x2xLx4xf32>"""
+SDPA_EXPECTED = """\
+    %k = concat(%past_k, %new_k) {axis = 2} : tensor<1x1xL+Px4xf32>
+    %v = concat(%past_v, %new_v) {axis = 2} : tensor<1x1xL+Px4xf32>
+    %k5 = reshape(%k) {shape = [1, 1, 1, L+P, 4]} : tensor<1x1x1xL+Px4xf32>
+    %kx = expand(%k5) {shape = [1, 1, 2, L+P, 4]} : tensor<1x1x2xL+Px4xf32>
+    %v5 = reshape(%v) {shape = [1, 1, 1, L+P, 4]} : tensor<1x1x1xL+Px4xf32>
+    %vx5 = expand(%v5) {shape = [1, 1, 2, L+P, 4]} : tensor<1x1x2xL+Px4xf32>
+    %vx = reshape(%vx5) {shape = [1, 2, L+P, 4]} : tensor<1x2xL+Px4xf32>
+    %0 = reshape(%kx) {shape = [1, 2, L+P, 4]} : tensor<1x2xL+Px4xf32>
+    %y = attention(%q, %0, %vx, %mask) {scale = 0.49999997} : tensor<1x2xLx4xf32>"""
+SDPA_INPUTS = ("%q: tensor<1x2xLx4xf32>, %mask: tensor<1x1xLxL+Pxf32>, %past_k: tensor<1x1xPx4xf32>, "
+               "%new_k: tensor<1x1xLx4xf32>, %past_v: tensor<1x1xPx4xf32>, %new_v: tensor<1x1xLx4xf32>")
+
+
+def sdpa_fused(body: str, inputs: str = SDPA_INPUTS, func: str = "step") -> bool:
+    after = print_module(fused(module_of(body, inputs, "%y", func)))
+    assert ("attention(" in after) != ("softmax(" in after), after
+    return "attention(" in after
+
+
+def test_onnx_attention_over_the_steps_causal_mask_is_one_attention_op() -> None:
+    from llmc.generate.interpreter import causal_mask
+
+    before = module_of(SDPA_BEFORE, SDPA_INPUTS, "%y", "step")
+    rng = np.random.default_rng(9)
+    inputs = {"q": rng.standard_normal((1, 2, 3, 4)).astype(np.float32), "mask": causal_mask(3, 2),
+              **{f"{age}_{kv}": rng.standard_normal((1, 1, n, 4)).astype(np.float32)
+                 for kv in "kv" for age, n in (("past", 2), ("new", 3))}}
+    want = run_function(before, "step", inputs)["y"]
+    assert print_module(fused(before)) == print_module(module_of(SDPA_EXPECTED, SDPA_INPUTS, "%y", "step"))
+    np.testing.assert_allclose(run_function(before, "step", inputs)["y"], want, rtol=1e-6, atol=1e-6)
+
+
+def test_attention_under_another_mask_is_left_alone() -> None:
+    assert sdpa_fused(SDPA_BEFORE)
+    assert not sdpa_fused(SDPA_BEFORE, func="f")  # a plain function has no step mask
+    assert not sdpa_fused(SDPA_BEFORE.replace("reshape(%positions)", "reshape(%steps)"))  # queries not after the past
+    assert not sdpa_fused(SDPA_BEFORE.replace("le(%keys4, %queries)", "le(%queries, %keys4)"))  # anti-causal
+    assert not sdpa_fused(SDPA_BEFORE.replace("eq(%mask, %zero)", "eq(%other, %zero)"),
+                          SDPA_INPUTS + ", %other: tensor<1x1xLxL+Pxf32>")  # padding from another mask
+    assert not sdpa_fused(SDPA_BEFORE.replace("le(%keys4, %queries)", "lt(%keys4, %queries)"))  # the diagonal masked
+    assert not sdpa_fused(SDPA_BEFORE.replace("%kt3 = transpose(%k3) {perm = [0, 2, 1]}",
+                                              "%kt3 = transpose(%k3) {perm = [2, 0, 1]}").replace(
+        "tensor<2x4xL+Pxf32>", "tensor<4x2xL+Pxf32>"))  # not k^T

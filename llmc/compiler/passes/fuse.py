@@ -35,7 +35,7 @@ _NORMED = tuple(op("mul", X, inverse) for inverse in (
 
 def _rms_norm(m: Match, b: Builder) -> Value | None:
     x, w, mean = m["x"], m["w"], m.nodes["mean"].attrs
-    if (w.type.shape != (x.type.shape[-1],) or w.type.dtype != x.type.dtype or not mean["keepdim"]
+    if (w.type.shape != (x.type.shape[-1],) or w.type.dtype != x.type.dtype or not mean.get("keepdim", False)
             or [a % x.type.rank for a in mean["axes"]] != [x.type.rank - 1]):
         return None
     return b.op("rms_norm", [x, w], {"eps": _f32_literal(m.consts["eps"])})
@@ -338,7 +338,7 @@ def _same_rows(graph: Graph, a: Value, b: Value) -> bool:
 # keep the step's causal mask (causal_mask.py); k^T a transpose, or for GQA-expanded keys a
 # reshape to [B*H, S, D], a transpose and a reshape to [B, H, D, S]
 _SDPA_PROBS = op("softmax", op("add", op("matmul", Var("qs"), Var("kts")), Var("bias")), bind="probs")
-_SDPA = tuple(op("matmul", probs, Var("v")) for probs in (
+_SDPA = tuple(op("matmul", probs, Var("v"), bind="out") for probs in (
     op("where", op("ne", _SDPA_PROBS, _SDPA_PROBS), Const(value=0.0), _SDPA_PROBS), _SDPA_PROBS))
 _BIAS = op("where", Var("keep"), Const(value=0.0), Const("fill"))
 _SCALED = op("mul", Var("x"), Const("c"))
@@ -356,7 +356,7 @@ def _sdpa(m: Match, b: Builder) -> Value | None:
         return None
     batch, heads, width, keys = kt.type.shape
     k = next((found for p in _KEYS_T if (found := graph.match(p, kt)) is not None), None)
-    if (k is None or v.type.shape != (batch, heads, keys, width) or q.type.shape[:2] != (batch, heads)
+    if (k is None or v.type.shape != (batch, heads, keys, width) or m["out"].type != q.type
             or ("flat" in k.values and k["flat"].type.shape != (batch * heads, keys, width))
             or not is_causal(b.func, bias["keep"], mask)):
         return None
