@@ -20,7 +20,7 @@ STEP_PROGRAMS = frozenset({"step", "prefill", "decode"})
 CONTRACT_MASK = "mask"  # the step's additive causal mask [1, 1, L, S] (docs/architecture.md)
 
 # attention_mask from the contract's mask: where any query's mask is 0, as a boolean vector
-_SEEN = op("cast", op("reduce_max", op("cast", op("eq", Var("mask"), Const(value=0.0))), bind="any"))
+_SEEN = op("cast", op("reduce_max", op("cast", op("eq", Var("mask"), Const(value=0.0)), bind="flag"), bind="any"))
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,12 @@ def contract_mask(func: Function) -> Value | None:
     return next((v for v in func.inputs if v.name == CONTRACT_MASK and v.type.rank == 4 and v.type.dtype.is_float), None)
 
 
-def is_causal(func: Function, cond: Value, mask: Value) -> bool:
+def is_causal(graph: Graph, cond: Value, mask: Value) -> bool:
     """``cond`` (true where a query attends a key) is ``mask == 0`` for the contract's causal
     ``mask``: a conjunction of ``keys <= queries``, constant trues and gathers of the
     ``attention_mask`` computed from ``mask``."""
     if cond.type.shape != mask.type.shape:
         return False
-    graph = Graph(func)
     terms = _conjuncts(graph.producers, cond)
     queries, keys = mask.type.shape[-2], mask.type.shape[-1]
     causal = [t for t in terms if _keys_up_to_queries(graph.producers, t, queries, keys)]
@@ -81,8 +80,8 @@ def _keys_up_to_queries(producers: dict[str, Node], value: Value, queries: Dim, 
 def _ramp(producers: dict[str, Node], value: Value) -> Ramp | None:
     """``value`` as a :class:`Ramp`: an ``iota`` of step 1, reshaped to unit axes around it, plus
     single elements (an ``iota`` of one, a scalar constant)."""
-    node = producers.get(value.name)
-    if node is None or not value.type.dtype.is_int:
+    node, dtype = producers.get(value.name), value.type.dtype
+    if node is None or not dtype.is_int or dtype.bits < 32:  # narrower positions could wrap
         return None
     if node.op == "iota":
         if node.attrs.get("step", 1) != 1:
@@ -121,6 +120,9 @@ def _sees_all_keys(graph: Graph, value: Value, mask: Value) -> bool:
         source = inner.inputs[0]
     seen = graph.match(_SEEN, source)
     if seen is None or seen["mask"] is not mask or source.type.dtype != BOOL:
+        return False
+    flag = seen["flag"].type.dtype  # true must stay the largest value
+    if not (flag.is_float or flag.is_int and flag.bits >= 8):
         return False
     axes = {a % mask.type.rank for a in seen.nodes["any"].attrs["axes"]}
     return mask.type.rank - 2 in axes and mask.type.rank - 1 not in axes

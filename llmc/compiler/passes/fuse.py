@@ -358,7 +358,7 @@ def _sdpa(m: Match, b: Builder) -> Value | None:
     k = next((found for p in _KEYS_T if (found := graph.match(p, kt)) is not None), None)
     if (k is None or v.type.shape != (batch, heads, keys, width) or m["out"].type != q.type
             or ("flat" in k.values and k["flat"].type.shape != (batch * heads, keys, width))
-            or not is_causal(b.func, bias["keep"], mask)):
+            or not is_causal(graph, bias["keep"], mask)):
         return None
     keys_value = k["k"] if k["k"].type.shape == v.type.shape else b.op("reshape", [k["k"]], {"shape": list(v.type.shape)})
     scale = _f32_literal(np.float32(q_scale) * np.float32(k_scale))
