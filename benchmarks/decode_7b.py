@@ -1,12 +1,12 @@
-"""Modelled Llama-2-7B decode on the U280 (batch 1) next to the HBM roofline and FlightLLM's 55 tokens/s.
+"""Modelled Llama-2-7B decode on the U280 and the V80 (batch 1) next to the HBM roofline and FlightLLM's 55 tokens/s.
 
 Per configuration: ``llmc compile DIR --shapes-only -p PIPELINE --board BOARD`` on a folder holding
 only Llama-2-7B's config.json, then the timing model over a 128-token prompt and 512 generated
 tokens (``llmc simulate --timing-only``). ``roofline`` is the board's peak HBM bandwidth over the
 bytes read per decode token; ``flightllm-like`` runs int8 weights with 2:4 sparsity (FlightLLM's
 sparse DSP chain on int8 operands; the ~5.5 GB per token its two published figures imply) on
-``flightllm_u280.yaml``: the U280 at FlightLLM's published 225 MHz and 65.9% HBM bandwidth
-utilisation. The error column compares with FlightLLM's published 55 tokens/s.
+``flightllm_u280.yaml``: the U280 at FlightLLM's published 225 MHz kernel clock with the U280's measured
+memory model. The error column compares with FlightLLM's published 55 tokens/s.
 
     .venv/bin/python benchmarks/decode_7b.py [--prefill L] [--decode N] [--json]
 """
@@ -31,6 +31,7 @@ CONFIGS = [
     ("llmc W4g128", "quantize{bits=4,group=128}", "u280"),
     ("llmc W4g128 + 2:4", "sparsify{pattern=2:4},quantize{bits=4,group=128}", "u280"),
     ("llmc W2g128 LUT", "quantize{bits=2,group=128},lut-mpgemm", "u280"),
+    ("llmc W4g128 on the V80", "quantize{bits=4,group=128}", "v80"),
 ]
 
 
@@ -74,10 +75,10 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print(f"Llama-2-7B batch 1, prompt {args.prefill}, {args.decode} generated tokens (modelled)")
-    print(f"{'config':<20} {'MHz':>4} {'lanes':>5} {'GB/tok':>7} {'tok/s':>6} {'roofline':>8} {'HBM':>6} "
+    print(f"{'config':<24} {'MHz':>4} {'lanes':>5} {'GB/tok':>7} {'tok/s':>6} {'roofline':>8} {'HBM':>6} "
           f"{'J/tok':>6} {'TTFT ms':>8} {'vs 55':>7}")
     for r in rows:
-        print(f"{r['config']:<20} {r['clock_mhz']:>4.0f} {r['weight_lanes']:>5} {r['gb_per_token']:>7.2f} "
+        print(f"{r['config']:<24} {r['clock_mhz']:>4.0f} {r['weight_lanes']:>5} {r['gb_per_token']:>7.2f} "
               f"{r['tokens_per_s']:>6.1f} {r['roofline_tokens_per_s']:>8.1f} {r['hbm_utilisation']:>6.1%} "
               f"{r['joules_per_token']:>6.2f} {r['ttft_ms']:>8.0f} {r['vs_flightllm']:>+7.0%}")
 

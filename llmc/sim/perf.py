@@ -82,13 +82,13 @@ def layer_figures(timing: TimingModel, step: list[Cost]) -> list[LayerFigures]:
             groups[c.layer].append(c)
         elif c.op in ("ATTN", "KVAPP"):
             groups[f"layers.{block}.attention"].append(c)
-    lanes = timing.config.mm_lanes
+    weight_channels = len(set(timing.config.weight_channels))
     out = []
     for name, costs in groups.items():
         seconds = timing.seconds(costs)
         nbytes, macs = sum(c.hbm_bytes for c in costs), sum(c.macs for c in costs)
-        channels = lanes if costs[0].op in ("MM", "XMM") else len(timing.config.kv_channels)
-        peak_bytes = channels * timing.channel_bytes_per_cycle / timing.efficiency * timing.hz * seconds
+        channels = weight_channels if costs[0].op in ("MM", "XMM") else len(timing.config.kv_channels)
+        peak_bytes = channels * timing.channel_peak_bytes_per_cycle * timing.hz * seconds
         peak_macs = timing.peak_macs_per_cycle * timing.hz * seconds
         out.append(LayerFigures(name, seconds, nbytes, macs, nbytes / peak_bytes if peak_bytes else 0.0,
                                 macs / peak_macs if peak_macs else 0.0))
@@ -99,7 +99,7 @@ def roofline_svg(timing: TimingModel, figures: RunFigures, title: str) -> str:
     """A log-log roofline of the decode step: each layer at its arithmetic intensity (MAC ops per HBM
     byte) and attained ops/s, under the weight channels' bandwidth roof and the matrix engine's peak."""
     peak_ops = 2 * timing.peak_macs_per_cycle * timing.hz
-    bandwidth = timing.config.mm_lanes * timing.channel_bytes_per_cycle / timing.efficiency * timing.hz
+    bandwidth = len(set(timing.config.weight_channels)) * timing.channel_peak_bytes_per_cycle * timing.hz
     points = [(2 * x.macs / x.hbm_bytes, 2 * x.macs / x.seconds, x.name) for x in figures.layers
               if x.hbm_bytes and x.macs and x.seconds]
     xs = [p[0] for p in points] + [peak_ops / bandwidth]

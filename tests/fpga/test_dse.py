@@ -49,13 +49,16 @@ TINY = ModelNeeds(
 def _check_plan(config, target, needs):
     lanes, kv = config.weight_channels, config.kv_channels
     assert all(0 <= c < target.memory.channels for c in [*lanes, *kv, config.io_channel])
-    assert lanes == tuple(range(config.mm_lanes)) and len(set(kv)) == len(kv)
-    shared = kv == lanes  # the cache striped over the weight lanes, or on channels of its own
+    per = config.mm_lanes // len(set(lanes))  # lanes a channel: p * i .. p * i + p - 1 on channel i
+    assert 1 <= per <= target.memory.ports_per_channel
+    assert lanes == tuple(c for c in range(config.mm_lanes // per) for _ in range(per)) and len(set(kv)) == len(kv)
+    shared = kv == tuple(sorted(set(lanes)))  # the cache striped over the weight channels, or on channels of its own
     assert shared or not set(kv) & set(lanes)
     assert config.io_channel not in (set(kv) - set(lanes))
+    channels = len(set(lanes))
     lanes_ok = {target.memory.channels - 1, target.memory.channels}
-    assert config.mm_lanes & (config.mm_lanes - 1) == 0 or config.mm_lanes % 4 == 0 or config.mm_lanes in lanes_ok
-    assert config.mm_lanes * target.memory.channel_bytes >= needs.weight_bytes + (needs.kv_bytes if shared else 0)
+    assert channels & (channels - 1) == 0 or channels % 4 == 0 or channels in lanes_ok
+    assert channels * target.memory.channel_bytes >= needs.weight_bytes + (needs.kv_bytes if shared else 0)
     assert len(kv) * target.memory.channel_bytes >= needs.kv_bytes
 
 
@@ -99,7 +102,24 @@ def test_fp16_7b_is_refused_for_hbm_capacity():
     )
 
 
-@pytest.mark.parametrize("name", ["kv260", "u280", "u55c"])
+def test_the_v80_puts_two_lanes_on_each_channel():
+    """One port reaches 12.8 GB/s of a V80 pseudo-channel's 23.3: the DSE gives each channel two lanes."""
+    v80, u280 = load_target("v80"), load_target("u280")
+    config, used = explore(v80, LLAMA_7B)
+    _check_plan(config, v80, LLAMA_7B)
+    assert config.mm_lanes == 2 * len(set(config.weight_channels)) >= 60 and used.fits(0.8)
+    assert config.weight_channels[:4] == (0, 0, 1, 1)
+    ports = [p for p in kernel_ports(config) if p.name.startswith("w")]
+    assert [p.memory for p in ports[:3]] == ["HBM[0]", "HBM[0]", "HBM[1]"] and len({p.bundle for p in ports}) == config.mm_lanes
+    v80_s = estimate_decode(config, v80, LLAMA_7B).total_s
+    u280_s = estimate_decode(explore(u280, LLAMA_7B)[0], u280, LLAMA_7B).total_s
+    assert v80_s < 0.75 * u280_s  # 1.8x the bandwidth; the SFU and each layer's first tile go with the clock
+    three = dataclasses.replace(config, mm_lanes=96, weight_channels=tuple(c for c in range(32) for _ in range(3)))
+    with pytest.raises(LlmcError, match="3 weight lanes on one channel; v80's channels serve 2 port"):
+        check_fits(three, v80)
+
+
+@pytest.mark.parametrize("name", ["kv260", "u280", "u55c", "v80"])
 def test_tiny_model_fits(name):
     target = load_target(name)
     config, used = explore(target, TINY)

@@ -14,7 +14,7 @@ GIB = 2**30
 
 
 def test_bundled_targets_are_listed():
-    assert list_targets() == ["kv260", "u280", "u55c"]
+    assert list_targets() == ["kv260", "u280", "u55c", "v80"]
 
 
 @pytest.mark.parametrize(
@@ -53,6 +53,17 @@ def test_bundled_targets_are_listed():
             Resources(117_120, 234_240, 1_248, 144, 64),
             1,
         ),
+        (
+            "v80",
+            "xcv80-lsva4737-2MHP-e-S",
+            "amd_v80_gen5x8_24.1",
+            300,
+            "hbm",
+            32,
+            32,
+            Resources(2_600_000, 5_200_000, 10_848, 2_016, 960),
+            3,
+        ),
     ],
 )
 def test_bundled_target_figures(name, part, platform, clock, kind, channels, gib, resources, slrs):
@@ -66,8 +77,11 @@ def test_bundled_target_figures(name, part, platform, clock, kind, channels, gib
 
 def test_hbm_figures():
     u280 = load_target("u280")
-    assert u280.memory.bandwidth_gbs == 460 and u280.memory.efficiency == 0.65
-    assert u280.memory.channel_gbs == pytest.approx(460 * 0.65 / 32)
+    assert u280.memory.bandwidth_gbs == 460 and u280.memory.efficiency == 0.911
+    assert u280.memory.channel_gbs == pytest.approx(460 * 0.911 / 32)
+    assert (u280.memory.latency_ns, u280.memory.port_gbs, u280.memory.ports_per_channel) == (215, 14.4, 1)
+    v80 = load_target("v80")
+    assert v80.memory.channel_peak_gbs == pytest.approx(25.6) and v80.memory.ports_per_channel == 2
     assert u280.ddr.banks == 2 and load_target("u55c").ddr.banks == 0
     assert load_target("kv260").memory.bandwidth_gbs == pytest.approx(19.2)
 
@@ -135,6 +149,8 @@ def test_kv260_connects_its_ports_to_the_ps_hp_ports(tmp_path):
         ("clock_mhz", "fast", "clock_mhz must be a positive number"),
         ("clock_mhz", 0, "clock_mhz must be a positive number"),
         ("memory.efficiency", 1.5, "memory.efficiency must be a positive number at most 1"),
+        ("memory.latency_ns", _DELETE, "memory.latency_ns is missing"),
+        ("memory.ports_per_channel", 1.5, "memory.ports_per_channel must be a positive integer"),
         ("memory.kind", "sram", "memory.kind must be one of hbm, ddr"),
         ("platform", "", "platform must be a non-empty string"),
         ("resources", "lots", "resources must be a mapping of fields"),
@@ -148,7 +164,8 @@ def test_kv260_connects_its_ports_to_the_ps_hp_ports(tmp_path):
         (
             "memory.chanels",
             32,
-            "memory.chanels is not a known field (expected: kind, channels, channel_bytes, bandwidth_gbs, efficiency, bank)",
+            "memory.chanels is not a known field (expected: kind, channels, channel_bytes, bandwidth_gbs, efficiency, "
+            "latency_ns, port_gbs, ports_per_channel, bank)",
         ),
     ],
 )
@@ -176,7 +193,7 @@ def test_unreadable_board_files(tmp_path, text, message):
 
 
 def test_unknown_target_and_missing_file(tmp_path):
-    with pytest.raises(LlmcError, match=r"^unknown target 'u999' \(known: kv260, u280, u55c; or a \.yaml path\)$"):
+    with pytest.raises(LlmcError, match=r"^unknown target 'u999' \(known: kv260, u280, u55c, v80; or a \.yaml path\)$"):
         load_target("u999")
     missing = str(tmp_path / "none.yaml")
     with pytest.raises(LlmcError, match="no such target file$"):

@@ -10,13 +10,12 @@ from llmc.backends.fpga.compile import Compiled
 from llmc.backends.fpga.design import (
     READ_BURST,
     READS_OUTSTANDING,
-    WORD_BITS,
     WRITE_BURST,
     WRITES_OUTSTANDING,
     kernel_ports,
 )
 from llmc.backends.fpga.isa import OPCODES, kernel_constants
-from llmc.backends.fpga.timing import HBM_LATENCY, INSTR_OVERHEAD, READS_LANE0, SFU_ONLY, TimingModel
+from llmc.backends.fpga.timing import INSTR_OVERHEAD, READS_LANE0, SFU_ONLY, TimingModel
 from llmc.backends.fpga.units import design_units, rtl_files
 from llmc.ir.graph import Module
 from llmc.templating import render, static_file
@@ -60,9 +59,11 @@ def kernel_context(name: str, module: Module, compiled: Compiled, timing: Timing
 def cycle_account_constants(timing: TimingModel) -> dict:
     """What C-simulation's cycle account charges for memory and control: the timing model's port rate,
     first-request latency and per-instruction fetch and decode."""
-    word_cycles = max(1.0, WORD_BITS / 8 / timing.channel_bytes_per_cycle)
-    return {"word_cycles": word_cycles, "word_bytes": timing.channel_bytes_per_cycle,
-            "word_extra_q16": round((word_cycles - 1.0) * 65536), "latency": HBM_LATENCY,
+    port = timing.port
+    return {"word_cycles": port.word_cycles, "word_bytes": port.bytes_per_cycle,
+            "word_extra_q16": round((port.word_cycles - 1.0) * 65536), "latency": port.latency,
+            "read_gap": port.read_gap, "write_gap": port.write_gap,
+            "read_gap_q16": round(port.read_gap * 65536), "write_gap_q16": round(port.write_gap * 65536),
             "instr_depth": INSTR_OVERHEAD}
 
 

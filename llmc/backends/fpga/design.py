@@ -7,6 +7,7 @@ simulators all read this one object. :class:`KernelPort` lists the top kernel's 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -23,8 +24,9 @@ ACT_FRAC = 16  # activations are int32 fixed point with 16 fractional bits (Q15.
 class AcceleratorConfig:
     """One accelerator design.
 
-    The matrix engine has ``mm_lanes`` lanes; lane ``i`` reads its weight tiles from weight
-    channel ``i`` and produces ``mm_tile_n`` outputs at a time, consuming ``mm_tile_k`` inputs per
+    The matrix engine has ``mm_lanes`` lanes; lane ``i`` reads its weight tiles through its own port
+    from channel ``weight_channels[i]`` (two lanes may share a channel where one port cannot reach its
+    peak) and produces ``mm_tile_n`` outputs at a time, consuming ``mm_tile_k`` inputs per
     cycle (int8 x int8, or two int4 x int8 MACs packed per DSP48E2). ``sparse_n:sparse_m`` is the
     N:M pattern the sparse DSP chain selects (0:0 for none). The LUT engine looks up ``lut_lanes``
     tables of ``2^(lut_g-1)`` entries per cycle. The SFU processes ``sfu_lanes`` elements per cycle.
@@ -46,7 +48,7 @@ class AcceleratorConfig:
     max_hidden: int  # widest activation row (hidden or intermediate size)
     max_context: int  # KV cache length
     act_buffers: int  # number of on-chip activation buffers
-    weight_channels: tuple[int, ...]  # HBM pseudo-channels holding weights (one per lane)
+    weight_channels: tuple[int, ...]  # the memory channel of each lane's port (a channel may serve several)
     kv_channels: tuple[int, ...]  # HBM pseudo-channels holding the KV cache (may be the weight channels)
     io_channel: int  # HBM pseudo-channel for token ids in / logits out
     program_memory: str = "DDR[0]"  # where instructions live
@@ -91,7 +93,9 @@ def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
     ports = [KernelPort("program", "m_axi", "gmem_prog", config.program_memory)]
     bank = config.memory_bank.format
     ports += [KernelPort(f"w{i}", "m_axi", f"gmem_w{i}", bank(ch)) for i, ch in enumerate(config.weight_channels)]
-    lane_of = {ch: i for i, ch in enumerate(config.weight_channels)}
+    lane_of: dict[int, int] = {}  # a channel's first lane
+    for i, ch in enumerate(config.weight_channels):
+        lane_of.setdefault(ch, i)
 
     def on(channel: int, name: str) -> KernelPort:  # in the lane's bundle when the channel is a lane's
         bundle = f"gmem_w{lane_of[channel]}" if channel in lane_of else f"gmem_{name}"
@@ -101,6 +105,11 @@ def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
     ports.append(on(config.io_channel, "io"))
     ports += [KernelPort(name, "scalar") for name in ("n_instr", "seq_len", "start_pos", "first_instr")]
     return ports
+
+
+def lanes_per_channel(config: AcceleratorConfig) -> int:
+    """The most weight lanes (each its own port) that read one memory channel."""
+    return max(Counter(config.weight_channels).values())
 
 
 def bucket_for(buckets: Sequence[int], rows: int) -> int:

@@ -18,9 +18,10 @@ from llmc.backends.fpga import pack
 from llmc.errors import LlmcError
 from llmc.sizes import human_bytes
 
-from .design import AcceleratorConfig
+from .design import AcceleratorConfig, lanes_per_channel
 from .resources import Utilisation, estimate
 from .target import Target
+from .timing import TimingModel
 
 SPARSE_M = (4, 8, 16)  # N:M group sizes the sparse DSP chain selects from
 ACT_BUFFERS = 4  # a typical decoder block's need: residual stream, normalised input, projection, MLP gate/up
@@ -166,19 +167,25 @@ def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds
     the peak bandwidth.
     """
     hz = config.clock_mhz * 1e6
-    channel = target.memory.channel_gbs * 1e9
+    lane = lane_gbs(config, target) * 1e9  # what one lane's port streams
     if needs.matrices:
         compute = sum(matrix_cycles(config, m) for m in needs.matrices) / hz
     else:
         compute = needs.macs_per_token / (config.mm_lanes * config.mm_tile_k * hz)
     return DecodeEstimate(
-        weights_s=lane_stream_bytes(config, needs) / channel,
+        weights_s=lane_stream_bytes(config, needs) / lane,
         compute_s=compute,
-        kv_s=max(needs.kv_bytes / 2 / (len(config.kv_channels) * channel),
+        kv_s=max(needs.kv_bytes / 2 / (len(config.kv_channels) * lane),
                  needs.attention_macs / 2 / (config.mm_lanes * config.mm_tile_k * hz)),
         sfu_s=needs.sfu_elements / (config.sfu_lanes * hz),
-        fill_s=first_tile_bytes(config, needs) / channel,
+        fill_s=first_tile_bytes(config, needs) / lane,
     )
+
+
+def lane_gbs(config: AcceleratorConfig, target: Target) -> float:
+    """GB/s one lane's port streams sequentially: the memory model's rate (:mod:`llmc.backends.fpga.memory`)."""
+    timing = TimingModel.for_design(config, target)
+    return timing.channel_bytes_per_cycle * timing.hz / 1e9
 
 
 def matrix_cycles(config: AcceleratorConfig, m: Matrix) -> float:
@@ -210,14 +217,15 @@ def explore(
 ) -> tuple[AcceleratorConfig, Utilisation]:
     """Choose the accelerator for ``needs`` on ``target`` within ``budget`` of every usable resource.
 
-    Enumerates matrix lanes (one memory channel each), KV channel plans, tile sizes,
+    Enumerates matrix lanes (on as many memory channels, or, where the board's channels need more than one
+    port to reach their peak, up to ``ports_per_channel`` lanes a channel), KV channel plans, tile sizes,
     LUT lanes (when the model has LUT layers) and SFU lanes. Among designs within ``TIME_TOLERANCE``
     of the fastest decode, it prefers those whose compute keeps up with the weight stream, then the
     smallest (lowest peak fraction, then lowest sum of fractions). With ``decode_time`` (a decode
     step's seconds from the timing model over the design's compiled program), the ``SHORTLIST``
     designs :func:`estimate_decode` finds fastest are ranked by it instead: the figure the design
     reports is the one it was chosen by. Channels: weights on
-    ``0..mm_lanes-1``; the KV cache striped over those same channels (a decode step streams weights
+    ``0..mm_lanes / per channel - 1`` (lanes ``p * i .. p * i + p - 1`` on channel ``i``); the KV cache striped over those same channels (a decode step streams weights
     and cache at different times, so every channel serves both) or over channels of its own after
     them; io next; the program in DDR[0], or on the io channel when the board has no DDR. A model
     with only LUT layers keeps the 8-bit matrix datapath for attention.
@@ -254,26 +262,27 @@ def explore(
     fitting: list[tuple[DecodeEstimate, Utilisation, AcceleratorConfig]] = []
     fastest = float("inf")
     closest: Utilisation | None = None
-    for (lanes, kv, shared), tile_n, tile_k, lut, sfu in product(
-        _channel_plans(target, needs), TILE_N, TILE_K, lut_lanes, SFU_LANES
+    for (lanes, kv, shared), per, tile_n, tile_k, lut, sfu in product(
+        _channel_plans(target, needs), range(1, target.memory.ports_per_channel + 1), TILE_N, TILE_K, lut_lanes,
+        SFU_LANES
     ):
-        weights = tuple(range(lanes))
+        weights = tuple(c for c in range(lanes) for _ in range(per))
         io = min(lanes, target.memory.channels - 1) if shared else lanes + kv  # io shares the last lane at full width
         config = AcceleratorConfig(
             **base,
-            mm_lanes=lanes,
+            mm_lanes=lanes * per,
             mm_tile_n=tile_n,
             mm_tile_k=tile_k,
             lut_lanes=lut,
             sfu_lanes=sfu,
             weight_channels=weights,
-            kv_channels=weights if shared else tuple(range(lanes, io)),
+            kv_channels=tuple(range(lanes)) if shared else tuple(range(lanes, io)),
             io_channel=io,
             program_memory=target.ddr.bank_format.format(0) if target.ddr.banks else target.memory.bank_format.format(io),
             memory_bank=target.memory.bank_format,
         )
-        if lane_bytes(config, needs) > target.memory.channel_bytes:
-            continue  # its tiles (and its share of the cache) do not fit one channel per lane
+        if channel_bytes_needed(config, needs) > target.memory.channel_bytes:
+            continue  # its lanes' tiles (and its share of the cache) do not fit a channel
         decode = estimate_decode(config, target, needs)
         if decode_time is None and decode.total_s > fastest * (1 + TIME_TOLERANCE):
             continue  # slower than a design that fits: never chosen
@@ -323,8 +332,11 @@ def check_fits(config: AcceleratorConfig, target: Target, *, budget: float = 1.0
     outside = [c for c in channels if not 0 <= c < target.memory.channels]
     if outside:
         raise LlmcError(f"{where}: channel {outside[0]} is outside {target.name}'s {target.memory.channels} channels")
+    if lanes_per_channel(config) > target.memory.ports_per_channel:
+        raise LlmcError(f"{where}: {lanes_per_channel(config)} weight lanes on one channel; {target.name}'s "
+                        f"channels serve {target.memory.ports_per_channel} port(s) each")
     kv_only = set(config.kv_channels) - set(config.weight_channels)
-    distinct = [*config.weight_channels, *kv_only]
+    distinct = [*set(config.weight_channels), *kv_only]
     if config.io_channel not in config.weight_channels:
         distinct.append(config.io_channel)
     if len(set(distinct)) != len(distinct) or len(set(config.kv_channels)) != len(config.kv_channels):
@@ -350,16 +362,16 @@ def lane_stream_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> float:
     return sum(m.lane_bytes(config) for m in needs.matrices)
 
 
-def lane_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:
-    """What the fullest weight channel holds: its tiles (each layer reserves the same span on every lane),
-    its share of the embedding rows and, when the cache shares the lanes, its stripe of the KV cache;
-    without ``matrices``, an even share of the weights with headroom."""
+def channel_bytes_needed(config: AcceleratorConfig, needs: ModelNeeds) -> int:
+    """What the fullest weight channel holds: its lanes' tiles (each layer reserves the same span on every
+    lane), their share of the embedding rows and, when the cache shares the lanes' channels, its stripe of the
+    KV cache; without ``matrices``, an even share of the weights with headroom."""
     if needs.matrices:
         weights = sum(m.stored * m.lane_bytes(config) for m in needs.matrices) + ceil(needs.vocab / config.mm_lanes) * pack.align(needs.hidden * 2)
     else:
         weights = ceil(needs.weight_bytes * WEIGHT_HEADROOM / config.mm_lanes)
     shared = set(config.kv_channels) & set(config.weight_channels)
-    return weights + (kv_channel_bytes(config, needs) if shared else 0)
+    return lanes_per_channel(config) * weights + (kv_channel_bytes(config, needs) if shared else 0)
 
 
 def kv_channel_bytes(config: AcceleratorConfig, needs: ModelNeeds) -> int:

@@ -53,7 +53,10 @@ class Memory:
     channels: int
     channel_bytes: int
     bandwidth_gbs: float  # aggregate peak, GB/s
-    efficiency: float  # fraction of the peak a streaming kernel achieves
+    efficiency: float  # fraction of a channel's peak one port reads sequentially (measured)
+    latency_ns: float  # a read's round trip, request to first word
+    port_gbs: float  # the most one AXI port into a channel carries
+    ports_per_channel: int  # kernel ports one channel may serve (each at most port_gbs)
     bank: str = ""  # v++ connectivity name of channel {} ("HBM[{}]", "DDR[{}]", "HP{}"); "" for the kind's
 
     @property
@@ -67,8 +70,12 @@ class Memory:
 
     @property
     def channel_gbs(self) -> float:
-        """Achievable bandwidth of one channel in GB/s."""
+        """What one channel delivers to sequential reads, GB/s: its peak share at the measured efficiency."""
         return self.bandwidth_gbs * self.efficiency / self.channels
+
+    @property
+    def channel_peak_gbs(self) -> float:
+        return self.bandwidth_gbs / self.channels
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,9 @@ def _parse(top: _Fields) -> Target:
             channel_bytes=memory.integer("channel_bytes"),
             bandwidth_gbs=memory.number("bandwidth_gbs"),
             efficiency=memory.number("efficiency", at_most=1.0),
+            latency_ns=memory.number("latency_ns"),
+            port_gbs=memory.number("port_gbs"),
+            ports_per_channel=memory.integer("ports_per_channel"),
             bank=memory.bank(),
         ),
         ddr=Ddr(

@@ -5,9 +5,11 @@ The model is the closed form of the kernel's own structure (``kernel/llmc_accel.
 the same loops as it runs (``include/llmc_cycles.h``) and ``llmc verify --levels cycles`` holds the two within
 10% of each other per call. Per instruction:
 
-- **memory**: a channel delivers one 512-bit word every ``word_cycles`` = 64 / (``min(port bytes, channel
-  peak / clock)`` x ``efficiency``) cycles (the board's memory model); an instruction's first request waits
-  ``HBM_LATENCY`` cycles, later bursts are outstanding reads;
+- **memory** (:mod:`llmc.backends.fpga.memory`): a port streams one 512-bit word every ``word_cycles``
+  (the least of the port, the board's AXI port, its share of the channel at the measured efficiency and the
+  reads in flight); an instruction's first request waits ``latency`` cycles, later bursts are outstanding
+  reads; a transaction at an address that does not follow the port's last one (the KV cache's rows, a norm's
+  weights) takes at least the transaction gap;
 - **matrix engine** (``MM``, ``XMM``): the input rows are quantised on the SFU (two passes), then each pass of
   ``row_block`` rows is a dataflow region: every lane's loader streams its tiles (lane ``l`` takes tiles
   ``l, l + lanes, ...``; scales first, then codes) from its own channel while the lane's MAC array consumes
@@ -17,7 +19,7 @@ the same loops as it runs (``include/llmc_cycles.h``) and ``llmc verify --levels
   activations per cycle per group and row; when only SFU instructions and readers of lane 0's channel lie
   between two ``MM``s, each loader reads the second's first tile once its own tiles of the first are read;
 - **attention** (``ATTN``): the query rows quantised on the SFU; per KV head, the KV channels' loaders read
-  their rows (K and V codes, then a word for each scale), then per query row and head the lanes score their
+  their rows (K and V codes, then each scale: four transactions a row), then per query row and head the lanes score their
   keys (``key = lane mod lanes``, ``head_dim / mm_tile_k`` cycles a key) and, a second pass, weigh them; the
   SFU adds the lanes' sums;
 - **SFU**: ``sfu_lanes`` elements per cycle per pass over a row (RMSNorm three passes, LayerNorm four, the
@@ -36,14 +38,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from math import ceil
 
-from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig, bucket_for, chunks
+from llmc.backends.fpga.design import (
+    READ_BURST,
+    READS_OUTSTANDING,
+    WORD_BITS,
+    WRITES_OUTSTANDING,
+    AcceleratorConfig,
+    bucket_for,
+    chunks,
+    lanes_per_channel,
+)
 from llmc.backends.fpga.isa import Instruction, MmFlags
+from llmc.backends.fpga.memory import PortTiming, port_timing
 from llmc.backends.fpga.pack import align, code_bytes
 from llmc.backends.fpga.target import Target
 from llmc.errors import LlmcError
 
 RUN_PREFILL, RUN_DECODE = 128, 128  # the run behind a design's decode figure (llmc simulate's defaults)
-HBM_LATENCY = 64  # cycles from an HBM read request to its first beat (AXI interconnect included)
 INSTR_OVERHEAD = 16  # fetch, decode and pipeline fill per instruction
 WORD_BYTES = WORD_BITS // 8
 
@@ -79,21 +90,25 @@ class TimingModel:
 
     config: AcceleratorConfig
     clock_mhz: float
-    port_bits: int
-    channel_gbs: float  # peak of one memory channel, GB/s
-    efficiency: float
+    port: PortTiming  # each kernel port's memory timing (:mod:`llmc.backends.fpga.memory`)
+    channel_peak_gbs: float  # peak of one memory channel, GB/s
     board_gbs: float  # aggregate peak of the board's memory, GB/s
     power: PowerModel = field(default_factory=PowerModel)
     layer_names: dict[int, str] = field(default_factory=dict)  # MM weight_off -> layer name
 
     @classmethod
-    def for_design(cls, config: AcceleratorConfig, target: Target, **overrides: float) -> TimingModel:
-        """The model at the design's clock and the board's calibrated memory efficiency; ``overrides``
-        replace ``clock_mhz``, ``port_bits`` or ``efficiency``."""
+    def for_design(cls, config: AcceleratorConfig, target: Target, *, clock_mhz: float | None = None,
+                   port_bits: int = WORD_BITS, efficiency: float | None = None) -> TimingModel:
+        """The model at the design's clock (or ``clock_mhz``) with the board's memory model; ``port_bits``
+        and ``efficiency`` replace the port width and the board's measured efficiency."""
         mem = target.memory
-        model = cls(config, config.clock_mhz, WORD_BITS, mem.bandwidth_gbs / mem.channels, mem.efficiency,
-                    mem.bandwidth_gbs)
-        return replace(model, **overrides)
+        clock = config.clock_mhz if clock_mhz is None else clock_mhz
+        port = port_timing(
+            clock_mhz=clock, port_bits=port_bits, port_gbs=mem.port_gbs,
+            channel_gbs=mem.channel_peak_gbs * (mem.efficiency if efficiency is None else efficiency),
+            sharing=lanes_per_channel(config), latency_ns=mem.latency_ns, reads=READS_OUTSTANDING,
+            read_burst=READ_BURST, writes=WRITES_OUTSTANDING)
+        return cls(config, clock, port, mem.channel_peak_gbs, mem.bandwidth_gbs)
 
     @classmethod
     def for_image(cls, image: object, **overrides: float) -> TimingModel:
@@ -108,21 +123,36 @@ class TimingModel:
 
     @property
     def channel_bytes_per_cycle(self) -> float:
-        """What one channel delivers per kernel cycle: the narrower of the port and the channel, at efficiency."""
-        return min(self.port_bits / 8, self.channel_gbs * 1e9 / self.hz) * self.efficiency
+        """What one lane's port streams per kernel cycle (:func:`~llmc.backends.fpga.memory.port_timing`)."""
+        return self.port.bytes_per_cycle
+
+    @property
+    def channel_peak_bytes_per_cycle(self) -> float:
+        """A channel's peak per kernel cycle (the roofline's bandwidth)."""
+        return self.channel_peak_gbs * 1e9 / self.hz
 
     @property
     def word_cycles(self) -> float:
-        """Cycles a port spends on one 512-bit word (at least one: a loop moves a word per cycle at most)."""
-        return max(1.0, WORD_BYTES / self.channel_bytes_per_cycle)
+        """Cycles a port spends on one 512-bit word of a sequential stream."""
+        return self.port.word_cycles
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a memory request to its first word."""
+        return self.port.latency
 
     @property
     def peak_macs_per_cycle(self) -> int:
         return self.config.mm_lanes * self.config.mm_tile_k
 
     def _move(self, nbytes: float) -> float:
-        """Cycles of one burst of ``nbytes`` through a port (whole words)."""
+        """Cycles of ``nbytes`` streamed through a port (whole words), following the port's last transaction."""
         return ceil(nbytes / WORD_BYTES) * self.word_cycles
+
+    def _seek(self, nbytes: float, write: bool = False) -> float:
+        """Cycles of one transaction of ``nbytes`` at an address that does not follow the port's last one:
+        its words, but no sooner than the transaction gap after the one before."""
+        return max(self._move(nbytes), self.port.write_gap if write else self.port.read_gap)
 
     def _pass(self, elements: int) -> int:
         """Cycles of one SFU pass over ``elements`` elements."""
@@ -158,13 +188,14 @@ class TimingModel:
                 out.append(self._io(4 * rows))
                 now, ahead = now + out[-1].cycles, None
             elif ins.op in ("MM", "XMM") and MmFlags.decode(int(ins.fields["flags"])).to_io:
-                out.append(self._io(rows * int(ins.fields["n"]) * 4))  # the logits
+                out.append(self._io(rows * int(ins.fields["n"]) * 4, write=True))  # the logits
                 now += out[-1].cycles
         return out
 
-    def _io(self, nbytes: int) -> Cost:
-        """One burst between io and the kernel's buffer: a call's token ids or its logits."""
-        return Cost("IO", HBM_LATENCY + self._move(nbytes), self._move(nbytes), 0.0, nbytes)
+    def _io(self, nbytes: int, write: bool = False) -> Cost:
+        """One burst between io and the kernel's buffer: a call's token ids, or its logits (``write``)."""
+        memory = self._seek(nbytes, write)
+        return Cost("IO", self.latency + memory, memory, 0.0, nbytes)
 
     def cost(self, ins: Instruction, rows: int, start_pos: int) -> Cost:
         """The modelled cost of ``ins`` on ``rows`` rows at position ``start_pos``."""
@@ -184,34 +215,35 @@ class TimingModel:
             return self._simple("ROUTE", 0.0, rows * per_row, 0, sfu_elements=rows * per_row)
         if ins.op == "KVAPP":  # per row: int8 codes per head, then its codes and scales written to its channel
             kvh, d = int(f["kv_heads"]), int(f["head_dim"])
-            memory = rows * (self._move(kvh * d) + self._move(kvh * 4))
+            memory = rows * (self._seek(kvh * d, write=True) + self._seek(kvh * 4, write=True))
             sfu = rows * self._quant8(kvh * d, d)
             return self._simple("KVAPP", memory, sfu, rows * (kvh * d + 4 * kvh), sfu_elements=2 * rows * kvh * d,
                                 serial=True)
         if ins.op == "EMBED":  # per row: its table entry, then converted on the SFU
             nbytes = align(cols * 2)
-            return self._simple("EMBED", rows * self._move(cols * 2), rows * self._pass(cols), rows * nbytes,
+            return self._simple("EMBED", rows * self._seek(cols * 2), rows * self._pass(cols), rows * nbytes,
                                 sfu_elements=rows * cols, serial=True)
         if ins.op == "NORM":  # the weights, then per row (per head for QK-norm) three passes
             group = int(f.get("group", 0)) or cols
             sfu = rows * (cols // group) * 3 * self._pass(group)
-            return self._simple("NORM", self._move(cols * 4), sfu, cols * 4, sfu_elements=3 * rows * cols, serial=True)
+            return self._simple("NORM", self._seek(cols * 4), sfu, cols * 4, sfu_elements=3 * rows * cols, serial=True)
         if ins.op == "LNORM":  # weights and biases, then per row four passes (the sum first)
             sfu = rows * 4 * self._pass(cols)
-            return self._simple("LNORM", 2 * self._move(cols * 4), sfu, 2 * cols * 4, sfu_elements=4 * rows * cols,
+            return self._simple("LNORM", 2 * self._seek(cols * 4), sfu, 2 * cols * 4, sfu_elements=4 * rows * cols,
                                 serial=True)
         if ins.op == "ESCALE":
-            return self._simple("ESCALE", self._move(cols * 4), self._pass(rows * cols), cols * 4,
+            return self._simple("ESCALE", self._seek(cols * 4), self._pass(rows * cols), cols * 4,
                                 sfu_elements=rows * cols, serial=True)
         if ins.op == "ROPE":  # per row: its cos and sin table rows, then the pairs (and any pass-through columns)
             half, head_dim = int(f["rotary_dim"]) // 2, int(f["head_dim"])
             sfu = self._pass(cols // head_dim * half) + (self._pass(cols) if 2 * half < head_dim else 0)
-            return self._simple("ROPE", rows * 2 * self._move(half * 4), rows * sfu, rows * half * 4 * 2,
+            return self._simple("ROPE", rows * 2 * self._seek(half * 4), rows * sfu, rows * half * 4 * 2,
                                 sfu_elements=rows * cols, serial=True)
         if ins.op in ("ACT", "EMUL", "EADD", "WEIGH"):
             return self._simple(ins.op, 0.0, self._pass(rows * cols), 0, sfu_elements=rows * cols)
-        if ins.op in ("SEND", "RECV"):  # int32 rows between an activation buffer and io, a row per burst
-            return self._simple(ins.op, rows * self._move(cols * 4), 0.0, rows * cols * 4, serial=True)
+        if ins.op in ("SEND", "RECV"):  # int32 rows between an activation buffer and io, a row per burst, contiguous
+            memory = self._seek(cols * 4, write=ins.op == "SEND") + (rows - 1) * self._move(cols * 4)
+            return self._simple(ins.op, memory, 0.0, rows * cols * 4, serial=True)
         if ins.op == "SYNC":  # the cluster's time between segments is the link model's
             return Cost("SYNC", 0.0, 0.0, 0.0, 0)
         raise LlmcError(f"timing: no model for opcode {ins.op}")
@@ -220,7 +252,7 @@ class TimingModel:
                 serial: bool = False) -> Cost:
         """An instruction that moves ``memory`` cycles of words and computes ``compute`` cycles, one after
         the other (``serial``: the kernel's loops do both in turn) or without memory."""
-        latency = HBM_LATENCY if nbytes else 0
+        latency = self.latency if nbytes else 0
         busy = memory + compute if serial else max(memory, compute)
         return Cost(op, busy + latency + INSTR_OVERHEAD, memory, compute, nbytes, sfu_elements=sfu_elements)
 
@@ -255,11 +287,11 @@ class TimingModel:
                 per_tile = streamed + after if name == "dsp" else after
                 start = INSTR_OVERHEAD + cycles  # the pass's region, from the instruction's start
                 if ahead is None:  # tile t's last word, from the region's start
-                    arrivals = [HBM_LATENCY + (t + 1) * tile_cycles + 1 for t in range(lane_tiles)]
-                    loads_end = start + HBM_LATENCY + lane_tiles * tile_cycles
+                    arrivals = [self.latency + (t + 1) * tile_cycles + 1 for t in range(lane_tiles)]
+                    loads_end = start + self.latency + lane_tiles * tile_cycles
                 else:  # the first tile read during the MM before; the rest once the port is free
                     # a port still reading the tile ahead queues the next requests behind it
-                    port = ahead - start if ahead > start else (HBM_LATENCY if lane_tiles > 1 else 0)
+                    port = ahead - start if ahead > start else (self.latency if lane_tiles > 1 else 0)
                     arrivals = [ahead - start + 1] + [port + t * tile_cycles + 1 for t in range(1, lane_tiles)]
                     loads_end = start + port + (lane_tiles - 1) * tile_cycles
                 done, filled = ready, 0.0
@@ -274,7 +306,7 @@ class TimingModel:
                 memory += lane_tiles * tile_cycles
                 ready, ahead = 0.0, None
         cycles = max(cycles, quant)
-        read_ahead = loads_end + HBM_LATENCY + next_words * self.word_cycles if next_words else 0.0
+        read_ahead = loads_end + self.latency + next_words * self.word_cycles if next_words else 0.0
         density = sparse[0] / sparse[1] if sparse else 1.0  # N:M sparse tiles skip the zeros
         passes = sum(ceil(share / row_block) for share in shares)
         return Cost("MM", cycles + INSTR_OVERHEAD, memory, compute, passes * tiles * tile_bytes,
@@ -289,8 +321,8 @@ class TimingModel:
         s = start_pos + rows
         first = max(0, start_pos + 1 - window) if window else 0  # a sliding window reads only its rows
         busiest = ceil((s - first) / len(c.kv_channels))  # rows on the fullest KV channel
-        row_words = 2 * ceil(d / WORD_BYTES) + 2  # K and V codes, then a word for each scale
-        memory = kvh * (HBM_LATENCY + busiest * row_words * self.word_cycles)
+        row = 2 * self._seek(d) + 2 * self._seek(4)  # K and V codes, then each scale: four transactions
+        memory = kvh * (self.latency + busiest * row)
         steps = ceil(d / c.mm_tile_k)
         seen = [min(start_pos + t + 1, window) if window else start_pos + t + 1 for t in range(rows)]
         lanes = sum(2 * ceil(keys / c.mm_lanes) * steps for keys in seen) * heads

@@ -7,8 +7,10 @@
 // - Dataflow regions (Region): their processes start together and the region ends with the slowest. C-simulation
 //   runs the processes one after another, producers first; each starts at the region's start and a process
 //   that reads a timed_stream waits for each element's write (one cycle of FIFO latency after it).
-// - Memory: an HBM port delivers one 512-bit word per word_cycles() (the board's memory model, set by the
-//   kernel); the first request of an instruction waits hbm_latency() cycles, later bursts are outstanding reads.
+// - Memory: a port delivers one 512-bit word per word cycle (the board's memory model, set by the kernel); the
+//   first request of an instruction waits hbm_latency() cycles, later bursts are outstanding reads. A transaction
+//   (Transaction) that does not start where its port's last one ended takes at least the gap between
+//   transactions at unrelated addresses (the round trip over the requests in flight).
 #ifndef LLMC_CYCLES_H
 #define LLMC_CYCLES_H
 
@@ -18,6 +20,7 @@
 #include <hls_stream.h>
 #else
 #include <deque>
+#include <map>
 #include <utility>
 #endif
 
@@ -36,9 +39,12 @@ inline uint64_t* opcode_cycles() {
   return cycles;
 }
 
-// The memory model of the account: extra cycles per port word in 1/65536ths, and the first request's latency.
+// The memory model of the account: extra cycles per port word and the least cycles of a transaction at an
+// unrelated address (reads, writes), in 1/65536ths; the first request's latency.
 struct PortModel {
   uint32_t extra_q16 = 0;
+  uint32_t read_gap_q16 = 0;
+  uint32_t write_gap_q16 = 0;
   uint32_t latency = 0;
   uint32_t owed_q16 = 0;  // the stall fractions not yet charged (kept across bursts: the rate holds over them)
 };
@@ -58,6 +64,11 @@ inline void hbm_latency() {}
 class PortClock {
  public:
   void beat() {}
+};
+
+class Transaction {
+ public:
+  Transaction(const void*, uint64_t, int, bool) {}
 };
 
 class Region {
@@ -96,6 +107,38 @@ class PortClock {
     cycle_account() += m.owed_q16 >> 16;
     m.owed_q16 &= 0xFFFFu;
   }
+};
+
+// One burst of n bytes at byte offset off of a port: when it does not start where the port's last one ended, it
+// ends no sooner than the read (or write) gap after it started.
+class Transaction {
+ public:
+  Transaction(const void* port, uint64_t off, int n, bool write)
+      : start_(cycle_account()), port_(port), end_(off + (uint64_t)n), write_(write) {
+    std::map<const void*, uint64_t>::const_iterator last = ends().find(port);
+    sequential_ = last != ends().end() && last->second == off;
+  }
+  ~Transaction() {
+    ends()[port_] = end_;
+    if (sequential_) return;
+    PortModel& m = port_model();
+    const uint64_t gap_q16 = write_ ? m.write_gap_q16 : m.read_gap_q16;
+    const uint64_t spent_q16 = (cycle_account() - start_) << 16;
+    if (spent_q16 >= gap_q16) return;
+    m.owed_q16 += (uint32_t)(gap_q16 - spent_q16);
+    cycle_account() += m.owed_q16 >> 16;
+    m.owed_q16 &= 0xFFFFu;
+  }
+
+ private:
+  static std::map<const void*, uint64_t>& ends() {
+    static std::map<const void*, uint64_t> last_end;
+    return last_end;
+  }
+  uint64_t start_;
+  const void* port_;
+  uint64_t end_;
+  bool write_, sequential_;
 };
 
 // A dataflow region: begin() and end() around each process, in the order C-simulation runs them.

@@ -25,6 +25,7 @@ static const int WORD_BYTES = 64;
 inline void read_bytes(const word_t* port, uint64_t off, uint8_t* dst, int n) {
   uint64_t word = off / WORD_BYTES;
   int skip = (int)(off % WORD_BYTES);
+  Transaction transaction(port, off, n, false);
   PortClock clock;
   for (int i = 0; i < n; ++word) {
     LLMC_PIPELINE_II1;
@@ -49,6 +50,7 @@ inline void word_bytes(const word_t& word, uint8_t* out) {
 inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n) {
   uint64_t word = off / WORD_BYTES;
   int skip = (int)(off % WORD_BYTES);
+  Transaction transaction(port, off, n, true);
   PortClock clock;
   for (int i = 0; i < n; ++word) {
     LLMC_PIPELINE_II1;

@@ -109,6 +109,10 @@ int main(int argc, char** argv) {
     std::vector<word_t> w17 = to_words(weights.section("w17"), 64);
     std::vector<word_t> w18 = to_words(weights.section("w18"), 64);
     std::vector<word_t> w19 = to_words(weights.section("w19"), 64);
+    std::vector<word_t> w20 = to_words(weights.section("w20"), 64);
+    std::vector<word_t> w21 = to_words(weights.section("w21"), 64);
+    std::vector<word_t> w22 = to_words(weights.section("w22"), 64);
+    std::vector<word_t> w23 = to_words(weights.section("w23"), 64);
     std::vector<word_t> kv0 = to_words({}, 384);
     std::vector<word_t> kv1 = to_words({}, 384);
     std::vector<word_t> kv2 = to_words({}, 384);
@@ -129,14 +133,18 @@ int main(int argc, char** argv) {
     std::vector<word_t> kv17 = to_words({}, 384);
     std::vector<word_t> kv18 = to_words({}, 384);
     std::vector<word_t> kv19 = to_words({}, 384);
+    std::vector<word_t> kv20 = to_words({}, 384);
+    std::vector<word_t> kv21 = to_words({}, 384);
+    std::vector<word_t> kv22 = to_words({}, 384);
+    std::vector<word_t> kv23 = to_words({}, 384);
     std::vector<word_t> io = to_words({}, IO_MEMORY_BYTES);
     const int buckets[] = { 1, 16, 64 };
     std::vector<std::vector<word_t>> programs;
     for (int b : buckets) programs.push_back(to_words(program.section("bucket_" + std::to_string(b)), 64));
     // One kernel call: program `which` on `rows` rows at position `pos`, from instruction `first`.
     auto call = [&](size_t which, int rows, int pos, int first) {
-      llmc_accel(programs[which].data(), w0.data(), w1.data(), w2.data(), w3.data(), w4.data(), w5.data(), w6.data(), w7.data(), w8.data(), w9.data(), w10.data(), w11.data(), w12.data(), w13.data(), w14.data(), w15.data(), w16.data(), w17.data(), w18.data(), w19.data(),
-                 kv0.data(), kv1.data(), kv2.data(), kv3.data(), kv4.data(), kv5.data(), kv6.data(), kv7.data(), kv8.data(), kv9.data(), kv10.data(), kv11.data(), kv12.data(), kv13.data(), kv14.data(), kv15.data(), kv16.data(), kv17.data(), kv18.data(), kv19.data(), io.data(), (int)programs[which].size(), rows, pos,
+      llmc_accel(programs[which].data(), w0.data(), w1.data(), w2.data(), w3.data(), w4.data(), w5.data(), w6.data(), w7.data(), w8.data(), w9.data(), w10.data(), w11.data(), w12.data(), w13.data(), w14.data(), w15.data(), w16.data(), w17.data(), w18.data(), w19.data(), w20.data(), w21.data(), w22.data(), w23.data(),
+                 kv0.data(), kv1.data(), kv2.data(), kv3.data(), kv4.data(), kv5.data(), kv6.data(), kv7.data(), kv8.data(), kv9.data(), kv10.data(), kv11.data(), kv12.data(), kv13.data(), kv14.data(), kv15.data(), kv16.data(), kv17.data(), kv18.data(), kv19.data(), kv20.data(), kv21.data(), kv22.data(), kv23.data(), io.data(), (int)programs[which].size(), rows, pos,
                  first);
     };
     auto put_ids = [&](const int* ids, int rows) {

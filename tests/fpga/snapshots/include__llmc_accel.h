@@ -7,8 +7,8 @@
 #include "llmc_mem.h"
 
 namespace llmc {
-static const int LANES = 20;
-static const int KV_CHANNELS = 20;  // cache row j: channel j % KV_CHANNELS
+static const int LANES = 24;
+static const int KV_CHANNELS = 24;  // cache row j: channel j % KV_CHANNELS
 static const int TILE_N = 16;
 static const int TILE_K = 64;
 static const int MAX_ROWS = 64;
@@ -22,10 +22,13 @@ static const int MAX_HEADS = 2;
 static const int SFU_LANES = 64;
 static const int LUT_G = 4;
 // The cycle account's memory and control (llmc_cycles.h; the timing model's constants, llmc/backends/fpga/timing.py):
-// a port word costs 1.7124 cycles (37.38 bytes per cycle per channel at 250.0 MHz),
-// an instruction's first memory request 64 cycles, an instruction's fetch and decode 16.
-static const uint32_t WORD_EXTRA_Q16 = 46686;
-static const int HBM_LATENCY = 64;
+// a port word costs 1.2218 cycles (52.38 bytes per cycle per port at 250.0 MHz),
+// a transaction at an unrelated address at least 6.7188 cycles (a read) or 26.8750 (a write),
+// an instruction's first memory request 54 cycles, an instruction's fetch and decode 16.
+static const uint32_t WORD_EXTRA_Q16 = 14535;
+static const uint32_t READ_GAP_Q16 = 440320;
+static const uint32_t WRITE_GAP_Q16 = 1761280;
+static const int HBM_LATENCY = 54;
 static const int INSTR_DEPTH = 16;
 }  // namespace llmc
 
@@ -51,6 +54,10 @@ extern "C" void llmc_accel(
     const llmc::word_t* w17,
     const llmc::word_t* w18,
     const llmc::word_t* w19,
+    const llmc::word_t* w20,
+    const llmc::word_t* w21,
+    const llmc::word_t* w22,
+    const llmc::word_t* w23,
     llmc::word_t* kv0,
     llmc::word_t* kv1,
     llmc::word_t* kv2,
@@ -71,6 +78,10 @@ extern "C" void llmc_accel(
     llmc::word_t* kv17,
     llmc::word_t* kv18,
     llmc::word_t* kv19,
+    llmc::word_t* kv20,
+    llmc::word_t* kv21,
+    llmc::word_t* kv22,
+    llmc::word_t* kv23,
     llmc::word_t* io,
     int n_instr,
     int seq_len,

@@ -178,7 +178,11 @@ static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
                       const word_t* w16,
                       const word_t* w17,
                       const word_t* w18,
-                      const word_t* w19) {
+                      const word_t* w19,
+                      const word_t* w20,
+                      const word_t* w21,
+                      const word_t* w22,
+                      const word_t* w23) {
   switch (lane) {
     case 0: read_bytes(w0, off, dst, n); break;
     case 1: read_bytes(w1, off, dst, n); break;
@@ -200,6 +204,10 @@ static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
     case 17: read_bytes(w17, off, dst, n); break;
     case 18: read_bytes(w18, off, dst, n); break;
     case 19: read_bytes(w19, off, dst, n); break;
+    case 20: read_bytes(w20, off, dst, n); break;
+    case 21: read_bytes(w21, off, dst, n); break;
+    case 22: read_bytes(w22, off, dst, n); break;
+    case 23: read_bytes(w23, off, dst, n); break;
     default: break;
   }
 }
@@ -224,7 +232,11 @@ static word_t* kv_port(int channel,
                        word_t* kv16,
                        word_t* kv17,
                        word_t* kv18,
-                       word_t* kv19) {
+                       word_t* kv19,
+                       word_t* kv20,
+                       word_t* kv21,
+                       word_t* kv22,
+                       word_t* kv23) {
   switch (channel) {
     case 1: return kv1;
     case 2: return kv2;
@@ -245,6 +257,10 @@ static word_t* kv_port(int channel,
     case 17: return kv17;
     case 18: return kv18;
     case 19: return kv19;
+    case 20: return kv20;
+    case 21: return kv21;
+    case 22: return kv22;
+    case 23: return kv23;
     default: return kv0;
   }
 }
@@ -487,7 +503,11 @@ static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t
                     const word_t* w16,
                     const word_t* w17,
                     const word_t* w18,
-                    const word_t* w19) {
+                    const word_t* w19,
+                    const word_t* w20,
+                    const word_t* w21,
+                    const word_t* w22,
+                    const word_t* w23) {
 #pragma HLS DATAFLOW
   static timed_stream<word_t> words[LANES];
   Region region;
@@ -550,6 +570,18 @@ static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t
   region.end();
   region.begin();
   load_lane(w19, p, 19, words[19], from_ahead, next);
+  region.end();
+  region.begin();
+  load_lane(w20, p, 20, words[20], from_ahead, next);
+  region.end();
+  region.begin();
+  load_lane(w21, p, 21, words[21], from_ahead, next);
+  region.end();
+  region.begin();
+  load_lane(w22, p, 22, words[22], from_ahead, next);
+  region.end();
+  region.begin();
+  load_lane(w23, p, 23, words[23], from_ahead, next);
   region.end();
   region.begin();
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
@@ -631,6 +663,22 @@ static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
   mac_lane(p, 19, chosen, r0, r1, words[19], io);
   region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 20, chosen, r0, r1, words[20], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 21, chosen, r0, r1, words[21], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 22, chosen, r0, r1, words[22], io);
+  region.end();
+  region.begin();
+  if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
+  mac_lane(p, 23, chosen, r0, r1, words[23], io);
+  region.end();
 }
 
 // Each row's input as int8 codes with one scale (quant8 over the row), on the SFU: two passes of SFU_LANES
@@ -675,7 +723,11 @@ static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, 
                    const word_t* w16,
                    const word_t* w17,
                    const word_t* w18,
-                   const word_t* w19) {
+                   const word_t* w19,
+                   const word_t* w20,
+                   const word_t* w21,
+                   const word_t* w22,
+                   const word_t* w23) {
   MmPass p = mm_pass_of(in);
   MmPass next_pass;
   if (next_pc >= 0) next_pass = mm_pass_of(fetch(program, next_pc));
@@ -700,7 +752,7 @@ static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, 
       const int r1 = r0 + row_block < picked ? r0 + row_block : picked;
       const bool last = e == experts - 1 && r1 == picked;
       mm_pass(p, chosen, r0, r1, inputs_ready, from_ahead, last && next_pc >= 0 ? &next_pass : nullptr, io,
-              w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
+              w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
       from_ahead = false;
     }
   }
@@ -815,7 +867,11 @@ static void attention(const Instr& in, int rows, int start_pos,
                       word_t* kv16,
                       word_t* kv17,
                       word_t* kv18,
-                      word_t* kv19) {
+                      word_t* kv19,
+                      word_t* kv20,
+                      word_t* kv21,
+                      word_t* kv22,
+                      word_t* kv23) {
   const int heads = in.f[ATTN_HEADS], kv_heads = in.f[ATTN_KV_HEADS], d = in.f[ATTN_HEAD_DIM];
   const float scale = bits_to_float(in.f[ATTN_SCALE]);
   const int window = in.f[ATTN_WINDOW];  // 0: every row up to the query's position; else only the last window of them
@@ -890,6 +946,18 @@ static void attention(const Instr& in, int rows, int start_pos,
       region.begin();
       load_kv_channel(kv19, in, 19, h, first, s, kc, vc, ks, vs);
       region.end();
+      region.begin();
+      load_kv_channel(kv20, in, 20, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv21, in, 21, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv22, in, 22, h, first, s, kc, vc, ks, vs);
+      region.end();
+      region.begin();
+      load_kv_channel(kv23, in, 23, h, first, s, kc, vc, ks, vs);
+      region.end();
     }
     for (int t = 0; t < rows; ++t) {
       for (int qh = h * (heads / kv_heads); qh < (h + 1) * (heads / kv_heads); ++qh) {
@@ -922,7 +990,11 @@ static void kv_append(const Instr& in, int rows, int start_pos,
                       word_t* kv16,
                       word_t* kv17,
                       word_t* kv18,
-                      word_t* kv19) {
+                      word_t* kv19,
+                      word_t* kv20,
+                      word_t* kv21,
+                      word_t* kv22,
+                      word_t* kv23) {
   const int kv_heads = in.f[KVAPP_KV_HEADS], d = in.f[KVAPP_HEAD_DIM];
   const int width = kv_heads * d;
   static int8_t codes[MAX_HIDDEN];
@@ -931,7 +1003,7 @@ static void kv_append(const Instr& in, int rows, int start_pos,
   hbm_latency();
   for (int t = 0; t < rows; ++t) {
     const int j = start_pos + t;
-    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19);
+    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22, kv23);
     const uint64_t at = j / KV_CHANNELS;
     quant8(act[in.src0][t], width, d, codes, scales);
     write_bytes(port, in.f[KVAPP_CODES_OFF] + at * width, (const uint8_t*)codes, width);
@@ -968,6 +1040,10 @@ extern "C" void llmc_accel(
     const word_t* w17,
     const word_t* w18,
     const word_t* w19,
+    const word_t* w20,
+    const word_t* w21,
+    const word_t* w22,
+    const word_t* w23,
     word_t* kv0,
     word_t* kv1,
     word_t* kv2,
@@ -988,6 +1064,10 @@ extern "C" void llmc_accel(
     word_t* kv17,
     word_t* kv18,
     word_t* kv19,
+    word_t* kv20,
+    word_t* kv21,
+    word_t* kv22,
+    word_t* kv23,
     word_t* io,
     int n_instr,
     int seq_len,
@@ -1015,6 +1095,10 @@ extern "C" void llmc_accel(
 #pragma HLS INTERFACE m_axi port = w17 bundle = gmem_w17 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = w18 bundle = gmem_w18 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = w19 bundle = gmem_w19 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w20 bundle = gmem_w20 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w21 bundle = gmem_w21 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w22 bundle = gmem_w22 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w23 bundle = gmem_w23 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_w0 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_w1 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_w2 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
@@ -1035,6 +1119,10 @@ extern "C" void llmc_accel(
 #pragma HLS INTERFACE m_axi port = kv17 bundle = gmem_w17 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = kv18 bundle = gmem_w18 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = kv19 bundle = gmem_w19 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv20 bundle = gmem_w20 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv21 bundle = gmem_w21 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv22 bundle = gmem_w22 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv23 bundle = gmem_w23 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE m_axi port = io bundle = gmem_io offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE s_axilite port = n_instr
 #pragma HLS INTERFACE s_axilite port = seq_len
@@ -1050,6 +1138,8 @@ extern "C" void llmc_accel(
   const int rows = seq_len;
 #ifndef __SYNTHESIS__
   port_model().extra_q16 = WORD_EXTRA_Q16;
+  port_model().read_gap_q16 = READ_GAP_Q16;
+  port_model().write_gap_q16 = WRITE_GAP_Q16;
   port_model().latency = HBM_LATENCY;
 #endif
   hbm_latency();
@@ -1079,7 +1169,7 @@ extern "C" void llmc_accel(
         for (int t = 0; t < rows; ++t) {
           const int id = (in.f[EMBED_BY_POSITION] ? start_pos + t : load_i32(io_buf + 0 + 4 * t)) + (int)in.f[EMBED_OFFSET];
           read_lane(id % LANES, in.f[EMBED_TABLE_OFF] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
-                    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
+                    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
           for (int c0 = 0; c0 < cols; c0 += SFU_LANES) {
             LLMC_PIPELINE_II1;
             for (int c = c0; c < c0 + SFU_LANES && c < cols; ++c) {
@@ -1114,7 +1204,7 @@ extern "C" void llmc_accel(
       case MM:
       case XMM:
         matmul(in, pc, in.op == MM ? next_matmul(program, pc, n_instr) : -1, program, rows, io_buf,
-               w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19);
+               w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
         if (flag_field(in.f[MM_FLAGS], MM_FLAG_TO_IO_LSB, 1)) {
           io_from = in.f[MM_IO_OFF];
           io_to = io_from + (uint64_t)rows * in.f[MM_N] * 4;
@@ -1147,10 +1237,10 @@ extern "C" void llmc_accel(
         break;
       }
       case KVAPP:
-        kv_append(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19);
+        kv_append(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22, kv23);
         break;
       case ATTN:
-        attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19);
+        attention(in, rows, start_pos, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22, kv23);
         break;
       case ACT:
         for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
