@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmc.backends.fpga.design import READ_BURST, READS_OUTSTANDING
 from llmc.backends.fpga.target import load_target
 from llmc.cli import main
 from llmc.deploy.calibrate import WORD_BITS, bench_ports, calibrated_target, expected_sums
@@ -38,7 +39,7 @@ def test_the_benchmark_c_simulates_on_every_weight_port(engine_projects, tmp_pat
                       "sources": ["Makefile", "bench_main.cpp", "connectivity.cfg", "hbm_bench.cpp"]}
     links = [line for line in (sources / "connectivity.cfg").read_text().splitlines() if line.startswith("sp=")]
     assert links[:-1] == [f"sp=llmc_hbm_bench_1.w{i}:HBM[{c}]" for i, c in enumerate(image.config.weight_channels)]
-    assert "max_read_burst_length = 64 num_read_outstanding = 8" in (sources / "hbm_bench.cpp").read_text()
+    assert f"max_read_burst_length = {READ_BURST} num_read_outstanding = {READS_OUTSTANDING}" in (sources / "hbm_bench.cpp").read_text()
     assert (sources / "llmc-manifest.json").is_file()
 
 

@@ -97,6 +97,19 @@ def test_the_cache_streams_from_every_kv_channel():
     assert wide.memory_cycles - latency == pytest.approx(2 * 26 * row)
 
 
+def test_kv_heads_loaded_together_stream_their_rows():
+    """With both KV heads loaded together their codes are whole cache rows: each of the four reads (K and V codes,
+    K and V scales) is one stream, a transaction gap once, then words back to back."""
+    one, both = model(), TimingModel.for_design(dataclasses.replace(CONFIG, kv_group=2), load_target("u280"))
+    single, grouped = one.cost(ATTN, 1, 200), both.cost(ATTN, 1, 200)
+    assert single.hbm_bytes == grouped.hbm_bytes and single.compute_cycles == grouped.compute_cycles
+    port = both.port
+    codes = port.read_gap + 100 * 2 * port.word_cycles  # 101 rows of 128 bytes: two words each
+    scales = port.read_gap + 100 * port.word_cycles  # 101 rows of 8 bytes: a word each
+    assert grouped.memory_cycles == pytest.approx(both.latency + 2 * codes + 2 * scales)
+    assert grouped.memory_cycles < 0.4 * single.memory_cycles
+
+
 def test_a_slower_clock_or_narrower_port_lowers_throughput():
     base = model()
     narrow = TimingModel.for_design(CONFIG, load_target("u280"), clock_mhz=225, port_bits=256)

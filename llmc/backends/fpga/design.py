@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from llmc.backends.fpga.pack import stored_bits
 
 WORD_BITS = 512  # width of every m_axi port (one HBM pseudo-channel beat)
-READ_BURST, READS_OUTSTANDING = 64, 8  # m_axi read bursts (beats) and bursts in flight per master
+READ_BURST, READS_OUTSTANDING = 32, 16  # m_axi read bursts (beats) and bursts in flight per master (HLS's default)
+KV_BUFFER_BYTES = 4 * 2**20  # on-chip K and V codes attention loads at once: KV heads up to this
 WRITE_BURST, WRITES_OUTSTANDING = 16, 2  # m_axi write bursts: KV and io rows are short
 INSTR_BITS = 512  # one instruction (one program-memory beat)
 ACT_FRAC = 16  # activations are int32 fixed point with 16 fractional bits (Q15.16)
@@ -54,6 +55,8 @@ class AcceleratorConfig:
     program_memory: str = "DDR[0]"  # where instructions live
     memory_bank: str = "HBM[{}]"  # connectivity name of main-memory channel {} (the board's)
     buckets: tuple[int, ...] = field(default=(1,))  # compiled chunk lengths (1 = decode)
+    kv_group: int = 1  # KV heads whose cache rows attention loads at once (side by side in a row: long reads)
+    max_head_dim: int = 0  # the widest attention head (sizes the on-chip KV buffers)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -105,6 +108,12 @@ def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
     ports.append(on(config.io_channel, "io"))
     ports += [KernelPort(name, "scalar") for name in ("n_instr", "seq_len", "start_pos", "first_instr")]
     return ports
+
+
+def kv_group_for(kv_heads: int, head_dim: int, max_context: int) -> int:
+    """The most KV heads (a divisor of ``kv_heads``) whose K and V codes over the context fit ``KV_BUFFER_BYTES``."""
+    per_head = 2 * max_context * head_dim
+    return max(g for g in range(1, kv_heads + 1) if kv_heads % g == 0 and (g == 1 or g * per_head <= KV_BUFFER_BYTES))
 
 
 def lanes_per_channel(config: AcceleratorConfig) -> int:

@@ -18,7 +18,7 @@ from llmc.backends.fpga import pack
 from llmc.errors import LlmcError
 from llmc.sizes import human_bytes
 
-from .design import AcceleratorConfig, lanes_per_channel
+from .design import AcceleratorConfig, kv_group_for, lanes_per_channel
 from .resources import Utilisation, estimate
 from .target import Target
 from .timing import TimingModel
@@ -254,6 +254,8 @@ def explore(
         lut_bits=tuple(sorted(set(needs.lut_bits), reverse=True)),
         max_rows=max_rows,
         max_hidden=max(needs.hidden, needs.intermediate, needs.heads * needs.head_dim),
+        kv_group=kv_group_for(needs.kv_heads, needs.head_dim, needs.max_context),
+        max_head_dim=needs.head_dim,
         max_context=needs.max_context,
         act_buffers=needs.act_buffers,
         buckets=tuple(sorted({b for b in (1, 16, max_rows) if b <= max_rows})),

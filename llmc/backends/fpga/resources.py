@@ -153,10 +153,12 @@ def weight_buffers(config: AcceleratorConfig) -> Resources:
 
 
 def kv_buffers(config: AcceleratorConfig) -> Resources:
-    """The attention score row (``max_context`` fp32 scores) and a double-buffered KV tile one port word wide."""
+    """The attention score row (``max_context`` fp32 scores) in BRAM; in URAM the K and V codes of ``kv_group``
+    heads over the context and their int32 scales."""
     scores = ceil(config.max_context * 4 / BRAM36_BYTES)
-    tile = 2 * ceil(WORD_BITS / BRAM36_WIDTH)
-    return Resources(bram36=scores + tile)
+    codes = 2 * config.kv_group * config.max_context * config.max_head_dim
+    scales = 2 * config.kv_group * config.max_context * 4
+    return Resources(bram36=scores, uram=ceil((codes + scales) / URAM_BYTES))
 
 
 def control() -> Resources:

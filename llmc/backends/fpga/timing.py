@@ -18,8 +18,9 @@ the same loops as it runs (``include/llmc_cycles.h``) and ``llmc verify --levels
   engine fill a ping-pong tile buffer (one cycle per word), then take one beat of ``mm_tile_k``
   activations per cycle per group and row; when only SFU instructions and readers of lane 0's channel lie
   between two ``MM``s, each loader reads the second's first tile once its own tiles of the first are read;
-- **attention** (``ATTN``): the query rows quantised on the SFU; per KV head, the KV channels' loaders read
-  their rows (K and V codes, then each scale: four transactions a row), then per query row and head the lanes score their
+- **attention** (``ATTN``): the query rows quantised on the SFU; per group of ``kv_group`` KV heads (whose codes
+  lie side by side in a cache row), the KV channels' loaders read their rows: the K codes of every row, then the
+  V codes, then each scale (one stream each when the group is every head), then per query row and head the lanes score their
   keys (``key = lane mod lanes``, ``head_dim / mm_tile_k`` cycles a key) and, a second pass, weigh them; the
   SFU adds the lanes' sums;
 - **SFU**: ``sfu_lanes`` elements per cycle per pass over a row (RMSNorm three passes, LayerNorm four, the
@@ -153,6 +154,13 @@ class TimingModel:
         """Cycles of one transaction of ``nbytes`` at an address that does not follow the port's last one:
         its words, but no sooner than the transaction gap after the one before."""
         return max(self._move(nbytes), self.port.write_gap if write else self.port.read_gap)
+
+    def _rows(self, rows: int, nbytes: int, contiguous: bool) -> float:
+        """Cycles of ``rows`` reads of ``nbytes``, one after another in a stream: each at an unrelated address,
+        or (``contiguous``) each where the last ended, but the first."""
+        if rows == 0:
+            return 0.0
+        return self._seek(nbytes) + (rows - 1) * (self._move(nbytes) if contiguous else self._seek(nbytes))
 
     def _pass(self, elements: int) -> int:
         """Cycles of one SFU pass over ``elements`` elements."""
@@ -314,15 +322,18 @@ class TimingModel:
                     layer=self.layer_names.get(int(f["weight_off"]), ""), ahead=read_ahead)
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
-        """The query rows' int8 codes; per KV head, its cache rows from the busiest KV channel, then per query
-        row and head the lanes' two passes over its visible keys and the SFU's sum over the lanes."""
+        """The query rows' int8 codes; per group of KV heads, their cache rows from the busiest KV channel, then per
+        query row and head the lanes' two passes over its visible keys and the SFU's sum over the lanes."""
         c = self.config
         heads, kvh, d, window = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"]), int(f["window"])
         s = start_pos + rows
         first = max(0, start_pos + 1 - window) if window else 0  # a sliding window reads only its rows
         busiest = ceil((s - first) / len(c.kv_channels))  # rows on the fullest KV channel
-        row = 2 * self._seek(d) + 2 * self._seek(4)  # K and V codes, then each scale: four transactions
-        memory = kvh * (self.latency + busiest * row)
+        memory = 0.0
+        for h0 in range(0, kvh, c.kv_group):  # heads loaded together: their codes (and scales) side by side in a row
+            g = min(c.kv_group, kvh - h0)
+            codes, scales = self._rows(busiest, g * d, g == kvh), self._rows(busiest, g * 4, g == kvh)
+            memory += self.latency + 2 * codes + 2 * scales
         steps = ceil(d / c.mm_tile_k)
         seen = [min(start_pos + t + 1, window) if window else start_pos + t + 1 for t in range(rows)]
         lanes = sum(2 * ceil(keys / c.mm_lanes) * steps for keys in seen) * heads

@@ -19,14 +19,15 @@ static const int MAX_TILE_BYTES = 2112;
 static const int MAX_GROUPS = 1;
 static const int MAX_HEAD_DIM = 32;
 static const int MAX_HEADS = 2;
+static const int KV_GROUP = 1;  // KV heads whose cache rows attention loads at once
 static const int SFU_LANES = 64;
 static const int LUT_G = 4;
 // The cycle account's memory and control (llmc_cycles.h; the timing model's constants, llmc/backends/fpga/timing.py):
 // a port word costs 1.2218 cycles (52.38 bytes per cycle per port at 250.0 MHz),
-// a transaction at an unrelated address at least 6.7188 cycles (a read) or 26.8750 (a write),
+// a transaction at an unrelated address at least 3.3594 cycles (a read) or 26.8750 (a write),
 // an instruction's first memory request 54 cycles, an instruction's fetch and decode 16.
 static const uint32_t WORD_EXTRA_Q16 = 14535;
-static const uint32_t READ_GAP_Q16 = 440320;
+static const uint32_t READ_GAP_Q16 = 220160;
 static const uint32_t WRITE_GAP_Q16 = 1761280;
 static const int HBM_LATENCY = 54;
 static const int INSTR_DEPTH = 16;

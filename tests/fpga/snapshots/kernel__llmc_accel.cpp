@@ -760,30 +760,46 @@ static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, 
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
 }
 
-// One KV channel's share of a KV head's cache rows first..s-1 (row j lives on channel j % KV_CHANNELS, at row
-// j / KV_CHANNELS there): codes and scales of K and V, read as the channel's loader streams them.
-static void load_kv_channel(word_t* port, const Instr& in, int channel, int h, int first, int s, int8_t* kc,
-                            int8_t* vc, int32_t* ks, int32_t* vs) {
-  const int kv_heads = in.f[ATTN_KV_HEADS], d = in.f[ATTN_HEAD_DIM];
-  const int width = kv_heads * d;
-  uint8_t scale[4];
-  hbm_latency();
+// Rows first..s-1 of one KV channel (row j lives on channel j % KV_CHANNELS, at row j / KV_CHANNELS there), n bytes
+// at byte offset at of each, into dst at dst_stride bytes a row: one transaction a row, in row order (a single
+// sequential stream when the rows are contiguous in memory).
+static void read_kv_rows(word_t* port, uint64_t base, uint64_t row_bytes, uint64_t at, int n, int channel, int first,
+                         int s, uint8_t* dst, int dst_stride) {
   for (int j = first_of_lane(first, channel, KV_CHANNELS); j < s; j += KV_CHANNELS) {
-    const uint64_t at = j / KV_CHANNELS;
-    read_bytes(port, in.f[ATTN_K_CODES_OFF] + at * width + h * d, (uint8_t*)&kc[j * d], d);
-    read_bytes(port, in.f[ATTN_V_CODES_OFF] + at * width + h * d, (uint8_t*)&vc[j * d], d);
-    read_bytes(port, in.f[ATTN_K_SCALES_OFF] + (at * kv_heads + h) * 4, scale, 4);
-    ks[j] = load_i32(scale);
-    read_bytes(port, in.f[ATTN_V_SCALES_OFF] + (at * kv_heads + h) * 4, scale, 4);
-    vs[j] = load_i32(scale);
+    read_bytes(port, base + (uint64_t)(j / KV_CHANNELS) * row_bytes + at, dst + (uint64_t)j * dst_stride, n);
   }
 }
 
-// Attention of one query row and head on the matrix lanes: lane l takes the keys j = l (mod LANES) of from..visible-1.
+// One KV channel's share of the cache rows first..s-1 of KV heads h0..h0+g-1, whose codes (and scales) lie side
+// by side in a row: the K codes of every row, then the V codes, then each scale, as the channel's loader streams
+// them. Key j of head h0+e lands at kc[(j * g + e) * d] (its scale at ks[j * g + e]).
+static void load_kv_channel(word_t* port, const Instr& in, int channel, int h0, int g, int first, int s, int8_t* kc,
+                            int8_t* vc, int32_t* ks, int32_t* vs) {
+  const int kv_heads = in.f[ATTN_KV_HEADS], d = in.f[ATTN_HEAD_DIM];
+  const uint64_t width = (uint64_t)kv_heads * d;
+  static uint8_t scales[MAX_CONTEXT * KV_GROUP * 4];
+  hbm_latency();
+  read_kv_rows(port, in.f[ATTN_K_CODES_OFF], width, (uint64_t)h0 * d, g * d, channel, first, s, (uint8_t*)kc, g * d);
+  read_kv_rows(port, in.f[ATTN_V_CODES_OFF], width, (uint64_t)h0 * d, g * d, channel, first, s, (uint8_t*)vc, g * d);
+  read_kv_rows(port, in.f[ATTN_K_SCALES_OFF], (uint64_t)kv_heads * 4, (uint64_t)h0 * 4, g * 4, channel, first, s,
+               scales, g * 4);
+  for (int j = first_of_lane(first, channel, KV_CHANNELS); j < s; j += KV_CHANNELS) {
+    for (int e = 0; e < g; ++e) ks[j * g + e] = load_i32(&scales[(j * g + e) * 4]);  // wiring
+  }
+  read_kv_rows(port, in.f[ATTN_V_SCALES_OFF], (uint64_t)kv_heads * 4, (uint64_t)h0 * 4, g * 4, channel, first, s,
+               scales, g * 4);
+  for (int j = first_of_lane(first, channel, KV_CHANNELS); j < s; j += KV_CHANNELS) {
+    for (int e = 0; e < g; ++e) vs[j * g + e] = load_i32(&scales[(j * g + e) * 4]);
+  }
+}
+
+// Attention of one query row and head on the matrix lanes: lane l takes the keys j = l (mod LANES) of from..visible-1,
+// key j's codes at kc[j * g * d] and vc[j * g * d], its scales at ks[j * g] and vs[j * g] (g heads side by side).
 // Pass 1 (a region of LANES processes): each key's score, d MACs (TILE_K per cycle); the maximum over the lanes.
 // Pass 2: each key's weight and its d-wide weighted value, summed per lane, then over the lanes (exact integers).
 static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const int32_t* ks, const int8_t* vc,
-                           const int32_t* vs, int from, int visible, int d, float scale, float softcap, int32_t* out) {
+                           const int32_t* vs, int g, int from, int visible, int d, float scale, float softcap,
+                           int32_t* out) {
   static float scores[MAX_CONTEXT];
   static int64_t acc[LANES][MAX_HEAD_DIM];
   static int64_t den[LANES];
@@ -799,10 +815,10 @@ static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const
           LLMC_PIPELINE_II1;
           for (int i = i0; i < i0 + TILE_K && i < d; ++i) {
             LLMC_UNROLL;
-            dot += (int64_t)qc[i] * kc[j * d + i];
+            dot += (int64_t)qc[i] * kc[j * g * d + i];
           }
         }
-        scores[j] = attention_score(dot, qs, ks[j], c, softcap);
+        scores[j] = attention_score(dot, qs, ks[j * g], c, softcap);
         if (scores[j] > peak) peak = scores[j];
       }
       region.end();
@@ -824,7 +840,7 @@ static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const
           LLMC_PIPELINE_II1;
           for (int i = i0; i < i0 + TILE_K && i < d; ++i) {
             LLMC_UNROLL;
-            acc[lane][i] += ei * ((int64_t)vc[j * d + i] * vs[j]);
+            acc[lane][i] += ei * ((int64_t)vc[j * g * d + i] * vs[j * g]);
           }
         }
       }
@@ -878,93 +894,97 @@ static void attention(const Instr& in, int rows, int start_pos,
   const float softcap = bits_to_float(in.f[ATTN_SOFTCAP]);  // 0: none; else scores become tanh(s / softcap) * softcap
   const int s = start_pos + rows;
   const int first = window > 0 && start_pos + 1 > window ? start_pos + 1 - window : 0;  // row 0's first key
-  static int8_t kc[MAX_CONTEXT * MAX_HEAD_DIM], vc[MAX_CONTEXT * MAX_HEAD_DIM];
-  static int32_t ks[MAX_CONTEXT], vs[MAX_CONTEXT];
+  static int8_t kc[MAX_CONTEXT * KV_GROUP * MAX_HEAD_DIM], vc[MAX_CONTEXT * KV_GROUP * MAX_HEAD_DIM];
+  static int32_t ks[MAX_CONTEXT * KV_GROUP], vs[MAX_CONTEXT * KV_GROUP];
   static int8_t qc[MAX_ROWS][MAX_HEADS * MAX_HEAD_DIM];
   static int32_t qs[MAX_ROWS][MAX_HEADS];
   for (int t = 0; t < rows; ++t) quant8(act[in.src0][t], heads * d, d, qc[t], qs[t]);  // per head, on the SFU
-  for (int h = 0; h < kv_heads; ++h) {
-    {  // this KV head's slice of the cache, every KV channel's loader at once
+  for (int h0 = 0; h0 < kv_heads; h0 += KV_GROUP) {
+    const int g = kv_heads - h0 < KV_GROUP ? kv_heads - h0 : KV_GROUP;  // KV heads loaded together
+    {  // these KV heads' slice of the cache, every KV channel's loader at once
       Region region;
       region.begin();
-      load_kv_channel(kv0, in, 0, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv0, in, 0, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv1, in, 1, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv1, in, 1, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv2, in, 2, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv2, in, 2, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv3, in, 3, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv3, in, 3, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv4, in, 4, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv4, in, 4, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv5, in, 5, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv5, in, 5, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv6, in, 6, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv6, in, 6, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv7, in, 7, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv7, in, 7, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv8, in, 8, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv8, in, 8, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv9, in, 9, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv9, in, 9, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv10, in, 10, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv10, in, 10, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv11, in, 11, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv11, in, 11, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv12, in, 12, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv12, in, 12, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv13, in, 13, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv13, in, 13, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv14, in, 14, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv14, in, 14, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv15, in, 15, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv15, in, 15, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv16, in, 16, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv16, in, 16, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv17, in, 17, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv17, in, 17, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv18, in, 18, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv18, in, 18, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv19, in, 19, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv19, in, 19, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv20, in, 20, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv20, in, 20, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv21, in, 21, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv21, in, 21, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv22, in, 22, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv22, in, 22, h0, g, first, s, kc, vc, ks, vs);
       region.end();
       region.begin();
-      load_kv_channel(kv23, in, 23, h, first, s, kc, vc, ks, vs);
+      load_kv_channel(kv23, in, 23, h0, g, first, s, kc, vc, ks, vs);
       region.end();
     }
-    for (int t = 0; t < rows; ++t) {
-      for (int qh = h * (heads / kv_heads); qh < (h + 1) * (heads / kv_heads); ++qh) {
-        const int visible = start_pos + t + 1;
-        const int from = window > 0 && visible > window ? visible - window : 0;
-        attention_head(&qc[t][qh * d], qs[t][qh], kc, ks, vc, vs, from, visible, d, scale, softcap,
-                       &act[in.dst][t][qh * d]);
+    for (int e = 0; e < g; ++e) {
+      const int h = h0 + e;
+      for (int t = 0; t < rows; ++t) {
+        for (int qh = h * (heads / kv_heads); qh < (h + 1) * (heads / kv_heads); ++qh) {
+          const int visible = start_pos + t + 1;
+          const int from = window > 0 && visible > window ? visible - window : 0;
+          attention_head(&qc[t][qh * d], qs[t][qh], &kc[e * d], &ks[e], &vc[e * d], &vs[e], g, from, visible, d,
+                         scale, softcap, &act[in.dst][t][qh * d]);
+        }
       }
     }
   }
@@ -1074,56 +1094,56 @@ extern "C" void llmc_accel(
     int start_pos,
     int first_instr
 ) {
-#pragma HLS INTERFACE m_axi port = program bundle = gmem_prog offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w0 bundle = gmem_w0 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w1 bundle = gmem_w1 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w2 bundle = gmem_w2 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w3 bundle = gmem_w3 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w4 bundle = gmem_w4 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w5 bundle = gmem_w5 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w6 bundle = gmem_w6 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w7 bundle = gmem_w7 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w8 bundle = gmem_w8 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w9 bundle = gmem_w9 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w10 bundle = gmem_w10 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w11 bundle = gmem_w11 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w12 bundle = gmem_w12 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w13 bundle = gmem_w13 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w14 bundle = gmem_w14 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w15 bundle = gmem_w15 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w16 bundle = gmem_w16 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w17 bundle = gmem_w17 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w18 bundle = gmem_w18 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w19 bundle = gmem_w19 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w20 bundle = gmem_w20 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w21 bundle = gmem_w21 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w22 bundle = gmem_w22 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = w23 bundle = gmem_w23 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_w0 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_w1 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_w2 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv3 bundle = gmem_w3 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv4 bundle = gmem_w4 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv5 bundle = gmem_w5 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv6 bundle = gmem_w6 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv7 bundle = gmem_w7 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv8 bundle = gmem_w8 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv9 bundle = gmem_w9 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv10 bundle = gmem_w10 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv11 bundle = gmem_w11 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv12 bundle = gmem_w12 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv13 bundle = gmem_w13 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv14 bundle = gmem_w14 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv15 bundle = gmem_w15 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv16 bundle = gmem_w16 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv17 bundle = gmem_w17 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv18 bundle = gmem_w18 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv19 bundle = gmem_w19 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv20 bundle = gmem_w20 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv21 bundle = gmem_w21 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv22 bundle = gmem_w22 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = kv23 bundle = gmem_w23 offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
-#pragma HLS INTERFACE m_axi port = io bundle = gmem_io offset = slave max_read_burst_length = 64 num_read_outstanding = 8 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = program bundle = gmem_prog offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w0 bundle = gmem_w0 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w1 bundle = gmem_w1 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w2 bundle = gmem_w2 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w3 bundle = gmem_w3 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w4 bundle = gmem_w4 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w5 bundle = gmem_w5 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w6 bundle = gmem_w6 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w7 bundle = gmem_w7 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w8 bundle = gmem_w8 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w9 bundle = gmem_w9 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w10 bundle = gmem_w10 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w11 bundle = gmem_w11 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w12 bundle = gmem_w12 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w13 bundle = gmem_w13 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w14 bundle = gmem_w14 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w15 bundle = gmem_w15 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w16 bundle = gmem_w16 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w17 bundle = gmem_w17 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w18 bundle = gmem_w18 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w19 bundle = gmem_w19 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w20 bundle = gmem_w20 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w21 bundle = gmem_w21 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w22 bundle = gmem_w22 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = w23 bundle = gmem_w23 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv0 bundle = gmem_w0 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv1 bundle = gmem_w1 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv2 bundle = gmem_w2 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv3 bundle = gmem_w3 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv4 bundle = gmem_w4 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv5 bundle = gmem_w5 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv6 bundle = gmem_w6 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv7 bundle = gmem_w7 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv8 bundle = gmem_w8 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv9 bundle = gmem_w9 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv10 bundle = gmem_w10 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv11 bundle = gmem_w11 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv12 bundle = gmem_w12 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv13 bundle = gmem_w13 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv14 bundle = gmem_w14 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv15 bundle = gmem_w15 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv16 bundle = gmem_w16 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv17 bundle = gmem_w17 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv18 bundle = gmem_w18 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv19 bundle = gmem_w19 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv20 bundle = gmem_w20 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv21 bundle = gmem_w21 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv22 bundle = gmem_w22 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = kv23 bundle = gmem_w23 offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
+#pragma HLS INTERFACE m_axi port = io bundle = gmem_io offset = slave max_read_burst_length = 32 num_read_outstanding = 16 max_write_burst_length = 16 num_write_outstanding = 2
 #pragma HLS INTERFACE s_axilite port = n_instr
 #pragma HLS INTERFACE s_axilite port = seq_len
 #pragma HLS INTERFACE s_axilite port = start_pos
