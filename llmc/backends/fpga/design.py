@@ -15,7 +15,6 @@ from llmc.backends.fpga.pack import stored_bits
 
 WORD_BITS = 512  # width of every m_axi port (one HBM pseudo-channel beat)
 READ_BURST, READS_OUTSTANDING = 32, 16  # m_axi read bursts (beats) and bursts in flight per master (HLS's default)
-KV_BUFFER_BYTES = 4 * 2**20  # on-chip K and V codes attention loads at once: KV heads up to this
 WRITE_BURST, WRITES_OUTSTANDING = 16, 2  # m_axi write bursts: KV and io rows are short
 INSTR_BITS = 512  # one instruction (one program-memory beat)
 ACT_FRAC = 16  # activations are int32 fixed point with 16 fractional bits (Q15.16)
@@ -108,12 +107,6 @@ def kernel_ports(config: AcceleratorConfig) -> list[KernelPort]:
     ports.append(on(config.io_channel, "io"))
     ports += [KernelPort(name, "scalar") for name in ("n_instr", "seq_len", "start_pos", "first_instr")]
     return ports
-
-
-def kv_group_for(kv_heads: int, head_dim: int, max_context: int) -> int:
-    """The most KV heads (a divisor of ``kv_heads``) whose K and V codes over the context fit ``KV_BUFFER_BYTES``."""
-    per_head = 2 * max_context * head_dim
-    return max(g for g in range(1, kv_heads + 1) if kv_heads % g == 0 and (g == 1 or g * per_head <= KV_BUFFER_BYTES))
 
 
 def lanes_per_channel(config: AcceleratorConfig) -> int:

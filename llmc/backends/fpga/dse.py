@@ -10,7 +10,7 @@ memory channels as it can and just enough MAC lanes that compute never dominates
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 from math import ceil
 
@@ -18,7 +18,7 @@ from llmc.backends.fpga import pack
 from llmc.errors import LlmcError
 from llmc.sizes import human_bytes
 
-from .design import AcceleratorConfig, kv_group_for, lanes_per_channel
+from .design import AcceleratorConfig, lanes_per_channel
 from .resources import Utilisation, estimate
 from .target import Target
 from .timing import TimingModel
@@ -254,7 +254,6 @@ def explore(
         lut_bits=tuple(sorted(set(needs.lut_bits), reverse=True)),
         max_rows=max_rows,
         max_hidden=max(needs.hidden, needs.intermediate, needs.heads * needs.head_dim),
-        kv_group=kv_group_for(needs.kv_heads, needs.head_dim, needs.max_context),
         max_head_dim=needs.head_dim,
         max_context=needs.max_context,
         act_buffers=needs.act_buffers,
@@ -314,7 +313,20 @@ def explore(
     _, used, config = min(
         near, key=lambda f: (not f[0].balanced, f[1].scarcest()[1], sum(f[1].fractions.values()), f[0].total_s)
     )
-    return config, used
+    return widest_kv_group(config, target, needs.kv_heads, budget)
+
+
+def widest_kv_group(config: AcceleratorConfig, target: Target, kv_heads: int,
+                    budget: float) -> tuple[AcceleratorConfig, Utilisation]:
+    """``config`` with attention loading as many KV heads at once (a divisor of ``kv_heads``) as ``budget`` of the
+    resources holds: their codes lie side by side in a cache row, so the cache is read in longer transactions."""
+    best = config, estimate(config, target)
+    for group in (g for g in range(2, kv_heads + 1) if kv_heads % g == 0):
+        trial = replace(config, kv_group=group)
+        used = estimate(trial, target)
+        if used.fits(budget):
+            best = trial, used
+    return best
 
 
 def check_fits(config: AcceleratorConfig, target: Target, *, budget: float = 1.0) -> Utilisation:
