@@ -128,7 +128,7 @@ def bench_sources(u: units.Unit) -> dict[str, str]:
     }
 
 
-def _child(args: list[str], log: Path, timeout_s: float, what: str, limit_s: float) -> None:
+def run_child(args: list[str], log: Path, timeout_s: float, what: str, limit_s: float) -> None:
     """Run ``python -m llmc.sim.rtl ARGS`` in its own session; past ``timeout_s`` (what is left of the caller's
     ``limit_s``) kill it and its children."""
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
@@ -157,7 +157,7 @@ def _build(u: units.Unit, simulator: str, timeout_s: float) -> Path:
         job = {"simulator": simulator, "build_dir": str(folder / "build"),
                "sources": [str(folder / name) for name in sources]}
         (folder / "build.json").write_text(json.dumps(job))
-        _child(["build", str(folder / "build.json")], folder / "build.log", timeout_s,
+        run_child(["build", str(folder / "build.json")], folder / "build.log", timeout_s,
                f"{u.name} build on {simulator}", timeout_s)
 
     return cached_build(f"{u.name}-{simulator}", [simulator, sources], build) / "build"
@@ -194,7 +194,7 @@ def check_unit(unit: str, config: dict, x: np.ndarray, w: np.ndarray, zeros: np.
         (run / "job.json").write_text(json.dumps(job))
         remaining = max(1.0, timeout_s - (time.monotonic() - start))
         what = f"{u.name} on {simulator}"
-        _child(["test", str(run / "job.json")], run / "test.log", remaining, what, timeout_s)
+        run_child(["test", str(run / "job.json")], run / "test.log", remaining, what, timeout_s)
         if not (run / "result.json").exists():
             tail = (run / "test.log").read_text(errors="replace")[-3000:]
             raise RtlSimError(f"{what}: the bench stopped without a result:\n{tail}")
@@ -218,12 +218,13 @@ def _main(argv: list[str]) -> None:
 
     action, job = argv[0], json.loads(Path(argv[1]).read_text())
     runner = get_runner(job["simulator"])
+    toplevel = job.get("toplevel", TOPLEVEL)
     if action == "build":
         extra = ["--timing", "--timescale", "1ns/1ns"] if job["simulator"] == "verilator" else []
-        runner.build(sources=job["sources"], hdl_toplevel=TOPLEVEL, build_dir=job["build_dir"], always=True,
-                     build_args=extra, timescale=("1ns", "1ns"))
+        runner.build(sources=job["sources"], hdl_toplevel=toplevel, build_dir=job["build_dir"], always=True,
+                     build_args=extra, timescale=("1ns", "1ns"), parameters=job.get("parameters", {}))
         return
-    runner.test(hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog", test_module=BENCH_MODULE,
+    runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=job.get("test_module", BENCH_MODULE),
                 build_dir=job["build_dir"], test_dir=job["test_dir"], extra_env={"LLMC_RTL_SPEC": job["spec"]},
                 results_xml=str(Path(job["test_dir"]) / "results.xml"))
 
