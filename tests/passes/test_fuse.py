@@ -28,6 +28,17 @@ def fused(before: Module) -> Module:
     return before
 
 
+def assert_fuses_elementwise(body: str, fused_op: str, span: float) -> None:
+    """``body`` (``%x`` -> ``%y``, [1, L, 8]) becomes one ``fused_op``, with the same results on [-span, span]."""
+    x = "%x: tensor<1xLx8xf32>"
+    before = module_of(body, x, "%y")
+    data = {"x": np.linspace(-span, span, 24, dtype=np.float32).reshape(1, 3, 8)}
+    want = run_function(before, "f", data)["y"]
+    after = fused(before)  # fuses in place
+    assert print_module(after) == print_module(module_of(f"    %y = {fused_op}(%x) : tensor<1xLx8xf32>", x, "%y"))
+    np.testing.assert_allclose(run_function(after, "f", data)["y"], want, rtol=1e-6, atol=1e-7)
+
+
 def with_data(module: Module, seed: int = 0) -> Module:
     rng = np.random.default_rng(seed)
     for p in module.params.values():
@@ -109,12 +120,7 @@ SILU_BEFORE = """\
 
 
 def test_silu_rule() -> None:
-    x = "%x: tensor<1xLx8xf32>"
-    before = module_of(SILU_BEFORE, x, "%y")
-    data = {"x": np.linspace(-6, 6, 24, dtype=np.float32).reshape(1, 3, 8)}
-    want = run_function(before, "f", data)["y"]
-    assert print_module(fused(before)) == print_module(module_of("    %y = silu(%x) : tensor<1xLx8xf32>", x, "%y"))
-    np.testing.assert_allclose(run_function(before, "f", data)["y"], want, rtol=1e-6, atol=1e-7)
+    assert_fuses_elementwise(SILU_BEFORE, "silu", 6.0)
 
 
 def test_a_sigmoid_gating_another_value_is_not_silu() -> None:
@@ -181,12 +187,7 @@ GELU_BEFORE = """\
 
 
 def test_gelu_tanh_rule() -> None:
-    x = "%x: tensor<1xLx8xf32>"
-    before = module_of(GELU_BEFORE, x, "%y")
-    data = {"x": np.linspace(-4, 4, 24, dtype=np.float32).reshape(1, 3, 8)}
-    want = run_function(before, "f", data)["y"]
-    assert print_module(fused(before)) == print_module(module_of("    %y = gelu_tanh(%x) : tensor<1xLx8xf32>", x, "%y"))
-    np.testing.assert_allclose(run_function(before, "f", data)["y"], want, rtol=1e-6, atol=1e-7)
+    assert_fuses_elementwise(GELU_BEFORE, "gelu_tanh", 4.0)
 
 
 def test_driver_binds_a_variable_once_and_tries_both_operand_orders() -> None:
