@@ -111,9 +111,9 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, make: Cal
     return folder
 
 
-def compile_bundled(recipe: str, out: Path, source: Path | str = "llmc-tiny") -> None:
+def compile_bundled(recipe: str, out: Path, source: Path | str = "llmc-tiny", board: str = "u280") -> None:
     """``compile_project`` of the bundled model (or its saved ``source``) compressed by the pipeline
-    ``recipe``, for the U280."""
+    ``recipe``, for ``board``."""
     import llmc
     import llmc.compiler.passes  # noqa: F401  (registers the passes)
     from llmc.backends.fpga.flow import compile_project
@@ -121,7 +121,7 @@ def compile_bundled(recipe: str, out: Path, source: Path | str = "llmc-tiny") ->
 
     tiny = llmc.load(source)
     module = run_pipeline(tiny.module, parse_pipeline(recipe), PassContext()) if recipe else tiny.module
-    compile_project(module, "u280", out, tokenizer_json=tiny.tokenizer_json)
+    compile_project(module, board, out, tokenizer_json=tiny.tokenizer_json)
 
 
 def reseal(folder: Path) -> None:

@@ -12,7 +12,7 @@ from math import ceil
 from pathlib import Path
 
 import pytest
-from zoo import ENGINE_RECIPES, PROMPT, reseal
+from zoo import ENGINE_RECIPES, PROMPT, compile_bundled, reseal
 
 from llmc.cli import main
 from llmc.sim.csim import CsimDevice
@@ -63,6 +63,20 @@ def test_the_cycles_level_holds_the_kernel_to_the_timing_model(engine_projects, 
     cycles = results["cycles"]
     assert cycles["compared"] == 3 and cycles["against"] == "timing model" and cycles["tolerance"] == "10%"
     assert code == 0 and cycles["mismatches"] == 0, cycles["detail"]
+
+
+def test_two_lanes_on_a_v80_channel_hold_the_cycles_level(tiny_llmc: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """On the V80 two lanes (two ports) share each HBM channel: bit-exact, and the account within 10% of the
+    model at each lane's half of the channel's rate."""
+    project = tmp_path / "v80"
+    compile_bundled(ENGINE_RECIPES["w4g128"], project, tiny_llmc, board="v80")
+    config = ProjectImage.load(project, weights=False).config
+    assert config.weight_channels[:4] == (0, 0, 1, 1)
+    assert (project / "connectivity.cfg").read_text().count("w0:HBM[0]\nsp=llmc_accel_1.w1:HBM[0]") == 1
+    code, results = _cycles_level(project, capsys)
+    assert results["csim"]["mismatches"] == 0
+    assert code == 0 and results["cycles"]["mismatches"] == 0, results["cycles"]["detail"]
 
 
 def test_a_sequential_engine_loop_fails_the_cycles_level(engine_projects, tmp_path: Path,
