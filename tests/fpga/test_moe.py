@@ -155,7 +155,7 @@ def test_a_decode_step_streams_only_the_chosen_experts(w4_project: Path, mixtral
         one_expert = -(-int(ins.fields["tiles"]) // lanes) * int(ins.fields["tile_bytes"])
         decode, prefill = model.cost(ins, 1, 10), model.cost(chunk, 7, 0)
         assert decode.hbm_bytes == int(ins.fields["tiles"]) * int(ins.fields["tile_bytes"])
-        assert decode.memory_cycles == pytest.approx(one_expert / model.channel_bytes_per_cycle)
+        assert decode.memory_cycles == pytest.approx(one_expert / model.port_bytes_per_cycle)
         assert prefill.hbm_bytes == 4 * decode.hbm_bytes  # 7 rows: at most every one of the 4 experts, once
     assert len(xmm) == 2 * 2 * 3  # layers x slots x (gate, up, down)
     matrices = design(mixtral_w4.module, "u280").needs.matrices

@@ -113,7 +113,7 @@ def test_kv_heads_loaded_together_stream_their_rows():
 def test_a_slower_clock_or_narrower_port_lowers_throughput():
     base = model()
     narrow = TimingModel.for_design(CONFIG, load_target("u280"), clock_mhz=225, port_bits=256)
-    assert narrow.channel_bytes_per_cycle < base.channel_bytes_per_cycle
+    assert narrow.port_bytes_per_cycle < base.port_bytes_per_cycle
     assert narrow.cost(mm(), 1, 0).cycles / narrow.hz > base.cost(mm(), 1, 0).cycles / base.hz
 
 

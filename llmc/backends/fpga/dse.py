@@ -185,7 +185,7 @@ def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds
 def lane_gbs(config: AcceleratorConfig, target: Target) -> float:
     """GB/s one lane's port streams sequentially: the memory model's rate (:mod:`llmc.backends.fpga.memory`)."""
     timing = TimingModel.for_design(config, target)
-    return timing.channel_bytes_per_cycle * timing.hz / 1e9
+    return timing.port_bytes_per_cycle * timing.hz / 1e9
 
 
 def matrix_cycles(config: AcceleratorConfig, m: Matrix) -> float:

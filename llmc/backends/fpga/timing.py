@@ -123,7 +123,7 @@ class TimingModel:
         return self.clock_mhz * 1e6
 
     @property
-    def channel_bytes_per_cycle(self) -> float:
+    def port_bytes_per_cycle(self) -> float:
         """What one lane's port streams per kernel cycle (:func:`~llmc.backends.fpga.memory.port_timing`)."""
         return self.port.bytes_per_cycle
 
