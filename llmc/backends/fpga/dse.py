@@ -163,8 +163,8 @@ def estimate_decode(config: AcceleratorConfig, target: Target, needs: ModelNeeds
     a lane does ``mm_tile_k`` MACs per cycle on every engine (the sparse chain and the LUT unit take
     ``mm_tile_k`` activations a beat, zeros included). Each linear layer waits for its first tile (the
     kernel's loaders read some of them ahead; charging all of it keeps tiles small). Attention streams
-    the cache at half the context, or is bound by its MACs on the lanes. Channels deliver their share of
-    the peak bandwidth.
+    the cache at half the context, or is bound by its MACs on the lanes. Each port streams at the memory
+    model's rate (:func:`lane_gbs`).
     """
     hz = config.clock_mhz * 1e6
     lane = lane_gbs(config, target) * 1e9  # what one lane's port streams
