@@ -24,15 +24,16 @@ ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 PROMPT = [1, 5, 9, 33, 70]
 STEPS = 32
+WINDOW = 4  # Mistral's sliding window in its export
 
 
-def export(family: str, path: Path) -> tuple[int, int, int]:
-    """The family's random-weight model exported with a cache input and output per layer; its
-    layers, KV heads and head size."""
+def export(family: str, path: Path, **overrides: object) -> tuple[int, int, int]:
+    """The family's random-weight model (its config with ``overrides``) exported with a cache input
+    and output per layer; its layers, KV heads and head size."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.cache_utils import DynamicCache
 
-    config = AutoConfig.for_model(family, **FAMILIES[family])
+    config = AutoConfig.for_model(family, **{**FAMILIES[family], **overrides})
     model = AutoModelForCausalLM.from_config(config).eval()
     layers = config.num_hidden_layers
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -71,11 +72,19 @@ def llama_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("family", ["llama", pytest.param("qwen2", marks=pytest.mark.slow),
-                                    pytest.param("gpt2", marks=pytest.mark.slow)])
-def test_an_exported_lm_is_a_step_model(family: str, tmp_path: Path) -> None:
-    path = tmp_path / f"{family}.onnx"
-    layers, heads, head_dim = export(family, path)
+@pytest.fixture(scope="module")
+def mistral_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Mistral with a 4-key sliding window in every layer, shorter than :data:`PROMPT`."""
+    path = tmp_path_factory.mktemp("export") / "mistral.onnx"
+    export("mistral", path, sliding_window=WINDOW)
+    return path
+
+
+def errors_against_onnxruntime(path: Path, shape: tuple[int, int, int], steps: int) -> tuple[float, bool]:
+    """The largest relative error of the imported file's logits against onnxruntime's on
+    :data:`PROMPT` and ``steps`` greedy decode steps, and whether the greedy tokens are the same;
+    ``shape`` is the export's layers, KV heads and head size."""
+    layers, heads, head_dim = shape
     model = llmc.load(path, max_length=64)
     assert model.is_language_model and model.module.attrs["layers"] == layers
     session = ort.InferenceSession(str(path))
@@ -93,12 +102,33 @@ def test_an_exported_lm_is_a_step_model(family: str, tmp_path: Path) -> None:
     device = InterpreterDevice(model.module)
     want, got = reference(PROMPT, 0), device.prefill(PROMPT)
     errors, same = [np.abs(want - got).max() / np.abs(want).max()], True
-    for step in range(STEPS):
+    for step in range(steps):
         token = int(np.argmax(want))
         same = same and token == int(np.argmax(got))
         want, got = reference([token], len(PROMPT) + step), device.decode(token)
         errors.append(np.abs(want - got).max() / np.abs(want).max())
-    assert max(errors) < 1e-5 and same
+    return float(max(errors)), same
+
+
+@pytest.mark.parametrize("family", ["llama", pytest.param("qwen2", marks=pytest.mark.slow),
+                                    pytest.param("gpt2", marks=pytest.mark.slow)])
+def test_an_exported_lm_is_a_step_model(family: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{family}.onnx"
+    error, same = errors_against_onnxruntime(path, export(family, path), STEPS)
+    assert error < 1e-5 and same
+
+
+def test_a_sliding_window_export_is_a_step_model_with_windowed_attention(mistral_export: Path) -> None:
+    """Mistral's windowed mask is proven the causal mask's last keys: each layer's attention reads
+    ``sliding_window_mask`` of the step's mask, and a prompt longer than the window and 8 decode
+    steps match onnxruntime."""
+    error, same = errors_against_onnxruntime(mistral_export, (2, 1, 16), 8)
+    assert error < 1e-5 and same
+    module = llmc.load(mistral_export, max_length=64).module
+    for name in ("prefill", "decode"):
+        ops = Counter(n.op for n in module.functions[name].nodes)
+        assert ops["attention"] == 2 and ops["softmax"] == 0, ops
+        assert {n.attrs["window"] for n in module.functions[name].nodes if n.op == "sliding_window_mask"} == {WINDOW}
 
 
 def test_an_exported_lm_runs_on_tvm(llama_export: Path) -> None:
@@ -117,11 +147,14 @@ def test_an_exported_lm_runs_on_tvm(llama_export: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-def test_an_exported_lm_compiles_for_the_accelerator(llama_export: Path, tmp_path: Path) -> None:
-    """Fused at import (RMSNorm, SiLU, RoPE, attention over the step's causal mask), the export
-    compiles for the U280, and its C-simulation is bit-exact with the interpreter and the ISS."""
+@pytest.mark.parametrize("exported", ["llama_export", "mistral_export"])
+def test_an_exported_lm_compiles_for_the_accelerator(exported: str, request: pytest.FixtureRequest,
+                                                     tmp_path: Path) -> None:
+    """Fused at import (RMSNorm, SiLU, RoPE, attention over the step's causal mask or its sliding
+    window), the export compiles for the U280, and its C-simulation is bit-exact with the
+    interpreter and the ISS."""
     project = tmp_path / "project"
-    assert main(["compile", str(llama_export), "--context", "64", "-o", str(project)]) == 0
+    assert main(["compile", str(request.getfixturevalue(exported)), "--context", "64", "-o", str(project)]) == 0
     results = verify_project(project, PROMPT, 4, levels=("interpreter", "iss", "csim"))
     assert [r.mismatches for r in results] == [0, 0, 0] and all(r.compared > 0 for r in results)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from llmc.compiler.passes.causal_mask import contract_mask, is_causal
+from llmc.compiler.passes.causal_mask import causal_window, contract_mask, contract_positions
 from llmc.compiler.passes.cleanup import prune_params
 from llmc.compiler.passes.rewrite import Const, Graph, Match, Op, Rule, Var, op, rewrite
 from llmc.compiler.pipeline import NoOptions, PassContext, register_pass
@@ -335,8 +335,8 @@ def _same_rows(graph: Graph, a: Value, b: Value) -> bool:
 
 # attention as torch.onnx writes scaled_dot_product_attention: softmax((q * c) (k^T * c) + bias),
 # probabilities that are NaN (rows with no key) zeroed, times v; bias = where(keep, 0, lowest) with
-# keep the step's causal mask (causal_mask.py); k^T a transpose, or for GQA-expanded keys a
-# reshape to [B*H, S, D], a transpose and a reshape to [B, H, D, S]
+# keep the step's causal mask, or its sliding window (causal_mask.py); k^T a transpose, or for
+# GQA-expanded keys a reshape to [B*H, S, D], a transpose and a reshape to [B, H, D, S]
 _SDPA_PROBS = op("softmax", op("add", op("matmul", Var("qs"), Var("kts")), Var("bias")), bind="probs")
 _SDPA = tuple(op("matmul", probs, Var("v"), bind="out") for probs in (
     op("where", op("ne", _SDPA_PROBS, _SDPA_PROBS), Const(value=0.0), _SDPA_PROBS), _SDPA_PROBS))
@@ -358,8 +358,13 @@ def _sdpa(m: Match, b: Builder) -> Value | None:
     k = next((found for p in _KEYS_T if (found := graph.match(p, kt)) is not None), None)
     if (k is None or v.type.shape != (batch, heads, keys, width) or m["out"].type != q.type
             or ("flat" in k.values and k["flat"].type.shape != (batch * heads, keys, width))
-            or not is_causal(graph, bias["keep"], mask)):
+            or (window := causal_window(graph, bias["keep"], mask)) is None):
         return None
+    if window:
+        positions = contract_positions(b.func)
+        if positions is None:
+            return None
+        mask = b.op("sliding_window_mask", [mask, positions], {"window": window})
     keys_value = k["k"] if k["k"].type.shape == v.type.shape else b.op("reshape", [k["k"]], {"shape": list(v.type.shape)})
     scale = _f32_literal(np.float32(q_scale) * np.float32(k_scale))
     return b.op("attention", [q, keys_value, v, mask], {"scale": scale})
