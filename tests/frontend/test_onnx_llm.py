@@ -1,4 +1,4 @@
-"""Causal LMs exported by ``torch.onnx.export`` (dynamo) with their KV cache, in the layout optimum
+"""Causal LMs exported by ``torch.onnx.export`` (dynamo and TorchScript) with their KV cache, in the layout optimum
 exports too (``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.N.key/value`` ->
 ``logits``, ``present.N.key/value``), import as step models: a prompt and 32 decode steps in the
 reference interpreter match onnxruntime on the file, with the same greedy tokens; TVM runs them, and
@@ -27,9 +27,10 @@ STEPS = 32
 WINDOW = 4  # Mistral's sliding window in its export
 
 
-def export(family: str, path: Path, **overrides: object) -> tuple[int, int, int]:
+def export(family: str, path: Path, dynamo: bool = True, **overrides: object) -> tuple[int, int, int]:
     """The family's random-weight model (its config with ``overrides``) exported with a cache input
-    and output per layer; its layers, KV heads and head size."""
+    and output per layer, by the dynamo exporter or the TorchScript one (with optimum's dim names);
+    its layers, KV heads and head size."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.cache_utils import DynamicCache
 
@@ -55,12 +56,21 @@ def export(family: str, path: Path, **overrides: object) -> tuple[int, int, int]
     past = [torch.randn(1, heads, 2, head_dim) for _ in range(2 * layers)]
     args = (torch.randint(0, 90, (1, 3)), torch.ones(1, 5, dtype=torch.int64), torch.arange(2, 5)[None], *past)
     names = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    inputs, outputs = ["input_ids", "attention_mask", "position_ids", *names], ["logits", *(
+        n.replace("past_key_values", "present") for n in names)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(WithCache(), args, str(path), dynamo=True, verbose=False,
-                          input_names=["input_ids", "attention_mask", "position_ids", *names],
-                          output_names=["logits", *(n.replace("past_key_values", "present") for n in names)],
-                          dynamic_shapes=({1: "S"}, {1: "T"}, {1: "S"}, tuple({2: "P"} for _ in names)))
+        if dynamo:
+            torch.onnx.export(WithCache(), args, str(path), dynamo=True, verbose=False, input_names=inputs,
+                              output_names=outputs,
+                              dynamic_shapes=({1: "S"}, {1: "T"}, {1: "S"}, tuple({2: "P"} for _ in names)))
+        else:
+            total = "past_sequence_length + sequence_length"
+            axes = {"input_ids": {1: "sequence_length"}, "attention_mask": {1: total},
+                    "position_ids": {1: "sequence_length"}, "logits": {1: "sequence_length"},
+                    **{n: {2: "past_sequence_length"} for n in names}, **{n: {2: total} for n in outputs[1:]}}
+            torch.onnx.export(WithCache(), args, str(path), dynamo=False, input_names=inputs, output_names=outputs,
+                              dynamic_axes={n: {0: "batch_size", **a} for n, a in axes.items()})
     return layers, heads, head_dim
 
 
@@ -69,6 +79,14 @@ def llama_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Llama family's export, once for this file's tests."""
     path = tmp_path_factory.mktemp("export") / "llama.onnx"
     export("llama", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_torchscript_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Llama family's export by the TorchScript exporter (``dynamo=False``), optimum's default."""
+    path = tmp_path_factory.mktemp("export") / "llama_torchscript.onnx"
+    export("llama", path, dynamo=False)
     return path
 
 
@@ -110,11 +128,13 @@ def errors_against_onnxruntime(path: Path, shape: tuple[int, int, int], steps: i
     return float(max(errors)), same
 
 
-@pytest.mark.parametrize("family", ["llama", pytest.param("qwen2", marks=pytest.mark.slow),
-                                    pytest.param("gpt2", marks=pytest.mark.slow)])
-def test_an_exported_lm_is_a_step_model(family: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("family", "dynamo"), [
+    ("llama", True), ("llama", False),
+    *(pytest.param(family, dynamo, marks=pytest.mark.slow) for family in ("qwen2", "gpt2") for dynamo in (True, False))])
+def test_an_exported_lm_is_a_step_model(family: str, dynamo: bool, tmp_path: Path) -> None:
+    """Files of both exporters: the dynamo one and TorchScript's (``dynamo=False``)."""
     path = tmp_path / f"{family}.onnx"
-    error, same = errors_against_onnxruntime(path, export(family, path), STEPS)
+    error, same = errors_against_onnxruntime(path, export(family, path, dynamo), STEPS)
     assert error < 1e-5 and same
 
 
@@ -147,7 +167,7 @@ def test_an_exported_lm_runs_on_tvm(llama_export: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-@pytest.mark.parametrize("exported", ["llama_export", "mistral_export"])
+@pytest.mark.parametrize("exported", ["llama_export", "llama_torchscript_export", "mistral_export"])
 def test_an_exported_lm_compiles_for_the_accelerator(exported: str, request: pytest.FixtureRequest,
                                                      tmp_path: Path) -> None:
     """Fused at import (RMSNorm, SiLU, RoPE, attention over the step's causal mask or its sliding
@@ -159,11 +179,12 @@ def test_an_exported_lm_compiles_for_the_accelerator(exported: str, request: pyt
     assert [r.mismatches for r in results] == [0, 0, 0] and all(r.compared > 0 for r in results)
 
 
-def test_the_fused_export_has_the_ops_of_llmcs_own_import(llama_export: Path) -> None:
-    """Fused, the export's programs hold the ops llmc's torch.export import of the model holds
+@pytest.mark.parametrize("exported", ["llama_export", "llama_torchscript_export"])
+def test_the_fused_export_has_the_ops_of_llmcs_own_import(exported: str, request: pytest.FixtureRequest) -> None:
+    """Fused, either exporter's programs hold the ops llmc's torch.export import of the model holds
     (one ``rms_norm``, ``silu``, ``rope`` and ``attention`` per use), so passes and the FPGA lowering
     see the same graph."""
-    exported = llmc.load(llama_export, max_length=64).module
+    exported = llmc.load(request.getfixturevalue(exported), max_length=64).module
     own = llmc.load("llama", config=FAMILIES["llama"], max_length=64).module
     for name in ("prefill", "decode"):
         ops = [Counter(n.op for n in m.functions[name].nodes if n.op != "param") for m in (exported, own)]

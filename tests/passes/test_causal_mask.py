@@ -122,6 +122,17 @@ def test_masks_that_are_not_a_window_of_the_causal_mask_are_left_alone(near_miss
     assert window_of(BEFORE.replace(*near_miss)) is None
 
 
+def test_the_padding_gather_may_be_reshaped() -> None:
+    """The TorchScript exporter gathers ``attention_mask`` flattened to [S, 1] and reshapes the result."""
+    padded = ("%column = reshape(%attended) {shape = [L+P, 1]} : tensor<L+Px1xbool>\n"
+              "    %picked = gather(%column, %keys4) {axis = 0} : tensor<1x1x1xL+Px1xbool>\n"
+              "    %padded = reshape(%picked) {shape = [1, 1, 1, L+P]} : tensor<1x1x1xL+Pxbool>")
+    assert window_of(BEFORE.replace("%padded = gather(%flat, %keys4) {axis = 0} : tensor<1x1x1xL+Pxbool>", padded)) == 4
+    assert window_of(BEFORE.replace("%padded = gather(%flat, %keys4) {axis = 0} : tensor<1x1x1xL+Pxbool>",
+                                    padded.replace("reshape(%attended)", "reshape(%other)")),
+                     INPUTS + ", %other: tensor<1xL+Pxbool>") is None  # padding from another mask
+
+
 def test_a_window_needs_the_steps_positions() -> None:
     assert window_of(BEFORE.replace("%window = constant() {value = 4, shape = [], dtype = i64} : tensor<i64>\n", ""),
                      INPUTS + ", %window: tensor<i64>") is None  # a window not known at compile time

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 PRESENT = "present.{}.{}"
@@ -45,6 +45,7 @@ def as_step_contract(model: onnx.ModelProto, max_position: int) -> tuple[onnx.Mo
     if not all(isinstance(d, str) for d in (seq, total, past_len)):
         return None
     _fix_batch(g, batch)
+    _float_constants_as_initializers(g)
     renames = {f"past_key_values.{i}.{kv}": f"past_{kv[0]}_{i}" for i, kv in pasts}
     for node in g.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
@@ -72,6 +73,21 @@ def as_step_contract(model: onnx.ModelProto, max_position: int) -> tuple[onnx.Mo
              "bos_token_id": -1, "eos_token_id": -1, **({"vocab_size": vocab} if isinstance(vocab, int) else {})}
     _bind(g, {seq: "L", past_len: "P", total: "P+L"})
     return model, attrs
+
+
+def _float_constants_as_initializers(g: onnx.GraphProto) -> None:
+    """Float ``Constant`` nodes of more than one element become initializers of that name: the
+    TorchScript exporter folds buffers such as RoPE's ``inv_freq`` into constants, which then
+    import as parameters, as the dynamo exporter's initializers do."""
+    for node in [n for n in g.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")]:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if value is None or value.data_type not in _FLOATS or numpy_helper.to_array(value).size < 2:
+            continue
+        g.node.remove(node)
+        g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(value), node.output[0]))
+
+
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:

@@ -149,14 +149,12 @@ def _ramp(producers: dict[str, Node], value: Value) -> Ramp | None:
 
 
 def _sees_all_keys(graph: Graph, value: Value, mask: Value) -> bool:
-    """``value`` is a gather of the keys some query of ``mask`` attends (through reshapes): all
-    true for a causal ``mask``."""
-    node = graph.producers.get(value.name)
+    """``value`` is a gather of the keys some query of ``mask`` attends (both through reshapes):
+    all true for a causal ``mask``."""
+    node = graph.producers.get(_unreshaped(graph, value).name)
     if node is None or node.op != "gather":
         return False
-    source = node.inputs[0]
-    while (inner := graph.producers.get(source.name)) is not None and inner.op == "reshape":
-        source = inner.inputs[0]
+    source = _unreshaped(graph, node.inputs[0])
     seen = graph.match(_SEEN, source)
     if seen is None or seen["mask"] is not mask or source.type.dtype != BOOL:
         return False
@@ -165,3 +163,10 @@ def _sees_all_keys(graph: Graph, value: Value, mask: Value) -> bool:
         return False
     axes = {a % mask.type.rank for a in seen.nodes["any"].attrs["axes"]}
     return mask.type.rank - 2 in axes and mask.type.rank - 1 not in axes
+
+
+def _unreshaped(graph: Graph, value: Value) -> Value:
+    """``value`` with the reshapes producing it stripped."""
+    while (node := graph.producers.get(value.name)) is not None and node.op == "reshape":
+        value = node.inputs[0]
+    return value
