@@ -12,21 +12,15 @@ holds the two within 10%.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from llmc.backends.fpga.design import READ_BURST, READS_OUTSTANDING
 from llmc.backends.fpga.memory import WORD_BYTES, PortTiming
-from llmc.sim.build_cache import cache_root, cached_build
-from llmc.sim.rtl import SIMULATORS, RtlSimError, run_child
+from llmc.sim.rtl import SIMULATORS, Bench, RtlSimError, build_bench, run_bench
 from llmc.templating import static_file
 
-TOPLEVEL = "llmc_mem_bench"
-BENCH_MODULE = "llmc.sim.cocotb_benches.mem_bench"
+MEM_BENCH = Bench("llmc_mem_bench", "llmc.sim.cocotb_benches.mem_bench")
 RAM_CYCLES = 2  # the RAM model's own cycles from a request to its first word (measured with no delay)
 
 
@@ -59,28 +53,15 @@ def measure(port: PortTiming, reads: Reads, simulator: str, timeout_s: float, *,
         raise ValueError(f"unknown simulator '{simulator}' (expected one of {', '.join(SIMULATORS)})")
     start = time.monotonic()
     latency = max(0, port.latency - RAM_CYCLES)
-    build = _build(simulator, latency, outstanding, timeout_s)
-    cache_root().mkdir(parents=True, exist_ok=True)
-    run = Path(tempfile.mkdtemp(prefix="mem-bench-run-", dir=cache_root()))
-    try:
-        words = reads.txns * reads.txn_words
-        spec = {"txns": reads.txns, "txn_words": reads.txn_words, "stride": reads.stride,
-                "word_cycles": port.word_cycles, "memory_bytes": reads.txns * reads.stride + 4096,
-                "max_cycles": int(8 * (port.latency + words * max(port.word_cycles, port.read_gap))) + 1000,
-                "result": str(run / "result.json")}
-        (run / "spec.json").write_text(json.dumps(spec))
-        job = {"simulator": simulator, "build_dir": str(build), "test_dir": str(run), "spec": str(run / "spec.json"),
-               "toplevel": TOPLEVEL, "test_module": BENCH_MODULE}
-        (run / "job.json").write_text(json.dumps(job))
-        what = f"memory bench on {simulator}"
-        remaining = max(1.0, timeout_s - (time.monotonic() - start))
-        run_child(["test", str(run / "job.json")], run / "test.log", remaining, what, timeout_s)
-        if not (run / "result.json").exists():
-            tail = (run / "test.log").read_text(errors="replace")[-3000:]
-            raise RtlSimError(f"{what}: the bench stopped without a result:\n{tail}")
-        outcome = json.loads((run / "result.json").read_text())
-    finally:
-        shutil.rmtree(run, ignore_errors=True)
+    parameters = {"BURST": READ_BURST, "OUTSTANDING": outstanding, "LATENCY": latency}
+    build = build_bench(MEM_BENCH, "mem-bench", _sources(), simulator, timeout_s, parameters)
+    words = reads.txns * reads.txn_words
+    spec = {"txns": reads.txns, "txn_words": reads.txn_words, "stride": reads.stride,
+            "word_cycles": port.word_cycles, "memory_bytes": reads.txns * reads.stride + 4096,
+            "max_cycles": int(8 * (port.latency + words * max(port.word_cycles, port.read_gap))) + 1000}
+    what = f"memory bench on {simulator}"
+    remaining = max(1.0, timeout_s - (time.monotonic() - start))
+    outcome = run_bench(MEM_BENCH, build, simulator, spec, what, remaining, timeout_s)
     if outcome["status"] != "ok" or outcome["words"] != words:
         raise RtlSimError(f"{what}: hung after {outcome['waited']} cycles ({outcome['words']} of {words} words)")
     if not outcome["checksum_ok"]:
@@ -88,18 +69,6 @@ def measure(port: PortTiming, reads: Reads, simulator: str, timeout_s: float, *,
     return int(outcome["cycles"])
 
 
-def _build(simulator: str, latency: int, outstanding: int, timeout_s: float) -> Path:
-    """The bench's build folder, built once per content hash of its sources and parameters."""
-    sources = {name: static_file(f"rtl/{name}") for name in ("llmc_lane_reader.v", "llmc_mem_bench.v")}
-    parameters = {"BURST": READ_BURST, "OUTSTANDING": outstanding, "LATENCY": latency}
-
-    def build(folder: Path) -> None:
-        for name, text in sources.items():
-            (folder / name).write_text(text)
-        job = {"simulator": simulator, "build_dir": str(folder / "build"), "toplevel": TOPLEVEL,
-               "sources": [str(folder / name) for name in sources], "parameters": parameters}
-        (folder / "build.json").write_text(json.dumps(job))
-        run_child(["build", str(folder / "build.json")], folder / "build.log", timeout_s,
-                  f"memory bench build on {simulator}", timeout_s)
-
-    return cached_build(f"mem-bench-{simulator}", [simulator, sources, parameters], build) / "build"
+def _sources() -> dict[str, str]:
+    """File name -> Verilog of the bench: the reader and its harness."""
+    return {name: static_file(f"rtl/{name}") for name in ("llmc_lane_reader.v", "llmc_mem_bench.v")}

@@ -147,20 +147,53 @@ def run_child(args: list[str], log: Path, timeout_s: float, what: str, limit_s: 
         raise RtlSimError(f"{what}: exited with code {code}:\n{tail}")
 
 
-def _build(u: units.Unit, simulator: str, timeout_s: float) -> Path:
-    """The bench's build folder for ``u`` on ``simulator``, built once per content hash of its sources."""
-    sources = bench_sources(u)
+@dataclass(frozen=True)
+class Bench:
+    """A cocotb bench: the harness's top module and the Python test module that drives it."""
+
+    toplevel: str
+    test_module: str
+
+
+UNIT_BENCH = Bench(TOPLEVEL, BENCH_MODULE)
+
+
+def build_bench(bench: Bench, name: str, sources: dict[str, str], simulator: str, timeout_s: float,
+                parameters: dict[str, int] | None = None) -> Path:
+    """The build folder of ``bench`` with ``sources`` (file name -> Verilog) and top-level ``parameters`` on
+    ``simulator``, built once per content hash of all three."""
+    parameters = parameters or {}
 
     def build(folder: Path) -> None:
-        for name, text in sources.items():
-            (folder / name).write_text(text)
-        job = {"simulator": simulator, "build_dir": str(folder / "build"),
-               "sources": [str(folder / name) for name in sources]}
+        for file, text in sources.items():
+            (folder / file).write_text(text)
+        job = {"simulator": simulator, "build_dir": str(folder / "build"), "toplevel": bench.toplevel,
+               "sources": [str(folder / file) for file in sources], "parameters": parameters}
         (folder / "build.json").write_text(json.dumps(job))
         run_child(["build", str(folder / "build.json")], folder / "build.log", timeout_s,
-               f"{u.name} build on {simulator}", timeout_s)
+                  f"{name} build on {simulator}", timeout_s)
 
-    return cached_build(f"{u.name}-{simulator}", [simulator, sources], build) / "build"
+    return cached_build(f"{name}-{simulator}", [simulator, sources, parameters], build) / "build"
+
+
+def run_bench(bench: Bench, build: Path, simulator: str, spec: dict, what: str, timeout_s: float,
+              limit_s: float) -> dict:
+    """Run ``bench`` from ``build`` on ``spec`` (the path of its ``result`` file added) within ``timeout_s``
+    (what is left of the caller's ``limit_s``); the outcome the bench wrote."""
+    cache_root().mkdir(parents=True, exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix="bench-run-", dir=cache_root()))
+    try:
+        (run / "spec.json").write_text(json.dumps({**spec, "result": str(run / "result.json")}))
+        job = {"simulator": simulator, "build_dir": str(build), "test_dir": str(run), "spec": str(run / "spec.json"),
+               "toplevel": bench.toplevel, "test_module": bench.test_module}
+        (run / "job.json").write_text(json.dumps(job))
+        run_child(["test", str(run / "job.json")], run / "test.log", timeout_s, what, limit_s)
+        if not (run / "result.json").exists():
+            tail = (run / "test.log").read_text(errors="replace")[-3000:]
+            raise RtlSimError(f"{what}: the bench stopped without a result:\n{tail}")
+        return json.loads((run / "result.json").read_text())
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def check_unit(unit: str, config: dict, x: np.ndarray, w: np.ndarray, zeros: np.ndarray | None, simulator: str,
@@ -181,33 +214,20 @@ def check_unit(unit: str, config: dict, x: np.ndarray, w: np.ndarray, zeros: np.
     if np.abs(want).max() >= 1 << (units.OUT_BITS - 1):
         raise ValueError(f"{u.name}: a group's result does not fit the unit's int{units.OUT_BITS} output")
     start = time.monotonic()
-    build = _build(u, simulator, timeout_s)
+    build = build_bench(UNIT_BENCH, u.name, bench_sources(u), simulator, timeout_s)
     beats = units.beats(u, x, w, zeros)
-    cache_root().mkdir(parents=True, exist_ok=True)
-    run = Path(tempfile.mkdtemp(prefix=f"{u.name}-run-", dir=cache_root()))
-    try:
-        spec = {"beats": beats, "expected": want.tolist(), "beat_bits": u.beat_bits, "seed": seed,
-                "ready_rate": ready_rate, "max_cycles": max_cycles or CYCLES_PER_BEAT * len(beats) + 1000,
-                "result": str(run / "result.json")}
-        (run / "spec.json").write_text(json.dumps(spec))
-        job = {"simulator": simulator, "build_dir": str(build), "test_dir": str(run), "spec": str(run / "spec.json")}
-        (run / "job.json").write_text(json.dumps(job))
-        remaining = max(1.0, timeout_s - (time.monotonic() - start))
-        what = f"{u.name} on {simulator}"
-        run_child(["test", str(run / "job.json")], run / "test.log", remaining, what, timeout_s)
-        if not (run / "result.json").exists():
-            tail = (run / "test.log").read_text(errors="replace")[-3000:]
-            raise RtlSimError(f"{what}: the bench stopped without a result:\n{tail}")
-        outcome = json.loads((run / "result.json").read_text())
-        if outcome["status"] != "ok":
-            raise RtlSimError(f"{what}: hung: no progress within {outcome['cycles']} cycles "
-                              f"({outcome['beats_sent']} of {len(beats)} beats taken, "
-                              f"{len(outcome['outputs'])} of {len(want)} results)")
-        got = np.asarray(outcome["outputs"], dtype=np.int64)
-        common = min(len(got), len(want))
-        mismatches = int((got[:common] != want[:common]).sum()) + abs(len(got) - len(want))
-    finally:
-        shutil.rmtree(run, ignore_errors=True)
+    spec = {"beats": beats, "expected": want.tolist(), "beat_bits": u.beat_bits, "seed": seed,
+            "ready_rate": ready_rate, "max_cycles": max_cycles or CYCLES_PER_BEAT * len(beats) + 1000}
+    what = f"{u.name} on {simulator}"
+    remaining = max(1.0, timeout_s - (time.monotonic() - start))
+    outcome = run_bench(UNIT_BENCH, build, simulator, spec, what, remaining, timeout_s)
+    if outcome["status"] != "ok":
+        raise RtlSimError(f"{what}: hung: no progress within {outcome['cycles']} cycles "
+                          f"({outcome['beats_sent']} of {len(beats)} beats taken, "
+                          f"{len(outcome['outputs'])} of {len(want)} results)")
+    got = np.asarray(outcome["outputs"], dtype=np.int64)
+    common = min(len(got), len(want))
+    mismatches = int((got[:common] != want[:common]).sum()) + abs(len(got) - len(want))
     return UnitResult(unit, simulator, u.to_json(), len(want), mismatches, time.monotonic() - start)
 
 
@@ -218,13 +238,13 @@ def _main(argv: list[str]) -> None:
 
     action, job = argv[0], json.loads(Path(argv[1]).read_text())
     runner = get_runner(job["simulator"])
-    toplevel = job.get("toplevel", TOPLEVEL)
+    toplevel = job["toplevel"]
     if action == "build":
         extra = ["--timing", "--timescale", "1ns/1ns"] if job["simulator"] == "verilator" else []
         runner.build(sources=job["sources"], hdl_toplevel=toplevel, build_dir=job["build_dir"], always=True,
-                     build_args=extra, timescale=("1ns", "1ns"), parameters=job.get("parameters", {}))
+                     build_args=extra, timescale=("1ns", "1ns"), parameters=job["parameters"])
         return
-    runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=job.get("test_module", BENCH_MODULE),
+    runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=job["test_module"],
                 build_dir=job["build_dir"], test_dir=job["test_dir"], extra_env={"LLMC_RTL_SPEC": job["spec"]},
                 results_xml=str(Path(job["test_dir"]) / "results.xml"))
 
