@@ -770,6 +770,17 @@ static void read_kv_rows(word_t* port, uint64_t base, uint64_t row_bytes, uint64
   }
 }
 
+// The int32 scales of KV heads h0..h0+g-1 in rows first..s-1 of one KV channel, from the scale rows at base
+// (kv_heads scales a row): key j of head h0+e lands at out[j * g + e].
+static void read_kv_scales(word_t* port, uint64_t base, int kv_heads, int h0, int g, int channel, int first, int s,
+                           int32_t* out) {
+  static uint8_t scales[MAX_CONTEXT * KV_GROUP * 4];
+  read_kv_rows(port, base, (uint64_t)kv_heads * 4, (uint64_t)h0 * 4, g * 4, channel, first, s, scales, g * 4);
+  for (int j = first_of_lane(first, channel, KV_CHANNELS); j < s; j += KV_CHANNELS) {
+    for (int e = 0; e < g; ++e) out[j * g + e] = load_i32(&scales[(j * g + e) * 4]);  // wiring
+  }
+}
+
 // One KV channel's share of the cache rows first..s-1 of KV heads h0..h0+g-1, whose codes (and scales) lie side
 // by side in a row: the K codes of every row, then the V codes, then each scale, as the channel's loader streams
 // them. Key j of head h0+e lands at kc[(j * g + e) * d] (its scale at ks[j * g + e]).
@@ -777,20 +788,11 @@ static void load_kv_channel(word_t* port, const Instr& in, int channel, int h0, 
                             int8_t* vc, int32_t* ks, int32_t* vs) {
   const int kv_heads = in.f[ATTN_KV_HEADS], d = in.f[ATTN_HEAD_DIM];
   const uint64_t width = (uint64_t)kv_heads * d;
-  static uint8_t scales[MAX_CONTEXT * KV_GROUP * 4];
   hbm_latency();
   read_kv_rows(port, in.f[ATTN_K_CODES_OFF], width, (uint64_t)h0 * d, g * d, channel, first, s, (uint8_t*)kc, g * d);
   read_kv_rows(port, in.f[ATTN_V_CODES_OFF], width, (uint64_t)h0 * d, g * d, channel, first, s, (uint8_t*)vc, g * d);
-  read_kv_rows(port, in.f[ATTN_K_SCALES_OFF], (uint64_t)kv_heads * 4, (uint64_t)h0 * 4, g * 4, channel, first, s,
-               scales, g * 4);
-  for (int j = first_of_lane(first, channel, KV_CHANNELS); j < s; j += KV_CHANNELS) {
-    for (int e = 0; e < g; ++e) ks[j * g + e] = load_i32(&scales[(j * g + e) * 4]);  // wiring
-  }
-  read_kv_rows(port, in.f[ATTN_V_SCALES_OFF], (uint64_t)kv_heads * 4, (uint64_t)h0 * 4, g * 4, channel, first, s,
-               scales, g * 4);
-  for (int j = first_of_lane(first, channel, KV_CHANNELS); j < s; j += KV_CHANNELS) {
-    for (int e = 0; e < g; ++e) vs[j * g + e] = load_i32(&scales[(j * g + e) * 4]);
-  }
+  read_kv_scales(port, in.f[ATTN_K_SCALES_OFF], kv_heads, h0, g, channel, first, s, ks);
+  read_kv_scales(port, in.f[ATTN_V_SCALES_OFF], kv_heads, h0, g, channel, first, s, vs);
 }
 
 // Attention of one query row and head on the matrix lanes: lane l takes the keys j = l (mod LANES) of from..visible-1,
