@@ -76,6 +76,23 @@ ENGINE_RECIPES = {
 }
 # Token ids of the bundled model: 20 tokens, so that prefill spans two 16-row buckets.
 PROMPT = [1, 72, 271, 400, 291, 261, 300, 90, 77, 500, 33, 18, 260, 261, 262, 263, 264, 265, 266, 267]
+# A step program's attention mask as the ONNX import of a causal LM export computes it (IR text): the padding
+# row from the step's mask (%flat), the new tokens' positions (%queries) and the cache's (%keys4).
+ONNX_STEP_MASK = """\
+    %zero = constant() {value = 0.0, shape = [], dtype = f32} : tensor<f32>
+    %seen = eq(%mask, %zero) : tensor<1x1xLxL+Pxbool>
+    %seen_int = cast(%seen) {dtype = i64} : tensor<1x1xLxL+Pxi64>
+    %attention_mask = reduce_max(%seen_int) {axes = [1, 2], keepdim = false} : tensor<1xL+Pxi64>
+    %attended = cast(%attention_mask) {dtype = bool} : tensor<1xL+Pxbool>
+    %flat = reshape(%attended) {shape = [L+P]} : tensor<L+Pxbool>
+    %steps = iota() {start = 0, end = L, step = 1, dtype = i64} : tensor<Lxi64>
+    %past = iota() {start = P, end = P+1, dtype = i64} : tensor<1xi64>
+    %past0 = reshape(%past) {shape = []} : tensor<i64>
+    %positions = add(%steps, %past0) : tensor<Lxi64>
+    %queries = reshape(%positions) {shape = [1, 1, L, 1]} : tensor<1x1xLx1xi64>
+    %keys = iota() {start = 0, end = L+P, step = 1, dtype = i64} : tensor<L+Pxi64>
+    %keys4 = reshape(%keys) {shape = [1, 1, 1, L+P]} : tensor<1x1x1xL+Pxi64>
+"""
 # Token ids for the random-weight families.
 SMALL_PROMPT = [3, 17, 42, 8, 25, 61, 9]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from zoo import ONNX_STEP_MASK
 
 from llmc.compiler.passes.fuse import fuse_module
 from llmc.generate.interpreter import causal_mask
@@ -20,20 +21,7 @@ CACHE = """\
 """
 # torch.onnx's SDPA in a step program over transformers' mask with a 4-key sliding window:
 # keys > queries - 4, keys <= queries, and the attention_mask the import computes from the step's mask
-BEFORE = CACHE + """\
-    %zero = constant() {value = 0.0, shape = [], dtype = f32} : tensor<f32>
-    %seen = eq(%mask, %zero) : tensor<1x1xLxL+Pxbool>
-    %seen_int = cast(%seen) {dtype = i64} : tensor<1x1xLxL+Pxi64>
-    %attention_mask = reduce_max(%seen_int) {axes = [1, 2], keepdim = false} : tensor<1xL+Pxi64>
-    %attended = cast(%attention_mask) {dtype = bool} : tensor<1xL+Pxbool>
-    %flat = reshape(%attended) {shape = [L+P]} : tensor<L+Pxbool>
-    %steps = iota() {start = 0, end = L, step = 1, dtype = i64} : tensor<Lxi64>
-    %past = iota() {start = P, end = P+1, dtype = i64} : tensor<1xi64>
-    %past0 = reshape(%past) {shape = []} : tensor<i64>
-    %positions = add(%steps, %past0) : tensor<Lxi64>
-    %queries = reshape(%positions) {shape = [1, 1, L, 1]} : tensor<1x1xLx1xi64>
-    %keys = iota() {start = 0, end = L+P, step = 1, dtype = i64} : tensor<L+Pxi64>
-    %keys4 = reshape(%keys) {shape = [1, 1, 1, L+P]} : tensor<1x1x1xL+Pxi64>
+BEFORE = CACHE + ONNX_STEP_MASK + """\
     %window = constant() {value = 4, shape = [], dtype = i64} : tensor<i64>
     %oldest = sub(%queries, %window) : tensor<1x1xLx1xi64>
     %recent = gt(%keys4, %oldest) : tensor<1x1xLxL+Pxbool>

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from zoo import ONNX_STEP_MASK
 
 from llmc.compiler.passes.fuse import fuse_module
 from llmc.compiler.passes.rewrite import Const, Graph, Rule, Var, op, rewrite
@@ -405,29 +406,8 @@ def test_experts_chosen_by_another_router_are_not_a_moe() -> None:
     assert "moe(" not in print_module(fused(parse_module(text)))
 
 
-# torch.onnx's scaled_dot_product_attention in a step program: keys of a grouped KV head expanded, the
-# mask built from the cache positions and the attention_mask the import computes from the step's mask
-SDPA_BEFORE = """\
-    %zero = constant() {value = 0.0, shape = [], dtype = f32} : tensor<f32>
-    %seen = eq(%mask, %zero) : tensor<1x1xLxL+Pxbool>
-    %seen_int = cast(%seen) {dtype = i64} : tensor<1x1xLxL+Pxi64>
-    %attention_mask = reduce_max(%seen_int) {axes = [1, 2], keepdim = false} : tensor<1xL+Pxi64>
-    %attended = cast(%attention_mask) {dtype = bool} : tensor<1xL+Pxbool>
-    %flat = reshape(%attended) {shape = [L+P]} : tensor<L+Pxbool>
-    %steps = iota() {start = 0, end = L, step = 1, dtype = i64} : tensor<Lxi64>
-    %past = iota() {start = P, end = P+1, dtype = i64} : tensor<1xi64>
-    %past0 = reshape(%past) {shape = []} : tensor<i64>
-    %positions = add(%steps, %past0) : tensor<Lxi64>
-    %queries = reshape(%positions) {shape = [1, 1, L, 1]} : tensor<1x1xLx1xi64>
-    %keys = iota() {start = 0, end = L+P, step = 1, dtype = i64} : tensor<L+Pxi64>
-    %keys4 = reshape(%keys) {shape = [1, 1, 1, L+P]} : tensor<1x1x1xL+Pxi64>
-    %causal = le(%keys4, %queries) : tensor<1x1xLxL+Pxbool>
-    %true = constant() {value = 1, shape = [], dtype = bool} : tensor<bool>
-    %causal1 = logical_and(%true, %causal) : tensor<1x1xLxL+Pxbool>
-    %padded = gather(%flat, %keys4) {axis = 0} : tensor<1x1x1xL+Pxbool>
-    %keep = logical_and(%causal1, %padded) : tensor<1x1xLxL+Pxbool>
-    %lowest = constant() {value = -3.4028234663852886e+38, shape = [], dtype = f32} : tensor<f32>
-    %bias = where(%keep, %zero, %lowest) : tensor<1x1xLxL+Pxf32>
+# The cache of a grouped KV head and its keys and values expanded to the two query heads, unchanged by the rule
+SDPA_KV = """\
     %k = concat(%past_k, %new_k) {axis = 2} : tensor<1x1xL+Px4xf32>
     %v = concat(%past_v, %new_v) {axis = 2} : tensor<1x1xL+Px4xf32>
     %k5 = reshape(%k) {shape = [1, 1, 1, L+P, 4]} : tensor<1x1x1xL+Px4xf32>
@@ -435,6 +415,18 @@ SDPA_BEFORE = """\
     %v5 = reshape(%v) {shape = [1, 1, 1, L+P, 4]} : tensor<1x1x1xL+Px4xf32>
     %vx5 = expand(%v5) {shape = [1, 1, 2, L+P, 4]} : tensor<1x1x2xL+Px4xf32>
     %vx = reshape(%vx5) {shape = [1, 2, L+P, 4]} : tensor<1x2xL+Px4xf32>
+"""
+# torch.onnx's scaled_dot_product_attention in a step program: keys of a grouped KV head expanded, the
+# mask built from the cache positions and the attention_mask the import computes from the step's mask
+SDPA_BEFORE = ONNX_STEP_MASK + """\
+    %causal = le(%keys4, %queries) : tensor<1x1xLxL+Pxbool>
+    %true = constant() {value = 1, shape = [], dtype = bool} : tensor<bool>
+    %causal1 = logical_and(%true, %causal) : tensor<1x1xLxL+Pxbool>
+    %padded = gather(%flat, %keys4) {axis = 0} : tensor<1x1x1xL+Pxbool>
+    %keep = logical_and(%causal1, %padded) : tensor<1x1xLxL+Pxbool>
+    %lowest = constant() {value = -3.4028234663852886e+38, shape = [], dtype = f32} : tensor<f32>
+    %bias = where(%keep, %zero, %lowest) : tensor<1x1xLxL+Pxf32>
+""" + SDPA_KV + """\
     %k3 = reshape(%kx) {shape = [2, L+P, 4]} : tensor<2xL+Px4xf32>
     %kt3 = transpose(%k3) {perm = [0, 2, 1]} : tensor<2x4xL+Pxf32>
     %kt = reshape(%kt3) {shape = [1, 2, 4, L+P]} : tensor<1x2x4xL+Pxf32>
@@ -447,14 +439,7 @@ SDPA_BEFORE = """\
     %nan = ne(%p, %p) : tensor<1x2xLxL+Pxbool>
     %p0 = where(%nan, %zero, %p) : tensor<1x2xLxL+Pxf32>
     %y = matmul(%p0, %vx) : tensor<1x2xLx4xf32>"""
-SDPA_EXPECTED = """\
-    %k = concat(%past_k, %new_k) {axis = 2} : tensor<1x1xL+Px4xf32>
-    %v = concat(%past_v, %new_v) {axis = 2} : tensor<1x1xL+Px4xf32>
-    %k5 = reshape(%k) {shape = [1, 1, 1, L+P, 4]} : tensor<1x1x1xL+Px4xf32>
-    %kx = expand(%k5) {shape = [1, 1, 2, L+P, 4]} : tensor<1x1x2xL+Px4xf32>
-    %v5 = reshape(%v) {shape = [1, 1, 1, L+P, 4]} : tensor<1x1x1xL+Px4xf32>
-    %vx5 = expand(%v5) {shape = [1, 1, 2, L+P, 4]} : tensor<1x1x2xL+Px4xf32>
-    %vx = reshape(%vx5) {shape = [1, 2, L+P, 4]} : tensor<1x2xL+Px4xf32>
+SDPA_EXPECTED = SDPA_KV + """\
     %0 = reshape(%kx) {shape = [1, 2, L+P, 4]} : tensor<1x2xL+Px4xf32>
     %y = attention(%q, %0, %vx, %mask) {scale = 0.49999997} : tensor<1x2xLx4xf32>"""
 SDPA_INPUTS = ("%q: tensor<1x2xLx4xf32>, %mask: tensor<1x1xLxL+Pxf32>, %past_k: tensor<1x1xPx4xf32>, "
