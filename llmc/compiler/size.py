@@ -1,7 +1,7 @@
 """Storage accounting: the true bits per weight of the linear layers, every piece of metadata counted.
 
 A linear layer's weight operand is traced back through weight-side ops (``dequantize``,
-``cast``, ``concat``, ``gather``, ``add``) to the parameters that store it. Each parameter costs
+``dequantize_min``, ``cast``, ``concat``, ``gather``, ``add``) to the parameters that store it. Each parameter costs
 its stored bits:
 
 - dense: elements x dtype bits;
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from llmc.ir.graph import Function, Module, Param
 from llmc.ir.types import SparseEncoding
 
-WEIGHT_SIDE = {"dequantize", "cast", "concat", "gather", "add", "mul", "param", "reshape", "transpose"}
+WEIGHT_SIDE = {"dequantize", "dequantize_min", "cast", "concat", "gather", "add", "mul", "param", "reshape", "transpose"}
 
 
 def param_bits(param: Param) -> int:

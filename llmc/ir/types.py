@@ -289,7 +289,10 @@ DimLike = Dim | int | str
 
 @dataclass(frozen=True)
 class QuantEncoding:
-    """Integer codes with per-group scales (and zero points when asymmetric).
+    """Integer codes with per-group scales, and one of three offsets: none (``sym``, signed codes,
+    ``w = q * s``), integer zero points (``asym,zero=DT``, ``w = (q - z) * s``) or a float
+    minimum per group (``min=DT``, unsigned codes, ``w = s * q - min``: llama.cpp's Q4_1 / Q4_K
+    kind, read by ``dequantize_min``).
 
     ``group`` is the number of consecutive elements along the last axis sharing one scale;
     0 means one scale per row (per channel).
@@ -300,19 +303,24 @@ class QuantEncoding:
     scale_dtype: DType = F16
     symmetric: bool = True
     zero_dtype: DType | None = None
+    min_dtype: DType | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 16:
             raise ValueError(f"quantization bits must be 1..16, got {self.bits}")
         if self.group < 0:
             raise ValueError(f"group size must be >= 0, got {self.group}")
-        if self.symmetric and self.zero_dtype is not None:
-            raise ValueError("a symmetric encoding has no zero points")
-        if not self.symmetric and self.zero_dtype is None:
-            raise ValueError("an asymmetric encoding needs a zero-point dtype")
+        if self.symmetric and (self.zero_dtype is not None or self.min_dtype is not None):
+            raise ValueError("a symmetric encoding has no zero points or minimums")
+        if not self.symmetric and (self.zero_dtype is None) == (self.min_dtype is None):
+            raise ValueError("an asymmetric encoding needs either a zero-point dtype or a minimum dtype")
+        if self.min_dtype is not None and not self.min_dtype.is_float:
+            raise ValueError(f"per-group minimums must be float, got {self.min_dtype}")
 
     def __str__(self) -> str:
         text = f"#quant<bits={self.bits},group={self.group},scale={self.scale_dtype}"
+        if self.min_dtype is not None:
+            return text + f",min={self.min_dtype}>"
         text += ",sym" if self.symmetric else f",asym,zero={self.zero_dtype}"
         return text + ">"
 
@@ -352,7 +360,7 @@ def parse_encoding(text: str) -> Encoding:
         block = tuple(int(b) for b in m[1].split("x"))
         return SparseEncoding(block=() if block == (1,) else block, density=float(m[2]))
     dt = r"(u?fixed<\d+,\d+>|[^,<>]+)"  # a dtype; fixed-point ones hold a comma
-    m = re.fullmatch(rf"#quant<bits=(\d+),group=(\d+),scale={dt},(sym|asym,zero={dt})>", text)
+    m = re.fullmatch(rf"#quant<bits=(\d+),group=(\d+),scale={dt},(sym|asym,zero={dt}|min={dt})>", text)
     if m:
         symmetric = m[4] == "sym"
         return QuantEncoding(
@@ -360,7 +368,8 @@ def parse_encoding(text: str) -> Encoding:
             group=int(m[2]),
             scale_dtype=DType.parse(m[3]),
             symmetric=symmetric,
-            zero_dtype=None if symmetric else DType.parse(m[5]),
+            zero_dtype=None if m[5] is None else DType.parse(m[5]),
+            min_dtype=None if m[6] is None else DType.parse(m[6]),
         )
     raise ValueError(f"unknown encoding '{text}'")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from llmc.ir.graph import Function, Module, Node
 from llmc.ir.registry import OPS, InferError, check_attr
+from llmc.ir.types import QuantEncoding
 
 
 class VerifyError(ValueError):
@@ -30,6 +31,11 @@ def verify_module(module: Module) -> None:
             raise VerifyError(f"parameter table key '{name}' does not match its name '{param.name}'")
         if param.data is not None and tuple(param.data.shape) != param.type.static_shape():
             raise VerifyError(f"parameter '{name}' data shape {param.data.shape} != type {param.type}")
+        for enc in param.type.encodings:
+            if isinstance(enc, QuantEncoding) and enc.min_dtype is not None and (
+                    param.type.dtype.kind != "uint" or param.type.dtype.bits != enc.bits):
+                raise VerifyError(f"parameter '{name}': {enc} holds unsigned {enc.bits}-bit codes, not "
+                                  f"{param.type.dtype}")
     for func in module.functions.values():
         verify_function(module, func)
     verify_step_contract(module)

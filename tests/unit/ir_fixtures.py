@@ -73,6 +73,8 @@ def build_every_op_module() -> Module:
         ("model.q.scales", TensorType.of([8, 2], F16)),
         ("model.a.codes", TensorType.of([8, 8], u4, (QuantEncoding(4, 4, F16, False, u4),))),
         ("model.a.zeros", TensorType.of([8, 2], u4)),
+        ("model.m.codes", TensorType.of([8, 8], u4, (QuantEncoding(4, 4, F16, False, None, F16),))),
+        ("model.m.mins", TensorType.of([8, 2], F16)),
         ("model.w8.codes", TensorType.of([8, 8], i8, (QuantEncoding(8, 0),))),
         ("model.w8.scales", TensorType.of([8, 1], F16)),
         ("model.lut.zeros", TensorType.of([8, 2], DType("uint", 8))),
@@ -96,11 +98,13 @@ def build_every_op_module() -> Module:
     h = b.op("rms_norm", [h, b.param("model.norm.weight")], {"eps": 1e-6})
     h = b.op("linear", [h, b.param("model.proj.weight"), b.param("model.proj.bias")])
     h = b.op("linear", [h, b.param("model.proj.weight")])
-    # quantized arithmetic: weight dequantization (symmetric and with zero points), int8 linear
+    # quantized arithmetic: weight dequantization (symmetric, with zero points, with minimums), int8 linear
     scales = b.param("model.q.scales")
     h = b.op("linear", [h, b.op("dequantize", [b.param("model.q.codes"), scales], {"group": 4})])
     wa = b.op("dequantize", [b.param("model.a.codes"), scales, b.param("model.a.zeros")], {"group": 4})
     h = b.op("linear", [h, wa])
+    wm = b.op("dequantize_min", [b.param("model.m.codes"), scales, b.param("model.m.mins")], {"group": 4})
+    h = b.op("linear", [h, wm])
     xq, xs = b.op_multi("quantize_dynamic", [h], {"bits": 8})
     h = b.op("qlinear", [xq, xs, b.param("model.w8.codes"), b.param("model.w8.scales")], {"group": 0})
     h = b.op("fake_quant", [h], {"bits": 4, "group": 4})

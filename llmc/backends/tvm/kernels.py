@@ -91,6 +91,31 @@ def dequantize_codes(codes: te.Tensor, scales: te.Tensor, zeros: te.Tensor | Non
     return te.compute(codes.shape, value, name="dequantize")
 
 
+def dequant_min_linear(x: te.Tensor, packed: te.Tensor, scales: te.Tensor, mins: te.Tensor,
+                       bias: te.Tensor | None = None, *, slot: int, group: int) -> te.Tensor:
+    """``x @ dequantize_min(W).T`` on packed unsigned codes: ``scale * u - min`` per group (float32
+    scales and minimums), inlined into the GEMV/GEMM like :func:`dequant_linear`'s stage."""
+    k = int(x.shape[-1])
+    span = group or k
+
+    def weight(n: tirx.PrimExpr, c: tirx.PrimExpr) -> tirx.PrimExpr:
+        g = c // span
+        return scales[n, g] * unpack_code(packed, n, c, slot).astype(F32) - mins[n, g]
+
+    return linear(x, te.compute((packed.shape[0], k), weight, name="dequantize"), bias)
+
+
+def dequantize_min_codes(codes: te.Tensor, scales: te.Tensor, mins: te.Tensor, group: int) -> te.Tensor:
+    """The reference ``dequantize_min`` on unpacked unsigned codes of any shape ``[..., K]``."""
+    span = group or int(codes.shape[-1])
+
+    def value(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        col = (*i[:-1], i[-1] // span)
+        return scales[col].astype(F32) * codes[i].astype(F32) - mins[col].astype(F32)
+
+    return te.compute(codes.shape, value, name="dequantize")
+
+
 def sparse_linear(x: te.Tensor, values: te.Tensor, index: te.Tensor, bias: te.Tensor | None = None, *,
                   n: int, m: int) -> te.Tensor:
     """``x @ W.T`` for an N:M sparse ``W`` stored as kept ``values`` and their in-block ``index``."""

@@ -7,7 +7,7 @@ Symbolic dims (``L``, ``P``) become int64 TIR variables, so one compiled functio
 length. Ops map to Relax ops (``lower_ops.py``) or to TE kernels for the compressed linear family
 (``lower_linear.py``); weights are re-laid once into the kernels' layouts (``WeightTable``).
 
-``param`` nodes and ``dequantize`` nodes of parameters emit nothing by themselves: a consumer
+``param`` nodes and ``dequantize`` / ``dequantize_min`` nodes of parameters emit nothing by themselves: a consumer
 reads them in the form it needs (a fused kernel its packed weights), and only a consumer that
 needs the plain value makes it.
 """
@@ -31,6 +31,7 @@ from llmc.ir.types import Dim, DType, TensorType
 
 Handler = Callable[["FunctionLowering", Node], list[relax.Expr]]
 HANDLERS: dict[str, Handler] = {}
+DEQUANTIZE = ("dequantize", "dequantize_min")  # weights made by their consumers when they read parameters
 _ANALYZER = Analyzer()
 
 
@@ -147,7 +148,7 @@ class FunctionLowering:
         """Parameters and dequantized parameters are made by their consumers."""
         if node.op == "param":
             return True
-        return node.op == "dequantize" and all(self.param_name(v) is not None for v in node.inputs)
+        return node.op in DEQUANTIZE and all(self.param_name(v) is not None for v in node.inputs)
 
     # -- the function -------------------------------------------------------------------------
     def lower(self) -> Signature:

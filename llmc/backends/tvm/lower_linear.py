@@ -1,7 +1,7 @@
 """Lowerings of the linear family: float, dequantize-fused, N:M sparse, integer (W8A8) and LUT-mpGEMM.
 
-A ``linear`` whose weight is a ``dequantize`` of parameters becomes one dequantize-fused kernel
-on packed codes; a ``linear`` whose weight parameter (or codes) is ``#sparse<n:m>`` reads only the
+A ``linear`` whose weight is a ``dequantize`` (or ``dequantize_min``) of parameters becomes one
+dequantize-fused kernel on packed codes; a ``linear`` whose weight parameter (or codes) is ``#sparse<n:m>`` reads only the
 kept values. Every other op here maps to its TE kernel on the tensors the IR gives it.
 """
 
@@ -60,6 +60,8 @@ def _linear(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
     producer = lw.producers.get(weight.name)
     if producer is not None and producer.op == "dequantize" and lw.deferred(producer):
         return [_quantized_linear(lw, node, x, bias, producer)]
+    if producer is not None and producer.op == "dequantize_min" and lw.deferred(producer):
+        return [_min_linear(lw, x, bias, producer)]
     name = lw.param_name(weight)
     nm = _nm(weight.type)
     if name is not None and nm is not None:
@@ -118,6 +120,32 @@ def _quantized_linear(lw: FunctionLowering, node: Node, x: relax.Expr, bias: rel
     slot = layouts.slot_bits(code_type.dtype.bits)
     packed = lw.weight(f"{codes_name}#packed{slot}", lambda: layouts.pack_words(offset()[0], slot))
     return _emit_te(lw, "dequant_linear", kernels.dequant_linear, x, packed, scales, zeros, bias, slot=slot, group=group)
+
+
+def _min_linear(lw: FunctionLowering, x: relax.Expr, bias: relax.Expr | None, dq: Node) -> relax.Expr:
+    """``linear(x, dequantize_min(codes, scales, mins))`` on packed unsigned codes."""
+    dq = with_defaults(dq)
+    codes_name, scales_name, mins_name = (lw.param_name(v) for v in dq.inputs)
+    if dq.attrs["dtype"] != F32:
+        raise LlmcError(f"dequantize_min to {dq.attrs['dtype']}: the TVM backend dequantizes to f32")
+    if _nm(dq.inputs[0].type) is not None:
+        raise LlmcError(f"{codes_name}: N:M sparse codes with per-group minimums are not supported by the TVM backend")
+    slot = layouts.slot_bits(dq.inputs[0].type.dtype.bits)
+    packed = lw.weight(f"{codes_name}#packed{slot}", lambda: layouts.pack_words(lw.weights.param(codes_name), slot))
+    return _emit_te(lw, "dequant_min_linear", kernels.dequant_min_linear, x, packed, _f32(lw, scales_name),
+                    _f32(lw, mins_name), bias, slot=slot, group=dq.attrs["group"])
+
+
+@handles("dequantize_min")
+def _dequantize_min(lw: FunctionLowering, node: Node) -> list[relax.Expr]:
+    if node.attrs["dtype"] != F32:
+        raise LlmcError(f"dequantize_min to {node.attrs['dtype']}: the TVM backend dequantizes to f32")
+    args = [lw.arg(node, i) for i in range(3)]
+    for i in (1, 2):
+        name = lw.param_name(node.inputs[i])
+        if name is not None:
+            args[i] = _f32(lw, name)
+    return [lw.bb.emit_te(kernels.dequantize_min_codes, *args, node.attrs["group"], primfunc_name_hint="dequantize_min")]
 
 
 @handles("dequantize")

@@ -66,9 +66,10 @@ def _sites(module: Module, func: Function, options: LutOptions) -> list[_Site]:
 
 
 def _lut_encoding(codes: TensorType, options: LutOptions) -> QuantEncoding | None:
-    """The quantization of dense 1..4-bit codes whose groups hold whole chunks of ``g`` (None otherwise)."""
+    """The quantization of dense 1..4-bit codes whose groups hold whole chunks of ``g`` (None otherwise;
+    also for codes with per-group minimums, which ``dequantize_min`` reads and the tables do not hold)."""
     quant = [e for e in codes.encodings if isinstance(e, QuantEncoding)]
-    if not quant or quant[0].bits > 4 or quant[0].group % options.g:
+    if not quant or quant[0].bits > 4 or quant[0].group % options.g or quant[0].min_dtype is not None:
         return None
     return None if any(isinstance(e, SparseEncoding) for e in codes.encodings) else quant[0]
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from llmc.ir.ops.common import as_dtype, exact_int_matmul
 from llmc.ir.registry import AttrSpec, InferError, RefContext, register
-from llmc.ir.types import F16, F32, Dim, DType, TensorType
+from llmc.ir.types import F16, F32, Dim, DType, QuantEncoding, TensorType
 
 
 def groups_of(k: Dim, group: int) -> Dim:
@@ -64,6 +64,8 @@ class Dequantize:
         codes, scale = ins[:2]
         if not codes.dtype.is_int:
             raise InferError(f"dequantize codes must be integers, got {codes.dtype}")
+        if any(e.min_dtype is not None for e in _quant(codes)):
+            raise InferError("codes with a per-group minimum (#quant<..., min=...>) are read by dequantize_min")
         _scale_check(codes, scale, attrs["group"], "dequantize")
         if len(ins) == 3 and (ins[2].shape != scale.shape or not ins[2].dtype.is_int):
             raise InferError("dequantize zero points must be integers shaped like the scales")
@@ -76,6 +78,40 @@ class Dequantize:
         if len(ins) == 3:
             codes = codes - expand_groups(ins[2].astype(np.int64), k, group)
         return [as_dtype(codes.astype(np.float32) * expand_groups(scale, k, group), attrs["dtype"])]
+
+
+def _quant(t: TensorType) -> list[QuantEncoding]:
+    return [e for e in t.encodings if isinstance(e, QuantEncoding)]
+
+
+@register("dequantize_min", inputs=3, attrs={"group": AttrSpec("int"), "dtype": AttrSpec("dtype", F32)})
+class DequantizeMin:
+    """``scale * codes - min`` per group along the last axis, for unsigned codes with a float
+    minimum per group (llama.cpp's Q4_1, Q5_1, Q2_K, Q4_K, Q5_K): the code widened to float32,
+    one float32 multiply by the scale, then one float32 subtract of the minimum (each rounded,
+    no fused multiply-add), rounded to ``dtype``. ``mins`` has the scales' shape. Codes that
+    carry a ``#quant`` encoding must carry the one these operands give (``min=DT``)."""
+
+    @staticmethod
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        codes, scale, mins = ins
+        if not codes.dtype.is_int or codes.dtype.signed:
+            raise InferError(f"dequantize_min codes must be unsigned integers, got {codes.dtype}")
+        _scale_check(codes, scale, attrs["group"], "dequantize_min")
+        if mins.shape != scale.shape or not mins.dtype.is_float:
+            raise InferError("dequantize_min minimums must be floats shaped like the scales")
+        for e in _quant(codes):
+            want = QuantEncoding(codes.dtype.bits, attrs["group"], scale.dtype, False, None, mins.dtype)
+            if e != want:
+                raise InferError(f"codes encoded {e}, but these operands are {want}")
+        return [TensorType(codes.shape, attrs["dtype"])]
+
+    @staticmethod
+    def ref(ins: list[np.ndarray], attrs: dict[str, Any], ctx: RefContext) -> list[np.ndarray]:
+        codes, k, group = ins[0], ins[0].shape[-1], attrs["group"]
+        scale = expand_groups(ins[1].astype(np.float32), k, group)
+        low = expand_groups(ins[2].astype(np.float32), k, group)
+        return [as_dtype(codes.astype(np.float32) * scale - low, attrs["dtype"])]
 
 
 @register("quantize_dynamic", inputs=1, attrs={"bits": AttrSpec("int", 8)}, results=2)
