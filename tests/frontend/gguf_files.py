@@ -1,6 +1,7 @@
 """GGUF files written from a Hugging Face model the way llama.cpp's converter writes them (tensor
-names, the llama Q/K row permutation, quantized blocks from ``gguf.quants``), a small byte-level BPE
-vocabulary for them, and the block decoding the tests check llmc's codes against."""
+names, the llama Q/K row permutation, quantized blocks from ``gguf.quants`` or, for the K-quants it
+cannot write, from the writers here), a small byte-level BPE vocabulary for them, and the codes the
+tests check llmc's against."""
 
 from __future__ import annotations
 
@@ -105,8 +106,7 @@ def write_gguf(path: Path, model: torch.nn.Module, types: Mapping[str, Q] | None
         if qtype == Q.F32:
             writer.add_tensor(name, np.ascontiguousarray(w))
         else:
-            blocks = q6_k_blocks(w) if qtype == Q.Q6_K else gguf.quants.quantize(w, qtype)
-            writer.add_tensor(name, blocks, raw_dtype=qtype)
+            writer.add_tensor(name, quantize(w, qtype).blocks, raw_dtype=qtype)
     for name, w in (extra or {}).items():
         writer.add_tensor(name, np.ascontiguousarray(w, dtype=np.float32))
     writer.write_header_to_file()
@@ -139,7 +139,7 @@ def llama3_rope_factors(cfg: Any) -> np.ndarray:
 def roundtrip(w: np.ndarray, qtype: Q) -> np.ndarray:
     """``w`` as gguf stores it in ``qtype`` and reads it back (rows are independent, so permuting
     rows before or after gives the same values)."""
-    return w if qtype == Q.F32 else gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype)
+    return w if qtype == Q.F32 else gguf.quants.dequantize(quantize(w, qtype).blocks, qtype)
 
 
 def with_weights(model: torch.nn.Module, types: Mapping[str, Q], default: Q = Q.F32) -> torch.nn.Module:
@@ -189,3 +189,120 @@ def q6_k_blocks(w: np.ndarray) -> np.ndarray:
         qh[..., half * 32 + np.arange(32)] |= ((q[:, :, c] >> 4) << (2 * (c % 4))).astype(np.uint8)
     tail = np.concatenate([sc.view(np.uint8), d[..., None].view(np.uint8)], axis=-1)
     return np.concatenate([ql, qh, tail], axis=-1).reshape(rows, -1)
+
+
+@dataclass
+class Blocks:
+    """A tensor [N, K] quantized to GGUF blocks [N, bytes], with the codes the writer chose (in the
+    file's own convention: Q4_1 / Q5_1 and Q2_K / Q4_K / Q5_K unsigned, Q3_K signed; None where the
+    test does not need them)."""
+
+    blocks: np.ndarray
+    codes: np.ndarray | None = None
+
+
+def quantize(w: np.ndarray, qtype: Q) -> Blocks:
+    """``w`` [N, K] as ``qtype`` blocks: gguf's quantizer where it has one, else the writers here."""
+    writers = {Q.Q6_K: lambda w: Blocks(q6_k_blocks(w)), Q.Q2_K: q2_k_blocks, Q.Q3_K: q3_k_blocks,
+               Q.Q4_K: lambda w: qk_min_blocks(w, 4), Q.Q5_K: lambda w: qk_min_blocks(w, 5)}
+    if qtype in writers:
+        return writers[qtype](w)
+    blocks = gguf.quants.quantize(w, qtype)
+    if qtype not in (Q.Q4_1, Q.Q5_1):
+        return Blocks(blocks)
+    # gguf's Q4_1 / Q5_1 quantizer: q = trunc((x - min) / d + 0.5) with d = (max - min) / (2^b - 1)
+    top = 15 if qtype == Q.Q4_1 else 31
+    x = w.astype(np.float32).reshape(-1, 32)
+    low, high = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
+    d = (high - low) / np.float32(top)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    codes = np.trunc((x - low) * inv + np.float32(0.5), dtype=np.float32).astype(np.uint8).clip(0, top)
+    return Blocks(blocks, codes.reshape(w.shape))
+
+
+def _super_blocks(w: np.ndarray, sub: int, top: int, scale_top: int) -> tuple[np.ndarray, ...]:
+    """Per 256-weight super-block of ``w``: f16 ``d`` and ``dmin``, per ``sub``-weight sub-block an
+    integer scale and minimum (0..scale_top), and codes 0..top with ``d * sc * q - dmin * m`` near
+    ``w``. Shapes [N, B], [N, B], [N, B, 256/sub] x2, [N, B, 256/sub, sub]."""
+    rows, cols = w.shape
+    x = w.reshape(rows, cols // 256, 256 // sub, sub).astype(np.float64)
+    low = np.minimum(x.min(axis=-1), 0.0)
+    step, floor = (x.max(axis=-1) - low) / top, -low
+    d = (step.max(axis=-1) / scale_top).astype(np.float16)
+    dmin = (floor.max(axis=-1) / scale_top).astype(np.float16)
+    d, dmin = np.where(d == 0, np.float16(1), d), np.where(dmin == 0, np.float16(1), dmin)
+    sc = np.clip(np.rint(step / d.astype(np.float64)[..., None]), 1, scale_top).astype(np.uint8)
+    m = np.clip(np.rint(floor / dmin.astype(np.float64)[..., None]), 0, scale_top).astype(np.uint8)
+    scale = d.astype(np.float32)[..., None] * sc.astype(np.float32)
+    minimum = dmin.astype(np.float32)[..., None] * m.astype(np.float32)
+    q = np.clip(np.rint((x + minimum[..., None]) / scale[..., None]), 0, top).astype(np.uint8)
+    return d, dmin, sc, m, q
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """[..., 256] 4-bit values as 128 bytes: in each run of 64, byte j = element j | element j + 32 << 4."""
+    runs = q.reshape(*q.shape[:-1], 4, 2, 32)
+    return (runs[..., 0, :] | (runs[..., 1, :] << 4)).reshape(*q.shape[:-1], 128)
+
+
+def _pack_crumbs(q: np.ndarray) -> np.ndarray:
+    """[..., 256] 2-bit values as 64 bytes: byte 32 * h + j holds element 128 * h + 32 * s + j at bits 2 * s."""
+    runs = q.reshape(*q.shape[:-1], 2, 4, 32).astype(np.uint8)
+    packed = runs[..., 0, :] | (runs[..., 1, :] << 2) | (runs[..., 2, :] << 4) | (runs[..., 3, :] << 6)
+    return packed.reshape(*q.shape[:-1], 64)
+
+
+def _pack_planes(bits: np.ndarray) -> np.ndarray:
+    """[..., 256] single bits as 32 bytes: bit p of byte j is element 32 * p + j."""
+    planes = bits.reshape(*bits.shape[:-1], 8, 32).astype(np.uint8)
+    return np.bitwise_or.reduce(planes << np.arange(8, dtype=np.uint8)[:, None], axis=-2)
+
+
+def _f16_bytes(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.astype(np.float16))[..., None].view(np.uint8)
+
+
+def qk_min_blocks(w: np.ndarray, bits: int) -> Blocks:
+    """Q4_K / Q5_K blocks of ``w`` [N, K] (K a multiple of 256): 8 sub-blocks of 32 with 6-bit
+    scales and minimums packed as gguf's ``Q4_K.get_scale_min`` reads them, then (Q5_K) the fifth
+    bits as bit planes and the low nibbles."""
+    rows, cols = w.shape
+    d, dmin, sc, m, q = _super_blocks(w, 32, (1 << bits) - 1, 63)
+    low = sc[..., :4] | ((sc[..., 4:] >> 4) << 6)
+    mid = m[..., :4] | ((m[..., 4:] >> 4) << 6)
+    top = (sc[..., 4:] & 0x0F) | ((m[..., 4:] & 0x0F) << 4)
+    flat = q.reshape(rows, cols // 256, 256)
+    parts = [_f16_bytes(d), _f16_bytes(dmin), low, mid, top]
+    if bits == 5:
+        parts.append(_pack_planes(flat >> 4))
+    parts.append(_pack_nibbles(flat & 0x0F))
+    return Blocks(np.concatenate(parts, axis=-1).reshape(rows, -1), flat.reshape(rows, cols))
+
+
+def q2_k_blocks(w: np.ndarray) -> Blocks:
+    """Q2_K blocks of ``w`` [N, K]: 16 sub-blocks of 16 with a 4-bit scale (low nibble) and minimum
+    (high) per byte, 2-bit codes, then the f16 ``d`` and ``dmin``."""
+    rows, cols = w.shape
+    d, dmin, sc, m, q = _super_blocks(w, 16, 3, 15)
+    flat = q.reshape(rows, cols // 256, 256)
+    parts = [sc | (m << 4), _pack_crumbs(flat), _f16_bytes(d), _f16_bytes(dmin)]
+    return Blocks(np.concatenate(parts, axis=-1).reshape(rows, -1), flat.reshape(rows, cols))
+
+
+def q3_k_blocks(w: np.ndarray) -> Blocks:
+    """Q3_K blocks of ``w`` [N, K]: signed codes -4..3 (two low bits, and a high bit set where the
+    code is not negative) and 6-bit scales ``sc`` (``d * (sc - 32)`` per 16 weights), then ``d``."""
+    rows, cols = w.shape
+    x = w.reshape(rows, cols // 256, 16, 16).astype(np.float64)
+    step = np.abs(x).max(axis=-1) / 4
+    d = (step.max(axis=-1) / 31).astype(np.float16)
+    d = np.where(d == 0, np.float16(1), d)
+    sc = np.clip(np.rint(step / d.astype(np.float64)[..., None]), 1, 31).astype(np.int64) + 32
+    scale = d.astype(np.float32)[..., None] * (sc - 32).astype(np.float32)
+    q = np.clip(np.rint(x / scale[..., None]), -4, 3).astype(np.int64).reshape(rows, cols // 256, 256)
+    u = (q + 4).astype(np.uint8)
+    low = ((sc[..., :8] & 0x0F) | ((sc[..., 8:] & 0x0F) << 4)).astype(np.uint8)
+    high = sum(((sc[..., 4 * s:4 * s + 4] >> 4) & 3) << (2 * s) for s in range(4)).astype(np.uint8)
+    parts = [_pack_planes(u >> 2), _pack_crumbs(u & 3), low, high, _f16_bytes(d)]
+    return Blocks(np.concatenate(parts, axis=-1).reshape(rows, -1), q.reshape(rows, cols))

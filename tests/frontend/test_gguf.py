@@ -1,4 +1,5 @@
-"""llama.cpp GGUF files: the import matches transformers, keeps Q8_0 / Q4_0 codes bit for bit,
+"""llama.cpp GGUF files: the import matches transformers, keeps the codes of Q4_0, Q4_1, Q5_0,
+Q5_1, Q8_0 and the K-quants bit for bit (those with a per-block minimum read by dequantize_min),
 dequantizes other types with one note line, refuses malformed files in one line and rebuilds the
 tokenizer."""
 
@@ -15,6 +16,8 @@ from gguf_files import (
     block_codes,
     gguf_name,
     llama3_rope_factors,
+    permute,
+    quantize,
     roundtrip,
     train_bpe,
     with_weights,
@@ -25,16 +28,18 @@ from zoo import FAMILIES, SMALL_PROMPT
 import llmc
 from llmc.cli import main
 from llmc.compiler.frontend import hf
+from llmc.compiler.frontend.gguf_import import unpermute
 from llmc.compiler.frontend.gguf_tokenizer import read_tokenizer
 from llmc.errors import LlmcError
 from llmc.generate.interpreter import causal_mask
-from llmc.ir import run_function
+from llmc.ir import parse_module, print_module, run_function
 from llmc.ir.registry import OPS, RefContext
-from llmc.ir.types import F16, QuantEncoding
+from llmc.ir.types import F16, F32, QuantEncoding
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj")
 STEPS = 4
+KEPT = "llmc keeps Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K codes of linear layers"
 
 
 def hf_model(arch: str, **extra: object) -> torch.nn.Module:
@@ -122,8 +127,7 @@ def test_q8_0_and_q4_0_codes_are_the_files(llama, vocab, folder, capsys, qtype) 
     types = {"output.weight": Q.Q8_0}  # a Q4_0 file with an int8 head, as llama.cpp writes them
     path = write_gguf(folder / f"{qtype.name}.gguf", llama, types, default=qtype, vocab=vocab)
     model = llmc.load(path, max_length=128)
-    assert err_lines(capsys) == [f"note: {path}: 1 {qtype.name} tensor dequantized to float (llmc keeps Q8_0, Q4_0, "
-                                 "Q5_0 and Q6_K codes of linear layers)"]  # the embedding
+    assert err_lines(capsys) == [f"note: {path}: 1 {qtype.name} tensor dequantized to float ({KEPT})"]  # the embedding
     params = model.module.params
     state = llama.state_dict()
     weights = [f"model.layers.{i}.{part}.weight" for i in range(2) for part in LINEARS] + ["lm_head.weight"]
@@ -145,8 +149,9 @@ def test_q8_0_and_q4_0_codes_are_the_files(llama, vocab, folder, capsys, qtype) 
     assert tokens == greedy(reference)
 
 
-@pytest.mark.parametrize("qtype,flags", [(Q.Q4_0, 516), pytest.param(Q.Q6_K, 518, marks=pytest.mark.slow)],
-                         ids=["Q4_0", "Q6_K"])
+@pytest.mark.parametrize("qtype,flags", [(Q.Q4_0, 516), pytest.param(Q.Q6_K, 518, marks=pytest.mark.slow),
+                                         pytest.param(Q.Q3_K, 515, marks=pytest.mark.slow)],
+                         ids=["Q4_0", "Q6_K", "Q3_K"])
 def test_a_quantized_file_compiles_for_the_accelerator_with_its_codes(llama, vocab, folder, capsys, qtype,
                                                                       flags) -> None:
     from llmc.sim.ladder import verify_project
@@ -157,7 +162,7 @@ def test_a_quantized_file_compiles_for_the_accelerator_with_its_codes(llama, voc
     project = folder / f"{qtype.name}-project"
     assert main(["compile", str(path), "--eval-windows", "1", "-o", str(project)]) == 0
     program = (project / "program.txt").read_text()
-    assert f"flags={flags}" in program  # 4- or 6-bit signed codes on the DSP engine, the file's groups
+    assert f"flags={flags}" in program  # 3-, 4- or 6-bit signed codes on the DSP engine, the file's groups
     lowered = llmc.load(project).module.params
     source = llmc.load(path, max_length=128).module.params
     name = "model.layers.0.mlp.down_proj.weight"
@@ -191,14 +196,94 @@ def test_q5_0_and_q6_k_codes_are_kept_exactly(folder, capsys, qtype, bits, group
 
 
 def test_other_types_are_dequantized_with_one_note(llama, folder, capsys) -> None:
-    types = {f"blk.{i}.{part}.weight": t for i in range(2) for part, t in (("ffn_down", Q.Q4_1), ("attn_v", Q.Q5_1))}
+    types = {f"blk.{i}.{part}.weight": t for i in range(2) for part, t in (("ffn_down", Q.MXFP4), ("attn_v", Q.Q4_1))}
     path = write_gguf(folder / "mixed.gguf", llama, types)
     model = llmc.load(path, max_length=128)
-    assert err_lines(capsys) == [f"note: {path}: 2 Q4_1, 2 Q5_1 tensors dequantized to float (llmc keeps Q8_0, Q4_0, "
-                                 "Q5_0 and Q6_K codes of linear layers); no tokenizer: the file has none"]
-    assert not any(name.endswith(".codes") for name in model.module.params)
-    assert model.module.params["model.layers.0.mlp.down_proj.weight"].type.dtype.is_float
+    assert err_lines(capsys) == [f"note: {path}: 2 MXFP4 tensors dequantized to float ({KEPT}); no tokenizer: the "
+                                 "file has none"]  # the Q4_1 codes are kept
+    params = model.module.params
+    assert params["model.layers.0.mlp.down_proj.weight"].type.dtype.is_float
+    assert "model.layers.1.self_attn.v_proj.weight.mins" in params
     check_logits(with_weights(llama, types), model.module)
+
+
+# every type with a per-block minimum, and Q3_K; the llama Q / K rows are permuted in the file
+MIN_TYPES = {"attn_q": Q.Q4_K, "attn_k": Q.Q5_1, "attn_v": Q.Q2_K, "attn_output": Q.Q3_K, "ffn_gate": Q.Q4_1,
+             "ffn_up": Q.Q5_K, "ffn_down": Q.Q4_K}
+MIN_FORMS = {Q.Q4_1: (4, 32, F16), Q.Q5_1: (5, 32, F16), Q.Q2_K: (2, 16, F32), Q.Q4_K: (4, 32, F32),
+             Q.Q5_K: (5, 32, F32), Q.Q3_K: (3, 16, F32)}
+
+
+@pytest.fixture(scope="module")
+def min_file(folder: Path, vocab) -> tuple[torch.nn.Module, dict, Path]:
+    wide = hf_model("llama", hidden_size=256, intermediate_size=256)  # K-quant blocks hold 256 weights
+    types = {f"blk.{i}.{part}.weight": t for i in range(2) for part, t in MIN_TYPES.items()}
+    types["output.weight"] = Q.Q5_K
+    return wide, types, write_gguf(folder / "minimums.gguf", wide, types, vocab=vocab)
+
+
+def test_codes_with_a_minimum_are_kept_exactly(min_file, capsys) -> None:
+    """Q4_1, Q5_1, Q2_K, Q4_K and Q5_K keep their unsigned codes with the file's scale and minimum of
+    every group (Q3_K its signed codes and f32 scales): the codes are the ones written, and
+    dequantize_min (dequantize) gives gguf's dequantization of the file bit for bit."""
+    import gguf
+
+    wide, types, path = min_file
+    model = llmc.load(path, max_length=128)
+    assert not err_lines(capsys)  # nothing dequantized (the embedding is F32)
+    params, state = model.module.params, wide.state_dict()
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    cfg = wide.config
+    for name in [f"model.layers.{i}.{part}.weight" for i in range(2) for part in LINEARS] + ["lm_head.weight"]:
+        qtype, file_name = types[gguf_name(name)], gguf_name(name)
+        heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}.get(file_name.split(".")[2:3][0]
+                                                                                          if "blk" in file_name else "")
+        bits, group, scale_dtype = MIN_FORMS[qtype]
+        codes, scales = params[f"{name}.codes"], params[f"{name}.scales"]
+        assert name not in params and scales.type.dtype == scale_dtype
+        w = state[name].numpy()
+        written = quantize(permute(w, heads) if heads else w, qtype).codes
+        np.testing.assert_array_equal(codes.data.astype(np.int64),
+                                      (unpermute(written, heads) if heads else written).astype(np.int64))
+        file_values = gguf.quants.dequantize(np.asarray(tensors[file_name].data), qtype)
+        if qtype == Q.Q3_K:
+            assert codes.type.encodings == (QuantEncoding(bits, group, scale_dtype),) and str(codes.type.dtype) == "i3"
+            got = OPS["dequantize"].ref([codes.data, scales.data], {"group": group, "dtype": F32}, RefContext({}))[0]
+        else:
+            mins = params[f"{name}.mins"]
+            assert codes.type.encodings == (QuantEncoding(bits, group, scale_dtype, False, None, scale_dtype),)
+            assert str(codes.type.dtype) == f"u{bits}" and mins.type.dtype == scale_dtype
+            got = OPS["dequantize_min"].ref([codes.data, scales.data, mins.data], {"group": group, "dtype": F32},
+                                            RefContext({}))[0]
+        want = unpermute(file_values, heads) if heads else file_values
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=name)
+    text = print_module(model.module)
+    assert "dequantize_min(" in text and print_module(parse_module(text)) == text
+    check_logits(with_weights(wide, types), model.module)  # against the float model of the file's weights
+
+
+def test_codes_with_a_minimum_are_refused_by_the_accelerator_in_one_line(min_file, tmp_path, capsys) -> None:
+    """The U280's engines have no per-group minimum (yet): compile stops with one line naming the op."""
+    _, _, path = min_file
+    assert main(["compile", str(path), "-o", str(tmp_path / "project")]) == 2
+    lines = err_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith("llmc: error: ")
+    assert "dequantize_min: op not supported by the FPGA accelerator" in lines[0]
+    assert not (tmp_path / "project").exists()
+
+
+@pytest.mark.slow
+def test_codes_with_a_minimum_run_on_tvm(min_file) -> None:
+    """The TVM backend's fused dequantize_min GEMV against the interpreter, prefill and decode."""
+    pytest.importorskip("tvm")
+    from llmc.backends.tvm.compile import compile_model
+    from llmc.generate.interpreter import InterpreterDevice
+
+    module = llmc.load(min_file[2], max_length=128).module
+    ref, device = InterpreterDevice(module), compile_model(module, "cpu")
+    pairs = [(ref.prefill(SMALL_PROMPT), device.prefill(SMALL_PROMPT))]
+    pairs += [(ref.decode(token), device.decode(token)) for token in (5, 9, 12)]
+    assert max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in pairs) <= 2e-5
 
 
 def test_qwen2_file_with_biases_and_a_tied_head(folder, capsys) -> None:
@@ -221,11 +306,16 @@ def test_llama3_rope_factors(folder) -> None:
 
 
 def test_shapes_only_keeps_the_quantized_types(llama, folder) -> None:
-    path = write_gguf(folder / "shapes.gguf", llama, {"output.weight": Q.Q8_0}, default=Q.Q4_0)
+    path = write_gguf(folder / "shapes.gguf", llama, {"output.weight": Q.Q8_0, "blk.0.ffn_up.weight": Q.Q4_1},
+                      default=Q.Q4_0)
     model = llmc.load(path, shapes_only=True, max_length=128)
-    codes = model.module.params["model.layers.1.mlp.down_proj.weight.codes"]
+    params = model.module.params
+    codes = params["model.layers.1.mlp.down_proj.weight.codes"]
     assert codes.data is None and str(codes.type) == "tensor<64x96xi4 #quant<bits=4,group=32,scale=f16,sym>>"
-    assert str(model.module.params["lm_head.weight.codes"].type.dtype) == "i8"
+    assert str(params["lm_head.weight.codes"].type.dtype) == "i8"
+    up = "model.layers.0.mlp.up_proj.weight"
+    assert str(params[f"{up}.codes"].type) == "tensor<96x64xu4 #quant<bits=4,group=32,scale=f16,min=f16>>"
+    assert params[f"{up}.mins"].data is None and str(params[f"{up}.mins"].type) == "tensor<96x2xf16>"
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -1,13 +1,14 @@
 """llama.cpp GGUF files: the metadata becomes a transformers config, the tensors its weights, and
-linear weights stored as Q8_0 or Q4_0 keep the file's codes and scales exactly.
+linear weights of the block types llmc keeps (``gguf_blocks.KEPT``) keep the file's codes exactly.
 
 Every tensor is dequantized with ``gguf.quants.dequantize`` into the Hugging Face model, which is
-traced as any other (:func:`.hf.import_model`). Then each Q8_0 / Q4_0 linear weight is swapped for
-its codes (Q8_0: the int8 ``qs``; Q4_0: ``q - 8`` as int4) and f16 block scales ``d`` (group 32,
-symmetric) through the quantize pass's :func:`install`, so ``dequantize(codes, scales)`` is
-bit for bit what gguf computes. llama.cpp permutes the rows of the llama architecture's Q and K
-projections (interleaved RoPE pairs); the rows are put back in Hugging Face's order, which keeps
-the blocks (they run along K) intact.
+traced as any other (:func:`.hf.import_model`). Then each kept linear weight is swapped for its
+codes and block scales: signed codes (Q8_0, Q4_0, Q5_0, Q3_K, Q6_K) through the quantize pass's
+:func:`install`, read by ``dequantize``; unsigned codes with a per-block minimum (Q4_1, Q5_1,
+Q2_K, Q4_K, Q5_K) as ``W.codes``, ``W.scales`` and ``W.mins``, read by ``dequantize_min``. Either
+way the IR's weights are bit for bit what gguf computes. llama.cpp permutes the rows of the llama
+architecture's Q and K projections (interleaved RoPE pairs); the rows are put back in Hugging
+Face's order, which keeps the blocks (they run along K) intact.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from typing import Any
 import numpy as np
 
 from llmc.compiler.frontend import hf
+from llmc.compiler.frontend.gguf_blocks import KEPT, Form
 from llmc.compiler.frontend.gguf_reader import GgufFile
 from llmc.compiler.frontend.gguf_tokenizer import PREFIX, read_tokenizer
-from llmc.compiler.passes.linear import linear_layers
+from llmc.compiler.passes.linear import LinearLayer, linear_layers, replace_param
 from llmc.compiler.passes.quantize import install
 from llmc.compiler.quant.grid import Grid, Quantized
 from llmc.errors import FrontendError
-from llmc.ir.graph import Module
-from llmc.ir.types import F16, F32
+from llmc.ir.builder import Builder
+from llmc.ir.graph import Module, Param, Value
+from llmc.ir.ops.common import as_dtype
+from llmc.ir.types import DType, TensorType
 
 ARCHITECTURES = ("llama", "qwen2")
 GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
@@ -37,6 +41,7 @@ BLOCK = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.
          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)")
 ROPE_FREQS = "rope_freqs.weight"  # Llama 3's per-frequency divisors of the RoPE angle
+KEPT_NAMES = ", ".join(t.name for t in sorted(KEPT)[:-1]) + " and " + max(KEPT).name
 
 
 @dataclass
@@ -171,8 +176,8 @@ def load_weights(model: Any, file: GgufFile, names: dict[str, str], heads: dict[
 
 
 def keep_codes(module: Module, file: GgufFile, names: dict[str, str], heads: dict[str, int], shapes_only: bool) -> set[str]:
-    """Swap every Q8_0 / Q4_0 linear weight of ``module`` for the file's codes and scales; returns
-    the GGUF names of the tensors whose codes were kept."""
+    """Swap every linear weight of ``module`` stored in a kept block type for the file's codes,
+    scales (and minimums); returns the GGUF names of the tensors whose codes were kept."""
     kept = set()
     for layer in linear_layers(module, exclude_head=False):
         gguf_name = names.get(layer.weight)
@@ -181,18 +186,38 @@ def keep_codes(module: Module, file: GgufFile, names: dict[str, str], heads: dic
         form = file.kept(gguf_name)
         if form is None:
             continue
-        bits, group, f32_scales = form
-        grid = Grid(bits, group, True)
-        q = None
+        arrays = None
         if not shapes_only:
-            codes, scales = file.codes(gguf_name)
+            arrays = file.codes(gguf_name)
             h = _heads_of(gguf_name, heads)
             if h:
-                codes, scales = unpermute(codes, h), unpermute(scales, h)
-            q = Quantized(codes, scales, None, grid)
-        install(module, layer, grid, q, scale_dtype=F32 if f32_scales else F16)
+                arrays = tuple(None if a is None else unpermute(a, h) for a in arrays)
+        if form.min_dtype is None:
+            grid = Grid(form.bits, form.group, True)
+            q = None if arrays is None else Quantized(arrays[0], arrays[1], None, grid)
+            install(module, layer, grid, q, scale_dtype=form.scale_dtype)
+        else:
+            install_min(module, layer, form, arrays)
         kept.add(gguf_name)
     return kept
+
+
+def install_min(module: Module, layer: LinearLayer, form: Form,
+                arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None) -> None:
+    """Replace ``layer``'s float weight by unsigned codes ``W.codes`` (encoded ``form``), ``W.scales``
+    and ``W.mins`` (one per group) read by ``dequantize_min``; ``arrays`` None: shapes only."""
+    shape = layer.shape
+    grouped = [*shape[:-1], layer.in_features // form.group]
+    parts = (("codes", DType("uint", form.bits), shape, (form.encoding,)),
+             ("scales", form.scale_dtype, grouped, ()), ("mins", form.min_dtype, grouped, ()))
+    params = [Param(f"{layer.weight}.{part}", TensorType.of(dims, dtype, enc),
+                    None if arrays is None else as_dtype(arrays[i].reshape(dims), dtype))
+              for i, (part, dtype, dims, enc) in enumerate(parts)]
+
+    def expand(b: Builder, values: dict[str, Value]) -> Value:
+        return b.op("dequantize_min", [values[p.name] for p in params], {"group": form.group})
+
+    replace_param(module, layer.weight, params, expand)
 
 
 def note_line(path: Path, lost_types: list[str], tokenizer_reason: str) -> str | None:
@@ -202,7 +227,7 @@ def note_line(path: Path, lost_types: list[str], tokenizer_reason: str) -> str |
         counts = {t: lost_types.count(t) for t in sorted(set(lost_types))}
         listed = ", ".join(f"{n} {t}" for t, n in counts.items())
         noun = "tensor" if len(lost_types) == 1 else "tensors"
-        parts.append(f"{listed} {noun} dequantized to float (llmc keeps Q8_0, Q4_0, Q5_0 and Q6_K codes of linear layers)")
+        parts.append(f"{listed} {noun} dequantized to float (llmc keeps {KEPT_NAMES} codes of linear layers)")
     if tokenizer_reason:
         parts.append(f"no tokenizer: {tokenizer_reason}")
     return f"note: {path}: {'; '.join(parts)}" if parts else None

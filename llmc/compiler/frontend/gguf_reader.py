@@ -1,6 +1,7 @@
 """A GGUF file read through ``gguf.GGUFReader``, with every problem an error naming the file and the
 metadata key or tensor: typed metadata access, the tensor inventory checked against a model's
-needs, dequantized floats, and the codes and scales of Q8_0 / Q4_0 blocks."""
+needs, dequantized floats, and the codes, scales and minimums of the block types llmc keeps
+(``gguf_blocks.py``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,10 @@ from typing import Any
 import gguf
 import numpy as np
 
+from llmc.compiler.frontend.gguf_blocks import KEPT, Form, min_blocks, q3_k_blocks
 from llmc.errors import FrontendError
 
 Q = gguf.GGMLQuantizationType
-# block types whose codes llmc keeps: code width, weights per scale, and whether the scale is f32
-# (Q6_K's 16-weight scale d * sc, an f16 times an int8, is exact in f32 but not in f16)
-KEPT: dict[Q, tuple[int, int, bool]] = {Q.Q8_0: (8, 32, False), Q.Q4_0: (4, 32, False), Q.Q5_0: (5, 32, False),
-                                        Q.Q6_K: (6, 16, True)}
 FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16, Q.F64)
 _MISSING = object()
 
@@ -145,37 +143,46 @@ class GgufFile:
     def is_float(self, name: str) -> bool:
         return self.tensor(name).tensor_type in FLOAT_TYPES
 
-    def kept(self, name: str) -> tuple[int, int, bool] | None:
-        """Code width, weights per scale and f32 scales of the tensor's codes llmc keeps, or None."""
+    def kept(self, name: str) -> Form | None:
+        """The form llmc keeps the tensor's codes in (``gguf_blocks.KEPT``), or None."""
         return KEPT.get(self.tensor(name).tensor_type)
 
-    def codes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Codes [N, K] (int8) and scales [N, K / group] of a kept block type, with ``codes *
-        float32(scales)`` per group exactly gguf's dequantization: Q8_0's ``qs`` and Q4_0's ``q - 8``
-        with the block's f16 ``d``; Q5_0's ``q - 16`` and Q6_K's ``q - 32`` (with the f32 scale ``d *
-        sc`` of every 16 weights) read back from gguf's own dequantization, and checked exact."""
+    def codes(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Codes [N, K], scales [N, K / group] and minimums (like the scales, or None) of a kept block
+        type, whose dequantization is exactly gguf's: Q8_0's ``qs``, Q4_0's ``q - 8`` and Q3_K's
+        signed codes from the blocks; Q5_0's ``q - 16`` and Q6_K's ``q - 32`` (with the f32 scale ``d *
+        sc`` of every 16 weights) read back from gguf's own dequantization, and checked exact; the
+        unsigned codes, scales and minimums of Q4_1, Q5_1, Q2_K, Q4_K and Q5_K from the blocks."""
         t = self.tensor(name)
         rows, cols = self.shape(name)
+        block = gguf.GGML_QUANT_SIZES[t.tensor_type][0]
+        blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows * (cols // block), -1)
         if t.tensor_type in (Q.Q8_0, Q.Q4_0):
-            blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // 32, -1)
+            blocks = blocks.reshape(rows, cols // 32, -1)
             scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0]
             qs = np.ascontiguousarray(blocks[..., 2:])
             if t.tensor_type == Q.Q8_0:
                 codes = qs.view(np.int8)
             else:  # byte j holds element j (low nibble) and element j + 16 (high)
                 codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int8) - np.int8(8)
-            return codes.reshape(rows, cols), scales
+            return codes.reshape(rows, cols), scales, None
+        if t.tensor_type == Q.Q3_K:
+            codes, scales = q3_k_blocks(blocks)
+            return codes.reshape(rows, cols), scales.reshape(rows, -1), None
+        if t.tensor_type in (Q.Q4_1, Q.Q5_1, Q.Q2_K, Q.Q4_K, Q.Q5_K):
+            codes, scales, mins = min_blocks(t.tensor_type, blocks)
+            return codes.reshape(rows, cols), scales.reshape(rows, -1), mins.reshape(rows, -1)
         if t.tensor_type == Q.Q5_0:
-            blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // 32, -1)
+            blocks = blocks.reshape(rows, cols // 32, -1)
             scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0]
         elif t.tensor_type == Q.Q6_K:
-            blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // 256, -1)
+            blocks = blocks.reshape(rows, cols // 256, -1)
             sc = np.ascontiguousarray(blocks[..., 192:208]).view(np.int8).astype(np.float32)
             d = np.ascontiguousarray(blocks[..., 208:210]).view(np.float16).astype(np.float32)
             scales = (d * sc).reshape(rows, cols // 16)
         else:
             raise ValueError(f"{name}: {t.tensor_type.name} codes are not kept")
-        return _codes_of(self.floats(name), scales, name)
+        return (*_codes_of(self.floats(name), scales, name), None)
 
 
 def _codes_of(values: np.ndarray, scales: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
