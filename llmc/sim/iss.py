@@ -42,7 +42,8 @@ class MatmulWeights:
         self.has_zero, self.has_bias, self.signed, self.to_io = flags.has_zero, flags.has_bias, not flags.unsigned, flags.to_io
         n, k, group = int(f["n"]), int(f["k"]), int(f["group"])
         groups = k // group
-        layout = pack.tile_layout(engine, self.bits, tile_n, k, groups, self.has_zero, self.has_bias, sparse)
+        layout = pack.tile_layout(engine, self.bits, tile_n, k, groups, self.has_zero, self.has_bias, sparse,
+                                  flags.half_scales)
         if layout["size"] != int(f["tile_bytes"]):
             raise LlmcError(f"MM at weight_off {f['weight_off']}: tile_bytes {f['tile_bytes']} != layout "
                             f"{layout['size']}")
@@ -56,7 +57,11 @@ class MatmulWeights:
             code_end = pack.code_bytes(engine, self.bits, tile_n, k, sparse)
             codes.append(pack.unpack_codes(tile[:code_end].tobytes(), tile_n, k, engine, self.bits, self.signed,
                                            sparse))
-            scales.append(_words(tile, layout["scales"], tile_n * groups, "<i4").reshape(tile_n, groups))
+            if flags.half_scales:  # f16 values, as the engine converts them
+                halves = _words(tile, layout["scales"], tile_n * groups, "<u2")
+                scales.append(pack.half_scale_ints(halves, int(f["shift"])).reshape(tile_n, groups))
+            else:
+                scales.append(_words(tile, layout["scales"], tile_n * groups, "<i4").reshape(tile_n, groups))
             if self.has_zero:
                 zeros.append(_words(tile, layout["zeros"], tile_n * groups, "<i2").reshape(tile_n, groups))
             if self.has_bias:

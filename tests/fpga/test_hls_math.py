@@ -12,6 +12,7 @@ import pytest
 
 import llmc
 from llmc.backends.fpga.cformat import float_literal, hexfloat, render_tables
+from llmc.backends.fpga.pack import half_scale_bits, half_scale_ints
 from llmc.ir.ops import hw_math as hm
 from llmc.ir.registry import OPS, RefContext
 
@@ -131,6 +132,20 @@ def test_integer_rounding(driver: Path) -> None:
                         np.arange(-(1 << 17), 1 << 17, 7)])
     for n in (0, 1, 16, 30):
         np.testing.assert_array_equal(_call(driver, "shift_round", n, inputs=(a,), out=np.int64), hm.shift_round(a, n))
+
+
+def test_half_scales(driver: Path) -> None:
+    """Every finite f16 scale becomes rint(h * 2^shift) in the kernel as in the packer and the ISS, and the
+    packer finds f16 bits for the integer scales of f16 values (the nearest f16 or a neighbour at ties)."""
+    finite = np.arange(0x7C00, dtype=np.uint16)
+    halves = np.concatenate([finite, finite | 0x8000])
+    for shift in (0, 7, 14, 24, 25, 31, 36):
+        expected = np.rint(halves.view(np.float16).astype(np.float64) * 2.0**shift).astype(np.int64)
+        np.testing.assert_array_equal(half_scale_ints(halves, shift), expected)
+        np.testing.assert_array_equal(_call(driver, "half_scale", shift, inputs=(halves,), out=np.int64), expected)
+        np.testing.assert_array_equal(half_scale_ints(half_scale_bits(expected, shift), shift), expected)
+    with pytest.raises(ValueError, match="not f16 values"):
+        half_scale_bits(np.int64([2049]), 0)  # 12 significant bits
 
 
 def test_bit_length(driver: Path) -> None:

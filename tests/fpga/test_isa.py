@@ -54,6 +54,7 @@ def test_mm_flags_round_trip_through_the_one_table():
     flags = MmFlags(4, ENGINES["sparse"], True, False, True, True, False, 2, 16)
     assert MmFlags.decode(flags.encode()) == flags and flags.sparse == (2, 16) and flags.engine_name == "sparse"
     assert mm_flags(2, "lut", True, False, True, None, True) == MmFlags(2, 2, True, False, True, True, True, 0, 0).encode()
+    assert MmFlags.decode(mm_flags(4, "dsp", False, False, False, None, False, half_scales=True)).half_scales
     with pytest.raises(LlmcError, match="sparse_m = 32 does not fit 5 bits"):
         MmFlags(4, 1, False, False, False, True, False, 2, 32).encode()
 

@@ -120,8 +120,8 @@ def test_gptq_rounds_each_expert_on_the_tokens_routed_to_it(mixtral: llmc.Model)
 
 
 @pytest.mark.parametrize("recipe,engine,flags", [
-    ("sparsify{pattern=2:4,method=sparsegpt},quantize{bits=4,group=32,method=awq}", "sparse", 0x42214),
-    ("quantize{bits=2,group=32},lut-mpgemm", "lut", 0x362),
+    ("sparsify{pattern=2:4,method=sparsegpt},quantize{bits=4,group=32,method=awq}", "sparse", 0x42A14),  # bit 11: f16 scales
+    ("quantize{bits=2,group=32},lut-mpgemm", "lut", 0xB62),
 ])
 def test_compressed_experts_run_on_their_engine_bit_exact(mixtral: llmc.Model, recipe: str, engine: str, flags: int,
                                                           tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_compressed_experts_run_on_their_engine_bit_exact(mixtral: llmc.Model, r
 def test_quantized_experts_keep_their_codes_and_run_bit_exact(w4_project: Path) -> None:
     program = (w4_project / "program.txt").read_text()
     assert program.count("ROUTE ") >= 2 and "XMM " in program and "WEIGH " in program
-    assert "experts=4" in program and "flags=516" in program  # 4-bit signed codes on the DSP engine
+    assert "experts=4" in program and "flags=2564" in program  # 4-bit signed codes on the DSP engine, f16 scales
     results = verify_project(w4_project, SMALL_PROMPT, 6, levels=("interpreter", "iss", "csim"))
     assert [r.mismatches for r in results] == [0, 0, 0], [r.to_json() for r in results]
 

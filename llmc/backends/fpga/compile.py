@@ -147,7 +147,8 @@ class Compiler:
         group, bits, engine = a["group"], codes_v.type.dtype.bits, a["engine"]
         sparse = self._sparse(node)
         tile_n = self.config.mm_tile_n
-        layout = pack.tile_layout(engine, bits, tile_n, k, k // group, a["has_zero"], a["has_bias"], sparse)
+        half = a.get("half_scales", False)
+        layout = pack.tile_layout(engine, bits, tile_n, k, k // group, a["has_zero"], a["has_bias"], sparse, half)
         tiles = -(-n // tile_n)
         lane_tiles = -(-tiles // len(self.lanes))
         stride = lane_tiles * layout["size"]  # one expert's bytes on each lane
@@ -163,7 +164,8 @@ class Compiler:
                                 "sparse": f"{sparse[0]}:{sparse[1]}" if sparse else "", "tiles": tiles,
                                 "bytes": count * tiles * layout["size"], "offset": self.placed[name],
                                 **({"experts": count} if experts else {})})
-        flags = mm_flags(bits, engine, a["has_zero"], a["has_bias"], not codes_v.type.dtype.signed, sparse, to_io)
+        flags = mm_flags(bits, engine, a["has_zero"], a["has_bias"], not codes_v.type.dtype.signed, sparse, to_io,
+                         half_scales=half)
         self.max_tile = max(self.max_tile, layout["size"])
         fields = {"n": n, "k": k, "group": group, "shift": a["shift"], "flags": flags,
                   "weight_off": self.placed[name], "tile_bytes": layout["size"], "row_block": row_block,
@@ -184,6 +186,11 @@ class Compiler:
         """Pack one matrix (codes, scales, zeros, bias) as ``tiles`` tiles dealt over the lanes from ``base``."""
         a, tile_n = node.attrs, self.config.mm_tile_n
         codes, scales = arrays[0].astype(np.int64), arrays[1]
+        if a.get("half_scales", False):
+            try:
+                scales = pack.half_scale_bits(scales, a["shift"])
+            except ValueError as e:
+                raise LlmcError(f"{self.name(codes_v)}: {e}") from None
         zeros = arrays[2] if a["has_zero"] else None
         bias = arrays[-1] if a["has_bias"] else None
         n, bits = codes.shape[0], codes_v.type.dtype.bits

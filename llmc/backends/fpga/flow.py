@@ -67,9 +67,10 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
         count = 0 if param in stored else (experts[0] if experts else 1)
         stored.add(param)
         weight_bytes += count * pack.code_bytes(n.attrs["engine"], bits, rows, k, sparse)
-        weight_bytes += count * rows * (k // n.attrs["group"]) * (6 if n.attrs["has_zero"] else 4)
+        half = n.attrs.get("half_scales", False)
+        weight_bytes += count * rows * (k // n.attrs["group"]) * ((2 if half else 4) + (2 if n.attrs["has_zero"] else 0))
         matrices.append(Matrix(rows, k, n.attrs["engine"], bits, k // n.attrs["group"], n.attrs["has_zero"],
-                               n.attrs["has_bias"], sparse, count))
+                               n.attrs["has_bias"], sparse, count, half))
     embed = next((n.inputs[0] for n in step.nodes if n.op == "hw_embed"), None)  # a cluster's card 0 only
     vocab, model_dim = embed.type.static_shape() if embed is not None else (0, mms[0].inputs[0].type.shape[1].value)
     weight_bytes += vocab * model_dim * 2

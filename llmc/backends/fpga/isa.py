@@ -75,6 +75,7 @@ MM_FLAGS: dict[str, tuple[int, int]] = {
     "unsigned": (8, 1),  # unsigned codes
     "double_buffer": (9, 1),  # double-buffered weight loads
     "to_io": (10, 1),  # rows to io as float32 (the logits)
+    "half_scales": (11, 1),  # scales stored as f16 values, converted to the integer scales on chip
     "sparse_n": (12, 4),  # N of the N:M pattern
     "sparse_m": (16, 5),  # M of the N:M pattern (16 sets bit 20)
 }
@@ -96,6 +97,7 @@ class MmFlags:
     to_io: bool
     sparse_n: int
     sparse_m: int
+    half_scales: bool = False
 
     @classmethod
     def decode(cls, word: int) -> MmFlags:
@@ -121,9 +123,10 @@ class MmFlags:
 
 
 def mm_flags(bits: int, engine: str, has_zero: bool, has_bias: bool, unsigned: bool,
-             sparse: tuple[int, int] | None, to_io: bool, double_buffer: bool = True) -> int:
+             sparse: tuple[int, int] | None, to_io: bool, double_buffer: bool = True, half_scales: bool = False) -> int:
     n, m = sparse or (0, 0)
-    return MmFlags(bits, ENGINES[engine], has_zero, has_bias, unsigned, double_buffer, to_io, n, m).encode()
+    return MmFlags(bits, ENGINES[engine], has_zero, has_bias, unsigned, double_buffer, to_io, n, m,
+                   half_scales).encode()
 
 
 def kernel_constants() -> list[tuple[str, int]]:

@@ -335,16 +335,14 @@ class Lowering:
         else:
             sparse = next(((c.n, c.m) for c in t.encodings if isinstance(c, SparseEncoding) and c.m), None)
             w = ew.from_codes(flat[0], flat[1], flat[2] if len(flat) == 3 else None, e * n, k, t.dtype.bits, group,
-                              None, False, len(flat) == 3, sparse, lut=node.attrs.get("lut_g", 0) > 0)
+                              None, False, len(flat) == 3, sparse, lut=node.attrs.get("lut_g", 0) > 0,
+                              half_scales=got.of.inputs[1].type.dtype == F16)
         base = self.param_data(v if got.kind == "param" else got.of.inputs[0])[0].removesuffix(".codes")
         return self.engine_params(base + part, w, e), w
 
     def expert_matmul(self, stack: tuple[list[Value], ew.EngineWeights], x: Value, route: Value, slot: int) -> Value:
         params, w = stack
-        attrs = {"slot": slot, "group": w.group, "shift": w.shift, "scale_bits": w.scale_bits, "engine": w.engine,
-                 "has_zero": w.has_zero, "has_bias": False}
-        if w.sparse:
-            attrs["sparse"] = f"{w.sparse[0]}:{w.sparse[1]}"
+        attrs = {"slot": slot, **_matmul_attrs(w)}
         return self.b.op("hw_expert_matmul", [x, route, *params], attrs)
 
     def op_fake_quant(self, node: Node, x: Value) -> Any:
@@ -405,7 +403,8 @@ class Lowering:
             n, k = (d.value for d in ct.shape)
             sparse = next(((e.n, e.m) for e in ct.encodings if isinstance(e, SparseEncoding) and e.m), None)
             weights = ew.from_codes(codes, scales, zeros, n, k, ct.dtype.bits, dq.attrs["group"], b,
-                                    bias is not None, zeros is not None, sparse)
+                                    bias is not None, zeros is not None, sparse,
+                                    half_scales=dq.inputs[1].type.dtype == F16)
             return self.matmul(name, self.act(node, x), weights)
         raise self.fail(node, "linear weight is neither a parameter nor dequantized codes")
 
@@ -417,7 +416,7 @@ class Lowering:
         n, k = (d.value for d in ct.shape)
         b = None if bias is None else self.param_data(bias)[1]
         weights = ew.from_codes(codes, self.param_data(ws)[1], None, n, k, ct.dtype.bits, node.attrs["group"], b,
-                                bias is not None, False, None)
+                                bias is not None, False, None, half_scales=ws.type.dtype == F16)
         return self.matmul(name, got.of, weights)
 
     def op_lut_gemm(self, node: Node, tables: Value, scale: Value, sums: Value, planes: Value, scales: Value,
@@ -429,15 +428,11 @@ class Lowering:
         bits, n = pt.shape[0].value, pt.shape[1].value
         k = got.of.type.shape[1].value
         weights = ew.from_planes(data, self.param_data(scales)[1], self.param_data(zeros)[1], n, k, bits,
-                                 node.attrs["g"], node.attrs["group"])
+                                 node.attrs["g"], node.attrs["group"], half_scales=scales.type.dtype == F16)
         return self.matmul(name.removesuffix(".planes"), got.of, weights)
 
     def matmul(self, name: str, x: Value, w: ew.EngineWeights) -> Act:
-        attrs = {"group": w.group, "shift": w.shift, "scale_bits": w.scale_bits, "engine": w.engine,
-                 "has_zero": w.has_zero, "has_bias": w.has_bias}
-        if w.sparse:
-            attrs["sparse"] = f"{w.sparse[0]}:{w.sparse[1]}"
-        return Act(self.b.op("hw_matmul", [x, *self.engine_params(name.removesuffix(".codes"), w)], attrs))
+        return Act(self.b.op("hw_matmul", [x, *self.engine_params(name.removesuffix(".codes"), w)], _matmul_attrs(w)))
 
     def engine_params(self, base: str, w: ew.EngineWeights, experts: int = 0) -> list[Value]:
         """The codes, scales, zeros and bias of ``w`` as parameters ``<base>.hw_*``; with ``experts``,
@@ -487,3 +482,14 @@ def lower(module: Module, positions: int) -> Module:
     fused = Module(module.name, dict(module.attrs), dict(module.params), {"decode": decode})
     fuse_function(fused, decode)  # a module saved before the import fused it (new params stay in the copy)
     return Lowering(fused, decode, positions).run()
+
+
+def _matmul_attrs(w: ew.EngineWeights) -> dict[str, Any]:
+    """The attributes of an ``hw_matmul`` (or an ``hw_expert_matmul``'s but its slot) for ``w``."""
+    attrs: dict[str, Any] = {"group": w.group, "shift": w.shift, "scale_bits": w.scale_bits, "engine": w.engine,
+                             "has_zero": w.has_zero, "has_bias": w.has_bias}
+    if w.sparse:
+        attrs["sparse"] = f"{w.sparse[0]}:{w.sparse[1]}"
+    if w.half_scales:
+        attrs["half_scales"] = True
+    return attrs

@@ -1,7 +1,9 @@
 """Weight tiles as the engines read them, and the inverse (for the simulators and tests).
 
-A matrix-engine tile holds ``tile_n`` output rows of a layer: codes, then int32 scales, then
-int16 zero points and int32 bias when present, each part starting on a 64-byte boundary. Codes:
+A matrix-engine tile holds ``tile_n`` output rows of a layer: codes, then the scales, then
+int16 zero points and int32 bias when present, each part starting on a 64-byte boundary. Scales
+are int32, or (``half_scales``: the layer's scales were f16 values) the f16 values, which the
+engine turns into the same integer scales on chip (:func:`half_scale_ints`). Codes:
 
 - ``dsp``: stored width 8 (code widths 5-8) or 4 (widths 2-4, two per byte, low nibble first),
   row-major;
@@ -36,11 +38,11 @@ def code_bytes(engine: str, bits: int, rows: int, k: int, sparse: tuple[int, int
 
 
 def tile_layout(engine: str, bits: int, tile_n: int, k: int, groups: int, has_zero: bool, has_bias: bool,
-                sparse: tuple[int, int] | None) -> dict[str, int]:
+                sparse: tuple[int, int] | None, half_scales: bool = False) -> dict[str, int]:
     """Byte offsets of the parts of one tile and its total size."""
     out = {"codes": 0}
     end = align(code_bytes(engine, bits, tile_n, k, sparse))
-    out["scales"], end = end, end + align(tile_n * groups * 4)
+    out["scales"], end = end, end + align(tile_n * groups * (2 if half_scales else 4))
     if has_zero:
         out["zeros"], end = end, end + align(tile_n * groups * 2)
     if has_bias:
@@ -121,12 +123,51 @@ def unpack_codes(data: bytes, rows: int, k: int, engine: str, bits: int, signed:
     return unpack_values(data, rows * k, bits, signed).reshape(rows, k)
 
 
+def half_scale_ints(halves: np.ndarray, shift: int) -> np.ndarray:
+    """The integer scales ``rint(h * 2^shift)`` (half to even) of f16 scales ``h`` given as their bits, as the
+    engine computes them: the significand shifted left, or right with rounding."""
+    h = halves.astype(np.int64)
+    exponent, fraction = (h >> 10) & 0x1F, h & 0x3FF
+    if (exponent == 0x1F).any():
+        raise ValueError("an f16 scale is infinite or NaN")
+    significand = np.where(exponent > 0, fraction | 0x400, fraction)
+    power = np.maximum(exponent, 1) - 25 + shift  # h = significand * 2^(power - shift)
+    left = significand << np.clip(power, 0, 52)
+    right = np.clip(-power, 0, 52)
+    kept, rest = significand >> right, significand & ((np.int64(1) << right) - 1)
+    half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 1)
+    rounded = kept + ((rest > half) | ((rest == half) & (kept & 1 == 1) & (right > 0)))
+    magnitude = np.where(power >= 0, left, rounded)
+    return np.where(h & 0x8000, -magnitude, magnitude)
+
+
+def half_scale_bits(ints: np.ndarray, shift: int) -> np.ndarray:
+    """f16 bits whose :func:`half_scale_ints` are ``ints`` (the nearest f16 to ``ints / 2^shift``, or a
+    neighbour); ValueError when there are none, as for scales that were not f16 values."""
+    target = ints.astype(np.int64)
+    with np.errstate(over="ignore"):  # beyond f16's range: no candidate
+        nearest = (target.astype(np.float64) * 2.0**-shift).astype(np.float16)
+        candidates = (nearest, np.nextafter(nearest, np.float16(np.inf)), np.nextafter(nearest, np.float16(-np.inf)))
+
+    def reproduces(halves: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(halves)
+        return finite & (half_scale_ints(np.where(finite, halves, 0).astype(np.float16).view(np.uint16), shift) == target)
+
+    out = nearest.copy()
+    for candidate in candidates[1:]:
+        wrong = ~reproduces(out)
+        out[wrong] = candidate[wrong]
+    if not reproduces(out).all():
+        raise ValueError("the integer scales are not f16 values at this shift")
+    return out.view(np.uint16)
+
+
 def pack_tile(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bias: np.ndarray | None,
               layout: dict[str, int], engine: str, bits: int, sparse: tuple[int, int] | None) -> bytes:
-    """One tile's bytes (rows beyond the layer are zero)."""
+    """One tile's bytes (rows beyond the layer are zero); ``scales`` as stored: int32, or f16 bits (uint16)."""
     out = bytearray(layout["size"])
     parts = [("codes", pack_codes(codes, engine, bits, sparse)),
-             ("scales", scales.astype("<i4").tobytes())]
+             ("scales", scales.astype("<u2" if scales.dtype == np.uint16 else "<i4").tobytes())]
     if zeros is not None:
         parts.append(("zeros", zeros.astype("<i2").tobytes()))
     if bias is not None:

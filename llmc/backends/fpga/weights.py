@@ -4,6 +4,7 @@ Every kind of linear layer the compressor produces (float weights, ``dequantize`
 ``qlinear`` W8A8 codes, ``lut_gemm`` bit-planes, N:M sparse codes) becomes one
 :class:`EngineWeights`: codes [N, K], scales as integers ``rint(scale * 2^shift)`` below
 ``2^scale_bits`` (so the engine's sums stay exact below 2^53), optional zero points and bias.
+Scales that were f16 values are stored as those (``half_scales``), half the bytes of int32.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class EngineWeights:
     has_zero: bool
     has_bias: bool
     sparse: tuple[int, int] | None = None  # (n, m) for N:M sparse codes
+    half_scales: bool = False  # the scales came from f16 values: the tiles store those (pack.half_scale_bits)
 
     @property
     def code_dtype(self) -> DType:
@@ -64,11 +66,11 @@ def fixed_bias(bias: np.ndarray | None) -> np.ndarray | None:
 
 def _finish(n: int, k: int, bits: int, group: int, engine: str, codes: np.ndarray | None, scales: np.ndarray | None,
             zeros: np.ndarray | None, bias: np.ndarray | None, has_bias: bool, has_zero: bool,
-            sparse: tuple[int, int] | None = None) -> EngineWeights:
+            sparse: tuple[int, int] | None = None, half_scales: bool = False) -> EngineWeights:
     sb = scale_bits_for(k, bits, has_zero)
     ints, shift = integer_scales(scales, sb)
     return EngineWeights(n, k, bits, group, engine, codes, ints, zeros, fixed_bias(bias), shift, sb, has_zero,
-                         has_bias, sparse)
+                         has_bias, sparse, half_scales)
 
 
 def from_float(w: np.ndarray | None, n: int, k: int, bias: np.ndarray | None, has_bias: bool) -> EngineWeights:
@@ -84,10 +86,11 @@ def from_float(w: np.ndarray | None, n: int, k: int, bias: np.ndarray | None, ha
 
 def from_codes(codes: np.ndarray | None, scales: np.ndarray | None, zeros: np.ndarray | None, n: int, k: int,
                bits: int, group: int, bias: np.ndarray | None, has_bias: bool, has_zero: bool,
-               sparse: tuple[int, int] | None, lut: bool = False) -> EngineWeights:
+               sparse: tuple[int, int] | None, lut: bool = False, half_scales: bool = False) -> EngineWeights:
     """Quantized codes (dequantize or qlinear weights); N:M sparse codes go to the sparse engine,
     with ``lut`` the codes go to the LUT engine, which reads unsigned codes with zero points
-    (signed codes ``c`` become ``c + 2^(bits-1)`` with that zero point: the same products)."""
+    (signed codes ``c`` become ``c + 2^(bits-1)`` with that zero point: the same products).
+    ``half_scales``: the scales are f16 values."""
     group = group or k
     c = None if codes is None else codes.astype(np.int64)
     z = None if zeros is None else zeros.astype(np.int64)
@@ -97,13 +100,13 @@ def from_codes(codes: np.ndarray | None, scales: np.ndarray | None, zeros: np.nd
         z = None if scales is None else np.full(scales.shape, offset, dtype=np.int64)
         has_zero = True
     engine = "lut" if lut else "sparse" if sparse else "dsp"
-    return _finish(n, k, bits, group, engine, c, scales, z, bias, has_bias, has_zero, sparse)
+    return _finish(n, k, bits, group, engine, c, scales, z, bias, has_bias, has_zero, sparse, half_scales)
 
 
 def from_planes(planes: np.ndarray | None, scales: np.ndarray | None, zeros: np.ndarray | None, n: int, k: int,
-                bits: int, g: int, group: int) -> EngineWeights:
+                bits: int, g: int, group: int, half_scales: bool = False) -> EngineWeights:
     """LUT bit-planes: unsigned offset codes with their zero points, for the LUT engine."""
     codes = None if planes is None else unpack_planes(planes, k, g).astype(np.int64)
     z = None if zeros is None else zeros.astype(np.int64)
-    return _finish(n, k, bits, group or k, "lut", codes, scales, z, None, False, True)
+    return _finish(n, k, bits, group or k, "lut", codes, scales, z, None, False, True, None, half_scales)
 

@@ -145,6 +145,24 @@ inline float half_to_float(uint16_t h) {
   return bits_to_float(sign | (exp + 112) << 23 | man << 13);
 }
 
+// A weight group's integer scale rint(h * 2^shift), rounded half to even, from its f16 value h (finite): the
+// significand shifted left, or right with rounding (llmc/backends/fpga/pack.py: half_scale_ints).
+inline int64_t half_scale(uint16_t h, int shift) {
+  const int exp = (h >> 10) & 0x1F;
+  const int64_t significand = exp > 0 ? (int64_t)((h & 0x3FF) | 0x400) : (int64_t)(h & 0x3FF);
+  const int power = (exp > 0 ? exp : 1) - 25 + shift;  // h * 2^shift = significand * 2^power
+  int64_t magnitude;
+  if (power >= 0) {
+    magnitude = significand << (power < 52 ? power : 52);
+  } else {
+    const int right = -power < 52 ? -power : 52;
+    const int64_t kept = significand >> right, rest = significand & (((int64_t)1 << right) - 1);
+    const int64_t half = (int64_t)1 << (right - 1);
+    magnitude = kept + (rest > half || (rest == half && (kept & 1)) ? 1 : 0);
+  }
+  return h & 0x8000 ? -magnitude : magnitude;
+}
+
 }  // namespace llmc
 
 #endif

@@ -132,14 +132,16 @@ class HwQuant8:
 
 @register("hw_matmul", inputs=(3, 5), attrs={
     "group": AttrSpec("int"), "shift": AttrSpec("int"), "scale_bits": AttrSpec("int"),
-    "engine": AttrSpec("str", "dsp"), "sparse": AttrSpec("str", ""), "has_zero": AttrSpec("bool", False), "has_bias": AttrSpec("bool", False)})
+    "engine": AttrSpec("str", "dsp"), "sparse": AttrSpec("str", ""), "has_zero": AttrSpec("bool", False),
+    "has_bias": AttrSpec("bool", False), "half_scales": AttrSpec("bool", False)})
 class HwMatmul:
     """``x`` [T, K] i32 times weight codes [N, K] (int, ``group`` columns per scale) with integer
     scales ``ws`` [N, K/group] (``|ws| < 2^scale_bits``), optional integer zeros [N, K/group] and
     i32 bias [N]. Activations are quantized per row (:func:`hw_math.quant8`, group K); then
     ``acc_g = sum_k xq * (w - z)`` and ``total = sum_g acc_g * ws_g`` exactly, and
     ``y = requantize(total, xs, shift)`` (+ bias, saturating). ``engine`` (dsp, sparse, lut) picks
-    the unit, ``sparse`` ("N:M") the pattern of the sparse engine; the result depends on neither."""
+    the unit, ``sparse`` ("N:M") the pattern of the sparse engine, ``half_scales`` that the scales were
+    f16 values (the engine stores those); the result depends on none of them."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:

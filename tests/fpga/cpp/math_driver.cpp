@@ -1,4 +1,4 @@
-// Runs one function of llmc_math.h over inputs read from stdin (raw little-endian arrays, in the order the
+// Runs one function of llmc_math.h (or llmc_mem.h) over inputs read from stdin (raw little-endian arrays, in the order the
 // function's case below takes them) and writes its outputs to stdout: math_driver <function> [int arguments].
 #include <cstdio>
 #include <cstdlib>
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "llmc_math.h"
+#include "llmc_mem.h"
 
 namespace {
 
@@ -133,6 +134,8 @@ int main(int argc, char** argv) {
     map2<int64_t, int64_t, int64_t>(in, llmc::div_round);
   } else if (fn == "shift_round") {
     map1<int64_t, int64_t>(in, [&](int64_t a) { return llmc::shift_round(a, arg[0]); });
+  } else if (fn == "half_scale") {
+    map1<uint16_t, int64_t>(in, [&](uint16_t h) { return llmc::half_scale(h, arg[0]); });
   } else if (fn == "quant8") {  // n group; rows of n values -> all codes, then all scales
     const int n = arg[0], group = arg[1];
     const size_t rows = in.left(sizeof(int32_t)) / n;

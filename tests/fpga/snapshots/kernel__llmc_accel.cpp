@@ -122,6 +122,8 @@ constexpr int MM_FLAG_DOUBLE_BUFFER_LSB = 9;
 constexpr int MM_FLAG_DOUBLE_BUFFER_WIDTH = 1;
 constexpr int MM_FLAG_TO_IO_LSB = 10;
 constexpr int MM_FLAG_TO_IO_WIDTH = 1;
+constexpr int MM_FLAG_HALF_SCALES_LSB = 11;
+constexpr int MM_FLAG_HALF_SCALES_WIDTH = 1;
 constexpr int MM_FLAG_SPARSE_N_LSB = 12;
 constexpr int MM_FLAG_SPARSE_N_WIDTH = 4;
 constexpr int MM_FLAG_SPARSE_M_LSB = 16;
@@ -277,7 +279,7 @@ static int32_t xs[MAX_ROWS];
 struct MmPass {
   int n, k, group, groups, shift, bits, engine, sp_n, sp_m, stored, count, chunk;
   int tile_bytes, tiles, code_words, part_words, zeros_at, bias_at;
-  bool has_zero, has_bias, is_signed, to_io;
+  bool has_zero, has_bias, is_signed, to_io, half_scales;
   float cap;
   int dst;
   uint64_t io_off, base;  // base: byte offset of the pass's first tile on every lane's channel
@@ -297,6 +299,7 @@ static MmPass mm_pass_of(const Instr& in) {
   p.has_bias = flag_field(flags, MM_FLAG_HAS_BIAS_LSB, 1);
   p.is_signed = !flag_field(flags, MM_FLAG_UNSIGNED_LSB, 1);
   p.to_io = flag_field(flags, MM_FLAG_TO_IO_LSB, 1);
+  p.half_scales = flag_field(flags, MM_FLAG_HALF_SCALES_LSB, 1);
   p.sp_n = flag_field(flags, MM_FLAG_SPARSE_N_LSB, MM_FLAG_SPARSE_N_WIDTH);
   p.sp_m = flag_field(flags, MM_FLAG_SPARSE_M_LSB, MM_FLAG_SPARSE_M_WIDTH);
   p.stored = p.bits > 4 ? 8 : 4;
@@ -305,7 +308,7 @@ static MmPass mm_pass_of(const Instr& in) {
   const int code_bytes = p.engine == ENGINE_LUT ? p.bits * TILE_N * p.k / 8
                          : p.count * p.stored / 8 + (p.engine == ENGINE_SPARSE ? p.count / 2 : 0);
   const int scales_at = (code_bytes + 63) / 64 * 64;
-  p.zeros_at = scales_at + (TILE_N * p.groups * 4 + 63) / 64 * 64;
+  p.zeros_at = scales_at + (TILE_N * p.groups * (p.half_scales ? 2 : 4) + 63) / 64 * 64;
   p.bias_at = p.zeros_at + (p.has_zero ? (TILE_N * p.groups * 2 + 63) / 64 * 64 : 0);
   p.tile_bytes = in.f[MM_TILE_BYTES];
   p.tiles = in.f[MM_TILES];
@@ -401,6 +404,12 @@ static void finish_column(const MmPass& p, const uint8_t* parts, int j, int col,
   }
 }
 
+// Row j's scale of group g in a tile's parts: int32, or its f16 value turned into the same integer.
+static int64_t group_scale(const MmPass& p, const uint8_t* parts, int j, int g) {
+  const int i = j * p.groups + g;
+  return p.half_scales ? half_scale((uint16_t)load_i16(parts + 2 * i), p.shift) : (int64_t)load_i32(parts + 4 * i);
+}
+
 // A tile's parts (scales, zeros, bias) from the lane's FIFO into its register file.
 static void read_parts(const MmPass& p, timed_stream<word_t>& words, uint8_t* parts) {
   for (int w = 0; w < p.part_words; ++w) {
@@ -460,7 +469,7 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
             LLMC_UNROLL;
             if (c < len) {
               if ((pos + c) / p.group != g) {  // a group ends inside the chunk: its sum times its scale
-                sum += segment * load_i32(parts + (j * p.groups + g) * 4);
+                sum += segment * group_scale(p, parts, j, g);
                 segment = 0;
                 g = (pos + c) / p.group;
               }
@@ -471,7 +480,7 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
               segment += p.stored == 4 ? (int64_t)dsp_pair(xa, wa, xb, wb) : (int64_t)xa * wa + (int64_t)xb * wb;
             }
           }
-          total[i] += sum + segment * load_i32(parts + (j * p.groups + g) * 4);
+          total[i] += sum + segment * group_scale(p, parts, j, g);
           if (pos + len == p.k && col < p.n) finish_column(p, parts, j, col, r, total[i], io);
         }
       }
