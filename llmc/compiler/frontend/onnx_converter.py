@@ -75,6 +75,7 @@ class Converter:
         self.param_names: dict[tuple[str, bool], str] = {}
         self.producers = {name: node for node in self.graph.node for name in node.output if name}
         self.quantized: dict[tuple[str, bool], Value | None] = {}  # (DequantizeLinear output, flip) -> weight
+        self.rope_tables: dict[tuple[str, str], Any] = {}  # (cos, sin cache) -> their RoPE frequencies, or None
         self.node: onnx.NodeProto | None = None
         self._inferred: dict[str, onnx.ValueInfoProto] | None = None
 

@@ -18,6 +18,12 @@ and masked; the softmax has an extra logit per head with ``head_sink`` (0 with `
 Without a sink this is the IR's ``attention`` with an additive mask, else primitives. The
 quantized cache, ``position_ids``, ``q_norm_weight`` / ``k_norm_weight``, ``sliding_window_cache``
 and the ``output_qk`` output are refused.
+
+In a step model (:mod:`.onnx_llm`) the node must compute its lengths from the step's
+``attention_mask`` (:func:`~.onnx_gqa_step.unproven`; refused otherwise): it is then the
+step's own attention, as llmc's imports write it: Q, K and V projected separately, RoPE as
+``rope`` at ``position_ids`` (when the caches are a RoPE table), the past concatenated with the new
+rows, and ``attention`` over the step's ``mask`` (``sliding_window_mask`` of it with a window).
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from llmc.compiler.frontend.onnx_gqa_step import rope_frequencies, split_projection, unproven
 from llmc.compiler.frontend.onnx_norm_ops import cast
 from llmc.compiler.frontend.onnx_registry import CONTRIB_DOMAIN, Attrs, Node, handles
 from llmc.compiler.frontend.onnx_rotary import cache_rows, rotate
 from llmc.compiler.frontend.onnx_values import Const, Operand, dims_const, to_dims
+from llmc.compiler.passes.causal_mask import contract_mask, contract_positions
 from llmc.ir.graph import Value
 from llmc.ir.types import F32, I32, I64, Dim, DType
 
@@ -71,7 +79,12 @@ def _qkv(c: Converter, n: Node, heads: int, kv_heads: int) -> tuple[Value, Value
     if head is None or not head.is_static:
         raise c.error(f"query's hidden size {hidden} is not a multiple of the heads ({heads}, {kv_heads} KV)")
     kv_hidden = head * kv_heads
-    if packed:
+    split = None
+    if packed and c.contract and c.uses.get(n.input[0]) == 1:  # one layer per part, as llmc's imports write them
+        split = split_projection(c, q, [head * heads, kv_hidden, kv_hidden])
+    if split is not None:
+        parts = split
+    elif packed:
         parts = [c.op("slice", [q], {"axis": 2, "start": start, "end": start + size})
                  for start, size in ((Dim.of(0), head * heads), (head * heads, kv_hidden),
                                      (head * heads + kv_hidden, kv_hidden))]
@@ -268,6 +281,8 @@ def _group_query_attention(c: Converter, n: Node, attrs: Attrs) -> list[Operand]
     q, k, v, head = _qkv(c, n, heads, kv_heads)
     dtype = q.type.dtype
     _check_attrs(c, n, attrs)
+    if c.contract:
+        return _step_attention(c, n, attrs, q, k, v)
     batch, _, seq, _ = q.type.shape
     seqlens = c.tensor(n.input[5])
     if seqlens.type.dtype != I32 or seqlens.type.shape != (batch,):
@@ -305,3 +320,58 @@ def _group_query_attention(c: Converter, n: Node, attrs: Attrs) -> list[Operand]
     out = c.reshape(c.op("transpose", [out], {"perm": [0, 2, 1, 3]}), [batch, seq, head * heads])
     return [out, k, v]
 
+
+def _step_attention(c: Converter, n: Node, attrs: Attrs, q: Value, k: Value, v: Value) -> list[Operand]:
+    """The node in a step model, its lengths proven the step's: the past and the new rows
+    concatenated, RoPE at ``position_ids``, attention over the step's ``mask``."""
+    mask, positions = contract_mask(c.b.func), contract_positions(c.b.func)
+    past = _past(c, n, k)
+    if mask is None or positions is None or past is None:
+        raise c.error("in a step model the attention reads the step's KV cache (past_key and past_value)")
+    if not int(attrs.get("causal", 1)):
+        raise c.error("causal 0 (bidirectional attention) is not the step's causal attention")
+    batch, heads, seq, head = q.type.shape
+    seqlens = c.tensor(n.input[5])
+    if seqlens.type.dtype != I32 or seqlens.type.shape != (batch,):
+        raise c.error(f"seqlens_k is {seqlens.type}, expected i32 [{batch}]")
+    reason = unproven(c, seqlens, _total(c, n), past[0].type.shape[2], seq, mask)
+    if reason is not None:
+        raise c.error(reason)
+    if int(attrs.get("do_rotary", 0)):
+        q, k = _step_rotary(c, n, attrs, q, k, positions)
+    k, v = (c.op("concat", [p, x], {"axis": 2}) for p, x in zip(past, (k, v)))
+    window = int(attrs.get("local_window_size", -1))
+    seen = mask if window <= 0 else c.op("sliding_window_mask", [mask, positions], {"window": window})
+    seen = cast(c, seen, q.type.dtype)
+    if c.has_input(n, 10):
+        seen = c.op("add", [seen, _bias(c, c.tensor(n.input[10]), None, k.type.shape[2], q.type.dtype)])
+    scale = float(attrs.get("scale", 0.0)) or 1.0 / float(head.value) ** 0.5
+    softcap = float(attrs.get("softcap", 0.0))
+    sink = _sink(c, n, attrs, heads.value)
+    if sink is None:
+        out = c.op("attention", [q, k, v, seen], {"scale": scale} | ({"softcap": softcap} if softcap > 0 else {}))
+    else:
+        out = _sink_attention(c, q, k, v, seen, scale, softcap, sink)
+    out = c.reshape(c.op("transpose", [out], {"perm": [0, 2, 1, 3]}), [batch, seq, head * heads])
+    return [out, k, v]
+
+
+def _step_rotary(c: Converter, n: Node, attrs: Attrs, q: Value, k: Value, positions: Value) -> tuple[Value, Value]:
+    """Q and K rotated at the step's positions: ``rope`` when the caches are a RoPE table of
+    some ``inv_freq`` (not interleaved), else the caches' rows."""
+    cos, sin = (c.get(n.input[i]) if c.has_input(n, i) else None for i in (7, 8))
+    table = None
+    if isinstance(cos, Const) and isinstance(sin, Const) and not cos.symbolic and not sin.symbolic \
+            and not int(attrs.get("rotary_interleaved", 0)) and 2 * cos.data.shape[-1] <= q.type.shape[3].value:
+        key = (n.input[7], n.input[8])  # every layer reads the same caches: checked once
+        if key not in c.rope_tables:
+            c.rope_tables[key] = rope_frequencies(cos.data, sin.data)
+        table = c.rope_tables[key]
+    if table is None:
+        return _rotated(c, n, attrs, q, k, positions)
+    inv_freq, scale = table
+    rotary = 2 * inv_freq.size
+    param = c.param(f"{cos.origin or n.input[7]}.inv_freq", False, inv_freq, F32)
+    extra = {} if rotary == q.type.shape[3].value else {"rotary_dim": rotary}
+    return tuple(cast(c, c.op("rope", [x, positions, param], {"seq_axis": -2, "scale": scale} | extra), x.type.dtype)
+                 for x in (q, k))  # type: ignore[return-value]

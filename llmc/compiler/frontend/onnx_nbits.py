@@ -6,8 +6,11 @@ optional ``zero_points`` (packed uint8 [N * ceil(n_blocks * bits / 8)], or of th
 ``bias`` [N]. Bits 2, 4 and 8 (those onnxruntime's CPU kernel runs).
 
 The weight becomes llmc's quantized form (unsigned codes with zero points, group = block_size,
-:func:`~llmc.compiler.frontend.onnx_quant_weights.codes_weight`) read by ``linear``; a K that
-the blocks overrun keeps the padded codes and slices the dequantized weight. ``accuracy_level``
+:func:`~llmc.compiler.frontend.onnx_quant_weights.codes_weight`) read by ``linear``; with scales
+that float16 does not hold (a quantizer run on a float32 model writes float32 scales) the same
+codes are read by ``dequantize`` with float32 scales (:func:`_f32_scaled_weight`); fractional
+float zero points keep the float dequantize. A K that the blocks overrun keeps the padded codes
+and slices the dequantized weight. ``accuracy_level``
 is not read: llmc computes the float product (onnxruntime's level 4 quantizes A to int8).
 """
 
@@ -79,6 +82,19 @@ def _float_weight(c: Converter, key: str, codes: np.ndarray, code_dtype: DType, 
     return w if dtype == F32 else c.op("cast", [w], {"dtype": dtype})
 
 
+def _f32_scaled_weight(c: Converter, key: str, codes: np.ndarray, code_dtype: DType, scales: np.ndarray,
+                       zeros: np.ndarray, group: int, dtype: DType, k: int) -> Value:
+    """``dequantize {group}`` of the codes by float32 scales: llmc's ``dequantize`` is ONNX's
+    ``(codes - zero) * scale`` in float32, so nothing is rounded. The codes carry no ``#quant``
+    encoding (whose scales the passes that rewrite quantized layers write and read as f16); the
+    ``linear`` still reads the file's codes, as the FPGA backend packs them."""
+    base = weight_base(c, key)
+    w = c.op("dequantize", [add_param(c, f"{base}.codes", codes, code_dtype),
+                            add_param(c, f"{base}.scales", scales, F32),
+                            add_param(c, f"{base}.zeros", zeros, code_dtype)], {"group": group, "dtype": dtype})
+    return w if k == codes.shape[1] else c.op("slice", [w], {"axis": 1, "start": 0, "end": k})
+
+
 def _column_order(c: Converter, n: Node, k: int, block: int, blocks: int) -> np.ndarray | None:
     """The column permutation that makes ``g_idx``'s blocks contiguous (None: already so)."""
     if not c.has_input(n, 4):
@@ -128,12 +144,16 @@ def _matmul_nbits(c: Converter, n: Node, attrs: Attrs) -> list[Operand]:
         np.all((zeros == np.round(zeros)) & (zeros >= 0) & (zeros < 1 << bits)))
     if integral and f16_exact(scales):
         w = codes_weight(c, key, codes, code_dtype, scales, zeros.astype(np.uint8), block, dtype, k)
+    elif integral:
+        w = _f32_scaled_weight(c, key, codes, code_dtype, scales, zeros.astype(np.uint8), block, dtype, k)
     else:
         w = _float_weight(c, key, codes, code_dtype, scales, scale.dtype, zeros, block, dtype, k)
     x = a if order is None else c.op("gather", [a, c.param(f"{key}.g_idx_order", False, order, I64)],
                                      {"axis": a.type.rank - 1})
     if not c.has_input(n, 5):
-        return [c.emit("linear", [x, w])]
+        out = c.emit("linear", [x, w])
+        c.linears[out] = (x, w, n.output[0])  # a following bias Add may fuse into it
+        return [out]
     bias = c.get(n.input[5])
     if isinstance(bias, Const) and not bias.symbolic and bias.data.shape == (rows,) and bias.dtype == dtype:
         return [c.emit("linear", [x, w, c.param(bias.origin or n.input[5], False, bias.data, bias.dtype)])]
