@@ -20,7 +20,6 @@ import onnxruntime as ort
 import onnxruntime_genai as og  # a pinned dependency of the frontend extra: missing, these tests fail
 import pytest
 from onnx import helper, numpy_helper
-from onnxruntime_genai.models import builder
 from zoo import refused_in_one_line, shared_folder
 
 import llmc
@@ -64,7 +63,10 @@ def hf_folder(family: str, out: Path) -> None:
 
 def build(source: Path, out: Path, build_name: str) -> None:
     """``python -m onnxruntime_genai.models.builder -i source -o out -p PRECISION -e cpu
-    --extra_options ...``, in this process (its imports are already done here)."""
+    --extra_options ...``, in this process (torch and transformers are imported here already; the
+    builder, seconds to import, only when a test builds)."""
+    from onnxruntime_genai.models import builder
+
     precision, extra = BUILDS[build_name]
     with contextlib.redirect_stdout(io.StringIO()):
         options = builder.parse_extra_options(None, str(source), str(out), precision, "cpu", str(out / "cache"), extra)
