@@ -165,14 +165,20 @@ class Iss:
                                      cols, "<f2") for i in ids.tolist()])
         self.act[ins.dst] = _ref("hw_embed", [table, np.arange(rows)])[0]
 
+    def _vector(self, at: int, count: int) -> np.ndarray:
+        """An f32 vector striped over the lanes (:func:`~llmc.backends.fpga.pack.vector_slice`)."""
+        per = pack.vector_slice(count, len(self.lanes))
+        return np.concatenate([self._read(lane, at, min(per, count - i * per), "<f4")
+                               for i, lane in enumerate(self.lanes) if i * per < count])
+
     def _lnorm(self, ins: Instruction, rows: int, start_pos: int) -> None:
         cols = int(ins.fields["cols"])
-        w = self._read(self.lanes[0], int(ins.fields["weight_off"]), cols, "<f4")
-        b = self._read(self.lanes[0], int(ins.fields["bias_off"]), cols, "<f4")
+        w = self._vector(int(ins.fields["weight_off"]), cols)
+        b = self._vector(int(ins.fields["bias_off"]), cols)
         self.act[ins.dst] = _ref("hw_layer_norm", [self._src(ins.src0, rows), w, b], eps=ins.fields["eps"])[0]
 
     def _norm(self, ins: Instruction, rows: int, start_pos: int) -> None:
-        w = self._read(self.lanes[0], int(ins.fields["weight_off"]), int(ins.fields["cols"]), "<f4")
+        w = self._vector(int(ins.fields["weight_off"]), int(ins.fields["cols"]))
         self.act[ins.dst] = _ref("hw_rms_norm", [self._src(ins.src0, rows), w], eps=ins.fields["eps"],
                                  group=int(ins.fields["group"]))[0]
 
@@ -277,7 +283,7 @@ class Iss:
         self.act[ins.dst] = self._read(self.io, at, rows * cols, "<i4").reshape(rows, cols).astype(np.int32)
 
     def _escale(self, ins: Instruction, rows: int, start_pos: int) -> None:
-        vec = self._read(self.lanes[0], int(ins.fields["vec_off"]), int(ins.fields["cols"]), "<f4")
+        vec = self._vector(int(ins.fields["vec_off"]), int(ins.fields["cols"]))
         self.act[ins.dst] = _ref("hw_scale", [self._src(ins.src0, rows), vec])[0]
 
 

@@ -96,8 +96,24 @@ class Compiler:
     def name(self, v: Value) -> str:
         return self.producers[v.name].attrs["name"]
 
+    def vector(self, v: Value) -> int:
+        """An f32 vector (norm weights and biases, smoothing factors) striped over the lanes
+        (:func:`~llmc.backends.fpga.pack.vector_slice`): its offset on every lane."""
+        name = self.name(v)
+        if name not in self.placed:
+            count, lanes = int(np.prod(v.type.static_shape())), len(self.lanes)
+            per = pack.vector_slice(count, lanes)
+            self.placed[name] = self.striped(lanes, per * 4)
+            arr = self.data(v)
+            if arr is not None:
+                flat = np.ascontiguousarray(arr, dtype="<f4").reshape(-1)
+                for lane in range(lanes):
+                    if lane * per < count:
+                        self.put_block(self.placed[name], lane, per * 4, flat[lane * per:(lane + 1) * per].tobytes())
+        return self.placed[name]
+
     def misc(self, v: Value, dtype: str) -> int:
-        """A small parameter on lane 0 (norm weights, RoPE tables, smoothing factors)."""
+        """A small parameter on lane 0 (RoPE tables)."""
         name = self.name(v)
         if name not in self.placed:
             arr = self.data(v)
@@ -246,11 +262,11 @@ class Compiler:
         if node.op == "hw_embed":
             return self.embed(node), "EMBED"
         if node.op == "hw_rms_norm":
-            return {"cols": cols, "weight_off": self.misc(node.inputs[1], "<f4"), "eps": float(np.float32(a["eps"])),
+            return {"cols": cols, "weight_off": self.vector(node.inputs[1]), "eps": float(np.float32(a["eps"])),
                     "group": a.get("group", 0)}, "NORM"
         if node.op == "hw_layer_norm":
-            return {"cols": cols, "weight_off": self.misc(node.inputs[1], "<f4"),
-                    "bias_off": self.misc(node.inputs[2], "<f4"), "eps": float(np.float32(a["eps"]))}, "LNORM"
+            return {"cols": cols, "weight_off": self.vector(node.inputs[1]),
+                    "bias_off": self.vector(node.inputs[2]), "eps": float(np.float32(a["eps"]))}, "LNORM"
         if node.op == "hw_matmul":
             return self.matmul(node, bucket, node.outputs[0].name in self.to_io), "MM"
         if node.op == "hw_expert_matmul":
@@ -275,7 +291,7 @@ class Compiler:
         if node.op in ("hw_mul", "hw_add"):
             return {"cols": cols}, {"hw_mul": "EMUL", "hw_add": "EADD"}[node.op]
         if node.op == "hw_scale":
-            return {"cols": cols, "vec_off": self.misc(node.inputs[1], "<f4")}, "ESCALE"
+            return {"cols": cols, "vec_off": self.vector(node.inputs[1])}, "ESCALE"
         if node.op == "hw_to_float":  # fused into the matmul that produces the logits
             return {}, None
         if node.op in ("hw_send", "hw_recv"):

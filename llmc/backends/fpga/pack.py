@@ -23,6 +23,12 @@ def align(n: int, to: int = ALIGN) -> int:
     return -(-n // to) * to
 
 
+def vector_slice(count: int, lanes: int) -> int:
+    """Elements of an f32 vector of ``count`` that each lane holds, striped over ``lanes`` weight channels: lane l
+    holds elements ``l * slice ..`` (whole 64-byte words) at the vector's offset on its channel."""
+    return align(-(-count // lanes), ALIGN // 4)
+
+
 def stored_bits(bits: int) -> int:
     return 8 if bits > 4 else 4
 

@@ -16,8 +16,11 @@ the same loops as it runs (``include/llmc_cycles.h``) and ``llmc verify --levels
   them: per tile, one cycle per word of scales, then one cycle per (chunk, row), a chunk being ``mm_tile_k``
   codes of one column, at most one word (so int8 weights go 64 per cycle). The sparse chain and the LUT
   engine fill a ping-pong tile buffer (one cycle per word), then take one beat of ``mm_tile_k``
-  activations per cycle per group and row; when only SFU instructions and readers of lane 0's channel lie
-  between two ``MM``s, each loader reads the second's first tile once its own tiles of the first are read;
+  activations per cycle per group and row; when only SFU instructions and readers of vectors or tables lie
+  between two ``MM``s, each loader reads the second's first tile once its own tiles of the first are read,
+  after its slices of the vectors of the first instruction between that reads any (a norm's weights);
+- **vectors** (norm weights and biases, smoothing factors) are striped over the weight channels
+  (:func:`~llmc.backends.fpga.pack.vector_slice`): read ahead as above, or by every lane at once;
 - **attention** (``ATTN``): the query rows quantised on the SFU; per group of ``kv_group`` KV heads (whose codes
   lie side by side in a cache row), the KV channels' loaders read their rows: the K codes of every row, then the
   V codes, then each scale (one stream each when the group is every head), then per query row and head the lanes score their
@@ -51,7 +54,7 @@ from llmc.backends.fpga.design import (
 )
 from llmc.backends.fpga.isa import Instruction, MmFlags
 from llmc.backends.fpga.memory import PortTiming, port_timing
-from llmc.backends.fpga.pack import align, code_bytes
+from llmc.backends.fpga.pack import align, code_bytes, vector_slice
 from llmc.backends.fpga.target import Target
 from llmc.errors import LlmcError
 
@@ -83,6 +86,7 @@ class Cost:
     sfu_elements: int = 0
     layer: str = ""
     ahead: float = 0.0  # MM: when, from its start, its loaders had read the next MM's first tiles
+    vectors: float = 0.0  # MM: when, from its start, they had read the vectors before those (VECTORS)
 
 
 @dataclass(frozen=True)
@@ -178,17 +182,26 @@ class TimingModel:
         reads lane 0's channel meanwhile waits for that read."""
         out: list[Cost] = [self._io(4 * rows)]  # the token ids
         now, ahead = out[0].cycles, None  # the cycle the loaders had read the next MM's first tiles
+        reader, vectors = None, 0.0  # the instruction whose vectors they read before those, and when
         for i, ins in enumerate(program):
             if ins.op == "HALT":
                 break
             if ins.op == "MM":
                 following = next_matmul(program, i)
                 words = int(following.fields["tile_bytes"]) // WORD_BYTES if following else 0
-                cost = self._matmul(ins.fields, [rows], rows, None if ahead is None else ahead - now, words)
+                reader = vector_reader(program, i) if following else None
+                vector_words = self._vector_words(program[reader]) if reader is not None else 0
+                cost = self._matmul(ins.fields, [rows], rows, None if ahead is None else ahead - now, words,
+                                    vector_words)
                 ahead = now + cost.ahead if following else None
+                vectors = now + cost.vectors
+            elif i == reader:  # its vectors were read ahead: it waits for them, then computes
+                cost = self.cost(ins, rows, start_pos)
+                cost = replace(cost, cycles=cost.compute_cycles + INSTR_OVERHEAD
+                               + max(0.0, vectors - now - INSTR_OVERHEAD), memory_cycles=0.0)
             else:
                 cost = self.cost(ins, rows, start_pos)
-                if ahead is not None and ins.op in READS_LANE0:  # its read queues behind lane 0's read-ahead
+                if ahead is not None and ins.op in READS_LANE0:  # its read queues behind the loaders' read-ahead
                     cost = replace(cost, cycles=cost.cycles + max(0.0, ahead - now - INSTR_OVERHEAD))
             out.append(cost)
             now += cost.cycles
@@ -231,17 +244,18 @@ class TimingModel:
             nbytes = align(cols * 2)
             return self._simple("EMBED", rows * self._seek(cols * 2), rows * self._pass(cols), rows * nbytes,
                                 sfu_elements=rows * cols, serial=True)
-        if ins.op == "NORM":  # the weights, then per row (per head for QK-norm) three passes
-            group = int(f.get("group", 0)) or cols
-            sfu = rows * (cols // group) * 3 * self._pass(group)
-            return self._simple("NORM", self._seek(cols * 4), sfu, cols * 4, sfu_elements=3 * rows * cols, serial=True)
-        if ins.op == "LNORM":  # weights and biases, then per row four passes (the sum first)
-            sfu = rows * 4 * self._pass(cols)
-            return self._simple("LNORM", 2 * self._seek(cols * 4), sfu, 2 * cols * 4, sfu_elements=4 * rows * cols,
+        if ins.op in VECTORS:  # the vectors, every lane its slices at once (lane 0 the most), then the passes
+            memory = VECTORS[ins.op] * self._seek(4 * min(cols, vector_slice(cols, self.config.mm_lanes)))
+            nbytes = VECTORS[ins.op] * cols * 4
+            if ins.op == "NORM":  # per row (per head for QK-norm) three passes
+                group = int(f.get("group", 0)) or cols
+                sfu = rows * (cols // group) * 3 * self._pass(group)
+                return self._simple("NORM", memory, sfu, nbytes, sfu_elements=3 * rows * cols, serial=True)
+            if ins.op == "LNORM":  # per row four passes (the sum first)
+                return self._simple("LNORM", memory, rows * 4 * self._pass(cols), nbytes, sfu_elements=4 * rows * cols,
+                                    serial=True)
+            return self._simple("ESCALE", memory, self._pass(rows * cols), nbytes, sfu_elements=rows * cols,
                                 serial=True)
-        if ins.op == "ESCALE":
-            return self._simple("ESCALE", self._seek(cols * 4), self._pass(rows * cols), cols * 4,
-                                sfu_elements=rows * cols, serial=True)
         if ins.op == "ROPE":  # per row: its cos and sin table rows, then the pairs (and any pass-through columns)
             half, head_dim = int(f["rotary_dim"]) // 2, int(f["head_dim"])
             sfu = self._pass(cols // head_dim * half) + (self._pass(cols) if 2 * half < head_dim else 0)
@@ -264,11 +278,18 @@ class TimingModel:
         busy = memory + compute if serial else max(memory, compute)
         return Cost(op, busy + latency + INSTR_OVERHEAD, memory, compute, nbytes, sfu_elements=sfu_elements)
 
-    def _matmul(self, f: dict, shares: list[int], rows: int, ahead: float | None = None, next_words: int = 0) -> Cost:
+    def _vector_words(self, ins: Instruction) -> int:
+        """The words lane 0 reads of the vectors of ``ins`` (a reader of VECTORS)."""
+        cols = int(ins.fields["cols"])
+        return VECTORS[ins.op] * ceil(min(cols, vector_slice(cols, self.config.mm_lanes)) * 4 / WORD_BYTES)
+
+    def _matmul(self, f: dict, shares: list[int], rows: int, ahead: float | None = None, next_words: int = 0,
+                vector_words: int = 0) -> Cost:
         """An MM (one share of every row) or XMM (a share of rows per expert streamed): the input rows'
         quantisation, then one dataflow region per pass of ``row_block`` rows of a share. ``ahead``: when
         (from the instruction's start) the loaders had read this MM's first tiles during the one before;
-        ``next_words``: the words of the next MM's first tile, read once the last pass's own tiles are."""
+        ``next_words``: the words of the next MM's first tile, read once the last pass's own tiles are, after
+        ``vector_words`` of the vectors before it."""
         c = self.config
         n, k, group, flags = int(f["n"]), int(f["k"]), int(f["group"]), int(f["flags"])
         tiles, tile_bytes, row_block = int(f["tiles"]), int(f["tile_bytes"]), max(1, int(f["row_block"]))
@@ -314,12 +335,13 @@ class TimingModel:
                 memory += lane_tiles * tile_cycles
                 ready, ahead = 0.0, None
         cycles = max(cycles, quant)
-        read_ahead = loads_end + self.latency + next_words * self.word_cycles if next_words else 0.0
+        vectors = loads_end + self.latency + vector_words * self.word_cycles if next_words else 0.0
+        read_ahead = vectors + next_words * self.word_cycles if next_words else 0.0
         density = sparse[0] / sparse[1] if sparse else 1.0  # N:M sparse tiles skip the zeros
         passes = sum(ceil(share / row_block) for share in shares)
         return Cost("MM", cycles + INSTR_OVERHEAD, memory, compute, passes * tiles * tile_bytes,
                     macs=round(rows * n * k * density), sfu_elements=2 * rows * k,
-                    layer=self.layer_names.get(int(f["weight_off"]), ""), ahead=read_ahead)
+                    layer=self.layer_names.get(int(f["weight_off"]), ""), ahead=read_ahead, vectors=vectors)
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
         """The query rows' int8 codes; per group of KV heads, their cache rows from the busiest KV channel, then per
@@ -373,7 +395,8 @@ class TimingModel:
 
 
 SFU_ONLY = ("ACT", "EMUL", "EADD", "WEIGH", "ROUTE")  # instructions that leave the weight channels free
-READS_LANE0 = ("NORM", "LNORM", "ESCALE", "ROPE")  # they read a vector or table from lane 0's channel
+READS_LANE0 = ("NORM", "LNORM", "ESCALE", "ROPE")  # they read the weight channels (vectors; ROPE lane 0's tables)
+VECTORS = {"NORM": 1, "LNORM": 2, "ESCALE": 1}  # readers of striped vectors: how many each reads
 
 
 def next_matmul(program: Sequence[Instruction], at: int) -> Instruction | None:
@@ -384,6 +407,17 @@ def next_matmul(program: Sequence[Instruction], at: int) -> Instruction | None:
             return ins
         if ins.op not in SFU_ONLY + READS_LANE0:
             return None
+    return None
+
+
+def vector_reader(program: Sequence[Instruction], at: int) -> int | None:
+    """The first instruction between the MM at ``at`` and the one its loaders read ahead for that reads VECTORS
+    (the kernel's ``vectors_between``), whose vectors they read first."""
+    for j in range(at + 1, len(program)):
+        if program[j].op == "MM":
+            return None
+        if program[j].op in VECTORS:
+            return j
     return None
 
 

@@ -334,6 +334,29 @@ static uint64_t ahead_at[LANES][MAX_TILE_WORDS];  // C-simulation: the cycle eac
 static uint64_t ahead_done[LANES];                 // and the cycle the lane's port was free again
 #endif
 
+// f32 vectors (norm weights and biases, scale vectors) are striped over the weight channels: lane l holds
+// elements l * slice .. of a vector at its offset on every channel (slice: whole words), so the lanes read a
+// vector together. Before the next MM's first tile, the loaders read the vectors of the first instruction
+// between that reads any (a NORM's weights before the MM after it) into vec_ahead.
+static const int MAX_VECTORS = 2;
+struct Vectors {
+  int pc, count, cols;  // the instruction, its vectors and their length
+  uint64_t off[MAX_VECTORS];
+};
+static float vec_ahead[MAX_VECTORS][MAX_HIDDEN];
+static int vec_ahead_pc = -1;  // the instruction whose vectors the loaders hold
+#ifndef __SYNTHESIS__
+static uint64_t vec_done[LANES];  // C-simulation: the cycle each lane's slices were in
+#endif
+
+static int vector_slice(int cols) { return ((cols + LANES - 1) / LANES + 15) / 16 * 16; }
+
+// The elements of a vector of cols that lane holds.
+static int vector_part(int cols, int lane) {
+  const int rest = cols - lane * vector_slice(cols);
+  return rest < 0 ? 0 : rest < vector_slice(cols) ? rest : vector_slice(cols);
+}
+
 // The tile word a lane streams w-th: the scales (zeros, bias) first, then the codes (stored first in the tile).
 static int streamed_word(const MmPass& p, int w) { return w < p.part_words ? p.code_words + w : w - p.part_words; }
 
@@ -342,9 +365,10 @@ static int first_of_lane(int from, int lane, int lanes) { return from + ((lane -
 
 // A lane's weight loader: its tiles (t = lane, lane + LANES, ...) from its own channel, each as two bursts, the
 // scales (zeros, bias) first and then the codes, one word per beat into the lane's FIFO; the first from
-// ahead[lane] when the loader read it during the previous MM, and then on into the next MM's (`next`).
+// ahead[lane] when the loader read it during the previous MM, and then on into the next MM's (`next`), after
+// its slices of the `vectors` read before it.
 static void load_lane(const word_t* port, const MmPass& p, int lane, timed_stream<word_t>& words, bool from_ahead,
-                      const MmPass* next) {
+                      const MmPass* next, const Vectors* vectors) {
   int first = lane;
   bool streaming = false;  // the port is still reading the tile ahead: the next requests queue behind it
   if (from_ahead && lane < p.tiles) {
@@ -371,19 +395,37 @@ static void load_lane(const word_t* port, const MmPass& p, int lane, timed_strea
       words.write(port[tile_word + streamed_word(p, w)]);
     }
   }
-  if (next != nullptr && lane < next->tiles) {
+  if (next != nullptr) {  // lane 0 always has a tile of it
 #ifndef __SYNTHESIS__
     const uint64_t own_end = cycle_account();  // the region ends with the loader's own tiles
 #endif
-    hbm_latency();
-    const uint64_t tile_word = next->base / WORD_BYTES;
-    for (int w = 0; w < next->part_words + next->code_words; ++w) {
-      LLMC_PIPELINE_II1;
-      clock.beat();
-      ahead[lane][w] = port[tile_word + streamed_word(*next, w)];
+    hbm_latency();  // the vectors' and the tile's requests go out together
+    const int part = vectors != nullptr ? vector_part(vectors->cols, lane) : 0;
+    for (int v = 0; v < (vectors != nullptr ? vectors->count : 0); ++v) {
+      const uint64_t first_word = vectors->off[v] / WORD_BYTES;
+      for (int w = 0; w * 16 < part; ++w) {
+        LLMC_PIPELINE_II1;
+        clock.beat();
+        const word_t word = port[first_word + w];
+        for (int e = 0; e < 16 && w * 16 + e < part; ++e) {
+          LLMC_UNROLL;
+          vec_ahead[v][lane * vector_slice(vectors->cols) + w * 16 + e] = bits_to_float((uint32_t)word.range(32 * e + 31, 32 * e));
+        }
+      }
+    }
 #ifndef __SYNTHESIS__
-      ahead_at[lane][w] = cycle_account();
+    vec_done[lane] = cycle_account();
 #endif
+    if (lane < next->tiles) {
+      const uint64_t tile_word = next->base / WORD_BYTES;
+      for (int w = 0; w < next->part_words + next->code_words; ++w) {
+        LLMC_PIPELINE_II1;
+        clock.beat();
+        ahead[lane][w] = port[tile_word + streamed_word(*next, w)];
+#ifndef __SYNTHESIS__
+        ahead_at[lane][w] = cycle_account();
+#endif
+      }
     }
 #ifndef __SYNTHESIS__
     ahead_done[lane] = cycle_account();
@@ -492,7 +534,7 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
 // from its channel while the lane's MAC array (or its tile buffer, then its RTL unit) consumes them; the MAC
 // arrays and units start once the rows' activation codes are ready.
 static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t inputs_ready, bool from_ahead,
-                    const MmPass* next, uint8_t* io,
+                    const MmPass* next, const Vectors* vectors, uint8_t* io,
                     const word_t* w0,
                     const word_t* w1,
                     const word_t* w2,
@@ -521,76 +563,76 @@ static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t
   static timed_stream<word_t> words[LANES];
   Region region;
   region.begin();
-  load_lane(w0, p, 0, words[0], from_ahead, next);
+  load_lane(w0, p, 0, words[0], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w1, p, 1, words[1], from_ahead, next);
+  load_lane(w1, p, 1, words[1], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w2, p, 2, words[2], from_ahead, next);
+  load_lane(w2, p, 2, words[2], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w3, p, 3, words[3], from_ahead, next);
+  load_lane(w3, p, 3, words[3], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w4, p, 4, words[4], from_ahead, next);
+  load_lane(w4, p, 4, words[4], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w5, p, 5, words[5], from_ahead, next);
+  load_lane(w5, p, 5, words[5], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w6, p, 6, words[6], from_ahead, next);
+  load_lane(w6, p, 6, words[6], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w7, p, 7, words[7], from_ahead, next);
+  load_lane(w7, p, 7, words[7], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w8, p, 8, words[8], from_ahead, next);
+  load_lane(w8, p, 8, words[8], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w9, p, 9, words[9], from_ahead, next);
+  load_lane(w9, p, 9, words[9], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w10, p, 10, words[10], from_ahead, next);
+  load_lane(w10, p, 10, words[10], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w11, p, 11, words[11], from_ahead, next);
+  load_lane(w11, p, 11, words[11], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w12, p, 12, words[12], from_ahead, next);
+  load_lane(w12, p, 12, words[12], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w13, p, 13, words[13], from_ahead, next);
+  load_lane(w13, p, 13, words[13], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w14, p, 14, words[14], from_ahead, next);
+  load_lane(w14, p, 14, words[14], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w15, p, 15, words[15], from_ahead, next);
+  load_lane(w15, p, 15, words[15], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w16, p, 16, words[16], from_ahead, next);
+  load_lane(w16, p, 16, words[16], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w17, p, 17, words[17], from_ahead, next);
+  load_lane(w17, p, 17, words[17], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w18, p, 18, words[18], from_ahead, next);
+  load_lane(w18, p, 18, words[18], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w19, p, 19, words[19], from_ahead, next);
+  load_lane(w19, p, 19, words[19], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w20, p, 20, words[20], from_ahead, next);
+  load_lane(w20, p, 20, words[20], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w21, p, 21, words[21], from_ahead, next);
+  load_lane(w21, p, 21, words[21], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w22, p, 22, words[22], from_ahead, next);
+  load_lane(w22, p, 22, words[22], from_ahead, next, vectors);
   region.end();
   region.begin();
-  load_lane(w23, p, 23, words[23], from_ahead, next);
+  load_lane(w23, p, 23, words[23], from_ahead, next, vectors);
   region.end();
   region.begin();
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
@@ -712,6 +754,22 @@ static int next_matmul(const word_t* program, int pc, int n_instr) {
   return -1;
 }
 
+// The vectors of the first instruction between pc and next_pc that reads any (count 0: none).
+static Vectors vectors_between(const word_t* program, int pc, int next_pc) {
+  Vectors v;
+  v.pc = -1;
+  v.count = v.cols = 0;
+  for (int q = pc + 1; q < next_pc && v.count == 0; ++q) {
+    const Instr in = fetch(program, q);
+    if (in.op != NORM && in.op != LNORM && in.op != ESCALE) continue;
+    v.pc = q;
+    v.cols = in.f[COLS];
+    v.off[v.count++] = in.op == NORM ? in.f[NORM_WEIGHT_OFF] : in.op == LNORM ? in.f[LNORM_WEIGHT_OFF] : in.f[ESCALE_VEC_OFF];
+    if (in.op == LNORM) v.off[v.count++] = in.f[LNORM_BIAS_OFF];
+  }
+  return v;
+}
+
 static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, int rows, uint8_t* io,
                    const word_t* w0,
                    const word_t* w1,
@@ -740,6 +798,7 @@ static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, 
   MmPass p = mm_pass_of(in);
   MmPass next_pass;
   if (next_pc >= 0) next_pass = mm_pass_of(fetch(program, next_pc));
+  const Vectors vectors = vectors_between(program, pc, next_pc);
   bool from_ahead = ahead_pc == pc;
   const bool by_expert = in.op == XMM;  // row r uses expert act[src1][r][2 slot], its tiles expert_stride apart
   const int experts = by_expert ? (int)in.f[XMM_EXPERTS] : 1, slot = in.f[XMM_SLOT];
@@ -760,12 +819,14 @@ static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, 
     for (int r0 = 0; r0 < picked; r0 += row_block) {
       const int r1 = r0 + row_block < picked ? r0 + row_block : picked;
       const bool last = e == experts - 1 && r1 == picked;
-      mm_pass(p, chosen, r0, r1, inputs_ready, from_ahead, last && next_pc >= 0 ? &next_pass : nullptr, io,
+      mm_pass(p, chosen, r0, r1, inputs_ready, from_ahead, last && next_pc >= 0 ? &next_pass : nullptr,
+              last && vectors.count > 0 ? &vectors : nullptr, io,
               w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
       from_ahead = false;
     }
   }
   ahead_pc = next_pc;
+  vec_ahead_pc = vectors.pc;
   if (cycle_account() < inputs_ready) cycle_account() = inputs_ready;
 }
 
@@ -1045,6 +1106,60 @@ static void kv_append(const Instr& in, int rows, int start_pos,
 
 static void read_vec(const word_t* w0, uint64_t off, int n, uint8_t* raw) { read_bytes(w0, off, raw, n * 4); }
 
+// The `count` striped vectors of cols at off[] of the instruction at pc into dst[]: as the loaders read them ahead
+// (once every lane's slices are in; the engine reads vec_ahead in place), or now, each lane its slices at once.
+static void read_vectors(int pc, int count, const uint64_t* off, int cols, float* const* dst,
+                         const word_t* w0,
+                         const word_t* w1,
+                         const word_t* w2,
+                         const word_t* w3,
+                         const word_t* w4,
+                         const word_t* w5,
+                         const word_t* w6,
+                         const word_t* w7,
+                         const word_t* w8,
+                         const word_t* w9,
+                         const word_t* w10,
+                         const word_t* w11,
+                         const word_t* w12,
+                         const word_t* w13,
+                         const word_t* w14,
+                         const word_t* w15,
+                         const word_t* w16,
+                         const word_t* w17,
+                         const word_t* w18,
+                         const word_t* w19,
+                         const word_t* w20,
+                         const word_t* w21,
+                         const word_t* w22,
+                         const word_t* w23) {
+  if (vec_ahead_pc == pc) {
+#ifndef __SYNTHESIS__
+    for (int l = 0; l < LANES; ++l) {
+      if (cycle_account() < vec_done[l]) cycle_account() = vec_done[l];
+    }
+#endif
+    for (int v = 0; v < count; ++v) {
+      for (int c = 0; c < cols; ++c) dst[v][c] = vec_ahead[v][c];
+    }
+    return;
+  }
+  static uint8_t raw[MAX_HIDDEN * 4];
+  Region region;
+  for (int l = 0; l < LANES; ++l) {
+    region.begin();
+    const int part = vector_part(cols, l);
+    if (part > 0) {
+      hbm_latency();
+      for (int v = 0; v < count; ++v) {
+        read_lane(l, off[v], raw, part * 4, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
+        for (int i = 0; i < part; ++i) dst[v][l * vector_slice(cols) + i] = bits_to_float(load_u32(raw + 4 * i));  // as the words arrive
+      }
+    }
+    region.end();
+  }
+}
+
 }  // namespace llmc
 
 using namespace llmc;
@@ -1176,7 +1291,7 @@ extern "C" void llmc_accel(
   hbm_latency();
   read_bytes(io, 0, io_buf + 0, 4 * rows);  // the rows' token ids
   uint64_t io_from = 0, io_to = 0;  // the logits the call wrote into io_buf
-  ahead_pc = -1;  // tiles read ahead in the previous call belong to another program or segment
+  ahead_pc = vec_ahead_pc = -1;  // what was read ahead in the previous call belongs to another program or segment
   // A call runs from first_instr to HALT, or to SYNC: the end of a cluster card's segment, after which
   // the host moves what the cards sent and calls again from the instruction after the SYNC.
   for (int pc = first_instr; pc < n_instr; ++pc) {
@@ -1187,8 +1302,8 @@ extern "C" void llmc_accel(
 #endif
     loop_depth(INSTR_DEPTH);
 #ifndef __SYNTHESIS__
-    if (ahead_pc >= 0 && reads_lane0(in.op) && cycle_account() < ahead_done[0]) {
-      cycle_account() = ahead_done[0];  // lane 0's port is still reading ahead: this read queues behind it
+    if (ahead_pc >= 0 && reads_lane0(in.op) && vec_ahead_pc != pc && cycle_account() < ahead_done[0]) {
+      cycle_account() = ahead_done[0];  // the ports are still reading ahead: this read queues behind them
     }
 #endif
     const int cols = in.f[COLS];
@@ -1212,9 +1327,9 @@ extern "C" void llmc_accel(
         break;
       }
       case NORM: {
-        hbm_latency();
-        read_vec(w0, in.f[NORM_WEIGHT_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));  // as the words arrive
+        const uint64_t off[1] = {in.f[NORM_WEIGHT_OFF]};
+        float* const dst[1] = {vec};
+        read_vectors(pc, 1, off, cols, dst, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
         const int group = in.f[NORM_GROUP] > 0 ? (int)in.f[NORM_GROUP] : cols;  // a head at a time for QK-norm
         for (int t = 0; t < rows; ++t) {
           for (int g = 0; g < cols; g += group) {
@@ -1224,11 +1339,9 @@ extern "C" void llmc_accel(
         break;
       }
       case LNORM: {
-        hbm_latency();
-        read_vec(w0, in.f[LNORM_WEIGHT_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
-        read_vec(w0, in.f[LNORM_BIAS_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) bias[c] = bits_to_float(load_u32(raw + 4 * c));
+        const uint64_t off[2] = {in.f[LNORM_WEIGHT_OFF], in.f[LNORM_BIAS_OFF]};
+        float* const dst[2] = {vec, bias};
+        read_vectors(pc, 2, off, cols, dst, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
         for (int t = 0; t < rows; ++t) layer_norm_row(act[in.src0][t], vec, bias, cols, bits_to_float(in.f[LNORM_EPS]), act[in.dst][t]);
         break;
       }
@@ -1298,10 +1411,10 @@ extern "C" void llmc_accel(
           }
         }
         break;
-      case ESCALE:
-        hbm_latency();
-        read_vec(w0, in.f[ESCALE_VEC_OFF], cols, raw);
-        for (int c = 0; c < cols; ++c) vec[c] = bits_to_float(load_u32(raw + 4 * c));
+      case ESCALE: {
+        const uint64_t off[1] = {in.f[ESCALE_VEC_OFF]};
+        float* const dst[1] = {vec};
+        read_vectors(pc, 1, off, cols, dst, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
         for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
           LLMC_PIPELINE_II1;
           for (int i = i0; i < i0 + SFU_LANES && i < elements; ++i) {
@@ -1311,6 +1424,7 @@ extern "C" void llmc_accel(
           }
         }
         break;
+      }
       case SEND:  // src0's rows to io at io_off as int32, row-major (past io_buf: a cluster card's mail)
         hbm_latency();
         for (int t = 0; t < rows; ++t) {
