@@ -61,7 +61,7 @@ def test_bundled_targets_are_listed():
             "hbm",
             32,
             32,
-            Resources(2_600_000, 5_200_000, 10_848, 2_016, 960),
+            Resources(2_574_208, 5_148_416, 10_848, 3_741, 1_925),  # DS950, XCVH1782
             3,
         ),
     ],

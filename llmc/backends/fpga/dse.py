@@ -314,19 +314,24 @@ def explore(
     _, used, config = min(
         near, key=lambda f: (not f[0].balanced, f[1].scarcest()[1], sum(f[1].fractions.values()), f[0].total_s)
     )
-    return widest_kv_group(config, target, needs.kv_heads, budget)
+    return fastest_kv_group(config, target, needs, budget)
 
 
-def widest_kv_group(config: AcceleratorConfig, target: Target, kv_heads: int,
-                    budget: float) -> tuple[AcceleratorConfig, Utilisation]:
-    """``config`` with attention loading as many KV heads at once (a divisor of ``kv_heads``) as ``budget`` of the
-    resources holds: their codes lie side by side in a cache row, so the cache is read in longer transactions."""
+def fastest_kv_group(config: AcceleratorConfig, target: Target, needs: ModelNeeds,
+                     budget: float) -> tuple[AcceleratorConfig, Utilisation]:
+    """``config`` with attention loading the KV heads in the groups (a divisor of ``kv_heads``, ping-pong
+    buffered within ``budget`` of the resources) whose decode step at half the context the timing model times
+    fastest; the wider group on a tie. Wider groups read the cache in longer transactions, more groups overlap
+    one group's scores with the next group's loads."""
+    fields = {"heads": needs.heads, "kv_heads": needs.kv_heads, "head_dim": needs.head_dim, "window": 0}
     best = config, estimate(config, target)
-    for group in (g for g in range(2, kv_heads + 1) if kv_heads % g == 0):
+    best_cycles = TimingModel.for_design(config, target)._attention(fields, 1, needs.max_context // 2).cycles
+    for group in (g for g in range(2, needs.kv_heads + 1) if needs.kv_heads % g == 0):
         trial = replace(config, kv_group=group)
         used = estimate(trial, target)
-        if used.fits(budget):
-            best = trial, used
+        cycles = TimingModel.for_design(trial, target)._attention(fields, 1, needs.max_context // 2).cycles
+        if used.fits(budget) and cycles <= best_cycles:
+            best, best_cycles = (trial, used), cycles
     return best
 
 

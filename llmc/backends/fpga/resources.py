@@ -154,10 +154,10 @@ def weight_buffers(config: AcceleratorConfig) -> Resources:
 
 def kv_buffers(config: AcceleratorConfig) -> Resources:
     """The attention score row (``max_context`` fp32 scores) in BRAM; in URAM the K and V codes of ``kv_group``
-    heads over the context and their int32 scales."""
+    heads over the context and their int32 scales, twice (ping-pong: the next group loads while one is scored)."""
     scores = ceil(config.max_context * 4 / BRAM36_BYTES)
-    codes = 2 * config.kv_group * config.max_context * config.max_head_dim
-    scales = 2 * config.kv_group * config.max_context * 4
+    codes = 2 * 2 * config.kv_group * config.max_context * config.max_head_dim
+    scales = 2 * 2 * config.kv_group * config.max_context * 4
     return Resources(bram36=scores, uram=ceil((codes + scales) / URAM_BYTES))
 
 

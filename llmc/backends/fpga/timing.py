@@ -22,10 +22,10 @@ the same loops as it runs (``include/llmc_cycles.h``) and ``llmc verify --levels
 - **vectors** (norm weights and biases, smoothing factors) are striped over the weight channels
   (:func:`~llmc.backends.fpga.pack.vector_slice`): read ahead as above, or by every lane at once;
 - **attention** (``ATTN``): the query rows quantised on the SFU; per group of ``kv_group`` KV heads (whose codes
-  lie side by side in a cache row), the KV channels' loaders read their rows: the K codes of every row, then the
-  V codes, then each scale (one stream each when the group is every head), then per query row and head the lanes score their
-  keys (``key = lane mod lanes``, ``head_dim / mm_tile_k`` cycles a key) and, a second pass, weigh them; the
-  SFU adds the lanes' sums;
+  lie side by side in a cache row), the KV channels' loaders read their rows into one half of a ping-pong buffer
+  (the K codes of every row, then the V codes, then each scale; one stream each when the group is every head)
+  while the group before is scored: per query row and head the lanes score their keys (``key = lane mod lanes``,
+  ``head_dim / mm_tile_k`` cycles a key) and, a second pass, weigh them; the SFU adds the lanes' sums;
 - **SFU**: ``sfu_lanes`` elements per cycle per pass over a row (RMSNorm three passes, LayerNorm four, the
   int8 quantisation two); the router's top-k and its float sums one element per cycle;
 - every instruction pays ``INSTR_OVERHEAD`` cycles (fetch, decode, pipeline fill), and a call reads its
@@ -344,25 +344,28 @@ class TimingModel:
                     layer=self.layer_names.get(int(f["weight_off"]), ""), ahead=read_ahead, vectors=vectors)
 
     def _attention(self, f: dict, rows: int, start_pos: int) -> Cost:
-        """The query rows' int8 codes; per group of KV heads, their cache rows from the busiest KV channel, then per
-        query row and head the lanes' two passes over its visible keys and the SFU's sum over the lanes."""
+        """The query rows' int8 codes; per group of KV heads, their cache rows from the busiest KV channel into one
+        half of a ping-pong buffer while the group before is scored: per query row and head the lanes' two passes
+        over its visible keys and the SFU's sum over the lanes."""
         c = self.config
         heads, kvh, d, window = int(f["heads"]), int(f["kv_heads"]), int(f["head_dim"]), int(f["window"])
         s = start_pos + rows
         first = max(0, start_pos + 1 - window) if window else 0  # a sliding window reads only its rows
         busiest = ceil((s - first) / len(c.kv_channels))  # rows on the fullest KV channel
-        memory = 0.0
-        for h0 in range(0, kvh, c.kv_group):  # heads loaded together: their codes (and scales) side by side in a row
-            g = min(c.kv_group, kvh - h0)
-            codes, scales = self._rows(busiest, g * d, g == kvh), self._rows(busiest, g * 4, g == kvh)
-            memory += self.latency + 2 * codes + 2 * scales
         steps = ceil(d / c.mm_tile_k)
         seen = [min(start_pos + t + 1, window) if window else start_pos + t + 1 for t in range(rows)]
-        lanes = sum(2 * ceil(keys / c.mm_lanes) * steps for keys in seen) * heads
-        sfu = rows * self._quant8(heads * d, d) + rows * heads * self._pass(d)
+        per_head = sum(2 * ceil(keys / c.mm_lanes) * steps for keys in seen) + rows * self._pass(d)
+        loads, scores = [], []  # per group of heads loaded together: its loads, then its scoring
+        for h0 in range(0, kvh, c.kv_group):  # their codes (and scales) lie side by side in a cache row
+            g = min(c.kv_group, kvh - h0)
+            codes, scales = self._rows(busiest, g * d, g == kvh), self._rows(busiest, g * 4, g == kvh)
+            loads.append(self.latency + 2 * codes + 2 * scales)
+            scores.append(g * (heads // kvh) * per_head)
+        quant = rows * self._quant8(heads * d, d)
+        overlapped = loads[0] + sum(max(load, score) for load, score in zip(loads[1:], scores)) + scores[-1]
         macs = 2 * heads * d * sum(seen)  # scores and weighted sum
         nbytes = 2 * (s - first) * kvh * (d + 4)
-        return Cost("ATTN", memory + lanes + sfu + INSTR_OVERHEAD, memory, lanes + sfu, nbytes, macs=macs,
+        return Cost("ATTN", quant + overlapped + INSTR_OVERHEAD, sum(loads), quant + sum(scores), nbytes, macs=macs,
                     sfu_elements=2 * rows * heads * d + 2 * heads * sum(seen))
 
     # --- runs --------------------------------------------------------------------------------------

@@ -935,6 +935,110 @@ static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const
   }
 }
 
+// KV heads h0.. (a group, KV_GROUP at most) of cache rows first..s-1 into one half of the ping-pong buffers, every KV
+// channel's loader at once.
+static void load_kv_group(const Instr& in, int h0, int first, int s, int8_t* kc, int8_t* vc, int32_t* ks, int32_t* vs,
+                          word_t* kv0,
+                          word_t* kv1,
+                          word_t* kv2,
+                          word_t* kv3,
+                          word_t* kv4,
+                          word_t* kv5,
+                          word_t* kv6,
+                          word_t* kv7,
+                          word_t* kv8,
+                          word_t* kv9,
+                          word_t* kv10,
+                          word_t* kv11,
+                          word_t* kv12,
+                          word_t* kv13,
+                          word_t* kv14,
+                          word_t* kv15,
+                          word_t* kv16,
+                          word_t* kv17,
+                          word_t* kv18,
+                          word_t* kv19,
+                          word_t* kv20,
+                          word_t* kv21,
+                          word_t* kv22,
+                          word_t* kv23) {
+  const int kv_heads = in.f[ATTN_KV_HEADS];
+  const int g = kv_heads - h0 < KV_GROUP ? kv_heads - h0 : KV_GROUP;
+  Region region;
+  region.begin();
+  load_kv_channel(kv0, in, 0, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv1, in, 1, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv2, in, 2, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv3, in, 3, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv4, in, 4, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv5, in, 5, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv6, in, 6, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv7, in, 7, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv8, in, 8, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv9, in, 9, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv10, in, 10, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv11, in, 11, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv12, in, 12, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv13, in, 13, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv14, in, 14, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv15, in, 15, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv16, in, 16, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv17, in, 17, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv18, in, 18, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv19, in, 19, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv20, in, 20, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv21, in, 21, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv22, in, 22, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+  region.begin();
+  load_kv_channel(kv23, in, 23, h0, g, first, s, kc, vc, ks, vs);
+  region.end();
+}
+
 static void attention(const Instr& in, int rows, int start_pos,
                       word_t* kv0,
                       word_t* kv1,
@@ -966,99 +1070,37 @@ static void attention(const Instr& in, int rows, int start_pos,
   const float softcap = bits_to_float(in.f[ATTN_SOFTCAP]);  // 0: none; else scores become tanh(s / softcap) * softcap
   const int s = start_pos + rows;
   const int first = window > 0 && start_pos + 1 > window ? start_pos + 1 - window : 0;  // row 0's first key
-  static int8_t kc[MAX_CONTEXT * KV_GROUP * MAX_HEAD_DIM], vc[MAX_CONTEXT * KV_GROUP * MAX_HEAD_DIM];
-  static int32_t ks[MAX_CONTEXT * KV_GROUP], vs[MAX_CONTEXT * KV_GROUP];
+  // ping-pong: group i's heads in half i % 2 while the next group loads into the other half
+  static int8_t kc[2][MAX_CONTEXT * KV_GROUP * MAX_HEAD_DIM], vc[2][MAX_CONTEXT * KV_GROUP * MAX_HEAD_DIM];
+  static int32_t ks[2][MAX_CONTEXT * KV_GROUP], vs[2][MAX_CONTEXT * KV_GROUP];
   static int8_t qc[MAX_ROWS][MAX_HEADS * MAX_HEAD_DIM];
   static int32_t qs[MAX_ROWS][MAX_HEADS];
   for (int t = 0; t < rows; ++t) quant8(act[in.src0][t], heads * d, d, qc[t], qs[t]);  // per head, on the SFU
-  for (int h0 = 0; h0 < kv_heads; h0 += KV_GROUP) {
-    const int g = kv_heads - h0 < KV_GROUP ? kv_heads - h0 : KV_GROUP;  // KV heads loaded together
-    {  // these KV heads' slice of the cache, every KV channel's loader at once
-      Region region;
-      region.begin();
-      load_kv_channel(kv0, in, 0, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv1, in, 1, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv2, in, 2, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv3, in, 3, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv4, in, 4, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv5, in, 5, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv6, in, 6, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv7, in, 7, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv8, in, 8, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv9, in, 9, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv10, in, 10, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv11, in, 11, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv12, in, 12, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv13, in, 13, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv14, in, 14, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv15, in, 15, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv16, in, 16, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv17, in, 17, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv18, in, 18, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv19, in, 19, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv20, in, 20, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv21, in, 21, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv22, in, 22, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
-      region.begin();
-      load_kv_channel(kv23, in, 23, h0, g, first, s, kc, vc, ks, vs);
-      region.end();
+  const int groups = (kv_heads + KV_GROUP - 1) / KV_GROUP;  // KV heads loaded together
+  load_kv_group(in, 0, first, s, kc[0], vc[0], ks[0], vs[0], kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22, kv23);
+  for (int i = 0; i < groups; ++i) {
+    const int h0 = i * KV_GROUP, g = kv_heads - h0 < KV_GROUP ? kv_heads - h0 : KV_GROUP;
+    const int half = i % 2;
+    Region overlap;  // the next group's loads beside this group's scores
+    overlap.begin();
+    if (i + 1 < groups) {
+      load_kv_group(in, h0 + KV_GROUP, first, s, kc[1 - half], vc[1 - half], ks[1 - half], vs[1 - half],
+                    kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22, kv23);
     }
+    overlap.end();
+    overlap.begin();
     for (int e = 0; e < g; ++e) {
       const int h = h0 + e;
       for (int t = 0; t < rows; ++t) {
         for (int qh = h * (heads / kv_heads); qh < (h + 1) * (heads / kv_heads); ++qh) {
           const int visible = start_pos + t + 1;
           const int from = window > 0 && visible > window ? visible - window : 0;
-          attention_head(&qc[t][qh * d], qs[t][qh], &kc[e * d], &ks[e], &vc[e * d], &vs[e], g, from, visible, d,
-                         scale, softcap, &act[in.dst][t][qh * d]);
+          attention_head(&qc[t][qh * d], qs[t][qh], &kc[half][e * d], &ks[half][e], &vc[half][e * d], &vs[half][e], g,
+                         from, visible, d, scale, softcap, &act[in.dst][t][qh * d]);
         }
       }
     }
+    overlap.end();
   }
 }
 
