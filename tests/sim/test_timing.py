@@ -185,3 +185,29 @@ def test_the_loaders_read_the_next_matmuls_first_tiles_ahead():
     assert after_sfu.cycles < second.cycles  # the SFU's work hides more of it
     *_, after_attention = t.program([mm(), ATTN, mm()], 1, 0)
     assert after_attention.cycles == alone.cycles  # attention streams the cache over the same channels
+
+
+def test_a_kv_group_loads_while_the_group_before_is_scored():
+    """One KV head at a time (two groups), the second group's loads overlap the first group's scores; with both
+    heads in one group nothing overlaps: loads, then scores."""
+    split, whole = model(), TimingModel.for_design(dataclasses.replace(CONFIG, kv_group=2), load_target("u280"))
+    for t in (split, whole):
+        cost = t.cost(ATTN, 1, 200)
+        serial = cost.memory_cycles + cost.compute_cycles + 16  # INSTR_OVERHEAD
+        if t is whole:
+            assert cost.cycles == pytest.approx(serial)
+        else:  # the first group's loads, the larger of the second's loads and the first's scores, its scores
+            load, score = cost.memory_cycles / 2, (cost.compute_cycles - split._quant8(8 * 64, 64)) / 2
+            assert cost.cycles == pytest.approx(serial - min(load, score))
+
+
+def test_the_kv_cache_row_is_written_as_its_heads_are_quantised():
+    """KVAPP writes each word of a row's codes once the head holding it is quantised: the row takes the SFU's
+    passes and the last head's words, not the passes and then every word."""
+    t = model()
+    kvapp = Instruction("KVAPP", 0, 1, 0, {"codes_off": 0, "scales_off": 0, "kv_heads": 8, "head_dim": 128})
+    cost = t.cost(kvapp, 1, 0)
+    quantise = t._quant8(8 * 128, 128)
+    codes = max(quantise + 2 * t.word_cycles, t._quant8(128, 128) + 16 * t.word_cycles)
+    assert cost.cycles == pytest.approx(t.latency + codes + t._seek(8 * 4, write=True) + 16)
+    assert cost.cycles < t.latency + quantise + t._seek(8 * 128, write=True) + t._seek(8 * 4, write=True) + 16

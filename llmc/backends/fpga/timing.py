@@ -100,6 +100,7 @@ class TimingModel:
     board_gbs: float  # aggregate peak of the board's memory, GB/s
     power: PowerModel = field(default_factory=PowerModel)
     layer_names: dict[int, str] = field(default_factory=dict)  # MM weight_off -> layer name
+    kv_rows: dict[tuple[int, int, int], float] = field(default_factory=dict, compare=False, repr=False)  # _kv_row's
 
     @classmethod
     def for_design(cls, config: AcceleratorConfig, target: Target, *, clock_mhz: float | None = None,
@@ -234,12 +235,12 @@ class TimingModel:
             top_k, normalize = int(f["top_k"]), int(f["normalize"])
             per_row = top_k * cols + (top_k if normalize else cols) + top_k
             return self._simple("ROUTE", 0.0, rows * per_row, 0, sfu_elements=rows * per_row)
-        if ins.op == "KVAPP":  # per row: int8 codes per head, then its codes and scales written to its channel
+        if ins.op == "KVAPP":  # per row: the codes written as the heads are quantised, then the scales
             kvh, d = int(f["kv_heads"]), int(f["head_dim"])
-            memory = rows * (self._seek(kvh * d, write=True) + self._seek(kvh * 4, write=True))
-            sfu = rows * self._quant8(kvh * d, d)
-            return self._simple("KVAPP", memory, sfu, rows * (kvh * d + 4 * kvh), sfu_elements=2 * rows * kvh * d,
-                                serial=True)
+            width, channels = kvh * d, len(self.config.kv_channels)
+            busy = sum(self._kv_row(kvh, d, (start_pos + t) // channels * width % WORD_BYTES) for t in range(rows))
+            return Cost("KVAPP", self.latency + busy + INSTR_OVERHEAD, rows * self._seek(kvh * 4, write=True),
+                        rows * self._quant8(width, d), rows * (width + 4 * kvh), sfu_elements=2 * rows * kvh * d)
         if ins.op == "EMBED":  # per row: its table entry, then converted on the SFU
             nbytes = align(cols * 2)
             return self._simple("EMBED", rows * self._seek(cols * 2), rows * self._pass(cols), rows * nbytes,
@@ -269,6 +270,21 @@ class TimingModel:
         if ins.op == "SYNC":  # the cluster's time between segments is the link model's
             return Cost("SYNC", 0.0, 0.0, 0.0, 0)
         raise LlmcError(f"timing: no model for opcode {ins.op}")
+
+    def _kv_row(self, kvh: int, d: int, skip: int) -> float:
+        """Cycles of one KVAPP row whose codes start ``skip`` bytes into a word: the SFU quantises head after head
+        while the port writes each word once the head holding its last byte is done (at least the transaction gap),
+        then the row's scales."""
+        if (kvh, d, skip) in self.kv_rows:
+            return self.kv_rows[kvh, d, skip]
+        key, width, head = (kvh, d, skip), kvh * d, self._quant8(d, d)
+        finish, i = 0.0, 0
+        while i < width:
+            last = i + min(WORD_BYTES - skip, width - i) - 1
+            finish = max(finish, (last // d + 1) * head) + self.word_cycles
+            i, skip = last + 1, 0
+        self.kv_rows[key] = max(finish, self.port.write_gap) + self._seek(kvh * 4, write=True)
+        return self.kv_rows[key]
 
     def _simple(self, op: str, memory: float, compute: float, nbytes: int, sfu_elements: int = 0,
                 serial: bool = False) -> Cost:

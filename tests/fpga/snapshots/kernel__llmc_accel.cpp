@@ -1104,6 +1104,31 @@ static void attention(const Instr& in, int rows, int start_pos,
   }
 }
 
+// One cache row's codes, n bytes at off, written as the SFU quantises them head by head (d codes a head): a word
+// leaves once the head holding its last byte is done (C-simulation: done[h] the cycle head h was).
+static void write_codes_as_quantised(word_t* port, uint64_t off, const int8_t* codes, int n, int d,
+                                     const uint64_t* done) {
+  uint64_t word = off / WORD_BYTES;
+  int skip = (int)(off % WORD_BYTES);
+  Transaction transaction(port, off, n, true);
+  PortClock clock;
+  for (int i = 0; i < n; ++word) {
+    LLMC_PIPELINE_II1;
+    const int last = i + (WORD_BYTES - skip < n - i ? WORD_BYTES - skip : n - i) - 1;  // the word's last byte
+#ifndef __SYNTHESIS__
+    if (cycle_account() < done[last / d]) cycle_account() = done[last / d];
+#endif
+    clock.beat();
+    word_t w = port[word];
+    for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) w.range(8 * b + 7, 8 * b) = (uint8_t)codes[i];
+    port[word] = w;
+    skip = 0;
+  }
+  (void)done;
+}
+
+// Rows start_pos.. of src0 into the KV cache: per row, the SFU quantises each head to int8 while the row's KV channel
+// writes the codes done so far (a dataflow region), then the row's scales.
 static void kv_append(const Instr& in, int rows, int start_pos,
                       word_t* kv0,
                       word_t* kv1,
@@ -1134,13 +1159,26 @@ static void kv_append(const Instr& in, int rows, int start_pos,
   static int8_t codes[MAX_HIDDEN];
   static int32_t scales[MAX_HEADS];
   static uint8_t bytes[MAX_HEADS * 4];
+  static uint64_t done[MAX_HEADS];
   hbm_latency();
   for (int t = 0; t < rows; ++t) {
     const int j = start_pos + t;
     word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22, kv23);
     const uint64_t at = j / KV_CHANNELS;
-    quant8(act[in.src0][t], width, d, codes, scales);
-    write_bytes(port, in.f[KVAPP_CODES_OFF] + at * width, (const uint8_t*)codes, width);
+    {
+      Region region;
+      region.begin();
+      for (int h = 0; h < kv_heads; ++h) {
+        quant8(&act[in.src0][t][h * d], d, d, &codes[h * d], &scales[h]);
+#ifndef __SYNTHESIS__
+        done[h] = cycle_account();
+#endif
+      }
+      region.end();
+      region.begin();
+      write_codes_as_quantised(port, in.f[KVAPP_CODES_OFF] + at * width, codes, width, d, done);
+      region.end();
+    }
     for (int h = 0; h < kv_heads; ++h) store_u32(&bytes[h * 4], (uint32_t)scales[h]);
     write_bytes(port, in.f[KVAPP_SCALES_OFF] + at * kv_heads * 4, bytes, kv_heads * 4);
   }
