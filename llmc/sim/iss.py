@@ -34,7 +34,7 @@ def _ref(op: str, ins: list[np.ndarray], **attrs: Any) -> list[np.ndarray]:
 
 
 class MatmulWeights:
-    """One layer's weights decoded from its tiles: codes [n, k], scales, zeros, bias and the op's attributes."""
+    """One layer's weights decoded from its tiles: codes [n, k], scales, zeros, minimums, bias and the op's attributes."""
 
     def __init__(self, lanes: list[np.ndarray], f: dict[str, Any], tile_n: int) -> None:
         flags = MmFlags.decode(int(f["flags"]))
@@ -42,12 +42,13 @@ class MatmulWeights:
         self.has_zero, self.has_bias, self.signed, self.to_io = flags.has_zero, flags.has_bias, not flags.unsigned, flags.to_io
         n, k, group = int(f["n"]), int(f["k"]), int(f["group"])
         groups = k // group
+        self.has_min = flags.has_min
         layout = pack.tile_layout(engine, self.bits, tile_n, k, groups, self.has_zero, self.has_bias, sparse,
-                                  flags.half_scales)
+                                  flags.half_scales, self.has_min)
         if layout["size"] != int(f["tile_bytes"]):
             raise LlmcError(f"MM at weight_off {f['weight_off']}: tile_bytes {f['tile_bytes']} != layout "
                             f"{layout['size']}")
-        codes, scales, zeros, bias = [], [], [], []
+        codes, scales, zeros, mins, bias = [], [], [], [], []
         for t in range(int(f["tiles"])):
             lane = lanes[t % len(lanes)]
             at = int(f["weight_off"]) + (t // len(lanes)) * layout["size"]
@@ -64,16 +65,20 @@ class MatmulWeights:
                 scales.append(_words(tile, layout["scales"], tile_n * groups, "<i4").reshape(tile_n, groups))
             if self.has_zero:
                 zeros.append(_words(tile, layout["zeros"], tile_n * groups, "<i2").reshape(tile_n, groups))
+            if self.has_min:
+                mins.append(_words(tile, layout["mins"], tile_n * groups, "<i4").reshape(tile_n, groups))
             if self.has_bias:
                 bias.append(_words(tile, layout["bias"], tile_n, "<i4"))
         self.inputs = [np.concatenate(codes)[:n], np.concatenate(scales)[:n].astype(np.int64)]
         if self.has_zero:
             self.inputs.append(np.concatenate(zeros)[:n].astype(np.int64))
+        if self.has_min:
+            self.inputs.append(np.concatenate(mins)[:n].astype(np.int64))
         if self.has_bias:
             self.inputs.append(np.concatenate(bias)[:n].astype(np.int32))
         self.attrs = {"group": group, "shift": int(f["shift"]), "scale_bits": 62, "engine": engine,
                       "sparse": f"{sparse[0]}:{sparse[1]}" if sparse else "", "has_zero": self.has_zero,
-                      "has_bias": self.has_bias}
+                      "has_min": self.has_min, "has_bias": self.has_bias}
 
 
 def _words(tile: np.ndarray, at: int, count: int, dtype: str) -> np.ndarray:

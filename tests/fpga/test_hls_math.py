@@ -159,8 +159,9 @@ def test_bit_length(driver: Path) -> None:
     np.testing.assert_array_equal(np.maximum(0, got[: small.size] - 19), np.maximum(0, via_log2 - 19))
 
 
-@pytest.mark.parametrize("n, group", [(256, 64), (256, 128), (128, 128)])
-def test_quant8(driver: Path, n: int, group: int) -> None:
+@pytest.mark.parametrize("n, group, sum_group", [(256, 64, 0), (256, 128, 32), (128, 128, 16), (256, 256, 256)])
+def test_quant8(driver: Path, n: int, group: int, sum_group: int) -> None:
+    """The codes and scales, and (the matrix engine's input) the sum of the codes of every sum_group columns."""
     rng = np.random.default_rng(n + group)
     rows = 200
     x = (rng.integers(-(1 << 31), 1 << 31, (rows, n)) >> rng.integers(0, 32, (rows, 1))).astype(np.int32)
@@ -172,10 +173,16 @@ def test_quant8(driver: Path, n: int, group: int) -> None:
     x[4:24] = rng.integers(-127, 127, (20, n)) * s + s // 2  # ties of x / s where s is even
     x[4:24, ::group] = 127 * s  # makes s the scale of every group
     x[24:28, :] = rng.integers(-127, 128, (4, n))
-    out = _call(driver, "quant8", n, group, inputs=(x,), out=np.uint8)
+    out = _call(driver, "quant8", n, group, sum_group, inputs=(x,), out=np.uint8)
     codes, scales = hm.quant8(x, group)
     np.testing.assert_array_equal(out[: x.size].view(np.int8).reshape(codes.shape), codes)
-    np.testing.assert_array_equal(out[x.size :].view(np.int32).reshape(scales.shape), scales)
+    np.testing.assert_array_equal(out[x.size:x.size + 4 * scales.size].view(np.int32).reshape(scales.shape), scales)
+    sums = out[x.size + 4 * scales.size:].view(np.int32)
+    if sum_group:
+        want = codes.astype(np.int64).reshape(rows, n // sum_group, sum_group).sum(axis=-1)
+        np.testing.assert_array_equal(sums.reshape(want.shape), want)
+    else:
+        assert sums.size == 0
 
 
 def test_requantize(driver: Path) -> None:
@@ -197,14 +204,17 @@ def test_group_dot(driver: Path) -> None:
         assert got[0] == int(np.sum(xq.astype(np.int64) * (w.astype(np.int64) - zero)))
 
 
-@pytest.mark.parametrize("k, group, codes, has_zero, has_bias, shift", [
-    (256, 64, "int8", False, True, 24),
-    (256, 128, "int4", False, False, 12),
-    (256, 128, "uint4", True, False, 16),
-    (384, 128, "uint8", True, True, 8),
-    (128, 64, "int8", True, True, 0),
+@pytest.mark.parametrize("k, group, codes, has_zero, has_bias, shift, has_min", [
+    (256, 64, "int8", False, True, 24, False),
+    (256, 128, "int4", False, False, 12, False),
+    (256, 128, "uint4", True, False, 16, False),
+    (384, 128, "uint8", True, True, 8, False),
+    (128, 64, "int8", True, True, 0, False),
+    (256, 32, "int4", False, True, 16, True),  # unsigned codes stored q - 8, the offset in the minimum
+    (256, 64, "uint8", False, False, 20, True),
 ])
-def test_matmul(driver: Path, k: int, group: int, codes: str, has_zero: bool, has_bias: bool, shift: int) -> None:
+def test_matmul(driver: Path, k: int, group: int, codes: str, has_zero: bool, has_bias: bool, shift: int,
+                has_min: bool) -> None:
     rng = np.random.default_rng(k + group + shift)
     t, n, groups, scale_bits = 24, 40, k // group, 16
     lo, hi, dtype = {"int8": (-127, 128, np.int8), "int4": (-8, 8, np.int8),
@@ -216,11 +226,15 @@ def test_matmul(driver: Path, k: int, group: int, codes: str, has_zero: bool, ha
     ins = [x, w, ws.astype(np.int32)]
     if has_zero:
         ins.append(rng.integers(lo, hi, (n, groups)).astype(np.int16))
+    if has_min:  # |wm| < 2^(scale_bits + bits)
+        wide = scale_bits + (8 if dtype == np.uint8 else 4)
+        ins.append((rng.integers(-(1 << wide) + 1, 1 << wide, (n, groups)) >> rng.integers(0, 20, (n, 1))).astype(np.int32))
     if has_bias:
         ins.append(np.concatenate([I32_EDGES, rng.integers(-(1 << 31), 1 << 31, n - I32_EDGES.size)]).astype(np.int32))
-    attrs = {"group": group, "shift": shift, "scale_bits": scale_bits, "has_zero": has_zero, "has_bias": has_bias}
+    attrs = {"group": group, "shift": shift, "scale_bits": scale_bits, "has_zero": has_zero, "has_bias": has_bias,
+             "has_min": has_min}
     expected = OPS["hw_matmul"].ref(ins, attrs, CTX)[0]
-    args = (t, n, k, group, shift, int(has_zero), int(has_bias), int(dtype == np.uint8))
+    args = (t, n, k, group, shift, int(has_zero), int(has_bias), int(dtype == np.uint8), int(has_min))
     got = _call(driver, "matmul", *args, inputs=tuple(ins), out=np.int32).reshape(t, n)
     np.testing.assert_array_equal(got, expected)
     saturated = np.count_nonzero((expected >= hm.F32_INT32_MAX) | (expected == hm.INT32_MIN))

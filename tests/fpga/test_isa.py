@@ -55,6 +55,9 @@ def test_mm_flags_round_trip_through_the_one_table():
     assert MmFlags.decode(flags.encode()) == flags and flags.sparse == (2, 16) and flags.engine_name == "sparse"
     assert mm_flags(2, "lut", True, False, True, None, True) == MmFlags(2, 2, True, False, True, True, True, 0, 0).encode()
     assert MmFlags.decode(mm_flags(4, "dsp", False, False, False, None, False, half_scales=True)).half_scales
+    with_min = MmFlags.decode(mm_flags(4, "dsp", False, True, False, None, False, has_min=True))
+    assert with_min.has_min and with_min.has_bias and not with_min.half_scales and mm_flags(
+        4, "dsp", False, False, False, None, False, double_buffer=False, has_min=True) == 4 | 1 << 21
     with pytest.raises(LlmcError, match="sparse_m = 32 does not fit 5 bits"):
         MmFlags(4, 1, False, False, False, True, False, 2, 32).encode()
 

@@ -263,14 +263,57 @@ def test_codes_with_a_minimum_are_kept_exactly(min_file, capsys) -> None:
     check_logits(with_weights(wide, types), model.module)  # against the float model of the file's weights
 
 
-def test_codes_with_a_minimum_are_refused_by_the_accelerator_in_one_line(min_file, tmp_path, capsys) -> None:
-    """The U280's engines have no per-group minimum (yet): compile stops with one line naming the op."""
+@pytest.mark.parametrize("qtype,flags", [(Q.Q4_K, 2097668), (Q.Q4_1, 2099716)], ids=["Q4_K", "Q4_1"])
+def test_codes_with_a_minimum_compile_for_the_accelerator(vocab, folder, capsys, qtype, flags) -> None:
+    """Q4_K's and Q4_1's unsigned codes with their minimums run on the matrix engine: stored as signed
+    nibbles q - 8 (the offset folded into the integer minimums, flag 21), bit-exact across the
+    interpreter, the ISS and C-simulation; Q4_1's f16 scales stored as f16 (flag 11)."""
+    from llmc.sim.ladder import verify_project
+
+    wide = hf_model("llama", hidden_size=256, intermediate_size=256)  # K-quant blocks hold 256 weights
+    path = write_gguf(folder / f"compile-{qtype.name}.gguf", wide, {"output.weight": Q.Q8_0}, default=qtype,
+                      vocab=vocab)
+    project = folder / f"{qtype.name}-project"
+    assert main(["compile", str(path), "--eval-windows", "1", "-o", str(project)]) == 0
+    assert f"flags={flags}" in (project / "program.txt").read_text()
+    lowered = llmc.load(project).module.params
+    source = llmc.load(path, max_length=128).module.params
+    name = "model.layers.0.mlp.down_proj.weight"
+    np.testing.assert_array_equal(lowered[f"{name}.hw_codes"].data.astype(np.int64),
+                                  source[f"{name}.codes"].data.astype(np.int64) - 8)
+    results = verify_project(project, SMALL_PROMPT, 4, levels=("interpreter", "iss", "csim"))
+    assert [r.mismatches for r in results] == [0, 0, 0]
+
+
+@pytest.mark.slow
+def test_every_type_with_a_minimum_compiles_bit_exact(min_file, capsys) -> None:
+    """Q4_1, Q5_1, Q2_K, Q4_K, Q5_K (and Q3_K) layers side by side, a Q5_K head: 2-, 4- and 5-bit codes with
+    minimums on the DSP engine, bit-exact across the interpreter, the ISS and C-simulation."""
+    from llmc.sim.ladder import verify_project
+
     _, _, path = min_file
-    assert main(["compile", str(path), "-o", str(tmp_path / "project")]) == 2
+    project = path.parent / "minimums-project"
+    assert main(["compile", str(path), "--eval-windows", "1", "-o", str(project)]) == 0
+    flags = {int(f) for f in re.findall(r"flags=(\d+)", (project / "program.txt").read_text())}
+    assert {f & 0xF for f in flags if f >> 21 & 1} == {2, 4, 5} and any(not f >> 21 & 1 for f in flags)  # Q3_K
+    results = verify_project(project, SMALL_PROMPT, 4, levels=("interpreter", "iss", "csim"))
+    assert [r.mismatches for r in results] == [0, 0, 0]
+
+
+def test_minimums_beyond_one_integer_shift_are_refused_in_one_line(vocab, folder, capsys) -> None:
+    """A layer whose scales and minimums span more than the engine's integer scales hold at one shift (a
+    row 10^7 times its neighbours': its neighbours' scales would round to 0) stops the compile with one
+    line naming the layer."""
+    wide = hf_model("llama", hidden_size=256, intermediate_size=256)
+    with torch.no_grad():
+        wide.model.layers[1].mlp.up_proj.weight[0] *= 1e7
+    path = write_gguf(folder / "wide-range.gguf", wide, {"output.weight": Q.Q8_0, "token_embd.weight": Q.F32},
+                      default=Q.Q4_K, vocab=vocab)
+    assert main(["compile", str(path), "-o", str(folder / "wide-range")]) == 2
     lines = err_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith("llmc: error: ")
-    assert "dequantize_min: op not supported by the FPGA accelerator" in lines[0]
-    assert not (tmp_path / "project").exists()
+    assert "model.layers.1.mlp.up_proj.weight: its scales and minimums span more than" in lines[0]
+    assert not (folder / "wide-range").exists()
 
 
 @pytest.mark.slow

@@ -185,6 +185,7 @@ def _add_hw_function(module: Module) -> None:
         ("hw.scales", I32, rng.integers(1, 1 << 12, (8, 2))),
         ("hw.ucodes", u4, rng.integers(0, 16, (8, 8))),
         ("hw.zeros", DType("int", 16), rng.integers(0, 16, (8, 2))),
+        ("hw.mins", I32, rng.integers(-1 << 16, 1 << 16, (8, 2))),
         ("hw.bias", I32, rng.integers(-1 << 16, 1 << 16, 8)),
         ("hw.cos", I32, np.rint(np.cos(angles) * 2.0**30)),
         ("hw.sin", I32, np.rint(np.sin(angles) * 2.0**30)),
@@ -205,6 +206,9 @@ def _add_hw_function(module: Module) -> None:
     m = b.op("hw_matmul", [h, b.param("hw.codes"), b.param("hw.scales")], {"group": 4, "shift": 16, "scale_bits": 20})
     m2 = b.op("hw_matmul", [h, b.param("hw.ucodes"), b.param("hw.scales"), b.param("hw.zeros"), b.param("hw.bias")],
               {"group": 4, "shift": 16, "scale_bits": 20, "engine": "lut", "has_zero": True, "has_bias": True})
+    m3 = b.op("hw_matmul", [h, b.param("hw.codes"), b.param("hw.scales"), b.param("hw.mins"), b.param("hw.bias")],
+              {"group": 4, "shift": 16, "scale_bits": 20, "has_min": True, "has_bias": True})
+    m = b.op("hw_add", [m, m3])
     q = b.op("hw_rope", [m, pos, b.param("hw.cos"), b.param("hw.sin")], {"head_dim": 4})
     kc, ks = b.op_multi("hw_quant8", [q], {"group": 4})
     att = b.op("hw_attention", [q, kc, ks, kc, ks], {"heads": 2, "kv_heads": 2, "head_dim": 4, "scale": 0.5})

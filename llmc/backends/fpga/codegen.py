@@ -39,6 +39,8 @@ def kernel_context(name: str, module: Module, compiled: Compiled, timing: Timing
         "buffers": max(compiled.buffers, 1),
         "max_tile_bytes": max(compiled.max_tile_bytes, 64),
         "max_groups": max((n.inputs[1].type.shape[1].value // n.attrs["group"] for n in matmuls), default=1),
+        "max_sum_groups": max((n.inputs[0].type.shape[1].value // n.attrs["group"] for n in step.nodes
+                               if n.op in ("hw_matmul", "hw_expert_matmul") and n.attrs.get("has_min", False)), default=1),
         "max_head_dim": max((n.attrs["head_dim"] for n in attn), default=1),
         "max_heads": max((n.attrs["heads"] for n in attn), default=1),
         "io": compiled.io,

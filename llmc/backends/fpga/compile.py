@@ -163,8 +163,9 @@ class Compiler:
         group, bits, engine = a["group"], codes_v.type.dtype.bits, a["engine"]
         sparse = self._sparse(node)
         tile_n = self.config.mm_tile_n
-        half = a.get("half_scales", False)
-        layout = pack.tile_layout(engine, bits, tile_n, k, k // group, a["has_zero"], a["has_bias"], sparse, half)
+        half, has_min = a.get("half_scales", False), a.get("has_min", False)
+        layout = pack.tile_layout(engine, bits, tile_n, k, k // group, a["has_zero"], a["has_bias"], sparse, half,
+                                  has_min)
         tiles = -(-n // tile_n)
         lane_tiles = -(-tiles // len(self.lanes))
         stride = lane_tiles * layout["size"]  # one expert's bytes on each lane
@@ -181,7 +182,7 @@ class Compiler:
                                 "bytes": count * tiles * layout["size"], "offset": self.placed[name],
                                 **({"experts": count} if experts else {})})
         flags = mm_flags(bits, engine, a["has_zero"], a["has_bias"], not codes_v.type.dtype.signed, sparse, to_io,
-                         half_scales=half)
+                         half_scales=half, has_min=has_min)
         self.max_tile = max(self.max_tile, layout["size"])
         fields = {"n": n, "k": k, "group": group, "shift": a["shift"], "flags": flags,
                   "weight_off": self.placed[name], "tile_bytes": layout["size"], "row_block": row_block,
@@ -199,7 +200,7 @@ class Compiler:
 
     def _pack_matmul(self, node: Node, codes_v: Value, arrays: list[np.ndarray], layout: dict[str, int], tiles: int,
                      base: int, sparse: tuple[int, int] | None) -> None:
-        """Pack one matrix (codes, scales, zeros, bias) as ``tiles`` tiles dealt over the lanes from ``base``."""
+        """Pack one matrix (codes, scales, zeros, minimums, bias) as ``tiles`` tiles dealt over the lanes from ``base``."""
         a, tile_n = node.attrs, self.config.mm_tile_n
         codes, scales = arrays[0].astype(np.int64), arrays[1]
         if a.get("half_scales", False):
@@ -208,13 +209,14 @@ class Compiler:
             except ValueError as e:
                 raise LlmcError(f"{self.name(codes_v)}: {e}") from None
         zeros = arrays[2] if a["has_zero"] else None
+        mins = arrays[2 + int(a["has_zero"])] if a.get("has_min", False) else None
         bias = arrays[-1] if a["has_bias"] else None
         n, bits = codes.shape[0], codes_v.type.dtype.bits
         for t in range(tiles):
             rows = slice(t * tile_n, min(n, (t + 1) * tile_n))
-            parts = [_pad_rows(x, rows, tile_n) for x in (codes, scales, zeros, bias)]
+            parts = [_pad_rows(x, rows, tile_n) for x in (codes, scales, zeros, bias, mins)]
             try:
-                data = pack.pack_tile(*parts, layout, a["engine"], bits, sparse)
+                data = pack.pack_tile(*parts[:4], layout, a["engine"], bits, sparse, parts[4])
             except ValueError as e:
                 raise LlmcError(f"{self.name(codes_v)}: {e}") from None
             self.put_block(base, t, layout["size"], data)

@@ -52,10 +52,11 @@ class Matrix:
     sparse: tuple[int, int] | None
     stored: int = 1
     half_scales: bool = False
+    has_min: bool = False
 
     def tile_bytes(self, tile_n: int) -> int:
         return pack.tile_layout(self.engine, self.bits, tile_n, self.k, self.groups, self.has_zero, self.has_bias,
-                                self.sparse, self.half_scales)["size"]
+                                self.sparse, self.half_scales, self.has_min)["size"]
 
     def lane_bytes(self, config: AcceleratorConfig) -> int:
         """What the busiest lane holds of one matrix: its tiles dealt round-robin, ``ceil(tiles / lanes)``."""

@@ -67,10 +67,11 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
         count = 0 if param in stored else (experts[0] if experts else 1)
         stored.add(param)
         weight_bytes += count * pack.code_bytes(n.attrs["engine"], bits, rows, k, sparse)
-        half = n.attrs.get("half_scales", False)
-        weight_bytes += count * rows * (k // n.attrs["group"]) * ((2 if half else 4) + (2 if n.attrs["has_zero"] else 0))
+        half, has_min = n.attrs.get("half_scales", False), n.attrs.get("has_min", False)
+        per_group = (2 if half else 4) + (2 if n.attrs["has_zero"] else 0) + (4 if has_min else 0)
+        weight_bytes += count * rows * (k // n.attrs["group"]) * per_group
         matrices.append(Matrix(rows, k, n.attrs["engine"], bits, k // n.attrs["group"], n.attrs["has_zero"],
-                               n.attrs["has_bias"], sparse, count, half))
+                               n.attrs["has_bias"], sparse, count, half, has_min))
     embed = next((n.inputs[0] for n in step.nodes if n.op == "hw_embed"), None)  # a cluster's card 0 only
     vocab, model_dim = embed.type.static_shape() if embed is not None else (0, mms[0].inputs[0].type.shape[1].value)
     weight_bytes += vocab * model_dim * 2

@@ -78,6 +78,7 @@ MM_FLAGS: dict[str, tuple[int, int]] = {
     "half_scales": (11, 1),  # scales stored as f16 values, converted to the integer scales on chip
     "sparse_n": (12, 4),  # N of the N:M pattern
     "sparse_m": (16, 5),  # M of the N:M pattern (16 sets bit 20)
+    "has_min": (21, 1),  # integer minimums in the tile: each group's sum less its minimum times the activations' sum
 }
 for _name, (_, _fields, _) in OPCODES.items():
     assert len(_fields) < WORDS, _name
@@ -98,6 +99,7 @@ class MmFlags:
     sparse_n: int
     sparse_m: int
     half_scales: bool = False
+    has_min: bool = False
 
     @classmethod
     def decode(cls, word: int) -> MmFlags:
@@ -123,10 +125,11 @@ class MmFlags:
 
 
 def mm_flags(bits: int, engine: str, has_zero: bool, has_bias: bool, unsigned: bool,
-             sparse: tuple[int, int] | None, to_io: bool, double_buffer: bool = True, half_scales: bool = False) -> int:
+             sparse: tuple[int, int] | None, to_io: bool, double_buffer: bool = True, half_scales: bool = False,
+             has_min: bool = False) -> int:
     n, m = sparse or (0, 0)
     return MmFlags(bits, ENGINES[engine], has_zero, has_bias, unsigned, double_buffer, to_io, n, m,
-                   half_scales).encode()
+                   half_scales, has_min).encode()
 
 
 def kernel_constants() -> list[tuple[str, int]]:

@@ -324,20 +324,23 @@ class Lowering:
             arrays, t, group = [self.param_data(v)[1]], v.type, 0
         elif isinstance(got, Pattern) and got.kind == "dequant":
             dq: Node = got.of
-            arrays, t, group = [self.param_data(i)[1] for i in dq.inputs], dq.inputs[0].type, dq.attrs["group"]
+            a = self.dequant_arrays(dq)
+            arrays, t, group = [a["codes"], a["scales"], a["zeros"], a["mins"]], dq.inputs[0].type, dq.attrs["group"]
         else:
             raise self.fail(node, "expert weights are neither a parameter nor dequantized codes")
         e, k = t.shape[0].value, t.shape[2].value
         n = len(range(*rows.indices(t.shape[1].value)))
         flat = [None if a is None else a[:, rows].reshape(e * n, -1) for a in arrays]
+        base = self.param_data(v if got.kind == "param" else got.of.inputs[0])[0].removesuffix(".codes")
         if got.kind == "param":
             w = ew.from_float(flat[0], e * n, k, None, False)
         else:
             sparse = next(((c.n, c.m) for c in t.encodings if isinstance(c, SparseEncoding) and c.m), None)
-            w = ew.from_codes(flat[0], flat[1], flat[2] if len(flat) == 3 else None, e * n, k, t.dtype.bits, group,
-                              None, False, len(flat) == 3, sparse, lut=node.attrs.get("lut_g", 0) > 0,
-                              half_scales=got.of.inputs[1].type.dtype == F16)
-        base = self.param_data(v if got.kind == "param" else got.of.inputs[0])[0].removesuffix(".codes")
+            w = self.engine_weights(
+                base + part, codes=flat[0], scales=flat[1], zeros=flat[2], n=e * n, k=k, bits=t.dtype.bits, group=group,
+                bias=None, has_bias=False, has_zero=got.of.op == "dequantize" and len(got.of.inputs) == 3, sparse=sparse,
+                lut=node.attrs.get("lut_g", 0) > 0, half_scales=got.of.inputs[1].type.dtype == F16, mins=flat[3],
+                has_min=got.of.op == "dequantize_min")
         return self.engine_params(base + part, w, e), w
 
     def expert_matmul(self, stack: tuple[list[Value], ew.EngineWeights], x: Value, route: Value, slot: int) -> Value:
@@ -380,6 +383,23 @@ class Lowering:
     def op_dequantize(self, node: Node, *ins: Value) -> Pattern:
         return Pattern("dequant", node)
 
+    def op_dequantize_min(self, node: Node, *ins: Value) -> Pattern:
+        """Codes with a float minimum per group (GGUF Q4_1, Q4_K, ...): read by a linear as ``dequantize``'s are."""
+        return Pattern("dequant", node)
+
+    def dequant_arrays(self, dq: Node) -> dict[str, np.ndarray | None]:
+        """The codes, scales, zeros and minimums (None when absent) of a ``dequantize`` or ``dequantize_min``."""
+        parts = ("codes", "scales", "mins" if dq.op == "dequantize_min" else "zeros")
+        arrays = {part: self.param_data(v)[1] for part, v in zip(parts, dq.inputs)}
+        return {"zeros": None, "mins": None, **arrays}
+
+    def engine_weights(self, name: str, **args: Any) -> ew.EngineWeights:
+        """:func:`weights.from_codes`, refusing in one line naming the layer what the engine cannot hold."""
+        try:
+            return ew.from_codes(**args)
+        except ValueError as e:
+            raise LlmcError(f"{self.src.name}: {name.removesuffix('.codes')}: {e}") from None
+
     def op_quantize_dynamic(self, node: Node, x: Value) -> None:
         self.map[node.outputs[0].name] = Pattern("xq", self.act(node, x))
         self.map[node.outputs[1].name] = Pattern("xs")
@@ -397,14 +417,15 @@ class Lowering:
             return self.matmul(name, self.act(node, x), ew.from_float(data, n, k, b, bias is not None))
         if isinstance(got, Pattern) and got.kind == "dequant":
             dq: Node = got.of
-            name, codes, ct = self.param_data(dq.inputs[0])
-            scales = self.param_data(dq.inputs[1])[1]
-            zeros = self.param_data(dq.inputs[2])[1] if len(dq.inputs) == 3 else None
+            name, _, ct = self.param_data(dq.inputs[0])
             n, k = (d.value for d in ct.shape)
             sparse = next(((e.n, e.m) for e in ct.encodings if isinstance(e, SparseEncoding) and e.m), None)
-            weights = ew.from_codes(codes, scales, zeros, n, k, ct.dtype.bits, dq.attrs["group"], b,
-                                    bias is not None, zeros is not None, sparse,
-                                    half_scales=dq.inputs[1].type.dtype == F16)
+            a = self.dequant_arrays(dq)
+            weights = self.engine_weights(
+                name, codes=a["codes"], scales=a["scales"], zeros=a["zeros"], n=n, k=k, bits=ct.dtype.bits,
+                group=dq.attrs["group"], bias=b, has_bias=bias is not None, has_zero=dq.op == "dequantize" and
+                len(dq.inputs) == 3, sparse=sparse, half_scales=dq.inputs[1].type.dtype == F16, mins=a["mins"],
+                has_min=dq.op == "dequantize_min")
             return self.matmul(name, self.act(node, x), weights)
         raise self.fail(node, "linear weight is neither a parameter nor dequantized codes")
 
@@ -448,6 +469,8 @@ class Lowering:
         out = [param("hw_codes", (Dim.of(w.k),), w.code_dtype, w.codes), param("hw_scales", groups, I32, w.scales)]
         if w.has_zero:
             out.append(param("hw_zeros", groups, DType("int", 16), w.zeros))
+        if w.has_min:
+            out.append(param("hw_mins", groups, I32, w.mins))
         if w.has_bias:
             out.append(param("hw_bias", (), I32, w.bias))
         return out
@@ -488,6 +511,8 @@ def _matmul_attrs(w: ew.EngineWeights) -> dict[str, Any]:
     """The attributes of an ``hw_matmul`` (or an ``hw_expert_matmul``'s but its slot) for ``w``."""
     attrs: dict[str, Any] = {"group": w.group, "shift": w.shift, "scale_bits": w.scale_bits, "engine": w.engine,
                              "has_zero": w.has_zero, "has_bias": w.has_bias}
+    if w.has_min:
+        attrs["has_min"] = True
     if w.sparse:
         attrs["sparse"] = f"{w.sparse[0]}:{w.sparse[1]}"
     if w.half_scales:

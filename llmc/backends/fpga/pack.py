@@ -1,7 +1,7 @@
 """Weight tiles as the engines read them, and the inverse (for the simulators and tests).
 
 A matrix-engine tile holds ``tile_n`` output rows of a layer: codes, then the scales, then
-int16 zero points and int32 bias when present, each part starting on a 64-byte boundary. Scales
+int16 zero points, int32 minimums and int32 bias when present, each part starting on a 64-byte boundary. Scales
 are int32, or (``half_scales``: the layer's scales were f16 values) the f16 values, which the
 engine turns into the same integer scales on chip (:func:`half_scale_ints`). Codes:
 
@@ -44,13 +44,15 @@ def code_bytes(engine: str, bits: int, rows: int, k: int, sparse: tuple[int, int
 
 
 def tile_layout(engine: str, bits: int, tile_n: int, k: int, groups: int, has_zero: bool, has_bias: bool,
-                sparse: tuple[int, int] | None, half_scales: bool = False) -> dict[str, int]:
+                sparse: tuple[int, int] | None, half_scales: bool = False, has_min: bool = False) -> dict[str, int]:
     """Byte offsets of the parts of one tile and its total size."""
     out = {"codes": 0}
     end = align(code_bytes(engine, bits, tile_n, k, sparse))
     out["scales"], end = end, end + align(tile_n * groups * (2 if half_scales else 4))
     if has_zero:
         out["zeros"], end = end, end + align(tile_n * groups * 2)
+    if has_min:
+        out["mins"], end = end, end + align(tile_n * groups * 4)
     if has_bias:
         out["bias"], end = end, end + align(tile_n * 4)
     out["size"] = end
@@ -169,13 +171,18 @@ def half_scale_bits(ints: np.ndarray, shift: int) -> np.ndarray:
 
 
 def pack_tile(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bias: np.ndarray | None,
-              layout: dict[str, int], engine: str, bits: int, sparse: tuple[int, int] | None) -> bytes:
+              layout: dict[str, int], engine: str, bits: int, sparse: tuple[int, int] | None,
+              mins: np.ndarray | None = None) -> bytes:
     """One tile's bytes (rows beyond the layer are zero); ``scales`` as stored: int32, or f16 bits (uint16)."""
     out = bytearray(layout["size"])
     parts = [("codes", pack_codes(codes, engine, bits, sparse)),
              ("scales", scales.astype("<u2" if scales.dtype == np.uint16 else "<i4").tobytes())]
     if zeros is not None:
         parts.append(("zeros", zeros.astype("<i2").tobytes()))
+    if mins is not None:
+        if np.abs(mins.astype(np.int64)).max(initial=0) >= 1 << 31:
+            raise ValueError("an integer minimum does not fit int32")
+        parts.append(("mins", mins.astype("<i4").tobytes()))
     if bias is not None:
         parts.append(("bias", bias.astype("<i4").tobytes()))
     for name, data in parts:

@@ -101,8 +101,11 @@ inline int bit_length(int64_t v) {
 }
 
 // Symmetric int8 codes of a row of n values, per group of columns: s = max(1, ceil(max|x| / 127)),
-// code = clamp(div_round(x, s), -127, 127). Writes n codes and n / group scales.
-inline void quant8(const int32_t* x, int n, int group, int8_t* codes, int32_t* scales) {
+// code = clamp(div_round(x, s), -127, 127). Writes n codes and n / group scales; with sum_group > 0 also the sum
+// of the codes of every sum_group columns (sums [n / sum_group]), added up as the codes pass makes them.
+inline void quant8(const int32_t* x, int n, int group, int8_t* codes, int32_t* scales, int sum_group = 0,
+                   int32_t* sums = nullptr) {
+  for (int i = 0; sum_group > 0 && i < n / sum_group; ++i) sums[i] = 0;
   for (int g = 0; g < n / group; ++g) {
     const int32_t* xg = x + g * group;
     int64_t amax = 0;
@@ -125,6 +128,7 @@ inline void quant8(const int32_t* x, int n, int group, int8_t* codes, int32_t* s
         if (q > QMAX8) q = QMAX8;
         if (q < -QMAX8) q = -QMAX8;
         codes[g * group + j] = static_cast<int8_t>(q);
+        if (sum_group > 0) sums[(g * group + j) / sum_group] += static_cast<int32_t>(q);
       }
     }
   }
@@ -149,13 +153,23 @@ inline int64_t group_dot(const int8_t* xq, const W* w, int len, int zero) {
   return acc;
 }
 
+// sum xq over len codes (a group's activation sum, which its minimum multiplies).
+inline int64_t group_sum(const int8_t* xq, int len) {
+  int64_t acc = 0;
+  for (int j = 0; j < len; ++j) {
+    LLMC_PIPELINE_II1;
+    acc += xq[j];
+  }
+  return acc;
+}
+
 // hw_matmul for one activation row, quantized to codes xq [k] with scale xs (quant8 with group k), against
 // weight codes [n, k] row-major (W: int8_t, or uint8_t for unsigned 8-bit codes) with scales [n, k / group],
-// optional zeros [n, k / group] and bias [n] (nullptr when absent): y [n] = requantize(sum_g group_dot * scale)
-// (+ bias, saturating).
+// optional zeros and minimums [n, k / group] and bias [n] (nullptr when absent):
+// y [n] = requantize(sum_g (group_dot * scale - sum(xq over g) * min)) (+ bias, saturating).
 template <typename W>
 inline void matmul_row(const int8_t* xq, int32_t xs, const W* codes, const int32_t* scales, const int16_t* zeros,
-                       const int32_t* bias, int n, int k, int group, int shift, int32_t* y) {
+                       const int32_t* mins, const int32_t* bias, int n, int k, int group, int shift, int32_t* y) {
   const int groups = k / group;
   for (int o = 0; o < n; ++o) {
     const W* row = codes + static_cast<int64_t>(o) * k;
@@ -163,6 +177,7 @@ inline void matmul_row(const int8_t* xq, int32_t xs, const W* codes, const int32
     for (int g = 0; g < groups; ++g) {
       const int zero = zeros ? zeros[o * groups + g] : 0;
       total += group_dot(xq + g * group, row + g * group, group, zero) * scales[o * groups + g];
+      if (mins) total -= group_sum(xq + g * group, group) * mins[o * groups + g];
     }
     const int32_t v = requantize(total, xs, shift);
     y[o] = bias ? saturate(static_cast<int64_t>(v) + bias[o]) : v;

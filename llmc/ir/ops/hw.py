@@ -130,15 +130,17 @@ class HwQuant8:
         return list(hm.quant8(ins[0], attrs["group"]))
 
 
-@register("hw_matmul", inputs=(3, 5), attrs={
+@register("hw_matmul", inputs=(3, 6), attrs={
     "group": AttrSpec("int"), "shift": AttrSpec("int"), "scale_bits": AttrSpec("int"),
     "engine": AttrSpec("str", "dsp"), "sparse": AttrSpec("str", ""), "has_zero": AttrSpec("bool", False),
-    "has_bias": AttrSpec("bool", False), "half_scales": AttrSpec("bool", False)})
+    "has_min": AttrSpec("bool", False), "has_bias": AttrSpec("bool", False), "half_scales": AttrSpec("bool", False)})
 class HwMatmul:
     """``x`` [T, K] i32 times weight codes [N, K] (int, ``group`` columns per scale) with integer
-    scales ``ws`` [N, K/group] (``|ws| < 2^scale_bits``), optional integer zeros [N, K/group] and
-    i32 bias [N]. Activations are quantized per row (:func:`hw_math.quant8`, group K); then
-    ``acc_g = sum_k xq * (w - z)`` and ``total = sum_g acc_g * ws_g`` exactly, and
+    scales ``ws`` [N, K/group] (``|ws| < 2^scale_bits``), optional integer zeros [N, K/group],
+    optional integer minimums ``wm`` [N, K/group] (``|wm| < 2^(scale_bits + bits)``, at the scales'
+    shift) and i32 bias [N], in that order. Activations are quantized per row
+    (:func:`hw_math.quant8`, group K); then ``acc_g = sum_k xq * (w - z)``, ``X_g = sum_k xq`` over
+    the group, and ``total = sum_g (acc_g * ws_g - X_g * wm_g)`` exactly, and
     ``y = requantize(total, xs, shift)`` (+ bias, saturating). ``engine`` (dsp, sparse, lut) picks
     the unit, ``sparse`` ("N:M") the pattern of the sparse engine, ``half_scales`` that the scales were
     f16 values (the engine stores those); the result depends on none of them."""
@@ -152,19 +154,20 @@ class HwMatmul:
         groups = _divides(w.shape[1], attrs["group"], "hw_matmul group")
         if ws.shape != (w.shape[0], Dim.of(groups)) or not ws.dtype.is_int:
             raise InferError(f"hw_matmul scales must be integers [{w.shape[0]}, {groups}]")
-        extra = int(attrs["has_zero"]) + int(attrs["has_bias"])
+        extra = int(attrs["has_zero"]) + int(attrs["has_min"]) + int(attrs["has_bias"])
         if len(ins) != 3 + extra:
-            raise InferError(f"hw_matmul expects {3 + extra} inputs for has_zero/has_bias, got {len(ins)}")
-        if attrs["has_zero"] and (ins[3].shape != ws.shape or not ins[3].dtype.is_int):
-            raise InferError("hw_matmul zeros must be integers shaped like the scales")
+            raise InferError(f"hw_matmul expects {3 + extra} inputs for has_zero/has_min/has_bias, got {len(ins)}")
+        offsets = [what for what, flag in (("zeros", "has_zero"), ("minimums", "has_min")) if attrs[flag]]
+        for what, t in zip(offsets, ins[3:]):
+            if t.shape != ws.shape or not t.dtype.is_int:
+                raise InferError(f"hw_matmul {what} must be integers shaped like the scales")
         if attrs["has_bias"] and (ins[-1].shape != (w.shape[0],) or ins[-1].dtype != I32):
             raise InferError("hw_matmul bias must be i32 [N]")
         if attrs["engine"] not in ("dsp", "sparse", "lut"):
             raise InferError(f"hw_matmul engine must be dsp, sparse or lut, got '{attrs['engine']}'")
         if (attrs["engine"] == "sparse") != bool(attrs["sparse"]):
             raise InferError("hw_matmul needs an N:M pattern exactly when its engine is sparse")
-        span = (1 << w.dtype.bits) - 1 if attrs["has_zero"] else hm.QMAX8 if w.dtype.bits > 8 else (1 << (w.dtype.bits - 1))
-        bound = w.shape[1].value * hm.QMAX8 * span << attrs["scale_bits"]
+        bound = w.shape[1].value * matmul_span(w.dtype.bits, attrs["has_zero"], attrs["has_min"]) << attrs["scale_bits"]
         if bound >= 1 << 53:
             raise InferError(f"hw_matmul sums can reach 2^{bound.bit_length() - 1}: lower scale_bits "
                              f"({attrs['scale_bits']}) so they stay below 2^53")
@@ -180,14 +183,25 @@ class HwMatmul:
         xq = xq.astype(np.int64)
         if attrs["has_zero"]:
             w = w - np.repeat(ins[3].astype(np.int64), group, axis=1)
+        wm = ins[3 + int(attrs["has_zero"])].astype(np.int64) if attrs["has_min"] else None
         total = np.zeros((x.shape[0], w.shape[0]), dtype=np.int64)
         for g in range(w.shape[1] // group):
             part = slice(g * group, (g + 1) * group)
             total += exact_int_matmul(xq[:, part], w[:, part].T) * ws[None, :, g]
+            if wm is not None:
+                total -= xq[:, part].sum(axis=1)[:, None] * wm[None, :, g]
         y = hm.requantize(total, xs, attrs["shift"])
         if attrs["has_bias"]:
             y = hm.saturate(y.astype(np.int64) + ins[-1].astype(np.int64)[None, :])
         return [y]
+
+
+def matmul_span(bits: int, has_zero: bool, has_min: bool) -> int:
+    """``hw_matmul``'s sums stay below ``K * span * 2^scale_bits``: int8 activations (127) times the codes'
+    largest magnitude (``2^bits - 1`` less a zero point, ``2^(bits-1)`` signed, 127 above 8 bits), plus
+    ``2^bits`` for a minimum (``|wm| < 2^(scale_bits + bits)``, and ``sum_g |X_g| <= 127 K``)."""
+    span = (1 << bits) - 1 if has_zero else hm.QMAX8 if bits > 8 else (1 << (bits - 1))
+    return hm.QMAX8 * (span + ((1 << bits) if has_min else 0))
 
 
 @register("hw_rope", inputs=4, attrs={"head_dim": AttrSpec("int"), "rotary_dim": AttrSpec("int", 0)})

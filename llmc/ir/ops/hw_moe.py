@@ -60,14 +60,14 @@ class HwRoute:
         return [out]
 
 
-@register("hw_expert_matmul", inputs=(4, 6), attrs={
+@register("hw_expert_matmul", inputs=(4, 7), attrs={
     "slot": AttrSpec("int"), "group": AttrSpec("int"), "shift": AttrSpec("int"), "scale_bits": AttrSpec("int"),
     "engine": AttrSpec("str", "dsp"), "sparse": AttrSpec("str", ""), "has_zero": AttrSpec("bool", False),
-    "has_bias": AttrSpec("bool", False), "half_scales": AttrSpec("bool", False)})
+    "has_min": AttrSpec("bool", False), "has_bias": AttrSpec("bool", False), "half_scales": AttrSpec("bool", False)})
 class HwExpertMatmul:
     """Row t of ``x`` [T, K] through expert ``e = route[t, 2 slot]`` of stacked weights: codes
-    [E, N, K], scales [E, N, K/group], optional zeros and bias [E, N]; each row exactly as
-    ``hw_matmul`` with that expert's matrix and the same attributes."""
+    [E, N, K], scales [E, N, K/group], optional zeros and minimums [E, N, K/group] and bias [E, N];
+    each row exactly as ``hw_matmul`` with that expert's matrix and the same attributes."""
 
     @staticmethod
     def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:

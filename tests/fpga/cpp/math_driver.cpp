@@ -64,14 +64,15 @@ void map2(Input& in, F f) {
   emit(out);
 }
 
-// hw_matmul: x [t, k], codes [n, k], scales [n, k / group], then zeros and bias when present.
+// hw_matmul: x [t, k], codes [n, k], scales [n, k / group], then zeros, minimums and bias when present.
 template <typename W>
-void matmul(Input& in, int t, int n, int k, int group, int shift, bool has_zero, bool has_bias) {
+void matmul(Input& in, int t, int n, int k, int group, int shift, bool has_zero, bool has_bias, bool has_min) {
   const int groups = k / group;
   const std::vector<int32_t> x = in.take<int32_t>(static_cast<size_t>(t) * k);
   const std::vector<W> codes = in.take<W>(static_cast<size_t>(n) * k);
   const std::vector<int32_t> scales = in.take<int32_t>(static_cast<size_t>(n) * groups);
   const std::vector<int16_t> zeros = in.take<int16_t>(has_zero ? static_cast<size_t>(n) * groups : 0);
+  const std::vector<int32_t> mins = in.take<int32_t>(has_min ? static_cast<size_t>(n) * groups : 0);
   const std::vector<int32_t> bias = in.take<int32_t>(has_bias ? n : 0);
   std::vector<int8_t> xq(k);
   std::vector<int32_t> y(static_cast<size_t>(t) * n);
@@ -79,7 +80,8 @@ void matmul(Input& in, int t, int n, int k, int group, int shift, bool has_zero,
     int32_t xs;
     llmc::quant8(&x[static_cast<size_t>(r) * k], k, k, xq.data(), &xs);
     llmc::matmul_row(xq.data(), xs, codes.data(), scales.data(), has_zero ? zeros.data() : nullptr,
-                     has_bias ? bias.data() : nullptr, n, k, group, shift, &y[static_cast<size_t>(r) * n]);
+                     has_min ? mins.data() : nullptr, has_bias ? bias.data() : nullptr, n, k, group, shift,
+                     &y[static_cast<size_t>(r) * n]);
   }
   emit(y);
 }
@@ -136,28 +138,31 @@ int main(int argc, char** argv) {
     map1<int64_t, int64_t>(in, [&](int64_t a) { return llmc::shift_round(a, arg[0]); });
   } else if (fn == "half_scale") {
     map1<uint16_t, int64_t>(in, [&](uint16_t h) { return llmc::half_scale(h, arg[0]); });
-  } else if (fn == "quant8") {  // n group; rows of n values -> all codes, then all scales
-    const int n = arg[0], group = arg[1];
+  } else if (fn == "quant8") {  // n group sum_group; rows of n values -> all codes, all scales, all code sums
+    const int n = arg[0], group = arg[1], sum_group = arg[2];
     const size_t rows = in.left(sizeof(int32_t)) / n;
     const std::vector<int32_t> x = in.take<int32_t>(rows * n);
     std::vector<int8_t> codes(x.size());
     std::vector<int32_t> scales(rows * (n / group));
+    std::vector<int32_t> sums(sum_group > 0 ? rows * (n / sum_group) : 0);
     for (size_t r = 0; r < rows; ++r) {
-      llmc::quant8(&x[r * n], n, group, &codes[r * n], &scales[r * (n / group)]);
+      llmc::quant8(&x[r * n], n, group, &codes[r * n], &scales[r * (n / group)], sum_group,
+                   sum_group > 0 ? &sums[r * (n / sum_group)] : nullptr);
     }
     emit(codes);
     emit(scales);
+    emit(sums);
   } else if (fn == "requantize") {
     map2<int64_t, int32_t, int32_t>(in, [&](int64_t total, int32_t xs) { return llmc::requantize(total, xs, arg[0]); });
   } else if (fn == "group_dot") {  // len zero; xq [len], w [len]
     const std::vector<int8_t> xq = in.take<int8_t>(arg[0]);
     const std::vector<int8_t> w = in.take<int8_t>(arg[0]);
     emit(std::vector<int64_t>{llmc::group_dot(xq.data(), w.data(), arg[0], arg[1])});
-  } else if (fn == "matmul") {  // t n k group shift has_zero has_bias unsigned_codes
+  } else if (fn == "matmul") {  // t n k group shift has_zero has_bias unsigned_codes has_min
     if (arg[7]) {
-      matmul<uint8_t>(in, arg[0], arg[1], arg[2], arg[3], arg[4], arg[5], arg[6]);
+      matmul<uint8_t>(in, arg[0], arg[1], arg[2], arg[3], arg[4], arg[5], arg[6], arg[8]);
     } else {
-      matmul<int8_t>(in, arg[0], arg[1], arg[2], arg[3], arg[4], arg[5], arg[6]);
+      matmul<int8_t>(in, arg[0], arg[1], arg[2], arg[3], arg[4], arg[5], arg[6], arg[8]);
     }
   } else if (fn == "rms_norm") {  // t c; eps (f32), x [t, c], w [c]
     const int t = arg[0], c = arg[1];

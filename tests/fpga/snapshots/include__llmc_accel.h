@@ -17,6 +17,7 @@ static const int MAX_CONTEXT = 64;
 static const int N_BUFFERS = 5;
 static const int MAX_TILE_BYTES = 2112;
 static const int MAX_GROUPS = 1;
+static const int MAX_SUM_GROUPS = 1;  // groups of an MM input whose weights have minimums
 static const int MAX_HEAD_DIM = 32;
 static const int MAX_HEADS = 2;
 static const int KV_GROUP = 1;  // KV heads whose cache rows attention loads at once

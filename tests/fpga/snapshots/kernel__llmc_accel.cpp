@@ -128,6 +128,8 @@ constexpr int MM_FLAG_SPARSE_N_LSB = 12;
 constexpr int MM_FLAG_SPARSE_N_WIDTH = 4;
 constexpr int MM_FLAG_SPARSE_M_LSB = 16;
 constexpr int MM_FLAG_SPARSE_M_WIDTH = 5;
+constexpr int MM_FLAG_HAS_MIN_LSB = 21;
+constexpr int MM_FLAG_HAS_MIN_WIDTH = 1;
 constexpr int ACT_SILU = 0;
 constexpr int ACT_RELU = 1;
 constexpr int ACT_GELU_TANH = 2;
@@ -271,15 +273,17 @@ static word_t* kv_port(int channel,
 // tiles' columns in parallel, the SFU reads SFU_LANES columns per cycle).
 static int32_t act[N_BUFFERS][MAX_ROWS][MAX_HIDDEN];
 
-// The matrix engine's input: each row's int8 codes and scale (quantised once per MM, read by every lane).
+// The matrix engine's input: each row's int8 codes and scale (quantised once per MM, read by every lane), and for
+// weights with minimums the sum of the row's codes over each group.
 static int8_t xq[MAX_ROWS][MAX_HIDDEN];
 static int32_t xs[MAX_ROWS];
+static int32_t xsum[MAX_ROWS][MAX_SUM_GROUPS];
 
 // One MM or XMM pass as its lanes see it: the tile layout, the output and the weights of this pass.
 struct MmPass {
   int n, k, group, groups, shift, bits, engine, sp_n, sp_m, stored, count, chunk;
-  int tile_bytes, tiles, code_words, part_words, zeros_at, bias_at;
-  bool has_zero, has_bias, is_signed, to_io, half_scales;
+  int tile_bytes, tiles, code_words, part_words, zeros_at, mins_at, bias_at;
+  bool has_zero, has_min, has_bias, is_signed, to_io, half_scales;
   float cap;
   int dst;
   uint64_t io_off, base;  // base: byte offset of the pass's first tile on every lane's channel
@@ -296,6 +300,7 @@ static MmPass mm_pass_of(const Instr& in) {
   p.bits = flag_field(flags, MM_FLAG_BITS_LSB, MM_FLAG_BITS_WIDTH);
   p.engine = flag_field(flags, MM_FLAG_ENGINE_LSB, MM_FLAG_ENGINE_WIDTH);
   p.has_zero = flag_field(flags, MM_FLAG_HAS_ZERO_LSB, 1);
+  p.has_min = flag_field(flags, MM_FLAG_HAS_MIN_LSB, 1);
   p.has_bias = flag_field(flags, MM_FLAG_HAS_BIAS_LSB, 1);
   p.is_signed = !flag_field(flags, MM_FLAG_UNSIGNED_LSB, 1);
   p.to_io = flag_field(flags, MM_FLAG_TO_IO_LSB, 1);
@@ -309,12 +314,14 @@ static MmPass mm_pass_of(const Instr& in) {
                          : p.count * p.stored / 8 + (p.engine == ENGINE_SPARSE ? p.count / 2 : 0);
   const int scales_at = (code_bytes + 63) / 64 * 64;
   p.zeros_at = scales_at + (TILE_N * p.groups * (p.half_scales ? 2 : 4) + 63) / 64 * 64;
-  p.bias_at = p.zeros_at + (p.has_zero ? (TILE_N * p.groups * 2 + 63) / 64 * 64 : 0);
+  p.mins_at = p.zeros_at + (p.has_zero ? (TILE_N * p.groups * 2 + 63) / 64 * 64 : 0);
+  p.bias_at = p.mins_at + (p.has_min ? (TILE_N * p.groups * 4 + 63) / 64 * 64 : 0);
   p.tile_bytes = in.f[MM_TILE_BYTES];
   p.tiles = in.f[MM_TILES];
   p.code_words = scales_at / WORD_BYTES;
   p.part_words = (p.tile_bytes - scales_at) / WORD_BYTES;
   p.zeros_at -= scales_at;  // from here on: offsets into the tile's parts (scales first)
+  p.mins_at -= scales_at;
   p.bias_at -= scales_at;
   p.cap = bits_to_float(in.f[MM_CAP]);  // logits soft-capping: tanh(v) * cap (its 1 / cap is in the weights)
   p.dst = in.dst;
@@ -452,7 +459,12 @@ static int64_t group_scale(const MmPass& p, const uint8_t* parts, int j, int g) 
   return p.half_scales ? half_scale((uint16_t)load_i16(parts + 2 * i), p.shift) : (int64_t)load_i32(parts + 4 * i);
 }
 
-// A tile's parts (scales, zeros, bias) from the lane's FIFO into its register file.
+// Row j's minimum of group g times row r's sum of activation codes over the group (0 without minimums).
+static int64_t group_min(const MmPass& p, const uint8_t* parts, int j, int g, int r) {
+  return p.has_min ? (int64_t)load_i32(parts + p.mins_at + 4 * (j * p.groups + g)) * xsum[r][g] : 0;
+}
+
+// A tile's parts (scales, zeros, minimums, bias) from the lane's FIFO into its register file.
 static void read_parts(const MmPass& p, timed_stream<word_t>& words, uint8_t* parts) {
   for (int w = 0; w < p.part_words; ++w) {
     LLMC_PIPELINE_II1;
@@ -469,7 +481,8 @@ static int code_at(const word_t& word, int q, int stored, bool is_signed) {
 }
 
 // A lane's DSP MAC array: per cycle, `chunk` codes of one column (at most TILE_K, at most one word) against one
-// row's activation codes, split at group boundaries, each group's sum times its scale; int4 codes two per DSP.
+// row's activation codes, split at group boundaries, each group's sum times its scale, less its minimum times the
+// group's activation sum where the group ends; int4 codes two per DSP.
 // The codes stream in the order they are stored; a chunk's word is read once and used for every row of the block.
 static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r1, timed_stream<word_t>& words,
                      uint8_t* io) {
@@ -510,8 +523,8 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
           for (int c = 0; c < TILE_K; c += 2) {  // a pair of products per DSP48E2 slice (groups are even)
             LLMC_UNROLL;
             if (c < len) {
-              if ((pos + c) / p.group != g) {  // a group ends inside the chunk: its sum times its scale
-                sum += segment * group_scale(p, parts, j, g);
+              if ((pos + c) / p.group != g) {  // a group ends in the chunk: its sum times its scale, less its minimum
+                sum += segment * group_scale(p, parts, j, g) - group_min(p, parts, j, g, r);
                 segment = 0;
                 g = (pos + c) / p.group;
               }
@@ -522,7 +535,8 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
               segment += p.stored == 4 ? (int64_t)dsp_pair(xa, wa, xb, wb) : (int64_t)xa * wa + (int64_t)xb * wb;
             }
           }
-          total[i] += sum + segment * group_scale(p, parts, j, g);
+          const bool ends = (pos + len) % p.group == 0;  // the chunk ends group g
+          total[i] += sum + segment * group_scale(p, parts, j, g) - (ends ? group_min(p, parts, j, g, r) : 0);
           if (pos + len == p.k && col < p.n) finish_column(p, parts, j, col, r, total[i], io);
         }
       }
@@ -733,9 +747,10 @@ static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t
 }
 
 // Each row's input as int8 codes with one scale (quant8 over the row), on the SFU: two passes of SFU_LANES
-// elements per cycle (the maximum, then the codes).
-static void quantise_rows(const int32_t x[MAX_ROWS][MAX_HIDDEN], int rows, int k) {
-  for (int r = 0; r < rows; ++r) quant8(x[r], k, k, xq[r], &xs[r]);
+// elements per cycle (the maximum, then the codes); for weights with minimums (sum_group: their group) the codes
+// pass also adds up each group's codes.
+static void quantise_rows(const int32_t x[MAX_ROWS][MAX_HIDDEN], int rows, int k, int sum_group) {
+  for (int r = 0; r < rows; ++r) quant8(x[r], k, k, xq[r], &xs[r], sum_group, xsum[r]);
 }
 
 // Instructions that leave the weight channels free, and those that read lane 0's channel (a weight vector or a
@@ -807,7 +822,7 @@ static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, 
   const uint64_t weight_off = p.base;
   static int chosen[MAX_ROWS];  // the rows of the current expert (every row for MM)
   const uint64_t start = cycle_account();
-  quantise_rows(act[in.src0], rows, p.k);
+  quantise_rows(act[in.src0], rows, p.k, p.has_min ? p.group : 0);
   const uint64_t inputs_ready = cycle_account();
   cycle_account() = start;  // the loaders start with the quantisation, in the same dataflow region
   for (int e = 0; e < experts; ++e) {  // each chosen expert streams once, for all its rows
