@@ -10,7 +10,8 @@ The environment holds torch 2.13.0 (CPU; the wheel in /opt/wheels when there is 
 CPU index), optimum-onnx 0.1.0 (which pulls optimum 2.1.0), transformers 4.57.6 and onnxruntime
 1.31.1, which optimum runs to fix the dynamic axes and to check its export. For each family it
 saves a random-weight checkpoint (seed 0; hidden 64, 2 layers, 4 heads of which 2 KV for Llama and Qwen2,
-a 256-token vocabulary; the norm weights and biases, initialised to ones and zeros, moved by random
+a 256-token vocabulary, weights of standard deviation 0.3, whose greedy continuation of a prompt
+varies from token to token; the norm weights and biases, initialised to ones and zeros, moved by random
 noise so that the files hold no shared values) with a word-level tokenizer made
 with ``tokenizers``, runs::
 
@@ -33,7 +34,7 @@ PINS = ["optimum-onnx==0.1.0", "optimum==2.1.0", "transformers==4.57.6", "tokeni
         "onnxruntime==1.31.1"]  # optimum runs onnxruntime to fix the dynamic axes and check the export
 TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
-COMMON = dict(vocab_size=256, initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+COMMON = dict(vocab_size=256, initializer_range=0.3, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 CONFIGS = {
     "llama": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=128),

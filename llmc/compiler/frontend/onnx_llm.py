@@ -18,6 +18,8 @@ import re
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from llmc.compiler.frontend.onnx_llm_rope import angles_as_products
+
 PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 PRESENT = re.compile(r"present\.(\d+)\.(key|value)")
 PRESENT_NAME = "present.{}.{}"
@@ -53,6 +55,7 @@ def as_step_contract(model: onnx.ModelProto, max_position: int) -> tuple[onnx.Mo
         return None
     _fix_batch(g, batch)
     _float_constants_as_initializers(g)
+    angles_as_products(g)  # transformers 4's RoPE angles (optimum's exports), as transformers 5 writes them
     renames = {f"past_key_values.{i}.{kv}": f"past_{kv[0]}_{i}" for i, kv in pasts}
     for node in g.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
