@@ -144,3 +144,21 @@ def test_lut_tables_and_gemm(target: str, table_bits: int, symmetric: bool, grou
     gemm = dict(bits=bits, g=4, group=group, symmetric=symmetric)
     got = run(target, kernels.lut_gemm, [*want, planes, scales, zeros.astype(np.float32)], **gemm)
     assert close(got[0], ref(lut.LutGemm, [*want, planes, scales, zeros], **gemm)[0])
+
+
+def test_the_min_kernels_match_the_reference() -> None:
+    """dequantize_min's plain dequantization and fused GEMV (packed codes), on the CPU, to float rounding: LLVM
+    may fuse ``scale * q - min`` into one multiply-add (one rounding instead of two), so a weight can differ
+    from the interpreter's by an ulp of ``scale * q``."""
+    n, k, group = 24, 64, 16
+    codes = RNG.integers(0, 32, (n, k)).astype(np.uint8)  # 5-bit codes in 8-bit slots
+    scales = RNG.uniform(0.01, 0.1, (n, k // group)).astype(np.float32)
+    mins = RNG.uniform(-0.2, 0.2, (n, k // group)).astype(np.float32)
+    w = ref(quant.DequantizeMin, [codes, scales, mins], group=group, dtype=F32)[0]
+    ulp = np.finfo(np.float32).eps * float(np.abs(np.repeat(scales, group, axis=1) * codes).max())
+    got = run("cpu", kernels.dequantize_min_codes, [codes, scales, mins], group=group)[0]
+    np.testing.assert_allclose(got, w, rtol=0, atol=ulp)
+    x = RNG.standard_normal((1, 3, k)).astype(np.float32)
+    packed = layouts.pack_words(codes, layouts.slot_bits(5))
+    got = run("cpu", kernels.dequant_min_linear, [x, packed, scales, mins], slot=8, group=group)[0]
+    np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-6)

@@ -46,14 +46,23 @@ inline void word_bytes(const word_t& word, uint8_t* out) {
   }
 }
 
-// Write n bytes from src at byte offset off of a port (read-modify-write of partial words).
-inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n) {
+// Write n bytes from src at byte offset off of a port (read-modify-write of partial words). With `done`, the bytes
+// come from a producer `chunk` at a time: a word leaves once the chunk holding its last byte is done (C-simulation:
+// done[c] the cycle chunk c was; under synthesis a FIFO between the two).
+inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n, const uint64_t* done = nullptr,
+                        int chunk = 1) {
   uint64_t word = off / WORD_BYTES;
   int skip = (int)(off % WORD_BYTES);
   Transaction transaction(port, off, n, true);
   PortClock clock;
   for (int i = 0; i < n; ++word) {
     LLMC_PIPELINE_II1;
+#ifndef __SYNTHESIS__
+    if (done != nullptr) {
+      const int last = i + (WORD_BYTES - skip < n - i ? WORD_BYTES - skip : n - i) - 1;  // the word's last byte
+      if (cycle_account() < done[last / chunk]) cycle_account() = done[last / chunk];
+    }
+#endif
     clock.beat();
     word_t w = port[word];
     for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {

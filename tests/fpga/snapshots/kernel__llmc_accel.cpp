@@ -1119,29 +1119,6 @@ static void attention(const Instr& in, int rows, int start_pos,
   }
 }
 
-// One cache row's codes, n bytes at off, written as the SFU quantises them head by head (d codes a head): a word
-// leaves once the head holding its last byte is done (C-simulation: done[h] the cycle head h was).
-static void write_codes_as_quantised(word_t* port, uint64_t off, const int8_t* codes, int n, int d,
-                                     const uint64_t* done) {
-  uint64_t word = off / WORD_BYTES;
-  int skip = (int)(off % WORD_BYTES);
-  Transaction transaction(port, off, n, true);
-  PortClock clock;
-  for (int i = 0; i < n; ++word) {
-    LLMC_PIPELINE_II1;
-    const int last = i + (WORD_BYTES - skip < n - i ? WORD_BYTES - skip : n - i) - 1;  // the word's last byte
-#ifndef __SYNTHESIS__
-    if (cycle_account() < done[last / d]) cycle_account() = done[last / d];
-#endif
-    clock.beat();
-    word_t w = port[word];
-    for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) w.range(8 * b + 7, 8 * b) = (uint8_t)codes[i];
-    port[word] = w;
-    skip = 0;
-  }
-  (void)done;
-}
-
 // Rows start_pos.. of src0 into the KV cache: per row, the SFU quantises each head to int8 while the row's KV channel
 // writes the codes done so far (a dataflow region), then the row's scales.
 static void kv_append(const Instr& in, int rows, int start_pos,
@@ -1191,7 +1168,7 @@ static void kv_append(const Instr& in, int rows, int start_pos,
       }
       region.end();
       region.begin();
-      write_codes_as_quantised(port, in.f[KVAPP_CODES_OFF] + at * width, codes, width, d, done);
+      write_bytes(port, in.f[KVAPP_CODES_OFF] + at * width, (const uint8_t*)codes, width, done, d);
       region.end();
     }
     for (int h = 0; h < kv_heads; ++h) store_u32(&bytes[h * 4], (uint32_t)scales[h]);
