@@ -91,6 +91,22 @@ def llama_torchscript_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def qwen2_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Qwen2 family's export by the dynamo exporter (Q, K and V biases)."""
+    path = tmp_path_factory.mktemp("export") / "qwen2.onnx"
+    export("qwen2", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The GPT-2 family's export by the dynamo exporter (LayerNorm, tanh GELU, learned positions)."""
+    path = tmp_path_factory.mktemp("export") / "gpt2.onnx"
+    export("gpt2", path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def mistral_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Mistral with a 4-key sliding window in every layer, shorter than :data:`PROMPT`."""
     path = tmp_path_factory.mktemp("export") / "mistral.onnx"
@@ -167,12 +183,14 @@ def test_an_exported_lm_runs_on_tvm(llama_export: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-@pytest.mark.parametrize("exported", ["llama_export", "llama_torchscript_export", "mistral_export"])
+@pytest.mark.parametrize("exported", ["llama_export", "llama_torchscript_export", "mistral_export", *(
+    pytest.param(fixture, marks=pytest.mark.slow) for fixture in ("qwen2_export", "gpt2_export"))])
 def test_an_exported_lm_compiles_for_the_accelerator(exported: str, request: pytest.FixtureRequest,
                                                      tmp_path: Path) -> None:
     """Fused at import (RMSNorm, SiLU, RoPE, attention over the step's causal mask or its sliding
-    window), the export compiles for the U280, and its C-simulation is bit-exact with the
-    interpreter and the ISS."""
+    window; GPT-2's LayerNorm and tanh GELU), the export compiles for the U280, and its C-simulation
+    is bit-exact with the interpreter and the ISS (the dynamo exports of Qwen2 and GPT-2 in the slow
+    suite)."""
     project = tmp_path / "project"
     assert main(["compile", str(request.getfixturevalue(exported)), "--context", "64", "-o", str(project)]) == 0
     results = verify_project(project, PROMPT, 4, levels=("interpreter", "iss", "csim"))

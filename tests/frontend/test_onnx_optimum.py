@@ -1,15 +1,16 @@
 """Files written by optimum's own export command import as step models.
 
-``tests/frontend/data/optimum/{llama,qwen2,gpt2}.onnx`` are the ``model.onnx`` that
+``tests/frontend/data/optimum/{llama,qwen2,gpt2,mistral}.onnx`` are the ``model.onnx`` that
 ``optimum-cli export onnx --task text-generation-with-past`` (optimum-onnx 0.1.0, transformers 4.57.6,
 torch 2.13.0; ``scripts/optimum_fixtures.py`` rewrites them byte for byte) writes for random-weight
 checkpoints: inputs ``input_ids``, ``attention_mask``, ``position_ids`` and
-``past_key_values.N.key/value`` (GPT-2 lists the caches before the mask), outputs ``logits`` and
+``past_key_values.N.key/value`` (GPT-2 lists the caches before the mask; Mistral's 16-key sliding
+window is in its mask), outputs ``logits`` and
 ``present.N.key/value``, dims ``batch_size``, ``sequence_length``, ``past_sequence_length`` and
 ``past_sequence_length + sequence_length``. A prompt and 32 decode steps in the interpreter match
 onnxruntime on the same file with the same greedy tokens; fused at import, the programs hold the ops
 of llmc's own import of each family (transformers 4's RoPE angles, a MatMul outer product, are proven
-the product transformers 5 writes); Llama compiles for the U280 bit-exact.
+the product transformers 5 writes); each compiles for the U280 bit-exact (Llama in the default suite).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from llmc.generate.interpreter import InterpreterDevice
 from llmc.sim.ladder import verify_project
 
 DATA = Path(__file__).parent / "data" / "optimum"
-FILES = ("llama", "qwen2", "gpt2")
+FILES = ("llama", "qwen2", "gpt2", "mistral")
+WINDOW = 16  # the Mistral file's sliding window (scripts/optimum_fixtures.py): past the prompt, within its steps
 PROMPT = [1, 5, 9, 33, 70]
 STEPS = 32
 CONTEXT = 64
@@ -87,21 +89,29 @@ def test_an_optimum_export_is_a_step_model(family: str, imported: dict) -> None:
 def test_the_fused_optimum_export_has_the_ops_of_llmcs_own_import(family: str, imported: dict) -> None:
     """One ``rms_norm`` / ``layer_norm``, ``silu`` / ``gelu_tanh``, ``rope`` and ``attention`` per use,
     as llmc's torch.export import of the family writes them (RoPE's angles proven the product of
-    positions and ``inv_freq``; the mask proven the step's causal mask)."""
+    positions and ``inv_freq``; the mask proven the step's causal mask, Mistral's its last
+    :data:`WINDOW` keys: ``sliding_window_mask``, one per layer where llmc's import shares one)."""
     own = llmc.load(family, config=FAMILIES[family], max_length=CONTEXT).module
     for name in ("prefill", "decode"):
-        ops = [Counter(n.op for n in m.functions[name].nodes if n.op != "param") for m in (imported[family].module, own)]
+        nodes = imported[family].module.functions[name].nodes
+        ops = [Counter(n.op for n in m.functions[name].nodes if n.op not in ("param", "sliding_window_mask"))
+               for m in (imported[family].module, own)]
         assert ops[0] == ops[1] and ops[0]["attention"] == 2 and ops[0]["softmax"] == 0, ops
         assert ops[0]["rope"] == (0 if family == "gpt2" else 4), ops
+        windows = [n.attrs["window"] for n in nodes if n.op == "sliding_window_mask"]
+        assert windows == ([WINDOW] * 2 if family == "mistral" else []), windows
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="C-simulation needs g++")
-def test_an_optimum_export_compiles_for_the_accelerator(tmp_path: Path) -> None:
-    """The Llama file compiles for the U280, and its C-simulation is bit-exact with the interpreter
-    and the ISS over a prompt and 4 decode steps."""
+@pytest.mark.parametrize("family", ["llama", *(pytest.param(f, marks=pytest.mark.slow) for f in FILES[1:])])
+def test_an_optimum_export_compiles_for_the_accelerator(family: str, tmp_path: Path) -> None:
+    """Each file compiles for the U280, and its C-simulation is bit-exact with the interpreter and
+    the ISS over a prompt and 4 decode steps (Llama in the default suite, the others slow; Mistral
+    over 16, past its window of :data:`WINDOW` keys)."""
     project = tmp_path / "project"
-    assert main(["compile", str(DATA / "llama.onnx"), "--context", str(CONTEXT), "-o", str(project)]) == 0
-    results = verify_project(project, PROMPT, 4, levels=("interpreter", "iss", "csim"))
+    assert main(["compile", str(DATA / f"{family}.onnx"), "--context", str(CONTEXT), "-o", str(project)]) == 0
+    steps = 16 if family == "mistral" else 4
+    results = verify_project(project, PROMPT, steps, levels=("interpreter", "iss", "csim"))
     assert [r.mismatches for r in results] == [0, 0, 0] and all(r.compared > 0 for r in results)
 
 
