@@ -263,7 +263,8 @@ def test_codes_with_a_minimum_are_kept_exactly(min_file, capsys) -> None:
     check_logits(with_weights(wide, types), model.module)  # against the float model of the file's weights
 
 
-@pytest.mark.parametrize("qtype,flags", [(Q.Q4_K, 2097668), (Q.Q4_1, 2099716)], ids=["Q4_K", "Q4_1"])
+@pytest.mark.parametrize("qtype,flags", [pytest.param(Q.Q4_K, 2097668, id="Q4_K"),
+                                         pytest.param(Q.Q4_1, 2099716, id="Q4_1", marks=pytest.mark.slow)])
 def test_codes_with_a_minimum_compile_for_the_accelerator(vocab, folder, capsys, qtype, flags) -> None:
     """Q4_K's and Q4_1's unsigned codes with their minimums run on the matrix engine: stored as signed
     nibbles q - 8 (the offset folded into the integer minimums, flag 21), bit-exact across the
