@@ -74,44 +74,25 @@ def export(family: str, path: Path, dynamo: bool = True, **overrides: object) ->
     return layers, heads, head_dim
 
 
-@pytest.fixture(scope="module")
-def llama_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Llama family's export, once for this file's tests."""
-    path = tmp_path_factory.mktemp("export") / "llama.onnx"
-    export("llama", path)
-    return path
+def exported(family: str, doc: str, dynamo: bool = True, **overrides: object):
+    """A module fixture: the family's export (:func:`export`), once for this file's tests."""
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        path = tmp_path_factory.mktemp("export") / f"{family}{'' if dynamo else '_torchscript'}.onnx"
+        export(family, path, dynamo=dynamo, **overrides)
+        return path
+    fixture.__doc__ = doc
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def llama_torchscript_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Llama family's export by the TorchScript exporter (``dynamo=False``), optimum's default."""
-    path = tmp_path_factory.mktemp("export") / "llama_torchscript.onnx"
-    export("llama", path, dynamo=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def qwen2_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Qwen2 family's export by the dynamo exporter (Q, K and V biases)."""
-    path = tmp_path_factory.mktemp("export") / "qwen2.onnx"
-    export("qwen2", path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def gpt2_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The GPT-2 family's export by the dynamo exporter (LayerNorm, tanh GELU, learned positions)."""
-    path = tmp_path_factory.mktemp("export") / "gpt2.onnx"
-    export("gpt2", path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def mistral_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Mistral with a 4-key sliding window in every layer, shorter than :data:`PROMPT`."""
-    path = tmp_path_factory.mktemp("export") / "mistral.onnx"
-    export("mistral", path, sliding_window=WINDOW)
-    return path
+llama_export = exported("llama", "The Llama family's export by the dynamo exporter.")
+llama_torchscript_export = exported("llama", "The Llama family's export by the TorchScript exporter (``dynamo=False``), "
+                                    "optimum's default.", dynamo=False)
+qwen2_export = exported("qwen2", "The Qwen2 family's export by the dynamo exporter (Q, K and V biases).")
+gpt2_export = exported("gpt2", "The GPT-2 family's export by the dynamo exporter (LayerNorm, tanh GELU, learned "
+                       "positions).")
+mistral_export = exported("mistral", "Mistral with a 4-key sliding window in every layer, shorter than :data:`PROMPT`.",
+                          sliding_window=WINDOW)
 
 
 def errors_against_onnxruntime(path: Path, shape: tuple[int, int, int], steps: int) -> tuple[float, bool]:
