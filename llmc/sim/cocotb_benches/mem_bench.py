@@ -18,10 +18,27 @@ from pathlib import Path
 
 import cocotb
 from cocotb.triggers import FallingEdge
-from cocotbext.axi import AxiRamRead, AxiReadBus
+from cocotbext.axi import AxiARBus, AxiRamRead, AxiRBus, AxiReadBus
 
 RESET_CYCLES = 4
 WORD_BYTES = 64
+
+
+class _ByExactName:
+    """A bus whose signals are looked up by their exact names. cocotb_bus looks optional signals up without
+    regard to case by listing the whole design (``dir``); under Verilator 5.006 with cocotb 1.9.2, every
+    write to the harness's inputs after that listing is lost."""
+
+    def _caseInsensGetattr(self, obj, attr):  # noqa: N802 (cocotb_bus's name)
+        return getattr(obj, attr, None)
+
+
+class _ARBus(_ByExactName, AxiARBus):
+    pass
+
+
+class _RBus(_ByExactName, AxiRBus):
+    pass
 
 
 def _paced(word_cycles: float):
@@ -42,8 +59,9 @@ def _paced(word_cycles: float):
 async def stream(dut) -> None:
     spec = json.loads(Path(os.environ["LLMC_RTL_SPEC"]).read_text())
     fall = FallingEdge(dut.clk)
-    await fall  # the RAM model set up at time 0 loses the bench's first writes under Verilator
-    ram = AxiRamRead(AxiReadBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst, size=spec["memory_bytes"])
+    bus = AxiReadBus(_ARBus.from_prefix(dut, "m_axi", case_insensitive=False),
+                     _RBus.from_prefix(dut, "m_axi", case_insensitive=False))
+    ram = AxiRamRead(bus, dut.clk, dut.rst, size=spec["memory_bytes"])
     ram.r_channel.set_pause_generator(_paced(spec["word_cycles"]))
     data = random.Random(0).randbytes(spec["memory_bytes"])
     ram.write(0, data)
