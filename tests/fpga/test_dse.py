@@ -11,6 +11,7 @@ from llmc.backends.fpga.design import kernel_ports
 from llmc.backends.fpga.dse import ModelNeeds, check_fits, estimate_decode, explore
 from llmc.backends.fpga.resources import datapath_bits, estimate, macs_per_dsp, matrix_engine
 from llmc.backends.fpga.target import RESOURCE_KINDS, Resources, load_target
+from llmc.backends.fpga.timing import TimingModel
 from llmc.errors import LlmcError
 
 # Llama-2-7B at W4 g128 (codes + fp16 scales) with an int8 KV cache and fp16 per-head scales
@@ -91,6 +92,23 @@ def test_the_cache_and_io_share_the_lanes_masters():
                                     kv_channels=tuple(range(24, 31)), io_channel=31)
     shared_s, dedicated_s = (estimate_decode(c, u280, LLAMA_7B) for c in (config, dedicated))
     assert shared_s.weights_s < 0.8 * dedicated_s.weights_s and shared_s.kv_s < 0.3 * dedicated_s.kv_s
+
+
+def test_the_kv_group_is_the_fastest_that_fits():
+    """Of the groups of KV heads (divisors of 32) whose ping-pong buffers fit, the exploration keeps the one whose
+    decode step at half the context the timing model times fastest: more than one group (the next group loads
+    while one is scored), and none of the others that fit is faster."""
+    u280 = load_target("u280")
+    config, _ = explore(u280, LLAMA_7B)
+    fields = {"heads": 32, "kv_heads": 32, "head_dim": 128, "window": 0}
+
+    def cycles(c):
+        return TimingModel.for_design(c, u280)._attention(fields, 1, LLAMA_7B.max_context // 2).cycles
+
+    assert 1 < 32 // config.kv_group
+    fitting = [dataclasses.replace(config, kv_group=g) for g in (1, 2, 4, 8, 16, 32)]
+    fitting = [c for c in fitting if estimate(c, u280).fits(0.8)]
+    assert config in fitting and all(cycles(config) <= cycles(c) for c in fitting)
 
 
 def test_fp16_7b_is_refused_for_hbm_capacity():
