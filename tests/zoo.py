@@ -93,6 +93,21 @@ ONNX_STEP_MASK = """\
     %keys = iota() {start = 0, end = L+P, step = 1, dtype = i64} : tensor<L+Pxi64>
     %keys4 = reshape(%keys) {shape = [1, 1, 1, L+P]} : tensor<1x1x1xL+Pxi64>
 """
+
+
+def onnx_sdpa(v: str) -> str:
+    """torch.onnx's scaled dot-product attention as the ONNX import writes it (IR text): the queries %q and the
+    transposed keys %kt each scaled by the root of the scale, plus %bias, softmax, NaNs zeroed, times ``v``."""
+    return f"""\
+    %c = constant() {{value = 0.7071067690849304, shape = [], dtype = f32}} : tensor<f32>
+    %qs = mul(%q, %c) : tensor<1x2xLx4xf32>
+    %kts = mul(%kt, %c) : tensor<1x2x4xL+Pxf32>
+    %scores = matmul(%qs, %kts) : tensor<1x2xLxL+Pxf32>
+    %biased = add(%scores, %bias) : tensor<1x2xLxL+Pxf32>
+    %p = softmax(%biased) {{axis = 3}} : tensor<1x2xLxL+Pxf32>
+    %nan = ne(%p, %p) : tensor<1x2xLxL+Pxbool>
+    %p0 = where(%nan, %zero, %p) : tensor<1x2xLxL+Pxf32>
+    %y = matmul(%p0, %{v}) : tensor<1x2xLx4xf32>"""
 # Token ids for the random-weight families.
 SMALL_PROMPT = [3, 17, 42, 8, 25, 61, 9]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from zoo import ONNX_STEP_MASK
+from zoo import ONNX_STEP_MASK, onnx_sdpa
 
 from llmc.compiler.passes.fuse import fuse_module
 from llmc.generate.interpreter import causal_mask
@@ -32,15 +32,7 @@ BEFORE = CACHE + ONNX_STEP_MASK + """\
     %lowest = constant() {value = -3.4028234663852886e+38, shape = [], dtype = f32} : tensor<f32>
     %bias = where(%keep, %zero, %lowest) : tensor<1x1xLxL+Pxf32>
     %kt = transpose(%k) {perm = [0, 1, 3, 2]} : tensor<1x2x4xL+Pxf32>
-    %c = constant() {value = 0.7071067690849304, shape = [], dtype = f32} : tensor<f32>
-    %qs = mul(%q, %c) : tensor<1x2xLx4xf32>
-    %kts = mul(%kt, %c) : tensor<1x2x4xL+Pxf32>
-    %scores = matmul(%qs, %kts) : tensor<1x2xLxL+Pxf32>
-    %biased = add(%scores, %bias) : tensor<1x2xLxL+Pxf32>
-    %p = softmax(%biased) {axis = 3} : tensor<1x2xLxL+Pxf32>
-    %nan = ne(%p, %p) : tensor<1x2xLxL+Pxbool>
-    %p0 = where(%nan, %zero, %p) : tensor<1x2xLxL+Pxf32>
-    %y = matmul(%p0, %v) : tensor<1x2xLx4xf32>"""
+""" + onnx_sdpa("v")
 EXPECTED = CACHE + """\
     %0 = sliding_window_mask(%mask, %position_ids) {window = 4} : tensor<1x1xLxL+Pxf32>
     %y = attention(%q, %k, %v, %0) {scale = 0.49999997} : tensor<1x2xLx4xf32>"""

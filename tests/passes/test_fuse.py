@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from zoo import ONNX_STEP_MASK
+from zoo import ONNX_STEP_MASK, onnx_sdpa
 
 from llmc.compiler.passes.fuse import fuse_module
 from llmc.compiler.passes.rewrite import Const, Graph, Rule, Var, op, rewrite
@@ -430,15 +430,7 @@ SDPA_BEFORE = ONNX_STEP_MASK + """\
     %k3 = reshape(%kx) {shape = [2, L+P, 4]} : tensor<2xL+Px4xf32>
     %kt3 = transpose(%k3) {perm = [0, 2, 1]} : tensor<2x4xL+Pxf32>
     %kt = reshape(%kt3) {shape = [1, 2, 4, L+P]} : tensor<1x2x4xL+Pxf32>
-    %c = constant() {value = 0.7071067690849304, shape = [], dtype = f32} : tensor<f32>
-    %qs = mul(%q, %c) : tensor<1x2xLx4xf32>
-    %kts = mul(%kt, %c) : tensor<1x2x4xL+Pxf32>
-    %scores = matmul(%qs, %kts) : tensor<1x2xLxL+Pxf32>
-    %biased = add(%scores, %bias) : tensor<1x2xLxL+Pxf32>
-    %p = softmax(%biased) {axis = 3} : tensor<1x2xLxL+Pxf32>
-    %nan = ne(%p, %p) : tensor<1x2xLxL+Pxbool>
-    %p0 = where(%nan, %zero, %p) : tensor<1x2xLxL+Pxf32>
-    %y = matmul(%p0, %vx) : tensor<1x2xLx4xf32>"""
+""" + onnx_sdpa("vx")
 SDPA_EXPECTED = SDPA_KV + """\
     %0 = reshape(%kx) {shape = [1, 2, L+P, 4]} : tensor<1x2xL+Px4xf32>
     %y = attention(%q, %0, %vx, %mask) {scale = 0.49999997} : tensor<1x2xLx4xf32>"""
