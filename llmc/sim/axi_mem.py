@@ -70,5 +70,5 @@ def measure(port: PortTiming, reads: Reads, simulator: str, timeout_s: float, *,
 
 
 def _sources() -> dict[str, str]:
-    """File name -> Verilog of the bench: the reader and its harness."""
-    return {name: static_file(f"rtl/{name}") for name in ("llmc_lane_reader.v", "llmc_mem_bench.v")}
+    """File name -> Verilog of the bench: the reader, the request delay and the harness."""
+    return {name: static_file(f"rtl/{name}") for name in ("llmc_lane_reader.v", "llmc_ar_delay.v", "llmc_mem_bench.v")}

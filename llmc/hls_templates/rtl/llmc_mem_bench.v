@@ -40,16 +40,7 @@ module llmc_mem_bench #(
 
   wire [ADDR_W-1:0] ar_addr;
   wire [7:0] ar_len;
-  wire ar_valid;
-  localparam integer IW = $clog2(OUTSTANDING + 1);  // a queue of 2^IW requests holds every one in flight
-  reg [ADDR_W-1:0] q_addr [0:(1 << IW) - 1];
-  reg [7:0] q_len [0:(1 << IW) - 1];
-  reg [31:0] q_at [0:(1 << IW) - 1];
-  reg [IW-1:0] head, tail;
-  reg [IW:0] count;
-  reg [31:0] now;
-  wire ar_ready = !count[IW];
-  wire pop = m_axi_arvalid && m_axi_arready;
+  wire ar_valid, ar_ready;
   wire [511:0] out_data;
   wire out_valid;
 
@@ -60,30 +51,14 @@ module llmc_mem_bench #(
     .m_axi_rvalid(m_axi_rvalid), .m_axi_rready(m_axi_rready), .out_data(out_data), .out_valid(out_valid),
     .done(done), .words(words), .cycles(cycles));
 
+  llmc_ar_delay #(.ADDR_W(ADDR_W), .OUTSTANDING(OUTSTANDING), .LATENCY(LATENCY)) delay (
+    .clk(clk), .rst(rst), .s_addr(ar_addr), .s_len(ar_len), .s_valid(ar_valid), .s_ready(ar_ready),
+    .m_addr(m_axi_araddr), .m_len(m_axi_arlen), .m_valid(m_axi_arvalid), .m_ready(m_axi_arready));
   assign m_axi_arid = 1'b0;
-  assign m_axi_araddr = q_addr[head];
-  assign m_axi_arlen = q_len[head];
-  assign m_axi_arvalid = count != 0 && now >= q_at[head];
 
   always @(posedge clk) begin
-    if (rst) begin
-      checksum <= 0;
-      head <= 0;
-      tail <= 0;
-      count <= 0;
-      now <= 0;
-    end else begin
-      now <= now + 32'd1;
-      if (out_valid) checksum <= checksum ^ out_data;
-      if (ar_valid && ar_ready) begin
-        q_addr[tail] <= ar_addr;
-        q_len[tail] <= ar_len;
-        q_at[tail] <= now + LATENCY;
-        tail <= tail + 1'b1;
-      end
-      if (pop) head <= head + 1'b1;
-      count <= count + {{IW{1'b0}}, ar_valid && ar_ready} - {{IW{1'b0}}, pop};
-    end
+    if (rst) checksum <= 0;
+    else if (out_valid) checksum <= checksum ^ out_data;
   end
 endmodule
 `default_nettype wire
