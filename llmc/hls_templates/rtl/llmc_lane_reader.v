@@ -1,6 +1,7 @@
 // A matrix lane's weight loader on its AXI4 read port: `txns` transactions of `txn_words` 512-bit words, the
-// i-th at base + i * stride, each cut into bursts of at most BURST beats with at most OUTSTANDING bursts in
-// flight (the kernel's m_axi settings). Every word is passed on (`out_data`, `out_valid`) the cycle it arrives
+// i-th at base + i * stride (whole words), each cut into bursts of at most BURST beats that do not cross a 4 KiB
+// boundary (AXI4's rule, which an HLS m_axi adapter keeps too), with at most OUTSTANDING bursts in flight (the
+// kernel's m_axi settings). Every word is passed on (`out_data`, `out_valid`) the cycle it arrives
 // (the lane's FIFO never fills: the MAC array consumes a word a cycle). `cycles` counts from `go` to the last word.
 `default_nettype none
 module llmc_lane_reader #(
@@ -42,7 +43,12 @@ module llmc_lane_reader #(
   reg [31:0] offset;  // its next word
   reg [31:0] in_flight;  // bursts issued whose last beat has not arrived
   wire [31:0] left = {16'd0, txn_words} - offset;
-  wire [31:0] beats = left > BURST ? BURST : left;
+  wire [ADDR_W-1:0] next_addr = base + txn[ADDR_W-1:0] * stride + offset[ADDR_W-1:0] * 64;
+  // words to the next 4 KiB boundary, which an AXI burst must not cross (1 to 64: the addresses are whole words)
+  wire [6:0] page_words = 7'd64 - {1'b0, next_addr[11:6]};
+  wire [31:0] to_page = {25'd0, page_words};
+  wire [31:0] fits = left < to_page ? left : to_page;
+  wire [31:0] beats = fits > BURST ? BURST : fits;
   wire [7:0] arlen_next = beats[7:0] - 8'd1;  // beats <= BURST <= 256
   wire issuing = running && txn < txns;
   wire took_ar = m_axi_arvalid && m_axi_arready;
@@ -72,7 +78,7 @@ module llmc_lane_reader #(
       in_flight <= after;
       if (took_ar || !m_axi_arvalid) begin
         if (issuing && after < OUTSTANDING) begin
-          m_axi_araddr <= base + txn[ADDR_W-1:0] * stride + offset[ADDR_W-1:0] * 64;
+          m_axi_araddr <= next_addr;
           m_axi_arlen <= arlen_next;
           m_axi_arvalid <= 1'b1;
           if (offset + beats == {16'd0, txn_words}) begin
