@@ -265,8 +265,8 @@ def modelled(model: TimingModel, job: LaneJob) -> float:
     """The timing model's cycles for the lane's share of the MM, like for like with :func:`run_lane`: the MM's cost
     (``TimingModel._matmul``, the slowest lane: ``ceil(tiles / lanes)`` tiles, as lane 0 has) less its
     ``INSTR_OVERHEAD`` of fetch and decode, from the region's start (the first request) to the last beat's cycle;
-    the rows' quantisation on the SFU overlaps the first tile's round trip (checked) and the RTL lane has its
-    activations before it starts. The MM is timed as the only one in flight (no tile read ahead)."""
+    the rows' quantisation on the SFU ends before the first tile is in (checked), so the unit never waits for it,
+    and the RTL lane has its activations before it starts. The MM is timed as the only one in flight (no tile read ahead)."""
     f = job.fields
     if ceil(int(f["tiles"]) / job.config.mm_lanes) != len(job.tiles):
         raise LlmcError(f"{job.label}: the lane holds {len(job.tiles)} tiles, the slowest lane "
@@ -274,8 +274,8 @@ def modelled(model: TimingModel, job: LaneJob) -> float:
     if job.rows > max(1, int(f["row_block"])):
         raise LlmcError(f"{job.label}: {job.rows} rows take more than one pass of {f['row_block']}")
     quant = job.rows * model._quant8(int(f["k"]), int(f["k"]))
-    if quant > model.latency + 1:
-        raise LlmcError(f"{job.label}: the quantisation ({quant} cycles) outlasts the first request's round trip")
+    if quant > model.latency + int(f["tile_bytes"]) // WORD_BYTES * model.word_cycles + 1:
+        raise LlmcError(f"{job.label}: the quantisation ({quant} cycles) outlasts the first tile's load")
     return model._matmul(f, [job.rows], job.rows).cycles - INSTR_OVERHEAD
 
 
