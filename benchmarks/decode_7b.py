@@ -6,7 +6,9 @@ tokens (``llmc simulate --timing-only``). ``roofline`` is the board's peak HBM b
 bytes read per decode token; ``flightllm-like`` runs int8 weights with 2:4 sparsity (FlightLLM's
 sparse DSP chain on int8 operands; the ~5.5 GB per token its two published figures imply) on
 ``flightllm_u280.yaml``: the U280 at FlightLLM's published 225 MHz kernel clock with the U280's measured
-memory model. The error column compares with FlightLLM's published 55 tokens/s.
+memory model, pinned there (``--clock-mhz 225``). The other rows take the clock and port width the exploration
+chooses (the lowest clock and narrowest port within 1% of the fastest prompt-and-decode run). The error column
+compares with FlightLLM's published 55 tokens/s.
 
     .venv/bin/python benchmarks/decode_7b.py [--prefill L] [--decode N] [--json]
 """
@@ -26,12 +28,12 @@ from llmc.cli import main as llmc
 
 FLIGHTLLM_TOKENS_PER_S = 55.0
 HERE = Path(__file__).parent
-CONFIGS = [
-    ("flightllm-like", "sparsify{pattern=2:4},quantize{bits=8,group=128}", str(HERE / "flightllm_u280.yaml")),
-    ("llmc W4g128", "quantize{bits=4,group=128}", "u280"),
-    ("llmc W4g128 + 2:4", "sparsify{pattern=2:4},quantize{bits=4,group=128}", "u280"),
-    ("llmc W2g128 LUT", "quantize{bits=2,group=128},lut-mpgemm", "u280"),
-    ("llmc W4g128 on the V80", "quantize{bits=4,group=128}", "v80"),
+CONFIGS = [  # name, pipeline, board, pinned clock (None: the exploration's)
+    ("flightllm-like", "sparsify{pattern=2:4},quantize{bits=8,group=128}", str(HERE / "flightllm_u280.yaml"), 225),
+    ("llmc W4g128", "quantize{bits=4,group=128}", "u280", None),
+    ("llmc W4g128 + 2:4", "sparsify{pattern=2:4},quantize{bits=4,group=128}", "u280", None),
+    ("llmc W2g128 LUT", "quantize{bits=2,group=128},lut-mpgemm", "u280", None),
+    ("llmc W4g128 on the V80", "quantize{bits=4,group=128}", "v80", None),
 ]
 
 
@@ -55,14 +57,17 @@ def main() -> None:
         model = Path(tmp) / "llama-2-7b"
         model.mkdir()
         (model / "config.json").write_text(json.dumps(LLAMA2_7B))
-        for name, pipeline, target in CONFIGS:
+        for name, pipeline, target, clock in CONFIGS:
             out = Path(tmp) / name.replace(" ", "_")
-            run_cli(["compile", str(model), "--shapes-only", "-p", pipeline, "--board", target, "-o", str(out)])
+            pinned = ["--clock-mhz", str(clock)] if clock else []
+            run_cli(["compile", str(model), "--shapes-only", "-p", pipeline, "--board", target, "-o", str(out),
+                     *pinned])
             modelled = json.loads(run_cli(["simulate", str(out), "--timing-only", "--prefill", str(args.prefill),
                                            "--decode", str(args.decode), "--json"]))["modelled"]
             design = json.loads((out / "design.json").read_text())
             peak = design["target"]["memory"]["bandwidth_gbs"] * 1e9
             rows.append({"config": name, "pipeline": pipeline, "clock_mhz": design["config"]["clock_mhz"],
+                         "port_bits": design["config"]["port_bits"],
                          "weight_lanes": design["config"]["mm_lanes"],
                          "kv_channels": len(design["config"]["kv_channels"]),
                          "gb_per_token": modelled["hbm_bytes_per_token"] / 1e9,
@@ -75,10 +80,10 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print(f"Llama-2-7B batch 1, prompt {args.prefill}, {args.decode} generated tokens (modelled)")
-    print(f"{'config':<24} {'MHz':>4} {'lanes':>5} {'GB/tok':>7} {'tok/s':>6} {'roofline':>8} {'HBM':>6} "
+    print(f"{'config':<24} {'MHz':>4} {'port':>4} {'lanes':>5} {'GB/tok':>7} {'tok/s':>6} {'roofline':>8} {'HBM':>6} "
           f"{'J/tok':>6} {'TTFT ms':>8} {'vs 55':>7}")
     for r in rows:
-        print(f"{r['config']:<24} {r['clock_mhz']:>4.0f} {r['weight_lanes']:>5} {r['gb_per_token']:>7.2f} "
+        print(f"{r['config']:<24} {r['clock_mhz']:>4.0f} {r['port_bits']:>4} {r['weight_lanes']:>5} {r['gb_per_token']:>7.2f} "
               f"{r['tokens_per_s']:>6.1f} {r['roofline_tokens_per_s']:>8.1f} {r['hbm_utilisation']:>6.1%} "
               f"{r['joules_per_token']:>6.2f} {r['ttft_ms']:>8.0f} {r['vs_flightllm']:>+7.0%}")
 

@@ -39,6 +39,8 @@ def _compile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rows", type=int, default=64, metavar="N",
                         help="rows (prompt tokens) one kernel call serves, the largest length bucket (default 64; "
                              "lower it when the activation buffers outgrow the on-chip memory)")
+    parser.add_argument("--clock-mhz", type=float, metavar="MHZ",
+                        help="the kernel clock (default: the exploration's choice, at most the board's clock_mhz)")
     parser.add_argument("--cards", type=int, default=1, metavar="N",
                         help="split the model over N boards: a folder of N card projects and cluster.json (default 1)")
     parser.add_argument("--parallel", choices=("pipeline", "tensor"), default="pipeline",
@@ -64,6 +66,8 @@ def compile_model(args: argparse.Namespace) -> int:
         raise LlmcError(f"--max-rows must be at least 1, got {args.max_rows}")
     if args.cards < 1:
         raise LlmcError(f"--cards must be at least 1, got {args.cards}")
+    if args.clock_mhz is not None and not 0 < args.clock_mhz <= 1000:
+        raise LlmcError(f"--clock-mhz must be in (0, 1000], got {args.clock_mhz:g}")
     calls = pipeline_calls(args)
     model = load_model(args)
     if calls:
@@ -73,7 +77,7 @@ def compile_model(args: argparse.Namespace) -> int:
     with activity(f"compiling for {args.board}", progress_enabled(args)):
         design = compile_project(model.module, args.board, args.output, tokenizer_json=model.tokenizer_json,
                                  force=args.force, max_context=args.context, eval_windows=args.eval_windows,
-                                 max_rows=args.max_rows)
+                                 max_rows=args.max_rows, clock_mhz=args.clock_mhz)
     report = json.loads((args.output / "report.json").read_text())
     if args.json:
         print(json.dumps(report, sort_keys=True))
@@ -96,7 +100,8 @@ def _compile_cluster(args: argparse.Namespace, model: object) -> int:
     with activity(f"compiling for {args.cards} x {args.board}", progress_enabled(args)):
         compile_cluster(model.module, args.board, args.output, args.cards, args.parallel,  # type: ignore[attr-defined]
                         tokenizer_json=model.tokenizer_json, force=args.force,  # type: ignore[attr-defined]
-                        max_context=args.context, eval_windows=args.eval_windows, max_rows=args.max_rows)
+                        max_context=args.context, eval_windows=args.eval_windows, max_rows=args.max_rows,
+                        clock_mhz=args.clock_mhz)
     report = json.loads((args.output / CLUSTER_FILE).read_text())
     if args.json:
         print(json.dumps(report, sort_keys=True))

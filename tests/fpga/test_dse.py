@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from llmc.backends.fpga.design import kernel_ports
-from llmc.backends.fpga.dse import ModelNeeds, check_fits, estimate_decode, explore
-from llmc.backends.fpga.resources import datapath_bits, estimate, macs_per_dsp, matrix_engine
+from llmc.backends.fpga.design import PORT_WIDTHS, kernel_ports
+from llmc.backends.fpga.dse import CLOCK_STEP_MHZ, TIME_TOLERANCE, ModelNeeds, check_fits, estimate_decode, explore
+from llmc.backends.fpga.resources import datapath_bits, dma, estimate, macs_per_dsp, matrix_engine
 from llmc.backends.fpga.target import RESOURCE_KINDS, Resources, load_target
 from llmc.backends.fpga.timing import TimingModel
 from llmc.errors import LlmcError
@@ -66,7 +66,7 @@ def _check_plan(config, target, needs):
 def test_llama_7b_fits_u280_within_budget():
     u280 = load_target("u280")
     config, used = explore(u280, LLAMA_7B)
-    assert config.target == "u280" and config.clock_mhz == 250
+    assert config.target == "u280" and config.clock_mhz <= 250 and config.port_bits == 512
     assert max(used.fractions.values()) <= 0.8 and used.fits(0.8)
     _check_plan(config, u280, LLAMA_7B)
     # every channel streams weights, and the cache striped over them all; io shares the last one
@@ -143,7 +143,7 @@ def test_tiny_model_fits(name):
     config, used = explore(target, TINY)
     assert used.fits(0.8)
     _check_plan(config, target, TINY)
-    assert config.max_hidden == 768 and config.clock_mhz == target.clock_mhz
+    assert config.max_hidden == 768 and config.clock_mhz <= target.clock_mhz
     assert config.program_memory == {"u55c": "HBM[31]", "kv260": "HP0"}.get(name, "DDR[0]")
 
 
@@ -241,3 +241,46 @@ def test_check_fits_refuses(change, message):
     config, _ = explore(u280, LLAMA_7B)
     with pytest.raises(LlmcError, match=re.escape(message)):
         check_fits(dataclasses.replace(config, **change), u280)
+
+
+@pytest.mark.parametrize("name", ["u280", "v80", "kv260"])
+def test_port_width_and_clock_are_the_slowest_that_keep_decode_as_fast(name):
+    """The exploration keeps the lowest clock on its grid, then the narrowest port, whose decode is within the
+    tolerance of the fastest over every port width and clock: nothing faster was passed over, and no lower
+    clock would do."""
+    target = load_target(name)
+    config, _ = explore(target, LLAMA_7B if name != "kv260" else TINY)
+    needs = LLAMA_7B if name != "kv260" else TINY
+    clocks = [target.clock_mhz - CLOCK_STEP_MHZ * i for i in range(int(target.clock_mhz / 2 // CLOCK_STEP_MHZ) + 1)]
+    assert config.clock_mhz in clocks and config.port_bits in PORT_WIDTHS
+
+    def decode(bits, clock):
+        return estimate_decode(dataclasses.replace(config, port_bits=bits, clock_mhz=clock), target, needs)
+
+    fastest = min(decode(b, c).total_s for b in PORT_WIDTHS for c in clocks)
+    assert decode(config.port_bits, config.clock_mhz).total_s <= fastest * (1 + TIME_TOLERANCE)
+    balanced = decode(config.port_bits, config.clock_mhz).balanced
+    for bits, clock in ((b, c) for b in PORT_WIDTHS for c in clocks if c < config.clock_mhz):
+        lower = decode(bits, clock)
+        assert lower.total_s > fastest * (1 + TIME_TOLERANCE) or (balanced and not lower.balanced)
+
+
+def test_port_width_follows_what_the_memory_side_carries():
+    """HBM ports reach 13-14 GB/s a channel: at 225-300 MHz only a 512-bit port (64 B a cycle) keeps up. A KV260
+    HP port carries 5.3 GB/s (128 bits at 333 MHz) over a DDR4 its four ports share: a narrower port streams as
+    fast and its master buffers take a quarter of the BRAM."""
+    assert explore(load_target("u280"), LLAMA_7B)[0].port_bits == 512
+    kv260 = load_target("kv260")
+    config, _ = explore(kv260, TINY)
+    assert config.port_bits < 512
+    wide = dataclasses.replace(config, port_bits=512)
+    assert dma(config).bram36 < dma(wide).bram36
+    assert estimate_decode(config, kv260, TINY).weights_s == pytest.approx(estimate_decode(wide, kv260, TINY).weights_s)
+
+
+def test_a_given_clock_is_kept_and_a_bad_port_width_refused():
+    u280 = load_target("u280")
+    config, _ = explore(u280, LLAMA_7B, clock_mhz=240)
+    assert config.clock_mhz == 240
+    with pytest.raises(LlmcError, match=r"^accelerator config: port_bits 1024 is not one of 128, 256, 512$"):
+        check_fits(dataclasses.replace(config, port_bits=1024), u280)

@@ -198,3 +198,25 @@ def test_unknown_target_and_missing_file(tmp_path):
     missing = str(tmp_path / "none.yaml")
     with pytest.raises(LlmcError, match="no such target file$"):
         load_target(missing)
+
+
+def test_a_kv260_design_with_narrow_ports_runs_bit_exact_in_csim(tiny_llmc, tmp_path, gxx_ap_types, capsys):
+    """The exploration gives the KV260's HP ports (128 bits at 333 MHz, UG1085) narrower kernel ports than
+    the engines' 512-bit word; C-simulation assembles each word from the port's beats, matches the interpreter bit
+    for bit, and its cycle account (a word every 512 / port_bits cycles at least) stays within 10% of the model."""
+    import json
+
+    import llmc
+    from llmc.backends.fpga.flow import compile_project
+    from llmc.cli import main as cli
+
+    model = llmc.load(tiny_llmc)
+    out = tmp_path / "kv260"
+    d = compile_project(model.module, "kv260", out, tokenizer_json=model.tokenizer_json, max_context=128)
+    assert d.config.port_bits < 512
+    assert f"#define LLMC_PORT_BITS {d.config.port_bits} " in (out / "include" / "llmc_accel.h").read_text()
+    capsys.readouterr()
+    assert cli(["verify", str(out), "--levels", "interpreter,csim,cycles", "--decode", "2", "--json"]) == 0
+    levels = {level["level"]: level for level in json.loads(capsys.readouterr().out)}
+    assert levels["csim"]["mismatches"] == 0 and levels["csim"]["compared"] > 0
+    assert levels["cycles"]["mismatches"] == 0 and levels["cycles"]["compared"] > 0

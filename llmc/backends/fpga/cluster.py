@@ -98,7 +98,7 @@ def link_schedule(cards: list[Module], max_rows: int) -> tuple[list[Links], list
 
 
 def cluster_design(module: Module, target: str, cards: int, parallel: str, *, name: str | None = None,
-                   max_context: int | None = None, max_rows: int = 64) -> ClusterDesign:
+                   max_context: int | None = None, max_rows: int = 64, clock_mhz: float | None = None) -> ClusterDesign:
     """Lower ``module``, split it over ``cards`` boards of ``target`` and compile every card."""
     board = load_target(target)
     context = compiled_context(module, max_context)
@@ -109,7 +109,8 @@ def cluster_design(module: Module, target: str, cards: int, parallel: str, *, na
     designs = []
     for c, card in enumerate(card_modules):
         try:
-            designs.append(design_lowered(card, board, f"{name}.card{c}", context, max_rows, links[c]))
+            designs.append(design_lowered(card, board, f"{name}.card{c}", context, max_rows, links[c],
+                                          clock_mhz=clock_mhz))
         except LlmcError as e:
             raise LlmcError(f"card {c} of {cards}: {e}") from None
     return ClusterDesign(name, board, parallel, designs, transfers, segments)
@@ -142,14 +143,15 @@ def cluster_files(cd: ClusterDesign, tokenizer_json: str | None, accuracy: dict[
 
 def compile_cluster(module: Module, target: str, out_dir: Path, cards: int, parallel: str, *,
                     tokenizer_json: str | None = None, force: bool = False, name: str | None = None,
-                    max_context: int | None = None, eval_windows: int = 0, max_rows: int = 64) -> ClusterDesign:
+                    max_context: int | None = None, eval_windows: int = 0, max_rows: int = 64,
+                    clock_mhz: float | None = None) -> ClusterDesign:
     """Compile ``module`` for ``cards`` boards and write the cluster folder ``out_dir`` (all or
     nothing); ``eval_windows`` > 0 measures the cards, run as one cluster, against ``module``
     (:func:`.accuracy.lowering_accuracy`) into every card's report and cluster.json."""
     out_dir = Path(out_dir)
     check_output(out_dir, force=force, products=CLUSTER_PRODUCTS)
     cd = cluster_design(module, target, cards, parallel, name=name or out_dir.name, max_context=max_context,
-                        max_rows=max_rows)
+                        max_rows=max_rows, clock_mhz=clock_mhz)
     accuracy = lowering_accuracy(module, [d.lowered for d in cd.cards], tokenizer_json, eval_windows,
                                  min(d.config.max_context for d in cd.cards))
     write_folder(out_dir, cluster_files(cd, tokenizer_json, accuracy), kind="cluster", force=force,

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 from llmc.backends.fpga.pack import stored_bits
 
-WORD_BITS = 512  # width of every m_axi port (one HBM pseudo-channel beat)
+WORD_BITS = 512  # the engines' word: what a matrix lane or loader moves per cycle (and the program port's width)
+PORT_WIDTHS = (128, 256, 512)  # m_axi data widths of the weight, KV and io ports: 512 / width beats an engine word
 READ_BURST, READS_OUTSTANDING = 32, 16  # m_axi read bursts (beats) and bursts in flight per master (HLS's default)
 WRITE_BURST, WRITES_OUTSTANDING = 16, 2  # m_axi write bursts: KV and io rows are short
 INSTR_BITS = 512  # one instruction (one program-memory beat)
@@ -27,7 +28,8 @@ class AcceleratorConfig:
     The matrix engine has ``mm_lanes`` lanes; lane ``i`` reads its weight tiles through its own port
     from channel ``weight_channels[i]`` (two lanes may share a channel where one port cannot reach its
     peak) and produces ``mm_tile_n`` outputs at a time, consuming ``mm_tile_k`` inputs per
-    cycle (int8 x int8, or two int4 x int8 MACs packed per DSP48E2). ``sparse_n:sparse_m`` is the
+    cycle (int8 x int8, or two int4 x int8 MACs packed per DSP48E2); its port is ``port_bits`` wide (a
+    512-bit word a cycle, or one every ``512 / port_bits`` cycles). ``sparse_n:sparse_m`` is the
     N:M pattern the sparse DSP chain selects (0:0 for none). The LUT engine looks up ``lut_lanes``
     tables of ``2^(lut_g-1)`` entries per cycle. The SFU processes ``sfu_lanes`` elements per cycle.
     """
@@ -56,6 +58,7 @@ class AcceleratorConfig:
     buckets: tuple[int, ...] = field(default=(1,))  # compiled chunk lengths (1 = decode)
     kv_group: int = 1  # KV heads whose cache rows attention loads at once (side by side in a row: long reads)
     max_head_dim: int = 0  # the widest attention head (sizes the on-chip KV buffers)
+    port_bits: int = WORD_BITS  # the weight, KV and io ports' data width (one of PORT_WIDTHS)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -18,7 +18,7 @@ from llmc.backends.fpga import pack
 from llmc.errors import LlmcError
 from llmc.sizes import human_bytes
 
-from .design import AcceleratorConfig, lanes_per_channel
+from .design import PORT_WIDTHS, AcceleratorConfig, lanes_per_channel
 from .resources import Utilisation, estimate
 from .target import Target
 from .timing import TimingModel
@@ -27,6 +27,7 @@ SPARSE_M = (4, 8, 16)  # N:M group sizes the sparse DSP chain selects from
 ACT_BUFFERS = 4  # a typical decoder block's need: residual stream, normalised input, projection, MLP gate/up
 LUT_G = 4  # activations per LUT-engine table
 TIME_TOLERANCE = 0.01  # designs this close to the fastest count as equally fast
+CLOCK_STEP_MHZ = 25  # the kernel clocks tried: the board's top clock and steps of this below it, down to half
 COMPUTE_HEADROOM = 0.75  # a balanced design's MACs take at most this share of its weight stream
 # engine sizes tried, largest first so that fast designs come early and slower ones are skipped
 TILE_N = (128, 64, 32, 16)
@@ -216,6 +217,7 @@ WEIGHT_HEADROOM = 1.03  # tile padding and the embedding table's row striping
 def explore(
     target: Target, needs: ModelNeeds, *, clock_mhz: float | None = None, max_rows: int = 64, budget: float = 0.8,
     decode_time: Callable[[AcceleratorConfig], float] | None = None,
+    run_time: Callable[[AcceleratorConfig], float] | None = None,
 ) -> tuple[AcceleratorConfig, Utilisation]:
     """Choose the accelerator for ``needs`` on ``target`` within ``budget`` of every usable resource.
 
@@ -315,7 +317,35 @@ def explore(
     _, used, config = min(
         near, key=lambda f: (not f[0].balanced, f[1].scarcest()[1], sum(f[1].fractions.values()), f[0].total_s)
     )
-    return fastest_kv_group(config, target, needs, budget)
+    config, used = fastest_kv_group(config, target, needs, budget)
+    return port_and_clock(config, target, needs, budget, run_time, vary_clock=clock_mhz is None)
+
+
+def port_and_clock(config: AcceleratorConfig, target: Target, needs: ModelNeeds, budget: float,
+                   run_time: Callable[[AcceleratorConfig], float] | None, *,
+                   vary_clock: bool = True) -> tuple[AcceleratorConfig, Utilisation]:
+    """``config`` with a port width (``PORT_WIDTHS``) and kernel clock (the board's top clock and ``CLOCK_STEP_MHZ``
+    steps below it, down to half; only the design's own without ``vary_clock``). Among those whose run (``run_time``:
+    the timing model's prompt and generated tokens; else a decode step of :func:`estimate_decode`) is within
+    ``TIME_TOLERANCE`` of the fastest: a balanced one (compute keeps up with the weight stream), then the lowest
+    clock, the fewest resources and the narrowest port. That is the slowest clock and narrowest ports that keep the
+    board's channels as busy and the prompt as fast: a lower clock closes timing more easily."""
+    top = config.clock_mhz
+    clocks = [top - CLOCK_STEP_MHZ * i for i in range(int(top / 2 // CLOCK_STEP_MHZ) + 1)] if vary_clock else [top]
+    timed = []
+    for bits, clock in product(PORT_WIDTHS, clocks):
+        trial = replace(config, port_bits=bits, clock_mhz=clock)
+        used = estimate(trial, target)
+        if used.fits(budget):
+            first_order = estimate_decode(trial, target, needs)
+            seconds = run_time(trial) if run_time else first_order.total_s
+            timed.append((seconds, not first_order.balanced, trial, used))
+    if not timed:
+        return config, estimate(config, target)
+    best = min(t[0] for t in timed)
+    _, _, config, used = min((t for t in timed if t[0] <= best * (1 + TIME_TOLERANCE)),
+                             key=lambda t: (t[1], t[2].clock_mhz, t[3].scarcest()[1], t[2].port_bits))
+    return config, used
 
 
 def fastest_kv_group(config: AcceleratorConfig, target: Target, needs: ModelNeeds,
@@ -353,6 +383,8 @@ def check_fits(config: AcceleratorConfig, target: Target, *, budget: float = 1.0
     outside = [c for c in channels if not 0 <= c < target.memory.channels]
     if outside:
         raise LlmcError(f"{where}: channel {outside[0]} is outside {target.name}'s {target.memory.channels} channels")
+    if config.port_bits not in PORT_WIDTHS:
+        raise LlmcError(f"{where}: port_bits {config.port_bits} is not one of {', '.join(map(str, PORT_WIDTHS))}")
     if lanes_per_channel(config) > target.memory.ports_per_channel:
         raise LlmcError(f"{where}: {lanes_per_channel(config)} weight lanes on one channel; {target.name}'s "
                         f"channels serve {target.memory.ports_per_channel} port(s) each")

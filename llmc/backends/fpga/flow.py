@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ from llmc.backends.fpga.accuracy import lowering_accuracy
 from llmc.backends.fpga.codegen import KERNEL_SOURCES, kernel_files
 from llmc.backends.fpga.compile import Compiled, Links, activation_buffers, compile_step
 from llmc.backends.fpga.container import container_bytes
-from llmc.backends.fpga.design import AcceleratorConfig, bucket_for
+from llmc.backends.fpga.design import WORD_BITS, AcceleratorConfig, bucket_for
 from llmc.backends.fpga.dse import Matrix, ModelNeeds, check_fits, explore
-from llmc.backends.fpga.isa import encode_program
+from llmc.backends.fpga.isa import Instruction, encode_program
 from llmc.backends.fpga.lower import lower
 from llmc.backends.fpga.project import BUILD_PRODUCTS, build_files, project_context, write_project
 from llmc.backends.fpga.report import render_report
@@ -92,12 +92,33 @@ def model_needs(hw: Module, max_context: int) -> ModelNeeds:
         act_buffers=activation_buffers(hw), matrices=tuple(matrices))
 
 
-def decode_step_seconds(hw: Module, config: AcceleratorConfig, board: Target, links: Links | None = None) -> float:
-    """The timing model's seconds for a decode step at half the compiled context (a whole
-    context's average position), on the program ``hw`` compiles to for ``config``."""
-    programs = compile_step(hw, config, with_data=False, links=links).programs
-    timing = TimingModel.for_design(config, board)
-    return timing.seconds(timing.program(programs[bucket_for(programs, 1)], 1, config.max_context // 2))
+class DesignTimer:
+    """The timing model over the programs ``hw`` compiles to for a design (compiled once for designs that differ
+    only in clock and port width, which the programs do not depend on)."""
+
+    def __init__(self, hw: Module, board: Target, links: Links | None = None) -> None:
+        self.hw, self.board, self.links = hw, board, links
+        self.compiled: dict[AcceleratorConfig, dict[int, list[Instruction]]] = {}
+
+    def programs(self, config: AcceleratorConfig) -> dict[int, list[Instruction]]:
+        key = replace(config, clock_mhz=0.0, port_bits=WORD_BITS)
+        if key not in self.compiled:
+            self.compiled[key] = compile_step(self.hw, config, with_data=False, links=self.links).programs
+        return self.compiled[key]
+
+    def decode_step(self, config: AcceleratorConfig) -> float:
+        """Seconds of a decode step at half the compiled context (a whole context's average position)."""
+        programs = self.programs(config)
+        timing = TimingModel.for_design(config, self.board)
+        return timing.seconds(timing.program(programs[bucket_for(programs, 1)], 1, config.max_context // 2))
+
+    def run(self, config: AcceleratorConfig) -> float:
+        """Seconds of the run behind a design's figures (:func:`~.timing.run_lengths`): the prompt, then each
+        generated token timed as the decode step at half the context."""
+        prefill, decode = run_lengths(config.max_context)
+        timing = TimingModel.for_design(config, self.board)
+        prompt, _ = timing.run(self.programs(config), prefill, 0)
+        return timing.seconds(prompt) + decode * self.decode_step(config)
 
 
 def check_capacity(module: Module, board: Target, cards: int = 1) -> None:
@@ -123,20 +144,22 @@ def compiled_context(module: Module, max_context: int | None) -> int:
 
 
 def design(module: Module, target: str, *, name: str | None = None, max_context: int | None = None,
-           max_rows: int = 64) -> Design:
-    """Lower ``module`` and compile it for ``target`` (a bundled name or a board YAML)."""
+           max_rows: int = 64, clock_mhz: float | None = None) -> Design:
+    """Lower ``module`` and compile it for ``target`` (a bundled name or a board YAML), at ``clock_mhz`` when given
+    (else the exploration chooses the clock)."""
     board = load_target(target)
     context = compiled_context(module, max_context)
     check_capacity(module, board)
-    return design_lowered(lower(module, context), board, name or module.name, context, max_rows)
+    return design_lowered(lower(module, context), board, name or module.name, context, max_rows, clock_mhz=clock_mhz)
 
 
 def design_lowered(hw: Module, board: Target, name: str, context: int, max_rows: int,
-                   links: Links | None = None) -> Design:
+                   links: Links | None = None, *, clock_mhz: float | None = None) -> Design:
     """Explore and compile a lowered module (a cluster's card with its ``links``) for ``board``."""
     needs = model_needs(hw, context)
-    config, _ = explore(board, needs, max_rows=max_rows,
-                        decode_time=lambda c: decode_step_seconds(hw, c, board, links))
+    timer = DesignTimer(hw, board, links)
+    config, _ = explore(board, needs, max_rows=max_rows, clock_mhz=clock_mhz, decode_time=timer.decode_step,
+                        run_time=timer.run)
     compiled = compile_step(hw, config, links=links)
     utilisation = check_fits(config, board)
     if not utilisation.fits():
@@ -215,7 +238,7 @@ def project_files(d: Design, tokenizer_json: str | None, accuracy: dict[str, Any
 
 def compile_project(module: Module, target: str, out_dir: Path, *, tokenizer_json: str | None = None,
                     force: bool = False, name: str | None = None, max_context: int | None = None,
-                    eval_windows: int = 0, max_rows: int = 64) -> Design:
+                    eval_windows: int = 0, max_rows: int = 64, clock_mhz: float | None = None) -> Design:
     """Compile ``module`` for ``target`` and write the project folder ``out_dir`` (all or nothing).
 
     ``eval_windows`` > 0 measures the lowered program against ``module`` on that many 256-token
@@ -225,7 +248,8 @@ def compile_project(module: Module, target: str, out_dir: Path, *, tokenizer_jso
     check_output(out_dir, force=force, products=BUILD_PRODUCTS)
     if eval_windows < 0:
         raise LlmcError(f"eval_windows must be 0 or more, got {eval_windows}")
-    d = design(module, target, name=name or out_dir.name, max_context=max_context, max_rows=max_rows)
+    d = design(module, target, name=name or out_dir.name, max_context=max_context, max_rows=max_rows,
+               clock_mhz=clock_mhz)
     accuracy = lowering_accuracy(module, d.lowered, tokenizer_json, eval_windows, d.config.max_context)
     write_project(out_dir, project_files(d, tokenizer_json, accuracy), force=force)
     return d

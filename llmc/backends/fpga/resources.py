@@ -118,19 +118,24 @@ def sfu(config: AcceleratorConfig) -> Resources:
 
 
 def dma(config: AcceleratorConfig) -> Resources:
-    """One AXI master per m_axi bundle: 1,800 LUTs, 3,000 FFs and a read buffer one port word wide and
-    ``READ_BURST x READS_OUTSTANDING`` (512) beats deep (8 BRAM36).
+    """One AXI master per m_axi bundle: 1,800 LUTs, 3,000 FFs and a read buffer one port beat wide and
+    ``READ_BURST x READS_OUTSTANDING`` (512) beats deep (8 BRAM36 at 512 bits, 2 at 128).
 
-    Masters that also write (KV cache and io rows: a few KB per token) get a shallow write buffer of
-    ``WRITE_BURST x WRITES_OUTSTANDING`` (32) beats in LUTRAM (the kernel's m_axi pragmas set these
-    depths). Ports in one bundle share its master (the KV cache and io on a weight lane's channel).
+    The program's master is 512 bits wide; the others ``port_bits``, and a port narrower than the engines' word
+    assembles each word in a 512-bit register. Masters that also write (KV cache and io rows: a few KB per token)
+    get a shallow write buffer of ``WRITE_BURST x WRITES_OUTSTANDING`` (32) beats in LUTRAM (the kernel's m_axi
+    pragmas set these depths). Ports in one bundle share its master (the KV cache and io on a weight lane's channel).
     """
-    read_fifo = Resources(bram36=ceil(WORD_BITS / BRAM36_WIDTH) * ceil(READ_BURST * READS_OUTSTANDING / BRAM36_DEPTH))
-    write_fifo = Resources(lut=WORD_BITS * ceil(WRITE_BURST * WRITES_OUTSTANDING / LUTRAM_DEPTH), ff=WORD_BITS)
+    def master(bits: int) -> Resources:
+        fifo = Resources(bram36=ceil(bits / BRAM36_WIDTH) * ceil(READ_BURST * READS_OUTSTANDING / BRAM36_DEPTH))
+        return Resources(lut=1800, ff=3000 + (WORD_BITS if bits < WORD_BITS else 0)) + fifo
+
+    bits = config.port_bits
+    write_fifo = Resources(lut=bits * ceil(WRITE_BURST * WRITES_OUTSTANDING / LUTRAM_DEPTH), ff=bits)
     ports = [p for p in kernel_ports(config) if p.kind == "m_axi"]
-    masters = len({p.bundle for p in ports})
+    data = len({p.bundle for p in ports if p.name != "program"})
     writers = len({p.bundle for p in ports if p.name == "io" or p.name.startswith("kv")})
-    return (Resources(lut=1800, ff=3000) + read_fifo) * masters + write_fifo * writers
+    return master(WORD_BITS) + master(bits) * data + write_fifo * writers
 
 
 def activation_buffers(config: AcceleratorConfig) -> Resources:

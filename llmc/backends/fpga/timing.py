@@ -104,13 +104,13 @@ class TimingModel:
 
     @classmethod
     def for_design(cls, config: AcceleratorConfig, target: Target, *, clock_mhz: float | None = None,
-                   port_bits: int = WORD_BITS, efficiency: float | None = None) -> TimingModel:
-        """The model at the design's clock (or ``clock_mhz``) with the board's memory model; ``port_bits``
-        and ``efficiency`` replace the port width and the board's measured efficiency."""
+                   port_bits: int | None = None, efficiency: float | None = None) -> TimingModel:
+        """The model at the design's clock and port width (or ``clock_mhz``, ``port_bits``) with the board's memory
+        model; ``efficiency`` replaces the board's measured efficiency."""
         mem = target.memory
         clock = config.clock_mhz if clock_mhz is None else clock_mhz
         port = port_timing(
-            clock_mhz=clock, port_bits=port_bits, port_gbs=mem.port_gbs,
+            clock_mhz=clock, port_bits=config.port_bits if port_bits is None else port_bits, port_gbs=mem.port_gbs,
             channel_gbs=mem.channel_peak_gbs * (mem.efficiency if efficiency is None else efficiency),
             sharing=lanes_per_channel(config), latency_ns=mem.latency_ns, reads=READS_OUTSTANDING,
             read_burst=READ_BURST, writes=WRITES_OUTSTANDING)

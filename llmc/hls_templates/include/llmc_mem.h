@@ -1,4 +1,6 @@
-// llmc accelerator: memory access on 512-bit m_axi ports and number conversions.
+// llmc accelerator: memory access on the m_axi ports and number conversions. The engines move 512-bit words; a
+// weight, KV or io port is LLMC_PORT_BITS wide (128, 256 or 512: the design's port width, rendered before this
+// header), so a word is one beat of a 512-bit port or the next PORT_BEATS beats of a narrower one.
 #ifndef LLMC_MEM_H
 #define LLMC_MEM_H
 
@@ -18,11 +20,38 @@
 
 namespace llmc {
 
+#ifndef LLMC_PORT_BITS
+#define LLMC_PORT_BITS 512
+#endif
+
 typedef ap_uint<512> word_t;
+typedef ap_uint<LLMC_PORT_BITS> port_t;
 static const int WORD_BYTES = 64;
+static const int PORT_BITS = LLMC_PORT_BITS;
+static const int PORT_BEATS = 512 / PORT_BITS;  // port beats per word
+static_assert(PORT_BITS == 128 || PORT_BITS == 256 || PORT_BITS == 512, "port width: 128, 256 or 512 bits");
+
+// Word w of a port: its PORT_BEATS beats, least significant first (one read per beat: a narrower port takes
+// PORT_BEATS cycles a word in a pipelined loop).
+inline word_t port_word(const port_t* port, uint64_t w) {
+  word_t out;
+  for (int b = 0; b < PORT_BEATS; ++b) {
+    LLMC_UNROLL;
+    out.range(PORT_BITS * b + PORT_BITS - 1, PORT_BITS * b) = port[w * PORT_BEATS + b];
+  }
+  return out;
+}
+
+// Write word w of a port as its PORT_BEATS beats.
+inline void set_port_word(port_t* port, uint64_t w, const word_t& word) {
+  for (int b = 0; b < PORT_BEATS; ++b) {
+    LLMC_UNROLL;
+    port[w * PORT_BEATS + b] = word.range(PORT_BITS * b + PORT_BITS - 1, PORT_BITS * b);
+  }
+}
 
 // Copy n bytes starting at byte offset off of a port into dst (burst over whole words, at the memory's rate).
-inline void read_bytes(const word_t* port, uint64_t off, uint8_t* dst, int n) {
+inline void read_bytes(const port_t* port, uint64_t off, uint8_t* dst, int n) {
   uint64_t word = off / WORD_BYTES;
   int skip = (int)(off % WORD_BYTES);
   Transaction transaction(port, off, n, false);
@@ -30,7 +59,7 @@ inline void read_bytes(const word_t* port, uint64_t off, uint8_t* dst, int n) {
   for (int i = 0; i < n; ++word) {
     LLMC_PIPELINE_II1;
     clock.beat();
-    const word_t w = port[word];
+    const word_t w = port_word(port, word);
     for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {
       dst[i] = (uint8_t)w.range(8 * b + 7, 8 * b);
     }
@@ -49,7 +78,7 @@ inline void word_bytes(const word_t& word, uint8_t* out) {
 // Write n bytes from src at byte offset off of a port (read-modify-write of partial words). With `done`, the bytes
 // come from a producer `chunk` at a time: a word leaves once the chunk holding its last byte is done (C-simulation:
 // done[c] the cycle chunk c was; under synthesis a FIFO between the two).
-inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n, const uint64_t* done = nullptr,
+inline void write_bytes(port_t* port, uint64_t off, const uint8_t* src, int n, const uint64_t* done = nullptr,
                         int chunk = 1) {
   uint64_t word = off / WORD_BYTES;
   int skip = (int)(off % WORD_BYTES);
@@ -64,11 +93,11 @@ inline void write_bytes(word_t* port, uint64_t off, const uint8_t* src, int n, c
     }
 #endif
     clock.beat();
-    word_t w = port[word];
+    word_t w = port_word(port, word);
     for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {
       w.range(8 * b + 7, 8 * b) = src[i];
     }
-    port[word] = w;
+    set_port_word(port, word, w);
     skip = 0;
   }
 }

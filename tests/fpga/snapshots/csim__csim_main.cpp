@@ -26,6 +26,7 @@
 #include "llmc_accel.h"
 #include "llmc_container.h"
 
+using llmc::port_t;
 using llmc::word_t;
 
 namespace {
@@ -38,19 +39,27 @@ struct Refused : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-std::vector<word_t> to_words(const std::vector<uint8_t>& bytes, size_t min_bytes) {
-  const size_t n = (std::max(bytes.size(), min_bytes) + 63) / 64;
-  std::vector<word_t> words(n ? n : 1, word_t(0));
-  for (size_t i = 0; i < bytes.size(); ++i) words[i / 64].range(8 * (i % 64) + 7, 8 * (i % 64)) = bytes[i];
-  return words;
+// A memory of whole 512-bit words holding `bytes` (at least min_bytes), as elements of type T (a word, or a
+// narrower port's beats), least significant byte first.
+template <typename T>
+std::vector<T> to_memory(const std::vector<uint8_t>& bytes, size_t min_bytes) {
+  const int per = T::width / 8;
+  const size_t n = (std::max(bytes.size(), min_bytes) + 63) / 64 * (64 / per);
+  std::vector<T> out(n ? n : 64 / per, T(0));
+  for (size_t i = 0; i < bytes.size(); ++i) out[i / per].range(8 * (i % per) + 7, 8 * (i % per)) = bytes[i];
+  return out;
 }
 
-uint8_t get_byte(const std::vector<word_t>& words, size_t at) {
-  return (uint8_t)words[at / 64].range(8 * (at % 64) + 7, 8 * (at % 64));
+template <typename T>
+uint8_t get_byte(const std::vector<T>& memory, size_t at) {
+  const int per = T::width / 8;
+  return (uint8_t)memory[at / per].range(8 * (at % per) + 7, 8 * (at % per));
 }
 
-void set_byte(std::vector<word_t>& words, size_t at, uint8_t value) {
-  words[at / 64].range(8 * (at % 64) + 7, 8 * (at % 64)) = value;
+template <typename T>
+void set_byte(std::vector<T>& memory, size_t at, uint8_t value) {
+  const int per = T::width / 8;
+  memory[at / per].range(8 * (at % per) + 7, 8 * (at % per)) = value;
 }
 
 // The next number of a command line, refused unless it lies in lo..hi.
@@ -89,58 +98,58 @@ int main(int argc, char** argv) {
   try {
     const llmc::Container program = llmc::Container::open(argv[1], 1);
     const llmc::Container weights = llmc::Container::open(argv[2], 2);
-    std::vector<word_t> w0 = to_words(weights.section("w0"), 64);
-    std::vector<word_t> w1 = to_words(weights.section("w1"), 64);
-    std::vector<word_t> w2 = to_words(weights.section("w2"), 64);
-    std::vector<word_t> w3 = to_words(weights.section("w3"), 64);
-    std::vector<word_t> w4 = to_words(weights.section("w4"), 64);
-    std::vector<word_t> w5 = to_words(weights.section("w5"), 64);
-    std::vector<word_t> w6 = to_words(weights.section("w6"), 64);
-    std::vector<word_t> w7 = to_words(weights.section("w7"), 64);
-    std::vector<word_t> w8 = to_words(weights.section("w8"), 64);
-    std::vector<word_t> w9 = to_words(weights.section("w9"), 64);
-    std::vector<word_t> w10 = to_words(weights.section("w10"), 64);
-    std::vector<word_t> w11 = to_words(weights.section("w11"), 64);
-    std::vector<word_t> w12 = to_words(weights.section("w12"), 64);
-    std::vector<word_t> w13 = to_words(weights.section("w13"), 64);
-    std::vector<word_t> w14 = to_words(weights.section("w14"), 64);
-    std::vector<word_t> w15 = to_words(weights.section("w15"), 64);
-    std::vector<word_t> w16 = to_words(weights.section("w16"), 64);
-    std::vector<word_t> w17 = to_words(weights.section("w17"), 64);
-    std::vector<word_t> w18 = to_words(weights.section("w18"), 64);
-    std::vector<word_t> w19 = to_words(weights.section("w19"), 64);
-    std::vector<word_t> w20 = to_words(weights.section("w20"), 64);
-    std::vector<word_t> w21 = to_words(weights.section("w21"), 64);
-    std::vector<word_t> w22 = to_words(weights.section("w22"), 64);
-    std::vector<word_t> w23 = to_words(weights.section("w23"), 64);
-    std::vector<word_t> kv0 = to_words({}, 384);
-    std::vector<word_t> kv1 = to_words({}, 384);
-    std::vector<word_t> kv2 = to_words({}, 384);
-    std::vector<word_t> kv3 = to_words({}, 384);
-    std::vector<word_t> kv4 = to_words({}, 384);
-    std::vector<word_t> kv5 = to_words({}, 384);
-    std::vector<word_t> kv6 = to_words({}, 384);
-    std::vector<word_t> kv7 = to_words({}, 384);
-    std::vector<word_t> kv8 = to_words({}, 384);
-    std::vector<word_t> kv9 = to_words({}, 384);
-    std::vector<word_t> kv10 = to_words({}, 384);
-    std::vector<word_t> kv11 = to_words({}, 384);
-    std::vector<word_t> kv12 = to_words({}, 384);
-    std::vector<word_t> kv13 = to_words({}, 384);
-    std::vector<word_t> kv14 = to_words({}, 384);
-    std::vector<word_t> kv15 = to_words({}, 384);
-    std::vector<word_t> kv16 = to_words({}, 384);
-    std::vector<word_t> kv17 = to_words({}, 384);
-    std::vector<word_t> kv18 = to_words({}, 384);
-    std::vector<word_t> kv19 = to_words({}, 384);
-    std::vector<word_t> kv20 = to_words({}, 384);
-    std::vector<word_t> kv21 = to_words({}, 384);
-    std::vector<word_t> kv22 = to_words({}, 384);
-    std::vector<word_t> kv23 = to_words({}, 384);
-    std::vector<word_t> io = to_words({}, IO_MEMORY_BYTES);
+    std::vector<port_t> w0 = to_memory<port_t>(weights.section("w0"), 64);
+    std::vector<port_t> w1 = to_memory<port_t>(weights.section("w1"), 64);
+    std::vector<port_t> w2 = to_memory<port_t>(weights.section("w2"), 64);
+    std::vector<port_t> w3 = to_memory<port_t>(weights.section("w3"), 64);
+    std::vector<port_t> w4 = to_memory<port_t>(weights.section("w4"), 64);
+    std::vector<port_t> w5 = to_memory<port_t>(weights.section("w5"), 64);
+    std::vector<port_t> w6 = to_memory<port_t>(weights.section("w6"), 64);
+    std::vector<port_t> w7 = to_memory<port_t>(weights.section("w7"), 64);
+    std::vector<port_t> w8 = to_memory<port_t>(weights.section("w8"), 64);
+    std::vector<port_t> w9 = to_memory<port_t>(weights.section("w9"), 64);
+    std::vector<port_t> w10 = to_memory<port_t>(weights.section("w10"), 64);
+    std::vector<port_t> w11 = to_memory<port_t>(weights.section("w11"), 64);
+    std::vector<port_t> w12 = to_memory<port_t>(weights.section("w12"), 64);
+    std::vector<port_t> w13 = to_memory<port_t>(weights.section("w13"), 64);
+    std::vector<port_t> w14 = to_memory<port_t>(weights.section("w14"), 64);
+    std::vector<port_t> w15 = to_memory<port_t>(weights.section("w15"), 64);
+    std::vector<port_t> w16 = to_memory<port_t>(weights.section("w16"), 64);
+    std::vector<port_t> w17 = to_memory<port_t>(weights.section("w17"), 64);
+    std::vector<port_t> w18 = to_memory<port_t>(weights.section("w18"), 64);
+    std::vector<port_t> w19 = to_memory<port_t>(weights.section("w19"), 64);
+    std::vector<port_t> w20 = to_memory<port_t>(weights.section("w20"), 64);
+    std::vector<port_t> w21 = to_memory<port_t>(weights.section("w21"), 64);
+    std::vector<port_t> w22 = to_memory<port_t>(weights.section("w22"), 64);
+    std::vector<port_t> w23 = to_memory<port_t>(weights.section("w23"), 64);
+    std::vector<port_t> kv0 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv1 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv2 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv3 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv4 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv5 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv6 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv7 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv8 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv9 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv10 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv11 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv12 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv13 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv14 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv15 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv16 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv17 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv18 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv19 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv20 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv21 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv22 = to_memory<port_t>({}, 384);
+    std::vector<port_t> kv23 = to_memory<port_t>({}, 384);
+    std::vector<port_t> io = to_memory<port_t>({}, IO_MEMORY_BYTES);
     const int buckets[] = { 1, 16, 64 };
     std::vector<std::vector<word_t>> programs;
-    for (int b : buckets) programs.push_back(to_words(program.section("bucket_" + std::to_string(b)), 64));
+    for (int b : buckets) programs.push_back(to_memory<word_t>(program.section("bucket_" + std::to_string(b)), 64));
     // One kernel call: program `which` on `rows` rows at position `pos`, from instruction `first`.
     auto call = [&](size_t which, int rows, int pos, int first) {
       llmc_accel(programs[which].data(), w0.data(), w1.data(), w2.data(), w3.data(), w4.data(), w5.data(), w6.data(), w7.data(), w8.data(), w9.data(), w10.data(), w11.data(), w12.data(), w13.data(), w14.data(), w15.data(), w16.data(), w17.data(), w18.data(), w19.data(), w20.data(), w21.data(), w22.data(), w23.data(),

@@ -163,30 +163,30 @@ static Instr fetch(const word_t* program, int pc) {
 
 // One read port per lane: lane i owns weight channel i.
 static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
-                      const word_t* w0,
-                      const word_t* w1,
-                      const word_t* w2,
-                      const word_t* w3,
-                      const word_t* w4,
-                      const word_t* w5,
-                      const word_t* w6,
-                      const word_t* w7,
-                      const word_t* w8,
-                      const word_t* w9,
-                      const word_t* w10,
-                      const word_t* w11,
-                      const word_t* w12,
-                      const word_t* w13,
-                      const word_t* w14,
-                      const word_t* w15,
-                      const word_t* w16,
-                      const word_t* w17,
-                      const word_t* w18,
-                      const word_t* w19,
-                      const word_t* w20,
-                      const word_t* w21,
-                      const word_t* w22,
-                      const word_t* w23) {
+                      const port_t* w0,
+                      const port_t* w1,
+                      const port_t* w2,
+                      const port_t* w3,
+                      const port_t* w4,
+                      const port_t* w5,
+                      const port_t* w6,
+                      const port_t* w7,
+                      const port_t* w8,
+                      const port_t* w9,
+                      const port_t* w10,
+                      const port_t* w11,
+                      const port_t* w12,
+                      const port_t* w13,
+                      const port_t* w14,
+                      const port_t* w15,
+                      const port_t* w16,
+                      const port_t* w17,
+                      const port_t* w18,
+                      const port_t* w19,
+                      const port_t* w20,
+                      const port_t* w21,
+                      const port_t* w22,
+                      const port_t* w23) {
   switch (lane) {
     case 0: read_bytes(w0, off, dst, n); break;
     case 1: read_bytes(w1, off, dst, n); break;
@@ -216,31 +216,31 @@ static void read_lane(int lane, uint64_t off, uint8_t* dst, int n,
   }
 }
 
-static word_t* kv_port(int channel,
-                       word_t* kv0,
-                       word_t* kv1,
-                       word_t* kv2,
-                       word_t* kv3,
-                       word_t* kv4,
-                       word_t* kv5,
-                       word_t* kv6,
-                       word_t* kv7,
-                       word_t* kv8,
-                       word_t* kv9,
-                       word_t* kv10,
-                       word_t* kv11,
-                       word_t* kv12,
-                       word_t* kv13,
-                       word_t* kv14,
-                       word_t* kv15,
-                       word_t* kv16,
-                       word_t* kv17,
-                       word_t* kv18,
-                       word_t* kv19,
-                       word_t* kv20,
-                       word_t* kv21,
-                       word_t* kv22,
-                       word_t* kv23) {
+static port_t* kv_port(int channel,
+                       port_t* kv0,
+                       port_t* kv1,
+                       port_t* kv2,
+                       port_t* kv3,
+                       port_t* kv4,
+                       port_t* kv5,
+                       port_t* kv6,
+                       port_t* kv7,
+                       port_t* kv8,
+                       port_t* kv9,
+                       port_t* kv10,
+                       port_t* kv11,
+                       port_t* kv12,
+                       port_t* kv13,
+                       port_t* kv14,
+                       port_t* kv15,
+                       port_t* kv16,
+                       port_t* kv17,
+                       port_t* kv18,
+                       port_t* kv19,
+                       port_t* kv20,
+                       port_t* kv21,
+                       port_t* kv22,
+                       port_t* kv23) {
   switch (channel) {
     case 1: return kv1;
     case 2: return kv2;
@@ -374,7 +374,7 @@ static int first_of_lane(int from, int lane, int lanes) { return from + ((lane -
 // scales (zeros, bias) first and then the codes, one word per beat into the lane's FIFO; the first from
 // ahead[lane] when the loader read it during the previous MM, and then on into the next MM's (`next`), after
 // its slices of the `vectors` read before it.
-static void load_lane(const word_t* port, const MmPass& p, int lane, timed_stream<word_t>& words, bool from_ahead,
+static void load_lane(const port_t* port, const MmPass& p, int lane, timed_stream<word_t>& words, bool from_ahead,
                       const MmPass* next, const Vectors* vectors) {
   int first = lane;
   bool streaming = false;  // the port is still reading the tile ahead: the next requests queue behind it
@@ -399,7 +399,7 @@ static void load_lane(const word_t* port, const MmPass& p, int lane, timed_strea
     for (int w = 0; w < p.part_words + p.code_words; ++w) {
       LLMC_PIPELINE_II1;
       clock.beat();
-      words.write(port[tile_word + streamed_word(p, w)]);
+      words.write(port_word(port, tile_word + streamed_word(p, w)));
     }
   }
   if (next != nullptr) {  // lane 0 always has a tile of it
@@ -413,7 +413,7 @@ static void load_lane(const word_t* port, const MmPass& p, int lane, timed_strea
       for (int w = 0; w * 16 < part; ++w) {
         LLMC_PIPELINE_II1;
         clock.beat();
-        const word_t word = port[first_word + w];
+        const word_t word = port_word(port, first_word + w);
         for (int e = 0; e < 16 && w * 16 + e < part; ++e) {
           LLMC_UNROLL;
           vec_ahead[v][lane * vector_slice(vectors->cols) + w * 16 + e] = bits_to_float((uint32_t)word.range(32 * e + 31, 32 * e));
@@ -428,7 +428,7 @@ static void load_lane(const word_t* port, const MmPass& p, int lane, timed_strea
       for (int w = 0; w < next->part_words + next->code_words; ++w) {
         LLMC_PIPELINE_II1;
         clock.beat();
-        ahead[lane][w] = port[tile_word + streamed_word(*next, w)];
+        ahead[lane][w] = port_word(port, tile_word + streamed_word(*next, w));
 #ifndef __SYNTHESIS__
         ahead_at[lane][w] = cycle_account();
 #endif
@@ -549,30 +549,30 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
 // arrays and units start once the rows' activation codes are ready.
 static void mm_pass(const MmPass& p, const int* chosen, int r0, int r1, uint64_t inputs_ready, bool from_ahead,
                     const MmPass* next, const Vectors* vectors, uint8_t* io,
-                    const word_t* w0,
-                    const word_t* w1,
-                    const word_t* w2,
-                    const word_t* w3,
-                    const word_t* w4,
-                    const word_t* w5,
-                    const word_t* w6,
-                    const word_t* w7,
-                    const word_t* w8,
-                    const word_t* w9,
-                    const word_t* w10,
-                    const word_t* w11,
-                    const word_t* w12,
-                    const word_t* w13,
-                    const word_t* w14,
-                    const word_t* w15,
-                    const word_t* w16,
-                    const word_t* w17,
-                    const word_t* w18,
-                    const word_t* w19,
-                    const word_t* w20,
-                    const word_t* w21,
-                    const word_t* w22,
-                    const word_t* w23) {
+                    const port_t* w0,
+                    const port_t* w1,
+                    const port_t* w2,
+                    const port_t* w3,
+                    const port_t* w4,
+                    const port_t* w5,
+                    const port_t* w6,
+                    const port_t* w7,
+                    const port_t* w8,
+                    const port_t* w9,
+                    const port_t* w10,
+                    const port_t* w11,
+                    const port_t* w12,
+                    const port_t* w13,
+                    const port_t* w14,
+                    const port_t* w15,
+                    const port_t* w16,
+                    const port_t* w17,
+                    const port_t* w18,
+                    const port_t* w19,
+                    const port_t* w20,
+                    const port_t* w21,
+                    const port_t* w22,
+                    const port_t* w23) {
 #pragma HLS DATAFLOW
   static timed_stream<word_t> words[LANES];
   Region region;
@@ -786,30 +786,30 @@ static Vectors vectors_between(const word_t* program, int pc, int next_pc) {
 }
 
 static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, int rows, uint8_t* io,
-                   const word_t* w0,
-                   const word_t* w1,
-                   const word_t* w2,
-                   const word_t* w3,
-                   const word_t* w4,
-                   const word_t* w5,
-                   const word_t* w6,
-                   const word_t* w7,
-                   const word_t* w8,
-                   const word_t* w9,
-                   const word_t* w10,
-                   const word_t* w11,
-                   const word_t* w12,
-                   const word_t* w13,
-                   const word_t* w14,
-                   const word_t* w15,
-                   const word_t* w16,
-                   const word_t* w17,
-                   const word_t* w18,
-                   const word_t* w19,
-                   const word_t* w20,
-                   const word_t* w21,
-                   const word_t* w22,
-                   const word_t* w23) {
+                   const port_t* w0,
+                   const port_t* w1,
+                   const port_t* w2,
+                   const port_t* w3,
+                   const port_t* w4,
+                   const port_t* w5,
+                   const port_t* w6,
+                   const port_t* w7,
+                   const port_t* w8,
+                   const port_t* w9,
+                   const port_t* w10,
+                   const port_t* w11,
+                   const port_t* w12,
+                   const port_t* w13,
+                   const port_t* w14,
+                   const port_t* w15,
+                   const port_t* w16,
+                   const port_t* w17,
+                   const port_t* w18,
+                   const port_t* w19,
+                   const port_t* w20,
+                   const port_t* w21,
+                   const port_t* w22,
+                   const port_t* w23) {
   MmPass p = mm_pass_of(in);
   MmPass next_pass;
   if (next_pc >= 0) next_pass = mm_pass_of(fetch(program, next_pc));
@@ -848,7 +848,7 @@ static void matmul(const Instr& in, int pc, int next_pc, const word_t* program, 
 // Rows first..s-1 of one KV channel (row j lives on channel j % KV_CHANNELS, at row j / KV_CHANNELS there), n bytes
 // at byte offset at of each, into dst at dst_stride bytes a row: one transaction a row, in row order (a single
 // sequential stream when the rows are contiguous in memory).
-static void read_kv_rows(word_t* port, uint64_t base, uint64_t row_bytes, uint64_t at, int n, int channel, int first,
+static void read_kv_rows(port_t* port, uint64_t base, uint64_t row_bytes, uint64_t at, int n, int channel, int first,
                          int s, uint8_t* dst, int dst_stride) {
   for (int j = first_of_lane(first, channel, KV_CHANNELS); j < s; j += KV_CHANNELS) {
     read_bytes(port, base + (uint64_t)(j / KV_CHANNELS) * row_bytes + at, dst + (uint64_t)j * dst_stride, n);
@@ -857,7 +857,7 @@ static void read_kv_rows(word_t* port, uint64_t base, uint64_t row_bytes, uint64
 
 // The int32 scales of KV heads h0..h0+g-1 in rows first..s-1 of one KV channel, from the scale rows at base
 // (kv_heads scales a row): key j of head h0+e lands at out[j * g + e].
-static void read_kv_scales(word_t* port, uint64_t base, int kv_heads, int h0, int g, int channel, int first, int s,
+static void read_kv_scales(port_t* port, uint64_t base, int kv_heads, int h0, int g, int channel, int first, int s,
                            int32_t* out) {
   static uint8_t scales[MAX_CONTEXT * KV_GROUP * 4];
   read_kv_rows(port, base, (uint64_t)kv_heads * 4, (uint64_t)h0 * 4, g * 4, channel, first, s, scales, g * 4);
@@ -869,7 +869,7 @@ static void read_kv_scales(word_t* port, uint64_t base, int kv_heads, int h0, in
 // One KV channel's share of the cache rows first..s-1 of KV heads h0..h0+g-1, whose codes (and scales) lie side
 // by side in a row: the K codes of every row, then the V codes, then each scale, as the channel's loader streams
 // them. Key j of head h0+e lands at kc[(j * g + e) * d] (its scale at ks[j * g + e]).
-static void load_kv_channel(word_t* port, const Instr& in, int channel, int h0, int g, int first, int s, int8_t* kc,
+static void load_kv_channel(port_t* port, const Instr& in, int channel, int h0, int g, int first, int s, int8_t* kc,
                             int8_t* vc, int32_t* ks, int32_t* vs) {
   const int kv_heads = in.f[ATTN_KV_HEADS], d = in.f[ATTN_HEAD_DIM];
   const uint64_t width = (uint64_t)kv_heads * d;
@@ -953,30 +953,30 @@ static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const
 // KV heads h0.. (a group, KV_GROUP at most) of cache rows first..s-1 into one half of the ping-pong buffers, every KV
 // channel's loader at once.
 static void load_kv_group(const Instr& in, int h0, int first, int s, int8_t* kc, int8_t* vc, int32_t* ks, int32_t* vs,
-                          word_t* kv0,
-                          word_t* kv1,
-                          word_t* kv2,
-                          word_t* kv3,
-                          word_t* kv4,
-                          word_t* kv5,
-                          word_t* kv6,
-                          word_t* kv7,
-                          word_t* kv8,
-                          word_t* kv9,
-                          word_t* kv10,
-                          word_t* kv11,
-                          word_t* kv12,
-                          word_t* kv13,
-                          word_t* kv14,
-                          word_t* kv15,
-                          word_t* kv16,
-                          word_t* kv17,
-                          word_t* kv18,
-                          word_t* kv19,
-                          word_t* kv20,
-                          word_t* kv21,
-                          word_t* kv22,
-                          word_t* kv23) {
+                          port_t* kv0,
+                          port_t* kv1,
+                          port_t* kv2,
+                          port_t* kv3,
+                          port_t* kv4,
+                          port_t* kv5,
+                          port_t* kv6,
+                          port_t* kv7,
+                          port_t* kv8,
+                          port_t* kv9,
+                          port_t* kv10,
+                          port_t* kv11,
+                          port_t* kv12,
+                          port_t* kv13,
+                          port_t* kv14,
+                          port_t* kv15,
+                          port_t* kv16,
+                          port_t* kv17,
+                          port_t* kv18,
+                          port_t* kv19,
+                          port_t* kv20,
+                          port_t* kv21,
+                          port_t* kv22,
+                          port_t* kv23) {
   const int kv_heads = in.f[ATTN_KV_HEADS];
   const int g = kv_heads - h0 < KV_GROUP ? kv_heads - h0 : KV_GROUP;
   Region region;
@@ -1055,30 +1055,30 @@ static void load_kv_group(const Instr& in, int h0, int first, int s, int8_t* kc,
 }
 
 static void attention(const Instr& in, int rows, int start_pos,
-                      word_t* kv0,
-                      word_t* kv1,
-                      word_t* kv2,
-                      word_t* kv3,
-                      word_t* kv4,
-                      word_t* kv5,
-                      word_t* kv6,
-                      word_t* kv7,
-                      word_t* kv8,
-                      word_t* kv9,
-                      word_t* kv10,
-                      word_t* kv11,
-                      word_t* kv12,
-                      word_t* kv13,
-                      word_t* kv14,
-                      word_t* kv15,
-                      word_t* kv16,
-                      word_t* kv17,
-                      word_t* kv18,
-                      word_t* kv19,
-                      word_t* kv20,
-                      word_t* kv21,
-                      word_t* kv22,
-                      word_t* kv23) {
+                      port_t* kv0,
+                      port_t* kv1,
+                      port_t* kv2,
+                      port_t* kv3,
+                      port_t* kv4,
+                      port_t* kv5,
+                      port_t* kv6,
+                      port_t* kv7,
+                      port_t* kv8,
+                      port_t* kv9,
+                      port_t* kv10,
+                      port_t* kv11,
+                      port_t* kv12,
+                      port_t* kv13,
+                      port_t* kv14,
+                      port_t* kv15,
+                      port_t* kv16,
+                      port_t* kv17,
+                      port_t* kv18,
+                      port_t* kv19,
+                      port_t* kv20,
+                      port_t* kv21,
+                      port_t* kv22,
+                      port_t* kv23) {
   const int heads = in.f[ATTN_HEADS], kv_heads = in.f[ATTN_KV_HEADS], d = in.f[ATTN_HEAD_DIM];
   const float scale = bits_to_float(in.f[ATTN_SCALE]);
   const int window = in.f[ATTN_WINDOW];  // 0: every row up to the query's position; else only the last window of them
@@ -1122,30 +1122,30 @@ static void attention(const Instr& in, int rows, int start_pos,
 // Rows start_pos.. of src0 into the KV cache: per row, the SFU quantises each head to int8 while the row's KV channel
 // writes the codes done so far (a dataflow region), then the row's scales.
 static void kv_append(const Instr& in, int rows, int start_pos,
-                      word_t* kv0,
-                      word_t* kv1,
-                      word_t* kv2,
-                      word_t* kv3,
-                      word_t* kv4,
-                      word_t* kv5,
-                      word_t* kv6,
-                      word_t* kv7,
-                      word_t* kv8,
-                      word_t* kv9,
-                      word_t* kv10,
-                      word_t* kv11,
-                      word_t* kv12,
-                      word_t* kv13,
-                      word_t* kv14,
-                      word_t* kv15,
-                      word_t* kv16,
-                      word_t* kv17,
-                      word_t* kv18,
-                      word_t* kv19,
-                      word_t* kv20,
-                      word_t* kv21,
-                      word_t* kv22,
-                      word_t* kv23) {
+                      port_t* kv0,
+                      port_t* kv1,
+                      port_t* kv2,
+                      port_t* kv3,
+                      port_t* kv4,
+                      port_t* kv5,
+                      port_t* kv6,
+                      port_t* kv7,
+                      port_t* kv8,
+                      port_t* kv9,
+                      port_t* kv10,
+                      port_t* kv11,
+                      port_t* kv12,
+                      port_t* kv13,
+                      port_t* kv14,
+                      port_t* kv15,
+                      port_t* kv16,
+                      port_t* kv17,
+                      port_t* kv18,
+                      port_t* kv19,
+                      port_t* kv20,
+                      port_t* kv21,
+                      port_t* kv22,
+                      port_t* kv23) {
   const int kv_heads = in.f[KVAPP_KV_HEADS], d = in.f[KVAPP_HEAD_DIM];
   const int width = kv_heads * d;
   static int8_t codes[MAX_HIDDEN];
@@ -1155,7 +1155,7 @@ static void kv_append(const Instr& in, int rows, int start_pos,
   hbm_latency();
   for (int t = 0; t < rows; ++t) {
     const int j = start_pos + t;
-    word_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22, kv23);
+    port_t* port = kv_port(j % KV_CHANNELS, kv0, kv1, kv2, kv3, kv4, kv5, kv6, kv7, kv8, kv9, kv10, kv11, kv12, kv13, kv14, kv15, kv16, kv17, kv18, kv19, kv20, kv21, kv22, kv23);
     const uint64_t at = j / KV_CHANNELS;
     {
       Region region;
@@ -1176,35 +1176,35 @@ static void kv_append(const Instr& in, int rows, int start_pos,
   }
 }
 
-static void read_vec(const word_t* w0, uint64_t off, int n, uint8_t* raw) { read_bytes(w0, off, raw, n * 4); }
+static void read_vec(const port_t* w0, uint64_t off, int n, uint8_t* raw) { read_bytes(w0, off, raw, n * 4); }
 
 // The `count` striped vectors of cols at off[] of the instruction at pc into dst[]: as the loaders read them ahead
 // (once every lane's slices are in; the engine reads vec_ahead in place), or now, each lane its slices at once.
 static void read_vectors(int pc, int count, const uint64_t* off, int cols, float* const* dst,
-                         const word_t* w0,
-                         const word_t* w1,
-                         const word_t* w2,
-                         const word_t* w3,
-                         const word_t* w4,
-                         const word_t* w5,
-                         const word_t* w6,
-                         const word_t* w7,
-                         const word_t* w8,
-                         const word_t* w9,
-                         const word_t* w10,
-                         const word_t* w11,
-                         const word_t* w12,
-                         const word_t* w13,
-                         const word_t* w14,
-                         const word_t* w15,
-                         const word_t* w16,
-                         const word_t* w17,
-                         const word_t* w18,
-                         const word_t* w19,
-                         const word_t* w20,
-                         const word_t* w21,
-                         const word_t* w22,
-                         const word_t* w23) {
+                         const port_t* w0,
+                         const port_t* w1,
+                         const port_t* w2,
+                         const port_t* w3,
+                         const port_t* w4,
+                         const port_t* w5,
+                         const port_t* w6,
+                         const port_t* w7,
+                         const port_t* w8,
+                         const port_t* w9,
+                         const port_t* w10,
+                         const port_t* w11,
+                         const port_t* w12,
+                         const port_t* w13,
+                         const port_t* w14,
+                         const port_t* w15,
+                         const port_t* w16,
+                         const port_t* w17,
+                         const port_t* w18,
+                         const port_t* w19,
+                         const port_t* w20,
+                         const port_t* w21,
+                         const port_t* w22,
+                         const port_t* w23) {
   if (vec_ahead_pc == pc) {
 #ifndef __SYNTHESIS__
     for (int l = 0; l < LANES; ++l) {
@@ -1238,55 +1238,55 @@ using namespace llmc;
 
 extern "C" void llmc_accel(
     const word_t* program,
-    const word_t* w0,
-    const word_t* w1,
-    const word_t* w2,
-    const word_t* w3,
-    const word_t* w4,
-    const word_t* w5,
-    const word_t* w6,
-    const word_t* w7,
-    const word_t* w8,
-    const word_t* w9,
-    const word_t* w10,
-    const word_t* w11,
-    const word_t* w12,
-    const word_t* w13,
-    const word_t* w14,
-    const word_t* w15,
-    const word_t* w16,
-    const word_t* w17,
-    const word_t* w18,
-    const word_t* w19,
-    const word_t* w20,
-    const word_t* w21,
-    const word_t* w22,
-    const word_t* w23,
-    word_t* kv0,
-    word_t* kv1,
-    word_t* kv2,
-    word_t* kv3,
-    word_t* kv4,
-    word_t* kv5,
-    word_t* kv6,
-    word_t* kv7,
-    word_t* kv8,
-    word_t* kv9,
-    word_t* kv10,
-    word_t* kv11,
-    word_t* kv12,
-    word_t* kv13,
-    word_t* kv14,
-    word_t* kv15,
-    word_t* kv16,
-    word_t* kv17,
-    word_t* kv18,
-    word_t* kv19,
-    word_t* kv20,
-    word_t* kv21,
-    word_t* kv22,
-    word_t* kv23,
-    word_t* io,
+    const port_t* w0,
+    const port_t* w1,
+    const port_t* w2,
+    const port_t* w3,
+    const port_t* w4,
+    const port_t* w5,
+    const port_t* w6,
+    const port_t* w7,
+    const port_t* w8,
+    const port_t* w9,
+    const port_t* w10,
+    const port_t* w11,
+    const port_t* w12,
+    const port_t* w13,
+    const port_t* w14,
+    const port_t* w15,
+    const port_t* w16,
+    const port_t* w17,
+    const port_t* w18,
+    const port_t* w19,
+    const port_t* w20,
+    const port_t* w21,
+    const port_t* w22,
+    const port_t* w23,
+    port_t* kv0,
+    port_t* kv1,
+    port_t* kv2,
+    port_t* kv3,
+    port_t* kv4,
+    port_t* kv5,
+    port_t* kv6,
+    port_t* kv7,
+    port_t* kv8,
+    port_t* kv9,
+    port_t* kv10,
+    port_t* kv11,
+    port_t* kv12,
+    port_t* kv13,
+    port_t* kv14,
+    port_t* kv15,
+    port_t* kv16,
+    port_t* kv17,
+    port_t* kv18,
+    port_t* kv19,
+    port_t* kv20,
+    port_t* kv21,
+    port_t* kv22,
+    port_t* kv23,
+    port_t* io,
     int n_instr,
     int seq_len,
     int start_pos,
