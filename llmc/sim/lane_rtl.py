@@ -264,7 +264,8 @@ def activations(job: LaneJob, per: int) -> list[int]:
 def modelled(model: TimingModel, job: LaneJob) -> float:
     """The timing model's cycles for the lane's share of the MM, like for like with :func:`run_lane`: the MM's cost
     (``TimingModel._matmul``, the slowest lane: ``ceil(tiles / lanes)`` tiles, as lane 0 has) less its
-    ``INSTR_OVERHEAD`` of fetch and decode, from the region's start (the first request) to the last beat's cycle;
+    ``INSTR_OVERHEAD`` of fetch and decode, from the region's start (the first request) to the last result (the
+    last beat's cycle and the unit's latency);
     the rows' quantisation on the SFU ends before the first tile is in (checked), so the unit never waits for it,
     and the RTL lane has its activations before it starts. The MM is timed as the only one in flight (no tile read ahead)."""
     f = job.fields

@@ -16,7 +16,7 @@ from llmc.backends.fpga.design import (
 )
 from llmc.backends.fpga.isa import OPCODES, kernel_constants
 from llmc.backends.fpga.timing import INSTR_OVERHEAD, READS_LANE0, SFU_ONLY, TimingModel
-from llmc.backends.fpga.units import design_units, rtl_files
+from llmc.backends.fpga.units import design_units, latency, rtl_files
 from llmc.ir.graph import Module
 from llmc.templating import render, static_file
 
@@ -48,6 +48,7 @@ def kernel_context(name: str, module: Module, compiled: Compiled, timing: Timing
         "kv_bytes": compiled.kv_bytes,
         "buckets": list(config.buckets),
         "units": design_units(config),
+        "unit_latency": {u.name: latency(u) for u in design_units(config)},
         "opcodes": {name: number for name, (number, _, _) in OPCODES.items()},
         "constants": kernel_constants(),
         "account": cycle_account_constants(timing),

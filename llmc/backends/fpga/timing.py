@@ -56,6 +56,7 @@ from llmc.backends.fpga.isa import Instruction, MmFlags
 from llmc.backends.fpga.memory import PortTiming, port_timing
 from llmc.backends.fpga.pack import align, code_bytes, vector_slice
 from llmc.backends.fpga.target import Target
+from llmc.backends.fpga.units import engine_latency
 from llmc.errors import LlmcError
 
 RUN_PREFILL, RUN_DECODE = 128, 128  # the run behind a design's decode figure (llmc simulate's defaults)
@@ -315,9 +316,11 @@ class TimingModel:
         part_words = tile_bytes // WORD_BYTES - code_words
         lane_tiles = ceil(tiles / c.mm_lanes)
         chunk = c.mac_chunk(decoded.bits)
+        drain = 0
         if name != "dsp":  # a lane's unit takes unit_lanes blocks a beat, a group's last beat part full
             block = sparse[1] if sparse else c.lut_g
             beats = ceil(group // block / c.unit_lanes(block)) * (k // group)
+            drain = engine_latency(c, name, decoded.bits)  # the last group's result, after its last beat
         quant = rows * self._quant8(k, k)
         tile_cycles = tile_bytes // WORD_BYTES * self.word_cycles
         cycles = compute = memory = loads_end = 0.0
@@ -346,7 +349,7 @@ class TimingModel:
                     else:
                         filled = max(filled + streamed, arrived)
                         done = max(done, filled + 1) + after
-                cycles += done
+                cycles += done + drain
                 compute += lane_tiles * per_tile
                 memory += lane_tiles * tile_cycles
                 ready, ahead = 0.0, None

@@ -186,6 +186,13 @@ def latency(unit: Unit) -> int:
     return 5
 
 
+def engine_latency(config: AcceleratorConfig, engine: str, bits: int) -> int:
+    """The latency of the unit an MM on ``engine`` ("sparse" or "lut") with ``bits``-bit codes runs on: what a
+    lane's last result takes after its last beat (0 for the MAC arrays)."""
+    kind, width = {"sparse": ("sparse_mac", pack.stored_bits(bits)), "lut": ("lut_mac", bits)}.get(engine, ("", 0))
+    return next((latency(u) for u in design_units(config) if u.kind == kind and u.bits == width), 0)
+
+
 def blackbox_json(unit: Unit, rtl_dir: str = "rtl") -> str:
     """The Vitis HLS RTL black-box description (``syn.blackbox.file`` / ``add_files -blackbox``) of the unit's
     ``_hls`` wrapper: one call reads one group's beats from ``in`` and writes its result to ``out``."""
