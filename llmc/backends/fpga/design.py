@@ -76,6 +76,21 @@ class AcceleratorConfig:
         """Blocks of ``block`` activations a lane's RTL unit takes per beat: the lane's width, ``mm_tile_k``."""
         return max(1, self.mm_tile_k // block)
 
+    def unit_latency(self, engine: str, bits: int) -> int:
+        """Cycles from a lane unit's last beat to its result for an MM on ``engine`` ("sparse", "lut"; 0 for the
+        MAC arrays) with ``bits``-bit codes: the sparse chain's DSP48E2 slices and 3, the LUT unit's 5 stages."""
+        if engine == "sparse":
+            return chain_dsps(self.unit_lanes(self.sparse_m) * self.sparse_n, stored_bits(bits)) + 3
+        return LUT_UNIT_LATENCY if engine == "lut" else 0
+
+
+LUT_UNIT_LATENCY = 5  # rtl/lut_mac.v.j2: table, lookup, plane sum, lane sum, accumulate
+
+
+def chain_dsps(slots: int, bits: int) -> int:
+    """DSP48E2 slices of a sparse chain with ``slots`` kept values a beat: one each at 8 bits, one per two at 4."""
+    return slots if bits == 8 else (slots + 1) // 2
+
 
 @dataclass(frozen=True)
 class KernelPort:

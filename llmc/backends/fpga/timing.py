@@ -56,7 +56,6 @@ from llmc.backends.fpga.isa import Instruction, MmFlags
 from llmc.backends.fpga.memory import PortTiming, port_timing
 from llmc.backends.fpga.pack import align, code_bytes, vector_slice
 from llmc.backends.fpga.target import Target
-from llmc.backends.fpga.units import engine_latency
 from llmc.errors import LlmcError
 
 RUN_PREFILL, RUN_DECODE = 128, 128  # the run behind a design's decode figure (llmc simulate's defaults)
@@ -320,7 +319,7 @@ class TimingModel:
         if name != "dsp":  # a lane's unit takes unit_lanes blocks a beat, a group's last beat part full
             block = sparse[1] if sparse else c.lut_g
             beats = ceil(group // block / c.unit_lanes(block)) * (k // group)
-            drain = engine_latency(c, name, decoded.bits)  # the last group's result, after its last beat
+            drain = c.unit_latency(name, decoded.bits)  # the last group's result, after its last beat
         quant = rows * self._quant8(k, k)
         tile_cycles = tile_bytes // WORD_BYTES * self.word_cycles
         cycles = compute = memory = loads_end = 0.0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc.backends.fpga import pack
-from llmc.backends.fpga.design import AcceleratorConfig
+from llmc.backends.fpga.design import LUT_UNIT_LATENCY, AcceleratorConfig, chain_dsps
 from llmc.templating import render, static_file
 
 UNITS = ("sparse_mac", "lut_mac")
@@ -182,24 +182,15 @@ def render_verilog(unit: Unit) -> str:
 def latency(unit: Unit) -> int:
     """Cycles from a group's last beat to its result (with out_ready high)."""
     if unit.kind == "sparse_mac":
-        return (unit.lanes * unit.n if unit.bits == 8 else (unit.lanes * unit.n + 1) // 2) + 3
-    return 5
-
-
-def engine_latency(config: AcceleratorConfig, engine: str, bits: int) -> int:
-    """The latency of the unit an MM on ``engine`` ("sparse" or "lut") with ``bits``-bit codes runs on: what a
-    lane's last result takes after its last beat (0 for the MAC arrays)."""
-    kind, width = {"sparse": ("sparse_mac", pack.stored_bits(bits)), "lut": ("lut_mac", bits)}.get(engine, ("", 0))
-    return next((latency(u) for u in design_units(config) if u.kind == kind and u.bits == width), 0)
+        return chain_dsps(unit.lanes * unit.n, unit.bits) + 3
+    return LUT_UNIT_LATENCY
 
 
 def blackbox_json(unit: Unit, rtl_dir: str = "rtl") -> str:
     """The Vitis HLS RTL black-box description (``syn.blackbox.file`` / ``add_files -blackbox``) of the unit's
     ``_hls`` wrapper: one call reads one group's beats from ``in`` and writes its result to ``out``."""
     function = f"{unit.name}_hls"
-    dsps = 0
-    if unit.kind == "sparse_mac":
-        dsps = unit.lanes * unit.n if unit.bits == 8 else (unit.lanes * unit.n + 1) // 2
+    dsps = chain_dsps(unit.lanes * unit.n, unit.bits) if unit.kind == "sparse_mac" else 0
     description = {
         "c_function_name": function,
         "rtl_top_module_name": function,
