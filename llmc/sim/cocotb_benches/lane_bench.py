@@ -18,9 +18,8 @@ from pathlib import Path
 import cocotb
 from cocotb.binary import BinaryValue
 from cocotb.triggers import FallingEdge
-from cocotbext.axi import AxiRamRead, AxiReadBus
 
-from llmc.sim.cocotb_benches.mem_bench import RESET_CYCLES, _ARBus, _paced, _RBus
+from llmc.sim.cocotb_benches.mem_bench import RESET_CYCLES, paced_ram
 
 DRAIN_CYCLES = 16
 
@@ -33,10 +32,7 @@ def _signed32(v: int) -> int:
 async def lane(dut) -> None:
     spec = json.loads(Path(os.environ["LLMC_RTL_SPEC"]).read_text())
     fall = FallingEdge(dut.clk)
-    bus = AxiReadBus(_ARBus.from_prefix(dut, "m_axi", case_insensitive=False),
-                     _RBus.from_prefix(dut, "m_axi", case_insensitive=False))
-    ram = AxiRamRead(bus, dut.clk, dut.rst, size=spec["memory_bytes"])
-    ram.r_channel.set_pause_generator(_paced(spec["word_cycles"]))
+    ram = paced_ram(dut, spec["memory_bytes"], spec["word_cycles"])
     ram.write(spec["base"], bytes.fromhex(spec["data"]))
     await fall
     dut.rst.value = 1

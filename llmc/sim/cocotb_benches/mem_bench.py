@@ -55,14 +55,21 @@ def _paced(word_cycles: float):
         credit = min(2.0, credit + 1.0 / word_cycles)
 
 
+def paced_ram(dut, memory_bytes: int, word_cycles: float) -> AxiRamRead:
+    """cocotbext-axi's AXI RAM of ``memory_bytes`` on the harness's ``m_axi`` read bus (signals by exact name), its
+    read data channel paced to a word every ``word_cycles``."""
+    bus = AxiReadBus(_ARBus.from_prefix(dut, "m_axi", case_insensitive=False),
+                     _RBus.from_prefix(dut, "m_axi", case_insensitive=False))
+    ram = AxiRamRead(bus, dut.clk, dut.rst, size=memory_bytes)
+    ram.r_channel.set_pause_generator(_paced(word_cycles))
+    return ram
+
+
 @cocotb.test()
 async def stream(dut) -> None:
     spec = json.loads(Path(os.environ["LLMC_RTL_SPEC"]).read_text())
     fall = FallingEdge(dut.clk)
-    bus = AxiReadBus(_ARBus.from_prefix(dut, "m_axi", case_insensitive=False),
-                     _RBus.from_prefix(dut, "m_axi", case_insensitive=False))
-    ram = AxiRamRead(bus, dut.clk, dut.rst, size=spec["memory_bytes"])
-    ram.r_channel.set_pause_generator(_paced(spec["word_cycles"]))
+    ram = paced_ram(dut, spec["memory_bytes"], spec["word_cycles"])
     data = random.Random(0).randbytes(spec["memory_bytes"])
     ram.write(0, data)
     expected = 0
