@@ -1,6 +1,6 @@
 """One matrix lane of an MM instruction in RTL, memory side included: ``rtl/llmc_lane_mm.v.j2`` puts the lane's
 AXI4 read master (``llmc_lane_reader``), a ping-pong tile buffer, the walk and beat former of the kernel's
-``unit_lane`` and the lane's unit (``lut_mac`` or the ``sparse_mac`` chain) together; the bench
+``feed_lane`` and the lane's unit (``lut_mac`` or the ``sparse_mac`` chain) together; the bench
 (``cocotb_benches/lane_bench.py``) runs it against cocotbext-axi's AXI RAM holding the lane's tiles at their
 addresses, with the board's round trip and port rate as :mod:`llmc.sim.axi_mem` sets them, under Icarus Verilog or
 Verilator.
@@ -77,7 +77,7 @@ class LaneResult:
 
 
 def lane_unit(config: AcceleratorConfig, flags: MmFlags) -> units.Unit:
-    """The unit of ``config``'s lanes that computes an MM with ``flags`` (the kernel's ``unit_lane`` choice)."""
+    """The unit of ``config``'s lanes that computes an MM with ``flags`` (the kernel's ``serve_lane`` choice)."""
     for unit in units.design_units(config):
         if unit.kind == "lut_mac" and flags.engine_name == "lut" and unit.bits == flags.bits:
             return unit

@@ -188,7 +188,8 @@ def latency(unit: Unit) -> int:
 
 def blackbox_json(unit: Unit, rtl_dir: str = "rtl") -> str:
     """The Vitis HLS RTL black-box description (``syn.blackbox.file`` / ``add_files -blackbox``) of the unit's
-    ``_hls`` wrapper: one call reads one group's beats from ``in`` and writes its result to ``out``."""
+    ``_hls`` wrapper: its C++ model reads one group's beats from ``in`` a call and writes its result to ``out``; the
+    RTL, free-running, takes group after group from the kernel's stream."""
     function = f"{unit.name}_hls"
     dsps = chain_dsps(unit.lanes * unit.n, unit.bits) if unit.kind == "sparse_mac" else 0
     description = {

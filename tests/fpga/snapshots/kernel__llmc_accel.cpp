@@ -442,15 +442,20 @@ static void load_lane(const port_t* port, const MmPass& p, int lane, timed_strea
 }
 
 // A column's result for row r: requantised, biased, to its activation buffer or (logits) to io as float32.
-static void finish_column(const MmPass& p, const uint8_t* parts, int j, int col, int r, int64_t total, uint8_t* io) {
+static void finish_column(const MmPass& p, int32_t bias, int col, int r, int64_t total, uint8_t* io) {
   int32_t y = requantize(total, xs[r], p.shift);
-  if (p.has_bias) y = saturate((int64_t)y + load_i32(parts + p.bias_at + j * 4));
+  if (p.has_bias) y = saturate((int64_t)y + bias);
   if (p.to_io) {
     const float v = fixed_to_f32(y);
     store_u32(io + p.io_off + ((uint64_t)r * p.n + col) * 4, float_to_bits(p.cap != 0.0f ? tanh_f32(v) * p.cap : v));
   } else {
     act[p.dst][r][col] = y;
   }
+}
+
+// Row j's bias in a tile's parts (0 without).
+static int32_t column_bias(const MmPass& p, const uint8_t* parts, int j) {
+  return p.has_bias ? load_i32(parts + p.bias_at + j * 4) : 0;
 }
 
 // Row j's scale of group g in a tile's parts: int32, or its f16 value turned into the same integer.
@@ -537,7 +542,7 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
           }
           const bool ends = (pos + len) % p.group == 0;  // the chunk ends group g
           total[i] += sum + segment * group_scale(p, parts, j, g) - (ends ? group_min(p, parts, j, g, r) : 0);
-          if (pos + len == p.k && col < p.n) finish_column(p, parts, j, col, r, total[i], io);
+          if (pos + len == p.k && col < p.n) finish_column(p, column_bias(p, parts, j), col, r, total[i], io);
         }
       }
     }
