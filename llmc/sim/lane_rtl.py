@@ -21,7 +21,7 @@ from math import ceil, gcd
 import numpy as np
 
 from llmc.backends.fpga import pack, units
-from llmc.backends.fpga.design import READ_BURST, READS_OUTSTANDING, AcceleratorConfig
+from llmc.backends.fpga.design import READ_BURST, READS_OUTSTANDING, WORD_BITS, AcceleratorConfig
 from llmc.backends.fpga.isa import MmFlags, mm_flags
 from llmc.backends.fpga.memory import WORD_BYTES, PortTiming
 from llmc.backends.fpga.timing import INSTR_OVERHEAD, TimingModel
@@ -31,7 +31,6 @@ from llmc.sim.rtl import SIMULATORS, Bench, RtlSimError, build_bench, golden, ru
 from llmc.templating import render, static_file
 
 LANE_BENCH = Bench("llmc_lane_bench", "llmc.sim.cocotb_benches.lane_bench")
-WORD_BITS = 8 * WORD_BYTES
 
 
 @dataclass(frozen=True)
