@@ -244,7 +244,7 @@ BAD_SPECS = [
     ("model: {model}\nrecipes: ['']\nboards: [u280]\ncontext: [0]\n", "context: expected token counts"),
     ("model: {model}\nrecipes: ['']\nboards: [u280]\ncontext: 256\n", "context: 256 tokens cannot hold"),
     ("model: {model}\nrecipes: ['']\nboards: [u280]\ncontext: 4096\n", "context: 4096 tokens exceed"),
-    ("model: {model}\nrecipes: ['']\nboards: [u280]\nengines: [{{clock_mhz: 300}}]\n", "engines[0]: unknown engine"),
+    ("model: {model}\nrecipes: ['']\nboards: [u280]\nengines: [{{budget: 1}}]\n", "engines[0]: unknown engine"),
     ("model: {model}\nrecipes: ['']\nboards: [u280]\neval_windows: -1\n", "eval_windows: expected an integer"),
     ("model: {model}\nrecipes: ['']\nboards: [u280]\nshapes_only: yes please\n", "shapes_only: expected true"),
     ("model: {model}\nrecipes: ['']\nboards: [u280]\nconfig: {{hidden_size: 64}}\n", "config: config values apply"),
@@ -285,6 +285,18 @@ def test_a_point_of_two_cards_is_the_clusters_timing_model(tiny_llmc: Path, tmp_
         assert main(["simulate", str(tmp_path / "c"), "--timing-only", "--prefill", "16", "--decode", "8", "--json"]) == 0
     assert record["decode_tokens_per_s"] == pytest.approx(json.loads(out.getvalue())["modelled"]["host"]["tokens_per_s"])
     assert 0 < record["resource_fraction"] < 1 and record["joules_per_token"] > 0
+
+
+def test_a_point_can_pin_the_clock(tiny_llmc: Path) -> None:
+    """``engines: [{clock_mhz: N}]`` pins the kernel clock the exploration would otherwise choose."""
+    from llmc.io import load_module
+    from llmc.sweep.point import Job, evaluate_point
+    from llmc.sweep.spec import Point
+
+    module = load_module(tiny_llmc)
+    record = evaluate_point(module, None, Job("k", Point("", "u280", 1, 128, (("clock_mhz", 150),)), 0, 16, 8))
+    assert record["status"] == "ok", record["error"]
+    assert record["design"]["clock_mhz"] == 150 and record["design"]["port_bits"] in (128, 256, 512)
 
 
 def test_workers_and_address_exclude_each_other(spec: Path, tmp_path: Path) -> None:

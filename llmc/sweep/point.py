@@ -25,8 +25,8 @@ POINT_ERRORS = (LlmcError, ParseError, VerifyError, InterpreterError)
 RESOURCES = ("lut", "ff", "dsp", "bram36", "uram")
 TIMING_FIELDS = ("seconds", "node")  # how and where the point ran: the rest is its result
 # The configuration fields a point records of its design.
-CONFIG_FIELDS = ("clock_mhz", "mm_lanes", "mm_tile_n", "mm_tile_k", "lut_lanes", "sfu_lanes", "max_rows",
-                 "max_context", "buckets")
+CONFIG_FIELDS = ("clock_mhz", "port_bits", "mm_lanes", "mm_tile_n", "mm_tile_k", "lut_lanes", "sfu_lanes",
+                 "max_rows", "max_context", "buckets")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Axes: ``recipes`` (pass pipelines), ``boards`` (bundled targets), ``cards``, ``context``
 (token counts; null is the model's maximum) and ``engines`` (overrides of the design's engine
-options: ``max_rows``). The sweep is their product. A problem is one line naming the key.
+options: ``max_rows``, ``clock_mhz``). The sweep is their product. A problem is one line naming the key.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from llmc.errors import LlmcError
 AXES = ("recipes", "boards", "cards", "parallel", "context", "engines")
 PARALLEL = ("pipeline", "tensor")  # how a point of several cards splits the model
 KEYS = ("model", "config", "shapes_only", "seed", *AXES, "eval_windows", "prefill", "decode")
-ENGINE_OPTIONS = ("max_rows",)  # what ``design()`` lets a caller choose of the DSE
+ENGINE_OPTIONS = ("max_rows", "clock_mhz")  # what ``design()`` lets a caller choose of the DSE
 EVAL_WINDOWS, PREFILL, DECODE = 4, 128, 256
 
 
