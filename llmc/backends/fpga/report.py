@@ -24,7 +24,7 @@ def render_report(report: dict, utilisation: Utilisation) -> str:
         f"GiB at {n['max_context']} tokens.",
         "",
         "## Design",
-        f"{c['clock_mhz']:g} MHz; matrix engine {c['mm_lanes']} lanes x {c['mm_tile_k']} MACs (tiles of "
+        f"{c['clock_mhz']:g} MHz; {c['port_bits']}-bit memory ports; matrix engine {c['mm_lanes']} lanes x {c['mm_tile_k']} MACs (tiles of "
         f"{c['mm_tile_n']} rows), widths {c['weight_bits']}, N:M {c['sparse_n']}:{c['sparse_m']}; LUT engine "
         f"{c['lut_lanes']} lanes (g={c['lut_g']}); SFU {c['sfu_lanes']} lanes; {c['act_buffers']} activation buffers "
         f"of {c['max_rows']} x {c['max_hidden']}; weights on HBM {c['weight_channels']}, KV cache on "
