@@ -383,3 +383,29 @@ def test_route(driver: Path, experts: int, top_k: int) -> None:
         got = _call(driver, "route", *x.shape, top_k, int(normalize), inputs=(x,), out=np.int32)
         np.testing.assert_array_equal(got.reshape(expected.shape), expected)
         assert list(expected[20, 0::2]) == list(range(top_k))
+
+
+@pytest.mark.parametrize("port_bits", [128, 256, 512])
+def test_ports_narrower_than_a_word_move_the_same_bytes(port_bits: int, tmp_path: Path,
+                                                        gxx_ap_types: tuple[str, Path]) -> None:
+    """read_bytes and write_bytes on a port of 128, 256 or 512 bits (a 512-bit word from 512 / port_bits beats):
+    transfers at any offset and length, across words, read and write the bytes a flat memory would."""
+    gxx, ap_types = gxx_ap_types
+    exe = tmp_path / "port_driver"
+    command = [gxx, "-std=c++14", "-O2", "-Wall", "-Wextra", "-Werror", f"-DLLMC_PORT_BITS={port_bits}",
+               "-isystem", str(ap_types), "-I", str(INCLUDE), str(DRIVER.parent / "port_driver.cpp"), "-o", str(exe)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rng = np.random.default_rng(port_bits)
+    memory = rng.integers(0, 256, 1024, dtype=np.uint8)
+    transfers = [(0, 64), (1, 1), (63, 2), (5, 200), (130, 64), (960, 64), (17, 1000), *(
+        (int(o), int(rng.integers(1, 1024 - o + 1))) for o in rng.integers(0, 1023, 20))]
+    stdin = np.uint32(memory.size).tobytes() + memory.tobytes() + np.uint32(len(transfers)).tobytes()
+    stdin += b"".join(np.array(t, dtype=np.uint32).tobytes() for t in transfers)
+    out = subprocess.run([str(exe)], input=stdin, capture_output=True, check=True).stdout
+    flat, at = memory.copy(), 0
+    for off, n in transfers:
+        assert out[at:at + n] == flat[off:off + n].tobytes(), (off, n)
+        flat[off:off + n] = flat[off:off + n][::-1]
+        at += n
+    assert out[at:] == flat.tobytes()
