@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from math import ceil
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_a_sequential_engine_loop_fails_the_cycles_level(engine_projects, tmp_pa
     shutil.copytree(engine_projects["w4g128"], project)
     kernel = project / "kernel" / "llmc_accel.cpp"
     pattern = re.compile(r"LLMC_UNROLL;(\s*if \(c < len\) \{\s*if \(\(pos \+ c\) / p\.group != g\))")
-    text, found = pattern.subn(r"LLMC_PIPELINE_II1;\1", kernel.read_text())
+    text, found = pattern.subn(r"LLMC_PIPELINE(LLMC_TRIP_HIDDEN);\1", kernel.read_text())
     assert found == 1
     kernel.write_text(text)
     reseal(project)
@@ -94,6 +95,25 @@ def test_a_sequential_engine_loop_fails_the_cycles_level(engine_projects, tmp_pa
     assert results["csim"]["mismatches"] == 0
     assert code == 1 and results["cycles"]["mismatches"] == results["cycles"]["compared"]
     assert float(results["cycles"]["detail"].split("account ")[1].split("x")[0]) > 5
+
+
+@pytest.mark.parametrize("recipe", ["w4g128", "w4-2of4"])
+def test_every_pipelined_loop_states_its_trip_count(engine_projects, recipe: str, gxx_ap_types) -> None:
+    """Under synthesis each pipelined loop of the kernel and its headers carries a LOOP_TRIPCOUNT with a number, the
+    design's bound for that kind of loop (LLMC_TRIP_* in llmc_accel.h). The kernel is preprocessed as Vitis HLS
+    would see it (the open ap_types headers refuse __SYNTHESIS__ with an #error, the only one allowed)."""
+    gxx, ap_types = gxx_ap_types
+    project = engine_projects[recipe]
+    result = subprocess.run([gxx, "-std=c++14", "-E", "-P", "-D__SYNTHESIS__", "-isystem", str(ap_types), "-I",
+                             str(project / "include"), str(project / "kernel" / "llmc_accel.cpp")],
+                            capture_output=True, text=True)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert all("does not support synthesis" in line for line in errors), result.stderr
+    pipelined = re.findall(r"HLS PIPELINE II = 1\W+(?:_Pragma\(\"|#pragma )?HLS LOOP_TRIPCOUNT max = (\w+)", result.stdout)
+    assert len(pipelined) == result.stdout.count("HLS PIPELINE II = 1") >= 30
+    assert all(trips.isdigit() and int(trips) > 0 for trips in pipelined)
+    defined = re.findall(r"#define LLMC_TRIP_\w+ (\d+)", (project / "include" / "llmc_accel.h").read_text())
+    assert set(pipelined) <= set(defined)
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@ units with their black-box descriptions and the C-simulation test bench, rendere
 from __future__ import annotations
 
 from dataclasses import asdict
+from math import ceil
 
+from llmc.backends.fpga import pack
 from llmc.backends.fpga.cformat import render_tables
 from llmc.backends.fpga.compile import Compiled
 from llmc.backends.fpga.design import (
@@ -12,9 +14,11 @@ from llmc.backends.fpga.design import (
     READS_OUTSTANDING,
     WRITE_BURST,
     WRITES_OUTSTANDING,
+    AcceleratorConfig,
     kernel_ports,
 )
 from llmc.backends.fpga.isa import OPCODES, kernel_constants
+from llmc.backends.fpga.memory import WORD_BYTES
 from llmc.backends.fpga.timing import INSTR_OVERHEAD, READS_LANE0, SFU_ONLY, TimingModel
 from llmc.backends.fpga.units import design_units, latency, rtl_files
 from llmc.ir.graph import Module
@@ -30,6 +34,8 @@ def kernel_context(name: str, module: Module, compiled: Compiled, timing: Timing
     step = module.functions["step"]
     attn = [n for n in step.nodes if n.op == "hw_attention"]
     matmuls = [n for n in step.nodes if n.op == "hw_matmul"]
+    io_memory_bytes = compiled.io["io_bytes"] + compiled.io.get("mail_bytes", 0)  # a cluster card's mail after io
+    max_groups = max((n.inputs[1].type.shape[1].value // n.attrs["group"] for n in matmuls), default=1)
     return {
         "name": name,
         "config": config.to_json(),
@@ -38,13 +44,13 @@ def kernel_context(name: str, module: Module, compiled: Compiled, timing: Timing
         "kv_ports": [p.name for p in ports if p.kind == "m_axi" and p.name.startswith("kv")],
         "buffers": max(compiled.buffers, 1),
         "max_tile_bytes": max(compiled.max_tile_bytes, 64),
-        "max_groups": max((n.inputs[1].type.shape[1].value // n.attrs["group"] for n in matmuls), default=1),
+        "max_groups": max_groups,
         "max_sum_groups": max((n.inputs[0].type.shape[1].value // n.attrs["group"] for n in step.nodes
                                if n.op in ("hw_matmul", "hw_expert_matmul") and n.attrs.get("has_min", False)), default=1),
         "max_head_dim": max((n.attrs["head_dim"] for n in attn), default=1),
         "max_heads": max((n.attrs["heads"] for n in attn), default=1),
         "io": compiled.io,
-        "io_memory_bytes": compiled.io["io_bytes"] + compiled.io.get("mail_bytes", 0),  # a cluster card's mail after io
+        "io_memory_bytes": io_memory_bytes,
         "kv_bytes": compiled.kv_bytes,
         "buckets": list(config.buckets),
         "units": design_units(config),
@@ -52,11 +58,26 @@ def kernel_context(name: str, module: Module, compiled: Compiled, timing: Timing
         "opcodes": {name: number for name, (number, _, _) in OPCODES.items()},
         "constants": kernel_constants(),
         "account": cycle_account_constants(timing),
+        "trips": loop_trips(config, max(compiled.max_tile_bytes, 64), max_groups, io_memory_bytes),
         "sfu_only": SFU_ONLY,
         "reads_lane0": READS_LANE0,
         "axi": {"read_burst": READ_BURST, "reads": READS_OUTSTANDING, "write_burst": WRITE_BURST,
                 "writes": WRITES_OUTSTANDING},
     }
+
+
+def loop_trips(config: AcceleratorConfig, max_tile_bytes: int, max_groups: int, io_memory_bytes: int) -> dict[str, int]:
+    """The most iterations of each kind of pipelined loop in the kernel (``LLMC_TRIP_*``, its LOOP_TRIPCOUNT
+    pragmas), from the design's bounds: a unit's beats of a group, a tile's words, a lane's slice of a vector in
+    words, a block's rows, a tile row's groups, an attention head in MAC chunks and in SFU passes, a row and a
+    block of rows in SFU passes, a row's elements, a head's, and a transfer's words (io, or two rows of f32)."""
+    hidden, head = config.max_hidden, max(config.max_head_dim, 1)
+    return {"BEATS": ceil(hidden / config.mm_tile_k), "TILE_WORDS": ceil(max_tile_bytes / WORD_BYTES),
+            "VECTOR_WORDS": ceil(pack.vector_slice(hidden, config.mm_lanes) / 16), "ROWS": config.max_rows,
+            "GROUPS": max_groups, "HEAD_CHUNKS": ceil(head / config.mm_tile_k), "HEAD_SFU": ceil(head / config.sfu_lanes),
+            "SFU": ceil(hidden / config.sfu_lanes), "SFU_ROWS": ceil(config.max_rows * hidden / config.sfu_lanes),
+            "HIDDEN": hidden, "HEAD_DIM": head,
+            "TRANSFER": ceil(max(io_memory_bytes, 8 * hidden) / WORD_BYTES) + 1}
 
 
 def cycle_account_constants(timing: TimingModel) -> dict:

@@ -1,6 +1,7 @@
 // The cycle account of C-simulation: what the kernel's own loops take, counted as it runs.
 //
-// - LLMC_PIPELINE_II1 stands where a loop is pipelined with II = 1: under synthesis it is that pragma; in
+// - LLMC_PIPELINE(trips) stands where a loop is pipelined with II = 1 and states its most iterations (a design
+//   bound, LLMC_TRIP_* in llmc_accel.h): under synthesis the PIPELINE and LOOP_TRIPCOUNT pragmas; in
 //   C-simulation it adds one cycle per iteration to llmc::cycle_account(). A loop that runs inside another
 //   sequentially counts every iteration; an unrolled loop (LLMC_UNROLL) counts nothing of its own.
 // - loop_depth(n) adds a pipeline's fill once (a stated depth, not an iteration).
@@ -158,11 +159,13 @@ class Region {
 
 }  // namespace llmc
 
+#define LLMC_STRINGIFY(x) #x
+#define LLMC_PRAGMA(x) _Pragma(LLMC_STRINGIFY(x))
 #ifdef __SYNTHESIS__
-#define LLMC_PIPELINE_II1 _Pragma("HLS PIPELINE II = 1")
+#define LLMC_PIPELINE(trips) LLMC_PRAGMA(HLS PIPELINE II = 1) LLMC_PRAGMA(HLS LOOP_TRIPCOUNT max = trips)
 #define LLMC_UNROLL _Pragma("HLS UNROLL")
 #else
-#define LLMC_PIPELINE_II1 (++llmc::cycle_account())
+#define LLMC_PIPELINE(trips) (++llmc::cycle_account())
 #define LLMC_UNROLL
 #endif
 

@@ -110,7 +110,7 @@ inline void quant8(const int32_t* x, int n, int group, int8_t* codes, int32_t* s
     const int32_t* xg = x + g * group;
     int64_t amax = 0;
     for (int j0 = 0; j0 < group; j0 += SFU_WIDTH) {
-      LLMC_PIPELINE_II1;
+      LLMC_PIPELINE(LLMC_TRIP_SFU);
       for (int j = j0; j < j0 + SFU_WIDTH && j < group; ++j) {
         LLMC_UNROLL;
         const int64_t a = xg[j] < 0 ? -static_cast<int64_t>(xg[j]) : xg[j];
@@ -121,7 +121,7 @@ inline void quant8(const int32_t* x, int n, int group, int8_t* codes, int32_t* s
     if (s < 1) s = 1;
     scales[g] = static_cast<int32_t>(s);
     for (int j0 = 0; j0 < group; j0 += SFU_WIDTH) {
-      LLMC_PIPELINE_II1;
+      LLMC_PIPELINE(LLMC_TRIP_SFU);
       for (int j = j0; j < j0 + SFU_WIDTH && j < group; ++j) {
         LLMC_UNROLL;
         int64_t q = div_round(xg[j], s);
@@ -147,7 +147,7 @@ template <typename W>
 inline int64_t group_dot(const int8_t* xq, const W* w, int len, int zero) {
   int64_t acc = 0;
   for (int j = 0; j < len; ++j) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_HIDDEN);
     acc += static_cast<int64_t>(xq[j]) * (static_cast<int64_t>(w[j]) - zero);
   }
   return acc;
@@ -157,7 +157,7 @@ inline int64_t group_dot(const int8_t* xq, const W* w, int len, int zero) {
 inline int64_t group_sum(const int8_t* xq, int len) {
   int64_t acc = 0;
   for (int j = 0; j < len; ++j) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_HIDDEN);
     acc += xq[j];
   }
   return acc;
@@ -189,7 +189,7 @@ inline void matmul_row(const int8_t* xq, int32_t xs, const W* codes, const int32
 inline float inverse_rms(const int32_t* x, int c, int64_t scale, int64_t offset, float eps) {
   int64_t amax = 0;
   for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_SFU);
     for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
       LLMC_UNROLL;
       const int64_t d = static_cast<int64_t>(x[j]) * scale - offset;
@@ -201,7 +201,7 @@ inline float inverse_rms(const int32_t* x, int c, int64_t scale, int64_t offset,
   const int sh = bits > 19 ? bits - 19 : 0;
   int64_t ss = 0;
   for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_SFU);
     for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
       LLMC_UNROLL;
       const int64_t v = (static_cast<int64_t>(x[j]) * scale - offset) >> sh;
@@ -216,7 +216,7 @@ inline float inverse_rms(const int32_t* x, int c, int64_t scale, int64_t offset,
 inline void rms_norm_row(const int32_t* x, const float* w, int c, float eps, int32_t* y) {
   const float r = inverse_rms(x, c, 1, 0, eps);
   for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_SFU);
     for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
       LLMC_UNROLL;
       y[j] = to_fixed((static_cast<float>(x[j]) * r) * w[j]);
@@ -232,7 +232,7 @@ inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, int rota
   const int half = rotary_dim / 2;
   const int pairs = c / head_dim * half;  // rotated pairs of the row; one SFU lane rotates a pair
   for (int i0 = 0; i0 < pairs; i0 += SFU_WIDTH) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_SFU);
     for (int i = i0; i < i0 + SFU_WIDTH && i < pairs; ++i) {
       LLMC_UNROLL;
       const int h = i / half * head_dim, j = i % half;
@@ -243,7 +243,7 @@ inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, int rota
   }
   if (rotary_dim < head_dim) {  // the columns past rotary_dim of every head pass through
     for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
-      LLMC_PIPELINE_II1;
+      LLMC_PIPELINE(LLMC_TRIP_SFU);
       for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
         LLMC_UNROLL;
         if (j % head_dim >= rotary_dim) y[j] = x[j];
@@ -257,7 +257,7 @@ inline void rope_row(const int32_t* x, int32_t* y, int c, int head_dim, int rota
 inline void layer_norm_row(const int32_t* x, const float* w, const float* b, int c, float eps, int32_t* y) {
   int64_t sum = 0;
   for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_SFU);
     for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
       LLMC_UNROLL;
       sum += x[j];
@@ -265,7 +265,7 @@ inline void layer_norm_row(const int32_t* x, const float* w, const float* b, int
   }
   const float r = inverse_rms(x, c, c, sum, (eps * static_cast<float>(c)) * static_cast<float>(c));
   for (int j0 = 0; j0 < c; j0 += SFU_WIDTH) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_SFU);
     for (int j = j0; j < j0 + SFU_WIDTH && j < c; ++j) {
       LLMC_UNROLL;
       y[j] = to_fixed((static_cast<float>(static_cast<int64_t>(x[j]) * c - sum) * r) * w[j] + b[j] * FIXED_ONE);
@@ -306,7 +306,7 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
     const int8_t* key = kc + slot * d;
     int64_t dot = 0;
     for (int j = 0; j < d; ++j) {
-      LLMC_PIPELINE_II1;
+      LLMC_PIPELINE(LLMC_TRIP_HEAD_DIM);
       dot += static_cast<int64_t>(qc[j]) * key[j];
     }
     const float score = attention_score(dot, qs, ks[slot], c, softcap);
@@ -315,7 +315,7 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
   }
   int64_t acc[MAX_D];
   for (int j = 0; j < d; ++j) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_HEAD_DIM);
     acc[j] = 0;
   }
   int64_t den = 0;
@@ -326,12 +326,12 @@ inline void attention_row(const int8_t* qc, int32_t qs, const int8_t* kc, const 
     const int8_t* value = vc + slot * d;
     const int64_t v_scale = vs[slot];
     for (int j = 0; j < d; ++j) {
-      LLMC_PIPELINE_II1;
+      LLMC_PIPELINE(LLMC_TRIP_HEAD_DIM);
       acc[j] += ei * (value[j] * v_scale);
     }
   }
   for (int j = 0; j < d; ++j) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_HEAD_DIM);
     out[j] = attention_output(acc[j], den);
   }
 }
@@ -403,7 +403,7 @@ inline void route_row(const int32_t* x, int experts, int top_k, bool normalize, 
   for (int j = 0; j < top_k; ++j) {
     int best = -1;
     for (int i = 0; i < experts; ++i) {
-      LLMC_PIPELINE_II1;
+      LLMC_PIPELINE(LLMC_TRIP_HIDDEN);
       bool taken = false;
       for (int p = 0; p < j; ++p) taken = taken || out[2 * p] == i;
       if (!taken && (best < 0 || x[i] > x[best])) best = i;
@@ -413,11 +413,11 @@ inline void route_row(const int32_t* x, int experts, int top_k, bool normalize, 
   const float peak = fixed_to_f32(x[out[0]]);
   float total = 0.0f;
   for (int i = 0; i < (normalize ? top_k : experts); ++i) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_HIDDEN);
     total += exp2_f32((fixed_to_f32(x[normalize ? out[2 * i] : i]) - peak) * LOG2E);
   }
   for (int j = 0; j < top_k; ++j) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_HIDDEN);
     out[2 * j + 1] = to_fixed(exp2_f32((fixed_to_f32(x[out[2 * j]]) - peak) * LOG2E) / total * FIXED_ONE);
   }
 }

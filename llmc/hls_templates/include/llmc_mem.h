@@ -57,7 +57,7 @@ inline void read_bytes(const port_t* port, uint64_t off, uint8_t* dst, int n) {
   Transaction transaction(port, off, n, false);
   PortClock clock;
   for (int i = 0; i < n; ++word) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_TRANSFER);
     clock.beat();
     const word_t w = port_word(port, word);
     for (int b = skip; b < WORD_BYTES && i < n; ++b, ++i) {
@@ -85,7 +85,7 @@ inline void write_bytes(port_t* port, uint64_t off, const uint8_t* src, int n, c
   Transaction transaction(port, off, n, true);
   PortClock clock;
   for (int i = 0; i < n; ++word) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_TRANSFER);
 #ifndef __SYNTHESIS__
     if (done != nullptr) {
       const int last = i + (WORD_BYTES - skip < n - i ? WORD_BYTES - skip : n - i) - 1;  // the word's last byte

@@ -4,6 +4,19 @@
 
 #define LLMC_SFU_LANES 64  // llmc_math.h's passes over a row: SFU_LANES elements per cycle
 #define LLMC_PORT_BITS 512  // llmc_mem.h: the weight, KV and io ports' width (the program's is 512)
+// The most iterations of each kind of pipelined loop (LLMC_PIPELINE's LOOP_TRIPCOUNT), from the design's bounds.
+#define LLMC_TRIP_BEATS 2
+#define LLMC_TRIP_TILE_WORDS 33
+#define LLMC_TRIP_VECTOR_WORDS 1
+#define LLMC_TRIP_ROWS 64
+#define LLMC_TRIP_GROUPS 1
+#define LLMC_TRIP_HEAD_CHUNKS 1
+#define LLMC_TRIP_HEAD_SFU 1
+#define LLMC_TRIP_SFU 2
+#define LLMC_TRIP_SFU_ROWS 128
+#define LLMC_TRIP_HIDDEN 128
+#define LLMC_TRIP_HEAD_DIM 32
+#define LLMC_TRIP_TRANSFER 393
 
 #include "llmc_mem.h"
 

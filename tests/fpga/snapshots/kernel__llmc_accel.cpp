@@ -397,7 +397,7 @@ static void load_lane(const port_t* port, const MmPass& p, int lane, timed_strea
   for (int t = first; t < p.tiles; t += LANES) {
     const uint64_t tile_word = (p.base + (uint64_t)(t / LANES) * p.tile_bytes) / WORD_BYTES;
     for (int w = 0; w < p.part_words + p.code_words; ++w) {
-      LLMC_PIPELINE_II1;
+      LLMC_PIPELINE(LLMC_TRIP_TILE_WORDS);
       clock.beat();
       words.write(port_word(port, tile_word + streamed_word(p, w)));
     }
@@ -411,7 +411,7 @@ static void load_lane(const port_t* port, const MmPass& p, int lane, timed_strea
     for (int v = 0; v < (vectors != nullptr ? vectors->count : 0); ++v) {
       const uint64_t first_word = vectors->off[v] / WORD_BYTES;
       for (int w = 0; w * 16 < part; ++w) {
-        LLMC_PIPELINE_II1;
+        LLMC_PIPELINE(LLMC_TRIP_VECTOR_WORDS);
         clock.beat();
         const word_t word = port_word(port, first_word + w);
         for (int e = 0; e < 16 && w * 16 + e < part; ++e) {
@@ -426,7 +426,7 @@ static void load_lane(const port_t* port, const MmPass& p, int lane, timed_strea
     if (lane < next->tiles) {
       const uint64_t tile_word = next->base / WORD_BYTES;
       for (int w = 0; w < next->part_words + next->code_words; ++w) {
-        LLMC_PIPELINE_II1;
+        LLMC_PIPELINE(LLMC_TRIP_TILE_WORDS);
         clock.beat();
         ahead[lane][w] = port_word(port, tile_word + streamed_word(*next, w));
 #ifndef __SYNTHESIS__
@@ -472,7 +472,7 @@ static int64_t group_min(const MmPass& p, const uint8_t* parts, int j, int g, in
 // A tile's parts (scales, zeros, minimums, bias) from the lane's FIFO into its register file.
 static void read_parts(const MmPass& p, timed_stream<word_t>& words, uint8_t* parts) {
   for (int w = 0; w < p.part_words; ++w) {
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_TILE_WORDS);
     word_bytes(words.read(), parts + w * WORD_BYTES);
   }
 }
@@ -504,7 +504,7 @@ static void mac_lane(const MmPass& p, int lane, const int* chosen, int r0, int r
         const int64_t first = (int64_t)j * p.k + pos;  // the chunk's first code in the tile
         int8_t codes[TILE_K];
         for (int i = r0; i < r1; ++i) {
-          LLMC_PIPELINE_II1;
+          LLMC_PIPELINE(LLMC_TRIP_ROWS);
           if (i == r0) {
             const int last_word = (int)(((first + len) * p.stored / 8 - 1) / WORD_BYTES);
             if (last_word > held_index) {
@@ -904,7 +904,7 @@ static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const
       for (int j = first_of_lane(from, lane, LANES); j < visible; j += LANES) {
         int64_t dot = 0;
         for (int i0 = 0; i0 < d; i0 += TILE_K) {  // TILE_K MACs a cycle
-          LLMC_PIPELINE_II1;
+          LLMC_PIPELINE(LLMC_TRIP_HEAD_CHUNKS);
           for (int i = i0; i < i0 + TILE_K && i < d; ++i) {
             LLMC_UNROLL;
             dot += (int64_t)qc[i] * kc[j * g * d + i];
@@ -929,7 +929,7 @@ static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const
         const int64_t ei = attention_weight(scores[j], peak);
         den[lane] += ei;
         for (int i0 = 0; i0 < d; i0 += TILE_K) {  // TILE_K MACs a cycle
-          LLMC_PIPELINE_II1;
+          LLMC_PIPELINE(LLMC_TRIP_HEAD_CHUNKS);
           for (int i = i0; i < i0 + TILE_K && i < d; ++i) {
             LLMC_UNROLL;
             acc[lane][i] += ei * ((int64_t)vc[j * g * d + i] * vs[j * g]);
@@ -945,7 +945,7 @@ static void attention_head(const int8_t* qc, int32_t qs, const int8_t* kc, const
     total_den += den[lane];
   }
   for (int i0 = 0; i0 < d; i0 += SFU_LANES) {  // the lanes' sums added and divided, SFU_LANES columns per cycle
-    LLMC_PIPELINE_II1;
+    LLMC_PIPELINE(LLMC_TRIP_HEAD_SFU);
     for (int i = i0; i < i0 + SFU_LANES && i < d; ++i) {
       LLMC_UNROLL;
       int64_t sum = 0;
@@ -1394,7 +1394,7 @@ extern "C" void llmc_accel(
           read_lane(id % LANES, in.f[EMBED_TABLE_OFF] + (uint64_t)(id / LANES) * row_bytes, raw, cols * 2,
                     w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
           for (int c0 = 0; c0 < cols; c0 += SFU_LANES) {
-            LLMC_PIPELINE_II1;
+            LLMC_PIPELINE(LLMC_TRIP_SFU);
             for (int c = c0; c < c0 + SFU_LANES && c < cols; ++c) {
               LLMC_UNROLL;
               act[in.dst][t][c] = embed_fixed(half_to_float((uint16_t)(raw[2 * c] | raw[2 * c + 1] << 8)));
@@ -1436,7 +1436,7 @@ extern "C" void llmc_accel(
         break;
       case WEIGH:
         for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
-          LLMC_PIPELINE_II1;
+          LLMC_PIPELINE(LLMC_TRIP_SFU_ROWS);
           for (int i = i0; i < i0 + SFU_LANES && i < elements; ++i) {
             LLMC_UNROLL;
             const int t = i / cols, c = i % cols;
@@ -1465,7 +1465,7 @@ extern "C" void llmc_accel(
         break;
       case ACT:
         for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
-          LLMC_PIPELINE_II1;
+          LLMC_PIPELINE(LLMC_TRIP_SFU_ROWS);
           for (int i = i0; i < i0 + SFU_LANES && i < elements; ++i) {
             LLMC_UNROLL;
             const int t = i / cols, c = i % cols;
@@ -1479,7 +1479,7 @@ extern "C" void llmc_accel(
       case EMUL:
       case EADD:
         for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
-          LLMC_PIPELINE_II1;
+          LLMC_PIPELINE(LLMC_TRIP_SFU_ROWS);
           for (int i = i0; i < i0 + SFU_LANES && i < elements; ++i) {
             LLMC_UNROLL;
             const int t = i / cols, c = i % cols;
@@ -1493,7 +1493,7 @@ extern "C" void llmc_accel(
         float* const dst[1] = {vec};
         read_vectors(pc, 1, off, cols, dst, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15, w16, w17, w18, w19, w20, w21, w22, w23);
         for (int i0 = 0; i0 < elements; i0 += SFU_LANES) {
-          LLMC_PIPELINE_II1;
+          LLMC_PIPELINE(LLMC_TRIP_SFU_ROWS);
           for (int i = i0; i < i0 + SFU_LANES && i < elements; ++i) {
             LLMC_UNROLL;
             const int t = i / cols, c = i % cols;
