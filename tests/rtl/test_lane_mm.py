@@ -67,7 +67,7 @@ def test_a_tile_across_a_4k_page_is_read_in_two_bursts(lut: ProjectImage) -> Non
     assert result.cycles == pytest.approx(result.modelled, rel=0.1)
 
 
-@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
+@pytest.mark.parametrize("simulator", ["icarus", pytest.param("verilator", marks=pytest.mark.slow)])
 def test_a_sparse_lane_is_bit_exact_and_takes_the_modelled_cycles(sparse: ProjectImage, simulator: str) -> None:
     """The 2:4 int4 chain of 32 DSP48E2 slices returns a group's product 35 cycles after its last beat, which the
     timing model charges once a lane (the last result); on the bundled model's small shares (one tile a lane, 32
