@@ -229,20 +229,20 @@ class UnitCase:
 def unit_cases(iss: Iss, vectors: int, seed: int = 0) -> list[UnitCase]:
     """For each RTL unit the design instantiates, up to ``vectors`` (activation row, output, group) products of
     the first layer that runs on it, from the int8 activations the ISS captured and the layer's codes."""
-    from llmc.backends.fpga.units import design_units
+    from llmc.backends.fpga.units import unit_for
     from llmc.ir.ops import hw_math as hm
 
     assert iss.capture is not None, "run the ISS with capture on first"
     rng = np.random.default_rng(seed)
     config = iss.image.config
-    wanted = {("sparse" if u.kind == "sparse_mac" else "lut", u.bits): u for u in design_units(config)}
+    done: set[str] = set()  # the units that have their cases: the first layer on each
     out: list[UnitCase] = []
     for offset, x in iss.capture.items():
         w = iss.weights[offset]
-        engine, stored = w.attrs["engine"], 8 if w.bits > 4 else 4
-        unit = wanted.pop((engine, stored if engine == "sparse" else w.bits), None)
-        if unit is None:
+        unit = unit_for(config, w.attrs["engine"], w.bits)
+        if unit is None or unit.name in done:
             continue
+        done.add(unit.name)
         group = w.attrs["group"]
         xq, _ = hm.quant8(x, x.shape[-1])
         codes = w.inputs[0]

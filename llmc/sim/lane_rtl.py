@@ -77,11 +77,9 @@ class LaneResult:
 
 def lane_unit(config: AcceleratorConfig, flags: MmFlags) -> units.Unit:
     """The unit of ``config``'s lanes that computes an MM with ``flags`` (the kernel's ``serve_lane`` choice)."""
-    for unit in units.design_units(config):
-        if unit.kind == "lut_mac" and flags.engine_name == "lut" and unit.bits == flags.bits:
-            return unit
-        if unit.kind == "sparse_mac" and flags.engine_name == "sparse" and unit.bits == pack.stored_bits(flags.bits):
-            return unit
+    unit = units.unit_for(config, flags.engine_name, flags.bits)
+    if unit is not None:
+        return unit
     raise LlmcError(f"the design has no RTL unit for a {flags.engine_name} MM of {flags.bits}-bit codes")
 
 

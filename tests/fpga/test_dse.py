@@ -8,7 +8,15 @@ import re
 import pytest
 
 from llmc.backends.fpga.design import PORT_WIDTHS, kernel_ports
-from llmc.backends.fpga.dse import CLOCK_STEP_MHZ, TIME_TOLERANCE, ModelNeeds, check_fits, estimate_decode, explore
+from llmc.backends.fpga.dse import (
+    CLOCK_STEP_MHZ,
+    TIME_TOLERANCE,
+    ModelNeeds,
+    check_fits,
+    clock_candidates,
+    estimate_decode,
+    explore,
+)
 from llmc.backends.fpga.resources import datapath_bits, dma, estimate, macs_per_dsp, matrix_engine
 from llmc.backends.fpga.target import RESOURCE_KINDS, Resources, load_target
 from llmc.backends.fpga.timing import TimingModel
@@ -251,7 +259,9 @@ def test_port_width_and_clock_are_the_slowest_that_keep_decode_as_fast(name):
     target = load_target(name)
     config, _ = explore(target, LLAMA_7B if name != "kv260" else TINY)
     needs = LLAMA_7B if name != "kv260" else TINY
-    clocks = [target.clock_mhz - CLOCK_STEP_MHZ * i for i in range(int(target.clock_mhz / 2 // CLOCK_STEP_MHZ) + 1)]
+    clocks = clock_candidates(target.clock_mhz)
+    assert clocks[0] == target.clock_mhz and target.clock_mhz / 2 <= clocks[-1] < target.clock_mhz / 2 + CLOCK_STEP_MHZ
+    assert all(a - b == CLOCK_STEP_MHZ for a, b in zip(clocks, clocks[1:]))
     assert config.clock_mhz in clocks and config.port_bits in PORT_WIDTHS
 
     def decode(bits, clock):

@@ -36,6 +36,7 @@ def kernel_context(name: str, module: Module, compiled: Compiled, timing: Timing
     matmuls = [n for n in step.nodes if n.op == "hw_matmul"]
     io_memory_bytes = compiled.io["io_bytes"] + compiled.io.get("mail_bytes", 0)  # a cluster card's mail after io
     max_groups = max((n.inputs[1].type.shape[1].value // n.attrs["group"] for n in matmuls), default=1)
+    units = design_units(config)
     return {
         "name": name,
         "config": config.to_json(),
@@ -53,8 +54,8 @@ def kernel_context(name: str, module: Module, compiled: Compiled, timing: Timing
         "io_memory_bytes": io_memory_bytes,
         "kv_bytes": compiled.kv_bytes,
         "buckets": list(config.buckets),
-        "units": design_units(config),
-        "unit_latency": {u.name: latency(u) for u in design_units(config)},
+        "units": units,
+        "unit_latency": {u.name: latency(u) for u in units},
         "opcodes": {name: number for name, (number, _, _) in OPCODES.items()},
         "constants": kernel_constants(),
         "account": cycle_account_constants(timing),

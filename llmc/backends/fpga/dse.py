@@ -330,8 +330,7 @@ def port_and_clock(config: AcceleratorConfig, target: Target, needs: ModelNeeds,
     ``TIME_TOLERANCE`` of the fastest: a balanced one (compute keeps up with the weight stream), then the lowest
     clock, the fewest resources and the narrowest port. That is the slowest clock and narrowest ports that keep the
     board's channels as busy and the prompt as fast: a lower clock closes timing more easily."""
-    top = config.clock_mhz
-    clocks = [top - CLOCK_STEP_MHZ * i for i in range(int(top / 2 // CLOCK_STEP_MHZ) + 1)] if vary_clock else [top]
+    clocks = clock_candidates(config.clock_mhz) if vary_clock else [config.clock_mhz]
     timed = []
     for bits, clock in product(PORT_WIDTHS, clocks):
         trial = replace(config, port_bits=bits, clock_mhz=clock)
@@ -346,6 +345,12 @@ def port_and_clock(config: AcceleratorConfig, target: Target, needs: ModelNeeds,
     _, _, config, used = min((t for t in timed if t[0] <= best * (1 + TIME_TOLERANCE)),
                              key=lambda t: (t[1], t[2].clock_mhz, t[3].scarcest()[1], t[2].port_bits))
     return config, used
+
+
+def clock_candidates(top: float) -> list[float]:
+    """The kernel clocks the exploration tries: ``top`` (the board's) and ``CLOCK_STEP_MHZ`` steps below it, down to
+    half of it."""
+    return [top - CLOCK_STEP_MHZ * i for i in range(int(top / 2 // CLOCK_STEP_MHZ) + 1)]
 
 
 def fastest_kv_group(config: AcceleratorConfig, target: Target, needs: ModelNeeds,

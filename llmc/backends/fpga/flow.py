@@ -108,9 +108,7 @@ class DesignTimer:
 
     def decode_step(self, config: AcceleratorConfig) -> float:
         """Seconds of a decode step at half the compiled context (a whole context's average position)."""
-        programs = self.programs(config)
-        timing = TimingModel.for_design(config, self.board)
-        return timing.seconds(timing.program(programs[bucket_for(programs, 1)], 1, config.max_context // 2))
+        return self._decode_step(TimingModel.for_design(config, self.board), config)
 
     def run(self, config: AcceleratorConfig) -> float:
         """Seconds of the run behind a design's figures (:func:`~.timing.run_lengths`): the prompt, then each
@@ -118,7 +116,11 @@ class DesignTimer:
         prefill, decode = run_lengths(config.max_context)
         timing = TimingModel.for_design(config, self.board)
         prompt, _ = timing.run(self.programs(config), prefill, 0)
-        return timing.seconds(prompt) + decode * self.decode_step(config)
+        return timing.seconds(prompt) + decode * self._decode_step(timing, config)
+
+    def _decode_step(self, timing: TimingModel, config: AcceleratorConfig) -> float:
+        programs = self.programs(config)
+        return timing.seconds(timing.program(programs[bucket_for(programs, 1)], 1, config.max_context // 2))
 
 
 def check_capacity(module: Module, board: Target, cards: int = 1) -> None:

@@ -17,6 +17,7 @@ from .design import (
     WRITE_BURST,
     WRITES_OUTSTANDING,
     AcceleratorConfig,
+    chain_dsps,
     kernel_ports,
 )
 from .target import RESOURCE_KINDS, Resources, Target
@@ -94,8 +95,8 @@ def rtl_unit(unit: Unit) -> Resources:
         slots = unit.lanes * unit.n
         mux = 0 if unit.n == unit.m else 8 * ceil(unit.m / 4)
         if unit.bits == 8:
-            return Resources(lut=20 + (57 + mux) * slots, ff=60 + 58 * slots, dsp=slots)
-        return Resources(lut=66 + (38 + mux) * slots, ff=90 + 34 * slots, dsp=ceil(slots / 2))
+            return Resources(lut=20 + (57 + mux) * slots, ff=60 + 58 * slots, dsp=chain_dsps(slots, 8))
+        return Resources(lut=66 + (38 + mux) * slots, ff=90 + 34 * slots, dsp=chain_dsps(slots, 4))
     return Resources(lut=70 + (160 + 130 * unit.bits) * unit.lanes, ff=90 + (215 + 12 * unit.bits) * unit.lanes)
 
 

@@ -131,6 +131,13 @@ def design_units(config: AcceleratorConfig) -> list[Unit]:
     return units
 
 
+def unit_for(config: AcceleratorConfig, engine: str, bits: int) -> Unit | None:
+    """The unit of ``config``'s lanes that runs an MM on ``engine`` ("sparse" or "lut") with ``bits``-bit codes: the
+    chain of their stored width, or the LUT unit of their width (None: the design has none, as for "dsp")."""
+    kind, width = {"sparse": ("sparse_mac", pack.stored_bits(bits)), "lut": ("lut_mac", bits)}.get(engine, ("", 0))
+    return next((u for u in design_units(config) if u.kind == kind and u.bits == width), None)
+
+
 def _bit_fields(values: np.ndarray, width: int) -> np.ndarray:
     """[R, F] integers -> [R, F * width] bits, each value least significant bit first."""
     v = values.astype(np.int64)[..., None] >> np.arange(width)
